@@ -1,0 +1,225 @@
+//! A plain-Rust reference model of the ingress transform.
+//!
+//! The property tests feed the same packets to the real XDP program (through
+//! `BPF_PROG_TEST_RUN`) and to this model and require identical bytes,
+//! verdicts and flow-table effects. It is written for clarity over slices,
+//! independently of the pointer-walking kernel code.
+
+use crate::checksum::{address_delta, apply_delta, apply_udp_delta, port_delta};
+use crate::wire::*;
+use crate::{
+    FAMILY_IPV4, FAMILY_IPV6, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason, ServiceKey,
+    ServiceState, Settings,
+};
+
+/// What the ingress program does with one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Passed on unchanged.
+    Passed(PassReason),
+    /// Destination rewritten; `entry` is what the flow table holds afterwards
+    /// (its `last_seen_ns` is the `now_ns` given).
+    Rewritten {
+        key: FlowKey,
+        entry: FlowEntry,
+        new_flow: bool,
+    },
+}
+
+struct Headers {
+    family: u8,
+    proto: u8,
+    l3: usize,
+    l4: usize,
+}
+
+fn be16(packet: &[u8], offset: usize) -> u16 {
+    u16::from_be_bytes([packet[offset], packet[offset + 1]])
+}
+
+fn parse(packet: &[u8]) -> Result<Headers, PassReason> {
+    if packet.len() < 14 {
+        return Err(PassReason::Malformed);
+    }
+    let mut l3 = 14;
+    let mut ethertype = be16(packet, 12);
+    if ethertype == ETH_P_8021Q {
+        if packet.len() < 18 {
+            return Err(PassReason::Malformed);
+        }
+        ethertype = be16(packet, 16);
+        l3 = 18;
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            return Err(PassReason::Unsupported);
+        }
+    } else if ethertype == ETH_P_8021AD {
+        return Err(PassReason::Unsupported);
+    }
+    let (family, proto, l4) = match ethertype {
+        ETH_P_IPV4 => parse_ipv4(packet, l3)?,
+        ETH_P_IPV6 => parse_ipv6(packet, l3)?,
+        _ => return Err(PassReason::NotIp),
+    };
+    let l4_len = match proto {
+        IPPROTO_TCP => 20,
+        IPPROTO_UDP => 8,
+        _ => return Err(PassReason::NotService),
+    };
+    if packet.len() < l4 + l4_len {
+        return Err(PassReason::Malformed);
+    }
+    Ok(Headers {
+        family,
+        proto,
+        l3,
+        l4,
+    })
+}
+
+fn parse_ipv4(packet: &[u8], l3: usize) -> Result<(u8, u8, usize), PassReason> {
+    if packet.len() < l3 + 20 || packet[l3] >> 4 != 4 {
+        return Err(PassReason::Malformed);
+    }
+    let header_len = usize::from(packet[l3] & 0x0f) * 4;
+    if header_len < 20 || packet.len() < l3 + header_len {
+        return Err(PassReason::Malformed);
+    }
+    if be16(packet, l3 + 6) & 0x3fff != 0 {
+        return Err(PassReason::Fragment);
+    }
+    Ok((FAMILY_IPV4, packet[l3 + 9], l3 + header_len))
+}
+
+fn parse_ipv6(packet: &[u8], l3: usize) -> Result<(u8, u8, usize), PassReason> {
+    if packet.len() < l3 + 40 || packet[l3] >> 4 != 6 {
+        return Err(PassReason::Malformed);
+    }
+    let mut next = packet[l3 + 6];
+    let mut offset = l3 + 40;
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        if next != IPV6_HOP_BY_HOP && next != IPV6_DEST_OPTIONS {
+            break;
+        }
+        if packet.len() < offset + 2 {
+            return Err(PassReason::Malformed);
+        }
+        next = packet[offset];
+        offset += (usize::from(packet[offset + 1]) + 1) * 8;
+    }
+    match next {
+        IPV6_FRAGMENT => Err(PassReason::Fragment),
+        IPV6_HOP_BY_HOP | IPV6_DEST_OPTIONS | IPV6_ROUTING => Err(PassReason::Unsupported),
+        proto => Ok((FAMILY_IPV6, proto, offset)),
+    }
+}
+
+/// Runs the ingress transform on `packet` in place.
+///
+/// `service` and `flow` stand for the services map and flow table as they
+/// are before the packet arrives.
+pub fn ingress(
+    packet: &mut [u8],
+    service: impl Fn(&ServiceKey) -> Option<ServiceState>,
+    flow: impl Fn(&FlowKey) -> Option<FlowEntry>,
+    settings: &Settings,
+    now_ns: u64,
+) -> Outcome {
+    let headers = match parse(packet) {
+        Ok(headers) => headers,
+        Err(reason) => return Outcome::Passed(reason),
+    };
+    let Headers {
+        family,
+        proto,
+        l3,
+        l4,
+    } = headers;
+    let (src_at, dst_at, addr_len) = if family == FAMILY_IPV4 {
+        (l3 + 12, l3 + 16, 4)
+    } else {
+        (l3 + 8, l3 + 24, 16)
+    };
+    let mut client = [0u8; 16];
+    client[..addr_len].copy_from_slice(&packet[src_at..src_at + addr_len]);
+    let mut vip = [0u8; 16];
+    vip[..addr_len].copy_from_slice(&packet[dst_at..dst_at + addr_len]);
+    let client_port = [packet[l4], packet[l4 + 1]];
+    let vip_port = [packet[l4 + 2], packet[l4 + 3]];
+
+    let service_key = ServiceKey {
+        vip,
+        port: vip_port,
+        proto,
+        family,
+    };
+    let Some(state) = service(&service_key) else {
+        return Outcome::Passed(PassReason::NotService);
+    };
+    let key = FlowKey {
+        client,
+        server: vip,
+        client_port,
+        server_port: vip_port,
+        proto,
+        family,
+        reserved: [0; 2],
+    };
+    let tcp_flags = if proto == IPPROTO_TCP { packet[l4 + 13] } else { 0 };
+    let opens_connection = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let known = flow(&key).filter(|entry| settings.is_live(proto, entry, now_ns));
+
+    let (mut entry, new_flow) = match known {
+        Some(entry) if !opens_connection => {
+            if entry.generation == state.generation {
+                (entry, false)
+            } else {
+                let rebound = FlowEntry {
+                    backend: *state.backend(state.active),
+                    generation: state.generation,
+                    color: state.active,
+                    ..entry
+                };
+                (rebound, false)
+            }
+        }
+        _ => {
+            let fresh = FlowEntry {
+                last_seen_ns: 0,
+                backend: *state.backend(state.active),
+                generation: state.generation,
+                color: state.active,
+                closing: 0,
+                reserved: [0; 6],
+            };
+            (fresh, true)
+        }
+    };
+    entry.last_seen_ns = now_ns;
+    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        entry.closing = 1;
+    }
+
+    let backend = entry.backend;
+    let addr_delta = address_delta(&vip, &backend.addr, addr_len);
+    packet[dst_at..dst_at + addr_len].copy_from_slice(&backend.addr[..addr_len]);
+    packet[l4 + 2..l4 + 4].copy_from_slice(&backend.port);
+    if family == FAMILY_IPV4 {
+        let check = [packet[l3 + 10], packet[l3 + 11]];
+        packet[l3 + 10..l3 + 12].copy_from_slice(&apply_delta(check, addr_delta));
+    }
+    let l4_delta = addr_delta + port_delta(vip_port, backend.port);
+    let check_at = if proto == IPPROTO_TCP { l4 + 16 } else { l4 + 6 };
+    let check = [packet[check_at], packet[check_at + 1]];
+    let updated = if proto == IPPROTO_UDP {
+        apply_udp_delta(check, l4_delta)
+    } else {
+        apply_delta(check, l4_delta)
+    };
+    packet[check_at..check_at + 2].copy_from_slice(&updated);
+
+    Outcome::Rewritten {
+        key,
+        entry,
+        new_flow,
+    }
+}

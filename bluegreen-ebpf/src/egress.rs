@@ -1,0 +1,87 @@
+//! TC egress: a backend's reply to a tracked flow leaves with the VIP as its
+//! source, so the client only ever sees the address it connected to.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::TcContext,
+};
+use bluegreen_common::{
+    FAMILY_IPV4, FlowKey, IPPROTO_UDP, PassReason, checksum::address_delta,
+};
+
+use crate::{
+    maps::{BG_FLOWS, BG_REPLIES, settings},
+    parse::{PacketBytes, parse},
+};
+
+struct SkbPacket<'a>(&'a TcContext);
+
+impl PacketBytes for SkbPacket<'_> {
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: usize) -> Result<T, PassReason> {
+        self.0.load(offset).map_err(|_| PassReason::Malformed)
+    }
+}
+
+pub fn try_egress(ctx: &TcContext) -> Result<(), PassReason> {
+    let packet = SkbPacket(ctx);
+    let headers = parse(&packet)?;
+    let [backend_port_hi, backend_port_lo, client_port_hi, client_port_lo]: [u8; 4] =
+        packet.read(headers.l4)?;
+    let backend_port = [backend_port_hi, backend_port_lo];
+    let backend = headers.read_addr(&packet, headers.src_addr_offset())?;
+    let reply_key = FlowKey {
+        client: headers.read_addr(&packet, headers.dst_addr_offset())?,
+        server: backend,
+        client_port: [client_port_hi, client_port_lo],
+        server_port: backend_port,
+        proto: headers.proto,
+        family: headers.family,
+        reserved: [0; 2],
+    };
+    // SAFETY: LRU values may be recycled under us; everything read from them
+    // is copied at once and re-checked against the flow entry below.
+    let vip = *unsafe { BG_REPLIES.get(&reply_key) }.ok_or(PassReason::NotService)?;
+    let flow_key = FlowKey {
+        server: vip.addr,
+        server_port: vip.port,
+        ..reply_key
+    };
+    let flow = *unsafe { BG_FLOWS.get(&flow_key) }.ok_or(PassReason::NotService)?;
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let live = settings().is_some_and(|settings| settings.is_live(headers.proto, &flow, now));
+    // A reply from a backend the flow no longer uses (after a forced switch)
+    // or from an expired flow is not ours to rewrite.
+    if !live || flow.backend.addr != backend || flow.backend.port != backend_port {
+        return Err(PassReason::NotService);
+    }
+
+    let mangled_zero = if headers.proto == IPPROTO_UDP {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    };
+    let l4_check_at = headers.l4_checksum_offset();
+    let delta = address_delta(&backend, &vip.addr, headers.addr_len()) as u64;
+    let failed = |_| PassReason::Malformed;
+    if headers.family == FAMILY_IPV4 {
+        let [a, b, c, d, ..] = vip.addr;
+        ctx.store(headers.src_addr_offset(), &[a, b, c, d], 0)
+            .map_err(failed)?;
+        ctx.l3_csum_replace(headers.l3 + 10, 0, delta, 0)
+            .map_err(failed)?;
+    } else {
+        ctx.store(headers.src_addr_offset(), &vip.addr, 0)
+            .map_err(failed)?;
+    }
+    ctx.l4_csum_replace(l4_check_at, 0, delta, BPF_F_PSEUDO_HDR as u64 | mangled_zero)
+        .map_err(failed)?;
+    ctx.store(headers.l4, &vip.port, 0).map_err(failed)?;
+    ctx.l4_csum_replace(
+        l4_check_at,
+        u16::from_ne_bytes(backend_port) as u64,
+        u16::from_ne_bytes(vip.port) as u64,
+        2 | mangled_zero,
+    )
+    .map_err(failed)
+}

@@ -1,0 +1,202 @@
+//! XDP ingress: client -> VIP packets are rewritten to the backend of the
+//! color their flow is pinned to.
+
+use core::mem::size_of;
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_log_ebpf::warn;
+use bluegreen_common::{
+    Endpoint, FAMILY_IPV4, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason, ServiceKey,
+    checksum::{address_delta, apply_delta, apply_udp_delta, port_delta},
+    wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+use crate::{
+    maps::{BG_FLOWS, BG_REPLIES, BG_SERVICES, BG_TRAFFIC, port_has_service, settings},
+    parse::{Headers, PacketBytes, parse},
+};
+
+struct XdpPacket<'a>(&'a XdpContext);
+
+impl XdpPacket<'_> {
+    #[inline(always)]
+    fn at<T>(&self, offset: usize) -> Result<*mut T, PassReason> {
+        let start = self.0.data();
+        if start + offset + size_of::<T>() > self.0.data_end() {
+            return Err(PassReason::Malformed);
+        }
+        Ok((start + offset) as *mut T)
+    }
+
+    #[inline(always)]
+    fn write<T>(&self, offset: usize, value: T) -> Result<(), PassReason> {
+        // SAFETY: `at` checked the bounds; packet data has no alignment.
+        unsafe { self.at::<T>(offset)?.write_unaligned(value) };
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u64 {
+        (self.0.data_end() - self.0.data()) as u64
+    }
+}
+
+impl PacketBytes for XdpPacket<'_> {
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: usize) -> Result<T, PassReason> {
+        // SAFETY: `at` checked the bounds; packet data has no alignment.
+        Ok(unsafe { self.at::<T>(offset)?.read_unaligned() })
+    }
+}
+
+pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
+    let packet = XdpPacket(ctx);
+    let headers = parse(&packet)?;
+    let [client_port_hi, client_port_lo, vip_port_hi, vip_port_lo]: [u8; 4] =
+        packet.read(headers.l4)?;
+    let vip_port = [vip_port_hi, vip_port_lo];
+    if !port_has_service(u16::from_be_bytes(vip_port)) {
+        return Err(PassReason::NotService);
+    }
+    let vip = headers.read_addr(&packet, headers.dst_addr_offset())?;
+    let service_key = ServiceKey {
+        vip,
+        port: vip_port,
+        proto: headers.proto,
+        family: headers.family,
+    };
+    // SAFETY: the services map is not preallocated, so the element stays
+    // intact for the rest of this RCU section even if userspace replaces it.
+    let service = unsafe { BG_SERVICES.get(&service_key) }.ok_or(PassReason::NotService)?;
+
+    let flow_key = FlowKey {
+        client: headers.read_addr(&packet, headers.src_addr_offset())?,
+        server: vip,
+        client_port: [client_port_hi, client_port_lo],
+        server_port: vip_port,
+        proto: headers.proto,
+        family: headers.family,
+        reserved: [0; 2],
+    };
+    let tcp_flags: u8 = if headers.proto == IPPROTO_TCP {
+        packet.read(headers.l4 + 13)?
+    } else {
+        0
+    };
+    let closing = tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    // The common case, a packet of a known flow, rewrites straight from the
+    // map value; only new and rebound flows build an entry on the stack.
+    let mut recorded = FlowEntry {
+        last_seen_ns: now,
+        backend: *service.backend(service.active),
+        generation: service.generation,
+        color: service.active,
+        closing: closing as u8,
+        reserved: [0; 6],
+    };
+    let mut new_flow = false;
+    let entry: &FlowEntry = match known_flow(&flow_key, tcp_flags, now) {
+        Some(entry) if entry.generation == service.generation => {
+            entry.last_seen_ns = now;
+            if closing {
+                entry.closing = 1;
+            }
+            entry
+        }
+        known => {
+            // Either a new flow, or one a forced switch moves to the active
+            // color: it keeps its closing state, if it has one.
+            match known {
+                Some(entry) => recorded.closing |= entry.closing,
+                None => new_flow = true,
+            }
+            record_flow(ctx, &flow_key, &recorded)?;
+            &recorded
+        }
+    };
+
+    rewrite_destination(&packet, &headers, &flow_key, &entry.backend)?;
+    if let Some(counters) = BG_TRAFFIC.get_ptr_mut(service.counter_slot * 2 + (entry.color & 1) as u32)
+    {
+        // SAFETY: per-CPU slot, so no other writer races these increments.
+        unsafe {
+            (*counters).packets += 1;
+            (*counters).bytes += packet.len();
+            (*counters).new_flows += new_flow as u64;
+        }
+    }
+    Ok(())
+}
+
+/// The live flow entry for this packet, unless the packet opens a new
+/// connection (SYN without ACK) or the entry is stale.
+#[inline(always)]
+fn known_flow(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<&'static mut FlowEntry> {
+    if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        return None;
+    }
+    let entry = BG_FLOWS.get_ptr_mut(key)?;
+    // SAFETY: the pointer is into the map value; the fields written through
+    // it on the hot path are single machine words, so a racing reader on
+    // another CPU sees either the old or the new word.
+    let entry = unsafe { &mut *entry };
+    settings()
+        .filter(|settings| settings.is_live(key.proto, entry, now))
+        .map(|_| entry)
+}
+
+/// Writes the whole flow entry (atomically replacing any old one) and the
+/// reply-direction entry the egress program needs to restore the VIP.
+#[inline(always)]
+fn record_flow(ctx: &XdpContext, key: &FlowKey, entry: &FlowEntry) -> Result<(), PassReason> {
+    let reply_key = FlowKey {
+        client: key.client,
+        server: entry.backend.addr,
+        client_port: key.client_port,
+        server_port: entry.backend.port,
+        proto: key.proto,
+        family: key.family,
+        reserved: [0; 2],
+    };
+    let vip = Endpoint {
+        addr: key.server,
+        port: key.server_port,
+        reserved: [0; 2],
+    };
+    if BG_FLOWS.insert(key, entry, 0).is_err() || BG_REPLIES.insert(&reply_key, &vip, 0).is_err() {
+        warn!(ctx, "flow table update failed; packet passed unchanged");
+        return Err(PassReason::FlowTableFull);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn rewrite_destination(
+    packet: &XdpPacket,
+    headers: &Headers,
+    key: &FlowKey,
+    backend: &Endpoint,
+) -> Result<(), PassReason> {
+    let addr_len = headers.addr_len();
+    let delta = address_delta(&key.server, &backend.addr, addr_len);
+    let l4_check_at = headers.l4_checksum_offset();
+    let l4_check: [u8; 2] = packet.read(l4_check_at)?;
+    let l4_delta = delta + port_delta(key.server_port, backend.port);
+    let l4_check = if headers.proto == IPPROTO_UDP {
+        apply_udp_delta(l4_check, l4_delta)
+    } else {
+        apply_delta(l4_check, l4_delta)
+    };
+    if headers.family == FAMILY_IPV4 {
+        let ip_check: [u8; 2] = packet.read(headers.l3 + 10)?;
+        packet.write(headers.l3 + 10, apply_delta(ip_check, delta))?;
+        let [a, b, c, d, ..] = backend.addr;
+        packet.write(headers.dst_addr_offset(), [a, b, c, d])?;
+    } else {
+        packet.write(headers.dst_addr_offset(), backend.addr)?;
+    }
+    packet.write(headers.l4 + 2, backend.port)?;
+    packet.write(l4_check_at, l4_check)
+}

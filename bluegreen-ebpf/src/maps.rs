@@ -1,0 +1,68 @@
+//! The maps both programs share with userspace. All are pinned by name so
+//! that a new loader, or a second CLI process, finds the live ones.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use bluegreen_common::{
+    DEFAULT_FLOW_CAPACITY, Endpoint, FlowEntry, FlowKey, MAX_SERVICES, PassReason, ServiceKey,
+    ServiceState, Settings, TrafficCounters, VIP_PORT_WORDS,
+};
+
+/// Not preallocated: an update then swaps in a new element under RCU, so a
+/// concurrent reader keeps the whole old value instead of seeing a value
+/// being rewritten under it (preallocated elements are recycled at once).
+#[map(name = "BG_SERVICES")]
+pub static BG_SERVICES: HashMap<ServiceKey, ServiceState> =
+    HashMap::pinned(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+/// Client -> VIP connections and the color each one is pinned to. The
+/// loader resizes it from the configuration.
+#[map(name = "BG_FLOWS")]
+pub static BG_FLOWS: LruHashMap<FlowKey, FlowEntry> =
+    LruHashMap::pinned(DEFAULT_FLOW_CAPACITY, 0);
+
+/// Backend -> client direction of the same connections, keyed as the reply
+/// is addressed, giving the VIP to restore.
+#[map(name = "BG_REPLIES")]
+pub static BG_REPLIES: LruHashMap<FlowKey, Endpoint> =
+    LruHashMap::pinned(DEFAULT_FLOW_CAPACITY, 0);
+
+/// Indexed by `counter_slot * 2 + color`.
+#[map(name = "BG_TRAFFIC")]
+pub static BG_TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX_SERVICES * 2, 0);
+
+/// Indexed by [`PassReason`].
+#[map(name = "BG_PASSED")]
+pub static BG_PASSED: PerCpuArray<u64> = PerCpuArray::pinned(PassReason::COUNT, 0);
+
+#[map(name = "BG_SETTINGS")]
+pub static BG_SETTINGS: Array<Settings> = Array::pinned(1, 0);
+
+/// One bit per destination port that some service listens on: lets packets
+/// for other ports leave after an array lookup instead of a hash lookup.
+#[map(name = "BG_VIP_PORTS")]
+pub static BG_VIP_PORTS: Array<u32> = Array::pinned(VIP_PORT_WORDS, 0);
+
+#[inline(always)]
+pub fn count_passed(reason: PassReason) {
+    if let Some(counter) = BG_PASSED.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, so no other writer races this increment.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn port_has_service(port: u16) -> bool {
+    match BG_VIP_PORTS.get(u32::from(port >> 5)) {
+        Some(word) => word & (1 << (port & 31)) != 0,
+        None => false,
+    }
+}
+
+#[inline(always)]
+pub fn settings() -> Option<&'static Settings> {
+    BG_SETTINGS.get(0)
+}

@@ -1,0 +1,165 @@
+//! Header parsing shared by the XDP and TC programs.
+//!
+//! Both programs walk the same headers; they differ only in how bytes are
+//! read (direct packet pointers in XDP, `bpf_skb_load_bytes` in TC), which
+//! [`PacketBytes`] hides.
+
+use bluegreen_common::{
+    FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP, PassReason,
+    wire::{
+        ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPV6_DEST_OPTIONS, IPV6_FRAGMENT,
+        IPV6_HOP_BY_HOP, IPV6_ROUTING, MAX_IPV6_EXTENSIONS,
+    },
+};
+
+pub trait PacketBytes {
+    /// Reads a `T` at `offset`, failing if the packet is too short.
+    fn read<T: Copy>(&self, offset: usize) -> Result<T, PassReason>;
+}
+
+/// Where the headers of a TCP or UDP packet start.
+pub struct Headers {
+    pub family: u8,
+    pub proto: u8,
+    pub l3: usize,
+    pub l4: usize,
+}
+
+impl Headers {
+    /// Offset of the source address; the destination follows it directly
+    /// in both IPv4 and IPv6.
+    #[inline(always)]
+    pub fn src_addr_offset(&self) -> usize {
+        if self.family == FAMILY_IPV4 {
+            self.l3 + 12
+        } else {
+            self.l3 + 8
+        }
+    }
+
+    #[inline(always)]
+    pub fn addr_len(&self) -> usize {
+        if self.family == FAMILY_IPV4 { 4 } else { 16 }
+    }
+
+    #[inline(always)]
+    pub fn dst_addr_offset(&self) -> usize {
+        self.src_addr_offset() + self.addr_len()
+    }
+
+    #[inline(always)]
+    pub fn l4_checksum_offset(&self) -> usize {
+        if self.proto == IPPROTO_TCP {
+            self.l4 + 16
+        } else {
+            self.l4 + 6
+        }
+    }
+
+    /// Reads an address in the map layout: IPv4 in the first four bytes.
+    #[inline(always)]
+    pub fn read_addr<P: PacketBytes>(
+        &self,
+        packet: &P,
+        offset: usize,
+    ) -> Result<[u8; 16], PassReason> {
+        if self.family == FAMILY_IPV4 {
+            let v4: [u8; 4] = packet.read(offset)?;
+            Ok([v4[0], v4[1], v4[2], v4[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        } else {
+            packet.read(offset)
+        }
+    }
+}
+
+#[inline(always)]
+fn read_be16<P: PacketBytes>(packet: &P, offset: usize) -> Result<u16, PassReason> {
+    let bytes: [u8; 2] = packet.read(offset)?;
+    Ok(u16::from_be_bytes(bytes))
+}
+
+/// Parses Ethernet (with at most one 802.1Q tag), IPv4 or IPv6 and requires
+/// a complete minimal TCP or UDP header.
+#[inline(always)]
+pub fn parse<P: PacketBytes>(packet: &P) -> Result<Headers, PassReason> {
+    let mut ethertype = read_be16(packet, 12)?;
+    let mut l3 = 14;
+    if ethertype == ETH_P_8021Q {
+        ethertype = read_be16(packet, 16)?;
+        l3 = 18;
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            return Err(PassReason::Unsupported);
+        }
+    } else if ethertype == ETH_P_8021AD {
+        return Err(PassReason::Unsupported);
+    }
+    let (family, proto, l4) = if ethertype == ETH_P_IPV4 {
+        parse_ipv4(packet, l3)?
+    } else if ethertype == ETH_P_IPV6 {
+        parse_ipv6(packet, l3)?
+    } else {
+        return Err(PassReason::NotIp);
+    };
+    let l4_len = if proto == IPPROTO_TCP {
+        20
+    } else if proto == IPPROTO_UDP {
+        8
+    } else {
+        return Err(PassReason::NotService);
+    };
+    // The last byte of the minimal header proves the whole header is there.
+    packet.read::<u8>(l4 + l4_len - 1)?;
+    Ok(Headers {
+        family,
+        proto,
+        l3,
+        l4,
+    })
+}
+
+#[inline(always)]
+fn parse_ipv4<P: PacketBytes>(packet: &P, l3: usize) -> Result<(u8, u8, usize), PassReason> {
+    // Proves the fixed header is there before reading single fields of it.
+    packet.read::<u8>(l3 + 19)?;
+    let version_ihl: u8 = packet.read(l3)?;
+    let fragment: [u8; 2] = packet.read(l3 + 6)?;
+    let proto: u8 = packet.read(l3 + 9)?;
+    if version_ihl >> 4 != 4 {
+        return Err(PassReason::Malformed);
+    }
+    let header_len = ((version_ihl & 0x0f) as usize) * 4;
+    if header_len < 20 {
+        return Err(PassReason::Malformed);
+    }
+    packet.read::<u8>(l3 + header_len - 1)?;
+    if u16::from_be_bytes(fragment) & 0x3fff != 0 {
+        return Err(PassReason::Fragment);
+    }
+    Ok((FAMILY_IPV4, proto, l3 + header_len))
+}
+
+#[inline(always)]
+fn parse_ipv6<P: PacketBytes>(packet: &P, l3: usize) -> Result<(u8, u8, usize), PassReason> {
+    let version: u8 = packet.read(l3)?;
+    packet.read::<u8>(l3 + 39)?;
+    if version >> 4 != 6 {
+        return Err(PassReason::Malformed);
+    }
+    let mut next: u8 = packet.read(l3 + 6)?;
+    let mut offset = l3 + 40;
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        if next != IPV6_HOP_BY_HOP && next != IPV6_DEST_OPTIONS {
+            break;
+        }
+        let [following, len]: [u8; 2] = packet.read(offset)?;
+        next = following;
+        offset += (len as usize + 1) * 8;
+    }
+    if next == IPV6_FRAGMENT {
+        return Err(PassReason::Fragment);
+    }
+    if next == IPV6_HOP_BY_HOP || next == IPV6_DEST_OPTIONS || next == IPV6_ROUTING {
+        return Err(PassReason::Unsupported);
+    }
+    Ok((FAMILY_IPV6, next, offset))
+}

@@ -1,0 +1,412 @@
+//! What the operator does to a running instance: switch, roll back, change
+//! a backend, look at status.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use bluegreen_common::{PassReason, ServiceKey, ServiceState};
+use serde::Serialize;
+
+use crate::{
+    config::{ServiceSpec, check_same_family},
+    dataplane::{BPF_EXIST, Host},
+    endpoint::{Color, from_wire, service_key, to_wire},
+    error::{Error, Result},
+    pinned::{PinLayout, PinnedMaps, monotonic_now_ns},
+    state::InterfaceState,
+};
+
+/// Where a switch goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchTarget {
+    Color(Color),
+    /// Back to the color that was active before the last switch.
+    Previous,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwitchOutcome {
+    pub interface: String,
+    pub service: String,
+    pub from: Color,
+    pub to: Color,
+    pub forced: bool,
+    /// False when the service already had that color and nothing was forced.
+    pub changed: bool,
+    /// Time from reading the service's state to the map update returning.
+    pub elapsed: Duration,
+}
+
+/// A service located by name, with its interface's state.
+struct Located {
+    state: InterfaceState,
+    name: String,
+}
+
+impl Host {
+    /// Finds the named service (or the only one) among the interfaces that
+    /// are up.
+    fn locate(&self, service: Option<&str>) -> Result<Located> {
+        let up: Vec<InterfaceState> = self
+            .state
+            .list()?
+            .into_iter()
+            .filter(|state| self.layout(&state.interface).is_up())
+            .collect();
+        if up.is_empty() {
+            return Err(Error::NotUp {
+                where_: String::new(),
+            });
+        }
+        let all: Vec<(&InterfaceState, &str)> = up
+            .iter()
+            .flat_map(|state| {
+                state
+                    .services
+                    .iter()
+                    .map(move |record| (state, record.spec.name.as_str()))
+            })
+            .collect();
+        let known = || {
+            all.iter()
+                .map(|(_, name)| *name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let found = match service {
+            Some(wanted) => all
+                .iter()
+                .find(|(_, name)| *name == wanted)
+                .ok_or_else(|| Error::UnknownService {
+                    name: wanted.to_owned(),
+                    known: known(),
+                })?,
+            None if all.len() == 1 => &all[0],
+            None => return Err(Error::ServiceNotGiven { known: known() }),
+        };
+        Ok(Located {
+            state: found.0.clone(),
+            name: found.1.to_owned(),
+        })
+    }
+
+    /// Runs `change` on the live state of one service under the interface
+    /// lock, writes the result with one map update, and records it in the
+    /// state file.
+    fn update_service<T>(
+        &self,
+        service: Option<&str>,
+        change: impl FnOnce(&ServiceSpec, &ServiceState) -> Result<Option<(ServiceState, T)>>,
+    ) -> Result<(String, String, Option<T>, Duration)> {
+        crate::dataplane::preflight(self)?;
+        let located = self.locate(service)?;
+        let iface = located.state.interface.clone();
+        let _lock = self.state.lock(&iface)?;
+        // Re-read under the lock: another command may have just written.
+        let mut state = self.state.load(&iface)?.ok_or_else(|| Error::NotUp {
+            where_: format!(" on {iface}"),
+        })?;
+        let record_index = state
+            .services
+            .iter()
+            .position(|record| record.spec.name == located.name)
+            .ok_or_else(|| Error::UnknownService {
+                name: located.name.clone(),
+                known: String::new(),
+            })?;
+        let spec = &state.services[record_index].spec;
+        let key = service_key(spec.vip, spec.proto);
+        let mut maps = PinnedMaps::open(&self.layout(&iface))?;
+        let started = Instant::now();
+        let live = maps.service(&key)?.ok_or_else(|| Error::InvalidService {
+            service: located.name.clone(),
+            message: "it is in the state file but not in the dataplane: run `bluegreen up` again"
+                .to_owned(),
+        })?;
+        let Some((updated, result)) = change(spec, &live)? else {
+            return Ok((iface, located.name, None, started.elapsed()));
+        };
+        maps.services
+            .insert(key, updated, BPF_EXIST)
+            .map_err(Error::ebpf("cannot update the services map"))?;
+        let elapsed = started.elapsed();
+        let record = &mut state.services[record_index];
+        record.spec.active = Color::from_wire(updated.active);
+        record.previous = Color::from_wire(updated.previous);
+        record.spec.blue = from_wire(key.family, updated.backend(Color::Blue.wire()));
+        record.spec.green = from_wire(key.family, updated.backend(Color::Green.wire()));
+        self.state.save(&state)?;
+        Ok((iface, located.name, Some(result), elapsed))
+    }
+
+    /// Makes `target` the active color. Graceful by default: established
+    /// flows stay where they are. `force` moves them too.
+    pub fn switch(
+        &self,
+        service: Option<&str>,
+        target: SwitchTarget,
+        force: bool,
+    ) -> Result<SwitchOutcome> {
+        let mut colors = None;
+        let (interface, name, changed, elapsed) = self.update_service(service, |spec, live| {
+            let from = Color::from_wire(live.active);
+            let to = match target {
+                SwitchTarget::Color(color) => color,
+                SwitchTarget::Previous if live.previous == live.active => {
+                    return Err(Error::NothingToRollBack {
+                        service: spec.name.clone(),
+                        color: from.to_string(),
+                    });
+                }
+                SwitchTarget::Previous => Color::from_wire(live.previous),
+            };
+            colors = Some((from, to));
+            if from == to && !force {
+                return Ok(None);
+            }
+            let updated = ServiceState {
+                active: to.wire(),
+                previous: if from == to { live.previous } else { from.wire() },
+                generation: live.generation.wrapping_add(u32::from(force)),
+                ..*live
+            };
+            Ok(Some((updated, ())))
+        })?;
+        let (from, to) = colors.expect("the change closure ran");
+        Ok(SwitchOutcome {
+            interface,
+            service: name,
+            from,
+            to,
+            forced: force,
+            changed: changed.is_some(),
+            elapsed,
+        })
+    }
+
+    /// Points one color of a service at another backend. Flows already on
+    /// the old backend stay there until they end.
+    pub fn set_backend(
+        &self,
+        service: Option<&str>,
+        color: Color,
+        backend: SocketAddr,
+    ) -> Result<(String, SocketAddr)> {
+        let mut old = None;
+        let (_, name, _, _) = self.update_service(service, |spec, live| {
+            let family = service_key(spec.vip, spec.proto).family;
+            check_same_family(&spec.vip, &backend, &format!("{color} backend"))?;
+            if from_wire(family, live.backend(color.other().wire())) == backend {
+                return Err(Error::InvalidService {
+                    service: spec.name.clone(),
+                    message: format!("{backend} is already the {} backend", color.other()),
+                });
+            }
+            if backend == spec.vip {
+                return Err(Error::InvalidService {
+                    service: spec.name.clone(),
+                    message: "a backend cannot be the VIP itself".to_owned(),
+                });
+            }
+            old = Some(from_wire(family, live.backend(color.wire())));
+            let mut updated = *live;
+            updated.backends[usize::from(color.wire())] = to_wire(backend);
+            Ok(Some((updated, ())))
+        })?;
+        Ok((name, old.expect("the change closure ran")))
+    }
+
+    /// Live flows per color of one service, judged by the dataplane's own
+    /// timeouts and clock.
+    pub fn active_flows(&self, service: Option<&str>) -> Result<[u64; 2]> {
+        let located = self.locate(service)?;
+        let record = located
+            .state
+            .service(&located.name)
+            .expect("located services exist");
+        let maps = PinnedMaps::open(&self.layout(&located.state.interface))?;
+        let key = service_key(record.spec.vip, record.spec.proto);
+        let counts = count_active_flows(&maps)?;
+        Ok(counts.get(&key).copied().unwrap_or_default())
+    }
+
+    /// Polls until `color` has no live flows on the service, calling
+    /// `progress` with each count. False if `timeout` ran out first.
+    pub fn wait_drain(
+        &self,
+        service: Option<&str>,
+        color: Color,
+        timeout: Duration,
+        mut progress: impl FnMut(u64, Duration),
+    ) -> Result<bool> {
+        let started = Instant::now();
+        loop {
+            let remaining = self.active_flows(service)?[usize::from(color.wire())];
+            progress(remaining, started.elapsed());
+            if remaining == 0 {
+                return Ok(true);
+            }
+            if started.elapsed() >= timeout {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(200).min(timeout - started.elapsed()));
+        }
+    }
+
+    pub fn status(&self, service: Option<&str>) -> Result<StatusReport> {
+        crate::dataplane::preflight(self)?;
+        let mut interfaces = Vec::new();
+        let states = self.state.list()?;
+        if let Some(wanted) = service {
+            self.locate(Some(wanted))?;
+        }
+        for state in states {
+            let layout = self.layout(&state.interface);
+            if !layout.is_up() {
+                continue;
+            }
+            interfaces.push(interface_status(&layout, &state, service)?);
+        }
+        if interfaces.is_empty() {
+            return Err(Error::NotUp {
+                where_: String::new(),
+            });
+        }
+        Ok(StatusReport {
+            schema_version: STATUS_SCHEMA_VERSION,
+            interfaces,
+        })
+    }
+}
+
+/// Live flows per service and (effective) color, in one pass over the flow
+/// table.
+fn count_active_flows(maps: &PinnedMaps) -> Result<BTreeMap<ServiceKey, [u64; 2]>> {
+    let settings = maps.settings()?;
+    let services: BTreeMap<ServiceKey, ServiceState> = maps
+        .services
+        .iter()
+        .collect::<std::result::Result<_, _>>()
+        .map_err(Error::ebpf("cannot read the services map"))?;
+    let now = monotonic_now_ns();
+    let mut counts: BTreeMap<ServiceKey, [u64; 2]> = BTreeMap::new();
+    for entry in maps.flows.iter() {
+        // An entry evicted between listing its key and reading it is gone.
+        let Ok((key, flow)) = entry else { continue };
+        if !settings.is_live(key.proto, &flow, now) {
+            continue;
+        }
+        let service_key = ServiceKey {
+            vip: key.server,
+            port: key.server_port,
+            proto: key.proto,
+            family: key.family,
+        };
+        let Some(service) = services.get(&service_key) else {
+            continue;
+        };
+        // Flows from before a forced switch follow the active color.
+        let color = if flow.generation == service.generation {
+            flow.color
+        } else {
+            service.active
+        };
+        counts.entry(service_key).or_default()[usize::from(color & 1)] += 1;
+    }
+    Ok(counts)
+}
+
+/// Bumped on any incompatible change to the JSON below.
+pub const STATUS_SCHEMA_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusReport {
+    pub schema_version: u32,
+    pub interfaces: Vec<InterfaceStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InterfaceStatus {
+    pub interface: String,
+    pub xdp_mode: String,
+    pub flow_capacity: u32,
+    /// Packets the ingress program passed untouched, by reason.
+    pub passed: BTreeMap<String, u64>,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub vip: String,
+    pub proto: String,
+    pub active: Color,
+    pub previous: Color,
+    pub generation: u32,
+    pub blue: ColorStatus,
+    pub green: ColorStatus,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ColorStatus {
+    pub backend: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub active_flows: u64,
+}
+
+fn interface_status(
+    layout: &PinLayout,
+    state: &InterfaceState,
+    only: Option<&str>,
+) -> Result<InterfaceStatus> {
+    let maps = PinnedMaps::open(layout)?;
+    let flows = count_active_flows(&maps)?;
+    let mut services = Vec::new();
+    for record in &state.services {
+        if only.is_some_and(|name| name != record.spec.name) {
+            continue;
+        }
+        let key = service_key(record.spec.vip, record.spec.proto);
+        // The live map wins over the state file.
+        let Some(live) = maps.service(&key)? else {
+            continue;
+        };
+        let active_flows = flows.get(&key).copied().unwrap_or_default();
+        let color_status = |color: Color| -> Result<ColorStatus> {
+            let traffic = maps.traffic(live.counter_slot, color.wire())?;
+            Ok(ColorStatus {
+                backend: from_wire(key.family, live.backend(color.wire())).to_string(),
+                packets: traffic.packets,
+                bytes: traffic.bytes,
+                new_flows: traffic.new_flows,
+                active_flows: active_flows[usize::from(color.wire())],
+            })
+        };
+        services.push(ServiceStatus {
+            name: record.spec.name.clone(),
+            vip: record.spec.vip.to_string(),
+            proto: record.spec.proto.to_string(),
+            active: Color::from_wire(live.active),
+            previous: Color::from_wire(live.previous),
+            generation: live.generation,
+            blue: color_status(Color::Blue)?,
+            green: color_status(Color::Green)?,
+        });
+    }
+    let mut passed = BTreeMap::new();
+    for reason in PassReason::ALL {
+        passed.insert(reason.name().to_owned(), maps.passed(reason)?);
+    }
+    Ok(InterfaceStatus {
+        interface: state.interface.clone(),
+        xdp_mode: state.xdp_mode.clone(),
+        flow_capacity: state.flow_capacity,
+        passed,
+        services,
+    })
+}

@@ -1,0 +1,225 @@
+//! Colors, protocols and addresses as the operator writes them, and their
+//! conversion to the wire layout the maps use.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    str::FromStr,
+};
+
+use bluegreen_common::{
+    COLOR_BLUE, COLOR_GREEN, Endpoint, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP,
+    ServiceKey,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    Blue,
+    Green,
+}
+
+impl Color {
+    pub const BOTH: [Color; 2] = [Color::Blue, Color::Green];
+
+    pub fn wire(self) -> u8 {
+        match self {
+            Color::Blue => COLOR_BLUE,
+            Color::Green => COLOR_GREEN,
+        }
+    }
+
+    pub fn from_wire(value: u8) -> Color {
+        if value & 1 == COLOR_GREEN {
+            Color::Green
+        } else {
+            Color::Blue
+        }
+    }
+
+    pub fn other(self) -> Color {
+        match self {
+            Color::Blue => Color::Green,
+            Color::Green => Color::Blue,
+        }
+    }
+}
+
+impl fmt::Display for Color {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        })
+    }
+}
+
+impl FromStr for Color {
+    type Err = Error;
+
+    fn from_str(input: &str) -> Result<Self, Error> {
+        match input {
+            "blue" => Ok(Color::Blue),
+            "green" => Ok(Color::Green),
+            _ => Err(Error::UnknownColor(input.to_owned())),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn wire(self) -> u8 {
+        match self {
+            Proto::Tcp => IPPROTO_TCP,
+            Proto::Udp => IPPROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+impl FromStr for Proto {
+    type Err = Error;
+
+    fn from_str(input: &str) -> Result<Self, Error> {
+        match input {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            _ => Err(Error::UnknownProtocol(input.to_owned())),
+        }
+    }
+}
+
+/// Parses `ADDR:PORT` or `[ADDR6]:PORT`, refusing port 0 and the unspecified
+/// address, which can never be a real VIP or backend.
+pub fn parse_endpoint(input: &str) -> Result<SocketAddr, Error> {
+    let invalid = |reason| Error::InvalidEndpoint {
+        input: input.to_owned(),
+        reason,
+    };
+    let addr = SocketAddr::from_str(input).map_err(|_| {
+        if !input.contains(':') {
+            invalid("the port is missing")
+        } else if input.matches(':').count() > 1 && !input.starts_with('[') {
+            invalid("IPv6 addresses go in brackets")
+        } else {
+            invalid("not an IP address and port")
+        }
+    })?;
+    if addr.port() == 0 {
+        return Err(invalid("port 0 cannot be used"));
+    }
+    if addr.ip().is_unspecified() {
+        return Err(invalid("the unspecified address cannot be used"));
+    }
+    Ok(addr)
+}
+
+pub fn family_name(addr: &SocketAddr) -> &'static str {
+    if addr.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+fn wire_family(addr: &SocketAddr) -> u8 {
+    if addr.is_ipv4() {
+        FAMILY_IPV4
+    } else {
+        FAMILY_IPV6
+    }
+}
+
+fn wire_addr(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut addr = [0; 16];
+            addr[..4].copy_from_slice(&v4.octets());
+            addr
+        }
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+pub fn to_wire(addr: SocketAddr) -> Endpoint {
+    Endpoint {
+        addr: wire_addr(addr.ip()),
+        port: addr.port().to_be_bytes(),
+        reserved: [0; 2],
+    }
+}
+
+pub fn from_wire(family: u8, endpoint: &Endpoint) -> SocketAddr {
+    let ip = if family == FAMILY_IPV4 {
+        let [a, b, c, d, ..] = endpoint.addr;
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(endpoint.addr))
+    };
+    SocketAddr::new(ip, u16::from_be_bytes(endpoint.port))
+}
+
+pub fn service_key(vip: SocketAddr, proto: Proto) -> ServiceKey {
+    let Endpoint { addr, port, .. } = to_wire(vip);
+    ServiceKey {
+        vip: addr,
+        port,
+        proto: proto.wire(),
+        family: wire_family(&vip),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_in_both_families() {
+        assert_eq!(
+            parse_endpoint("10.0.0.1:80").unwrap(),
+            "10.0.0.1:80".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(parse_endpoint("[fd00::1]:8080").unwrap().port(), 8080);
+    }
+
+    #[test]
+    fn bad_endpoints_say_what_is_wrong() {
+        let reason = |input| match parse_endpoint(input) {
+            Err(Error::InvalidEndpoint { reason, .. }) => reason,
+            other => panic!("{input}: expected InvalidEndpoint, got {other:?}"),
+        };
+        assert_eq!(reason("10.0.0.1"), "the port is missing");
+        assert_eq!(reason("fd00::1:80"), "IPv6 addresses go in brackets");
+        assert_eq!(reason("host:80"), "not an IP address and port");
+        assert_eq!(reason("10.0.0.1:0"), "port 0 cannot be used");
+        assert_eq!(reason("0.0.0.0:80"), "the unspecified address cannot be used");
+        assert_eq!(reason("10.0.0.1:70000"), "not an IP address and port");
+    }
+
+    #[test]
+    fn wire_round_trip_keeps_address_and_port() {
+        for text in ["192.0.2.7:443", "[2001:db8::7]:443"] {
+            let addr: SocketAddr = text.parse().unwrap();
+            assert_eq!(from_wire(wire_family(&addr), &to_wire(addr)), addr, "{text}");
+        }
+        let key = service_key("192.0.2.7:443".parse().unwrap(), Proto::Udp);
+        assert_eq!(key.vip[..4], [192, 0, 2, 7]);
+        assert_eq!(key.vip[4..], [0; 12]);
+        assert_eq!(key.port, [0x01, 0xbb]);
+        assert_eq!((key.proto, key.family), (IPPROTO_UDP, FAMILY_IPV4));
+    }
+}

@@ -1,0 +1,95 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong in bluegreen's library. Each message is one
+/// line that says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bluegreen must run as root (it loads eBPF programs and attaches them): run it with sudo")]
+    NotRoot,
+    #[error(
+        "{path} is not on a BPF filesystem: mount one with `mount -t bpf bpf /sys/fs/bpf` or pass --pin-dir on bpffs"
+    )]
+    BpffsNotMounted { path: PathBuf },
+    #[error("interface {name} does not exist: check `ip link` for its name")]
+    InterfaceNotFound { name: String },
+    #[error("invalid address {input:?}: {reason} (expected ADDR:PORT, e.g. 10.0.0.1:8080 or [fd00::1]:8080)")]
+    InvalidEndpoint { input: String, reason: &'static str },
+    #[error("{what} {addr} is {family}, but the VIP {vip} is not: a service's VIP and backends must share one address family")]
+    FamilyMismatch {
+        what: String,
+        addr: String,
+        vip: String,
+        family: &'static str,
+    },
+    #[error("unknown color {0:?}: use blue or green")]
+    UnknownColor(String),
+    #[error("unknown protocol {0:?}: use tcp or udp")]
+    UnknownProtocol(String),
+    #[error("no service named {name:?}; known services: {known}")]
+    UnknownService { name: String, known: String },
+    #[error("several services are up ({known}): pick one with --service NAME")]
+    ServiceNotGiven { known: String },
+    #[error("bluegreen is not up{where_}: start it with `bluegreen up --iface IFACE ...`")]
+    NotUp { where_: String },
+    #[error(
+        "{path} holds maps of layout {found}, but this bluegreen uses layout {expected}: run `bluegreen down --iface {iface}` with the version that created them (the state file keeps each service's active color), then `bluegreen up` again"
+    )]
+    LayoutMismatch {
+        path: PathBuf,
+        found: String,
+        expected: u32,
+        iface: String,
+    },
+    #[error(
+        "pinned map {path} does not match this version ({detail}): refusing to use it; run `bluegreen down --iface {iface}` and `up` again"
+    )]
+    IncompatibleMap {
+        path: PathBuf,
+        detail: String,
+        iface: String,
+    },
+    #[error("{file}:{line}: {field}: {message}")]
+    Config {
+        file: String,
+        line: usize,
+        field: String,
+        message: String,
+    },
+    #[error("service {service}: {message}")]
+    InvalidService { service: String, message: String },
+    #[error("service {service} is already {color} and has never been switched: nothing to roll back to")]
+    NothingToRollBack { service: String, color: String },
+    #[error("state file {path} is unreadable ({reason}): fix or remove it, then run `bluegreen up` again")]
+    CorruptState { path: PathBuf, reason: String },
+    #[error("{action}: {source}")]
+    Io {
+        action: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{action}: {source}")]
+    Ebpf {
+        action: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let action = action.into();
+        move |source| Error::Io { action, source }
+    }
+
+    pub fn ebpf<E: std::error::Error + Send + Sync + 'static>(
+        action: impl Into<String>,
+    ) -> impl FnOnce(E) -> Error {
+        let action = action.into();
+        move |source| Error::Ebpf {
+            action,
+            source: Box::new(source),
+        }
+    }
+}

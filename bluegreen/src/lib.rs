@@ -1,0 +1,18 @@
+//! bluegreen: blue-green traffic switching in the kernel with XDP and TC.
+//!
+//! The library holds everything the `bluegreen` binary does, so that tests
+//! and tools drive the same code the operator runs.
+
+pub mod config;
+pub mod control;
+pub mod dataplane;
+pub mod endpoint;
+pub mod error;
+pub mod pinned;
+pub mod state;
+
+pub use error::{Error, Result};
+
+/// The compiled eBPF object (both programs and their maps), embedded at
+/// build time by `build.rs`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bluegreen"));

@@ -1,0 +1,497 @@
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, bail};
+use bluegreen::{
+    config::{Config, DataplaneOptions, ServiceSpec, XdpModeArg},
+    control::{StatusReport, SwitchOutcome, SwitchTarget},
+    dataplane::{Host, UpOutcome, UpRequest},
+    endpoint::{Color, Proto, parse_endpoint},
+};
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+/// Exit code of `switch --wait-drain` when the old color still has flows.
+const EXIT_DRAIN_TIMEOUT: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "bluegreen",
+    version,
+    about = "Blue-green traffic switching in the kernel (XDP + TC), with instant rollback",
+    long_about = "bluegreen steers clients of one virtual address (VIP:port) to the blue or the green \
+copy of a service. An XDP program rewrites packets to the active color's backend; a TC program \
+rewrites replies back to the VIP. Switching is one atomic map update: no reload, no dropped \
+packet. Established connections finish on the color they started on unless the switch is forced.",
+    after_help = "Examples:
+  bluegreen up --iface eth0 --service chat --vip 10.0.0.1:8080 --blue 10.0.1.2:8080 --green 10.0.1.3:8080
+  bluegreen switch green --wait-drain=120     # new flows to green, wait for blue to drain
+  bluegreen rollback                          # back to blue, instantly
+  bluegreen status --json
+  bluegreen down --iface eth0"
+)]
+struct Cli {
+    /// bpffs directory for pinned maps and links.
+    #[arg(long, global = true, default_value = "/sys/fs/bpf/bluegreen", env = "BLUEGREEN_PIN_DIR")]
+    pin_dir: PathBuf,
+    /// Directory for state files (active colors survive reboots here).
+    #[arg(long, global = true, default_value = "/var/lib/bluegreen", env = "BLUEGREEN_STATE_DIR")]
+    state_dir: PathBuf,
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    verbose: u8,
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "verbose")]
+    quiet: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and attach bluegreen on an interface, or hot-upgrade it in place.
+    #[command(after_help = "Examples:
+  bluegreen up --iface eth0 --config /etc/bluegreen/bluegreen.toml
+  bluegreen up --iface eth0 --service chat --vip 10.0.0.1:8080 --blue 10.0.1.2:8080 --green 10.0.1.3:8080
+  bluegreen up --iface eth0 --service dns --proto udp --vip [fd00::53]:53 --blue [fd00::2]:53 --green [fd00::3]:53
+
+Running `up` again on the same interface replaces the programs atomically and keeps
+every map and flow (a hot upgrade). The services become exactly those given; each
+keeps its live active color.")]
+    Up(UpArgs),
+    /// Make a color active for new flows (established flows stay unless --force).
+    #[command(after_help = "Examples:
+  bluegreen switch green                       # graceful: open connections finish on blue
+  bluegreen switch green --wait-drain          # ... and wait (up to 300 s) until blue has no flows
+  bluegreen switch green --wait-drain=60       # exit code 3 if blue still has flows after 60 s
+  bluegreen switch green --force               # emergency: every connection moves to green now")]
+    Switch(SwitchArgs),
+    /// Return to the color that was active before the last switch.
+    #[command(after_help = "Examples:
+  bluegreen rollback
+  bluegreen rollback --service chat --force")]
+    Rollback(RollbackArgs),
+    /// Show each service's colors, backends, counters and live flows.
+    #[command(after_help = "Examples:
+  bluegreen status
+  bluegreen status --service chat --json | jq .interfaces[0].services[0].active")]
+    Status(StatusArgs),
+    /// Point one color of a service at another backend.
+    #[command(after_help = "Examples:
+  bluegreen set-backend green 10.0.1.4:8080
+  bluegreen set-backend blue [fd00::12]:8080 --service chat6
+
+Flows already on the old backend stay there until they end.")]
+    SetBackend(SetBackendArgs),
+    /// Detach bluegreen from an interface and remove its pins and state.
+    #[command(after_help = "Example:
+  bluegreen down --iface eth0")]
+    Down(DownArgs),
+    /// `up` from a config file, then stay in the foreground for systemd.
+    #[command(after_help = "Example:
+  bluegreen daemon --config /etc/bluegreen/bluegreen.toml
+
+SIGHUP reloads the config (backends and timeouts; active colors are kept).
+SIGTERM exits WITHOUT detaching: traffic keeps flowing while the service restarts.")]
+    Daemon(DaemonArgs),
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// Interface whose incoming traffic carries the VIP.
+    #[arg(long)]
+    iface: String,
+    /// TOML file describing the services (see packaging/bluegreen.toml).
+    #[arg(long, conflicts_with_all = ["service", "vip", "blue", "green", "proto"])]
+    config: Option<PathBuf>,
+    /// Service name (with --vip, --blue and --green instead of --config).
+    #[arg(long, required_unless_present = "config")]
+    service: Option<String>,
+    /// Virtual address clients connect to.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_endpoint, required_unless_present = "config")]
+    vip: Option<std::net::SocketAddr>,
+    /// Backend of the blue color.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_endpoint, required_unless_present = "config")]
+    blue: Option<std::net::SocketAddr>,
+    /// Backend of the green color.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_endpoint, required_unless_present = "config")]
+    green: Option<std::net::SocketAddr>,
+    #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+    proto: Proto,
+    /// Color that takes new flows at first (a live or remembered color wins).
+    #[arg(long, value_enum)]
+    active: Option<Color>,
+    /// auto: native if the driver supports it, generic otherwise.
+    #[arg(long, value_enum)]
+    xdp_mode: Option<XdpModeArg>,
+}
+
+#[derive(Args)]
+struct SwitchArgs {
+    #[arg(value_enum)]
+    color: Color,
+    /// Needed when more than one service is up.
+    #[arg(long)]
+    service: Option<String>,
+    /// Move established flows too (they are cut over mid-connection).
+    #[arg(long)]
+    force: bool,
+    /// After switching, wait until the old color has no live flows.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, require_equals = true, default_missing_value = "300")]
+    wait_drain: Option<u64>,
+}
+
+#[derive(Args)]
+struct RollbackArgs {
+    #[arg(long)]
+    service: Option<String>,
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[arg(long)]
+    service: Option<String>,
+    /// Machine-readable output (schema in the README).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SetBackendArgs {
+    #[arg(value_enum)]
+    color: Color,
+    #[arg(value_name = "ADDR:PORT", value_parser = parse_endpoint)]
+    backend: std::net::SocketAddr,
+    #[arg(long)]
+    service: Option<String>,
+}
+
+#[derive(Args)]
+struct DownArgs {
+    #[arg(long)]
+    iface: String,
+}
+
+#[derive(Args)]
+struct DaemonArgs {
+    #[arg(long)]
+    config: PathBuf,
+}
+
+fn init_logging(verbose: u8, quiet: u8) {
+    let level = match (verbose, quiet) {
+        (0, 0) => log::LevelFilter::Info,
+        (1, _) => log::LevelFilter::Debug,
+        (_, 0) => log::LevelFilter::Trace,
+        (_, 1) => log::LevelFilter::Warn,
+        _ => log::LevelFilter::Error,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_env("RUST_LOG")
+        .format_timestamp(None)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let host = Host::new(&cli.pin_dir, &cli.state_dir);
+    match run(&host, cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            // One line: the library's messages already say what to do.
+            let chain: Vec<String> = error.chain().map(ToString::to_string).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(host: &Host, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Up(args) => {
+            let request = up_request(args)?;
+            let outcome = host.up(&request)?;
+            print_up(&outcome);
+        }
+        Command::Switch(args) => {
+            let outcome = host.switch(
+                args.service.as_deref(),
+                SwitchTarget::Color(args.color),
+                args.force,
+            )?;
+            print_switch(&outcome);
+            if let Some(seconds) = args.wait_drain {
+                return wait_drain(host, &outcome, Duration::from_secs(seconds));
+            }
+        }
+        Command::Rollback(args) => {
+            let outcome = host.switch(args.service.as_deref(), SwitchTarget::Previous, args.force)?;
+            print_switch(&outcome);
+        }
+        Command::Status(args) => {
+            let report = host.status(args.service.as_deref())?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_status(&report);
+            }
+        }
+        Command::SetBackend(args) => {
+            let (service, old) =
+                host.set_backend(args.service.as_deref(), args.color, args.backend)?;
+            println!(
+                "{service}: {} backend {old} -> {} (flows already on {old} stay there)",
+                args.color, args.backend
+            );
+        }
+        Command::Down(args) => {
+            host.down(&args.iface)?;
+            println!("bluegreen is down on {}: programs detached, pins and state removed", args.iface);
+        }
+        Command::Daemon(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(daemon(host, &args.config))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn up_request(args: UpArgs) -> anyhow::Result<UpRequest> {
+    let (xdp_mode, dataplane, mut services) = match &args.config {
+        Some(path) => {
+            let config = Config::load(path)?;
+            if let Some(interface) = &config.interface
+                && *interface != args.iface
+            {
+                bail!(
+                    "{} says interface = {interface:?} but --iface is {:?}: make them agree",
+                    path.display(),
+                    args.iface
+                );
+            }
+            (config.xdp_mode, config.dataplane, config.services)
+        }
+        None => {
+            let spec = ServiceSpec {
+                name: args.service.clone().expect("clap requires --service"),
+                vip: args.vip.expect("clap requires --vip"),
+                proto: args.proto,
+                blue: args.blue.expect("clap requires --blue"),
+                green: args.green.expect("clap requires --green"),
+                active: Color::Blue,
+            };
+            (XdpModeArg::default(), DataplaneOptions::default(), vec![spec])
+        }
+    };
+    if let Some(active) = args.active {
+        for service in &mut services {
+            service.active = active;
+        }
+    }
+    Ok(UpRequest {
+        iface: args.iface,
+        xdp_mode: args.xdp_mode.unwrap_or(xdp_mode),
+        dataplane,
+        services,
+    })
+}
+
+fn print_up(outcome: &UpOutcome) {
+    let state = &outcome.state;
+    let verb = if outcome.hot_upgrade {
+        "hot-upgraded (programs replaced, maps and flows kept)"
+    } else {
+        "up"
+    };
+    println!(
+        "bluegreen {verb} on {} (XDP {} mode, flow table {} flows)",
+        state.interface, state.xdp_mode, state.flow_capacity
+    );
+    for record in &state.services {
+        let spec = &record.spec;
+        println!(
+            "  {} {} {} -> {} (blue {}, green {})",
+            spec.name,
+            spec.proto,
+            spec.vip,
+            spec.active,
+            spec.blue,
+            spec.green
+        );
+    }
+    for note in &outcome.notes {
+        println!("  note: {note}");
+    }
+}
+
+fn print_switch(outcome: &SwitchOutcome) {
+    let SwitchOutcome {
+        service,
+        from,
+        to,
+        forced,
+        changed,
+        elapsed,
+        ..
+    } = outcome;
+    if !changed {
+        println!("{service}: already {to}, nothing to do");
+    } else if *forced {
+        println!(
+            "{service}: {from} -> {to} in {elapsed:.0?} (forced: every flow follows {to} now)"
+        );
+    } else {
+        println!(
+            "{service}: {from} -> {to} in {elapsed:.0?} (graceful: established flows finish on {from})"
+        );
+    }
+}
+
+fn wait_drain(host: &Host, outcome: &SwitchOutcome, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let old = outcome.to.other();
+    let mut last = None;
+    let drained = host.wait_drain(Some(&outcome.service), old, timeout, |remaining, waited| {
+        if last != Some(remaining) {
+            println!("  draining {old}: {remaining} live flows after {waited:.1?}");
+            last = Some(remaining);
+        }
+    })?;
+    if drained {
+        println!("{}: {old} has drained; it can be stopped safely", outcome.service);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "error: {}: {old} still has live flows after {timeout:?}; it is NOT safe to stop yet",
+            outcome.service
+        );
+        Ok(ExitCode::from(EXIT_DRAIN_TIMEOUT))
+    }
+}
+
+fn print_status(report: &StatusReport) {
+    for interface in &report.interfaces {
+        println!(
+            "{}: XDP {} mode, flow table {} flows",
+            interface.interface, interface.xdp_mode, interface.flow_capacity
+        );
+        for service in &interface.services {
+            println!(
+                "  {} {} {}: active {} (previous {}, generation {})",
+                service.name,
+                service.proto,
+                service.vip,
+                service.active,
+                service.previous,
+                service.generation
+            );
+            for (color, status) in [(Color::Blue, &service.blue), (Color::Green, &service.green)] {
+                let marker = if color == service.active { "*" } else { " " };
+                println!(
+                    "   {marker}{color:<5} {:<24} packets {:>10}  bytes {:>12}  new flows {:>8}  active flows {:>6}",
+                    status.backend,
+                    status.packets,
+                    status.bytes,
+                    status.new_flows,
+                    status.active_flows
+                );
+            }
+        }
+        let passed: Vec<String> = interface
+            .passed
+            .iter()
+            .map(|(reason, count)| format!("{reason} {count}"))
+            .collect();
+        println!("  passed untouched: {}", passed.join(", "));
+    }
+}
+
+async fn daemon(host: &Host, config_path: &std::path::Path) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let load_request = || -> anyhow::Result<UpRequest> {
+        let config = Config::load(config_path)?;
+        let Some(iface) = config.interface.clone() else {
+            bail!(
+                "{}: the daemon needs `interface = \"IFACE\"` at the top of the config",
+                config_path.display()
+            );
+        };
+        Ok(UpRequest {
+            iface,
+            xdp_mode: config.xdp_mode,
+            dataplane: config.dataplane,
+            services: config.services,
+        })
+    };
+    let request = load_request()?;
+    let mut outcome = host.up(&request)?;
+    print_up(&outcome);
+    forward_ebpf_logs(&mut outcome.ebpf);
+
+    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    log::info!("daemon ready on {}", request.iface);
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                match load_request().and_then(|new| {
+                    if new.iface != request.iface {
+                        bail!("the interface changed ({} -> {}): restart the daemon to move", request.iface, new.iface);
+                    }
+                    Ok(host.reload(&new)?)
+                }) {
+                    Ok((_, notes)) => {
+                        log::info!("configuration reloaded");
+                        for note in notes {
+                            log::info!("{note}");
+                        }
+                    }
+                    // A bad config must not take a running dataplane down.
+                    Err(error) => log::error!("reload refused, keeping the running configuration: {error:#}"),
+                }
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    log::info!("daemon exiting; programs stay attached and traffic keeps flowing");
+    Ok(())
+}
+
+fn forward_ebpf_logs(ebpf: &mut aya::Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => logger,
+        Err(error) => {
+            log::warn!("eBPF log records will not be forwarded: {error}");
+            return;
+        }
+    };
+    // SAFETY: the logger owns its ring-buffer descriptor and moves into the
+    // AsyncFd, so the descriptor outlives the registration.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let Ok(mut readable) = registered else {
+        log::warn!("eBPF log records will not be forwarded: cannot poll the log buffer");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = readable.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}

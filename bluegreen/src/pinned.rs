@@ -1,0 +1,317 @@
+//! The bpffs side of an instance: where its maps and links are pinned, and
+//! typed access to the pinned maps after checking they have our layout.
+
+use std::{
+    ffi::CString,
+    mem::size_of,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray};
+use bluegreen_common::{
+    Endpoint, FlowEntry, FlowKey, LAYOUT_VERSION, MAX_SERVICES, PassReason, ServiceKey,
+    ServiceState, Settings, TrafficCounters, VIP_PORT_WORDS, map_names,
+};
+
+use crate::error::{Error, Result};
+
+const BPF_FS_MAGIC: libc::c_long = 0xcafe4a11;
+
+/// Where one interface's pins live: `<pin-dir>/v<layout>/<iface>/`.
+#[derive(Clone, Debug)]
+pub struct PinLayout {
+    root: PathBuf,
+    iface: String,
+}
+
+impl PinLayout {
+    pub fn new(root: impl Into<PathBuf>, iface: &str) -> Self {
+        Self {
+            root: root.into(),
+            iface: iface.to_owned(),
+        }
+    }
+
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.root
+            .join(format!("v{LAYOUT_VERSION}"))
+            .join(&self.iface)
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.dir().join(name)
+    }
+
+    pub fn xdp_link(&self) -> PathBuf {
+        self.dir().join("link_xdp")
+    }
+
+    pub fn tc_link(&self) -> PathBuf {
+        self.dir().join("link_tc")
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.xdp_link().exists()
+    }
+
+    /// Refuses to go on when this interface has pins of another layout.
+    pub fn check_no_other_layout(&self) -> Result<()> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Ok(());
+        };
+        let ours = format!("v{LAYOUT_VERSION}");
+        for entry in entries.filter_map(|entry| entry.ok()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != ours && name.starts_with('v') && entry.path().join(&self.iface).exists() {
+                return Err(Error::LayoutMismatch {
+                    path: entry.path().join(&self.iface),
+                    found: name,
+                    expected: LAYOUT_VERSION,
+                    iface: self.iface.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Interfaces that have pins of our layout under `root`.
+    pub fn interfaces(root: &Path) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(root.join(format!("v{LAYOUT_VERSION}"))) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|entry| entry.ok())
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// Fails unless `path` (or, if it does not exist yet, its nearest existing
+/// ancestor) is on a BPF filesystem.
+pub fn check_bpffs(path: &Path) -> Result<()> {
+    let existing = path
+        .ancestors()
+        .find(|ancestor| ancestor.exists())
+        .unwrap_or(Path::new("/"));
+    let c_path = CString::new(existing.as_os_str().as_encoded_bytes()).map_err(|_| {
+        Error::BpffsNotMounted {
+            path: path.to_owned(),
+        }
+    })?;
+    // SAFETY: statfs writes into the zeroed struct we pass.
+    let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
+    let on_bpffs = unsafe { libc::statfs(c_path.as_ptr(), &mut stats) } == 0
+        && stats.f_type as libc::c_long == BPF_FS_MAGIC;
+    // A path below the mount point but not yet created is fine only when the
+    // ancestor we found is itself on bpffs.
+    if on_bpffs {
+        Ok(())
+    } else {
+        Err(Error::BpffsNotMounted {
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// What a pinned map must look like to be ours.
+struct MapSpec {
+    name: &'static str,
+    kind: MapType,
+    key_size: usize,
+    value_size: usize,
+    /// `None` for the flow tables, whose size the operator chooses.
+    max_entries: Option<u32>,
+}
+
+fn expected_maps() -> [MapSpec; 7] {
+    [
+        MapSpec {
+            name: map_names::SERVICES,
+            kind: MapType::Hash,
+            key_size: size_of::<ServiceKey>(),
+            value_size: size_of::<ServiceState>(),
+            max_entries: Some(MAX_SERVICES),
+        },
+        MapSpec {
+            name: map_names::FLOWS,
+            kind: MapType::LruHash,
+            key_size: size_of::<FlowKey>(),
+            value_size: size_of::<FlowEntry>(),
+            max_entries: None,
+        },
+        MapSpec {
+            name: map_names::REPLIES,
+            kind: MapType::LruHash,
+            key_size: size_of::<FlowKey>(),
+            value_size: size_of::<Endpoint>(),
+            max_entries: None,
+        },
+        MapSpec {
+            name: map_names::TRAFFIC,
+            kind: MapType::PerCpuArray,
+            key_size: size_of::<u32>(),
+            value_size: size_of::<TrafficCounters>(),
+            max_entries: Some(MAX_SERVICES * 2),
+        },
+        MapSpec {
+            name: map_names::PASSED,
+            kind: MapType::PerCpuArray,
+            key_size: size_of::<u32>(),
+            value_size: size_of::<u64>(),
+            max_entries: Some(PassReason::COUNT),
+        },
+        MapSpec {
+            name: map_names::SETTINGS,
+            kind: MapType::Array,
+            key_size: size_of::<u32>(),
+            value_size: size_of::<Settings>(),
+            max_entries: Some(1),
+        },
+        MapSpec {
+            name: map_names::VIP_PORTS,
+            kind: MapType::Array,
+            key_size: size_of::<u32>(),
+            value_size: size_of::<u32>(),
+            max_entries: Some(VIP_PORT_WORDS),
+        },
+    ]
+}
+
+/// Checks every pinned map that exists against the layout this binary was
+/// built with. Returns the flow table's capacity if it is pinned.
+pub fn check_pinned_maps(layout: &PinLayout) -> Result<Option<u32>> {
+    let mut flow_capacity = None;
+    for spec in expected_maps() {
+        let path = layout.map(spec.name);
+        if !path.exists() {
+            continue;
+        }
+        let incompatible = |detail: String| Error::IncompatibleMap {
+            path: path.clone(),
+            detail,
+            iface: layout.iface().to_owned(),
+        };
+        let info = MapInfo::from_pin(&path).map_err(|error| incompatible(error.to_string()))?;
+        let kind = info
+            .map_type()
+            .map_err(|error| incompatible(error.to_string()))?;
+        if kind != spec.kind {
+            return Err(incompatible(format!("type {kind:?}, expected {:?}", spec.kind)));
+        }
+        if info.key_size() as usize != spec.key_size || info.value_size() as usize != spec.value_size
+        {
+            return Err(incompatible(format!(
+                "key/value size {}/{}, expected {}/{}",
+                info.key_size(),
+                info.value_size(),
+                spec.key_size,
+                spec.value_size
+            )));
+        }
+        match spec.max_entries {
+            Some(expected) if info.max_entries() != expected => {
+                return Err(incompatible(format!(
+                    "{} entries, expected {expected}",
+                    info.max_entries()
+                )));
+            }
+            Some(_) => {}
+            None if spec.name == map_names::FLOWS => flow_capacity = Some(info.max_entries()),
+            None => {}
+        }
+    }
+    Ok(flow_capacity)
+}
+
+/// Typed handles on an instance's pinned maps.
+pub struct PinnedMaps {
+    pub services: HashMap<MapData, ServiceKey, ServiceState>,
+    pub flows: HashMap<MapData, FlowKey, FlowEntry>,
+    pub traffic: PerCpuArray<MapData, TrafficCounters>,
+    pub passed: PerCpuArray<MapData, u64>,
+    pub settings: Array<MapData, Settings>,
+    pub vip_ports: Array<MapData, u32>,
+}
+
+fn open_map<T>(layout: &PinLayout, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let path = layout.map(name);
+    let action = || format!("cannot open pinned map {}", path.display());
+    let data = MapData::from_pin(&path).map_err(Error::ebpf(action()))?;
+    let map = Map::from_map_data(data).map_err(Error::ebpf(action()))?;
+    T::try_from(map).map_err(Error::ebpf(action()))
+}
+
+impl PinnedMaps {
+    pub fn open(layout: &PinLayout) -> Result<Self> {
+        if !layout.map(map_names::SERVICES).exists() {
+            return Err(Error::NotUp {
+                where_: format!(" on {}", layout.iface()),
+            });
+        }
+        check_pinned_maps(layout)?;
+        Ok(Self {
+            services: open_map(layout, map_names::SERVICES)?,
+            flows: open_map(layout, map_names::FLOWS)?,
+            traffic: open_map(layout, map_names::TRAFFIC)?,
+            passed: open_map(layout, map_names::PASSED)?,
+            settings: open_map(layout, map_names::SETTINGS)?,
+            vip_ports: open_map(layout, map_names::VIP_PORTS)?,
+        })
+    }
+
+    pub fn service(&self, key: &ServiceKey) -> Result<Option<ServiceState>> {
+        match self.services.get(key, 0) {
+            Ok(state) => Ok(Some(state)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(error) => Err(Error::ebpf("cannot read the services map")(error)),
+        }
+    }
+
+    pub fn settings(&self) -> Result<Settings> {
+        self.settings
+            .get(&0, 0)
+            .map_err(Error::ebpf("cannot read the settings map"))
+    }
+
+    pub fn traffic(&self, slot: u32, color: u8) -> Result<TrafficCounters> {
+        let per_cpu = self
+            .traffic
+            .get(&(slot * 2 + u32::from(color & 1)), 0)
+            .map_err(Error::ebpf("cannot read traffic counters"))?;
+        Ok(per_cpu.iter().fold(TrafficCounters::default(), |sum, cpu| {
+            TrafficCounters {
+                packets: sum.packets + cpu.packets,
+                bytes: sum.bytes + cpu.bytes,
+                new_flows: sum.new_flows + cpu.new_flows,
+            }
+        }))
+    }
+
+    pub fn passed(&self, reason: PassReason) -> Result<u64> {
+        let per_cpu = self
+            .passed
+            .get(&(reason as u32), 0)
+            .map_err(Error::ebpf("cannot read pass counters"))?;
+        Ok(per_cpu.iter().sum())
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_now_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}

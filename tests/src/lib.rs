@@ -1,0 +1,12 @@
+//! Test bed for bluegreen: real kernels, real packets.
+//!
+//! - [`packet`]: a small builder for fixture frames, and full checksum checks.
+//! - [`kernel`]: the eBPF object loaded (not attached) with its maps pinned in
+//!   a throwaway bpffs directory, for `BPF_PROG_TEST_RUN`.
+//! - [`netns`]: throwaway network-namespace topologies with veth pairs.
+//! - [`http`]: a tiny HTTP backend and client that run inside namespaces.
+
+pub mod http;
+pub mod kernel;
+pub mod netns;
+pub mod packet;
