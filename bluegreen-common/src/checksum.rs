@@ -46,7 +46,11 @@ pub fn apply_udp_delta(check: [u8; 2], delta: u32) -> [u8; 2] {
         return check;
     }
     let updated = apply_delta(check, delta);
-    if updated == [0, 0] { [0xff, 0xff] } else { updated }
+    if updated == [0, 0] {
+        [0xff, 0xff]
+    } else {
+        updated
+    }
 }
 
 #[cfg(test)]
@@ -76,7 +80,11 @@ mod tests {
         data[11] = 0;
         let check = full_checksum(&data).to_be_bytes();
         data[10..12].copy_from_slice(&check);
-        assert_eq!(full_checksum(&data), 0, "a packet with its checksum sums to zero");
+        assert_eq!(
+            full_checksum(&data),
+            0,
+            "a packet with its checksum sums to zero"
+        );
 
         let mut old = [0u8; 16];
         old.copy_from_slice(&data[16..32]);
@@ -88,7 +96,11 @@ mod tests {
         data[2..4].copy_from_slice(&new_port);
         let updated = apply_delta(check, delta);
         data[10..12].copy_from_slice(&updated);
-        assert_eq!(full_checksum(&data), 0, "updated checksum {updated:02x?} is wrong");
+        assert_eq!(
+            full_checksum(&data),
+            0,
+            "updated checksum {updated:02x?} is wrong"
+        );
     }
 
     #[test]

@@ -8,9 +8,9 @@
 #![no_std]
 
 pub mod checksum;
-pub mod wire;
 #[cfg(feature = "user")]
 pub mod model;
+pub mod wire;
 
 /// Bumped whenever any map's key or value layout changes. Pins live under a
 /// directory named after it, so a loader never reads maps of another layout.
@@ -45,7 +45,9 @@ pub mod map_names {
     pub const PASSED: &str = "BG_PASSED";
     pub const SETTINGS: &str = "BG_SETTINGS";
     pub const VIP_PORTS: &str = "BG_VIP_PORTS";
-    pub const ALL: [&str; 7] = [SERVICES, FLOWS, REPLIES, TRAFFIC, PASSED, SETTINGS, VIP_PORTS];
+    pub const ALL: [&str; 7] = [
+        SERVICES, FLOWS, REPLIES, TRAFFIC, PASSED, SETTINGS, VIP_PORTS,
+    ];
 }
 
 /// Program names, as declared in the eBPF object.

@@ -164,7 +164,11 @@ pub fn ingress(
         family,
         reserved: [0; 2],
     };
-    let tcp_flags = if proto == IPPROTO_TCP { packet[l4 + 13] } else { 0 };
+    let tcp_flags = if proto == IPPROTO_TCP {
+        packet[l4 + 13]
+    } else {
+        0
+    };
     let opens_connection = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let known = flow(&key).filter(|entry| settings.is_live(proto, entry, now_ns));
 
@@ -208,7 +212,11 @@ pub fn ingress(
         packet[l3 + 10..l3 + 12].copy_from_slice(&apply_delta(check, addr_delta));
     }
     let l4_delta = addr_delta + port_delta(vip_port, backend.port);
-    let check_at = if proto == IPPROTO_TCP { l4 + 16 } else { l4 + 6 };
+    let check_at = if proto == IPPROTO_TCP {
+        l4 + 16
+    } else {
+        l4 + 6
+    };
     let check = [packet[check_at], packet[check_at + 1]];
     let updated = if proto == IPPROTO_UDP {
         apply_udp_delta(check, l4_delta)

@@ -5,9 +5,7 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use bluegreen_common::{
-    FAMILY_IPV4, FlowKey, IPPROTO_UDP, PassReason, checksum::address_delta,
-};
+use bluegreen_common::{FAMILY_IPV4, FlowKey, IPPROTO_UDP, PassReason, checksum::address_delta};
 
 use crate::{
     maps::{BG_FLOWS, BG_REPLIES, settings},
@@ -26,8 +24,12 @@ impl PacketBytes for SkbPacket<'_> {
 pub fn try_egress(ctx: &TcContext) -> Result<(), PassReason> {
     let packet = SkbPacket(ctx);
     let headers = parse(&packet)?;
-    let [backend_port_hi, backend_port_lo, client_port_hi, client_port_lo]: [u8; 4] =
-        packet.read(headers.l4)?;
+    let [
+        backend_port_hi,
+        backend_port_lo,
+        client_port_hi,
+        client_port_lo,
+    ]: [u8; 4] = packet.read(headers.l4)?;
     let backend_port = [backend_port_hi, backend_port_lo];
     let backend = headers.read_addr(&packet, headers.src_addr_offset())?;
     let reply_key = FlowKey {
@@ -74,8 +76,13 @@ pub fn try_egress(ctx: &TcContext) -> Result<(), PassReason> {
         ctx.store(headers.src_addr_offset(), &vip.addr, 0)
             .map_err(failed)?;
     }
-    ctx.l4_csum_replace(l4_check_at, 0, delta, BPF_F_PSEUDO_HDR as u64 | mangled_zero)
-        .map_err(failed)?;
+    ctx.l4_csum_replace(
+        l4_check_at,
+        0,
+        delta,
+        BPF_F_PSEUDO_HDR as u64 | mangled_zero,
+    )
+    .map_err(failed)?;
     ctx.store(headers.l4, &vip.port, 0).map_err(failed)?;
     ctx.l4_csum_replace(
         l4_check_at,

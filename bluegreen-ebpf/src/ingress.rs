@@ -118,7 +118,8 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
     };
 
     rewrite_destination(&packet, &headers, &flow_key, &entry.backend)?;
-    if let Some(counters) = BG_TRAFFIC.get_ptr_mut(service.counter_slot * 2 + (entry.color & 1) as u32)
+    if let Some(counters) =
+        BG_TRAFFIC.get_ptr_mut(service.counter_slot * 2 + (entry.color & 1) as u32)
     {
         // SAFETY: per-CPU slot, so no other writer races these increments.
         unsafe {

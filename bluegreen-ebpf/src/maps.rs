@@ -21,14 +21,12 @@ pub static BG_SERVICES: HashMap<ServiceKey, ServiceState> =
 /// Client -> VIP connections and the color each one is pinned to. The
 /// loader resizes it from the configuration.
 #[map(name = "BG_FLOWS")]
-pub static BG_FLOWS: LruHashMap<FlowKey, FlowEntry> =
-    LruHashMap::pinned(DEFAULT_FLOW_CAPACITY, 0);
+pub static BG_FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::pinned(DEFAULT_FLOW_CAPACITY, 0);
 
 /// Backend -> client direction of the same connections, keyed as the reply
 /// is addressed, giving the VIP to restore.
 #[map(name = "BG_REPLIES")]
-pub static BG_REPLIES: LruHashMap<FlowKey, Endpoint> =
-    LruHashMap::pinned(DEFAULT_FLOW_CAPACITY, 0);
+pub static BG_REPLIES: LruHashMap<FlowKey, Endpoint> = LruHashMap::pinned(DEFAULT_FLOW_CAPACITY, 0);
 
 /// Indexed by `counter_slot * 2 + color`.
 #[map(name = "BG_TRAFFIC")]

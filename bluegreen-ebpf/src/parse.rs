@@ -65,7 +65,9 @@ impl Headers {
     ) -> Result<[u8; 16], PassReason> {
         if self.family == FAMILY_IPV4 {
             let v4: [u8; 4] = packet.read(offset)?;
-            Ok([v4[0], v4[1], v4[2], v4[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+            Ok([
+                v4[0], v4[1], v4[2], v4[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ])
         } else {
             packet.read(offset)
         }

@@ -52,7 +52,9 @@ impl ServiceSpec {
         for color in Color::BOTH {
             check_same_family(&self.vip, &self.backend(color), &format!("{color} backend"))?;
             if self.backend(color) == self.vip {
-                return Err(invalid(format!("the {color} backend cannot be the VIP itself")));
+                return Err(invalid(format!(
+                    "the {color} backend cannot be the VIP itself"
+                )));
             }
         }
         if self.blue == self.green {
@@ -304,7 +306,10 @@ impl Config {
                 return Err(at(
                     service.vip.span(),
                     &field("vip"),
-                    format!("{} {} is already service {:?}", spec.proto, spec.vip, earlier.name),
+                    format!(
+                        "{} {} is already service {:?}",
+                        spec.proto, spec.vip, earlier.name
+                    ),
                 ));
             }
             services.push(spec);
@@ -386,14 +391,16 @@ active = "green"
         let (line, field, _) = config_error(&GOOD.replace("10.1.0.2:8080", "10.1.0.2"));
         assert_eq!((line, field.as_str()), (13, "service[0].blue"));
 
-        let (line, field, message) = config_error(&GOOD.replace("flow_capacity = 4096", "flow_capacity = 12"));
+        let (line, field, message) =
+            config_error(&GOOD.replace("flow_capacity = 4096", "flow_capacity = 12"));
         assert_eq!((line, field.as_str()), (6, "dataplane.flow_capacity"));
         assert!(message.contains("outside"), "{message}");
 
         let (line, field, _) = config_error(&GOOD.replace("proto = \"udp\"", "proto = \"sctp\""));
         assert_eq!((line, field.as_str()), (19, "service[1].proto"));
 
-        let (_, field, message) = config_error(&GOOD.replace("name = \"embed6\"", "name = \"chat\""));
+        let (_, field, message) =
+            config_error(&GOOD.replace("name = \"embed6\"", "name = \"chat\""));
         assert_eq!(field, "service[1].name");
         assert!(message.contains("twice"), "{message}");
 

@@ -169,7 +169,11 @@ impl Host {
             }
             let updated = ServiceState {
                 active: to.wire(),
-                previous: if from == to { live.previous } else { from.wire() },
+                previous: if from == to {
+                    live.previous
+                } else {
+                    from.wire()
+                },
                 generation: live.generation.wrapping_add(u32::from(force)),
                 ..*live
             };

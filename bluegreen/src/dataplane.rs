@@ -1,6 +1,12 @@
 //! Bringing an interface up (load, attach, pin, fill the maps) and down.
 
-use std::{collections::BTreeSet, fs, os::unix::fs::DirBuilderExt, path::PathBuf};
+use std::{
+    collections::BTreeSet,
+    ffi::CString,
+    fs,
+    os::unix::{ffi::OsStrExt, fs::DirBuilderExt},
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -96,14 +102,53 @@ impl Drop for FreshInstanceGuard {
     }
 }
 
+/// Detaches a pinned link at once with `BPF_LINK_DETACH`. Only unpinning
+/// it would leave the program attached until the kernel's deferred release
+/// of the link runs, so `down` could return with XDP still attached.
+fn detach_pinned_link(path: &Path) {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    // `union bpf_attr`: BPF_OBJ_GET reads a path pointer at offset 0,
+    // BPF_LINK_DETACH a link descriptor; the rest must be zero.
+    let mut attr = [0u64; 16];
+    attr[0] = c_path.as_ptr() as u64;
+    // SAFETY: `attr` is a zeroed bpf_attr that outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return;
+    }
+    let mut attr = [0u32; 32];
+    attr[0] = fd as u32;
+    // SAFETY: as above; `fd` is ours and closed right after.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        );
+        libc::close(fd as libc::c_int);
+    }
+}
+
 fn remove_pins(layout: &PinLayout) {
-    // Links first: removing their pins detaches the programs before the
-    // maps they use go away.
-    for path in [layout.tc_link(), layout.xdp_link()]
-        .into_iter()
-        .chain(map_names::ALL.iter().map(|name| layout.map(name)))
-    {
-        let _ = fs::remove_file(path);
+    // Links first, so the programs are gone before the maps they use.
+    for link in [layout.tc_link(), layout.xdp_link()] {
+        detach_pinned_link(&link);
+        let _ = fs::remove_file(link);
+    }
+    for name in map_names::ALL {
+        let _ = fs::remove_file(layout.map(name));
     }
     let dir = layout.dir();
     let _ = fs::remove_dir(&dir);
@@ -155,7 +200,10 @@ impl Host {
             .recursive(true)
             .mode(0o700)
             .create(layout.dir())
-            .map_err(Error::io(format!("cannot create {}", layout.dir().display())))?;
+            .map_err(Error::io(format!(
+                "cannot create {}",
+                layout.dir().display()
+            )))?;
 
         let flow_capacity = match pinned_capacity {
             Some(pinned) if pinned != request.dataplane.flow_capacity => {
@@ -185,8 +233,12 @@ impl Host {
             .set(0, request.dataplane.settings, 0)
             .map_err(Error::ebpf("cannot write the settings map"))?;
         let previous_state = self.state.load(&request.iface)?;
-        let records =
-            reconcile_services(&mut maps, &request.services, previous_state.as_ref(), &mut notes)?;
+        let records = reconcile_services(
+            &mut maps,
+            &request.services,
+            previous_state.as_ref(),
+            &mut notes,
+        )?;
 
         let xdp_mode = if hot_upgrade {
             replace_programs(&mut ebpf, &layout)?;
@@ -236,18 +288,24 @@ impl Host {
         let _lock = self.state.lock(&request.iface)?;
         let layout = self.layout(&request.iface);
         let mut maps = PinnedMaps::open(&layout)?;
-        let mut state = self.state.load(&request.iface)?.ok_or_else(|| Error::NotUp {
-            where_: format!(" on {}", request.iface),
-        })?;
+        let mut state = self
+            .state
+            .load(&request.iface)?
+            .ok_or_else(|| Error::NotUp {
+                where_: format!(" on {}", request.iface),
+            })?;
         let mut notes = Vec::new();
         maps.settings
             .set(0, request.dataplane.settings, 0)
             .map_err(Error::ebpf("cannot write the settings map"))?;
-        state.services = reconcile_services(&mut maps, &request.services, Some(&state), &mut notes)?;
-        state.tcp_idle_timeout_secs = request.dataplane.settings.tcp_idle_timeout_ns / 1_000_000_000;
+        state.services =
+            reconcile_services(&mut maps, &request.services, Some(&state), &mut notes)?;
+        state.tcp_idle_timeout_secs =
+            request.dataplane.settings.tcp_idle_timeout_ns / 1_000_000_000;
         state.tcp_closing_timeout_secs =
             request.dataplane.settings.tcp_closing_timeout_ns / 1_000_000_000;
-        state.udp_idle_timeout_secs = request.dataplane.settings.udp_idle_timeout_ns / 1_000_000_000;
+        state.udp_idle_timeout_secs =
+            request.dataplane.settings.udp_idle_timeout_ns / 1_000_000_000;
         self.state.save(&state)?;
         Ok((state, notes))
     }
@@ -356,7 +414,9 @@ fn attach_programs(ebpf: &mut Ebpf, layout: &PinLayout, mode: XdpModeArg) -> Res
         .take_link(tc_id)
         .map_err(Error::ebpf("cannot take the TC link"))?
         .try_into()
-        .map_err(Error::ebpf("TC was attached without a TCX link (kernel older than 6.6?)"))?;
+        .map_err(Error::ebpf(
+            "TC was attached without a TCX link (kernel older than 6.6?)",
+        ))?;
     tc_link
         .pin(layout.tc_link())
         .map_err(Error::ebpf("cannot pin the TC link"))?;
@@ -370,7 +430,10 @@ fn replace_programs(ebpf: &mut Ebpf, layout: &PinLayout) -> Result<()> {
     let pinned = |path: PathBuf| {
         PinnedLink::from_pin(&path)
             .map(FdLink::from)
-            .map_err(Error::ebpf(format!("cannot open pinned link {}", path.display())))
+            .map_err(Error::ebpf(format!(
+                "cannot open pinned link {}",
+                path.display()
+            )))
     };
     let xdp_link = XdpLink::try_from(pinned(layout.xdp_link())?)
         .map_err(Error::ebpf("pinned XDP link is not an XDP link"))?;
@@ -431,9 +494,12 @@ fn reconcile_services(
                     .expect("config validation caps the number of services");
                 used_slots.insert(slot);
                 fresh_slots.push(slot);
-                let restored = previous
-                    .and_then(|state| state.service(&spec.name))
-                    .filter(|record| record.spec.vip == spec.vip && record.spec.proto == spec.proto);
+                let restored =
+                    previous
+                        .and_then(|state| state.service(&spec.name))
+                        .filter(|record| {
+                            record.spec.vip == spec.vip && record.spec.proto == spec.proto
+                        });
                 let (active, previous_color) = match restored {
                     Some(record) => {
                         if record.spec.active != spec.active {

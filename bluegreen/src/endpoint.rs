@@ -206,7 +206,10 @@ mod tests {
         assert_eq!(reason("fd00::1:80"), "IPv6 addresses go in brackets");
         assert_eq!(reason("host:80"), "not an IP address and port");
         assert_eq!(reason("10.0.0.1:0"), "port 0 cannot be used");
-        assert_eq!(reason("0.0.0.0:80"), "the unspecified address cannot be used");
+        assert_eq!(
+            reason("0.0.0.0:80"),
+            "the unspecified address cannot be used"
+        );
         assert_eq!(reason("10.0.0.1:70000"), "not an IP address and port");
     }
 
@@ -214,7 +217,11 @@ mod tests {
     fn wire_round_trip_keeps_address_and_port() {
         for text in ["192.0.2.7:443", "[2001:db8::7]:443"] {
             let addr: SocketAddr = text.parse().unwrap();
-            assert_eq!(from_wire(wire_family(&addr), &to_wire(addr)), addr, "{text}");
+            assert_eq!(
+                from_wire(wire_family(&addr), &to_wire(addr)),
+                addr,
+                "{text}"
+            );
         }
         let key = service_key("192.0.2.7:443".parse().unwrap(), Proto::Udp);
         assert_eq!(key.vip[..4], [192, 0, 2, 7]);

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 /// line that says what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("bluegreen must run as root (it loads eBPF programs and attaches them): run it with sudo")]
+    #[error(
+        "bluegreen must run as root (it loads eBPF programs and attaches them): run it with sudo"
+    )]
     NotRoot,
     #[error(
         "{path} is not on a BPF filesystem: mount one with `mount -t bpf bpf /sys/fs/bpf` or pass --pin-dir on bpffs"
@@ -12,9 +14,13 @@ pub enum Error {
     BpffsNotMounted { path: PathBuf },
     #[error("interface {name} does not exist: check `ip link` for its name")]
     InterfaceNotFound { name: String },
-    #[error("invalid address {input:?}: {reason} (expected ADDR:PORT, e.g. 10.0.0.1:8080 or [fd00::1]:8080)")]
+    #[error(
+        "invalid address {input:?}: {reason} (expected ADDR:PORT, e.g. 10.0.0.1:8080 or [fd00::1]:8080)"
+    )]
     InvalidEndpoint { input: String, reason: &'static str },
-    #[error("{what} {addr} is {family}, but the VIP {vip} is not: a service's VIP and backends must share one address family")]
+    #[error(
+        "{what} {addr} is {family}, but the VIP {vip} is not: a service's VIP and backends must share one address family"
+    )]
     FamilyMismatch {
         what: String,
         addr: String,
@@ -57,9 +63,13 @@ pub enum Error {
     },
     #[error("service {service}: {message}")]
     InvalidService { service: String, message: String },
-    #[error("service {service} is already {color} and has never been switched: nothing to roll back to")]
+    #[error(
+        "service {service} is already {color} and has never been switched: nothing to roll back to"
+    )]
     NothingToRollBack { service: String, color: String },
-    #[error("state file {path} is unreadable ({reason}): fix or remove it, then run `bluegreen up` again")]
+    #[error(
+        "state file {path} is unreadable ({reason}): fix or remove it, then run `bluegreen up` again"
+    )]
     CorruptState { path: PathBuf, reason: String },
     #[error("{action}: {source}")]
     Io {

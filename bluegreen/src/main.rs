@@ -30,10 +30,20 @@ packet. Established connections finish on the color they started on unless the s
 )]
 struct Cli {
     /// bpffs directory for pinned maps and links.
-    #[arg(long, global = true, default_value = "/sys/fs/bpf/bluegreen", env = "BLUEGREEN_PIN_DIR")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "/sys/fs/bpf/bluegreen",
+        env = "BLUEGREEN_PIN_DIR"
+    )]
     pin_dir: PathBuf,
     /// Directory for state files (active colors survive reboots here).
-    #[arg(long, global = true, default_value = "/var/lib/bluegreen", env = "BLUEGREEN_STATE_DIR")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "/var/lib/bluegreen",
+        env = "BLUEGREEN_STATE_DIR"
+    )]
     state_dir: PathBuf,
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = ArgAction::Count)]
@@ -227,7 +237,8 @@ fn run(host: &Host, command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Rollback(args) => {
-            let outcome = host.switch(args.service.as_deref(), SwitchTarget::Previous, args.force)?;
+            let outcome =
+                host.switch(args.service.as_deref(), SwitchTarget::Previous, args.force)?;
             print_switch(&outcome);
         }
         Command::Status(args) => {
@@ -248,7 +259,10 @@ fn run(host: &Host, command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Down(args) => {
             host.down(&args.iface)?;
-            println!("bluegreen is down on {}: programs detached, pins and state removed", args.iface);
+            println!(
+                "bluegreen is down on {}: programs detached, pins and state removed",
+                args.iface
+            );
         }
         Command::Daemon(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -285,7 +299,11 @@ fn up_request(args: UpArgs) -> anyhow::Result<UpRequest> {
                 green: args.green.expect("clap requires --green"),
                 active: Color::Blue,
             };
-            (XdpModeArg::default(), DataplaneOptions::default(), vec![spec])
+            (
+                XdpModeArg::default(),
+                DataplaneOptions::default(),
+                vec![spec],
+            )
         }
     };
     if let Some(active) = args.active {
@@ -316,12 +334,7 @@ fn print_up(outcome: &UpOutcome) {
         let spec = &record.spec;
         println!(
             "  {} {} {} -> {} (blue {}, green {})",
-            spec.name,
-            spec.proto,
-            spec.vip,
-            spec.active,
-            spec.blue,
-            spec.green
+            spec.name, spec.proto, spec.vip, spec.active, spec.blue, spec.green
         );
     }
     for note in &outcome.notes {
@@ -362,7 +375,10 @@ fn wait_drain(host: &Host, outcome: &SwitchOutcome, timeout: Duration) -> anyhow
         }
     })?;
     if drained {
-        println!("{}: {old} has drained; it can be stopped safely", outcome.service);
+        println!(
+            "{}: {old} has drained; it can be stopped safely",
+            outcome.service
+        );
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(

@@ -202,9 +202,13 @@ pub fn check_pinned_maps(layout: &PinLayout) -> Result<Option<u32>> {
             .map_type()
             .map_err(|error| incompatible(error.to_string()))?;
         if kind != spec.kind {
-            return Err(incompatible(format!("type {kind:?}, expected {:?}", spec.kind)));
+            return Err(incompatible(format!(
+                "type {kind:?}, expected {:?}",
+                spec.kind
+            )));
         }
-        if info.key_size() as usize != spec.key_size || info.value_size() as usize != spec.value_size
+        if info.key_size() as usize != spec.key_size
+            || info.value_size() as usize != spec.value_size
         {
             return Err(incompatible(format!(
                 "key/value size {}/{}, expected {}/{}",
@@ -287,13 +291,13 @@ impl PinnedMaps {
             .traffic
             .get(&(slot * 2 + u32::from(color & 1)), 0)
             .map_err(Error::ebpf("cannot read traffic counters"))?;
-        Ok(per_cpu.iter().fold(TrafficCounters::default(), |sum, cpu| {
-            TrafficCounters {
+        Ok(per_cpu
+            .iter()
+            .fold(TrafficCounters::default(), |sum, cpu| TrafficCounters {
                 packets: sum.packets + cpu.packets,
                 bytes: sum.bytes + cpu.bytes,
                 new_flows: sum.new_flows + cpu.new_flows,
-            }
-        }))
+            }))
     }
 
     pub fn passed(&self, reason: PassReason) -> Result<u64> {

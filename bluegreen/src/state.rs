@@ -74,7 +74,10 @@ impl StateStore {
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)
-            .map_err(Error::io(format!("cannot create state directory {}", self.dir.display())))?;
+            .map_err(Error::io(format!(
+                "cannot create state directory {}",
+                self.dir.display()
+            )))?;
         fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
             .map_err(Error::io(format!("cannot restrict {}", self.dir.display())))
     }
@@ -117,7 +120,10 @@ impl StateStore {
         if state.version != STATE_VERSION {
             return Err(Error::CorruptState {
                 path,
-                reason: format!("version {} (this bluegreen writes {STATE_VERSION})", state.version),
+                reason: format!(
+                    "version {} (this bluegreen writes {STATE_VERSION})",
+                    state.version
+                ),
             });
         }
         Ok(Some(state))
@@ -129,7 +135,9 @@ impl StateStore {
             Ok(entries) => entries,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(error) => {
-                return Err(Error::io(format!("cannot list {}", self.dir.display()))(error));
+                return Err(Error::io(format!("cannot list {}", self.dir.display()))(
+                    error,
+                ));
             }
         };
         let mut names: Vec<String> = entries
@@ -181,7 +189,9 @@ impl StateStore {
                 Ok(()) => {}
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
                 Err(error) => {
-                    return Err(Error::io(format!("cannot remove {}", path.display()))(error));
+                    return Err(Error::io(format!("cannot remove {}", path.display()))(
+                        error,
+                    ));
                 }
             }
         }
@@ -220,7 +230,8 @@ mod tests {
     }
 
     fn scratch_dir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("bluegreen-state-{tag}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("bluegreen-state-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
     }

@@ -1,0 +1,316 @@
+//! Minimal HTTP/1.1 and UDP backends that answer with their color, and the
+//! clients and bounded load loops that talk to them through the VIP.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crate::netns::Namespace;
+
+const POLL: Duration = Duration::from_millis(20);
+
+/// A backend running in its namespace until dropped.
+pub struct Backend {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    /// Requests (HTTP) or datagrams (UDP) answered.
+    pub served: Arc<AtomicU64>,
+}
+
+impl Backend {
+    /// Serves HTTP on `[::]:port` (both families) and UDP on the same port,
+    /// answering every request with `body`.
+    pub fn start(namespace: &Namespace, port: u16, body: &str) -> Backend {
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicU64::new(0));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let http = {
+            let (stop, served, body, ready) = (
+                stop.clone(),
+                served.clone(),
+                body.to_owned(),
+                ready_tx.clone(),
+            );
+            namespace.spawn(move || {
+                let listener = TcpListener::bind(("::", port)).expect("bind HTTP backend");
+                listener
+                    .set_nonblocking(true)
+                    .expect("non-blocking listener");
+                ready.send(()).expect("signal ready");
+                accept_loop(listener, &stop, &served, &body);
+            })
+        };
+        let udp = {
+            let (stop, served, body) = (stop.clone(), served.clone(), body.to_owned());
+            namespace.spawn(move || {
+                let socket = UdpSocket::bind(("::", port)).expect("bind UDP backend");
+                socket.set_read_timeout(Some(POLL)).expect("UDP timeout");
+                ready_tx.send(()).expect("signal ready");
+                let mut buffer = [0u8; 1500];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((_, peer)) = socket.recv_from(&mut buffer) {
+                        served.fetch_add(1, Ordering::Relaxed);
+                        let _ = socket.send_to(body.as_bytes(), peer);
+                    }
+                }
+            })
+        };
+        for _ in 0..2 {
+            ready_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("backend did not start within 5 s");
+        }
+        Backend {
+            stop,
+            threads: vec![http, udp],
+            served,
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, stop: &Arc<AtomicBool>, served: &Arc<AtomicU64>, body: &str) {
+    let mut connections = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let (stop, served, body) = (stop.clone(), served.clone(), body.to_owned());
+                connections.push(std::thread::spawn(move || {
+                    let _ = serve_connection(stream, &stop, &served, &body);
+                }));
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL / 4),
+            Err(_) => std::thread::sleep(POLL),
+        }
+        connections.retain(|connection| !connection.is_finished());
+    }
+    for connection in connections {
+        let _ = connection.join();
+    }
+}
+
+fn serve_connection(
+    stream: TcpStream,
+    stop: &AtomicBool,
+    served: &AtomicU64,
+    body: &str,
+) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(POLL))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    let mut in_headers = false;
+    while !stop.load(Ordering::Relaxed) {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(error) => return Err(error),
+        }
+        if line == "\r\n" && in_headers {
+            in_headers = false;
+            served.fetch_add(1, Ordering::Relaxed);
+            write!(
+                writer,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )?;
+        } else if !in_headers {
+            in_headers = line.starts_with("GET ");
+        }
+    }
+    Ok(())
+}
+
+fn read_response(reader: &mut BufReader<TcpStream>) -> io::Result<String> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    if !line.starts_with("HTTP/1.1 200") {
+        return Err(io::Error::other(format!("bad status line {line:?}")));
+    }
+    let mut length = None;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "headers cut short",
+            ));
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse::<usize>().ok();
+        }
+    }
+    let length = length.ok_or_else(|| io::Error::other("no Content-Length"))?;
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    String::from_utf8(body).map_err(io::Error::other)
+}
+
+/// One request on a fresh connection; returns the body (the color).
+pub fn get(target: SocketAddr, timeout: Duration) -> io::Result<String> {
+    KeepAlive::connect(target, timeout)?.get()
+}
+
+/// A connection that carries several requests.
+pub struct KeepAlive {
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    pub fn connect(target: SocketAddr, timeout: Duration) -> io::Result<KeepAlive> {
+        let stream = TcpStream::connect_timeout(&target, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        Ok(KeepAlive {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    pub fn get(&mut self) -> io::Result<String> {
+        self.reader
+            .get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: bluegreen\r\n\r\n")?;
+        read_response(&mut self.reader)
+    }
+
+    /// The local port, to find this connection in the flow table.
+    pub fn local_port(&self) -> u16 {
+        self.reader
+            .get_ref()
+            .local_addr()
+            .map(|addr| addr.port())
+            .unwrap_or(0)
+    }
+}
+
+/// One UDP request/response exchange from a fresh socket.
+pub fn udp_request(target: SocketAddr, timeout: Duration) -> io::Result<String> {
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let socket = UdpSocket::bind(bind)?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.connect(target)?;
+    socket.send(b"color?")?;
+    let mut buffer = [0u8; 64];
+    let length = socket.recv(&mut buffer)?;
+    String::from_utf8(buffer[..length].to_vec()).map_err(io::Error::other)
+}
+
+/// What a bounded load run saw.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    pub served_by: BTreeMap<String, u64>,
+    pub failures: Vec<String>,
+    pub elapsed: Duration,
+}
+
+impl LoadReport {
+    pub fn succeeded(&self) -> u64 {
+        self.served_by.values().sum()
+    }
+}
+
+/// Load that runs in the background: `workers` threads in `namespace`, each
+/// making requests on new connections until `requests` are done in total,
+/// `deadline` passes, or `stop` is called.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    report: Arc<Mutex<LoadReport>>,
+    started: Instant,
+}
+
+impl Load {
+    pub fn start(
+        namespace: &Namespace,
+        target: SocketAddr,
+        workers: usize,
+        requests: u64,
+        deadline: Duration,
+    ) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let issued = Arc::new(AtomicU64::new(0));
+        let report = Arc::new(Mutex::new(LoadReport::default()));
+        let started = Instant::now();
+        let workers = (0..workers)
+            .map(|_| {
+                let (stop, issued, report) = (stop.clone(), issued.clone(), report.clone());
+                namespace.spawn(move || {
+                    while !stop.load(Ordering::Relaxed)
+                        && started.elapsed() < deadline
+                        && issued.fetch_add(1, Ordering::Relaxed) < requests
+                    {
+                        let outcome = get(target, Duration::from_secs(2));
+                        let mut report = report.lock().expect("report lock");
+                        match outcome {
+                            Ok(body) => *report.served_by.entry(body).or_default() += 1,
+                            Err(error) => report.failures.push(error.to_string()),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            workers,
+            report,
+            started,
+        }
+    }
+
+    /// Requests answered so far.
+    pub fn progress(&self) -> u64 {
+        let report = self.report.lock().expect("report lock");
+        report.succeeded() + report.failures.len() as u64
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.workers.iter().all(|worker| worker.is_finished())
+    }
+
+    /// Waits for the workers (stopping them first if `stop` is true).
+    pub fn finish(self, stop: bool) -> LoadReport {
+        if stop {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+        for worker in self.workers {
+            worker.join().expect("load worker panicked");
+        }
+        let mut report = self.report.lock().expect("report lock").clone();
+        report.elapsed = self.started.elapsed();
+        report
+    }
+}

@@ -1,0 +1,369 @@
+//! bluegreen's eBPF object loaded into the running kernel but attached to
+//! nothing: packets reach the programs only through `BPF_PROG_TEST_RUN`.
+//!
+//! Each [`TestDataplane`] pins its maps in a fresh bpffs directory of its
+//! own, so tests running in parallel, or a real instance on the same host,
+//! never share a map.
+
+use std::{
+    fs,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader, TestRun, TestRunOptions, TestRunResult,
+    maps::{Array, HashMap, Map, MapError, PerCpuArray},
+    programs::{SchedClassifier, Xdp},
+};
+use bluegreen_common::{
+    Endpoint, FlowEntry, FlowKey, PassReason, ServiceKey, ServiceState, Settings, TrafficCounters,
+    map_names, program_names,
+};
+
+pub const XDP_PASS: u32 = 2;
+pub const TC_ACT_OK: u32 = 0;
+
+/// Small, because LRU tables are preallocated and every test loads its own.
+pub const TEST_FLOW_CAPACITY: u32 = 4096;
+
+/// Enough room after any test frame for the kernel to copy the result into.
+const OUTPUT_SLACK: usize = 256;
+
+/// A bpffs directory that is gone again, pins and all, once dropped.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn create() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = PathBuf::from(format!(
+            "/sys/fs/bpf/bgtest-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let dir = Self(path);
+        // Only a killed earlier process with our pid can have left it behind.
+        dir.remove();
+        fs::create_dir(&dir.0)
+            .unwrap_or_else(|error| panic!("cannot create {}: {error}", dir.0.display()));
+        dir
+    }
+
+    fn map(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn remove(&self) {
+        for name in map_names::ALL {
+            let _ = fs::remove_file(self.map(name));
+        }
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+pub struct TestDataplane {
+    ebpf: Ebpf,
+    pins: PinDir,
+}
+
+impl TestDataplane {
+    /// Loads both programs with [`Settings::default`] in force.
+    pub fn new() -> Self {
+        Self::with_flow_capacity(TEST_FLOW_CAPACITY)
+    }
+
+    pub fn with_flow_capacity(capacity: u32) -> Self {
+        let pins = PinDir::create();
+        let mut loader = EbpfLoader::new();
+        for name in map_names::ALL {
+            loader.map_pin_path(name, pins.map(name));
+        }
+        loader
+            .map_max_entries(map_names::FLOWS, capacity)
+            .map_max_entries(map_names::REPLIES, capacity);
+        let mut ebpf = loader
+            .load(bluegreen::EBPF_OBJECT)
+            .expect("cannot load bluegreen's eBPF object (are we root?)");
+        let ingress: &mut Xdp = program_mut(&mut ebpf, program_names::INGRESS)
+            .try_into()
+            .expect("the ingress program is not XDP");
+        ingress
+            .load()
+            .expect("the verifier rejects the XDP program");
+        let egress: &mut SchedClassifier = program_mut(&mut ebpf, program_names::EGRESS)
+            .try_into()
+            .expect("the egress program is not a classifier");
+        egress.load().expect("the verifier rejects the TC program");
+        let mut dataplane = Self { ebpf, pins };
+        dataplane.set_settings(Settings::default());
+        dataplane
+    }
+
+    /// Where this instance's maps are pinned.
+    pub fn pin_dir(&self) -> &std::path::Path {
+        &self.pins.0
+    }
+
+    pub fn set_settings(&mut self, settings: Settings) {
+        let mut map: Array<_, Settings> = typed(self.map_mut(map_names::SETTINGS));
+        map.set(0, settings, 0).expect("cannot write the settings");
+    }
+
+    /// Adds or replaces (as a switch does) a service, and marks its port in
+    /// the port prefilter.
+    pub fn insert_service(&mut self, key: ServiceKey, state: ServiceState) {
+        let mut services: HashMap<_, ServiceKey, ServiceState> =
+            typed(self.map_mut(map_names::SERVICES));
+        services
+            .insert(key, state, 0)
+            .unwrap_or_else(|error| panic!("cannot insert service {key:?}: {error}"));
+        let port = u16::from_be_bytes(key.port);
+        let word = u32::from(port >> 5);
+        let mut ports: Array<_, u32> = typed(self.map_mut(map_names::VIP_PORTS));
+        let bits = ports.get(&word, 0).expect("cannot read the port prefilter");
+        ports
+            .set(word, bits | 1 << (port & 31), 0)
+            .expect("cannot write the port prefilter");
+    }
+
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
+        let flows: HashMap<_, FlowKey, FlowEntry> = typed(self.map(map_names::FLOWS));
+        found(flows.get(key, 0), "flow")
+    }
+
+    pub fn insert_flow(&mut self, key: FlowKey, entry: FlowEntry) {
+        let mut flows: HashMap<_, FlowKey, FlowEntry> = typed(self.map_mut(map_names::FLOWS));
+        flows
+            .insert(key, entry, 0)
+            .unwrap_or_else(|error| panic!("cannot insert flow {key:?}: {error}"));
+    }
+
+    pub fn flows(&self) -> Vec<(FlowKey, FlowEntry)> {
+        let flows: HashMap<_, FlowKey, FlowEntry> = typed(self.map(map_names::FLOWS));
+        flows
+            .iter()
+            .map(|item| item.expect("cannot iterate the flow table"))
+            .collect()
+    }
+
+    pub fn reply(&self, key: &FlowKey) -> Option<Endpoint> {
+        let replies: HashMap<_, FlowKey, Endpoint> = typed(self.map(map_names::REPLIES));
+        found(replies.get(key, 0), "reply")
+    }
+
+    pub fn insert_reply(&mut self, key: FlowKey, vip: Endpoint) {
+        let mut replies: HashMap<_, FlowKey, Endpoint> = typed(self.map_mut(map_names::REPLIES));
+        replies
+            .insert(key, vip, 0)
+            .unwrap_or_else(|error| panic!("cannot insert reply {key:?}: {error}"));
+    }
+
+    pub fn replies(&self) -> Vec<(FlowKey, Endpoint)> {
+        let replies: HashMap<_, FlowKey, Endpoint> = typed(self.map(map_names::REPLIES));
+        replies
+            .iter()
+            .map(|item| item.expect("cannot iterate the reply table"))
+            .collect()
+    }
+
+    /// Empties the flow and reply tables, so that the next case starts from
+    /// nothing but the services.
+    pub fn clear_flows(&mut self) {
+        for (key, _) in self.flows() {
+            let mut flows: HashMap<_, FlowKey, FlowEntry> = typed(self.map_mut(map_names::FLOWS));
+            flows.remove(&key).expect("cannot remove a flow");
+        }
+        for (key, _) in self.replies() {
+            let mut replies: HashMap<_, FlowKey, Endpoint> =
+                typed(self.map_mut(map_names::REPLIES));
+            replies.remove(&key).expect("cannot remove a reply");
+        }
+    }
+
+    /// Traffic counters of one service and color, summed over all CPUs.
+    pub fn traffic(&self, slot: u32, color: u8) -> TrafficCounters {
+        let traffic: PerCpuArray<_, TrafficCounters> = typed(self.map(map_names::TRAFFIC));
+        let index = slot * 2 + u32::from(color & 1);
+        let per_cpu = traffic
+            .get(&index, 0)
+            .unwrap_or_else(|error| panic!("cannot read traffic counters {index}: {error}"));
+        per_cpu
+            .iter()
+            .fold(TrafficCounters::default(), |sum, cpu| TrafficCounters {
+                packets: sum.packets + cpu.packets,
+                bytes: sum.bytes + cpu.bytes,
+                new_flows: sum.new_flows + cpu.new_flows,
+            })
+    }
+
+    /// Packets passed untouched for `reason`, summed over all CPUs.
+    pub fn passed(&self, reason: PassReason) -> u64 {
+        let passed: PerCpuArray<_, u64> = typed(self.map(map_names::PASSED));
+        let per_cpu = passed
+            .get(&(reason as u32), 0)
+            .unwrap_or_else(|error| panic!("cannot read the {reason:?} counter: {error}"));
+        per_cpu.iter().sum()
+    }
+
+    /// All pass counters, indexed by [`PassReason`].
+    pub fn passed_all(&self) -> [u64; PassReason::COUNT as usize] {
+        PassReason::ALL.map(|reason| self.passed(reason))
+    }
+
+    /// Runs the XDP program once: its verdict and the frame it leaves.
+    pub fn run_xdp(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        run_once(self.xdp(), frame, "XDP")
+    }
+
+    /// Runs the TC program once: its verdict and the frame it leaves.
+    pub fn run_tc(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let egress: &SchedClassifier = self
+            .program(program_names::EGRESS)
+            .try_into()
+            .expect("the egress program is not a classifier");
+        run_once(egress, frame, "TC")
+    }
+
+    /// Average time of one XDP run over `repeat` runs, as the kernel measures
+    /// it.
+    ///
+    /// The kernel hands every run the same buffer, so from the second run on
+    /// the program sees the frame as the first run left it. To time the
+    /// rewrite path rather than the "not a service" path, give the service a
+    /// backend equal to its VIP: the rewrite then maps the frame onto itself.
+    pub fn bench_xdp(&self, frame: &[u8], repeat: u32) -> Duration {
+        let result = self
+            .xdp()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..Default::default()
+            })
+            .unwrap_or_else(|error| panic!("BPF_PROG_TEST_RUN (XDP, {repeat} runs): {error}"));
+        result.duration
+    }
+
+    fn xdp(&self) -> &Xdp {
+        self.program(program_names::INGRESS)
+            .try_into()
+            .expect("the ingress program is not XDP")
+    }
+
+    fn program(&self, name: &str) -> &aya::programs::Program {
+        self.ebpf
+            .program(name)
+            .unwrap_or_else(|| panic!("the eBPF object has no program {name}"))
+    }
+
+    fn map(&self, name: &str) -> &Map {
+        self.ebpf
+            .map(name)
+            .unwrap_or_else(|| panic!("the eBPF object has no map {name}"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> &mut Map {
+        self.ebpf
+            .map_mut(name)
+            .unwrap_or_else(|| panic!("the eBPF object has no map {name}"))
+    }
+}
+
+impl Default for TestDataplane {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut aya::programs::Program {
+    ebpf.program_mut(name)
+        .unwrap_or_else(|| panic!("the eBPF object has no program {name}"))
+}
+
+fn typed<M, T>(map: M) -> T
+where
+    T: TryFrom<M, Error = MapError>,
+{
+    T::try_from(map).unwrap_or_else(|error| panic!("map of an unexpected type or layout: {error}"))
+}
+
+fn found<V>(result: Result<V, MapError>, what: &str) -> Option<V> {
+    match result {
+        Ok(value) => Some(value),
+        Err(MapError::KeyNotFound) => None,
+        Err(error) => panic!("cannot look up a {what} entry: {error}"),
+    }
+}
+
+fn run_once<P>(program: &P, frame: &[u8], what: &str) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let mut output = vec![0; frame.len() + OUTPUT_SLACK];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut output),
+            ..Default::default()
+        })
+        .unwrap_or_else(|error| {
+            panic!(
+                "BPF_PROG_TEST_RUN ({what}, {} byte frame): {error}",
+                frame.len()
+            )
+        });
+    output.truncate(result.data_size_out as usize);
+    (result.return_value, output)
+}
+
+/// An address as the maps store it: IPv4 in the first four bytes.
+pub fn wire_addr(ip: IpAddr) -> [u8; 16] {
+    let mut addr = [0; 16];
+    match ip {
+        IpAddr::V4(ip) => addr[..4].copy_from_slice(&ip.octets()),
+        IpAddr::V6(ip) => addr = ip.octets(),
+    }
+    addr
+}
+
+pub fn endpoint(addr: SocketAddr) -> Endpoint {
+    Endpoint {
+        addr: wire_addr(addr.ip()),
+        port: addr.port().to_be_bytes(),
+        reserved: [0; 2],
+    }
+}
+
+/// The key both tables use for a connection from `client` to `server`.
+pub fn flow_key(client: SocketAddr, server: SocketAddr, proto: u8) -> FlowKey {
+    FlowKey {
+        client: wire_addr(client.ip()),
+        server: wire_addr(server.ip()),
+        client_port: client.port().to_be_bytes(),
+        server_port: server.port().to_be_bytes(),
+        proto,
+        family: if client.is_ipv4() {
+            bluegreen_common::FAMILY_IPV4
+        } else {
+            bluegreen_common::FAMILY_IPV6
+        },
+        reserved: [0; 2],
+    }
+}
+
+pub fn service_key(vip: SocketAddr, proto: u8) -> ServiceKey {
+    let key = flow_key(vip, vip, proto);
+    ServiceKey {
+        vip: key.server,
+        port: key.server_port,
+        proto,
+        family: key.family,
+    }
+}

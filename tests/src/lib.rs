@@ -4,8 +4,10 @@
 //! - [`kernel`]: the eBPF object loaded (not attached) with its maps pinned in
 //!   a throwaway bpffs directory, for `BPF_PROG_TEST_RUN`.
 //! - [`netns`]: throwaway network-namespace topologies with veth pairs.
+//! - [`cli`]: the real `bluegreen` binary, run in a topology's switch namespace.
 //! - [`http`]: a tiny HTTP backend and client that run inside namespaces.
 
+pub mod cli;
 pub mod http;
 pub mod kernel;
 pub mod netns;

@@ -1,0 +1,597 @@
+//! The operator's contract, end to end: the real binary, real TCP through
+//! real namespaces, and the state it leaves in bpffs and on disk.
+
+use std::{
+    net::SocketAddr,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use bluegreen_testbed::{
+    cli::Bluegreen,
+    http::{self, Backend, KeepAlive, Load},
+    netns::{SWITCH_IFACE, Topology, addr},
+};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+const PORT: u16 = 8080;
+
+struct Fixture {
+    // Field order is drop order: the instance goes down before the
+    // backends stop and the namespaces disappear.
+    bluegreen: Bluegreen,
+    _blue: Backend,
+    _green: Backend,
+    topology: Topology,
+}
+
+fn vip() -> SocketAddr {
+    SocketAddr::new(addr::VIP_V4.parse().expect("literal"), 80)
+}
+
+fn fixture() -> Fixture {
+    let topology = Topology::new();
+    Fixture {
+        bluegreen: Bluegreen::new(&topology.switch),
+        _blue: Backend::start(&topology.blue, PORT, "blue"),
+        _green: Backend::start(&topology.green, PORT, "green"),
+        topology,
+    }
+}
+
+fn up_args() -> Vec<String> {
+    [
+        "up",
+        "--iface",
+        SWITCH_IFACE,
+        "--service",
+        "web",
+        "--vip",
+        &vip().to_string(),
+        "--blue",
+        &format!("{}:{PORT}", addr::BLUE_V4),
+        "--green",
+        &format!("{}:{PORT}", addr::GREEN_V4),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+fn config_text(closing_timeout_secs: u64) -> String {
+    format!(
+        "interface = \"{SWITCH_IFACE}\"\n\n[dataplane]\ntcp_closing_timeout_secs = {closing_timeout_secs}\n\n[[service]]\nname = \"web\"\nvip = \"{}\"\nblue = \"{}:{PORT}\"\ngreen = \"{}:{PORT}\"\n",
+        vip(),
+        addr::BLUE_V4,
+        addr::GREEN_V4
+    )
+}
+
+impl Fixture {
+    fn up(&self) -> String {
+        self.bluegreen.ok(&strs(&up_args()))
+    }
+
+    fn write_config(&self, text: &str) -> String {
+        let path = self.bluegreen.state_dir.with_extension("toml");
+        std::fs::write(&path, text).expect("write config");
+        path.to_str().expect("utf-8 path").to_owned()
+    }
+
+    /// One request on a new connection from the client namespace.
+    fn get(&self) -> String {
+        self.topology
+            .client
+            .spawn(|| http::get(vip(), TIMEOUT).unwrap_or_else(|error| format!("error: {error}")))
+            .join()
+            .expect("client thread")
+    }
+
+    /// A keep-alive connection opened from the client namespace (its socket
+    /// stays there; the handle can be used from any thread).
+    fn keep_alive(&self) -> KeepAlive {
+        self.topology
+            .client
+            .spawn(|| KeepAlive::connect(vip(), TIMEOUT).expect("keep-alive connect"))
+            .join()
+            .expect("client thread")
+    }
+
+    fn load(&self, requests: u64) -> Load {
+        Load::start(
+            &self.topology.client,
+            vip(),
+            4,
+            requests,
+            Duration::from_secs(90),
+        )
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.bluegreen.state_dir.with_extension("toml"));
+    }
+}
+
+fn active_flows(bluegreen: &Bluegreen, color: &str) -> u64 {
+    bluegreen.status()["interfaces"][0]["services"][0][color]["active_flows"]
+        .as_u64()
+        .expect("active_flows")
+}
+
+#[test]
+fn established_connections_finish_on_their_color_unless_forced() {
+    let fixture = fixture();
+    fixture.up();
+    let mut kept = fixture.keep_alive();
+    assert_eq!(kept.get().expect("first request"), "blue");
+
+    let output = fixture.bluegreen.ok(&["switch", "green"]);
+    assert!(output.starts_with("web: blue -> green in "), "{output}");
+    assert_eq!(fixture.get(), "green", "new connections follow the switch");
+    assert_eq!(
+        kept.get().expect("kept connection"),
+        "blue",
+        "established stays"
+    );
+    assert_eq!(active_flows(&fixture.bluegreen, "blue"), 1);
+
+    // Forced: the kept connection's packets now reach green, which has no
+    // such connection and resets it. That is what a client sees.
+    let output = fixture.bluegreen.ok(&["switch", "green", "--force"]);
+    assert!(output.contains("forced"), "{output}");
+    let error = kept
+        .get()
+        .expect_err("a forced switch cuts the connection over");
+    assert!(
+        matches!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+        ),
+        "{error}"
+    );
+    assert_eq!(fixture.get(), "green");
+
+    let output = fixture.bluegreen.ok(&["rollback"]);
+    assert!(output.starts_with("web: green -> blue"), "{output}");
+    assert_eq!(fixture.get(), "blue");
+    assert_eq!(fixture.bluegreen.active(), "blue");
+}
+
+#[test]
+fn wait_drain_waits_for_the_old_color_and_times_out_with_exit_code_3() {
+    let fixture = fixture();
+    let config = fixture.write_config(&config_text(1));
+    fixture
+        .bluegreen
+        .ok(&["up", "--iface", SWITCH_IFACE, "--config", &config]);
+    let mut kept = fixture.keep_alive();
+    assert_eq!(kept.get().expect("request"), "blue");
+
+    let run = fixture
+        .bluegreen
+        .run(&["switch", "green", "--wait-drain=1"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stdout.contains("draining blue: 1 live flows"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("NOT safe to stop"), "{run:?}");
+
+    drop(kept);
+    let started = Instant::now();
+    let run = fixture
+        .bluegreen
+        .run(&["switch", "green", "--wait-drain=20"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("already green"), "{run:?}");
+    assert!(run.stdout.contains("blue has drained"), "{run:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a closed connection drains after the 1 s closing timeout"
+    );
+}
+
+#[test]
+fn no_request_fails_while_switching_back_and_forth() {
+    let fixture = fixture();
+    fixture.up();
+    let load = fixture.load(2000);
+    let mut switches = 0;
+    while switches < 50 && !load.is_finished() {
+        let color = if switches % 2 == 0 { "green" } else { "blue" };
+        fixture.bluegreen.ok(&["switch", color]);
+        switches += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let report = load.finish(false);
+    assert_eq!(
+        switches, 50,
+        "the load ended before 50 switches: {report:?}"
+    );
+    assert!(
+        report.failures.is_empty(),
+        "{} failed: {:?}",
+        report.failures.len(),
+        report.failures
+    );
+    assert_eq!(report.succeeded(), 2000, "{report:?}");
+    assert!(
+        report.served_by.get("blue").is_some_and(|count| *count > 0),
+        "{report:?}"
+    );
+    assert!(
+        report
+            .served_by
+            .get("green")
+            .is_some_and(|count| *count > 0),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn daemon_crash_restart_and_hot_upgrade_lose_nothing() {
+    let fixture = fixture();
+    let config = fixture.write_config(&config_text(10));
+    let wait_until_up = || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while fixture.bluegreen.run(&["status"]).code != 0 {
+            assert!(Instant::now() < deadline, "daemon did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut daemon = fixture.bluegreen.spawn(&["daemon", "--config", &config]);
+    wait_until_up();
+    fixture.bluegreen.ok(&["switch", "green"]);
+    let mut kept = fixture.keep_alive();
+    assert_eq!(kept.get().expect("request"), "green");
+
+    let load = fixture.load(1500);
+    while load.progress() < 300 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    daemon.kill().expect("kill -9 the daemon");
+    daemon.wait().expect("reap the daemon");
+    assert_eq!(
+        fixture.bluegreen.active(),
+        "green",
+        "a crash changes no color"
+    );
+
+    let mut restarted = fixture.bluegreen.spawn(&["daemon", "--config", &config]);
+    wait_until_up();
+    assert_eq!(
+        fixture.bluegreen.active(),
+        "green",
+        "the restart keeps the pinned color"
+    );
+
+    let output = fixture
+        .bluegreen
+        .ok(&["up", "--iface", SWITCH_IFACE, "--config", &config]);
+    assert!(output.contains("hot-upgraded"), "{output}");
+    assert_eq!(kept.get().expect("kept connection after upgrade"), "green");
+
+    let report = load.finish(false);
+    assert!(
+        report.failures.is_empty(),
+        "{} failed: {:?}",
+        report.failures.len(),
+        report.failures
+    );
+    assert_eq!(report.succeeded(), 1500, "{report:?}");
+
+    // SIGTERM: the daemon exits and the dataplane stays.
+    // SAFETY: signalling a child we spawned and have not reaped.
+    unsafe { libc::kill(restarted.id() as i32, libc::SIGTERM) };
+    let status = restarted.wait().expect("daemon exit");
+    assert!(status.success(), "{status}");
+    assert_eq!(fixture.get(), "green");
+}
+
+#[test]
+fn a_reboot_restores_the_last_active_color() {
+    let fixture = fixture();
+    fixture.up();
+    fixture.bluegreen.ok(&["switch", "green"]);
+    // A reboot empties bpffs and detaches everything; the state file stays.
+    let layout = fixture.bluegreen.pin_dir.clone();
+    std::fs::remove_dir_all(&layout)
+        .or_else(|_| {
+            for path in fixture.bluegreen.pins().iter().rev() {
+                let _ = std::fs::remove_file(path).or_else(|_| std::fs::remove_dir(path));
+            }
+            std::fs::remove_dir(&layout)
+        })
+        .expect("remove pins");
+    assert!(fixture.bluegreen.state_file().exists());
+    assert!(
+        fixture.get().starts_with("error"),
+        "nothing steers traffic after the reboot"
+    );
+
+    let output = fixture.up();
+    assert!(output.contains("restored active color green"), "{output}");
+    assert_eq!(fixture.bluegreen.active(), "green");
+    assert_eq!(fixture.get(), "green");
+}
+
+/// Runs a command that must fail, and checks it printed one clear line,
+/// exited with `code`, and changed neither status nor pins.
+fn refused<S: AsRef<str>>(fixture: &Fixture, args: &[S], code: i32, expected: &str) {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    let status_before = strip_counters(fixture.bluegreen.status());
+    let pins_before = fixture.bluegreen.pins();
+    let run = fixture.bluegreen.run(&args);
+    assert_eq!(run.code, code, "bluegreen {args:?}: {run:?}");
+    assert!(
+        run.stderr.contains(expected),
+        "bluegreen {args:?}: expected {expected:?} in {run:?}"
+    );
+    assert_eq!(
+        strip_counters(fixture.bluegreen.status()),
+        status_before,
+        "{args:?} changed status"
+    );
+    assert_eq!(
+        fixture.bluegreen.pins(),
+        pins_before,
+        "{args:?} changed pins"
+    );
+}
+
+fn strip_counters(mut status: serde_json::Value) -> serde_json::Value {
+    status["interfaces"][0]["passed"] = serde_json::Value::Null;
+    status
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let fixture = fixture();
+    fixture.up();
+    let v4 = |host: &str| format!("{host}:{PORT}");
+    let vip = vip().to_string();
+    let blue = v4(addr::BLUE_V4);
+    let green = v4(addr::GREEN_V4);
+    let up = |iface: &'static str, vip: String, blue: String| {
+        vec!["up", "--iface", iface, "--service", "web", "--vip"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain([vip, "--blue".into(), blue, "--green".into(), green.clone()])
+            .collect::<Vec<String>>()
+    };
+
+    refused(&fixture, &["switch", "purple"], 2, "invalid value 'purple'");
+    refused(
+        &fixture,
+        &["switch", "green", "--service", "nope"],
+        1,
+        "no service named \"nope\"; known services: web",
+    );
+    let cases = [
+        (
+            up(SWITCH_IFACE, addr::VIP_V4.to_owned(), blue.clone()),
+            2,
+            "the port is missing",
+        ),
+        (
+            up(SWITCH_IFACE, vip.clone(), "[fd00:bb::2:2]:8080".to_owned()),
+            1,
+            "share one address family",
+        ),
+        (
+            up("nope0", vip.clone(), blue.clone()),
+            1,
+            "interface nope0 does not exist",
+        ),
+        (
+            up(SWITCH_IFACE, vip.clone(), vip.clone()),
+            1,
+            "cannot be the VIP itself",
+        ),
+    ];
+    for (args, code, expected) in cases {
+        refused(&fixture, &args, code, expected);
+    }
+    refused(
+        &fixture,
+        &["set-backend", "green", "[fd00:bb::3:2]:8080"],
+        1,
+        "share one address family",
+    );
+    refused(
+        &fixture,
+        &["set-backend", "green", &blue],
+        1,
+        "is already the blue backend",
+    );
+
+    let bad_config = fixture.write_config(&config_text(5).replace(&vip, "10.200.100.1"));
+    refused(
+        &fixture,
+        &["up", "--iface", SWITCH_IFACE, "--config", &bad_config],
+        1,
+        ".toml:8: service[0].vip: invalid address",
+    );
+
+    let not_bpffs = Command::new(bluegreen_testbed::cli::binary())
+        .args(["--pin-dir", "/tmp", "status"])
+        .output()
+        .expect("run bluegreen");
+    assert_eq!(not_bpffs.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&not_bpffs.stderr);
+    assert!(stderr.contains("/tmp is not on a BPF filesystem: mount one with"), "{stderr}");
+
+    let unprivileged = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bluegreen_testbed::cli::binary())
+        .args([
+            "--pin-dir",
+            fixture.bluegreen.pin_dir.to_str().expect("utf-8"),
+            "switch",
+            "green",
+        ])
+        .output()
+        .expect("run setpriv");
+    assert_eq!(unprivileged.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&unprivileged.stderr);
+    assert!(stderr.contains("must run as root"), "{stderr}");
+    assert_eq!(fixture.bluegreen.active(), "blue");
+
+    // Every message above is a single line.
+    let run = fixture
+        .bluegreen
+        .run(&["switch", "green", "--service", "nope"]);
+    assert_eq!(run.stderr.trim_end().lines().count(), 1, "{run:?}");
+}
+
+#[test]
+fn commands_need_an_instance_that_is_up() {
+    let fixture = fixture();
+    let run = fixture.bluegreen.run(&["switch", "green"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("bluegreen is not up: start it with"),
+        "{run:?}"
+    );
+    let run = fixture.bluegreen.run(&["down", "--iface", SWITCH_IFACE]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(fixture.bluegreen.pins().is_empty());
+}
+
+fn create_map(path: &std::path::Path, value_size: u32) {
+    bluegreen_testbed::netns::run(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            path.to_str().expect("utf-8"),
+            "type",
+            "hash",
+            "key",
+            "20",
+            "value",
+            &value_size.to_string(),
+            "entries",
+            "1024",
+            "name",
+            "BG_SERVICES",
+            "flags",
+            "1",
+        ],
+    );
+}
+
+#[test]
+fn pins_of_another_layout_are_refused_not_misread() {
+    let fixture = fixture();
+    let dir = fixture.bluegreen.pin_dir.join("v1").join(SWITCH_IFACE);
+    std::fs::create_dir_all(&dir).expect("create pin dir");
+    create_map(&dir.join("BG_SERVICES"), 8);
+    let pins_before = fixture.bluegreen.pins();
+    let args = up_args();
+    let run = fixture.bluegreen.run(&strs(&args));
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("does not match this version (key/value size 20/8, expected 20/52)"),
+        "{run:?}"
+    );
+    assert_eq!(
+        fixture.bluegreen.pins(),
+        pins_before,
+        "a refused up leaves pins alone"
+    );
+    let link = fixture
+        .topology
+        .switch
+        .exec("ip", &["-d", "link", "show", SWITCH_IFACE]);
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
+        "nothing attached"
+    );
+    std::fs::remove_file(dir.join("BG_SERVICES")).expect("remove fake map");
+
+    let old = fixture.bluegreen.pin_dir.join("v0").join(SWITCH_IFACE);
+    std::fs::create_dir_all(&old).expect("create old layout dir");
+    let run = fixture.bluegreen.run(&strs(&args));
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("holds maps of layout v0, but this bluegreen uses layout 1"),
+        "{run:?}"
+    );
+    std::fs::remove_dir(&old).expect("remove old layout dir");
+}
+
+#[test]
+fn concurrent_switches_leave_a_consistent_state() {
+    let fixture = fixture();
+    fixture.up();
+    std::thread::scope(|scope| {
+        for color in ["green", "blue"] {
+            let bluegreen = &fixture.bluegreen;
+            scope.spawn(move || {
+                for _ in 0..20 {
+                    bluegreen.ok(&["switch", color]);
+                    bluegreen.ok(&["rollback"]);
+                }
+            });
+        }
+    });
+    let status = fixture.bluegreen.status();
+    let service = &status["interfaces"][0]["services"][0];
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture.bluegreen.state_file()).expect("state file"),
+    )
+    .expect("state JSON");
+    let record = &state["services"][0];
+    assert_eq!(
+        service["active"], record["active"],
+        "map and state file agree"
+    );
+    assert_eq!(
+        service["previous"], record["previous"],
+        "map and state file agree"
+    );
+    assert_ne!(service["active"], service["previous"], "{service}");
+    let expected = service["active"].as_str().expect("color").to_owned();
+    assert_eq!(fixture.get(), expected);
+}
+
+#[test]
+fn down_leaves_nothing_behind() {
+    let fixture = fixture();
+    fixture.up();
+    assert_eq!(fixture.get(), "blue");
+    let output = fixture.bluegreen.ok(&["down", "--iface", SWITCH_IFACE]);
+    assert!(output.contains("down on s0"), "{output}");
+    assert!(
+        fixture.bluegreen.pins().is_empty(),
+        "{:?}",
+        fixture.bluegreen.pins()
+    );
+    assert!(!fixture.bluegreen.pin_dir.exists());
+    assert!(!fixture.bluegreen.state_file().exists());
+    let link = fixture
+        .topology
+        .switch
+        .exec("ip", &["-d", "link", "show", SWITCH_IFACE]);
+    assert!(!String::from_utf8_lossy(&link.stdout).contains("prog/xdp"));
+    let net = fixture
+        .topology
+        .switch
+        .exec("bpftool", &["net", "show", "dev", SWITCH_IFACE]);
+    assert!(
+        !String::from_utf8_lossy(&net.stdout).contains("bluegreen"),
+        "{net:?}"
+    );
+    assert!(
+        fixture.get().starts_with("error"),
+        "the VIP is no longer steered"
+    );
+}

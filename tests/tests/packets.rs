@@ -1,0 +1,926 @@
+//! Fixture tests of both programs through `BPF_PROG_TEST_RUN`: a frame goes
+//! in, and the exact frame that must come out is built independently with
+//! the fixture builder (never by bluegreen's own code). Needs root.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use bluegreen::pinned::monotonic_now_ns;
+use bluegreen_common::{
+    COLOR_BLUE, COLOR_GREEN, FlowEntry, FlowKey, PassReason, ServiceState, Settings,
+    TrafficCounters,
+};
+use bluegreen_testbed::{
+    kernel::{TC_ACT_OK, TestDataplane, XDP_PASS, endpoint, flow_key, service_key},
+    packet::{
+        ETH_P_8021AD, ETH_P_8021Q, Frame, Ipv6Ext, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK,
+        TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, Transport, arp_request, verify_checksums,
+    },
+};
+
+const SECOND: u64 = 1_000_000_000;
+
+/// Short enough that an expired entry needs no ancient timestamp, long
+/// enough that no entry expires while a test runs.
+const SETTINGS: Settings = Settings {
+    tcp_idle_timeout_ns: 30 * SECOND,
+    tcp_closing_timeout_ns: 5 * SECOND,
+    udp_idle_timeout_ns: 10 * SECOND,
+};
+
+/// Older than every timeout in [`SETTINGS`].
+const STALE_AGE: u64 = 60 * SECOND;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// One service (VIP, a blue and a green backend) and a client, in one
+/// address family and protocol.
+#[derive(Clone, Copy, Debug)]
+struct Fixture {
+    proto: Proto,
+    client: SocketAddr,
+    vip: SocketAddr,
+    blue: SocketAddr,
+    green: SocketAddr,
+    /// A backend the service no longer lists, for flows that outlive it.
+    retired: SocketAddr,
+    slot: u32,
+}
+
+impl Fixture {
+    fn new(family: Family, proto: Proto) -> Self {
+        // Backend ports differ from the VIP's, so a missed port rewrite shows.
+        let (vip_port, blue_port, green_port) = match proto {
+            Proto::Tcp => (80, 8080, 8081),
+            Proto::Udp => (53, 5301, 5302),
+        };
+        let at = |addr: &str, port| SocketAddr::new(addr.parse().unwrap(), port);
+        let (client, vip, blue, green, retired) = match family {
+            Family::V4 => ("198.51.100.7", "192.0.2.10", "10.0.1.1", "10.0.2.1", "10.0.9.9"),
+            Family::V6 => ("2001:db8:c::7", "2001:db8::10", "fd00:1::1", "fd00:2::1", "fd00:9::9"),
+        };
+        Self {
+            proto,
+            client: at(client, 40000),
+            vip: at(vip, vip_port),
+            blue: at(blue, blue_port),
+            green: at(green, green_port),
+            retired: at(retired, 9999),
+            slot: 7,
+        }
+    }
+
+    fn proto_number(&self) -> u8 {
+        match self.proto {
+            Proto::Tcp => PROTO_TCP,
+            Proto::Udp => PROTO_UDP,
+        }
+    }
+
+    fn is_tcp(&self) -> bool {
+        self.proto == Proto::Tcp
+    }
+
+    fn backend(&self, color: u8) -> SocketAddr {
+        if color == COLOR_BLUE {
+            self.blue
+        } else {
+            self.green
+        }
+    }
+
+    fn state(&self, active: u8, generation: u32) -> ServiceState {
+        ServiceState {
+            backends: [endpoint(self.blue), endpoint(self.green)],
+            generation,
+            counter_slot: self.slot,
+            active,
+            previous: active ^ 1,
+            reserved: [0; 2],
+        }
+    }
+
+    /// A dataplane with [`SETTINGS`] and this fixture's service on `active`.
+    fn dataplane(&self, active: u8) -> TestDataplane {
+        let mut dataplane = TestDataplane::new();
+        dataplane.set_settings(SETTINGS);
+        self.switch(&mut dataplane, active, 1);
+        dataplane
+    }
+
+    /// Replaces the service value whole, as the CLI does: a graceful switch
+    /// keeps `generation`, a forced one bumps it.
+    fn switch(&self, dataplane: &mut TestDataplane, active: u8, generation: u32) {
+        dataplane.insert_service(
+            service_key(self.vip, self.proto_number()),
+            self.state(active, generation),
+        );
+    }
+
+    /// The same client on another source port: another connection.
+    fn other_client(&self) -> Self {
+        Self {
+            client: SocketAddr::new(self.client.ip(), self.client.port() + 1),
+            ..*self
+        }
+    }
+
+    fn frame(&self, src: SocketAddr, dst: SocketAddr, tcp_flags: u8) -> Frame {
+        match self.proto {
+            Proto::Tcp => Frame::tcp(src, dst, tcp_flags),
+            Proto::Udp => Frame::udp(src, dst),
+        }
+    }
+
+    /// Client to VIP: what reaches XDP.
+    fn to_vip(&self, tcp_flags: u8) -> Frame {
+        self.frame(self.client, self.vip, tcp_flags)
+    }
+
+    /// Client to `backend`: what XDP must turn [`Self::to_vip`] into.
+    fn to(&self, backend: SocketAddr, tcp_flags: u8) -> Frame {
+        self.frame(self.client, backend, tcp_flags)
+    }
+
+    /// `backend` to client: what reaches TC egress.
+    fn reply_from(&self, backend: SocketAddr) -> Frame {
+        self.frame(backend, self.client, TCP_SYN | TCP_ACK)
+    }
+
+    fn flow_key(&self) -> FlowKey {
+        flow_key(self.client, self.vip, self.proto_number())
+    }
+
+    fn reply_key(&self, backend: SocketAddr) -> FlowKey {
+        flow_key(self.client, backend, self.proto_number())
+    }
+
+    fn entry(&self, backend: SocketAddr, color: u8, generation: u32) -> FlowEntry {
+        FlowEntry {
+            last_seen_ns: monotonic_now_ns(),
+            backend: endpoint(backend),
+            generation,
+            color,
+            closing: 0,
+            reserved: [0; 6],
+        }
+    }
+
+    /// The first packet of a connection: a SYN, or any UDP datagram.
+    fn opening(&self) -> u8 {
+        TCP_SYN
+    }
+
+    /// A packet of an established connection.
+    fn ongoing(&self) -> u8 {
+        TCP_ACK | TCP_PSH
+    }
+
+    fn assert_flow(
+        &self,
+        dataplane: &TestDataplane,
+        backend: SocketAddr,
+        color: u8,
+        generation: u32,
+        closing: bool,
+    ) -> FlowEntry {
+        let entry = dataplane
+            .flow(&self.flow_key())
+            .unwrap_or_else(|| panic!("no flow entry for {} -> {}", self.client, self.vip));
+        let summary = (entry.backend, entry.color, entry.generation, entry.closing);
+        let wanted = (endpoint(backend), color, generation, closing as u8);
+        assert_eq!(summary, wanted, "flow entry (backend, color, generation, closing)");
+        entry
+    }
+}
+
+/// `entry` as last seen `age` ago.
+fn aged(entry: FlowEntry, age: u64) -> FlowEntry {
+    FlowEntry {
+        last_seen_ns: entry
+            .last_seen_ns
+            .checked_sub(age)
+            .expect("the machine has been up longer than the age"),
+        ..entry
+    }
+}
+
+fn counters(packets: u64, bytes: usize, new_flows: u64) -> TrafficCounters {
+    TrafficCounters {
+        packets,
+        bytes: bytes as u64,
+        new_flows,
+    }
+}
+
+/// Offsets where two frames differ, for a failure message one can act on.
+fn describe_difference(actual: &[u8], expected: &[u8]) -> String {
+    let mut lines: Vec<String> = actual
+        .iter()
+        .zip(expected)
+        .enumerate()
+        .filter(|(_, (got, want))| got != want)
+        .map(|(at, (got, want))| format!("  offset {at}: got {got:#04x}, want {want:#04x}"))
+        .collect();
+    if actual.len() != expected.len() {
+        lines.push(format!(
+            "  length: got {}, want {}",
+            actual.len(),
+            expected.len()
+        ));
+    }
+    lines.join("\n")
+}
+
+fn assert_frame(actual: &[u8], expected: &[u8], what: &str) {
+    assert!(
+        actual == expected,
+        "{what}: wrong output frame\n{}\n  got  {actual:02x?}\n  want {expected:02x?}",
+        describe_difference(actual, expected)
+    );
+}
+
+/// XDP must pass `input` on as exactly `expected`, with valid checksums.
+fn assert_rewritten(dataplane: &TestDataplane, input: &[u8], expected: &[u8], what: &str) {
+    let (verdict, output) = dataplane.run_xdp(input);
+    assert_eq!(verdict, XDP_PASS, "{what}: XDP verdict");
+    assert_frame(&output, expected, what);
+    verify_checksums(&output).unwrap_or_else(|error| panic!("{what}: {error}"));
+}
+
+/// XDP must pass `input` on untouched, count it under `reason`, and record
+/// no flow.
+fn assert_passed(dataplane: &TestDataplane, input: &[u8], reason: PassReason, what: &str) {
+    let before = dataplane.passed_all();
+    let flows_before = dataplane.flows();
+    let (verdict, output) = dataplane.run_xdp(input);
+    assert_eq!(verdict, XDP_PASS, "{what}: XDP verdict");
+    assert_frame(&output, input, what);
+    let mut expected = before;
+    expected[reason as usize] += 1;
+    assert_eq!(
+        dataplane.passed_all(),
+        expected,
+        "{what}: pass counters (indexed by PassReason), expected one more {reason:?}"
+    );
+    assert_eq!(dataplane.flows(), flows_before, "{what}: the flow table changed");
+}
+
+fn assert_egress(dataplane: &TestDataplane, input: &[u8], expected: &[u8], what: &str) {
+    let (verdict, output) = dataplane.run_tc(input);
+    assert_eq!(verdict, TC_ACT_OK, "{what}: TC verdict");
+    assert_frame(&output, expected, what);
+    if output != input {
+        verify_checksums(&output).unwrap_or_else(|error| panic!("{what}: {error}"));
+    }
+}
+
+/// One test per address family and protocol for each scenario function.
+macro_rules! for_each_family_and_protocol {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            use super::*;
+            #[test]
+            fn ipv4_tcp() {
+                super::$scenario(Fixture::new(Family::V4, Proto::Tcp));
+            }
+            #[test]
+            fn ipv4_udp() {
+                super::$scenario(Fixture::new(Family::V4, Proto::Udp));
+            }
+            #[test]
+            fn ipv6_tcp() {
+                super::$scenario(Fixture::new(Family::V6, Proto::Tcp));
+            }
+            #[test]
+            fn ipv6_udp() {
+                super::$scenario(Fixture::new(Family::V6, Proto::Udp));
+            }
+        }
+    )*};
+}
+
+macro_rules! for_each_family {
+    ($proto:ident: $($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            use super::*;
+            #[test]
+            fn ipv4() {
+                super::$scenario(Fixture::new(Family::V4, Proto::$proto));
+            }
+            #[test]
+            fn ipv6() {
+                super::$scenario(Fixture::new(Family::V6, Proto::$proto));
+            }
+        }
+    )*};
+}
+
+for_each_family_and_protocol!(
+    new_flow_goes_to_the_active_color,
+    established_flow_keeps_its_backend,
+    graceful_switch_leaves_flows_on_the_old_color,
+    forced_switch_moves_flows_to_the_active_color,
+    expired_or_unknown_flow_takes_the_active_color,
+    truncated_headers_pass_unchanged,
+    vlan_tagged_frames,
+    other_ports_and_addresses_pass_unchanged,
+    egress_restores_the_vip_for_tracked_flows,
+    egress_ignores_untracked_replies,
+    egress_ignores_the_old_backend_after_a_forced_switch,
+    egress_ignores_expired_flows,
+);
+
+for_each_family!(Tcp: fin_and_rst_mark_the_flow_closing, closing_flows_expire_sooner);
+for_each_family!(Udp: other_protocols_to_the_vip_pass_unchanged);
+
+fn new_flow_goes_to_the_active_color(f: Fixture) {
+    let dataplane = f.dataplane(COLOR_BLUE);
+    let input = f.to_vip(f.opening()).build();
+    let before = monotonic_now_ns();
+    assert_rewritten(
+        &dataplane,
+        &input,
+        &f.to(f.blue, f.opening()).build(),
+        "first packet",
+    );
+    let entry = f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
+    assert!(
+        (before..=monotonic_now_ns()).contains(&entry.last_seen_ns),
+        "last_seen_ns {} is not the time of the run",
+        entry.last_seen_ns
+    );
+    assert_eq!(
+        dataplane.reply(&f.reply_key(f.blue)),
+        Some(endpoint(f.vip)),
+        "the reply entry restores the VIP"
+    );
+    assert_eq!(dataplane.flows().len(), 1, "one flow entry");
+    assert_eq!(dataplane.replies().len(), 1, "one reply entry");
+    assert_eq!(
+        dataplane.traffic(f.slot, COLOR_BLUE),
+        counters(1, input.len(), 1)
+    );
+    assert_eq!(dataplane.traffic(f.slot, COLOR_GREEN), counters(0, 0, 0));
+}
+
+fn established_flow_keeps_its_backend(f: Fixture) {
+    let mut dataplane = f.dataplane(COLOR_BLUE);
+    let first = f.to_vip(f.opening()).build();
+    let second = f.to_vip(f.ongoing()).payload(b"more data").build();
+    assert_rewritten(
+        &dataplane,
+        &first,
+        &f.to(f.blue, f.opening()).build(),
+        "first packet",
+    );
+    let before = monotonic_now_ns();
+    assert_rewritten(
+        &dataplane,
+        &second,
+        &f.to(f.blue, f.ongoing()).payload(b"more data").build(),
+        "second packet",
+    );
+    let entry = f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
+    assert!(
+        entry.last_seen_ns >= before,
+        "last_seen_ns is refreshed by every packet"
+    );
+    assert_eq!(
+        dataplane.traffic(f.slot, COLOR_BLUE),
+        counters(2, first.len() + second.len(), 1)
+    );
+
+    // An entry is authoritative even against the service: this one names a
+    // green backend the service has dropped since.
+    let pinned = f.other_client();
+    dataplane.insert_flow(
+        pinned.flow_key(),
+        pinned.entry(pinned.retired, COLOR_GREEN, 1),
+    );
+    let input = pinned.to_vip(pinned.ongoing()).build();
+    assert_rewritten(
+        &dataplane,
+        &input,
+        &pinned.to(pinned.retired, pinned.ongoing()).build(),
+        "packet of a flow pinned to a retired backend",
+    );
+    pinned.assert_flow(&dataplane, pinned.retired, COLOR_GREEN, 1, false);
+    assert_eq!(
+        dataplane.traffic(f.slot, COLOR_GREEN),
+        counters(1, input.len(), 0)
+    );
+}
+
+fn graceful_switch_leaves_flows_on_the_old_color(f: Fixture) {
+    let mut dataplane = f.dataplane(COLOR_BLUE);
+    let first = f.to_vip(f.opening()).build();
+    assert_rewritten(
+        &dataplane,
+        &first,
+        &f.to(f.blue, f.opening()).build(),
+        "before the switch",
+    );
+    f.switch(&mut dataplane, COLOR_GREEN, 1);
+    let ongoing = f.to_vip(f.ongoing()).build();
+    assert_rewritten(
+        &dataplane,
+        &ongoing,
+        &f.to(f.blue, f.ongoing()).build(),
+        "old flow after the switch",
+    );
+    f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
+
+    let newcomer = f.other_client();
+    let fresh = newcomer.to_vip(f.opening()).build();
+    assert_rewritten(
+        &dataplane,
+        &fresh,
+        &newcomer.to(f.green, f.opening()).build(),
+        "new flow after the switch",
+    );
+    newcomer.assert_flow(&dataplane, f.green, COLOR_GREEN, 1, false);
+    assert_eq!(
+        dataplane.traffic(f.slot, COLOR_BLUE),
+        counters(2, first.len() + ongoing.len(), 1)
+    );
+    assert_eq!(
+        dataplane.traffic(f.slot, COLOR_GREEN),
+        counters(1, fresh.len(), 1)
+    );
+}
+
+fn forced_switch_moves_flows_to_the_active_color(f: Fixture) {
+    let mut dataplane = f.dataplane(COLOR_BLUE);
+    let first = f.to_vip(f.opening()).build();
+    assert_rewritten(
+        &dataplane,
+        &first,
+        &f.to(f.blue, f.opening()).build(),
+        "before the switch",
+    );
+    f.switch(&mut dataplane, COLOR_GREEN, 2);
+    let ongoing = f.to_vip(f.ongoing()).build();
+    assert_rewritten(
+        &dataplane,
+        &ongoing,
+        &f.to(f.green, f.ongoing()).build(),
+        "old flow after a forced switch",
+    );
+    f.assert_flow(&dataplane, f.green, COLOR_GREEN, 2, false);
+    assert_eq!(
+        dataplane.reply(&f.reply_key(f.green)),
+        Some(endpoint(f.vip)),
+        "the rebound flow has a reply entry for its new backend"
+    );
+    assert_eq!(
+        dataplane.traffic(f.slot, COLOR_GREEN),
+        counters(1, ongoing.len(), 0),
+        "a rebound flow is not a new flow"
+    );
+    assert_eq!(
+        dataplane.traffic(f.slot, COLOR_BLUE),
+        counters(1, first.len(), 1)
+    );
+    // Rebound once, the flow stays put.
+    assert_rewritten(
+        &dataplane,
+        &ongoing,
+        &f.to(f.green, f.ongoing()).build(),
+        "second packet after the forced switch",
+    );
+    assert_eq!(
+        dataplane.traffic(f.slot, COLOR_GREEN),
+        counters(2, 2 * ongoing.len(), 0)
+    );
+}
+
+fn expired_or_unknown_flow_takes_the_active_color(f: Fixture) {
+    let mut dataplane = f.dataplane(COLOR_BLUE);
+    dataplane.insert_flow(
+        f.flow_key(),
+        aged(f.entry(f.green, COLOR_GREEN, 1), STALE_AGE),
+    );
+    let input = f.to_vip(f.ongoing()).build();
+    assert_rewritten(
+        &dataplane,
+        &input,
+        &f.to(f.blue, f.ongoing()).build(),
+        "packet of an expired flow",
+    );
+    f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
+    assert_eq!(
+        dataplane.traffic(f.slot, COLOR_BLUE),
+        counters(1, input.len(), 1),
+        "an expired flow starts over as a new one"
+    );
+
+    // Mid-connection packets with no entry at all (say, after a restart)
+    // join the active color and are tracked from then on.
+    let unknown = f.other_client();
+    let input = unknown.to_vip(f.ongoing()).build();
+    assert_rewritten(
+        &dataplane,
+        &input,
+        &unknown.to(f.blue, f.ongoing()).build(),
+        "non-opening packet without a flow entry",
+    );
+    unknown.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
+    assert_eq!(dataplane.traffic(f.slot, COLOR_BLUE).new_flows, 2);
+}
+
+fn fin_and_rst_mark_the_flow_closing(f: Fixture) {
+    let mut dataplane = f.dataplane(COLOR_BLUE);
+    assert_rewritten(
+        &dataplane,
+        &f.to_vip(TCP_SYN).build(),
+        &f.to(f.blue, TCP_SYN).build(),
+        "SYN",
+    );
+    for flags in [TCP_FIN | TCP_ACK, TCP_ACK] {
+        assert_rewritten(
+            &dataplane,
+            &f.to_vip(flags).build(),
+            &f.to(f.blue, flags).build(),
+            &format!("flags {flags:#04x} after a FIN"),
+        );
+        f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, true);
+    }
+    // Closing survives a forced switch's rebinding.
+    f.switch(&mut dataplane, COLOR_GREEN, 2);
+    assert_rewritten(
+        &dataplane,
+        &f.to_vip(TCP_ACK).build(),
+        &f.to(f.green, TCP_ACK).build(),
+        "closing flow after a forced switch",
+    );
+    f.assert_flow(&dataplane, f.green, COLOR_GREEN, 2, true);
+
+    let reset = f.other_client();
+    assert_rewritten(
+        &dataplane,
+        &reset.to_vip(TCP_SYN).build(),
+        &reset.to(f.green, TCP_SYN).build(),
+        "SYN",
+    );
+    assert_rewritten(
+        &dataplane,
+        &reset.to_vip(TCP_RST).build(),
+        &reset.to(f.green, TCP_RST).build(),
+        "RST",
+    );
+    reset.assert_flow(&dataplane, f.green, COLOR_GREEN, 2, true);
+}
+
+fn closing_flows_expire_sooner(f: Fixture) {
+    let mut dataplane = f.dataplane(COLOR_BLUE);
+    // Older than the closing timeout, well within the idle one.
+    let age = SETTINGS.tcp_closing_timeout_ns + SECOND;
+    let closing = FlowEntry {
+        closing: 1,
+        ..f.entry(f.green, COLOR_GREEN, 1)
+    };
+    dataplane.insert_flow(f.flow_key(), aged(closing, age));
+    let open = f.other_client();
+    dataplane.insert_flow(
+        open.flow_key(),
+        aged(open.entry(f.green, COLOR_GREEN, 1), age),
+    );
+
+    assert_rewritten(
+        &dataplane,
+        &f.to_vip(TCP_ACK).build(),
+        &f.to(f.blue, TCP_ACK).build(),
+        "packet of an expired closing flow",
+    );
+    f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
+    assert_rewritten(
+        &dataplane,
+        &open.to_vip(TCP_ACK).build(),
+        &open.to(f.green, TCP_ACK).build(),
+        "packet of an open flow idle as long",
+    );
+    open.assert_flow(&dataplane, f.green, COLOR_GREEN, 1, false);
+}
+
+/// Every cut inside the headers of a VIP frame, in every header layout the
+/// dataplane parses. (Frames under 14 bytes cannot be test-run at all: the
+/// kernel requires an Ethernet header.)
+fn truncated_headers_pass_unchanged(f: Fixture) {
+    let dataplane = f.dataplane(COLOR_BLUE);
+    let mut layouts = vec![f.to_vip(f.opening()), f.to_vip(f.opening()).vlan(3)];
+    if f.vip.is_ipv4() {
+        layouts.push(f.to_vip(f.opening()).ipv4_options(&[0x94, 4, 0, 0, 1, 1, 1, 0]));
+    } else {
+        layouts.push(
+            f.to_vip(f.opening())
+                .ipv6_ext(Ipv6Ext::HopByHop(0))
+                .ipv6_ext(Ipv6Ext::DestOptions(1)),
+        );
+    }
+    for layout in layouts {
+        let frame = layout.build();
+        for len in 14..layout.headers_len() {
+            assert_passed(
+                &dataplane,
+                &frame[..len],
+                PassReason::Malformed,
+                &format!("{layout:?} cut to {len} bytes"),
+            );
+        }
+    }
+    assert!(dataplane.flows().is_empty(), "no truncated frame is tracked");
+    assert_eq!(dataplane.traffic(f.slot, COLOR_BLUE), counters(0, 0, 0));
+}
+
+/// A second tag in front of the frame's own one.
+fn with_outer_tag(frame: &[u8], ethertype: u16) -> Vec<u8> {
+    let mut tagged = frame[..12].to_vec();
+    tagged.extend_from_slice(&ethertype.to_be_bytes());
+    tagged.extend_from_slice(&100u16.to_be_bytes());
+    tagged.extend_from_slice(&frame[12..]);
+    tagged
+}
+
+fn vlan_tagged_frames(f: Fixture) {
+    let dataplane = f.dataplane(COLOR_BLUE);
+    let tagged = f.to_vip(f.opening()).vlan(0x2005);
+    assert_rewritten(
+        &dataplane,
+        &tagged.build(),
+        &f.to(f.blue, f.opening()).vlan(0x2005).build(),
+        "one 802.1Q tag",
+    );
+    for outer in [ETH_P_8021Q, ETH_P_8021AD] {
+        assert_passed(
+            &dataplane,
+            &with_outer_tag(&tagged.build(), outer),
+            PassReason::Unsupported,
+            &format!("{outer:#06x} tag in front of an 802.1Q tag"),
+        );
+    }
+    assert_passed(
+        &dataplane,
+        &with_outer_tag(&f.to_vip(f.opening()).build(), ETH_P_8021AD),
+        PassReason::Unsupported,
+        "one 802.1ad tag",
+    );
+}
+
+fn other_ports_and_addresses_pass_unchanged(f: Fixture) {
+    let dataplane = f.dataplane(COLOR_BLUE);
+    let other_port = SocketAddr::new(f.vip.ip(), f.vip.port() + 1);
+    assert_passed(
+        &dataplane,
+        &f.frame(f.client, other_port, f.opening()).build(),
+        PassReason::NotService,
+        "VIP, other port",
+    );
+    // The port is in the prefilter, so this takes the services lookup.
+    let other_address = SocketAddr::new(f.green.ip(), f.vip.port());
+    assert_passed(
+        &dataplane,
+        &f.frame(f.client, other_address, f.opening()).build(),
+        PassReason::NotService,
+        "VIP port on another address",
+    );
+    let other_protocol = match f.proto {
+        Proto::Tcp => Frame::udp(f.client, f.vip),
+        Proto::Udp => Frame::tcp(f.client, f.vip, TCP_SYN),
+    };
+    assert_passed(
+        &dataplane,
+        &other_protocol.build(),
+        PassReason::NotService,
+        "VIP and port of a service of the other protocol",
+    );
+    assert_passed(
+        &dataplane,
+        &arp_request(Ipv4Addr::new(198, 51, 100, 7), Ipv4Addr::new(192, 0, 2, 10)),
+        PassReason::NotIp,
+        "ARP",
+    );
+    assert_eq!(dataplane.traffic(f.slot, COLOR_BLUE), counters(0, 0, 0));
+}
+
+fn other_protocols_to_the_vip_pass_unchanged(f: Fixture) {
+    let dataplane = f.dataplane(COLOR_BLUE);
+    let ping = Frame::new(f.client, f.vip, Transport::Other(PROTO_ICMP)).payload(&[8, 0, 0, 0]);
+    assert_passed(
+        &dataplane,
+        &ping.build(),
+        PassReason::NotService,
+        "ICMP to the VIP",
+    );
+}
+
+fn egress_restores_the_vip_for_tracked_flows(f: Fixture) {
+    let dataplane = f.dataplane(COLOR_BLUE);
+    assert_rewritten(
+        &dataplane,
+        &f.to_vip(f.opening()).build(),
+        &f.to(f.blue, f.opening()).build(),
+        "first packet",
+    );
+    assert_egress(
+        &dataplane,
+        &f.reply_from(f.blue).build(),
+        &f.reply_from(f.vip).build(),
+        "reply from the flow's backend",
+    );
+    let tagged = f.reply_from(f.blue).vlan(12).payload(b"a longer reply body");
+    assert_egress(
+        &dataplane,
+        &tagged.build(),
+        &Frame { src: f.vip, ..tagged }.build(),
+        "VLAN-tagged reply",
+    );
+}
+
+fn egress_ignores_untracked_replies(f: Fixture) {
+    let dataplane = f.dataplane(COLOR_BLUE);
+    let reply = f.reply_from(f.blue).build();
+    assert_egress(&dataplane, &reply, &reply, "reply without a flow");
+    // Tracked, but to another client port.
+    assert_rewritten(
+        &dataplane,
+        &f.other_client().to_vip(f.opening()).build(),
+        &f.other_client().to(f.blue, f.opening()).build(),
+        "another connection",
+    );
+    assert_egress(&dataplane, &reply, &reply, "reply to another connection");
+}
+
+fn egress_ignores_the_old_backend_after_a_forced_switch(f: Fixture) {
+    let mut dataplane = f.dataplane(COLOR_BLUE);
+    assert_rewritten(
+        &dataplane,
+        &f.to_vip(f.opening()).build(),
+        &f.to(f.blue, f.opening()).build(),
+        "before the switch",
+    );
+    f.switch(&mut dataplane, COLOR_GREEN, 2);
+    assert_rewritten(
+        &dataplane,
+        &f.to_vip(f.ongoing()).build(),
+        &f.to(f.green, f.ongoing()).build(),
+        "rebinding packet",
+    );
+    let stray = f.reply_from(f.blue).build();
+    assert_egress(&dataplane, &stray, &stray, "reply from the old backend");
+    assert_egress(
+        &dataplane,
+        &f.reply_from(f.green).build(),
+        &f.reply_from(f.vip).build(),
+        "reply from the new backend",
+    );
+}
+
+fn egress_ignores_expired_flows(f: Fixture) {
+    let mut dataplane = f.dataplane(COLOR_BLUE);
+    dataplane.insert_flow(
+        f.flow_key(),
+        aged(f.entry(f.blue, COLOR_BLUE, 1), STALE_AGE),
+    );
+    dataplane.insert_reply(f.reply_key(f.blue), endpoint(f.vip));
+    let reply = f.reply_from(f.blue).build();
+    assert_egress(&dataplane, &reply, &reply, "reply of an expired flow");
+}
+
+#[test]
+fn ipv4_options_are_carried_through_the_rewrite() {
+    let options: [&[u8]; 3] = [
+        &[0x94, 4, 0, 0],
+        &[0x94, 4, 0, 0, 1, 1, 1, 0],
+        // Forty bytes, the most IHL allows: record route with room for nine.
+        &[
+            7, 39, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+    ];
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let f = Fixture::new(Family::V4, proto);
+        let dataplane = f.dataplane(COLOR_BLUE);
+        for option in options {
+            assert_rewritten(
+                &dataplane,
+                &f.to_vip(f.opening()).ipv4_options(option).build(),
+                &f.to(f.blue, f.opening()).ipv4_options(option).build(),
+                &format!("{proto:?} with {} option bytes", option.len()),
+            );
+        }
+    }
+}
+
+#[test]
+fn ipv4_fragments_pass_unchanged() {
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let f = Fixture::new(Family::V4, proto);
+        let dataplane = f.dataplane(COLOR_BLUE);
+        for (offset, more) in [(0, true), (185, true), (185, false)] {
+            assert_passed(
+                &dataplane,
+                &f.to_vip(f.opening()).ipv4_fragment(offset, more).build(),
+                PassReason::Fragment,
+                &format!("{proto:?} fragment at offset {offset}, more: {more}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn ipv6_extension_headers() {
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let f = Fixture::new(Family::V6, proto);
+        let dataplane = f.dataplane(COLOR_BLUE);
+        let walked = [
+            vec![Ipv6Ext::HopByHop(0)],
+            vec![Ipv6Ext::DestOptions(2)],
+            vec![
+                Ipv6Ext::HopByHop(1),
+                Ipv6Ext::DestOptions(0),
+                Ipv6Ext::DestOptions(0),
+                Ipv6Ext::DestOptions(0),
+            ],
+        ];
+        for extensions in walked {
+            let with = |mut frame: Frame| {
+                frame.ipv6_extensions = extensions.clone();
+                frame
+            };
+            assert_rewritten(
+                &dataplane,
+                &with(f.to_vip(f.opening())).build(),
+                &with(f.to(f.blue, f.opening())).build(),
+                &format!("{proto:?} behind {extensions:?}"),
+            );
+        }
+        let passed = [
+            (vec![Ipv6Ext::Fragment { offset: 0, more: true }], PassReason::Fragment),
+            (
+                vec![Ipv6Ext::HopByHop(0), Ipv6Ext::Fragment { offset: 100, more: false }],
+                PassReason::Fragment,
+            ),
+            (vec![Ipv6Ext::Routing], PassReason::Unsupported),
+            (vec![Ipv6Ext::DestOptions(0); 5], PassReason::Unsupported),
+        ];
+        for (extensions, reason) in passed {
+            let mut frame = f.to_vip(f.opening());
+            frame.ipv6_extensions = extensions.clone();
+            assert_passed(
+                &dataplane,
+                &frame.build(),
+                reason,
+                &format!("{proto:?} behind {extensions:?}"),
+            );
+        }
+        assert_eq!(dataplane.flows().len(), 1, "only the first flow was tracked");
+    }
+}
+
+#[test]
+fn udp_ipv4_without_checksum_stays_without() {
+    let f = Fixture::new(Family::V4, Proto::Udp);
+    let dataplane = f.dataplane(COLOR_BLUE);
+    let input = f.to_vip(0).without_udp_checksum().build();
+    assert_rewritten(
+        &dataplane,
+        &input,
+        &f.to(f.blue, 0).without_udp_checksum().build(),
+        "ingress",
+    );
+    assert_egress(
+        &dataplane,
+        &f.reply_from(f.blue).without_udp_checksum().build(),
+        &f.reply_from(f.vip).without_udp_checksum().build(),
+        "egress",
+    );
+}
+
+#[test]
+fn bench_xdp_times_the_rewrite_path() {
+    let f = Fixture::new(Family::V4, Proto::Tcp);
+    let mut dataplane = f.dataplane(COLOR_BLUE);
+    // Backend equal to the VIP, so that every repeated run rewrites the
+    // same frame (see `bench_xdp`).
+    let mut state = f.state(COLOR_BLUE, 1);
+    state.backends = [endpoint(f.vip); 2];
+    dataplane.insert_service(service_key(f.vip, PROTO_TCP), state);
+    let frame = f.to_vip(TCP_ACK).build();
+    let per_run = dataplane.bench_xdp(&frame, 1000);
+    assert!(per_run.as_nanos() > 0, "the kernel reported no time");
+    assert_eq!(
+        dataplane.traffic(f.slot, COLOR_BLUE),
+        counters(1000, 1000 * frame.len(), 1),
+        "every run took the rewrite path"
+    );
+}
