@@ -17,7 +17,7 @@ pub mod wire;
 pub const LAYOUT_VERSION: u32 = 1;
 
 /// Capacity of the services map and of the counter slots that go with it.
-pub const MAX_SERVICES: u32 = 1024;
+pub const MAX_SERVICES: u32 = 16384;
 
 /// Default capacity of the flow table (and of its reply-direction twin).
 pub const DEFAULT_FLOW_CAPACITY: u32 = 262_144;

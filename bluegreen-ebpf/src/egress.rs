@@ -43,13 +43,13 @@ pub fn try_egress(ctx: &TcContext) -> Result<(), PassReason> {
     };
     // SAFETY: LRU values may be recycled under us; everything read from them
     // is copied at once and re-checked against the flow entry below.
-    let vip = *unsafe { BG_REPLIES.get(&reply_key) }.ok_or(PassReason::NotService)?;
+    let vip = *unsafe { BG_REPLIES.get(reply_key) }.ok_or(PassReason::NotService)?;
     let flow_key = FlowKey {
         server: vip.addr,
         server_port: vip.port,
         ..reply_key
     };
-    let flow = *unsafe { BG_FLOWS.get(&flow_key) }.ok_or(PassReason::NotService)?;
+    let flow = *unsafe { BG_FLOWS.get(flow_key) }.ok_or(PassReason::NotService)?;
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     let live = settings().is_some_and(|settings| settings.is_live(headers.proto, &flow, now));
     // A reply from a backend the flow no longer uses (after a forced switch)

@@ -67,7 +67,7 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
     };
     // SAFETY: the services map is not preallocated, so the element stays
     // intact for the rest of this RCU section even if userspace replaces it.
-    let service = unsafe { BG_SERVICES.get(&service_key) }.ok_or(PassReason::NotService)?;
+    let service = unsafe { BG_SERVICES.get(service_key) }.ok_or(PassReason::NotService)?;
 
     let flow_key = FlowKey {
         client: headers.read_addr(&packet, headers.src_addr_offset())?,
@@ -166,7 +166,7 @@ fn record_flow(ctx: &XdpContext, key: &FlowKey, entry: &FlowEntry) -> Result<(),
         port: key.server_port,
         reserved: [0; 2],
     };
-    if BG_FLOWS.insert(key, entry, 0).is_err() || BG_REPLIES.insert(&reply_key, &vip, 0).is_err() {
+    if BG_FLOWS.insert(key, entry, 0).is_err() || BG_REPLIES.insert(reply_key, vip, 0).is_err() {
         warn!(ctx, "flow table update failed; packet passed unchanged");
         return Err(PassReason::FlowTableFull);
     }

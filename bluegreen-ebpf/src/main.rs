@@ -30,7 +30,7 @@ pub fn bluegreen_ingress(ctx: XdpContext) -> u32 {
 pub fn bluegreen_egress(ctx: TcContext) -> i32 {
     // Replies that are not ours, or that cannot be parsed, go out as they are.
     let _ = egress::try_egress(&ctx);
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }
 
 #[cfg(not(test))]

@@ -223,9 +223,9 @@ impl Host {
         Ok((name, old.expect("the change closure ran")))
     }
 
-    /// Live flows per color of one service, judged by the dataplane's own
-    /// timeouts and clock.
-    pub fn active_flows(&self, service: Option<&str>) -> Result<[u64; 2]> {
+    /// Live flows per color of one service (closing ones included), judged
+    /// by the dataplane's own timeouts and clock.
+    pub fn live_flows(&self, service: Option<&str>) -> Result<[u64; 2]> {
         let located = self.locate(service)?;
         let record = located
             .state
@@ -233,8 +233,9 @@ impl Host {
             .expect("located services exist");
         let maps = PinnedMaps::open(&self.layout(&located.state.interface))?;
         let key = service_key(record.spec.vip, record.spec.proto);
-        let counts = count_active_flows(&maps)?;
-        Ok(counts.get(&key).copied().unwrap_or_default())
+        let counts = count_live_flows(&maps)?;
+        let counts = counts.get(&key).copied().unwrap_or_default();
+        Ok([0, 1].map(|color| counts.open[color] + counts.closing[color]))
     }
 
     /// Polls until `color` has no live flows on the service, calling
@@ -248,7 +249,7 @@ impl Host {
     ) -> Result<bool> {
         let started = Instant::now();
         loop {
-            let remaining = self.active_flows(service)?[usize::from(color.wire())];
+            let remaining = self.live_flows(service)?[usize::from(color.wire())];
             progress(remaining, started.elapsed());
             if remaining == 0 {
                 return Ok(true);
@@ -286,9 +287,18 @@ impl Host {
     }
 }
 
+/// Live flows of one service, per (effective) color.
+#[derive(Clone, Copy, Debug, Default)]
+struct FlowCounts {
+    open: [u64; 2],
+    /// Seen a FIN or RST; kept for the closing timeout so stragglers of the
+    /// connection's end still reach the right backend.
+    closing: [u64; 2],
+}
+
 /// Live flows per service and (effective) color, in one pass over the flow
 /// table.
-fn count_active_flows(maps: &PinnedMaps) -> Result<BTreeMap<ServiceKey, [u64; 2]>> {
+fn count_live_flows(maps: &PinnedMaps) -> Result<BTreeMap<ServiceKey, FlowCounts>> {
     let settings = maps.settings()?;
     let services: BTreeMap<ServiceKey, ServiceState> = maps
         .services
@@ -296,7 +306,7 @@ fn count_active_flows(maps: &PinnedMaps) -> Result<BTreeMap<ServiceKey, [u64; 2]
         .collect::<std::result::Result<_, _>>()
         .map_err(Error::ebpf("cannot read the services map"))?;
     let now = monotonic_now_ns();
-    let mut counts: BTreeMap<ServiceKey, [u64; 2]> = BTreeMap::new();
+    let mut counts: BTreeMap<ServiceKey, FlowCounts> = BTreeMap::new();
     for entry in maps.flows.iter() {
         // An entry evicted between listing its key and reading it is gone.
         let Ok((key, flow)) = entry else { continue };
@@ -318,7 +328,13 @@ fn count_active_flows(maps: &PinnedMaps) -> Result<BTreeMap<ServiceKey, [u64; 2]
         } else {
             service.active
         };
-        counts.entry(service_key).or_default()[usize::from(color & 1)] += 1;
+        let counts = counts.entry(service_key).or_default();
+        let bucket = if flow.closing != 0 {
+            &mut counts.closing
+        } else {
+            &mut counts.open
+        };
+        bucket[usize::from(color & 1)] += 1;
     }
     Ok(counts)
 }
@@ -360,7 +376,10 @@ pub struct ColorStatus {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Live flows that have not seen a FIN or RST.
     pub active_flows: u64,
+    /// Live flows that have (they expire after the closing timeout).
+    pub closing_flows: u64,
 }
 
 fn interface_status(
@@ -369,7 +388,7 @@ fn interface_status(
     only: Option<&str>,
 ) -> Result<InterfaceStatus> {
     let maps = PinnedMaps::open(layout)?;
-    let flows = count_active_flows(&maps)?;
+    let flows = count_live_flows(&maps)?;
     let mut services = Vec::new();
     for record in &state.services {
         if only.is_some_and(|name| name != record.spec.name) {
@@ -380,7 +399,7 @@ fn interface_status(
         let Some(live) = maps.service(&key)? else {
             continue;
         };
-        let active_flows = flows.get(&key).copied().unwrap_or_default();
+        let flows = flows.get(&key).copied().unwrap_or_default();
         let color_status = |color: Color| -> Result<ColorStatus> {
             let traffic = maps.traffic(live.counter_slot, color.wire())?;
             Ok(ColorStatus {
@@ -388,7 +407,8 @@ fn interface_status(
                 packets: traffic.packets,
                 bytes: traffic.bytes,
                 new_flows: traffic.new_flows,
-                active_flows: active_flows[usize::from(color.wire())],
+                active_flows: flows.open[usize::from(color.wire())],
+                closing_flows: flows.closing[usize::from(color.wire())],
             })
         };
         services.push(ServiceStatus {

@@ -1,7 +1,7 @@
 //! Bringing an interface up (load, attach, pin, fill the maps) and down.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     ffi::CString,
     fs,
     os::unix::{ffi::OsStrExt, fs::DirBuilderExt},
@@ -455,7 +455,7 @@ fn reconcile_services(
     previous: Option<&InterfaceState>,
     notes: &mut Vec<String>,
 ) -> Result<Vec<ServiceRecord>> {
-    let live: Vec<(ServiceKey, ServiceState)> = maps
+    let live: BTreeMap<ServiceKey, ServiceState> = maps
         .services
         .iter()
         .collect::<std::result::Result<_, _>>()
@@ -464,18 +464,20 @@ fn reconcile_services(
         .iter()
         .map(|spec| service_key(spec.vip, spec.proto))
         .collect();
-    let mut used_slots: BTreeSet<u32> = live
+    let wanted_set: BTreeSet<ServiceKey> = wanted.iter().copied().collect();
+    let kept_slots: BTreeSet<u32> = live
         .iter()
-        .filter(|(key, _)| wanted.contains(key))
+        .filter(|(key, _)| wanted_set.contains(key))
         .map(|(_, state)| state.counter_slot)
         .collect();
+    let mut free_slots = (0..MAX_SERVICES).filter(|slot| !kept_slots.contains(slot));
 
     let mut records = Vec::with_capacity(specs.len());
     let mut fresh_slots = Vec::new();
     for (spec, key) in specs.iter().zip(&wanted) {
         let backends = [to_wire(spec.blue), to_wire(spec.green)];
-        let state = match live.iter().find(|(live_key, _)| live_key == key) {
-            Some((_, current)) => {
+        let state = match live.get(key) {
+            Some(current) => {
                 if Color::from_wire(current.active) != spec.active {
                     notes.push(format!(
                         "{}: keeps its live active color {} (use `bluegreen switch` to change it)",
@@ -489,10 +491,9 @@ fn reconcile_services(
                 }
             }
             None => {
-                let slot = (0..MAX_SERVICES)
-                    .find(|slot| !used_slots.contains(slot))
+                let slot = free_slots
+                    .next()
                     .expect("config validation caps the number of services");
-                used_slots.insert(slot);
                 fresh_slots.push(slot);
                 let restored =
                     previous
@@ -547,7 +548,7 @@ fn reconcile_services(
         }
     }
     write_port_filter(maps, &wanted)?;
-    for (key, _) in live.iter().filter(|(key, _)| !wanted.contains(key)) {
+    for key in live.keys().filter(|key| !wanted_set.contains(key)) {
         maps.services
             .remove(key)
             .map_err(Error::ebpf("cannot remove a service"))?;

@@ -408,12 +408,13 @@ fn print_status(report: &StatusReport) {
             for (color, status) in [(Color::Blue, &service.blue), (Color::Green, &service.green)] {
                 let marker = if color == service.active { "*" } else { " " };
                 println!(
-                    "   {marker}{color:<5} {:<24} packets {:>10}  bytes {:>12}  new flows {:>8}  active flows {:>6}",
+                    "   {marker}{color:<5} {:<24} packets {:>10}  bytes {:>12}  new flows {:>8}  active flows {:>6} (+{} closing)",
                     status.backend,
                     status.packets,
                     status.bytes,
                     status.new_flows,
-                    status.active_flows
+                    status.active_flows,
+                    status.closing_flows
                 );
             }
         }

@@ -117,6 +117,7 @@ fn serve_connection(
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     let mut in_headers = false;
+    let mut close_requested = false;
     while !stop.load(Ordering::Relaxed) {
         line.clear();
         match reader.read_line(&mut line) {
@@ -132,16 +133,29 @@ fn serve_connection(
             }
             Err(error) => return Err(error),
         }
-        if line == "\r\n" && in_headers {
+        if !in_headers {
+            in_headers = line.starts_with("GET ");
+            close_requested = false;
+        } else if line == "\r\n" {
             in_headers = false;
             served.fetch_add(1, Ordering::Relaxed);
+            let connection = if close_requested {
+                "close"
+            } else {
+                "keep-alive"
+            };
             write!(
                 writer,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: {connection}\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             )?;
-        } else if !in_headers {
-            in_headers = line.starts_with("GET ");
+            // Load generators that ask for a new connection per request
+            // (wrk with `Connection: close`) wait for the server to close.
+            if close_requested {
+                return Ok(());
+            }
+        } else if line.eq_ignore_ascii_case("connection: close\r\n") {
+            close_requested = true;
         }
     }
     Ok(())

@@ -302,6 +302,15 @@ fn fill_l4_checksum(transport: Transport, segment: &mut [u8], checksum: u16) {
     segment[at..at + 2].copy_from_slice(&checksum.to_be_bytes());
 }
 
+/// `frame` with another VLAN tag pushed in front of its own headers.
+pub fn with_outer_tag(frame: &[u8], ethertype: u16, tci: u16) -> Vec<u8> {
+    let mut tagged = frame[..12].to_vec();
+    tagged.extend_from_slice(&ethertype.to_be_bytes());
+    tagged.extend_from_slice(&tci.to_be_bytes());
+    tagged.extend_from_slice(&frame[12..]);
+    tagged
+}
+
 /// An ARP request, for "not IP at all".
 pub fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
     let mut frame = Vec::with_capacity(42);

@@ -424,7 +424,10 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         .expect("run bluegreen");
     assert_eq!(not_bpffs.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&not_bpffs.stderr);
-    assert!(stderr.contains("/tmp is not on a BPF filesystem: mount one with"), "{stderr}");
+    assert!(
+        stderr.contains("/tmp is not on a BPF filesystem: mount one with"),
+        "{stderr}"
+    );
 
     let unprivileged = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])

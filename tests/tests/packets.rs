@@ -14,6 +14,7 @@ use bluegreen_testbed::{
     packet::{
         ETH_P_8021AD, ETH_P_8021Q, Frame, Ipv6Ext, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK,
         TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, Transport, arp_request, verify_checksums,
+        with_outer_tag,
     },
 };
 
@@ -65,8 +66,20 @@ impl Fixture {
         };
         let at = |addr: &str, port| SocketAddr::new(addr.parse().unwrap(), port);
         let (client, vip, blue, green, retired) = match family {
-            Family::V4 => ("198.51.100.7", "192.0.2.10", "10.0.1.1", "10.0.2.1", "10.0.9.9"),
-            Family::V6 => ("2001:db8:c::7", "2001:db8::10", "fd00:1::1", "fd00:2::1", "fd00:9::9"),
+            Family::V4 => (
+                "198.51.100.7",
+                "192.0.2.10",
+                "10.0.1.1",
+                "10.0.2.1",
+                "10.0.9.9",
+            ),
+            Family::V6 => (
+                "2001:db8:c::7",
+                "2001:db8::10",
+                "fd00:1::1",
+                "fd00:2::1",
+                "fd00:9::9",
+            ),
         };
         Self {
             proto,
@@ -83,18 +96,6 @@ impl Fixture {
         match self.proto {
             Proto::Tcp => PROTO_TCP,
             Proto::Udp => PROTO_UDP,
-        }
-    }
-
-    fn is_tcp(&self) -> bool {
-        self.proto == Proto::Tcp
-    }
-
-    fn backend(&self, color: u8) -> SocketAddr {
-        if color == COLOR_BLUE {
-            self.blue
-        } else {
-            self.green
         }
     }
 
@@ -198,7 +199,10 @@ impl Fixture {
             .unwrap_or_else(|| panic!("no flow entry for {} -> {}", self.client, self.vip));
         let summary = (entry.backend, entry.color, entry.generation, entry.closing);
         let wanted = (endpoint(backend), color, generation, closing as u8);
-        assert_eq!(summary, wanted, "flow entry (backend, color, generation, closing)");
+        assert_eq!(
+            summary, wanted,
+            "flow entry (backend, color, generation, closing)"
+        );
         entry
     }
 }
@@ -272,7 +276,11 @@ fn assert_passed(dataplane: &TestDataplane, input: &[u8], reason: PassReason, wh
         expected,
         "{what}: pass counters (indexed by PassReason), expected one more {reason:?}"
     );
-    assert_eq!(dataplane.flows(), flows_before, "{what}: the flow table changed");
+    assert_eq!(
+        dataplane.flows(),
+        flows_before,
+        "{what}: the flow table changed"
+    );
 }
 
 fn assert_egress(dataplane: &TestDataplane, input: &[u8], expected: &[u8], what: &str) {
@@ -619,7 +627,10 @@ fn truncated_headers_pass_unchanged(f: Fixture) {
     let dataplane = f.dataplane(COLOR_BLUE);
     let mut layouts = vec![f.to_vip(f.opening()), f.to_vip(f.opening()).vlan(3)];
     if f.vip.is_ipv4() {
-        layouts.push(f.to_vip(f.opening()).ipv4_options(&[0x94, 4, 0, 0, 1, 1, 1, 0]));
+        layouts.push(
+            f.to_vip(f.opening())
+                .ipv4_options(&[0x94, 4, 0, 0, 1, 1, 1, 0]),
+        );
     } else {
         layouts.push(
             f.to_vip(f.opening())
@@ -638,17 +649,11 @@ fn truncated_headers_pass_unchanged(f: Fixture) {
             );
         }
     }
-    assert!(dataplane.flows().is_empty(), "no truncated frame is tracked");
+    assert!(
+        dataplane.flows().is_empty(),
+        "no truncated frame is tracked"
+    );
     assert_eq!(dataplane.traffic(f.slot, COLOR_BLUE), counters(0, 0, 0));
-}
-
-/// A second tag in front of the frame's own one.
-fn with_outer_tag(frame: &[u8], ethertype: u16) -> Vec<u8> {
-    let mut tagged = frame[..12].to_vec();
-    tagged.extend_from_slice(&ethertype.to_be_bytes());
-    tagged.extend_from_slice(&100u16.to_be_bytes());
-    tagged.extend_from_slice(&frame[12..]);
-    tagged
 }
 
 fn vlan_tagged_frames(f: Fixture) {
@@ -663,14 +668,14 @@ fn vlan_tagged_frames(f: Fixture) {
     for outer in [ETH_P_8021Q, ETH_P_8021AD] {
         assert_passed(
             &dataplane,
-            &with_outer_tag(&tagged.build(), outer),
+            &with_outer_tag(&tagged.build(), outer, 100),
             PassReason::Unsupported,
             &format!("{outer:#06x} tag in front of an 802.1Q tag"),
         );
     }
     assert_passed(
         &dataplane,
-        &with_outer_tag(&f.to_vip(f.opening()).build(), ETH_P_8021AD),
+        &with_outer_tag(&f.to_vip(f.opening()).build(), ETH_P_8021AD, 100),
         PassReason::Unsupported,
         "one 802.1ad tag",
     );
@@ -737,11 +742,18 @@ fn egress_restores_the_vip_for_tracked_flows(f: Fixture) {
         &f.reply_from(f.vip).build(),
         "reply from the flow's backend",
     );
-    let tagged = f.reply_from(f.blue).vlan(12).payload(b"a longer reply body");
+    let tagged = f
+        .reply_from(f.blue)
+        .vlan(12)
+        .payload(b"a longer reply body");
     assert_egress(
         &dataplane,
         &tagged.build(),
-        &Frame { src: f.vip, ..tagged }.build(),
+        &Frame {
+            src: f.vip,
+            ..tagged
+        }
+        .build(),
         "VLAN-tagged reply",
     );
 }
@@ -803,8 +815,8 @@ fn ipv4_options_are_carried_through_the_rewrite() {
         &[0x94, 4, 0, 0, 1, 1, 1, 0],
         // Forty bytes, the most IHL allows: record route with room for nine.
         &[
-            7, 39, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            7, 39, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
         ],
     ];
     for proto in [Proto::Tcp, Proto::Udp] {
@@ -865,9 +877,21 @@ fn ipv6_extension_headers() {
             );
         }
         let passed = [
-            (vec![Ipv6Ext::Fragment { offset: 0, more: true }], PassReason::Fragment),
             (
-                vec![Ipv6Ext::HopByHop(0), Ipv6Ext::Fragment { offset: 100, more: false }],
+                vec![Ipv6Ext::Fragment {
+                    offset: 0,
+                    more: true,
+                }],
+                PassReason::Fragment,
+            ),
+            (
+                vec![
+                    Ipv6Ext::HopByHop(0),
+                    Ipv6Ext::Fragment {
+                        offset: 100,
+                        more: false,
+                    },
+                ],
                 PassReason::Fragment,
             ),
             (vec![Ipv6Ext::Routing], PassReason::Unsupported),
@@ -883,7 +907,11 @@ fn ipv6_extension_headers() {
                 &format!("{proto:?} behind {extensions:?}"),
             );
         }
-        assert_eq!(dataplane.flows().len(), 1, "only the first flow was tracked");
+        assert_eq!(
+            dataplane.flows().len(),
+            1,
+            "only the first flow was tracked"
+        );
     }
 }
 

@@ -1,0 +1,439 @@
+//! The XDP program against `bluegreen_common::model::ingress`, the plain
+//! Rust reference, on random frames: valid and invalid, for services and
+//! not, whole, truncated and corrupted. Both start from the same services
+//! and flow table and must produce the same bytes and flow-table effects.
+//! Needs root.
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use bluegreen::pinned::monotonic_now_ns;
+use bluegreen_common::{
+    FlowEntry, FlowKey, PassReason, ServiceKey, ServiceState, Settings, TrafficCounters,
+    model::{self, Outcome},
+};
+use bluegreen_testbed::{
+    kernel::{TestDataplane, XDP_PASS, endpoint, flow_key, service_key},
+    packet::{
+        ETH_P_8021AD, ETH_P_8021Q, Frame, Ipv6Ext, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK,
+        TCP_FIN, TCP_RST, TCP_SYN, Transport, verify_checksums, with_outer_tag,
+    },
+};
+use proptest::{
+    prelude::*,
+    sample::Index,
+    test_runner::{Config, TestRunner},
+};
+
+const SECOND: u64 = 1_000_000_000;
+
+/// Pre-existing entries are 1 s, 6 s or 60 s old: live, expired only when
+/// closing (TCP), or expired. No age is near a timeout, so the few
+/// microseconds between the model's clock and the kernel's never matter.
+const SETTINGS: Settings = Settings {
+    tcp_idle_timeout_ns: 30 * SECOND,
+    tcp_closing_timeout_ns: 5 * SECOND,
+    udp_idle_timeout_ns: 10 * SECOND,
+};
+const AGES: [u64; 3] = [SECOND, 6 * SECOND, 60 * SECOND];
+
+const SERVICE_PORTS: [u16; 3] = [80, 53, 443];
+
+/// VIPs by family; the services are every VIP with TCP on 80 and 443 and
+/// UDP on 53.
+fn vips(ipv6: bool) -> [IpAddr; 2] {
+    let parse = |text: &str| text.parse().unwrap();
+    if ipv6 {
+        [parse("2001:db8::10"), parse("2001:db8::11")]
+    } else {
+        [parse("192.0.2.10"), parse("192.0.2.11")]
+    }
+}
+
+fn address(ipv6: bool, v4: &str, v6: &str) -> IpAddr {
+    (if ipv6 { v6 } else { v4 }).parse().unwrap()
+}
+
+fn blue(ipv6: bool, port: u16) -> SocketAddr {
+    SocketAddr::new(
+        address(ipv6, "10.0.1.1", "fd00:1::1"),
+        port.wrapping_add(8000),
+    )
+}
+
+fn green(ipv6: bool, port: u16) -> SocketAddr {
+    SocketAddr::new(
+        address(ipv6, "10.0.2.1", "fd00:2::1"),
+        port.wrapping_add(9000),
+    )
+}
+
+fn retired(ipv6: bool) -> SocketAddr {
+    SocketAddr::new(address(ipv6, "10.0.9.9", "fd00:9::9"), 9999)
+}
+
+fn services(active: u8, generation: u32) -> Vec<(ServiceKey, ServiceState)> {
+    let mut services = Vec::new();
+    for ipv6 in [false, true] {
+        for vip in vips(ipv6) {
+            for (port, proto) in [(80, PROTO_TCP), (443, PROTO_TCP), (53, PROTO_UDP)] {
+                let state = ServiceState {
+                    backends: [endpoint(blue(ipv6, port)), endpoint(green(ipv6, port))],
+                    generation,
+                    counter_slot: services.len() as u32,
+                    active,
+                    previous: active ^ 1,
+                    reserved: [0; 2],
+                };
+                services.push((service_key(SocketAddr::new(vip, port), proto), state));
+            }
+        }
+    }
+    services
+}
+
+/// A flow entry present before the packet, keyed by the frame's own
+/// (uncorrupted) addresses.
+#[derive(Clone, Debug)]
+struct Existing {
+    color: u8,
+    generation: u32,
+    closing: bool,
+    age: u64,
+    retired_backend: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    frame: Frame,
+    active: u8,
+    generation: u32,
+    existing: Option<Existing>,
+    outer_tag: Option<u16>,
+    /// Where to cut the frame, anywhere from 14 bytes to its full length.
+    truncate: Option<Index>,
+    /// Byte positions (mostly in the headers) and what to XOR them with.
+    corrupt: Vec<(Index, u8)>,
+}
+
+impl Case {
+    fn bytes(&self) -> Vec<u8> {
+        let mut bytes = self.frame.build();
+        if let Some(ethertype) = self.outer_tag {
+            bytes = with_outer_tag(&bytes, ethertype, 42);
+        }
+        if let Some(cut) = &self.truncate {
+            // BPF_PROG_TEST_RUN refuses frames without an Ethernet header.
+            bytes.truncate(14 + cut.index(bytes.len() - 13));
+        }
+        for (at, mask) in &self.corrupt {
+            let at = at.index(bytes.len().min(90));
+            bytes[at] ^= mask;
+        }
+        bytes
+    }
+
+    /// Whether the frame went out as built, with checksums a full recompute
+    /// accepts (UDP over IPv6 without one is invalid).
+    fn is_intact(&self) -> bool {
+        let udp_without_checksum = self.frame.transport == Transport::Udp { checksum: false };
+        self.truncate.is_none()
+            && self.corrupt.is_empty()
+            && self.outer_tag.is_none()
+            && !(self.frame.dst.is_ipv6() && udp_without_checksum)
+    }
+
+    fn flow_key(&self) -> FlowKey {
+        let proto = match self.frame.transport {
+            Transport::Tcp { .. } => PROTO_TCP,
+            Transport::Udp { .. } => PROTO_UDP,
+            Transport::Other(proto) => proto,
+        };
+        flow_key(self.frame.src, self.frame.dst, proto)
+    }
+
+    fn existing_entry(&self, now: u64) -> Option<FlowEntry> {
+        let existing = self.existing.as_ref()?;
+        let ipv6 = self.frame.dst.is_ipv6();
+        let port = self.frame.dst.port();
+        let backend = if existing.retired_backend {
+            retired(ipv6)
+        } else if existing.color == 0 {
+            blue(ipv6, port)
+        } else {
+            green(ipv6, port)
+        };
+        Some(FlowEntry {
+            last_seen_ns: now - existing.age,
+            backend: endpoint(backend),
+            generation: existing.generation,
+            color: existing.color,
+            closing: existing.closing as u8,
+            reserved: [0; 6],
+        })
+    }
+}
+
+fn transport() -> impl Strategy<Value = Transport> {
+    let flags = prop_oneof![
+        Just(TCP_SYN),
+        Just(TCP_ACK),
+        Just(TCP_SYN | TCP_ACK),
+        Just(TCP_FIN | TCP_ACK),
+        Just(TCP_RST),
+        any::<u8>(),
+    ];
+    prop_oneof![
+        4 => flags.prop_map(|flags| Transport::Tcp { flags }),
+        4 => any::<bool>().prop_map(|checksum| Transport::Udp { checksum }),
+        1 => prop_oneof![Just(PROTO_ICMP), Just(58), any::<u8>()].prop_map(Transport::Other),
+    ]
+}
+
+fn ipv6_extensions() -> impl Strategy<Value = Vec<Ipv6Ext>> {
+    let ext = prop_oneof![
+        (0u8..3).prop_map(Ipv6Ext::HopByHop),
+        (0u8..3).prop_map(Ipv6Ext::DestOptions),
+        Just(Ipv6Ext::Routing),
+        (0u16..3, any::<bool>()).prop_map(|(offset, more)| Ipv6Ext::Fragment { offset, more }),
+    ];
+    prop_oneof![
+        3 => Just(Vec::new()),
+        1 => prop::collection::vec(ext, 1..=5),
+    ]
+}
+
+#[derive(Clone, Copy, Debug)]
+enum PortKind {
+    /// A port some service has for the frame's protocol.
+    OfTransport,
+    AnyService,
+    Random,
+}
+
+prop_compose! {
+    fn frame()(
+        ipv6 in any::<bool>(),
+        transport in transport(),
+        to_vip in prop::bool::weighted(0.85),
+        vip_index in 0usize..2,
+        port_kind in prop_oneof![6 => Just(PortKind::OfTransport), 1 => Just(PortKind::AnyService), 1 => Just(PortKind::Random)],
+        port_pick in any::<Index>(),
+        random_port in any::<u16>(),
+        client_index in 0u8..2,
+        client_port in prop_oneof![Just(40000u16), Just(40001), any::<u16>()],
+        vlan in prop::option::weighted(0.2, any::<u16>()),
+        options in prop::collection::vec(any::<[u8; 4]>(), 0..=10),
+        with_options in prop::bool::weighted(0.2),
+        fragment in prop_oneof![8 => Just(0x4000u16), 1 => Just(0), 1 => any::<u16>()],
+        extensions in ipv6_extensions(),
+        payload in prop::collection::vec(any::<u8>(), 0..40),
+    ) -> Frame {
+        let client_ip = if ipv6 {
+            format!("2001:db8:c::{}", client_index + 1)
+        } else {
+            format!("198.51.100.{}", client_index + 1)
+        };
+        let dst_ip = if to_vip { vips(ipv6)[vip_index] } else { blue(ipv6, 0).ip() };
+        let port = match (port_kind, transport) {
+            (PortKind::OfTransport, Transport::Tcp { .. }) => *port_pick.get(&[80, 443]),
+            (PortKind::OfTransport, Transport::Udp { .. }) => 53,
+            (PortKind::Random, _) => random_port,
+            _ => *port_pick.get(&SERVICE_PORTS),
+        };
+        let mut frame = Frame::new(
+            SocketAddr::new(client_ip.parse().unwrap(), client_port),
+            SocketAddr::new(dst_ip, port),
+            transport,
+        )
+        .payload(&payload);
+        frame.vlan = vlan;
+        if ipv6 {
+            frame.ipv6_extensions = extensions;
+        } else {
+            if with_options {
+                frame.ipv4_options = options.concat();
+            }
+            frame.ipv4_fragment = fragment;
+        }
+        frame
+    }
+}
+
+prop_compose! {
+    fn existing()(
+        color in 0u8..2,
+        generation in 0u32..4,
+        closing in prop::bool::weighted(0.3),
+        age in prop::sample::select(AGES.to_vec()),
+        retired_backend in prop::bool::weighted(0.2),
+    ) -> Existing {
+        Existing { color, generation, closing, age, retired_backend }
+    }
+}
+
+prop_compose! {
+    fn case()(
+        frame in frame(),
+        active in 0u8..2,
+        generation in 1u32..4,
+        existing in prop::option::weighted(0.5, existing()),
+        outer_tag in prop::option::weighted(0.05, prop_oneof![Just(ETH_P_8021Q), Just(ETH_P_8021AD)]),
+        truncate in prop::option::weighted(0.15, any::<Index>()),
+        corrupt in prop_oneof![
+            6 => Just(Vec::new()),
+            1 => prop::collection::vec((any::<Index>(), 1u8..=255), 1..=3),
+        ],
+    ) -> Case {
+        Case { frame, active, generation, existing, outer_tag, truncate, corrupt }
+    }
+}
+
+/// Every service's counters for both colors, in slot order.
+fn traffic_snapshot(
+    dataplane: &TestDataplane,
+    services: &[(ServiceKey, ServiceState)],
+) -> Vec<TrafficCounters> {
+    (0..services.len() as u32)
+        .flat_map(|slot| [0, 1].map(|color| dataplane.traffic(slot, color)))
+        .collect()
+}
+
+fn check(dataplane: &mut TestDataplane, case: &Case) -> Result<(), TestCaseError> {
+    let services = services(case.active, case.generation);
+    dataplane.clear_flows();
+    for (key, state) in &services {
+        dataplane.insert_service(*key, *state);
+    }
+    let frame = case.bytes();
+    let existing_key = case.flow_key();
+    let now = monotonic_now_ns();
+    let existing = case.existing_entry(now);
+    if let Some(entry) = existing {
+        dataplane.insert_flow(existing_key, entry);
+    }
+    let traffic_before = traffic_snapshot(dataplane, &services);
+    let passed_before = dataplane.passed_all();
+
+    let (verdict, output) = dataplane.run_xdp(&frame);
+    let after = monotonic_now_ns();
+
+    let mut expected = frame.clone();
+    let outcome = model::ingress(
+        &mut expected,
+        |key| {
+            services
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, state)| *state)
+        },
+        |key| existing.filter(|_| *key == existing_key),
+        &SETTINGS,
+        now,
+    );
+    prop_assert_eq!(verdict, XDP_PASS, "verdict");
+    prop_assert_eq!(
+        &output,
+        &expected,
+        "output frame; model outcome {:?}",
+        outcome
+    );
+
+    let mut flows: HashMap<FlowKey, FlowEntry> = dataplane.flows().into_iter().collect();
+    let mut expected_flows: HashMap<FlowKey, FlowEntry> = existing
+        .map(|entry| (existing_key, entry))
+        .into_iter()
+        .collect();
+    let mut expected_traffic = traffic_before.clone();
+    let mut expected_passed = passed_before;
+    match outcome {
+        Outcome::Passed(reason) => expected_passed[reason as usize] += 1,
+        Outcome::Rewritten {
+            key,
+            entry,
+            new_flow,
+        } => {
+            if case.is_intact() {
+                verify_checksums(&output)
+                    .map_err(|error| TestCaseError::fail(format!("rewritten frame: {error}")))?;
+            }
+            let recorded = flows.get_mut(&key).ok_or_else(|| {
+                TestCaseError::fail(format!("no flow entry for rewritten {key:?}"))
+            })?;
+            prop_assert!(
+                (now..=after).contains(&recorded.last_seen_ns),
+                "last_seen_ns {} outside the run [{}, {}]",
+                recorded.last_seen_ns,
+                now,
+                after
+            );
+            // The model stamps its own clock; only the kernel's is real.
+            recorded.last_seen_ns = entry.last_seen_ns;
+            expected_flows.insert(key, entry);
+            let service = services
+                .iter()
+                .find(|(service, _)| service.vip == key.server && service.port == key.server_port)
+                .map(|(_, state)| state)
+                .expect("a rewritten packet belongs to a service");
+            let counters =
+                &mut expected_traffic[(service.counter_slot * 2) as usize + entry.color as usize];
+            counters.packets += 1;
+            counters.bytes += frame.len() as u64;
+            counters.new_flows += new_flow as u64;
+            if new_flow {
+                let reply_key = FlowKey {
+                    server: entry.backend.addr,
+                    server_port: entry.backend.port,
+                    ..key
+                };
+                prop_assert_eq!(
+                    dataplane.reply(&reply_key),
+                    Some(endpoint_of(&key)),
+                    "reply entry of a new flow"
+                );
+            }
+        }
+    }
+    prop_assert_eq!(flows, expected_flows, "flow table (outcome {:?})", outcome);
+    prop_assert_eq!(
+        traffic_snapshot(dataplane, &services),
+        expected_traffic,
+        "traffic counters (slot * 2 + color; outcome {:?})",
+        outcome
+    );
+    prop_assert_eq!(
+        dataplane.passed_all(),
+        expected_passed,
+        "pass counters, indexed by {:?}",
+        PassReason::ALL
+    );
+    Ok(())
+}
+
+fn endpoint_of(key: &FlowKey) -> bluegreen_common::Endpoint {
+    bluegreen_common::Endpoint {
+        addr: key.server,
+        port: key.server_port,
+        reserved: [0; 2],
+    }
+}
+
+#[test]
+fn xdp_program_matches_the_model() {
+    let mut dataplane = TestDataplane::new();
+    dataplane.set_settings(SETTINGS);
+    let dataplane = RefCell::new(dataplane);
+    let mut runner = TestRunner::new(Config {
+        cases: 300,
+        // Regressions would be written next to this file, which is shared.
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&case(), |case| check(&mut dataplane.borrow_mut(), &case));
+    if let Err(failure) = result {
+        panic!("the XDP program and the model disagree: {failure}");
+    }
+}
