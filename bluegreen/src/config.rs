@@ -385,11 +385,11 @@ active = "green"
     fn errors_name_the_line_and_the_field() {
         let mixed = GOOD.replace("green = \"10.1.0.3:8080\"", "green = \"[fd00::3]:8080\"");
         let (line, field, message) = config_error(&mixed);
-        assert_eq!((line, field.as_str()), (14, "service[0].green"));
+        assert_eq!((line, field.as_str()), (13, "service[0].green"));
         assert!(message.contains("IPv6"), "{message}");
 
         let (line, field, _) = config_error(&GOOD.replace("10.1.0.2:8080", "10.1.0.2"));
-        assert_eq!((line, field.as_str()), (13, "service[0].blue"));
+        assert_eq!((line, field.as_str()), (12, "service[0].blue"));
 
         let (line, field, message) =
             config_error(&GOOD.replace("flow_capacity = 4096", "flow_capacity = 12"));
@@ -397,7 +397,7 @@ active = "green"
         assert!(message.contains("outside"), "{message}");
 
         let (line, field, _) = config_error(&GOOD.replace("proto = \"udp\"", "proto = \"sctp\""));
-        assert_eq!((line, field.as_str()), (19, "service[1].proto"));
+        assert_eq!((line, field.as_str()), (18, "service[1].proto"));
 
         let (_, field, message) =
             config_error(&GOOD.replace("name = \"embed6\"", "name = \"chat\""));
@@ -417,5 +417,13 @@ active = "green"
         let (_, _, message) =
             config_error(&GOOD.replace("green = \"10.1.0.3:8080\"", "green = \"10.1.0.2:8080\""));
         assert!(message.contains("blue and green are both"), "{message}");
+    }
+
+    #[test]
+    fn the_packaged_example_config_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/bluegreen.toml");
+        let config = Config::load(Path::new(path)).expect("packaging/bluegreen.toml");
+        assert_eq!(config.interface.as_deref(), Some("eth0"));
+        assert_eq!(config.services.len(), 2);
     }
 }

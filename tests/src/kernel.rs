@@ -8,7 +8,7 @@
 use std::{
     fs,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
@@ -108,7 +108,7 @@ impl TestDataplane {
     }
 
     /// Where this instance's maps are pinned.
-    pub fn pin_dir(&self) -> &std::path::Path {
+    pub fn pin_dir(&self) -> &Path {
         &self.pins.0
     }
 

@@ -12,14 +12,14 @@ use std::{
 
 use bluegreen::pinned::monotonic_now_ns;
 use bluegreen_common::{
-    FlowEntry, FlowKey, PassReason, ServiceKey, ServiceState, Settings, TrafficCounters,
+    Endpoint, FlowEntry, FlowKey, PassReason, ServiceKey, ServiceState, Settings, TrafficCounters,
     model::{self, Outcome},
 };
 use bluegreen_testbed::{
     kernel::{TestDataplane, XDP_PASS, endpoint, flow_key, service_key},
     packet::{
-        ETH_P_8021AD, ETH_P_8021Q, Frame, Ipv6Ext, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK,
-        TCP_FIN, TCP_RST, TCP_SYN, Transport, verify_checksums, with_outer_tag,
+        ETH_P_8021AD, ETH_P_8021Q, Frame, Ipv6Ext, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+        TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport, verify_checksums, with_outer_tag,
     },
 };
 use proptest::{
@@ -189,7 +189,7 @@ fn transport() -> impl Strategy<Value = Transport> {
     prop_oneof![
         4 => flags.prop_map(|flags| Transport::Tcp { flags }),
         4 => any::<bool>().prop_map(|checksum| Transport::Udp { checksum }),
-        1 => prop_oneof![Just(PROTO_ICMP), Just(58), any::<u8>()].prop_map(Transport::Other),
+        1 => prop_oneof![Just(PROTO_ICMP), Just(PROTO_ICMPV6), any::<u8>()].prop_map(Transport::Other),
     ]
 }
 
@@ -214,13 +214,21 @@ enum PortKind {
     Random,
 }
 
+fn port_kind() -> impl Strategy<Value = PortKind> {
+    prop_oneof![
+        6 => Just(PortKind::OfTransport),
+        1 => Just(PortKind::AnyService),
+        1 => Just(PortKind::Random),
+    ]
+}
+
 prop_compose! {
     fn frame()(
         ipv6 in any::<bool>(),
         transport in transport(),
         to_vip in prop::bool::weighted(0.85),
         vip_index in 0usize..2,
-        port_kind in prop_oneof![6 => Just(PortKind::OfTransport), 1 => Just(PortKind::AnyService), 1 => Just(PortKind::Random)],
+        port_kind in port_kind(),
         port_pick in any::<Index>(),
         random_port in any::<u16>(),
         client_index in 0u8..2,
@@ -281,7 +289,7 @@ prop_compose! {
         active in 0u8..2,
         generation in 1u32..4,
         existing in prop::option::weighted(0.5, existing()),
-        outer_tag in prop::option::weighted(0.05, prop_oneof![Just(ETH_P_8021Q), Just(ETH_P_8021AD)]),
+        outer_tag in prop::option::weighted(0.05, prop::sample::select(vec![ETH_P_8021Q, ETH_P_8021AD])),
         truncate in prop::option::weighted(0.15, any::<Index>()),
         corrupt in prop_oneof![
             6 => Just(Vec::new()),
@@ -347,7 +355,7 @@ fn check(dataplane: &mut TestDataplane, case: &Case) -> Result<(), TestCaseError
         .map(|entry| (existing_key, entry))
         .into_iter()
         .collect();
-    let mut expected_traffic = traffic_before.clone();
+    let mut expected_traffic = traffic_before;
     let mut expected_passed = passed_before;
     match outcome {
         Outcome::Passed(reason) => expected_passed[reason as usize] += 1,
@@ -413,8 +421,9 @@ fn check(dataplane: &mut TestDataplane, case: &Case) -> Result<(), TestCaseError
     Ok(())
 }
 
-fn endpoint_of(key: &FlowKey) -> bluegreen_common::Endpoint {
-    bluegreen_common::Endpoint {
+/// The VIP side of a flow key, as the reply table stores it.
+fn endpoint_of(key: &FlowKey) -> Endpoint {
+    Endpoint {
         addr: key.server,
         port: key.server_port,
         reserved: [0; 2],
@@ -428,7 +437,8 @@ fn xdp_program_matches_the_model() {
     let dataplane = RefCell::new(dataplane);
     let mut runner = TestRunner::new(Config {
         cases: 300,
-        // Regressions would be written next to this file, which is shared.
+        // The minimal failing case is in the panic message; no regression
+        // files are written into the source tree.
         failure_persistence: None,
         ..Config::default()
     });

@@ -12,8 +12,8 @@ use bluegreen_common::{
 use bluegreen_testbed::{
     kernel::{TC_ACT_OK, TestDataplane, XDP_PASS, endpoint, flow_key, service_key},
     packet::{
-        ETH_P_8021AD, ETH_P_8021Q, Frame, Ipv6Ext, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK,
-        TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, Transport, arp_request, verify_checksums,
+        ETH_P_8021AD, ETH_P_8021Q, Frame, Ipv6Ext, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+        TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, Transport, arp_request, verify_checksums,
         with_outer_tag,
     },
 };
@@ -30,6 +30,11 @@ const SETTINGS: Settings = Settings {
 
 /// Older than every timeout in [`SETTINGS`].
 const STALE_AGE: u64 = 60 * SECOND;
+
+/// TCP flags of the first packet of a connection (UDP frames have none).
+const OPENING: u8 = TCP_SYN;
+/// TCP flags of a packet of an established connection.
+const ONGOING: u8 = TCP_ACK | TCP_PSH;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Family {
@@ -174,16 +179,6 @@ impl Fixture {
             closing: 0,
             reserved: [0; 6],
         }
-    }
-
-    /// The first packet of a connection: a SYN, or any UDP datagram.
-    fn opening(&self) -> u8 {
-        TCP_SYN
-    }
-
-    /// A packet of an established connection.
-    fn ongoing(&self) -> u8 {
-        TCP_ACK | TCP_PSH
     }
 
     fn assert_flow(
@@ -349,16 +344,15 @@ for_each_family_and_protocol!(
 );
 
 for_each_family!(Tcp: fin_and_rst_mark_the_flow_closing, closing_flows_expire_sooner);
-for_each_family!(Udp: other_protocols_to_the_vip_pass_unchanged);
 
 fn new_flow_goes_to_the_active_color(f: Fixture) {
     let dataplane = f.dataplane(COLOR_BLUE);
-    let input = f.to_vip(f.opening()).build();
+    let input = f.to_vip(OPENING).build();
     let before = monotonic_now_ns();
     assert_rewritten(
         &dataplane,
         &input,
-        &f.to(f.blue, f.opening()).build(),
+        &f.to(f.blue, OPENING).build(),
         "first packet",
     );
     let entry = f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
@@ -383,19 +377,19 @@ fn new_flow_goes_to_the_active_color(f: Fixture) {
 
 fn established_flow_keeps_its_backend(f: Fixture) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
-    let first = f.to_vip(f.opening()).build();
-    let second = f.to_vip(f.ongoing()).payload(b"more data").build();
+    let first = f.to_vip(OPENING).build();
+    let second = f.to_vip(ONGOING).payload(b"more data").build();
     assert_rewritten(
         &dataplane,
         &first,
-        &f.to(f.blue, f.opening()).build(),
+        &f.to(f.blue, OPENING).build(),
         "first packet",
     );
     let before = monotonic_now_ns();
     assert_rewritten(
         &dataplane,
         &second,
-        &f.to(f.blue, f.ongoing()).payload(b"more data").build(),
+        &f.to(f.blue, ONGOING).payload(b"more data").build(),
         "second packet",
     );
     let entry = f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
@@ -415,11 +409,11 @@ fn established_flow_keeps_its_backend(f: Fixture) {
         pinned.flow_key(),
         pinned.entry(pinned.retired, COLOR_GREEN, 1),
     );
-    let input = pinned.to_vip(pinned.ongoing()).build();
+    let input = pinned.to_vip(ONGOING).build();
     assert_rewritten(
         &dataplane,
         &input,
-        &pinned.to(pinned.retired, pinned.ongoing()).build(),
+        &pinned.to(pinned.retired, ONGOING).build(),
         "packet of a flow pinned to a retired backend",
     );
     pinned.assert_flow(&dataplane, pinned.retired, COLOR_GREEN, 1, false);
@@ -431,29 +425,29 @@ fn established_flow_keeps_its_backend(f: Fixture) {
 
 fn graceful_switch_leaves_flows_on_the_old_color(f: Fixture) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
-    let first = f.to_vip(f.opening()).build();
+    let first = f.to_vip(OPENING).build();
     assert_rewritten(
         &dataplane,
         &first,
-        &f.to(f.blue, f.opening()).build(),
+        &f.to(f.blue, OPENING).build(),
         "before the switch",
     );
     f.switch(&mut dataplane, COLOR_GREEN, 1);
-    let ongoing = f.to_vip(f.ongoing()).build();
+    let ongoing = f.to_vip(ONGOING).build();
     assert_rewritten(
         &dataplane,
         &ongoing,
-        &f.to(f.blue, f.ongoing()).build(),
+        &f.to(f.blue, ONGOING).build(),
         "old flow after the switch",
     );
     f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
 
     let newcomer = f.other_client();
-    let fresh = newcomer.to_vip(f.opening()).build();
+    let fresh = newcomer.to_vip(OPENING).build();
     assert_rewritten(
         &dataplane,
         &fresh,
-        &newcomer.to(f.green, f.opening()).build(),
+        &newcomer.to(f.green, OPENING).build(),
         "new flow after the switch",
     );
     newcomer.assert_flow(&dataplane, f.green, COLOR_GREEN, 1, false);
@@ -469,19 +463,19 @@ fn graceful_switch_leaves_flows_on_the_old_color(f: Fixture) {
 
 fn forced_switch_moves_flows_to_the_active_color(f: Fixture) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
-    let first = f.to_vip(f.opening()).build();
+    let first = f.to_vip(OPENING).build();
     assert_rewritten(
         &dataplane,
         &first,
-        &f.to(f.blue, f.opening()).build(),
+        &f.to(f.blue, OPENING).build(),
         "before the switch",
     );
     f.switch(&mut dataplane, COLOR_GREEN, 2);
-    let ongoing = f.to_vip(f.ongoing()).build();
+    let ongoing = f.to_vip(ONGOING).build();
     assert_rewritten(
         &dataplane,
         &ongoing,
-        &f.to(f.green, f.ongoing()).build(),
+        &f.to(f.green, ONGOING).build(),
         "old flow after a forced switch",
     );
     f.assert_flow(&dataplane, f.green, COLOR_GREEN, 2, false);
@@ -503,7 +497,7 @@ fn forced_switch_moves_flows_to_the_active_color(f: Fixture) {
     assert_rewritten(
         &dataplane,
         &ongoing,
-        &f.to(f.green, f.ongoing()).build(),
+        &f.to(f.green, ONGOING).build(),
         "second packet after the forced switch",
     );
     assert_eq!(
@@ -518,11 +512,11 @@ fn expired_or_unknown_flow_takes_the_active_color(f: Fixture) {
         f.flow_key(),
         aged(f.entry(f.green, COLOR_GREEN, 1), STALE_AGE),
     );
-    let input = f.to_vip(f.ongoing()).build();
+    let input = f.to_vip(ONGOING).build();
     assert_rewritten(
         &dataplane,
         &input,
-        &f.to(f.blue, f.ongoing()).build(),
+        &f.to(f.blue, ONGOING).build(),
         "packet of an expired flow",
     );
     f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
@@ -535,11 +529,11 @@ fn expired_or_unknown_flow_takes_the_active_color(f: Fixture) {
     // Mid-connection packets with no entry at all (say, after a restart)
     // join the active color and are tracked from then on.
     let unknown = f.other_client();
-    let input = unknown.to_vip(f.ongoing()).build();
+    let input = unknown.to_vip(ONGOING).build();
     assert_rewritten(
         &dataplane,
         &input,
-        &unknown.to(f.blue, f.ongoing()).build(),
+        &unknown.to(f.blue, ONGOING).build(),
         "non-opening packet without a flow entry",
     );
     unknown.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
@@ -625,15 +619,12 @@ fn closing_flows_expire_sooner(f: Fixture) {
 /// kernel requires an Ethernet header.)
 fn truncated_headers_pass_unchanged(f: Fixture) {
     let dataplane = f.dataplane(COLOR_BLUE);
-    let mut layouts = vec![f.to_vip(f.opening()), f.to_vip(f.opening()).vlan(3)];
+    let mut layouts = vec![f.to_vip(OPENING), f.to_vip(OPENING).vlan(3)];
     if f.vip.is_ipv4() {
-        layouts.push(
-            f.to_vip(f.opening())
-                .ipv4_options(&[0x94, 4, 0, 0, 1, 1, 1, 0]),
-        );
+        layouts.push(f.to_vip(OPENING).ipv4_options(&[0x94, 4, 0, 0, 1, 1, 1, 0]));
     } else {
         layouts.push(
-            f.to_vip(f.opening())
+            f.to_vip(OPENING)
                 .ipv6_ext(Ipv6Ext::HopByHop(0))
                 .ipv6_ext(Ipv6Ext::DestOptions(1)),
         );
@@ -658,11 +649,11 @@ fn truncated_headers_pass_unchanged(f: Fixture) {
 
 fn vlan_tagged_frames(f: Fixture) {
     let dataplane = f.dataplane(COLOR_BLUE);
-    let tagged = f.to_vip(f.opening()).vlan(0x2005);
+    let tagged = f.to_vip(OPENING).vlan(0x2005);
     assert_rewritten(
         &dataplane,
         &tagged.build(),
-        &f.to(f.blue, f.opening()).vlan(0x2005).build(),
+        &f.to(f.blue, OPENING).vlan(0x2005).build(),
         "one 802.1Q tag",
     );
     for outer in [ETH_P_8021Q, ETH_P_8021AD] {
@@ -675,7 +666,7 @@ fn vlan_tagged_frames(f: Fixture) {
     }
     assert_passed(
         &dataplane,
-        &with_outer_tag(&f.to_vip(f.opening()).build(), ETH_P_8021AD, 100),
+        &with_outer_tag(&f.to_vip(OPENING).build(), ETH_P_8021AD, 100),
         PassReason::Unsupported,
         "one 802.1ad tag",
     );
@@ -686,7 +677,7 @@ fn other_ports_and_addresses_pass_unchanged(f: Fixture) {
     let other_port = SocketAddr::new(f.vip.ip(), f.vip.port() + 1);
     assert_passed(
         &dataplane,
-        &f.frame(f.client, other_port, f.opening()).build(),
+        &f.frame(f.client, other_port, OPENING).build(),
         PassReason::NotService,
         "VIP, other port",
     );
@@ -694,7 +685,7 @@ fn other_ports_and_addresses_pass_unchanged(f: Fixture) {
     let other_address = SocketAddr::new(f.green.ip(), f.vip.port());
     assert_passed(
         &dataplane,
-        &f.frame(f.client, other_address, f.opening()).build(),
+        &f.frame(f.client, other_address, OPENING).build(),
         PassReason::NotService,
         "VIP port on another address",
     );
@@ -717,23 +708,12 @@ fn other_ports_and_addresses_pass_unchanged(f: Fixture) {
     assert_eq!(dataplane.traffic(f.slot, COLOR_BLUE), counters(0, 0, 0));
 }
 
-fn other_protocols_to_the_vip_pass_unchanged(f: Fixture) {
-    let dataplane = f.dataplane(COLOR_BLUE);
-    let ping = Frame::new(f.client, f.vip, Transport::Other(PROTO_ICMP)).payload(&[8, 0, 0, 0]);
-    assert_passed(
-        &dataplane,
-        &ping.build(),
-        PassReason::NotService,
-        "ICMP to the VIP",
-    );
-}
-
 fn egress_restores_the_vip_for_tracked_flows(f: Fixture) {
     let dataplane = f.dataplane(COLOR_BLUE);
     assert_rewritten(
         &dataplane,
-        &f.to_vip(f.opening()).build(),
-        &f.to(f.blue, f.opening()).build(),
+        &f.to_vip(OPENING).build(),
+        &f.to(f.blue, OPENING).build(),
         "first packet",
     );
     assert_egress(
@@ -765,8 +745,8 @@ fn egress_ignores_untracked_replies(f: Fixture) {
     // Tracked, but to another client port.
     assert_rewritten(
         &dataplane,
-        &f.other_client().to_vip(f.opening()).build(),
-        &f.other_client().to(f.blue, f.opening()).build(),
+        &f.other_client().to_vip(OPENING).build(),
+        &f.other_client().to(f.blue, OPENING).build(),
         "another connection",
     );
     assert_egress(&dataplane, &reply, &reply, "reply to another connection");
@@ -776,15 +756,15 @@ fn egress_ignores_the_old_backend_after_a_forced_switch(f: Fixture) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
     assert_rewritten(
         &dataplane,
-        &f.to_vip(f.opening()).build(),
-        &f.to(f.blue, f.opening()).build(),
+        &f.to_vip(OPENING).build(),
+        &f.to(f.blue, OPENING).build(),
         "before the switch",
     );
     f.switch(&mut dataplane, COLOR_GREEN, 2);
     assert_rewritten(
         &dataplane,
-        &f.to_vip(f.ongoing()).build(),
-        &f.to(f.green, f.ongoing()).build(),
+        &f.to_vip(ONGOING).build(),
+        &f.to(f.green, ONGOING).build(),
         "rebinding packet",
     );
     let stray = f.reply_from(f.blue).build();
@@ -825,8 +805,8 @@ fn ipv4_options_are_carried_through_the_rewrite() {
         for option in options {
             assert_rewritten(
                 &dataplane,
-                &f.to_vip(f.opening()).ipv4_options(option).build(),
-                &f.to(f.blue, f.opening()).ipv4_options(option).build(),
+                &f.to_vip(OPENING).ipv4_options(option).build(),
+                &f.to(f.blue, OPENING).ipv4_options(option).build(),
                 &format!("{proto:?} with {} option bytes", option.len()),
             );
         }
@@ -841,7 +821,7 @@ fn ipv4_fragments_pass_unchanged() {
         for (offset, more) in [(0, true), (185, true), (185, false)] {
             assert_passed(
                 &dataplane,
-                &f.to_vip(f.opening()).ipv4_fragment(offset, more).build(),
+                &f.to_vip(OPENING).ipv4_fragment(offset, more).build(),
                 PassReason::Fragment,
                 &format!("{proto:?} fragment at offset {offset}, more: {more}"),
             );
@@ -871,8 +851,8 @@ fn ipv6_extension_headers() {
             };
             assert_rewritten(
                 &dataplane,
-                &with(f.to_vip(f.opening())).build(),
-                &with(f.to(f.blue, f.opening())).build(),
+                &with(f.to_vip(OPENING)).build(),
+                &with(f.to(f.blue, OPENING)).build(),
                 &format!("{proto:?} behind {extensions:?}"),
             );
         }
@@ -898,7 +878,7 @@ fn ipv6_extension_headers() {
             (vec![Ipv6Ext::DestOptions(0); 5], PassReason::Unsupported),
         ];
         for (extensions, reason) in passed {
-            let mut frame = f.to_vip(f.opening());
+            let mut frame = f.to_vip(OPENING);
             frame.ipv6_extensions = extensions.clone();
             assert_passed(
                 &dataplane,
@@ -911,6 +891,21 @@ fn ipv6_extension_headers() {
             dataplane.flows().len(),
             1,
             "only the first flow was tracked"
+        );
+    }
+}
+
+#[test]
+fn other_protocols_to_the_vip_pass_unchanged() {
+    for (family, icmp) in [(Family::V4, PROTO_ICMP), (Family::V6, PROTO_ICMPV6)] {
+        let f = Fixture::new(family, Proto::Tcp);
+        let dataplane = f.dataplane(COLOR_BLUE);
+        let ping = Frame::new(f.client, f.vip, Transport::Other(icmp)).payload(&[8, 0, 0, 0]);
+        assert_passed(
+            &dataplane,
+            &ping.build(),
+            PassReason::NotService,
+            &format!("{family:?} ICMP to the VIP"),
         );
     }
 }
