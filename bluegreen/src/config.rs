@@ -9,6 +9,7 @@ use toml::Spanned;
 use crate::{
     endpoint::{Color, Proto, family_name, parse_endpoint},
     error::{Error, Result},
+    health::{HealthCheck, Probe},
 };
 
 /// How XDP is attached: `auto` lets the kernel use the driver's native hook
@@ -32,6 +33,21 @@ pub struct ServiceSpec {
     pub green: SocketAddr,
     /// The color new flows take when no earlier state says otherwise.
     pub active: Color,
+    /// Probed before `switch` moves traffic to a color, and by the daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+    /// Whether the daemon rolls back when the active color turns unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_rollback: Option<AutoRollback>,
+}
+
+/// The daemon's automatic rollback (off unless configured).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoRollback {
+    /// Roll back only within this long after a switch; 0 means at any time.
+    pub window_secs: u64,
+    /// Move established flows too (a forced rollback).
+    pub force: bool,
 }
 
 impl ServiceSpec {
@@ -56,6 +72,16 @@ impl ServiceSpec {
                     "the {color} backend cannot be the VIP itself"
                 )));
             }
+        }
+        if let Some(health) = &self.health {
+            health
+                .validate()
+                .map_err(|message| invalid(format!("health: {message}")))?;
+        }
+        if self.auto_rollback.is_some() && self.health.is_none() {
+            return Err(invalid(
+                "auto_rollback needs a health check: add a [service.health] table".to_owned(),
+            ));
         }
         if self.blue == self.green {
             return Err(invalid(format!(
@@ -144,6 +170,67 @@ struct RawService {
     blue: Spanned<String>,
     green: Spanned<String>,
     active: Option<Spanned<String>>,
+    health: Option<Spanned<RawHealth>>,
+    auto_rollback: Option<Spanned<RawAutoRollback>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    kind: String,
+    path: Option<String>,
+    port: Option<u16>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    healthy_threshold: Option<u32>,
+    unhealthy_threshold: Option<u32>,
+}
+
+impl RawHealth {
+    fn check(&self) -> Result<HealthCheck, String> {
+        let probe = match (self.kind.as_str(), &self.path) {
+            ("tcp", None) => Probe::Tcp,
+            ("tcp", Some(_)) => return Err("a tcp check takes no path".to_owned()),
+            ("http", path) => Probe::Http {
+                path: path.clone().unwrap_or_else(|| "/".to_owned()),
+            },
+            (other, _) => return Err(format!("kind {other:?} is not tcp or http")),
+        };
+        let defaults = HealthCheck::new(probe);
+        let check = HealthCheck {
+            port: self.port,
+            interval_ms: self.interval_ms.unwrap_or(defaults.interval_ms),
+            timeout_ms: self.timeout_ms.unwrap_or(defaults.timeout_ms),
+            healthy_threshold: self.healthy_threshold.unwrap_or(defaults.healthy_threshold),
+            unhealthy_threshold: self
+                .unhealthy_threshold
+                .unwrap_or(defaults.unhealthy_threshold),
+            ..defaults
+        };
+        check.validate()?;
+        Ok(check)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAutoRollback {
+    window_secs: Option<u64>,
+    mode: Option<String>,
+}
+
+impl RawAutoRollback {
+    fn settings(&self) -> Result<AutoRollback, String> {
+        let force = match self.mode.as_deref() {
+            None | Some("graceful") => false,
+            Some("forced") => true,
+            Some(other) => return Err(format!("mode {other:?} is not graceful or forced")),
+        };
+        Ok(AutoRollback {
+            window_secs: self.window_secs.unwrap_or(300),
+            force,
+        })
+    }
 }
 
 pub const MIN_FLOW_CAPACITY: u32 = 1024;
@@ -274,6 +361,22 @@ impl Config {
                     at(active.span(), &field("active"), error.to_string())
                 })?,
             };
+            let health = match &service.health {
+                None => None,
+                Some(raw) => Some(
+                    raw.get_ref()
+                        .check()
+                        .map_err(|message| at(raw.span(), &field("health"), message))?,
+                ),
+            };
+            let auto_rollback = match &service.auto_rollback {
+                None => None,
+                Some(raw) => Some(
+                    raw.get_ref()
+                        .settings()
+                        .map_err(|message| at(raw.span(), &field("auto_rollback"), message))?,
+                ),
+            };
             let spec = ServiceSpec {
                 name,
                 vip,
@@ -281,6 +384,8 @@ impl Config {
                 blue,
                 green,
                 active,
+                health,
+                auto_rollback,
             };
             spec.validate().map_err(|error| {
                 let (span, name) = match &error {
@@ -410,6 +515,48 @@ active = "green"
 
         let (_, _, message) = config_error("interface = \"eth0\"\n");
         assert!(message.contains("at least one service"), "{message}");
+    }
+
+    #[test]
+    fn health_checks_and_auto_rollback_are_read_and_checked() {
+        let with_health = GOOD.replace(
+            "green = \"10.1.0.3:8080\"\n",
+            "green = \"10.1.0.3:8080\"\n\n[service.health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = 200\ntimeout_ms = 100\nunhealthy_threshold = 2\n\n[service.auto_rollback]\nwindow_secs = 0\nmode = \"forced\"\n",
+        );
+        let config = Config::parse(&with_health, "test.toml").unwrap();
+        let chat = &config.services[0];
+        let health = chat.health.as_ref().expect("health");
+        assert_eq!(
+            health.probe,
+            Probe::Http {
+                path: "/healthz".to_owned()
+            }
+        );
+        assert_eq!((health.interval_ms, health.timeout_ms), (200, 100));
+        assert_eq!(health.unhealthy_threshold, 2);
+        assert_eq!(
+            health.healthy_threshold,
+            HealthCheck::DEFAULT_HEALTHY_THRESHOLD
+        );
+        assert_eq!(
+            chat.auto_rollback,
+            Some(AutoRollback {
+                window_secs: 0,
+                force: true
+            })
+        );
+
+        let (line, field, message) =
+            config_error(&with_health.replace("timeout_ms = 100", "timeout_ms = 900"));
+        assert_eq!((line, field.as_str()), (15, "service[0].health"));
+        assert!(message.contains("timeout_ms"), "{message}");
+
+        let without_health = with_health.replace("[service.health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = 200\ntimeout_ms = 100\nunhealthy_threshold = 2\n\n", "");
+        let (_, _, message) = config_error(&without_health);
+        assert!(
+            message.contains("auto_rollback needs a health check"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -40,6 +40,22 @@ pub struct SwitchOutcome {
     pub elapsed: Duration,
 }
 
+/// See [`Host::service_view`].
+#[derive(Clone, Debug)]
+pub struct ServiceView {
+    pub active: Color,
+    pub previous: Color,
+    /// Indexed by color: blue, green.
+    pub backends: [SocketAddr; 2],
+    pub record: crate::state::ServiceRecord,
+}
+
+impl ServiceView {
+    pub fn backend(&self, color: Color) -> SocketAddr {
+        self.backends[usize::from(color.wire())]
+    }
+}
+
 /// A service located by name, with its interface's state.
 struct Located {
     state: InterfaceState,
@@ -134,12 +150,67 @@ impl Host {
             .map_err(Error::ebpf("cannot update the services map"))?;
         let elapsed = started.elapsed();
         let record = &mut state.services[record_index];
+        if record.spec.active != Color::from_wire(updated.active) {
+            record.switched_at_unix_ms = Some(unix_now_ms());
+        }
         record.spec.active = Color::from_wire(updated.active);
         record.previous = Color::from_wire(updated.previous);
         record.spec.blue = from_wire(key.family, updated.backend(Color::Blue.wire()));
         record.spec.green = from_wire(key.family, updated.backend(Color::Green.wire()));
         self.state.save(&state)?;
         Ok((iface, located.name, Some(result), elapsed))
+    }
+
+    /// One service as it is now: names, checks and timestamps from the
+    /// state file, colors and backends from the live map.
+    pub fn service_view(&self, name: &str) -> Result<ServiceView> {
+        let located = self.locate(Some(name))?;
+        let record = located
+            .state
+            .service(&located.name)
+            .expect("located services exist")
+            .clone();
+        let maps = PinnedMaps::open(&self.layout(&located.state.interface))?;
+        let key = service_key(record.spec.vip, record.spec.proto);
+        let live = maps.service(&key)?.ok_or_else(|| Error::NotUp {
+            where_: format!(" for service {name}"),
+        })?;
+        Ok(ServiceView {
+            active: Color::from_wire(live.active),
+            previous: Color::from_wire(live.previous),
+            backends: [Color::Blue, Color::Green]
+                .map(|color| from_wire(key.family, live.backend(color.wire()))),
+            record,
+        })
+    }
+
+    /// Probes `color` of a service with its configured health check, if it
+    /// has one. `Ok(false)` when there is no check to run.
+    pub fn check_color(&self, service: Option<&str>, color: Color) -> Result<bool> {
+        let located = self.locate(service)?;
+        let record = located
+            .state
+            .service(&located.name)
+            .expect("located services exist");
+        let Some(check) = &record.spec.health else {
+            return Ok(false);
+        };
+        let maps = PinnedMaps::open(&self.layout(&located.state.interface))?;
+        let key = service_key(record.spec.vip, record.spec.proto);
+        let live = maps.service(&key)?.ok_or_else(|| Error::NotUp {
+            where_: format!(" for service {}", located.name),
+        })?;
+        let backend = from_wire(key.family, live.backend(color.wire()));
+        check
+            .probe(backend)
+            .map_err(|reason| Error::HealthCheckFailed {
+                service: located.name.clone(),
+                color: color.to_string(),
+                backend: backend.to_string(),
+                reason,
+                active: Color::from_wire(live.active).to_string(),
+            })?;
+        Ok(true)
     }
 
     /// Makes `target` the active color. Graceful by default: established
@@ -287,6 +358,13 @@ impl Host {
     }
 }
 
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Live flows of one service, per (effective) color.
 #[derive(Clone, Copy, Debug, Default)]
 struct FlowCounts {
@@ -366,6 +444,8 @@ pub struct ServiceStatus {
     pub active: Color,
     pub previous: Color,
     pub generation: u32,
+    /// When the active color last changed (ms since the Unix epoch).
+    pub switched_at_unix_ms: Option<u64>,
     pub blue: ColorStatus,
     pub green: ColorStatus,
 }
@@ -418,6 +498,7 @@ fn interface_status(
             active: Color::from_wire(live.active),
             previous: Color::from_wire(live.previous),
             generation: live.generation,
+            switched_at_unix_ms: record.switched_at_unix_ms,
             blue: color_status(Color::Blue)?,
             green: color_status(Color::Green)?,
         });

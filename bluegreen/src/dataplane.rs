@@ -530,6 +530,9 @@ fn reconcile_services(
             },
             previous: Color::from_wire(state.previous),
             counter_slot: state.counter_slot,
+            switched_at_unix_ms: previous
+                .and_then(|state| state.service(&spec.name))
+                .and_then(|record| record.switched_at_unix_ms),
         });
         write_service(maps, key, &state)?;
     }

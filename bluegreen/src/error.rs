@@ -29,6 +29,18 @@ pub enum Error {
     },
     #[error("unknown color {0:?}: use blue or green")]
     UnknownColor(String),
+    #[error("invalid health check {0:?}: use tcp or http:/PATH (e.g. http:/healthz)")]
+    InvalidCheck(String),
+    #[error(
+        "service {service}: {color} ({backend}) failed its health check ({reason}); traffic stays on {active}: fix {color} or pass --skip-check"
+    )]
+    HealthCheckFailed {
+        service: String,
+        color: String,
+        backend: String,
+        reason: String,
+        active: String,
+    },
     #[error("unknown protocol {0:?}: use tcp or udp")]
     UnknownProtocol(String),
     #[error("no service named {name:?}; known services: {known}")]

@@ -8,6 +8,7 @@ pub mod control;
 pub mod dataplane;
 pub mod endpoint;
 pub mod error;
+pub mod health;
 pub mod pinned;
 pub mod state;
 

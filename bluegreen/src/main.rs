@@ -1,4 +1,7 @@
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+mod daemon;
+mod metrics;
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use bluegreen::{
@@ -6,8 +9,9 @@ use bluegreen::{
     control::{StatusReport, SwitchOutcome, SwitchTarget},
     dataplane::{Host, UpOutcome, UpRequest},
     endpoint::{Color, Proto, parse_endpoint},
+    health::{HealthCheck, Probe},
 };
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 
 /// Exit code of `switch --wait-drain` when the old color still has flows.
 const EXIT_DRAIN_TIMEOUT: u8 = 3;
@@ -96,12 +100,28 @@ Flows already on the old backend stay there until they end.")]
   bluegreen down --iface eth0")]
     Down(DownArgs),
     /// `up` from a config file, then stay in the foreground for systemd.
-    #[command(after_help = "Example:
+    #[command(after_help = "Examples:
   bluegreen daemon --config /etc/bluegreen/bluegreen.toml
+  bluegreen daemon --config /etc/bluegreen/bluegreen.toml --metrics            # 127.0.0.1:9464
+  bluegreen daemon --config /etc/bluegreen/bluegreen.toml --metrics=[::1]:9464
 
-SIGHUP reloads the config (backends and timeouts; active colors are kept).
+Runs each service's health checks, rolls back automatically where the config
+asks for it, and serves Prometheus metrics on /metrics when --metrics is given.
+SIGHUP reloads the config (backends, checks and timeouts; active colors are kept).
 SIGTERM exits WITHOUT detaching: traffic keeps flowing while the service restarts.")]
     Daemon(DaemonArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:
+  bluegreen completions bash > /etc/bash_completion.d/bluegreen
+  bluegreen completions zsh > \"${fpath[1]}/_bluegreen\"")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    #[command(after_help = "Example:
+  bluegreen man > /usr/local/share/man/man1/bluegreen.1")]
+    Man,
 }
 
 #[derive(Args)]
@@ -132,6 +152,9 @@ struct UpArgs {
     /// auto: native if the driver supports it, generic otherwise.
     #[arg(long, value_enum)]
     xdp_mode: Option<XdpModeArg>,
+    /// Health check run before `switch` moves traffic: tcp or http:/PATH.
+    #[arg(long, value_name = "tcp|http:/PATH", conflicts_with = "config")]
+    check: Option<Probe>,
 }
 
 #[derive(Args)]
@@ -144,6 +167,9 @@ struct SwitchArgs {
     /// Move established flows too (they are cut over mid-connection).
     #[arg(long)]
     force: bool,
+    /// Switch even if the color fails its health check.
+    #[arg(long)]
+    skip_check: bool,
     /// After switching, wait until the old color has no live flows.
     #[arg(long, value_name = "SECS", num_args = 0..=1, require_equals = true, default_missing_value = "300")]
     wait_drain: Option<u64>,
@@ -186,6 +212,9 @@ struct DownArgs {
 struct DaemonArgs {
     #[arg(long)]
     config: PathBuf,
+    /// Serve Prometheus metrics on this address (localhost by default).
+    #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1, require_equals = true, default_missing_value = "127.0.0.1:9464")]
+    metrics: Option<SocketAddr>,
 }
 
 fn init_logging(verbose: u8, quiet: u8) {
@@ -226,6 +255,11 @@ fn run(host: &Host, command: Command) -> anyhow::Result<ExitCode> {
             print_up(&outcome);
         }
         Command::Switch(args) => {
+            if args.skip_check {
+                log::warn!("health check skipped on request");
+            } else if host.check_color(args.service.as_deref(), args.color)? {
+                println!("{} passed its health check", args.color);
+            }
             let outcome = host.switch(
                 args.service.as_deref(),
                 SwitchTarget::Color(args.color),
@@ -269,7 +303,20 @@ fn run(host: &Host, command: Command) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(daemon(host, &args.config))?;
+            runtime.block_on(daemon::run(host, &args.config, args.metrics))?;
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "bluegreen",
+                &mut std::io::stdout(),
+            );
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("cannot write the man page")?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -298,6 +345,8 @@ fn up_request(args: UpArgs) -> anyhow::Result<UpRequest> {
                 blue: args.blue.expect("clap requires --blue"),
                 green: args.green.expect("clap requires --green"),
                 active: Color::Blue,
+                health: args.check.clone().map(HealthCheck::new),
+                auto_rollback: None,
             };
             (
                 XdpModeArg::default(),
@@ -319,7 +368,7 @@ fn up_request(args: UpArgs) -> anyhow::Result<UpRequest> {
     })
 }
 
-fn print_up(outcome: &UpOutcome) {
+pub(crate) fn print_up(outcome: &UpOutcome) {
     let state = &outcome.state;
     let verb = if outcome.hot_upgrade {
         "hot-upgraded (programs replaced, maps and flows kept)"
@@ -425,90 +474,4 @@ fn print_status(report: &StatusReport) {
             .collect();
         println!("  passed untouched: {}", passed.join(", "));
     }
-}
-
-async fn daemon(host: &Host, config_path: &std::path::Path) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-
-    let load_request = || -> anyhow::Result<UpRequest> {
-        let config = Config::load(config_path)?;
-        let Some(iface) = config.interface.clone() else {
-            bail!(
-                "{}: the daemon needs `interface = \"IFACE\"` at the top of the config",
-                config_path.display()
-            );
-        };
-        Ok(UpRequest {
-            iface,
-            xdp_mode: config.xdp_mode,
-            dataplane: config.dataplane,
-            services: config.services,
-        })
-    };
-    let request = load_request()?;
-    let mut outcome = host.up(&request)?;
-    print_up(&outcome);
-    forward_ebpf_logs(&mut outcome.ebpf);
-
-    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    log::info!("daemon ready on {}", request.iface);
-    loop {
-        tokio::select! {
-            _ = hangup.recv() => {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-                match load_request().and_then(|new| {
-                    if new.iface != request.iface {
-                        bail!("the interface changed ({} -> {}): restart the daemon to move", request.iface, new.iface);
-                    }
-                    Ok(host.reload(&new)?)
-                }) {
-                    Ok((_, notes)) => {
-                        log::info!("configuration reloaded");
-                        for note in notes {
-                            log::info!("{note}");
-                        }
-                    }
-                    // A bad config must not take a running dataplane down.
-                    Err(error) => log::error!("reload refused, keeping the running configuration: {error:#}"),
-                }
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-            }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-        }
-    }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    log::info!("daemon exiting; programs stay attached and traffic keeps flowing");
-    Ok(())
-}
-
-fn forward_ebpf_logs(ebpf: &mut aya::Ebpf) {
-    let logger = match aya_log::EbpfLogger::init(ebpf) {
-        Ok(logger) => logger,
-        Err(error) => {
-            log::warn!("eBPF log records will not be forwarded: {error}");
-            return;
-        }
-    };
-    // SAFETY: the logger owns its ring-buffer descriptor and moves into the
-    // AsyncFd, so the descriptor outlives the registration.
-    let registered = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
-    };
-    let Ok(mut readable) = registered else {
-        log::warn!("eBPF log records will not be forwarded: cannot poll the log buffer");
-        return;
-    };
-    tokio::spawn(async move {
-        loop {
-            let Ok(mut guard) = readable.readable_mut().await else {
-                return;
-            };
-            guard.get_inner_mut().flush();
-            guard.clear_ready();
-        }
-    });
 }

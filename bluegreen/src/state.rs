@@ -26,6 +26,10 @@ pub struct ServiceRecord {
     pub spec: ServiceSpec,
     pub previous: Color,
     pub counter_slot: u32,
+    /// When the active color last changed (milliseconds since the epoch):
+    /// the daemon's automatic rollback only acts within a window after it.
+    #[serde(default)]
+    pub switched_at_unix_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,9 +226,12 @@ mod tests {
                     blue: "10.1.0.2:80".parse().unwrap(),
                     green: "10.1.0.3:80".parse().unwrap(),
                     active: Color::Green,
+                    health: None,
+                    auto_rollback: None,
                 },
                 previous: Color::Blue,
                 counter_slot: 0,
+                switched_at_unix_ms: Some(1_700_000_000_000),
             }],
         }
     }

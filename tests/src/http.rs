@@ -211,9 +211,14 @@ impl KeepAlive {
     }
 
     pub fn get(&mut self) -> io::Result<String> {
-        self.reader
-            .get_mut()
-            .write_all(b"GET / HTTP/1.1\r\nHost: bluegreen\r\n\r\n")?;
+        self.get_path("/")
+    }
+
+    pub fn get_path(&mut self, path: &str) -> io::Result<String> {
+        write!(
+            self.reader.get_mut(),
+            "GET {path} HTTP/1.1\r\nHost: bluegreen\r\n\r\n"
+        )?;
         read_response(&mut self.reader)
     }
 

@@ -114,7 +114,7 @@ impl Frame {
     /// Raw option bytes; their length must be a multiple of four.
     pub fn ipv4_options(mut self, options: &[u8]) -> Self {
         assert!(
-            options.len() % 4 == 0 && options.len() <= 40,
+            options.len().is_multiple_of(4) && options.len() <= 40,
             "IPv4 options must fill whole words, at most 40 bytes"
         );
         self.ipv4_options = options.to_vec();

@@ -148,7 +148,7 @@ impl Fixture {
     }
 
     /// Client to VIP: what reaches XDP.
-    fn to_vip(&self, tcp_flags: u8) -> Frame {
+    fn to_vip(self, tcp_flags: u8) -> Frame {
         self.frame(self.client, self.vip, tcp_flags)
     }
 
@@ -927,6 +927,69 @@ fn udp_ipv4_without_checksum_stays_without() {
         &f.reply_from(f.vip).without_udp_checksum().build(),
         "egress",
     );
+}
+
+/// `frame` with its first two payload bytes chosen so that its L4 checksum
+/// computes to zero: TCP then sends 0x0000, UDP 0xffff (RFC 768).
+fn summing_to_zero(frame: Frame) -> Frame {
+    let from_payload = match frame.transport {
+        Transport::Tcp { .. } => 4,
+        _ => 2,
+    };
+    let mut payload = frame.payload.clone();
+    payload[..2].fill(0);
+    let probe = Frame {
+        payload: payload.clone(),
+        ..frame.clone()
+    }
+    .build();
+    // Adding the checksum of the rest as a word brings the sum to all ones.
+    let at = probe.len() - payload.len() - from_payload;
+    payload[..2].copy_from_slice(&probe[at..at + 2]);
+    let balanced = Frame { payload, ..frame };
+    let field = &balanced.build()[at..at + 2];
+    let zero = if matches!(balanced.transport, Transport::Tcp { .. }) {
+        [0, 0]
+    } else {
+        [0xff, 0xff]
+    };
+    assert_eq!(
+        field, zero,
+        "the fixture's checksum does not compute to zero"
+    );
+    balanced
+}
+
+#[test]
+fn checksums_that_compute_to_zero() {
+    for family in [Family::V4, Family::V6] {
+        for proto in [Proto::Tcp, Proto::Udp] {
+            let f = Fixture::new(family, proto);
+            let dataplane = f.dataplane(COLOR_BLUE);
+            let ingress = summing_to_zero(f.to(f.blue, OPENING));
+            assert_rewritten(
+                &dataplane,
+                &Frame {
+                    dst: f.vip,
+                    ..ingress.clone()
+                }
+                .build(),
+                &ingress.build(),
+                &format!("{family:?} {proto:?} ingress"),
+            );
+            let egress = summing_to_zero(f.reply_from(f.vip));
+            assert_egress(
+                &dataplane,
+                &Frame {
+                    src: f.blue,
+                    ..egress.clone()
+                }
+                .build(),
+                &egress.build(),
+                &format!("{family:?} {proto:?} egress"),
+            );
+        }
+    }
 }
 
 #[test]

@@ -1,0 +1,271 @@
+//! Health checks of a color's backend: a TCP connect, or an HTTP GET that
+//! must answer 2xx; and the threshold logic that turns probes into a state.
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    str::FromStr,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Probe {
+    Tcp,
+    Http { path: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    #[serde(flatten)]
+    pub probe: Probe,
+    /// Probe this port instead of the backend's (a separate health port).
+    #[serde(default)]
+    pub port: Option<u16>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Consecutive successes that make an unhealthy backend healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy backend unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+impl HealthCheck {
+    pub const DEFAULT_INTERVAL_MS: u64 = 1000;
+    pub const DEFAULT_TIMEOUT_MS: u64 = 500;
+    pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+    pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+
+    pub fn new(probe: Probe) -> HealthCheck {
+        HealthCheck {
+            probe,
+            port: None,
+            interval_ms: Self::DEFAULT_INTERVAL_MS,
+            timeout_ms: Self::DEFAULT_TIMEOUT_MS,
+            healthy_threshold: Self::DEFAULT_HEALTHY_THRESHOLD,
+            unhealthy_threshold: Self::DEFAULT_UNHEALTHY_THRESHOLD,
+        }
+    }
+
+    /// Checks the numbers; the message names the offending setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Probe::Http { path } = &self.probe
+            && !path.starts_with('/')
+        {
+            return Err(format!("path {path:?} must start with '/'"));
+        }
+        if !(50..=3_600_000).contains(&self.interval_ms) {
+            return Err(format!(
+                "interval_ms {} is outside 50..=3600000",
+                self.interval_ms
+            ));
+        }
+        if self.timeout_ms < 10 || self.timeout_ms > self.interval_ms {
+            return Err(format!(
+                "timeout_ms {} must be at least 10 and at most interval_ms ({})",
+                self.timeout_ms, self.interval_ms
+            ));
+        }
+        for (name, value) in [
+            ("healthy_threshold", self.healthy_threshold),
+            ("unhealthy_threshold", self.unhealthy_threshold),
+        ] {
+            if !(1..=100).contains(&value) {
+                return Err(format!("{name} {value} is outside 1..=100"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+
+    fn target(&self, backend: SocketAddr) -> SocketAddr {
+        SocketAddr::new(backend.ip(), self.port.unwrap_or(backend.port()))
+    }
+
+    /// One probe of `backend`; the error says what failed.
+    pub fn probe(&self, backend: SocketAddr) -> Result<(), String> {
+        let target = self.target(backend);
+        let timeout = Duration::from_millis(self.timeout_ms);
+        match &self.probe {
+            Probe::Tcp => TcpStream::connect_timeout(&target, timeout)
+                .map(drop)
+                .map_err(|error| format!("TCP connect to {target}: {error}")),
+            Probe::Http { path } => {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .timeout_global(Some(timeout))
+                    .http_status_as_error(false)
+                    .max_redirects(0)
+                    .build()
+                    .into();
+                let url = format!("http://{target}{path}");
+                let response = agent
+                    .get(&url)
+                    .call()
+                    .map_err(|error| format!("HTTP GET {url}: {error}"))?;
+                let status = response.status();
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP GET {url}: status {status}"))
+                }
+            }
+        }
+    }
+}
+
+/// `tcp` or `http:/path`, as given to `--check`.
+impl FromStr for Probe {
+    type Err = Error;
+
+    fn from_str(input: &str) -> Result<Probe, Error> {
+        match input.split_once(':') {
+            None if input == "tcp" => Ok(Probe::Tcp),
+            Some(("http", path)) if path.starts_with('/') => Ok(Probe::Http {
+                path: path.to_owned(),
+            }),
+            _ => Err(Error::InvalidCheck(input.to_owned())),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Not enough probes yet to say.
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+/// Turns a sequence of probe results into a state with hysteresis.
+#[derive(Clone, Debug)]
+pub struct HealthTracker {
+    state: Health,
+    successes: u32,
+    failures: u32,
+    pub last_error: Option<String>,
+}
+
+impl Default for HealthTracker {
+    fn default() -> Self {
+        HealthTracker {
+            state: Health::Unknown,
+            successes: 0,
+            failures: 0,
+            last_error: None,
+        }
+    }
+}
+
+impl HealthTracker {
+    pub fn state(&self) -> Health {
+        self.state
+    }
+
+    /// Records one probe; returns the new state if it changed.
+    pub fn observe(&mut self, check: &HealthCheck, result: Result<(), String>) -> Option<Health> {
+        let before = self.state;
+        match result {
+            Ok(()) => {
+                self.successes += 1;
+                self.failures = 0;
+                if self.successes >= check.healthy_threshold {
+                    self.state = Health::Healthy;
+                }
+            }
+            Err(error) => {
+                self.failures += 1;
+                self.successes = 0;
+                self.last_error = Some(error);
+                if self.failures >= check.unhealthy_threshold {
+                    self.state = Health::Unhealthy;
+                }
+            }
+        }
+        (self.state != before).then_some(self.state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_parse_from_flags() {
+        assert_eq!("tcp".parse::<Probe>().unwrap(), Probe::Tcp);
+        assert_eq!(
+            "http:/healthz".parse::<Probe>().unwrap(),
+            Probe::Http {
+                path: "/healthz".to_owned()
+            }
+        );
+        for bad in ["udp", "http:healthz", "http", ""] {
+            assert!(bad.parse::<Probe>().is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn thresholds_add_hysteresis() {
+        let check = HealthCheck {
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            ..HealthCheck::new(Probe::Tcp)
+        };
+        let mut tracker = HealthTracker::default();
+        assert_eq!(tracker.observe(&check, Ok(())), None);
+        assert_eq!(tracker.observe(&check, Ok(())), Some(Health::Healthy));
+        assert_eq!(tracker.observe(&check, Err("down".into())), None);
+        assert_eq!(tracker.observe(&check, Err("down".into())), None);
+        assert_eq!(
+            tracker.observe(&check, Ok(())),
+            None,
+            "a success resets the failure count"
+        );
+        for _ in 0..2 {
+            assert_eq!(tracker.observe(&check, Err("down".into())), None);
+        }
+        assert_eq!(
+            tracker.observe(&check, Err("down".into())),
+            Some(Health::Unhealthy)
+        );
+        assert_eq!(tracker.last_error.as_deref(), Some("down"));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let mut check = HealthCheck::new(Probe::Http {
+            path: "healthz".to_owned(),
+        });
+        assert!(check.validate().unwrap_err().contains("path"));
+        check.probe = Probe::Tcp;
+        check.timeout_ms = 5000;
+        assert!(check.validate().unwrap_err().contains("timeout_ms"));
+        check.timeout_ms = 100;
+        check.unhealthy_threshold = 0;
+        assert!(
+            check
+                .validate()
+                .unwrap_err()
+                .contains("unhealthy_threshold")
+        );
+        check.unhealthy_threshold = 1;
+        assert_eq!(check.validate(), Ok(()));
+    }
+
+    #[test]
+    fn probes_reach_a_listener_and_report_a_closed_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap();
+        let check = HealthCheck::new(Probe::Tcp);
+        assert_eq!(check.probe(open), Ok(()));
+        drop(listener);
+        let error = check.probe(open).unwrap_err();
+        assert!(error.contains("TCP connect"), "{error}");
+    }
+}

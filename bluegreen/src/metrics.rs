@@ -1,0 +1,188 @@
+//! Prometheus metrics for `bluegreen daemon --metrics ADDR`, read from the
+//! kernel's maps at every scrape.
+
+use std::{net::SocketAddr, sync::atomic::AtomicU64};
+
+use anyhow::Context as _;
+use axum::{Router, http::header, response::IntoResponse, routing::get};
+use bluegreen::{control::StatusReport, dataplane::Host, endpoint::Color, health::Health};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::daemon::{Observations, Shared};
+
+type Labels = Vec<(&'static str, String)>;
+
+pub async fn serve(host: Host, observations: Shared, address: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {address}"))?;
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let (host, observations) = (host.clone(), observations.clone());
+            async move {
+                let body = tokio::task::spawn_blocking(move || {
+                    let status = host.status(None).map_err(|error| error.to_string())?;
+                    let observations = observations.lock().expect("observations lock");
+                    Ok::<_, String>(render(&status, &observations))
+                })
+                .await
+                .unwrap_or_else(|error| Err(error.to_string()));
+                match body {
+                    Ok(body) => (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                        .into_response(),
+                    Err(error) => (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        format!("cannot read bluegreen's maps: {error}\n"),
+                    )
+                        .into_response(),
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            log::error!("metrics server stopped: {error}");
+        }
+    });
+    Ok(())
+}
+
+fn counter_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let family = Family::<Labels, Gauge>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// Builds the exposition from a status report: the kernel's counters are
+/// the source of truth, so each scrape starts from a fresh registry.
+pub fn render(status: &StatusReport, observations: &Observations) -> String {
+    let mut registry = Registry::default();
+    let packets = counter_family(
+        &mut registry,
+        "bluegreen_packets",
+        "Packets steered to a color",
+    );
+    let bytes = counter_family(&mut registry, "bluegreen_bytes", "Bytes steered to a color");
+    let new_flows = counter_family(
+        &mut registry,
+        "bluegreen_new_flows",
+        "Flows started on a color",
+    );
+    let active_flows = gauge_family(
+        &mut registry,
+        "bluegreen_active_flows",
+        "Live flows on a color",
+    );
+    let closing_flows = gauge_family(
+        &mut registry,
+        "bluegreen_closing_flows",
+        "Flows on a color that saw FIN or RST and are not expired yet",
+    );
+    let active_color = gauge_family(&mut registry, "bluegreen_active", "1 for the active color");
+    let healthy = gauge_family(
+        &mut registry,
+        "bluegreen_backend_healthy",
+        "Health check state: 1 healthy, 0 unhealthy, -1 not known yet",
+    );
+    let switches = counter_family(
+        &mut registry,
+        "bluegreen_switches",
+        "Changes of the active color, by cause",
+    );
+    let rollbacks = counter_family(
+        &mut registry,
+        "bluegreen_rollbacks",
+        "Automatic rollbacks, by cause",
+    );
+    let last_switch = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    registry.register(
+        "bluegreen_last_switch_timestamp_seconds",
+        "When the active color last changed (Unix time)",
+        last_switch.clone(),
+    );
+    let passed = counter_family(
+        &mut registry,
+        "bluegreen_passed_packets",
+        "Packets passed untouched, by reason",
+    );
+
+    for interface in &status.interfaces {
+        for service in &interface.services {
+            for (color, counts) in [(Color::Blue, &service.blue), (Color::Green, &service.green)] {
+                let labels = vec![
+                    ("service", service.name.clone()),
+                    ("color", color.to_string()),
+                ];
+                packets.get_or_create(&labels).inc_by(counts.packets);
+                bytes.get_or_create(&labels).inc_by(counts.bytes);
+                new_flows.get_or_create(&labels).inc_by(counts.new_flows);
+                active_flows
+                    .get_or_create(&labels)
+                    .set(counts.active_flows as i64);
+                closing_flows
+                    .get_or_create(&labels)
+                    .set(counts.closing_flows as i64);
+                active_color
+                    .get_or_create(&labels)
+                    .set(i64::from(service.active == color));
+                if let Some(health) = observations.health.get(&(service.name.clone(), color)) {
+                    let value = match health {
+                        Health::Healthy => 1,
+                        Health::Unhealthy => 0,
+                        Health::Unknown => -1,
+                    };
+                    healthy.get_or_create(&labels).set(value);
+                }
+            }
+            if let Some(at) = service.switched_at_unix_ms {
+                last_switch
+                    .get_or_create(&vec![("service", service.name.clone())])
+                    .set(at as f64 / 1000.0);
+            }
+        }
+        for (reason, count) in &interface.passed {
+            passed
+                .get_or_create(&vec![
+                    ("interface", interface.interface.clone()),
+                    ("reason", reason.clone()),
+                ])
+                .inc_by(*count);
+        }
+    }
+    for ((service, cause), count) in &observations.switches {
+        switches
+            .get_or_create(&vec![
+                ("service", service.clone()),
+                ("cause", (*cause).to_owned()),
+            ])
+            .inc_by(*count);
+    }
+    for ((service, cause), count) in &observations.rollbacks {
+        rollbacks
+            .get_or_create(&vec![
+                ("service", service.clone()),
+                ("cause", (*cause).to_owned()),
+            ])
+            .inc_by(*count);
+    }
+    let mut body = String::new();
+    encode(&mut body, &registry).expect("writing to a String cannot fail");
+    body
+}
