@@ -188,8 +188,9 @@ pub enum PassReason {
     Malformed = 2,
     /// An IP fragment: rewriting only the first one would break reassembly.
     Fragment = 3,
-    /// A header we do not parse (stacked VLAN tags, IPv6 extension headers
-    /// other than hop-by-hop, routing and destination options).
+    /// A header we do not walk over: stacked VLAN tags, an IPv6 routing
+    /// header, or more hop-by-hop/destination-options headers than we skip.
+    /// (Other IPv6 next headers, such as AH, count as `NotService`.)
     Unsupported = 4,
     /// Addressed to a service but no flow state could be recorded.
     FlowTableFull = 5,
