@@ -45,8 +45,9 @@ pub mod map_names {
     pub const PASSED: &str = "BG_PASSED";
     pub const SETTINGS: &str = "BG_SETTINGS";
     pub const VIP_PORTS: &str = "BG_VIP_PORTS";
-    pub const ALL: [&str; 7] = [
-        SERVICES, FLOWS, REPLIES, TRAFFIC, PASSED, SETTINGS, VIP_PORTS,
+    pub const PREVIEW: &str = "BG_PREVIEW";
+    pub const ALL: [&str; 8] = [
+        SERVICES, FLOWS, REPLIES, TRAFFIC, PASSED, SETTINGS, VIP_PORTS, PREVIEW,
     ];
 }
 
@@ -91,14 +92,93 @@ pub struct ServiceState {
     pub counter_slot: u32,
     pub active: u8,
     pub previous: u8,
-    pub reserved: [u8; 2],
+    /// Percentage (0..=99) of new flows sent to the idle color: a weighted
+    /// shift in progress. 0 sends every new flow to the active color.
+    pub weight: u8,
+    /// `SERVICE_HAS_PREVIEW`: look new flows' clients up in the preview
+    /// prefixes (skipped otherwise, to keep the lookup off the common path).
+    pub flags: u8,
 }
+
+pub const SERVICE_HAS_PREVIEW: u8 = 1;
 
 impl ServiceState {
     pub fn backend(&self, color: u8) -> &Endpoint {
         &self.backends[(color & 1) as usize]
     }
 }
+
+/// The color a new flow takes: the idle one for preview clients and for
+/// the weighted share, the active one otherwise.
+#[inline(always)]
+pub fn new_flow_color(
+    service: &ServiceState,
+    key: &FlowKey,
+    in_preview: impl FnOnce() -> bool,
+) -> u8 {
+    let idle = (service.active ^ 1) & 1;
+    if service.flags & SERVICE_HAS_PREVIEW != 0 && in_preview() {
+        return idle;
+    }
+    if service.weight != 0 && flow_hash(key) % 100 < u32::from(service.weight) {
+        return idle;
+    }
+    service.active
+}
+
+/// A stable hash of a flow's addresses and ports, so a weighted split gives
+/// each flow one color (murmur3's mixing, over the key's 32-bit words).
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey) -> u32 {
+    let mut hash: u32 = 0x9747_b28c;
+    let mut mix = |word: u32| {
+        let mut k = word.wrapping_mul(0xcc9e_2d51);
+        k = k.rotate_left(15).wrapping_mul(0x1b87_3593);
+        hash ^= k;
+        hash = hash
+            .rotate_left(13)
+            .wrapping_mul(5)
+            .wrapping_add(0xe654_6b64);
+    };
+    let word = |bytes: &[u8; 16], at: usize| {
+        u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+    };
+    let mut at = 0;
+    while at < 16 {
+        mix(word(&key.client, at));
+        mix(word(&key.server, at));
+        at += 4;
+    }
+    mix(u32::from_le_bytes([
+        key.client_port[0],
+        key.client_port[1],
+        key.server_port[0],
+        key.server_port[1],
+    ]));
+    hash ^= hash >> 16;
+    hash = hash.wrapping_mul(0x85eb_ca6b);
+    hash ^= hash >> 13;
+    hash = hash.wrapping_mul(0xc2b2_ae35);
+    hash ^ (hash >> 16)
+}
+
+/// Capacity of the preview-prefix trie, across all services.
+pub const MAX_PREVIEW_PREFIXES: u32 = 4096;
+
+/// Data of a preview-prefix trie key. The prefix length covers the slot,
+/// family and reserved bytes (`PREVIEW_FIXED_BITS`) plus the CIDR's own
+/// length, so one trie serves every service and both families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PreviewPrefix {
+    /// The service's counter slot, big-endian so it is matched bit by bit.
+    pub slot: [u8; 4],
+    pub family: u8,
+    pub reserved: [u8; 3],
+    pub addr: [u8; 16],
+}
+
+pub const PREVIEW_FIXED_BITS: u32 = 64;
 
 /// Key of the flow table (client to VIP) and of the reply table (client to
 /// backend): the connection as the client, or the backend, sees it.
@@ -230,6 +310,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowEntry {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::TrafficCounters {}
+    unsafe impl aya::Pod for super::PreviewPrefix {}
 }
 
 #[cfg(test)]
@@ -246,6 +327,54 @@ mod tests {
         assert_eq!(size_of::<FlowEntry>(), 8 + 20 + 4 + 1 + 1 + 6);
         assert_eq!(size_of::<Settings>(), 24);
         assert_eq!(size_of::<TrafficCounters>(), 24);
+        assert_eq!(
+            size_of::<PreviewPrefix>() as u32 * 8,
+            PREVIEW_FIXED_BITS + 128
+        );
+    }
+
+    #[test]
+    fn weighted_split_is_close_to_the_weight_over_varied_ports() {
+        let service = ServiceState {
+            weight: 10,
+            ..Default::default()
+        };
+        let idle = (0..10_000u16)
+            .filter(|port| {
+                let key = FlowKey {
+                    client: [10, 200, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                    server: [10, 200, 100, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                    client_port: (32768 + port).to_be_bytes(),
+                    server_port: 80u16.to_be_bytes(),
+                    ..Default::default()
+                };
+                new_flow_color(&service, &key, || false) == COLOR_GREEN
+            })
+            .count();
+        assert!(
+            (900..=1100).contains(&idle),
+            "{idle} of 10000 went to the idle color"
+        );
+        let all = ServiceState {
+            weight: 0,
+            ..service
+        };
+        assert_eq!(
+            new_flow_color(&all, &FlowKey::default(), || true),
+            COLOR_BLUE
+        );
+        let preview = ServiceState {
+            flags: SERVICE_HAS_PREVIEW,
+            ..all
+        };
+        assert_eq!(
+            new_flow_color(&preview, &FlowKey::default(), || true),
+            COLOR_GREEN
+        );
+        assert_eq!(
+            new_flow_color(&preview, &FlowKey::default(), || false),
+            COLOR_BLUE
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::checksum::{address_delta, apply_delta, apply_udp_delta, port_delta};
 use crate::wire::*;
 use crate::{
     FAMILY_IPV4, FAMILY_IPV6, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason, ServiceKey,
-    ServiceState, Settings,
+    ServiceState, Settings, new_flow_color,
 };
 
 /// What the ingress program does with one packet.
@@ -113,14 +113,18 @@ fn parse_ipv6(packet: &[u8], l3: usize) -> Result<(u8, u8, usize), PassReason> {
     }
 }
 
+/// The maps the ingress program reads, as they are before a packet arrives.
+pub trait Tables {
+    fn service(&self, key: &ServiceKey) -> Option<ServiceState>;
+    fn flow(&self, key: &FlowKey) -> Option<FlowEntry>;
+    /// Whether `client` falls in one of the service's preview prefixes.
+    fn in_preview(&self, counter_slot: u32, family: u8, client: &[u8; 16]) -> bool;
+}
+
 /// Runs the ingress transform on `packet` in place.
-///
-/// `service` and `flow` stand for the services map and flow table as they
-/// are before the packet arrives.
 pub fn ingress(
     packet: &mut [u8],
-    service: impl Fn(&ServiceKey) -> Option<ServiceState>,
-    flow: impl Fn(&FlowKey) -> Option<FlowEntry>,
+    tables: &impl Tables,
     settings: &Settings,
     now_ns: u64,
 ) -> Outcome {
@@ -152,7 +156,7 @@ pub fn ingress(
         proto,
         family,
     };
-    let Some(state) = service(&service_key) else {
+    let Some(state) = tables.service(&service_key) else {
         return Outcome::Passed(PassReason::NotService);
     };
     let key = FlowKey {
@@ -170,7 +174,9 @@ pub fn ingress(
         0
     };
     let opens_connection = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let known = flow(&key).filter(|entry| settings.is_live(proto, entry, now_ns));
+    let known = tables
+        .flow(&key)
+        .filter(|entry| settings.is_live(proto, entry, now_ns));
 
     let (mut entry, new_flow) = match known {
         Some(entry) if !opens_connection => {
@@ -187,11 +193,14 @@ pub fn ingress(
             }
         }
         _ => {
+            let color = new_flow_color(&state, &key, || {
+                tables.in_preview(state.counter_slot, family, &client)
+            });
             let fresh = FlowEntry {
                 last_seen_ns: 0,
-                backend: *state.backend(state.active),
+                backend: *state.backend(color),
                 generation: state.generation,
-                color: state.active,
+                color,
                 closing: 0,
                 reserved: [0; 6],
             };

@@ -8,11 +8,12 @@ use aya_log_ebpf::warn;
 use bluegreen_common::{
     Endpoint, FAMILY_IPV4, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason, ServiceKey,
     checksum::{address_delta, apply_delta, apply_udp_delta, port_delta},
+    new_flow_color,
     wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 use crate::{
-    maps::{BG_FLOWS, BG_REPLIES, BG_SERVICES, BG_TRAFFIC, port_has_service, settings},
+    maps::{BG_FLOWS, BG_REPLIES, BG_SERVICES, BG_TRAFFIC, in_preview, port_has_service, settings},
     parse::{Headers, PacketBytes, parse},
 };
 
@@ -90,7 +91,7 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
     // map value; only new and rebound flows build an entry on the stack.
     let mut recorded = FlowEntry {
         last_seen_ns: now,
-        backend: *service.backend(service.active),
+        backend: Endpoint::default(),
         generation: service.generation,
         color: service.active,
         closing: closing as u8,
@@ -106,12 +107,18 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
             entry
         }
         known => {
-            // Either a new flow, or one a forced switch moves to the active
-            // color: it keeps its closing state, if it has one.
             match known {
+                // A forced switch moves the flow to the active color; it
+                // keeps its closing state, if it has one.
                 Some(entry) => recorded.closing |= entry.closing,
-                None => new_flow = true,
+                None => {
+                    new_flow = true;
+                    recorded.color = new_flow_color(service, &flow_key, || {
+                        in_preview(service.counter_slot, flow_key.family, &flow_key.client)
+                    });
+                }
             }
+            recorded.backend = *service.backend(recorded.color);
             record_flow(ctx, &flow_key, &recorded)?;
             &recorded
         }

@@ -4,11 +4,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use bluegreen_common::{
-    DEFAULT_FLOW_CAPACITY, Endpoint, FlowEntry, FlowKey, MAX_SERVICES, PassReason, ServiceKey,
-    ServiceState, Settings, TrafficCounters, VIP_PORT_WORDS,
+    DEFAULT_FLOW_CAPACITY, Endpoint, FlowEntry, FlowKey, MAX_PREVIEW_PREFIXES, MAX_SERVICES,
+    PREVIEW_FIXED_BITS, PassReason, PreviewPrefix, ServiceKey, ServiceState, Settings,
+    TrafficCounters, VIP_PORT_WORDS,
 };
 
 /// Not preallocated: an update then swaps in a new element under RCU, so a
@@ -43,6 +44,25 @@ pub static BG_SETTINGS: Array<Settings> = Array::pinned(1, 0);
 /// for other ports leave after an array lookup instead of a hash lookup.
 #[map(name = "BG_VIP_PORTS")]
 pub static BG_VIP_PORTS: Array<u32> = Array::pinned(VIP_PORT_WORDS, 0);
+
+/// Client prefixes whose new flows go to a service's idle color.
+#[map(name = "BG_PREVIEW")]
+pub static BG_PREVIEW: LpmTrie<PreviewPrefix, u8> =
+    LpmTrie::pinned(MAX_PREVIEW_PREFIXES, BPF_F_NO_PREALLOC);
+
+#[inline(always)]
+pub fn in_preview(counter_slot: u32, family: u8, client: &[u8; 16]) -> bool {
+    let key = Key::new(
+        PREVIEW_FIXED_BITS + 128,
+        PreviewPrefix {
+            slot: counter_slot.to_be_bytes(),
+            family,
+            reserved: [0; 3],
+            addr: *client,
+        },
+    );
+    BG_PREVIEW.get(key).is_some()
+}
 
 #[inline(always)]
 pub fn count_passed(reason: PassReason) {

@@ -7,12 +7,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bluegreen_common::{PassReason, ServiceKey, ServiceState};
+use bluegreen_common::{PassReason, SERVICE_HAS_PREVIEW, ServiceKey, ServiceState};
 use serde::Serialize;
 
 use crate::{
     config::{ServiceSpec, check_same_family},
     dataplane::{BPF_EXIST, Host},
+    endpoint::Cidr,
     endpoint::{Color, from_wire, service_key, to_wire},
     error::{Error, Result},
     pinned::{PinLayout, PinnedMaps, monotonic_now_ns},
@@ -38,6 +39,11 @@ pub struct SwitchOutcome {
     pub changed: bool,
     /// Time from reading the service's state to the map update returning.
     pub elapsed: Duration,
+    /// Share of new flows for the idle color, before and after.
+    pub weight_before: u8,
+    pub weight: u8,
+    /// Whether the active color itself changed (not only a weight).
+    pub active_changed: bool,
 }
 
 /// See [`Host::service_view`].
@@ -154,6 +160,7 @@ impl Host {
             record.switched_at_unix_ms = Some(unix_now_ms());
         }
         record.spec.active = Color::from_wire(updated.active);
+        record.weight = updated.weight;
         record.previous = Color::from_wire(updated.previous);
         record.spec.blue = from_wire(key.family, updated.backend(Color::Blue.wire()));
         record.spec.green = from_wire(key.family, updated.backend(Color::Green.wire()));
@@ -163,8 +170,9 @@ impl Host {
 
     /// One service as it is now: names, checks and timestamps from the
     /// state file, colors and backends from the live map.
-    pub fn service_view(&self, name: &str) -> Result<ServiceView> {
-        let located = self.locate(Some(name))?;
+    pub fn service_view(&self, service: Option<&str>) -> Result<ServiceView> {
+        let located = self.locate(service)?;
+        let name = located.name.as_str();
         let record = located
             .state
             .service(&located.name)
@@ -213,19 +221,22 @@ impl Host {
         Ok(true)
     }
 
-    /// Makes `target` the active color. Graceful by default: established
-    /// flows stay where they are. `force` moves them too.
+    /// Makes `target` the active color for every new flow (ending any
+    /// weighted shift). Graceful by default: established flows stay where
+    /// they are; `force` moves them too. Rolling back a shift in progress
+    /// returns its weight to 0.
     pub fn switch(
         &self,
         service: Option<&str>,
         target: SwitchTarget,
         force: bool,
     ) -> Result<SwitchOutcome> {
-        let mut colors = None;
-        let (interface, name, changed, elapsed) = self.update_service(service, |spec, live| {
+        self.change_colors(service, force, |spec, live| {
             let from = Color::from_wire(live.active);
             let to = match target {
                 SwitchTarget::Color(color) => color,
+                // Undoing a shift: the active color never changed.
+                SwitchTarget::Previous if live.weight > 0 => from,
                 SwitchTarget::Previous if live.previous == live.active => {
                     return Err(Error::NothingToRollBack {
                         service: spec.name.clone(),
@@ -234,23 +245,80 @@ impl Host {
                 }
                 SwitchTarget::Previous => Color::from_wire(live.previous),
             };
-            colors = Some((from, to));
-            if from == to && !force {
-                return Ok(None);
-            }
-            let updated = ServiceState {
+            Ok(ServiceState {
                 active: to.wire(),
                 previous: if from == to {
                     live.previous
                 } else {
                     from.wire()
                 },
+                weight: 0,
                 generation: live.generation.wrapping_add(u32::from(force)),
                 ..*live
-            };
-            Ok(Some((updated, ())))
+            })
+        })
+    }
+
+    /// Sends `weight` percent of new flows to `color`, which must be the
+    /// idle color; 100 is a full (graceful) switch. Established flows keep
+    /// their color as always.
+    pub fn shift(&self, service: Option<&str>, color: Color, weight: u8) -> Result<SwitchOutcome> {
+        if weight > 100 {
+            return Err(Error::InvalidWeight(weight));
+        }
+        if weight == 100 {
+            return self.switch(service, SwitchTarget::Color(color), false);
+        }
+        self.change_colors(service, false, |spec, live| {
+            if Color::from_wire(live.active) == color {
+                return Err(Error::InvalidService {
+                    service: spec.name.clone(),
+                    message: format!(
+                        "{color} is already active; a weight is the share of the idle color ({})",
+                        color.other()
+                    ),
+                });
+            }
+            Ok(ServiceState { weight, ..*live })
+        })
+    }
+
+    /// Applies `decide` (live state -> wanted state) with one map update.
+    fn change_colors(
+        &self,
+        service: Option<&str>,
+        force: bool,
+        decide: impl FnOnce(&ServiceSpec, &ServiceState) -> Result<ServiceState>,
+    ) -> Result<SwitchOutcome> {
+        let mut before = None;
+        let mut after = None;
+        let (interface, name, changed, elapsed) = self.update_service(service, |spec, live| {
+            let updated = decide(spec, live)?;
+            before = Some(*live);
+            after = Some(updated);
+            Ok((updated != *live).then_some((updated, ())))
         })?;
-        let (from, to) = colors.expect("the change closure ran");
+        let (before, after) = (
+            before.expect("the change closure ran"),
+            after.expect("the change closure ran"),
+        );
+        let (from, to) = if before.active == after.active && before.weight > after.weight {
+            // A shift undone: traffic moves back from the idle color.
+            (
+                Color::from_wire(before.active ^ 1),
+                Color::from_wire(after.active),
+            )
+        } else if before.active == after.active && after.weight > 0 {
+            (
+                Color::from_wire(after.active),
+                Color::from_wire(after.active ^ 1),
+            )
+        } else {
+            (
+                Color::from_wire(before.active),
+                Color::from_wire(after.active),
+            )
+        };
         Ok(SwitchOutcome {
             interface,
             service: name,
@@ -259,7 +327,89 @@ impl Host {
             forced: force,
             changed: changed.is_some(),
             elapsed,
+            weight_before: before.weight,
+            weight: after.weight,
+            active_changed: before.active != after.active,
         })
+    }
+
+    /// Adds or removes one preview prefix of a service; returns the list.
+    pub fn change_preview(
+        &self,
+        service: Option<&str>,
+        prefix: Cidr,
+        add: bool,
+    ) -> Result<(String, Vec<Cidr>)> {
+        crate::dataplane::preflight(self)?;
+        let located = self.locate(service)?;
+        let iface = located.state.interface.clone();
+        let _lock = self.state.lock(&iface)?;
+        let mut state = self.state.load(&iface)?.ok_or_else(|| Error::NotUp {
+            where_: format!(" on {iface}"),
+        })?;
+        let record = state
+            .services
+            .iter_mut()
+            .find(|record| record.spec.name == located.name)
+            .ok_or_else(|| Error::UnknownService {
+                name: located.name.clone(),
+                known: String::new(),
+            })?;
+        let name = record.spec.name.clone();
+        let invalid = |message: String| Error::InvalidService {
+            service: name.clone(),
+            message,
+        };
+        if prefix.addr.is_ipv4() != record.spec.vip.is_ipv4() {
+            return Err(invalid(format!(
+                "{prefix} is not of the VIP's family ({})",
+                record.spec.vip
+            )));
+        }
+        let mut prefixes: Vec<Cidr> = record
+            .preview
+            .iter()
+            .map(|text| text.parse())
+            .collect::<Result<_>>()?;
+        let present = prefixes.contains(&prefix);
+        match (add, present) {
+            (true, true) => return Ok((name, prefixes)),
+            (true, false) => prefixes.push(prefix),
+            (false, true) => prefixes.retain(|known| *known != prefix),
+            (false, false) => {
+                return Err(invalid(format!(
+                    "{prefix} is not one of its preview prefixes"
+                )));
+            }
+        }
+        prefixes.sort();
+
+        let key = service_key(record.spec.vip, record.spec.proto);
+        let mut maps = PinnedMaps::open(&self.layout(&iface))?;
+        let live = maps.service(&key)?.ok_or_else(|| Error::NotUp {
+            where_: format!(" for service {name}"),
+        })?;
+        let flags = if prefixes.is_empty() {
+            live.flags & !SERVICE_HAS_PREVIEW
+        } else {
+            live.flags | SERVICE_HAS_PREVIEW
+        };
+        let write_flags = |maps: &mut PinnedMaps| {
+            maps.services
+                .insert(key, ServiceState { flags, ..live }, BPF_EXIST)
+                .map_err(Error::ebpf("cannot update the services map"))
+        };
+        // The flag never announces prefixes that are not in the trie yet.
+        if prefixes.is_empty() {
+            write_flags(&mut maps)?;
+            maps.set_preview(live.counter_slot, &prefixes)?;
+        } else {
+            maps.set_preview(live.counter_slot, &prefixes)?;
+            write_flags(&mut maps)?;
+        }
+        record.preview = prefixes.iter().map(ToString::to_string).collect();
+        self.state.save(&state)?;
+        Ok((name, prefixes))
     }
 
     /// Points one color of a service at another backend. Flows already on
@@ -446,6 +596,10 @@ pub struct ServiceStatus {
     pub generation: u32,
     /// When the active color last changed (ms since the Unix epoch).
     pub switched_at_unix_ms: Option<u64>,
+    /// Share of new flows (percent) sent to the idle color.
+    pub weight: u8,
+    /// Client prefixes whose new flows go to the idle color.
+    pub preview: Vec<String>,
     pub blue: ColorStatus,
     pub green: ColorStatus,
 }
@@ -499,6 +653,8 @@ fn interface_status(
             previous: Color::from_wire(live.previous),
             generation: live.generation,
             switched_at_unix_ms: record.switched_at_unix_ms,
+            weight: live.weight,
+            preview: record.preview.clone(),
             blue: color_status(Color::Blue)?,
             green: color_status(Color::Green)?,
         });

@@ -150,7 +150,7 @@ async fn watch_service(host: Host, name: String, observations: Shared) {
     loop {
         let view = {
             let (host, name) = (host.clone(), name.clone());
-            tokio::task::spawn_blocking(move || host.service_view(&name)).await
+            tokio::task::spawn_blocking(move || host.service_view(Some(&name))).await
         };
         let view = match view {
             Ok(Ok(view)) => view,

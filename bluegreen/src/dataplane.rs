@@ -19,14 +19,14 @@ use aya::{
     },
 };
 use bluegreen_common::{
-    MAX_SERVICES, ServiceKey, ServiceState, TrafficCounters, VIP_PORT_WORDS, map_names,
-    program_names,
+    MAX_SERVICES, SERVICE_HAS_PREVIEW, ServiceKey, ServiceState, TrafficCounters, VIP_PORT_WORDS,
+    map_names, program_names,
 };
 
 use crate::{
     EBPF_OBJECT,
     config::{DataplaneOptions, ServiceSpec, XdpModeArg},
-    endpoint::{Color, service_key, to_wire},
+    endpoint::{Cidr, Color, service_key, to_wire},
     error::{Error, Result},
     pinned::{PinLayout, PinnedMaps, check_bpffs, check_pinned_maps},
     state::{InterfaceState, STATE_VERSION, ServiceRecord, StateStore},
@@ -476,6 +476,10 @@ fn reconcile_services(
     let mut fresh_slots = Vec::new();
     for (spec, key) in specs.iter().zip(&wanted) {
         let backends = [to_wire(spec.blue), to_wire(spec.green)];
+        // The same service (name, VIP and protocol) in the state file.
+        let remembered = previous
+            .and_then(|state| state.service(&spec.name))
+            .filter(|record| record.spec.vip == spec.vip && record.spec.proto == spec.proto);
         let state = match live.get(key) {
             Some(current) => {
                 if Color::from_wire(current.active) != spec.active {
@@ -495,13 +499,7 @@ fn reconcile_services(
                     .next()
                     .expect("config validation caps the number of services");
                 fresh_slots.push(slot);
-                let restored =
-                    previous
-                        .and_then(|state| state.service(&spec.name))
-                        .filter(|record| {
-                            record.spec.vip == spec.vip && record.spec.proto == spec.proto
-                        });
-                let (active, previous_color) = match restored {
+                let (active, previous_color) = match remembered {
                     Some(record) => {
                         if record.spec.active != spec.active {
                             notes.push(format!(
@@ -513,13 +511,25 @@ fn reconcile_services(
                     }
                     None => (spec.active, spec.active),
                 };
+                // After a reboot the weighted share and the preview
+                // prefixes come back with the color.
+                let preview = remembered
+                    .map(|record| parse_prefixes(&record.preview))
+                    .transpose()?
+                    .unwrap_or_default();
+                maps.set_preview(slot, &preview)?;
                 ServiceState {
                     backends,
                     generation: 0,
                     counter_slot: slot,
                     active: active.wire(),
                     previous: previous_color.wire(),
-                    reserved: [0; 2],
+                    weight: remembered.map_or(0, |record| record.weight),
+                    flags: if preview.is_empty() {
+                        0
+                    } else {
+                        SERVICE_HAS_PREVIEW
+                    },
                 }
             }
         };
@@ -530,9 +540,11 @@ fn reconcile_services(
             },
             previous: Color::from_wire(state.previous),
             counter_slot: state.counter_slot,
-            switched_at_unix_ms: previous
-                .and_then(|state| state.service(&spec.name))
-                .and_then(|record| record.switched_at_unix_ms),
+            switched_at_unix_ms: remembered.and_then(|record| record.switched_at_unix_ms),
+            weight: state.weight,
+            preview: remembered
+                .map(|record| record.preview.clone())
+                .unwrap_or_default(),
         });
         write_service(maps, key, &state)?;
     }
@@ -551,12 +563,17 @@ fn reconcile_services(
         }
     }
     write_port_filter(maps, &wanted)?;
-    for key in live.keys().filter(|key| !wanted_set.contains(key)) {
+    for (key, state) in live.iter().filter(|(key, _)| !wanted_set.contains(key)) {
+        maps.set_preview(state.counter_slot, &[])?;
         maps.services
             .remove(key)
             .map_err(Error::ebpf("cannot remove a service"))?;
     }
     Ok(records)
+}
+
+fn parse_prefixes(prefixes: &[String]) -> Result<Vec<Cidr>> {
+    prefixes.iter().map(|prefix| prefix.parse()).collect()
 }
 
 fn write_service(maps: &mut PinnedMaps, key: &ServiceKey, state: &ServiceState) -> Result<()> {

@@ -134,6 +134,84 @@ pub fn parse_endpoint(input: &str) -> Result<SocketAddr, Error> {
     Ok(addr)
 }
 
+/// A client prefix such as `10.0.0.0/8` or `fd00::/64`, host bits zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = Error;
+
+    fn from_str(input: &str) -> Result<Cidr, Error> {
+        let invalid = |reason: String| Error::InvalidCidr {
+            input: input.to_owned(),
+            reason,
+        };
+        let (addr, len) = match input.split_once('/') {
+            Some((addr, len)) => (addr, Some(len)),
+            None => (input, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| invalid("not an IP address".to_owned()))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => max,
+            Some(len) => len
+                .parse::<u8>()
+                .ok()
+                .filter(|len| *len <= max)
+                .ok_or_else(|| invalid(format!("the prefix length must be 0 to {max}")))?,
+        };
+        let cidr = Cidr { addr, len };
+        let network = cidr.network();
+        if network != addr {
+            return Err(invalid(format!(
+                "host bits are set; did you mean {network}/{len}?"
+            )));
+        }
+        Ok(cidr)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl Cidr {
+    /// The address with every bit past the prefix cleared.
+    pub fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        }
+    }
+
+    pub fn wire_family(&self) -> u8 {
+        if self.addr.is_ipv4() {
+            FAMILY_IPV4
+        } else {
+            FAMILY_IPV6
+        }
+    }
+
+    pub fn wire_addr(&self) -> [u8; 16] {
+        wire_addr(self.addr)
+    }
+}
+
 pub fn family_name(addr: &SocketAddr) -> &'static str {
     if addr.is_ipv4() { "IPv4" } else { "IPv6" }
 }
@@ -213,6 +291,23 @@ mod tests {
             "the unspecified address cannot be used"
         );
         assert_eq!(reason("10.0.0.1:70000"), "not an IP address and port");
+    }
+
+    #[test]
+    fn prefixes_parse_and_refuse_host_bits() {
+        let cidr: Cidr = "10.200.1.0/24".parse().unwrap();
+        assert_eq!(
+            (cidr.addr.to_string(), cidr.len),
+            ("10.200.1.0".to_owned(), 24)
+        );
+        assert_eq!("fd00:bb::/64".parse::<Cidr>().unwrap().len, 64);
+        assert_eq!("10.200.1.3".parse::<Cidr>().unwrap().len, 32);
+        assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().len, 0);
+        let error = "10.200.1.5/24".parse::<Cidr>().unwrap_err().to_string();
+        assert!(error.contains("did you mean 10.200.1.0/24"), "{error}");
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("fd00::/129".parse::<Cidr>().is_err());
+        assert!("nonsense/8".parse::<Cidr>().is_err());
     }
 
     #[test]

@@ -27,6 +27,12 @@ pub enum Error {
         vip: String,
         family: &'static str,
     },
+    #[error(
+        "invalid prefix {input:?}: {reason} (expected ADDR/LEN, e.g. 10.0.0.0/24 or fd00::/64)"
+    )]
+    InvalidCidr { input: String, reason: String },
+    #[error("invalid weight {0}: use 0 to 100 (the share of new flows for the color)")]
+    InvalidWeight(u8),
     #[error("unknown color {0:?}: use blue or green")]
     UnknownColor(String),
     #[error("invalid health check {0:?}: use tcp or http:/PATH (e.g. http:/healthz)")]

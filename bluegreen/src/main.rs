@@ -1,5 +1,6 @@
 mod daemon;
 mod metrics;
+mod shift;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -76,8 +77,30 @@ keeps its live active color.")]
   bluegreen switch green                       # graceful: open connections finish on blue
   bluegreen switch green --wait-drain          # ... and wait (up to 300 s) until blue has no flows
   bluegreen switch green --wait-drain=60       # exit code 3 if blue still has flows after 60 s
-  bluegreen switch green --force               # emergency: every connection moves to green now")]
+  bluegreen switch green --force               # emergency: every connection moves to green now
+  bluegreen switch green --weight 10           # 10 % of new flows to green, 90 % stay on blue")]
     Switch(SwitchArgs),
+    /// Move new flows to a color in weighted steps, health-checked in between.
+    #[command(after_help = "Examples:
+  bluegreen shift green --steps 10,25,50,100 --interval 30s
+  bluegreen shift green --steps 5,100 --interval 2m --service chat
+
+Between steps the color's health check (if configured) runs every check interval;
+a failure rolls back (weight 0, every new flow to the active color) and exits 1.
+Ctrl-C stops at the current step and says where it is.")]
+    Shift(ShiftArgs),
+    /// Send new flows from chosen client prefixes to the idle color.
+    #[command(after_help = "Examples:
+  bluegreen preview add 10.20.0.0/16         # testers reach the idle color through the real VIP
+  bluegreen preview add fd00:42::/64 --service chat6
+  bluegreen preview list
+  bluegreen preview remove 10.20.0.0/16
+
+After a switch the roles swap: preview clients then reach the color that became idle.")]
+    Preview {
+        #[command(subcommand)]
+        action: PreviewAction,
+    },
     /// Return to the color that was active before the last switch.
     #[command(after_help = "Examples:
   bluegreen rollback
@@ -170,9 +193,72 @@ struct SwitchArgs {
     /// Switch even if the color fails its health check.
     #[arg(long)]
     skip_check: bool,
+    /// Send only this percentage of new flows to the color (a weighted
+    /// split, chosen by a hash of each flow); 100 is a full switch.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100), conflicts_with = "force")]
+    weight: Option<u8>,
     /// After switching, wait until the old color has no live flows.
     #[arg(long, value_name = "SECS", num_args = 0..=1, require_equals = true, default_missing_value = "300")]
     wait_drain: Option<u64>,
+}
+
+#[derive(Args)]
+pub(crate) struct ShiftArgs {
+    #[arg(value_enum)]
+    pub color: Color,
+    /// Percentages of new flows for the color, in order (ending at 100 makes
+    /// it a full switch).
+    #[arg(long, value_delimiter = ',', required = true, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub steps: Vec<u8>,
+    /// Time at each step before the next: e.g. 30s, 2m, 500ms.
+    #[arg(long, value_parser = parse_duration)]
+    pub interval: Duration,
+    #[arg(long)]
+    pub service: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum PreviewAction {
+    /// Add a client prefix (ADDR/LEN).
+    Add {
+        prefix: bluegreen::endpoint::Cidr,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Remove a client prefix.
+    Remove {
+        prefix: bluegreen::endpoint::Cidr,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// List the preview prefixes of each service.
+    List {
+        #[arg(long)]
+        service: Option<String>,
+    },
+}
+
+/// `500ms`, `30s`, `2m`, `1h`.
+fn parse_duration(input: &str) -> Result<Duration, String> {
+    let split = input
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{input:?} has no unit: write e.g. 30s, 2m or 500ms"))?;
+    let (number, unit) = input.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{input:?} does not start with a number"))?;
+    let millis = match unit {
+        "ms" => number,
+        "s" => number * 1000,
+        "m" => number * 60_000,
+        "h" => number * 3_600_000,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {input:?}: use ms, s, m or h"
+            ));
+        }
+    };
+    Ok(Duration::from_millis(millis))
 }
 
 #[derive(Args)]
@@ -260,16 +346,21 @@ fn run(host: &Host, command: Command) -> anyhow::Result<ExitCode> {
             } else if host.check_color(args.service.as_deref(), args.color)? {
                 println!("{} passed its health check", args.color);
             }
-            let outcome = host.switch(
-                args.service.as_deref(),
-                SwitchTarget::Color(args.color),
-                args.force,
-            )?;
+            let outcome = match args.weight {
+                Some(weight) => host.shift(args.service.as_deref(), args.color, weight)?,
+                None => host.switch(
+                    args.service.as_deref(),
+                    SwitchTarget::Color(args.color),
+                    args.force,
+                )?,
+            };
             print_switch(&outcome);
             if let Some(seconds) = args.wait_drain {
                 return wait_drain(host, &outcome, Duration::from_secs(seconds));
             }
         }
+        Command::Shift(args) => return shift::run(host, &args),
+        Command::Preview { action } => preview(host, action)?,
         Command::Rollback(args) => {
             let outcome =
                 host.switch(args.service.as_deref(), SwitchTarget::Previous, args.force)?;
@@ -391,7 +482,42 @@ pub(crate) fn print_up(outcome: &UpOutcome) {
     }
 }
 
-fn print_switch(outcome: &SwitchOutcome) {
+fn preview(host: &Host, action: PreviewAction) -> anyhow::Result<()> {
+    match action {
+        PreviewAction::Add { prefix, service } => {
+            let (name, prefixes) = host.change_preview(service.as_deref(), prefix, true)?;
+            println!(
+                "{name}: new flows from {prefix} go to the idle color ({} preview prefixes)",
+                prefixes.len()
+            );
+        }
+        PreviewAction::Remove { prefix, service } => {
+            let (name, prefixes) = host.change_preview(service.as_deref(), prefix, false)?;
+            println!(
+                "{name}: {prefix} removed ({} preview prefixes left)",
+                prefixes.len()
+            );
+        }
+        PreviewAction::List { service } => {
+            for interface in host.status(service.as_deref())?.interfaces {
+                for service in interface.services {
+                    let idle = service.active.other();
+                    if service.preview.is_empty() {
+                        println!("{}: no preview prefixes", service.name);
+                    } else {
+                        println!("{} (preview clients reach {idle}):", service.name);
+                        for prefix in service.preview {
+                            println!("  {prefix}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn print_switch(outcome: &SwitchOutcome) {
     let SwitchOutcome {
         service,
         from,
@@ -399,10 +525,26 @@ fn print_switch(outcome: &SwitchOutcome) {
         forced,
         changed,
         elapsed,
+        weight_before,
+        weight,
+        active_changed,
         ..
     } = outcome;
     if !changed {
-        println!("{service}: already {to}, nothing to do");
+        if *weight > 0 {
+            println!("{service}: {to} already gets {weight}% of new flows, nothing to do");
+        } else {
+            println!("{service}: already {to}, nothing to do");
+        }
+    } else if *weight > 0 {
+        println!(
+            "{service}: {to} gets {weight}% of new flows ({from} keeps {}%) in {elapsed:.0?}; established flows keep their color",
+            100 - weight
+        );
+    } else if !active_changed && *weight_before > 0 {
+        println!(
+            "{service}: {from} {weight_before}% -> 0%, every new flow to {to} in {elapsed:.0?}"
+        );
     } else if *forced {
         println!(
             "{service}: {from} -> {to} in {elapsed:.0?} (forced: every flow follows {to} now)"
@@ -454,6 +596,20 @@ fn print_status(report: &StatusReport) {
                 service.previous,
                 service.generation
             );
+            if service.weight > 0 {
+                println!(
+                    "    weighted: {} gets {}% of new flows",
+                    service.active.other(),
+                    service.weight
+                );
+            }
+            if !service.preview.is_empty() {
+                println!(
+                    "    preview clients ({}) reach {}",
+                    service.preview.join(", "),
+                    service.active.other()
+                );
+            }
             for (color, status) in [(Color::Blue, &service.blue), (Color::Green, &service.green)] {
                 let marker = if color == service.active { "*" } else { " " };
                 println!(

@@ -96,6 +96,11 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
         "Flows on a color that saw FIN or RST and are not expired yet",
     );
     let active_color = gauge_family(&mut registry, "bluegreen_active", "1 for the active color");
+    let share = gauge_family(
+        &mut registry,
+        "bluegreen_new_flow_share_percent",
+        "Share of new flows a color receives (weighted shifts), preview clients aside",
+    );
     let healthy = gauge_family(
         &mut registry,
         "bluegreen_backend_healthy",
@@ -142,6 +147,14 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
                 active_color
                     .get_or_create(&labels)
                     .set(i64::from(service.active == color));
+                let weight = i64::from(service.weight);
+                share
+                    .get_or_create(&labels)
+                    .set(if service.active == color {
+                        100 - weight
+                    } else {
+                        weight
+                    });
                 if let Some(health) = observations.health.get(&(service.name.clone(), color)) {
                     let value = match health {
                         Health::Healthy => 1,

@@ -7,11 +7,16 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray};
-use bluegreen_common::{
-    Endpoint, FlowEntry, FlowKey, LAYOUT_VERSION, MAX_SERVICES, PassReason, ServiceKey,
-    ServiceState, Settings, TrafficCounters, VIP_PORT_WORDS, map_names,
+use aya::maps::{
+    Array, HashMap, LpmTrie, Map, MapData, MapInfo, MapType, PerCpuArray, lpm_trie::Key,
 };
+use bluegreen_common::{
+    Endpoint, FlowEntry, FlowKey, LAYOUT_VERSION, MAX_PREVIEW_PREFIXES, MAX_SERVICES,
+    PREVIEW_FIXED_BITS, PassReason, PreviewPrefix, ServiceKey, ServiceState, Settings,
+    TrafficCounters, VIP_PORT_WORDS, map_names,
+};
+
+use crate::endpoint::Cidr;
 
 use crate::error::{Error, Result};
 
@@ -129,7 +134,7 @@ struct MapSpec {
     max_entries: Option<u32>,
 }
 
-fn expected_maps() -> [MapSpec; 7] {
+fn expected_maps() -> [MapSpec; 8] {
     [
         MapSpec {
             name: map_names::SERVICES,
@@ -179,6 +184,13 @@ fn expected_maps() -> [MapSpec; 7] {
             key_size: size_of::<u32>(),
             value_size: size_of::<u32>(),
             max_entries: Some(VIP_PORT_WORDS),
+        },
+        MapSpec {
+            name: map_names::PREVIEW,
+            kind: MapType::LpmTrie,
+            key_size: size_of::<Key<PreviewPrefix>>(),
+            value_size: size_of::<u8>(),
+            max_entries: Some(MAX_PREVIEW_PREFIXES),
         },
     ]
 }
@@ -241,6 +253,20 @@ pub struct PinnedMaps {
     pub passed: PerCpuArray<MapData, u64>,
     pub settings: Array<MapData, Settings>,
     pub vip_ports: Array<MapData, u32>,
+    pub preview: LpmTrie<MapData, PreviewPrefix, u8>,
+}
+
+/// The trie key of one service's preview prefix.
+pub fn preview_key(counter_slot: u32, cidr: &Cidr) -> Key<PreviewPrefix> {
+    Key::new(
+        PREVIEW_FIXED_BITS + u32::from(cidr.len),
+        PreviewPrefix {
+            slot: counter_slot.to_be_bytes(),
+            family: cidr.wire_family(),
+            reserved: [0; 3],
+            addr: cidr.wire_addr(),
+        },
+    )
 }
 
 fn open_map<T>(layout: &PinLayout, name: &str) -> Result<T>
@@ -269,6 +295,7 @@ impl PinnedMaps {
             passed: open_map(layout, map_names::PASSED)?,
             settings: open_map(layout, map_names::SETTINGS)?,
             vip_ports: open_map(layout, map_names::VIP_PORTS)?,
+            preview: open_map(layout, map_names::PREVIEW)?,
         })
     }
 
@@ -278,6 +305,37 @@ impl PinnedMaps {
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(error) => Err(Error::ebpf("cannot read the services map")(error)),
         }
+    }
+
+    /// Replaces the preview prefixes of one service (slot) with `prefixes`.
+    pub fn set_preview(&mut self, counter_slot: u32, prefixes: &[Cidr]) -> Result<()> {
+        let stale: Vec<Key<PreviewPrefix>> = self
+            .preview
+            .keys()
+            .filter_map(|key| key.ok())
+            .filter(|key| key.data().slot == counter_slot.to_be_bytes())
+            .collect();
+        let wanted: Vec<Key<PreviewPrefix>> = prefixes
+            .iter()
+            .map(|cidr| preview_key(counter_slot, cidr))
+            .collect();
+        for key in &wanted {
+            self.preview
+                .insert(key, 1, 0)
+                .map_err(Error::ebpf("cannot write the preview prefixes"))?;
+        }
+        let same = |a: &Key<PreviewPrefix>, b: &Key<PreviewPrefix>| {
+            a.prefix_len() == b.prefix_len() && a.data() == b.data()
+        };
+        for key in stale
+            .iter()
+            .filter(|key| !wanted.iter().any(|w| same(w, key)))
+        {
+            self.preview
+                .remove(key)
+                .map_err(Error::ebpf("cannot remove a preview prefix"))?;
+        }
+        Ok(())
     }
 
     pub fn settings(&self) -> Result<Settings> {

@@ -30,6 +30,12 @@ pub struct ServiceRecord {
     /// the daemon's automatic rollback only acts within a window after it.
     #[serde(default)]
     pub switched_at_unix_ms: Option<u64>,
+    /// Share of new flows sent to the idle color (a weighted shift).
+    #[serde(default)]
+    pub weight: u8,
+    /// Client prefixes whose new flows go to the idle color.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preview: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,6 +238,8 @@ mod tests {
                 previous: Color::Blue,
                 counter_slot: 0,
                 switched_at_unix_ms: Some(1_700_000_000_000),
+                weight: 10,
+                preview: vec!["10.200.1.0/24".to_owned()],
             }],
         }
     }

@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     io::{self, BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -194,6 +194,18 @@ pub fn get(target: SocketAddr, timeout: Duration) -> io::Result<String> {
     KeepAlive::connect(target, timeout)?.get()
 }
 
+/// Like [`get`], from a chosen local address (a second client on one host).
+pub fn get_from(source: IpAddr, target: SocketAddr, timeout: Duration) -> io::Result<String> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(target),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect_timeout(&target.into(), timeout)?;
+    KeepAlive::from_stream(socket.into(), timeout)?.get()
+}
+
 /// A connection that carries several requests.
 pub struct KeepAlive {
     reader: BufReader<TcpStream>,
@@ -201,7 +213,10 @@ pub struct KeepAlive {
 
 impl KeepAlive {
     pub fn connect(target: SocketAddr, timeout: Duration) -> io::Result<KeepAlive> {
-        let stream = TcpStream::connect_timeout(&target, timeout)?;
+        KeepAlive::from_stream(TcpStream::connect_timeout(&target, timeout)?, timeout)
+    }
+
+    fn from_stream(stream: TcpStream, timeout: Duration) -> io::Result<KeepAlive> {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;

@@ -15,12 +15,12 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader, TestRun, TestRunOptions, TestRunResult,
-    maps::{Array, HashMap, Map, MapError, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, Map, MapError, PerCpuArray},
     programs::{SchedClassifier, Xdp},
 };
 use bluegreen_common::{
-    Endpoint, FlowEntry, FlowKey, PassReason, ServiceKey, ServiceState, Settings, TrafficCounters,
-    map_names, program_names,
+    Endpoint, FlowEntry, FlowKey, PassReason, PreviewPrefix, ServiceKey, ServiceState, Settings,
+    TrafficCounters, map_names, program_names,
 };
 
 pub const XDP_PASS: u32 = 2;
@@ -172,6 +172,24 @@ impl TestDataplane {
             .iter()
             .map(|item| item.expect("cannot iterate the reply table"))
             .collect()
+    }
+
+    /// Replaces one service's preview prefixes (the trie the ingress program
+    /// consults for new flows when the service has `SERVICE_HAS_PREVIEW`).
+    pub fn set_preview(&mut self, counter_slot: u32, prefixes: &[bluegreen::endpoint::Cidr]) {
+        let mut trie: LpmTrie<_, PreviewPrefix, u8> = typed(self.map_mut(map_names::PREVIEW));
+        let stale: Vec<_> = trie
+            .keys()
+            .map(|key| key.expect("cannot iterate the preview trie"))
+            .filter(|key| key.data().slot == counter_slot.to_be_bytes())
+            .collect();
+        for key in stale {
+            trie.remove(&key).expect("cannot remove a preview prefix");
+        }
+        for prefix in prefixes {
+            trie.insert(&bluegreen::pinned::preview_key(counter_slot, prefix), 1, 0)
+                .expect("cannot insert a preview prefix");
+        }
     }
 
     /// Empties the flow and reply tables, so that the next case starts from

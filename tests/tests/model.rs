@@ -10,9 +10,10 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use bluegreen::pinned::monotonic_now_ns;
+use bluegreen::{endpoint::Cidr, pinned::monotonic_now_ns};
 use bluegreen_common::{
-    Endpoint, FlowEntry, FlowKey, PassReason, ServiceKey, ServiceState, Settings, TrafficCounters,
+    Endpoint, FlowEntry, FlowKey, PassReason, SERVICE_HAS_PREVIEW, ServiceKey, ServiceState,
+    Settings, TrafficCounters,
     model::{self, Outcome},
 };
 use bluegreen_testbed::{
@@ -75,7 +76,12 @@ fn retired(ipv6: bool) -> SocketAddr {
     SocketAddr::new(address(ipv6, "10.0.9.9", "fd00:9::9"), 9999)
 }
 
-fn services(active: u8, generation: u32) -> Vec<(ServiceKey, ServiceState)> {
+fn services(
+    active: u8,
+    generation: u32,
+    weight: u8,
+    preview: bool,
+) -> Vec<(ServiceKey, ServiceState)> {
     let mut services = Vec::new();
     for ipv6 in [false, true] {
         for vip in vips(ipv6) {
@@ -86,7 +92,8 @@ fn services(active: u8, generation: u32) -> Vec<(ServiceKey, ServiceState)> {
                     counter_slot: services.len() as u32,
                     active,
                     previous: active ^ 1,
-                    reserved: [0; 2],
+                    weight,
+                    flags: if preview { SERVICE_HAS_PREVIEW } else { 0 },
                 };
                 services.push((service_key(SocketAddr::new(vip, port), proto), state));
             }
@@ -106,11 +113,83 @@ struct Existing {
     retired_backend: bool,
 }
 
+/// A preview prefix given to every service: the client's own address cut to
+/// `len` bits (so it matches), or a prefix elsewhere (so it does not).
+#[derive(Clone, Debug)]
+struct Preview {
+    len: u8,
+    matching: bool,
+}
+
+impl Preview {
+    fn prefix(&self, client: IpAddr) -> Cidr {
+        let (addr, max) = match (client, self.matching) {
+            (IpAddr::V4(_), true) => (client, 32),
+            (IpAddr::V6(_), true) => (client, 128),
+            (IpAddr::V4(_), false) => ("192.0.2.0".parse().expect("literal"), 32),
+            (IpAddr::V6(_), false) => ("2001:db8::".parse().expect("literal"), 128),
+        };
+        let len = if self.matching {
+            self.len.min(max)
+        } else {
+            self.len.clamp(24, max)
+        };
+        let unmasked = Cidr { addr, len };
+        Cidr {
+            addr: unmasked.network(),
+            len,
+        }
+    }
+
+    fn contains(&self, prefix: &Cidr, client: &[u8; 16], family: u8) -> bool {
+        if prefix.wire_family() != family {
+            return false;
+        }
+        let network = prefix.wire_addr();
+        let bits = usize::from(prefix.len);
+        (0..bits).all(|bit| {
+            let mask = 0x80 >> (bit % 8);
+            network[bit / 8] & mask == client[bit / 8] & mask
+        })
+    }
+}
+
+/// The maps as the model sees them.
+struct ModelTables<'a> {
+    services: &'a [(ServiceKey, ServiceState)],
+    existing: Option<(FlowKey, FlowEntry)>,
+    preview: Option<(&'a Preview, Cidr)>,
+}
+
+impl model::Tables for ModelTables<'_> {
+    fn service(&self, key: &ServiceKey) -> Option<ServiceState> {
+        self.services
+            .iter()
+            .find(|(known, _)| known == key)
+            .map(|(_, state)| *state)
+    }
+
+    fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
+        self.existing
+            .filter(|(known, _)| known == key)
+            .map(|(_, entry)| entry)
+    }
+
+    fn in_preview(&self, _counter_slot: u32, family: u8, client: &[u8; 16]) -> bool {
+        self.preview
+            .as_ref()
+            .is_some_and(|(preview, prefix)| preview.contains(prefix, client, family))
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Case {
     frame: Frame,
     active: u8,
     generation: u32,
+    /// Share of new flows for the idle color.
+    weight: u8,
+    preview: Option<Preview>,
     existing: Option<Existing>,
     outer_tag: Option<u16>,
     /// Where to cut the frame, anywhere from 14 bytes to its full length.
@@ -288,6 +367,8 @@ prop_compose! {
         frame in frame(),
         active in 0u8..2,
         generation in 1u32..4,
+        weight in prop_oneof![3 => Just(0u8), 1 => Just(10u8), 1 => Just(50u8), 1 => 1u8..100],
+        preview in prop::option::weighted(0.3, (0u8..=128, prop::bool::ANY).prop_map(|(len, matching)| Preview { len, matching })),
         existing in prop::option::weighted(0.5, existing()),
         outer_tag in prop::option::weighted(0.05, prop::sample::select(vec![ETH_P_8021Q, ETH_P_8021AD])),
         truncate in prop::option::weighted(0.15, any::<Index>()),
@@ -296,7 +377,7 @@ prop_compose! {
             1 => prop::collection::vec((any::<Index>(), 1u8..=255), 1..=3),
         ],
     ) -> Case {
-        Case { frame, active, generation, existing, outer_tag, truncate, corrupt }
+        Case { frame, active, generation, weight, preview, existing, outer_tag, truncate, corrupt }
     }
 }
 
@@ -311,10 +392,21 @@ fn traffic_snapshot(
 }
 
 fn check(dataplane: &mut TestDataplane, case: &Case) -> Result<(), TestCaseError> {
-    let services = services(case.active, case.generation);
+    let services = services(
+        case.active,
+        case.generation,
+        case.weight,
+        case.preview.is_some(),
+    );
     dataplane.clear_flows();
+    let preview = case
+        .preview
+        .as_ref()
+        .map(|preview| (preview, preview.prefix(case.frame.src.ip())));
     for (key, state) in &services {
         dataplane.insert_service(*key, *state);
+        let prefixes: Vec<Cidr> = preview.iter().map(|(_, prefix)| *prefix).collect();
+        dataplane.set_preview(state.counter_slot, &prefixes);
     }
     let frame = case.bytes();
     let existing_key = case.flow_key();
@@ -330,18 +422,12 @@ fn check(dataplane: &mut TestDataplane, case: &Case) -> Result<(), TestCaseError
     let after = monotonic_now_ns();
 
     let mut expected = frame.clone();
-    let outcome = model::ingress(
-        &mut expected,
-        |key| {
-            services
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, state)| *state)
-        },
-        |key| existing.filter(|_| *key == existing_key),
-        &SETTINGS,
-        now,
-    );
+    let tables = ModelTables {
+        services: &services,
+        existing: existing.map(|entry| (existing_key, entry)),
+        preview,
+    };
+    let outcome = model::ingress(&mut expected, &tables, &SETTINGS, now);
     prop_assert_eq!(verdict, XDP_PASS, "verdict");
     prop_assert_eq!(
         &output,

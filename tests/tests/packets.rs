@@ -111,7 +111,8 @@ impl Fixture {
             counter_slot: self.slot,
             active,
             previous: active ^ 1,
-            reserved: [0; 2],
+            weight: 0,
+            flags: 0,
         }
     }
 

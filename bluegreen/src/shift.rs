@@ -1,0 +1,123 @@
+//! `bluegreen shift`: a weighted, health-checked walk from one color to the
+//! other, stopping or rolling back as the operator or the checks decide.
+
+use std::{
+    process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
+use bluegreen::{
+    control::SwitchTarget,
+    dataplane::Host,
+    health::{Health, HealthTracker},
+};
+
+use crate::ShiftArgs;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+const EXIT_INTERRUPTED: u8 = 130;
+
+pub fn run(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
+    if args.steps.windows(2).any(|pair| pair[0] >= pair[1]) {
+        bail!(
+            "--steps must increase, e.g. 10,25,50,100 (got {:?})",
+            args.steps
+        );
+    }
+    let service = args.service.as_deref();
+    let view = host.service_view(service)?;
+    let name = view.record.spec.name.clone();
+    let color = args.color;
+    if view.active == color && view.record.weight == 0 {
+        bail!("{name}: {color} is already active; shift moves traffic to the idle color");
+    }
+    let check = view.record.spec.health.clone();
+    if check.is_none() {
+        println!("{name}: no health check configured; steps are timed only");
+    }
+    let handler = on_interrupt as extern "C" fn(libc::c_int);
+    // SAFETY: the handler only stores to an atomic.
+    unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+
+    let total = args.steps.len();
+    let mut current = view.record.weight;
+    for (index, &step) in args.steps.iter().enumerate() {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            return Ok(stopped(&name, color, current, index, total));
+        }
+        if let Some(check) = &check
+            && let Err(reason) = check.probe(view.backend(color))
+        {
+            return roll_back(
+                host,
+                &name,
+                &format!("{color} failed its health check: {reason}"),
+            );
+        }
+        let outcome = host.shift(Some(&name), color, step)?;
+        current = step;
+        println!(
+            "step {}/{total}: {color} at {step}% of new flows",
+            index + 1
+        );
+        crate::print_switch(&outcome);
+        if step == 100 {
+            println!("{name}: shift complete, {color} is active");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let deadline = Instant::now() + args.interval;
+        let mut tracker = HealthTracker::default();
+        let mut next_probe = Instant::now();
+        while Instant::now() < deadline {
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                return Ok(stopped(&name, color, current, index + 1, total));
+            }
+            if let Some(check) = &check
+                && Instant::now() >= next_probe
+            {
+                next_probe = Instant::now() + check.interval();
+                let result = check.probe(view.backend(color));
+                if tracker.observe(check, result) == Some(Health::Unhealthy) {
+                    let reason = tracker.last_error.clone().unwrap_or_default();
+                    return roll_back(
+                        host,
+                        &name,
+                        &format!("{color} turned unhealthy at {step}%: {reason}"),
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50).min(deadline - Instant::now()));
+        }
+    }
+    println!(
+        "{name}: shift stopped at {current}% as asked; `bluegreen switch {color}` finishes it, `bluegreen rollback` undoes it"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stopped(
+    name: &str,
+    color: bluegreen::endpoint::Color,
+    weight: u8,
+    done: usize,
+    total: usize,
+) -> ExitCode {
+    println!(
+        "{name}: interrupted after step {done}/{total}; {color} keeps {weight}% of new flows. `bluegreen switch {color}` finishes the shift, `bluegreen rollback` undoes it"
+    );
+    ExitCode::from(EXIT_INTERRUPTED)
+}
+
+fn roll_back(host: &Host, name: &str, reason: &str) -> anyhow::Result<ExitCode> {
+    let outcome = host.switch(Some(name), SwitchTarget::Previous, false)?;
+    eprintln!("error: {name}: {reason}; rolled back");
+    crate::print_switch(&outcome);
+    Ok(ExitCode::FAILURE)
+}
