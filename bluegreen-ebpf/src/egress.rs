@@ -9,7 +9,7 @@ use bluegreen_common::{FAMILY_IPV4, FlowKey, IPPROTO_UDP, PassReason, checksum::
 
 use crate::{
     maps::{BG_FLOWS, BG_REPLIES, settings},
-    parse::{PacketBytes, parse},
+    parse::{Direction, PacketBytes, parse},
 };
 
 struct SkbPacket<'a>(&'a TcContext);
@@ -24,23 +24,8 @@ impl PacketBytes for SkbPacket<'_> {
 pub fn try_egress(ctx: &TcContext) -> Result<(), PassReason> {
     let packet = SkbPacket(ctx);
     let headers = parse(&packet)?;
-    let [
-        backend_port_hi,
-        backend_port_lo,
-        client_port_hi,
-        client_port_lo,
-    ]: [u8; 4] = packet.read(headers.l4)?;
-    let backend_port = [backend_port_hi, backend_port_lo];
-    let backend = headers.read_addr(&packet, headers.src_addr_offset())?;
-    let reply_key = FlowKey {
-        client: headers.read_addr(&packet, headers.dst_addr_offset())?,
-        server: backend,
-        client_port: [client_port_hi, client_port_lo],
-        server_port: backend_port,
-        proto: headers.proto,
-        family: headers.family,
-        reserved: [0; 2],
-    };
+    let reply_key = headers.flow_key(&packet, Direction::ToClient)?;
+    let (backend, backend_port) = (reply_key.server, reply_key.server_port);
     // SAFETY: LRU values may be recycled under us; everything read from them
     // is copied at once and re-checked against the flow entry below.
     let vip = *unsafe { BG_REPLIES.get(reply_key) }.ok_or(PassReason::NotService)?;

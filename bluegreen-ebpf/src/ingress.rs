@@ -14,7 +14,7 @@ use bluegreen_common::{
 
 use crate::{
     maps::{BG_FLOWS, BG_REPLIES, BG_SERVICES, BG_TRAFFIC, in_preview, port_has_service, settings},
-    parse::{Headers, PacketBytes, parse},
+    parse::{Direction, Headers, PacketBytes, parse},
 };
 
 struct XdpPacket<'a>(&'a XdpContext);
@@ -53,32 +53,20 @@ impl PacketBytes for XdpPacket<'_> {
 pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
     let packet = XdpPacket(ctx);
     let headers = parse(&packet)?;
-    let [client_port_hi, client_port_lo, vip_port_hi, vip_port_lo]: [u8; 4] =
-        packet.read(headers.l4)?;
-    let vip_port = [vip_port_hi, vip_port_lo];
+    let vip_port: [u8; 2] = packet.read(headers.l4 + 2)?;
     if !port_has_service(u16::from_be_bytes(vip_port)) {
         return Err(PassReason::NotService);
     }
-    let vip = headers.read_addr(&packet, headers.dst_addr_offset())?;
+    let flow_key = headers.flow_key(&packet, Direction::ToServer)?;
     let service_key = ServiceKey {
-        vip,
-        port: vip_port,
-        proto: headers.proto,
-        family: headers.family,
+        vip: flow_key.server,
+        port: flow_key.server_port,
+        proto: flow_key.proto,
+        family: flow_key.family,
     };
     // SAFETY: the services map is not preallocated, so the element stays
     // intact for the rest of this RCU section even if userspace replaces it.
     let service = unsafe { BG_SERVICES.get(service_key) }.ok_or(PassReason::NotService)?;
-
-    let flow_key = FlowKey {
-        client: headers.read_addr(&packet, headers.src_addr_offset())?,
-        server: vip,
-        client_port: [client_port_hi, client_port_lo],
-        server_port: vip_port,
-        proto: headers.proto,
-        family: headers.family,
-        reserved: [0; 2],
-    };
     let tcp_flags: u8 = if headers.proto == IPPROTO_TCP {
         packet.read(headers.l4 + 13)?
     } else {

@@ -5,7 +5,7 @@
 //! [`PacketBytes`] hides.
 
 use bluegreen_common::{
-    FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP, PassReason,
+    FAMILY_IPV4, FAMILY_IPV6, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason,
     wire::{
         ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPV6_DEST_OPTIONS, IPV6_FRAGMENT,
         IPV6_HOP_BY_HOP, IPV6_ROUTING, MAX_IPV6_EXTENSIONS,
@@ -71,6 +71,41 @@ impl Headers {
         } else {
             packet.read(offset)
         }
+    }
+}
+
+/// Which way a packet travels, to tell the client's end from the server's.
+pub enum Direction {
+    /// Client to VIP (ingress).
+    ToServer,
+    /// Backend to client (egress replies).
+    ToClient,
+}
+
+impl Headers {
+    /// The connection's key, client first whichever way the packet goes.
+    #[inline(always)]
+    pub fn flow_key<P: PacketBytes>(
+        &self,
+        packet: &P,
+        direction: Direction,
+    ) -> Result<FlowKey, PassReason> {
+        let [src_hi, src_lo, dst_hi, dst_lo]: [u8; 4] = packet.read(self.l4)?;
+        let src = self.read_addr(packet, self.src_addr_offset())?;
+        let dst = self.read_addr(packet, self.dst_addr_offset())?;
+        let (client, client_port, server, server_port) = match direction {
+            Direction::ToServer => (src, [src_hi, src_lo], dst, [dst_hi, dst_lo]),
+            Direction::ToClient => (dst, [dst_hi, dst_lo], src, [src_hi, src_lo]),
+        };
+        Ok(FlowKey {
+            client,
+            server,
+            client_port,
+            server_port,
+            proto: self.proto,
+            family: self.family,
+            reserved: [0; 2],
+        })
     }
 }
 

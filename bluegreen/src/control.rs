@@ -62,6 +62,17 @@ impl ServiceView {
     }
 }
 
+/// One service under its interface's lock, with everything read afresh.
+struct LockedService {
+    _lock: crate::state::InterfaceLock,
+    state: InterfaceState,
+    /// Of the service's record in `state.services`.
+    index: usize,
+    key: ServiceKey,
+    maps: PinnedMaps,
+    live: ServiceState,
+}
+
 /// A service located by name, with its interface's state.
 struct Located {
     state: InterfaceState,
@@ -115,23 +126,17 @@ impl Host {
         })
     }
 
-    /// Runs `change` on the live state of one service under the interface
-    /// lock, writes the result with one map update, and records it in the
-    /// state file.
-    fn update_service<T>(
-        &self,
-        service: Option<&str>,
-        change: impl FnOnce(&ServiceSpec, &ServiceState) -> Result<Option<(ServiceState, T)>>,
-    ) -> Result<(String, String, Option<T>, Duration)> {
+    /// Takes the interface lock for one service and reads its state afresh
+    /// (another command may have just written it).
+    fn lock_service(&self, service: Option<&str>) -> Result<LockedService> {
         crate::dataplane::preflight(self)?;
         let located = self.locate(service)?;
         let iface = located.state.interface.clone();
-        let _lock = self.state.lock(&iface)?;
-        // Re-read under the lock: another command may have just written.
-        let mut state = self.state.load(&iface)?.ok_or_else(|| Error::NotUp {
+        let lock = self.state.lock(&iface)?;
+        let state = self.state.load(&iface)?.ok_or_else(|| Error::NotUp {
             where_: format!(" on {iface}"),
         })?;
-        let record_index = state
+        let index = state
             .services
             .iter()
             .position(|record| record.spec.name == located.name)
@@ -139,33 +144,58 @@ impl Host {
                 name: located.name.clone(),
                 known: String::new(),
             })?;
-        let spec = &state.services[record_index].spec;
+        let spec = &state.services[index].spec;
         let key = service_key(spec.vip, spec.proto);
-        let mut maps = PinnedMaps::open(&self.layout(&iface))?;
-        let started = Instant::now();
+        let maps = PinnedMaps::open(&self.layout(&iface))?;
         let live = maps.service(&key)?.ok_or_else(|| Error::InvalidService {
             service: located.name.clone(),
             message: "it is in the state file but not in the dataplane: run `bluegreen up` again"
                 .to_owned(),
         })?;
-        let Some((updated, result)) = change(spec, &live)? else {
-            return Ok((iface, located.name, None, started.elapsed()));
+        Ok(LockedService {
+            _lock: lock,
+            state,
+            index,
+            key,
+            maps,
+            live,
+        })
+    }
+
+    /// Runs `change` on the live state of one service under the interface
+    /// lock, writes the result with one map update, and records it in the
+    /// state file. Returns the interface, the service name, whether
+    /// anything changed, and how long the map update took.
+    fn update_service(
+        &self,
+        service: Option<&str>,
+        change: impl FnOnce(&ServiceSpec, &ServiceState) -> Result<Option<ServiceState>>,
+    ) -> Result<(String, String, bool, Duration)> {
+        let mut locked = self.lock_service(service)?;
+        let started = Instant::now();
+        let record = &mut locked.state.services[locked.index];
+        let name = record.spec.name.clone();
+        let iface = locked.state.interface.clone();
+        let Some(updated) = change(&record.spec, &locked.live)? else {
+            return Ok((iface, name, false, started.elapsed()));
         };
-        maps.services
-            .insert(key, updated, BPF_EXIST)
+        locked
+            .maps
+            .services
+            .insert(locked.key, updated, BPF_EXIST)
             .map_err(Error::ebpf("cannot update the services map"))?;
         let elapsed = started.elapsed();
-        let record = &mut state.services[record_index];
         if record.spec.active != Color::from_wire(updated.active) {
             record.switched_at_unix_ms = Some(unix_now_ms());
         }
+        let family = locked.key.family;
         record.spec.active = Color::from_wire(updated.active);
         record.weight = updated.weight;
         record.previous = Color::from_wire(updated.previous);
-        record.spec.blue = from_wire(key.family, updated.backend(Color::Blue.wire()));
-        record.spec.green = from_wire(key.family, updated.backend(Color::Green.wire()));
-        self.state.save(&state)?;
-        Ok((iface, located.name, Some(result), elapsed))
+        record.spec.blue = from_wire(family, updated.backend(Color::Blue.wire()));
+        record.spec.green = from_wire(family, updated.backend(Color::Green.wire()));
+        self.state.save(&locked.state)?;
+        Ok((iface, name, true, elapsed))
     }
 
     /// One service as it is now: names, checks and timestamps from the
@@ -296,7 +326,7 @@ impl Host {
             let updated = decide(spec, live)?;
             before = Some(*live);
             after = Some(updated);
-            Ok((updated != *live).then_some((updated, ())))
+            Ok((updated != *live).then_some(updated))
         })?;
         let (before, after) = (
             before.expect("the change closure ran"),
@@ -325,7 +355,7 @@ impl Host {
             from,
             to,
             forced: force,
-            changed: changed.is_some(),
+            changed,
             elapsed,
             weight_before: before.weight,
             weight: after.weight,
@@ -340,21 +370,8 @@ impl Host {
         prefix: Cidr,
         add: bool,
     ) -> Result<(String, Vec<Cidr>)> {
-        crate::dataplane::preflight(self)?;
-        let located = self.locate(service)?;
-        let iface = located.state.interface.clone();
-        let _lock = self.state.lock(&iface)?;
-        let mut state = self.state.load(&iface)?.ok_or_else(|| Error::NotUp {
-            where_: format!(" on {iface}"),
-        })?;
-        let record = state
-            .services
-            .iter_mut()
-            .find(|record| record.spec.name == located.name)
-            .ok_or_else(|| Error::UnknownService {
-                name: located.name.clone(),
-                known: String::new(),
-            })?;
+        let mut locked = self.lock_service(service)?;
+        let record = &mut locked.state.services[locked.index];
         let name = record.spec.name.clone();
         let invalid = |message: String| Error::InvalidService {
             service: name.clone(),
@@ -384,11 +401,7 @@ impl Host {
         }
         prefixes.sort();
 
-        let key = service_key(record.spec.vip, record.spec.proto);
-        let mut maps = PinnedMaps::open(&self.layout(&iface))?;
-        let live = maps.service(&key)?.ok_or_else(|| Error::NotUp {
-            where_: format!(" for service {name}"),
-        })?;
+        let (key, live, maps) = (locked.key, locked.live, &mut locked.maps);
         let flags = if prefixes.is_empty() {
             live.flags & !SERVICE_HAS_PREVIEW
         } else {
@@ -401,14 +414,14 @@ impl Host {
         };
         // The flag never announces prefixes that are not in the trie yet.
         if prefixes.is_empty() {
-            write_flags(&mut maps)?;
+            write_flags(maps)?;
             maps.set_preview(live.counter_slot, &prefixes)?;
         } else {
             maps.set_preview(live.counter_slot, &prefixes)?;
-            write_flags(&mut maps)?;
+            write_flags(maps)?;
         }
         record.preview = prefixes.iter().map(ToString::to_string).collect();
-        self.state.save(&state)?;
+        self.state.save(&locked.state)?;
         Ok((name, prefixes))
     }
 
@@ -439,7 +452,7 @@ impl Host {
             old = Some(from_wire(family, live.backend(color.wire())));
             let mut updated = *live;
             updated.backends[usize::from(color.wire())] = to_wire(backend);
-            Ok(Some((updated, ())))
+            Ok(Some(updated))
         })?;
         Ok((name, old.expect("the change closure ran")))
     }
