@@ -9,6 +9,10 @@ pub enum Error {
     )]
     NotRoot,
     #[error(
+        "{action}: the kernel refused (operation not permitted); bluegreen needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON: run it as root or grant them to the service"
+    )]
+    MissingCapability { action: String },
+    #[error(
         "{path} is not on a BPF filesystem: mount one with `mount -t bpf bpf /sys/fs/bpf` or pass --pin-dir on bpffs"
     )]
     BpffsNotMounted { path: PathBuf },
@@ -111,13 +115,27 @@ impl Error {
         move |source| Error::Io { action, source }
     }
 
+    /// Wraps an eBPF-side failure; a permission refusal anywhere in its
+    /// chain becomes [`Error::MissingCapability`], which says what to fix.
     pub fn ebpf<E: std::error::Error + Send + Sync + 'static>(
         action: impl Into<String>,
     ) -> impl FnOnce(E) -> Error {
         let action = action.into();
-        move |source| Error::Ebpf {
-            action,
-            source: Box::new(source),
+        move |source| {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&source);
+            while let Some(error) = cause {
+                if let Some(io) = error.downcast_ref::<std::io::Error>()
+                    && io.kind() == std::io::ErrorKind::PermissionDenied
+                    && io.raw_os_error() == Some(libc::EPERM)
+                {
+                    return Error::MissingCapability { action };
+                }
+                cause = error.source();
+            }
+            Error::Ebpf {
+                action,
+                source: Box::new(source),
+            }
         }
     }
 }

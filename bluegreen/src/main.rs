@@ -220,18 +220,21 @@ pub(crate) struct ShiftArgs {
 #[derive(Subcommand)]
 enum PreviewAction {
     /// Add a client prefix (ADDR/LEN).
+    #[command(after_help = "Example:\n  bluegreen preview add 10.20.30.0/24 --service chat")]
     Add {
         prefix: bluegreen::endpoint::Cidr,
         #[arg(long)]
         service: Option<String>,
     },
     /// Remove a client prefix.
+    #[command(after_help = "Example:\n  bluegreen preview remove 10.20.30.0/24 --service chat")]
     Remove {
         prefix: bluegreen::endpoint::Cidr,
         #[arg(long)]
         service: Option<String>,
     },
     /// List the preview prefixes of each service.
+    #[command(after_help = "Example:\n  bluegreen preview list")]
     List {
         #[arg(long)]
         service: Option<String>,
