@@ -201,6 +201,7 @@ impl Host {
     /// One service as it is now: names, checks and timestamps from the
     /// state file, colors and backends from the live map.
     pub fn service_view(&self, service: Option<&str>) -> Result<ServiceView> {
+        crate::dataplane::preflight(self)?;
         let located = self.locate(service)?;
         let name = located.name.as_str();
         let record = located
@@ -225,6 +226,7 @@ impl Host {
     /// Probes `color` of a service with its configured health check, if it
     /// has one. `Ok(false)` when there is no check to run.
     pub fn check_color(&self, service: Option<&str>, color: Color) -> Result<bool> {
+        crate::dataplane::preflight(self)?;
         let located = self.locate(service)?;
         let record = located
             .state

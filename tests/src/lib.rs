@@ -6,8 +6,13 @@
 //! - [`netns`]: throwaway network-namespace topologies with veth pairs.
 //! - [`cli`]: the real `bluegreen` binary, run in a topology's switch namespace.
 //! - [`http`]: a tiny HTTP backend and client that run inside namespaces.
+//! - [`bench`]: the parts of `cargo xtask bench` (the `bench` binary).
+//! - [`fixture`]: the end-to-end tests' standard setup (topology, backends,
+//!   a bluegreen instance and service "web") and its client helpers.
 
+pub mod bench;
 pub mod cli;
+pub mod fixture;
 pub mod http;
 pub mod kernel;
 pub mod netns;

@@ -2,130 +2,33 @@
 //! real namespaces, and the state it leaves in bpffs and on disk.
 
 use std::{
-    net::SocketAddr,
     process::Command,
     time::{Duration, Instant},
 };
 
 use bluegreen_testbed::{
-    cli::Bluegreen,
-    http::{self, Backend, KeepAlive, Load},
-    netns::{SWITCH_IFACE, Topology, addr},
+    fixture::{Fixture, blue_backend, config_text, green_backend, strs, up_args, vip},
+    netns::{SWITCH_IFACE, addr},
 };
 
-const TIMEOUT: Duration = Duration::from_secs(2);
-const PORT: u16 = 8080;
-
-struct Fixture {
-    // Field order is drop order: the instance goes down before the
-    // backends stop and the namespaces disappear.
-    bluegreen: Bluegreen,
-    _blue: Backend,
-    _green: Backend,
-    topology: Topology,
-}
-
-fn vip() -> SocketAddr {
-    SocketAddr::new(addr::VIP_V4.parse().expect("literal"), 80)
-}
-
-fn fixture() -> Fixture {
-    let topology = Topology::new();
-    Fixture {
-        bluegreen: Bluegreen::new(&topology.switch),
-        _blue: Backend::start(&topology.blue, PORT, "blue"),
-        _green: Backend::start(&topology.green, PORT, "green"),
-        topology,
-    }
-}
-
-fn up_args() -> Vec<String> {
-    [
-        "up",
-        "--iface",
-        SWITCH_IFACE,
-        "--service",
-        "web",
-        "--vip",
-        &vip().to_string(),
-        "--blue",
-        &format!("{}:{PORT}", addr::BLUE_V4),
-        "--green",
-        &format!("{}:{PORT}", addr::GREEN_V4),
-    ]
-    .map(str::to_owned)
-    .to_vec()
-}
-
-fn strs(args: &[String]) -> Vec<&str> {
-    args.iter().map(String::as_str).collect()
-}
-
-fn config_text(closing_timeout_secs: u64) -> String {
-    format!(
-        "interface = \"{SWITCH_IFACE}\"\n\n[dataplane]\ntcp_closing_timeout_secs = {closing_timeout_secs}\n\n[[service]]\nname = \"web\"\nvip = \"{}\"\nblue = \"{}:{PORT}\"\ngreen = \"{}:{PORT}\"\n",
-        vip(),
-        addr::BLUE_V4,
-        addr::GREEN_V4
+/// The standard config with a `[dataplane]` table setting the TCP closing
+/// timeout.
+fn closing_config(closing_timeout_secs: u64) -> String {
+    config_text(
+        &format!("[dataplane]\ntcp_closing_timeout_secs = {closing_timeout_secs}\n\n"),
+        "",
     )
 }
 
-impl Fixture {
-    fn up(&self) -> String {
-        self.bluegreen.ok(&strs(&up_args()))
-    }
-
-    fn write_config(&self, text: &str) -> String {
-        let path = self.bluegreen.state_dir.with_extension("toml");
-        std::fs::write(&path, text).expect("write config");
-        path.to_str().expect("utf-8 path").to_owned()
-    }
-
-    /// One request on a new connection from the client namespace.
-    fn get(&self) -> String {
-        self.topology
-            .client
-            .spawn(|| http::get(vip(), TIMEOUT).unwrap_or_else(|error| format!("error: {error}")))
-            .join()
-            .expect("client thread")
-    }
-
-    /// A keep-alive connection opened from the client namespace (its socket
-    /// stays there; the handle can be used from any thread).
-    fn keep_alive(&self) -> KeepAlive {
-        self.topology
-            .client
-            .spawn(|| KeepAlive::connect(vip(), TIMEOUT).expect("keep-alive connect"))
-            .join()
-            .expect("client thread")
-    }
-
-    fn load(&self, requests: u64) -> Load {
-        Load::start(
-            &self.topology.client,
-            vip(),
-            4,
-            requests,
-            Duration::from_secs(90),
-        )
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.bluegreen.state_dir.with_extension("toml"));
-    }
-}
-
-fn active_flows(bluegreen: &Bluegreen, color: &str) -> u64 {
-    bluegreen.status()["interfaces"][0]["services"][0][color]["active_flows"]
+fn active_flows(fixture: &Fixture, color: &str) -> u64 {
+    fixture.service_status()[color]["active_flows"]
         .as_u64()
         .expect("active_flows")
 }
 
 #[test]
 fn established_connections_finish_on_their_color_unless_forced() {
-    let fixture = fixture();
+    let fixture = Fixture::new();
     fixture.up();
     let mut kept = fixture.keep_alive();
     assert_eq!(kept.get().expect("first request"), "blue");
@@ -138,7 +41,7 @@ fn established_connections_finish_on_their_color_unless_forced() {
         "blue",
         "established stays"
     );
-    assert_eq!(active_flows(&fixture.bluegreen, "blue"), 1);
+    assert_eq!(active_flows(&fixture, "blue"), 1);
 
     // Forced: the kept connection's packets now reach green, which has no
     // such connection and resets it. That is what a client sees.
@@ -164,11 +67,9 @@ fn established_connections_finish_on_their_color_unless_forced() {
 
 #[test]
 fn wait_drain_waits_for_the_old_color_and_times_out_with_exit_code_3() {
-    let fixture = fixture();
-    let config = fixture.write_config(&config_text(1));
-    fixture
-        .bluegreen
-        .ok(&["up", "--iface", SWITCH_IFACE, "--config", &config]);
+    let fixture = Fixture::new();
+    let config = fixture.write_config(&closing_config(1));
+    fixture.up_with_config(&config);
     let mut kept = fixture.keep_alive();
     assert_eq!(kept.get().expect("request"), "blue");
 
@@ -198,9 +99,9 @@ fn wait_drain_waits_for_the_old_color_and_times_out_with_exit_code_3() {
 
 #[test]
 fn no_request_fails_while_switching_back_and_forth() {
-    let fixture = fixture();
+    let fixture = Fixture::new();
     fixture.up();
-    let load = fixture.load(2000);
+    let load = fixture.load(4, 2000, Duration::from_secs(90));
     let mut switches = 0;
     while switches < 50 && !load.is_finished() {
         let color = if switches % 2 == 0 { "green" } else { "blue" };
@@ -235,44 +136,32 @@ fn no_request_fails_while_switching_back_and_forth() {
 
 #[test]
 fn daemon_crash_restart_and_hot_upgrade_lose_nothing() {
-    let fixture = fixture();
-    let config = fixture.write_config(&config_text(10));
-    let wait_until_up = || {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while fixture.bluegreen.run(&["status"]).code != 0 {
-            assert!(Instant::now() < deadline, "daemon did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    let mut daemon = fixture.bluegreen.spawn(&["daemon", "--config", &config]);
-    wait_until_up();
+    let fixture = Fixture::new();
+    let config = fixture.write_config(&closing_config(10));
+    let daemon = fixture.start_daemon(&config, &[]);
     fixture.bluegreen.ok(&["switch", "green"]);
     let mut kept = fixture.keep_alive();
     assert_eq!(kept.get().expect("request"), "green");
 
-    let load = fixture.load(1500);
+    let load = fixture.load(4, 1500, Duration::from_secs(90));
     while load.progress() < 300 {
         std::thread::sleep(Duration::from_millis(10));
     }
-    daemon.kill().expect("kill -9 the daemon");
-    daemon.wait().expect("reap the daemon");
+    daemon.kill();
     assert_eq!(
         fixture.bluegreen.active(),
         "green",
         "a crash changes no color"
     );
 
-    let mut restarted = fixture.bluegreen.spawn(&["daemon", "--config", &config]);
-    wait_until_up();
+    let restarted = fixture.start_daemon(&config, &[]);
     assert_eq!(
         fixture.bluegreen.active(),
         "green",
         "the restart keeps the pinned color"
     );
 
-    let output = fixture
-        .bluegreen
-        .ok(&["up", "--iface", SWITCH_IFACE, "--config", &config]);
+    let output = fixture.up_with_config(&config);
     assert!(output.contains("hot-upgraded"), "{output}");
     assert_eq!(kept.get().expect("kept connection after upgrade"), "green");
 
@@ -286,16 +175,14 @@ fn daemon_crash_restart_and_hot_upgrade_lose_nothing() {
     assert_eq!(report.succeeded(), 1500, "{report:?}");
 
     // SIGTERM: the daemon exits and the dataplane stays.
-    // SAFETY: signalling a child we spawned and have not reaped.
-    unsafe { libc::kill(restarted.id() as i32, libc::SIGTERM) };
-    let status = restarted.wait().expect("daemon exit");
+    let status = restarted.terminate();
     assert!(status.success(), "{status}");
     assert_eq!(fixture.get(), "green");
 }
 
 #[test]
 fn a_reboot_restores_the_last_active_color() {
-    let fixture = fixture();
+    let fixture = Fixture::new();
     fixture.up();
     fixture.bluegreen.ok(&["switch", "green"]);
     // A reboot empties bpffs and detaches everything; the state file stays.
@@ -351,12 +238,11 @@ fn strip_counters(mut status: serde_json::Value) -> serde_json::Value {
 
 #[test]
 fn bad_input_gets_a_clear_error_and_changes_nothing() {
-    let fixture = fixture();
+    let fixture = Fixture::new();
     fixture.up();
-    let v4 = |host: &str| format!("{host}:{PORT}");
     let vip = vip().to_string();
-    let blue = v4(addr::BLUE_V4);
-    let green = v4(addr::GREEN_V4);
+    let blue = blue_backend().to_string();
+    let green = green_backend().to_string();
     let up = |iface: &'static str, vip: String, blue: String| {
         vec!["up", "--iface", iface, "--service", "web", "--vip"]
             .into_iter()
@@ -410,7 +296,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "is already the blue backend",
     );
 
-    let bad_config = fixture.write_config(&config_text(5).replace(&vip, "10.200.100.1"));
+    let bad_config = fixture.write_config(&closing_config(5).replace(&vip, "10.200.100.1"));
     refused(
         &fixture,
         &["up", "--iface", SWITCH_IFACE, "--config", &bad_config],
@@ -454,7 +340,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
 
 #[test]
 fn commands_need_an_instance_that_is_up() {
-    let fixture = fixture();
+    let fixture = Fixture::new();
     let run = fixture.bluegreen.run(&["switch", "green"]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
@@ -491,7 +377,7 @@ fn create_map(path: &std::path::Path, value_size: u32) {
 
 #[test]
 fn pins_of_another_layout_are_refused_not_misread() {
-    let fixture = fixture();
+    let fixture = Fixture::new();
     let dir = fixture.bluegreen.pin_dir.join("v1").join(SWITCH_IFACE);
     std::fs::create_dir_all(&dir).expect("create pin dir");
     create_map(&dir.join("BG_SERVICES"), 8);
@@ -533,7 +419,7 @@ fn pins_of_another_layout_are_refused_not_misread() {
 
 #[test]
 fn concurrent_switches_leave_a_consistent_state() {
-    let fixture = fixture();
+    let fixture = Fixture::new();
     fixture.up();
     std::thread::scope(|scope| {
         for color in ["green", "blue"] {
@@ -546,8 +432,7 @@ fn concurrent_switches_leave_a_consistent_state() {
             });
         }
     });
-    let status = fixture.bluegreen.status();
-    let service = &status["interfaces"][0]["services"][0];
+    let service = fixture.service_status();
     let state: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixture.bluegreen.state_file()).expect("state file"),
     )
@@ -568,7 +453,7 @@ fn concurrent_switches_leave_a_consistent_state() {
 
 #[test]
 fn down_leaves_nothing_behind() {
-    let fixture = fixture();
+    let fixture = Fixture::new();
     fixture.up();
     assert_eq!(fixture.get(), "blue");
     let output = fixture.bluegreen.ok(&["down", "--iface", SWITCH_IFACE]);

@@ -3,16 +3,13 @@
 //! so a wrong checksum written by either program would be dropped by the
 //! receiving kernel and the exchange would fail.
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use bluegreen_testbed::{
-    cli::Bluegreen,
-    http::{self, Backend},
-    netns::{SWITCH_IFACE, Topology, addr},
+    fixture::{BACKEND_PORT, Fixture, TIMEOUT, green_backend},
+    http,
+    netns::{Topology, addr},
 };
-
-const TIMEOUT: Duration = Duration::from_secs(2);
-const BACKEND_PORT: u16 = 8080;
 
 /// One TCP and one UDP service per family, all on the same backends.
 fn config(mode: &str) -> String {
@@ -101,28 +98,24 @@ fn expect_all(topology: &Topology, color: &str) {
 }
 
 fn exchange_in_mode(mode: &str, expected_mode: &str) {
-    let topology = Topology::new();
-    let _blue = Backend::start(&topology.blue, BACKEND_PORT, "blue");
-    let _green = Backend::start(&topology.green, BACKEND_PORT, "green");
-    let bluegreen = Bluegreen::new(&topology.switch);
-    let config_path = bluegreen.state_dir.with_extension("toml");
-    std::fs::write(&config_path, config(mode)).expect("write config");
-    let config_arg = config_path.to_str().expect("utf-8 path");
-
-    bluegreen.ok(&["up", "--iface", SWITCH_IFACE, "--config", config_arg]);
-    let status = bluegreen.status();
+    let fixture = Fixture::new();
+    let config = fixture.write_config(&config(mode));
+    fixture.up_with_config(&config);
+    let status = fixture.bluegreen.status();
     assert_eq!(
         status["interfaces"][0]["xdp_mode"], expected_mode,
         "{status}"
     );
-    expect_all(&topology, "blue");
+    expect_all(&fixture.topology, "blue");
 
     for service in ["web4", "dns4", "web6", "dns6"] {
-        bluegreen.ok(&["switch", "green", "--service", service]);
+        fixture
+            .bluegreen
+            .ok(&["switch", "green", "--service", service]);
     }
-    expect_all(&topology, "green");
+    expect_all(&fixture.topology, "green");
 
-    let status = bluegreen.status();
+    let status = fixture.bluegreen.status();
     for service in status["interfaces"][0]["services"]
         .as_array()
         .expect("services")
@@ -138,7 +131,6 @@ fn exchange_in_mode(mode: &str, expected_mode: &str) {
     }
     let passed = &status["interfaces"][0]["passed"];
     assert_eq!(passed["malformed"], 0, "{passed}");
-    let _ = std::fs::remove_file(&config_path);
 }
 
 #[test]
@@ -153,36 +145,17 @@ fn tcp_and_udp_over_both_families_in_generic_mode() {
 
 #[test]
 fn backends_reached_directly_are_left_alone() {
-    let topology = Topology::new();
-    let _blue = Backend::start(&topology.blue, BACKEND_PORT, "blue");
-    let _green = Backend::start(&topology.green, BACKEND_PORT, "green");
-    let bluegreen = Bluegreen::new(&topology.switch);
-    let blue = format!("{}:{BACKEND_PORT}", addr::BLUE_V4);
-    let green = format!("{}:{BACKEND_PORT}", addr::GREEN_V4);
-    let vip_arg = format!("{}:80", addr::VIP_V4);
-    bluegreen.ok(&[
-        "up",
-        "--iface",
-        SWITCH_IFACE,
-        "--service",
-        "web",
-        "--vip",
-        &vip_arg,
-        "--blue",
-        &blue,
-        "--green",
-        &green,
-    ]);
-    let answers = topology
+    let fixture = Fixture::new();
+    fixture.up();
+    let answers = fixture
+        .topology
         .client
         .spawn(move || {
             // Straight to green while blue is active: the reply keeps green's
             // address (the egress program must not touch it) or the client
             // would drop it and time out.
-            let direct =
-                http::get(green.parse().expect("literal"), TIMEOUT).map_err(|e| e.to_string());
-            let through_vip =
-                http::get(vip_arg.parse().expect("literal"), TIMEOUT).map_err(|e| e.to_string());
+            let direct = http::get(green_backend(), TIMEOUT).map_err(|e| e.to_string());
+            let through_vip = http::get(vip(addr::VIP_V4, 80), TIMEOUT).map_err(|e| e.to_string());
             (direct, through_vip)
         })
         .join()

@@ -2,26 +2,17 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
-    process::Child,
     time::{Duration, Instant},
 };
 
 use bluegreen_testbed::{
-    cli::Bluegreen,
-    http::{self, Backend, KeepAlive, Load},
-    netns::{SWITCH_IFACE, Topology, addr},
+    fixture::{Daemon, Fixture, TIMEOUT, config_text},
+    http::KeepAlive,
 };
 
-const TIMEOUT: Duration = Duration::from_secs(2);
-const PORT: u16 = 8080;
 const INTERVAL_MS: u64 = 200;
 const UNHEALTHY_THRESHOLD: u64 = 2;
 const METRICS: &str = "127.0.0.1:9464";
-
-fn vip() -> SocketAddr {
-    SocketAddr::new(addr::VIP_V4.parse().expect("literal"), 80)
-}
 
 fn config(auto_rollback: bool) -> String {
     let rollback = if auto_rollback {
@@ -29,75 +20,26 @@ fn config(auto_rollback: bool) -> String {
     } else {
         ""
     };
-    format!(
-        "interface = \"{SWITCH_IFACE}\"\n\n[[service]]\nname = \"web\"\nvip = \"{}\"\nblue = \"{}:{PORT}\"\ngreen = \"{}:{PORT}\"\n\n[service.health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 100\nhealthy_threshold = 1\nunhealthy_threshold = {UNHEALTHY_THRESHOLD}\n{rollback}",
-        vip(),
-        addr::BLUE_V4,
-        addr::GREEN_V4
+    config_text(
+        "",
+        &format!(
+            "\n[service.health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 100\nhealthy_threshold = 1\nunhealthy_threshold = {UNHEALTHY_THRESHOLD}\n{rollback}"
+        ),
     )
 }
 
-/// A running daemon, stopped with SIGTERM (and reaped) on drop.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: signalling a child we spawned and have not reaped.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
-fn start_daemon(bluegreen: &Bluegreen, auto_rollback: bool) -> Daemon {
-    let path = bluegreen.state_dir.with_extension("toml");
-    std::fs::write(&path, config(auto_rollback)).expect("write config");
-    let config = path.to_str().expect("utf-8").to_owned();
-    let daemon = Daemon(bluegreen.spawn(&[
-        "daemon",
-        "--config",
-        &config,
-        &format!("--metrics={METRICS}"),
-    ]));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while bluegreen.run(&["status"]).code != 0 {
-        assert!(Instant::now() < deadline, "daemon did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    daemon
-}
-
-fn get(topology: &Topology) -> String {
-    topology
-        .client
-        .spawn(|| http::get(vip(), TIMEOUT).unwrap_or_else(|error| format!("error: {error}")))
-        .join()
-        .expect("client thread")
+/// The daemon with [`config`] and metrics on [`METRICS`].
+fn start_daemon(fixture: &Fixture, auto_rollback: bool) -> Daemon {
+    let config = fixture.write_config(&config(auto_rollback));
+    fixture.start_daemon(&config, &[&format!("--metrics={METRICS}")])
 }
 
 #[test]
 fn a_switch_to_an_unhealthy_color_is_refused() {
-    let topology = Topology::new();
-    let bluegreen = Bluegreen::new(&topology.switch);
-    let _blue = Backend::start(&topology.blue, PORT, "blue");
     // No green backend: its health check fails.
-    let blue = format!("{}:{PORT}", addr::BLUE_V4);
-    let green = format!("{}:{PORT}", addr::GREEN_V4);
-    bluegreen.ok(&[
-        "up",
-        "--iface",
-        SWITCH_IFACE,
-        "--service",
-        "web",
-        "--vip",
-        &vip().to_string(),
-        "--blue",
-        &blue,
-        "--green",
-        &green,
-        "--check",
-        "http:/healthz",
-    ]);
-    let run = bluegreen.run(&["switch", "green"]);
+    let mut fixture = Fixture::blue_only();
+    fixture.up_with(&["--check", "http:/healthz"]);
+    let run = fixture.bluegreen.run(&["switch", "green"]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
         run.stderr.contains("service web: green (10.200.3.2:8080) failed its health check (HTTP GET http://10.200.3.2:8080/healthz"),
@@ -108,30 +50,27 @@ fn a_switch_to_an_unhealthy_color_is_refused() {
             .contains("traffic stays on blue: fix green or pass --skip-check"),
         "{run:?}"
     );
-    assert_eq!(bluegreen.active(), "blue");
-    assert_eq!(get(&topology), "blue");
+    assert_eq!(fixture.bluegreen.active(), "blue");
+    assert_eq!(fixture.get(), "blue");
 
-    let _green = Backend::start(&topology.green, PORT, "green");
-    let output = bluegreen.ok(&["switch", "green"]);
+    fixture.start_green();
+    let output = fixture.bluegreen.ok(&["switch", "green"]);
     assert!(output.contains("green passed its health check"), "{output}");
-    assert_eq!(get(&topology), "green");
+    assert_eq!(fixture.get(), "green");
 }
 
 #[test]
 fn the_daemon_rolls_back_when_the_new_color_dies() {
-    let topology = Topology::new();
-    let bluegreen = Bluegreen::new(&topology.switch);
-    let _blue = Backend::start(&topology.blue, PORT, "blue");
-    let green = Backend::start(&topology.green, PORT, "green");
-    let _daemon = start_daemon(&bluegreen, true);
-    bluegreen.ok(&["switch", "green"]);
-    assert_eq!(get(&topology), "green");
+    let mut fixture = Fixture::new();
+    let _daemon = start_daemon(&fixture, true);
+    fixture.bluegreen.ok(&["switch", "green"]);
+    assert_eq!(fixture.get(), "green");
     // Let the daemon see green healthy before it dies.
     std::thread::sleep(Duration::from_millis(3 * INTERVAL_MS));
 
-    drop(green);
+    fixture.stop_green();
     let died = Instant::now();
-    while bluegreen.active() != "blue" {
+    while fixture.bluegreen.active() != "blue" {
         assert!(
             died.elapsed() < Duration::from_secs(10),
             "no rollback within 10 s"
@@ -147,12 +86,11 @@ fn the_daemon_rolls_back_when_the_new_color_dies() {
         "rolled back {took:?} after green died (interval {INTERVAL_MS} ms x threshold {UNHEALTHY_THRESHOLD})"
     );
 
-    let report =
-        Load::start(&topology.client, vip(), 4, 500, Duration::from_secs(30)).finish(false);
+    let report = fixture.load(4, 500, Duration::from_secs(30)).finish(false);
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     assert_eq!(report.served_by.get("blue"), Some(&500), "{report:?}");
 
-    let metrics = scrape(&topology);
+    let metrics = scrape(&fixture);
     assert_eq!(
         metric(
             &metrics,
@@ -190,8 +128,9 @@ fn the_daemon_rolls_back_when_the_new_color_dies() {
     );
 }
 
-fn scrape(topology: &Topology) -> BTreeMap<String, f64> {
-    let text = topology
+fn scrape(fixture: &Fixture) -> BTreeMap<String, f64> {
+    let text = fixture
+        .topology
         .switch
         .spawn(|| {
             KeepAlive::connect(METRICS.parse().expect("literal"), TIMEOUT)
@@ -231,21 +170,17 @@ fn metric(metrics: &BTreeMap<String, f64>, name: &str) -> f64 {
 
 #[test]
 fn metrics_count_the_traffic_sent() {
-    let topology = Topology::new();
-    let bluegreen = Bluegreen::new(&topology.switch);
-    let _blue = Backend::start(&topology.blue, PORT, "blue");
-    let _green = Backend::start(&topology.green, PORT, "green");
-    let _daemon = start_daemon(&bluegreen, false);
+    let fixture = Fixture::new();
+    let _daemon = start_daemon(&fixture, false);
 
-    let report = Load::start(&topology.client, vip(), 2, 25, Duration::from_secs(30)).finish(false);
+    let report = fixture.load(2, 25, Duration::from_secs(30)).finish(false);
     assert_eq!(report.served_by.get("blue"), Some(&25), "{report:?}");
-    bluegreen.ok(&["switch", "green"]);
-    let report = Load::start(&topology.client, vip(), 2, 10, Duration::from_secs(30)).finish(false);
+    fixture.bluegreen.ok(&["switch", "green"]);
+    let report = fixture.load(2, 10, Duration::from_secs(30)).finish(false);
     assert_eq!(report.served_by.get("green"), Some(&10), "{report:?}");
 
-    let metrics = scrape(&topology);
-    let status = bluegreen.status();
-    let service = &status["interfaces"][0]["services"][0];
+    let metrics = scrape(&fixture);
+    let service = fixture.service_status();
     for (color, requests) in [("blue", 25.0), ("green", 10.0)] {
         let labels = format!("{{service=\"web\",color=\"{color}\"}}");
         assert_eq!(

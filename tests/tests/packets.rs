@@ -257,6 +257,24 @@ fn assert_rewritten(dataplane: &TestDataplane, input: &[u8], expected: &[u8], wh
     verify_checksums(&output).unwrap_or_else(|error| panic!("{what}: {error}"));
 }
 
+/// XDP must pass `to_vip` on to `backend`: the same frame with only its
+/// destination rewritten, byte for byte, with valid checksums. Returns the
+/// input frame, for the traffic counters.
+fn assert_steered(
+    dataplane: &TestDataplane,
+    to_vip: Frame,
+    backend: SocketAddr,
+    what: &str,
+) -> Vec<u8> {
+    let input = to_vip.build();
+    let expected = Frame {
+        dst: backend,
+        ..to_vip
+    };
+    assert_rewritten(dataplane, &input, &expected.build(), what);
+    input
+}
+
 /// XDP must pass `input` on untouched, count it under `reason`, and record
 /// no flow.
 fn assert_passed(dataplane: &TestDataplane, input: &[u8], reason: PassReason, what: &str) {
@@ -286,6 +304,15 @@ fn assert_egress(dataplane: &TestDataplane, input: &[u8], expected: &[u8], what:
     if output != input {
         verify_checksums(&output).unwrap_or_else(|error| panic!("{what}: {error}"));
     }
+}
+
+/// TC egress must pass `reply` on from `vip` instead of its backend: the
+/// same frame with only its source rewritten, byte for byte, with valid
+/// checksums.
+fn assert_restored(dataplane: &TestDataplane, reply: Frame, vip: SocketAddr, what: &str) {
+    let input = reply.build();
+    let expected = Frame { src: vip, ..reply };
+    assert_egress(dataplane, &input, &expected.build(), what);
 }
 
 /// One test per address family and protocol for each scenario function.
@@ -348,14 +375,8 @@ for_each_family!(Tcp: fin_and_rst_mark_the_flow_closing, closing_flows_expire_so
 
 fn new_flow_goes_to_the_active_color(f: Fixture) {
     let dataplane = f.dataplane(COLOR_BLUE);
-    let input = f.to_vip(OPENING).build();
     let before = monotonic_now_ns();
-    assert_rewritten(
-        &dataplane,
-        &input,
-        &f.to(f.blue, OPENING).build(),
-        "first packet",
-    );
+    let input = assert_steered(&dataplane, f.to_vip(OPENING), f.blue, "first packet");
     let entry = f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
     assert!(
         (before..=monotonic_now_ns()).contains(&entry.last_seen_ns),
@@ -378,19 +399,12 @@ fn new_flow_goes_to_the_active_color(f: Fixture) {
 
 fn established_flow_keeps_its_backend(f: Fixture) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
-    let first = f.to_vip(OPENING).build();
-    let second = f.to_vip(ONGOING).payload(b"more data").build();
-    assert_rewritten(
-        &dataplane,
-        &first,
-        &f.to(f.blue, OPENING).build(),
-        "first packet",
-    );
+    let first = assert_steered(&dataplane, f.to_vip(OPENING), f.blue, "first packet");
     let before = monotonic_now_ns();
-    assert_rewritten(
+    let second = assert_steered(
         &dataplane,
-        &second,
-        &f.to(f.blue, ONGOING).payload(b"more data").build(),
+        f.to_vip(ONGOING).payload(b"more data"),
+        f.blue,
         "second packet",
     );
     let entry = f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
@@ -410,11 +424,10 @@ fn established_flow_keeps_its_backend(f: Fixture) {
         pinned.flow_key(),
         pinned.entry(pinned.retired, COLOR_GREEN, 1),
     );
-    let input = pinned.to_vip(ONGOING).build();
-    assert_rewritten(
+    let input = assert_steered(
         &dataplane,
-        &input,
-        &pinned.to(pinned.retired, ONGOING).build(),
+        pinned.to_vip(ONGOING),
+        pinned.retired,
         "packet of a flow pinned to a retired backend",
     );
     pinned.assert_flow(&dataplane, pinned.retired, COLOR_GREEN, 1, false);
@@ -424,31 +437,32 @@ fn established_flow_keeps_its_backend(f: Fixture) {
     );
 }
 
-fn graceful_switch_leaves_flows_on_the_old_color(f: Fixture) {
+/// Opens a flow on blue, switches the service to green with `generation`
+/// (1 keeps it: a graceful switch; 2 bumps it: a forced one), and sends the
+/// flow's next packet, which must reach `backend`. Returns the dataplane and
+/// the two packets sent.
+fn open_then_switch(
+    f: &Fixture,
+    generation: u32,
+    backend: SocketAddr,
+    what: &str,
+) -> (TestDataplane, Vec<u8>, Vec<u8>) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
-    let first = f.to_vip(OPENING).build();
-    assert_rewritten(
-        &dataplane,
-        &first,
-        &f.to(f.blue, OPENING).build(),
-        "before the switch",
-    );
-    f.switch(&mut dataplane, COLOR_GREEN, 1);
-    let ongoing = f.to_vip(ONGOING).build();
-    assert_rewritten(
-        &dataplane,
-        &ongoing,
-        &f.to(f.blue, ONGOING).build(),
-        "old flow after the switch",
-    );
+    let first = assert_steered(&dataplane, f.to_vip(OPENING), f.blue, "before the switch");
+    f.switch(&mut dataplane, COLOR_GREEN, generation);
+    let ongoing = assert_steered(&dataplane, f.to_vip(ONGOING), backend, what);
+    (dataplane, first, ongoing)
+}
+
+fn graceful_switch_leaves_flows_on_the_old_color(f: Fixture) {
+    let (dataplane, first, ongoing) = open_then_switch(&f, 1, f.blue, "old flow after the switch");
     f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
 
     let newcomer = f.other_client();
-    let fresh = newcomer.to_vip(OPENING).build();
-    assert_rewritten(
+    let fresh = assert_steered(
         &dataplane,
-        &fresh,
-        &newcomer.to(f.green, OPENING).build(),
+        newcomer.to_vip(OPENING),
+        f.green,
         "new flow after the switch",
     );
     newcomer.assert_flow(&dataplane, f.green, COLOR_GREEN, 1, false);
@@ -463,22 +477,8 @@ fn graceful_switch_leaves_flows_on_the_old_color(f: Fixture) {
 }
 
 fn forced_switch_moves_flows_to_the_active_color(f: Fixture) {
-    let mut dataplane = f.dataplane(COLOR_BLUE);
-    let first = f.to_vip(OPENING).build();
-    assert_rewritten(
-        &dataplane,
-        &first,
-        &f.to(f.blue, OPENING).build(),
-        "before the switch",
-    );
-    f.switch(&mut dataplane, COLOR_GREEN, 2);
-    let ongoing = f.to_vip(ONGOING).build();
-    assert_rewritten(
-        &dataplane,
-        &ongoing,
-        &f.to(f.green, ONGOING).build(),
-        "old flow after a forced switch",
-    );
+    let (dataplane, first, ongoing) =
+        open_then_switch(&f, 2, f.green, "old flow after a forced switch");
     f.assert_flow(&dataplane, f.green, COLOR_GREEN, 2, false);
     assert_eq!(
         dataplane.reply(&f.reply_key(f.green)),
@@ -495,10 +495,10 @@ fn forced_switch_moves_flows_to_the_active_color(f: Fixture) {
         counters(1, first.len(), 1)
     );
     // Rebound once, the flow stays put.
-    assert_rewritten(
+    assert_steered(
         &dataplane,
-        &ongoing,
-        &f.to(f.green, ONGOING).build(),
+        f.to_vip(ONGOING),
+        f.green,
         "second packet after the forced switch",
     );
     assert_eq!(
@@ -513,11 +513,10 @@ fn expired_or_unknown_flow_takes_the_active_color(f: Fixture) {
         f.flow_key(),
         aged(f.entry(f.green, COLOR_GREEN, 1), STALE_AGE),
     );
-    let input = f.to_vip(ONGOING).build();
-    assert_rewritten(
+    let input = assert_steered(
         &dataplane,
-        &input,
-        &f.to(f.blue, ONGOING).build(),
+        f.to_vip(ONGOING),
+        f.blue,
         "packet of an expired flow",
     );
     f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
@@ -530,11 +529,10 @@ fn expired_or_unknown_flow_takes_the_active_color(f: Fixture) {
     // Mid-connection packets with no entry at all (say, after a restart)
     // join the active color and are tracked from then on.
     let unknown = f.other_client();
-    let input = unknown.to_vip(ONGOING).build();
-    assert_rewritten(
+    assert_steered(
         &dataplane,
-        &input,
-        &unknown.to(f.blue, ONGOING).build(),
+        unknown.to_vip(ONGOING),
+        f.blue,
         "non-opening packet without a flow entry",
     );
     unknown.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
@@ -543,44 +541,29 @@ fn expired_or_unknown_flow_takes_the_active_color(f: Fixture) {
 
 fn fin_and_rst_mark_the_flow_closing(f: Fixture) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
-    assert_rewritten(
-        &dataplane,
-        &f.to_vip(TCP_SYN).build(),
-        &f.to(f.blue, TCP_SYN).build(),
-        "SYN",
-    );
+    assert_steered(&dataplane, f.to_vip(TCP_SYN), f.blue, "SYN");
     for flags in [TCP_FIN | TCP_ACK, TCP_ACK] {
-        assert_rewritten(
+        assert_steered(
             &dataplane,
-            &f.to_vip(flags).build(),
-            &f.to(f.blue, flags).build(),
+            f.to_vip(flags),
+            f.blue,
             &format!("flags {flags:#04x} after a FIN"),
         );
         f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, true);
     }
     // Closing survives a forced switch's rebinding.
     f.switch(&mut dataplane, COLOR_GREEN, 2);
-    assert_rewritten(
+    assert_steered(
         &dataplane,
-        &f.to_vip(TCP_ACK).build(),
-        &f.to(f.green, TCP_ACK).build(),
+        f.to_vip(TCP_ACK),
+        f.green,
         "closing flow after a forced switch",
     );
     f.assert_flow(&dataplane, f.green, COLOR_GREEN, 2, true);
 
     let reset = f.other_client();
-    assert_rewritten(
-        &dataplane,
-        &reset.to_vip(TCP_SYN).build(),
-        &reset.to(f.green, TCP_SYN).build(),
-        "SYN",
-    );
-    assert_rewritten(
-        &dataplane,
-        &reset.to_vip(TCP_RST).build(),
-        &reset.to(f.green, TCP_RST).build(),
-        "RST",
-    );
+    assert_steered(&dataplane, reset.to_vip(TCP_SYN), f.green, "SYN");
+    assert_steered(&dataplane, reset.to_vip(TCP_RST), f.green, "RST");
     reset.assert_flow(&dataplane, f.green, COLOR_GREEN, 2, true);
 }
 
@@ -599,17 +582,17 @@ fn closing_flows_expire_sooner(f: Fixture) {
         aged(open.entry(f.green, COLOR_GREEN, 1), age),
     );
 
-    assert_rewritten(
+    assert_steered(
         &dataplane,
-        &f.to_vip(TCP_ACK).build(),
-        &f.to(f.blue, TCP_ACK).build(),
+        f.to_vip(TCP_ACK),
+        f.blue,
         "packet of an expired closing flow",
     );
     f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
-    assert_rewritten(
+    assert_steered(
         &dataplane,
-        &open.to_vip(TCP_ACK).build(),
-        &open.to(f.green, TCP_ACK).build(),
+        open.to_vip(TCP_ACK),
+        f.green,
         "packet of an open flow idle as long",
     );
     open.assert_flow(&dataplane, f.green, COLOR_GREEN, 1, false);
@@ -651,12 +634,7 @@ fn truncated_headers_pass_unchanged(f: Fixture) {
 fn vlan_tagged_frames(f: Fixture) {
     let dataplane = f.dataplane(COLOR_BLUE);
     let tagged = f.to_vip(OPENING).vlan(0x2005);
-    assert_rewritten(
-        &dataplane,
-        &tagged.build(),
-        &f.to(f.blue, OPENING).vlan(0x2005).build(),
-        "one 802.1Q tag",
-    );
+    assert_steered(&dataplane, tagged.clone(), f.blue, "one 802.1Q tag");
     for outer in [ETH_P_8021Q, ETH_P_8021AD] {
         assert_passed(
             &dataplane,
@@ -711,30 +689,19 @@ fn other_ports_and_addresses_pass_unchanged(f: Fixture) {
 
 fn egress_restores_the_vip_for_tracked_flows(f: Fixture) {
     let dataplane = f.dataplane(COLOR_BLUE);
-    assert_rewritten(
+    assert_steered(&dataplane, f.to_vip(OPENING), f.blue, "first packet");
+    assert_restored(
         &dataplane,
-        &f.to_vip(OPENING).build(),
-        &f.to(f.blue, OPENING).build(),
-        "first packet",
-    );
-    assert_egress(
-        &dataplane,
-        &f.reply_from(f.blue).build(),
-        &f.reply_from(f.vip).build(),
+        f.reply_from(f.blue),
+        f.vip,
         "reply from the flow's backend",
     );
-    let tagged = f
-        .reply_from(f.blue)
-        .vlan(12)
-        .payload(b"a longer reply body");
-    assert_egress(
+    assert_restored(
         &dataplane,
-        &tagged.build(),
-        &Frame {
-            src: f.vip,
-            ..tagged
-        }
-        .build(),
+        f.reply_from(f.blue)
+            .vlan(12)
+            .payload(b"a longer reply body"),
+        f.vip,
         "VLAN-tagged reply",
     );
 }
@@ -744,36 +711,23 @@ fn egress_ignores_untracked_replies(f: Fixture) {
     let reply = f.reply_from(f.blue).build();
     assert_egress(&dataplane, &reply, &reply, "reply without a flow");
     // Tracked, but to another client port.
-    assert_rewritten(
+    assert_steered(
         &dataplane,
-        &f.other_client().to_vip(OPENING).build(),
-        &f.other_client().to(f.blue, OPENING).build(),
+        f.other_client().to_vip(OPENING),
+        f.blue,
         "another connection",
     );
     assert_egress(&dataplane, &reply, &reply, "reply to another connection");
 }
 
 fn egress_ignores_the_old_backend_after_a_forced_switch(f: Fixture) {
-    let mut dataplane = f.dataplane(COLOR_BLUE);
-    assert_rewritten(
-        &dataplane,
-        &f.to_vip(OPENING).build(),
-        &f.to(f.blue, OPENING).build(),
-        "before the switch",
-    );
-    f.switch(&mut dataplane, COLOR_GREEN, 2);
-    assert_rewritten(
-        &dataplane,
-        &f.to_vip(ONGOING).build(),
-        &f.to(f.green, ONGOING).build(),
-        "rebinding packet",
-    );
+    let (dataplane, _, _) = open_then_switch(&f, 2, f.green, "rebinding packet");
     let stray = f.reply_from(f.blue).build();
     assert_egress(&dataplane, &stray, &stray, "reply from the old backend");
-    assert_egress(
+    assert_restored(
         &dataplane,
-        &f.reply_from(f.green).build(),
-        &f.reply_from(f.vip).build(),
+        f.reply_from(f.green),
+        f.vip,
         "reply from the new backend",
     );
 }
@@ -804,10 +758,10 @@ fn ipv4_options_are_carried_through_the_rewrite() {
         let f = Fixture::new(Family::V4, proto);
         let dataplane = f.dataplane(COLOR_BLUE);
         for option in options {
-            assert_rewritten(
+            assert_steered(
                 &dataplane,
-                &f.to_vip(OPENING).ipv4_options(option).build(),
-                &f.to(f.blue, OPENING).ipv4_options(option).build(),
+                f.to_vip(OPENING).ipv4_options(option),
+                f.blue,
                 &format!("{proto:?} with {} option bytes", option.len()),
             );
         }
@@ -850,10 +804,10 @@ fn ipv6_extension_headers() {
                 frame.ipv6_extensions = extensions.clone();
                 frame
             };
-            assert_rewritten(
+            assert_steered(
                 &dataplane,
-                &with(f.to_vip(OPENING)).build(),
-                &with(f.to(f.blue, OPENING)).build(),
+                with(f.to_vip(OPENING)),
+                f.blue,
                 &format!("{proto:?} behind {extensions:?}"),
             );
         }
@@ -915,17 +869,16 @@ fn other_protocols_to_the_vip_pass_unchanged() {
 fn udp_ipv4_without_checksum_stays_without() {
     let f = Fixture::new(Family::V4, Proto::Udp);
     let dataplane = f.dataplane(COLOR_BLUE);
-    let input = f.to_vip(0).without_udp_checksum().build();
-    assert_rewritten(
+    assert_steered(
         &dataplane,
-        &input,
-        &f.to(f.blue, 0).without_udp_checksum().build(),
+        f.to_vip(0).without_udp_checksum(),
+        f.blue,
         "ingress",
     );
-    assert_egress(
+    assert_restored(
         &dataplane,
-        &f.reply_from(f.blue).without_udp_checksum().build(),
-        &f.reply_from(f.vip).without_udp_checksum().build(),
+        f.reply_from(f.blue).without_udp_checksum(),
+        f.vip,
         "egress",
     );
 }

@@ -2,92 +2,41 @@
 //! and health-checked shifts, end to end.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
 use bluegreen_testbed::{
-    cli::Bluegreen,
-    http::{self, Backend, Load},
-    netns::{SWITCH_IFACE, Topology, addr},
+    fixture::{Fixture, TIMEOUT, config_text, vip},
+    http,
+    netns::addr,
 };
 
-const TIMEOUT: Duration = Duration::from_secs(2);
-const PORT: u16 = 8080;
 /// A second client address on the client host, for preview prefixes.
 const TESTER_V4: &str = "10.200.1.3";
 
-struct Fixture {
-    bluegreen: Bluegreen,
-    _blue: Backend,
-    green: Option<Backend>,
-    topology: Topology,
-}
-
-fn vip() -> SocketAddr {
-    SocketAddr::new(addr::VIP_V4.parse().expect("literal"), 80)
-}
-
+/// Both backends running and the standard service up; with `check`, from a
+/// config with a fast HTTP health check.
 fn fixture(check: bool) -> Fixture {
-    let topology = Topology::new();
-    let fixture = Fixture {
-        bluegreen: Bluegreen::new(&topology.switch),
-        _blue: Backend::start(&topology.blue, PORT, "blue"),
-        green: Some(Backend::start(&topology.green, PORT, "green")),
-        topology,
-    };
+    let fixture = Fixture::new();
     if check {
-        let config = format!(
-            "interface = \"{SWITCH_IFACE}\"\n\n[[service]]\nname = \"web\"\nvip = \"{}\"\nblue = \"{}:{PORT}\"\ngreen = \"{}:{PORT}\"\n\n[service.health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = 100\ntimeout_ms = 50\nhealthy_threshold = 1\nunhealthy_threshold = 2\n",
-            vip(),
-            addr::BLUE_V4,
-            addr::GREEN_V4
-        );
-        let path = fixture.bluegreen.state_dir.with_extension("toml");
-        std::fs::write(&path, config).expect("write config");
-        fixture.bluegreen.ok(&[
-            "up",
-            "--iface",
-            SWITCH_IFACE,
-            "--config",
-            path.to_str().expect("utf-8"),
-        ]);
-        let _ = std::fs::remove_file(path);
+        let config = fixture.write_config(&config_text(
+            "",
+            "\n[service.health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = 100\ntimeout_ms = 50\nhealthy_threshold = 1\nunhealthy_threshold = 2\n",
+        ));
+        fixture.up_with_config(&config);
     } else {
-        let blue = format!("{}:{PORT}", addr::BLUE_V4);
-        let green = format!("{}:{PORT}", addr::GREEN_V4);
-        fixture.bluegreen.ok(&[
-            "up",
-            "--iface",
-            SWITCH_IFACE,
-            "--service",
-            "web",
-            "--vip",
-            &vip().to_string(),
-            "--blue",
-            &blue,
-            "--green",
-            &green,
-        ]);
+        fixture.up();
     }
     fixture
-}
-
-fn service_status(bluegreen: &Bluegreen) -> serde_json::Value {
-    bluegreen.status()["interfaces"][0]["services"][0].clone()
 }
 
 /// `requests` new connections (the kernel picks varied source ports), as
 /// (blue, green) counts; any failure fails the test.
 fn split(fixture: &Fixture, requests: u64) -> (u64, u64) {
-    let report = Load::start(
-        &fixture.topology.client,
-        vip(),
-        4,
-        requests,
-        Duration::from_secs(60),
-    )
-    .finish(false);
+    let report = fixture
+        .load(4, requests, Duration::from_secs(60))
+        .finish(false);
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     assert_eq!(report.succeeded(), requests, "{report:?}");
     let count = |color: &str| report.served_by.get(color).copied().unwrap_or(0);
@@ -102,7 +51,7 @@ fn a_weighted_split_sends_that_share_of_new_flows() {
         output.contains("web: green gets 10% of new flows (blue keeps 90%)"),
         "{output}"
     );
-    let status = service_status(&fixture.bluegreen);
+    let status = fixture.service_status();
     assert_eq!(
         (status["active"].as_str(), status["weight"].as_u64()),
         (Some("blue"), Some(10))
@@ -135,7 +84,7 @@ fn a_weighted_split_sends_that_share_of_new_flows() {
         (0, 500),
         "weight 100 is a full switch"
     );
-    let status = service_status(&fixture.bluegreen);
+    let status = fixture.service_status();
     assert_eq!(
         (status["active"].as_str(), status["weight"].as_u64()),
         (Some("green"), Some(0))
@@ -203,10 +152,7 @@ fn preview_clients_reach_the_idle_color() {
         listing.contains("web (preview clients reach blue):\n  10.200.1.3/32"),
         "{listing}"
     );
-    assert_eq!(
-        service_status(&fixture.bluegreen)["preview"][0],
-        "10.200.1.3/32"
-    );
+    assert_eq!(fixture.service_status()["preview"][0], "10.200.1.3/32");
 
     let run = fixture.bluegreen.run(&["preview", "add", "10.200.1.5/24"]);
     assert_eq!(run.code, 2, "{run:?}");
@@ -229,9 +175,9 @@ fn preview_clients_reach_the_idle_color() {
     assert_eq!(run.code, 1, "{run:?}");
 }
 
-fn wait_for_weight(bluegreen: &Bluegreen, weight: u64) {
+fn wait_for_weight(fixture: &Fixture, weight: u64) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while service_status(bluegreen)["weight"].as_u64() != Some(weight) {
+    while fixture.service_status()["weight"].as_u64() != Some(weight) {
         assert!(Instant::now() < deadline, "weight never reached {weight}");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -244,8 +190,8 @@ fn a_shift_rolls_back_when_the_new_color_fails_midway() {
         fixture
             .bluegreen
             .spawn(&["shift", "green", "--steps", "10,50,100", "--interval", "3s"]);
-    wait_for_weight(&fixture.bluegreen, 10);
-    fixture.green = None;
+    wait_for_weight(&fixture, 10);
+    fixture.stop_green();
     let output = shift.wait_with_output().expect("shift exit");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -260,7 +206,7 @@ fn a_shift_rolls_back_when_the_new_color_fails_midway() {
         stdout.contains("web: green 10% -> 0%, every new flow to blue"),
         "{stdout}"
     );
-    let status = service_status(&fixture.bluegreen);
+    let status = fixture.service_status();
     assert_eq!(
         (status["active"].as_str(), status["weight"].as_u64()),
         (Some("blue"), Some(0))
@@ -283,13 +229,13 @@ fn a_shift_walks_its_steps_and_stops_where_interrupted() {
         output.contains("shift complete, green is active"),
         "{output}"
     );
-    assert_eq!(service_status(&fixture.bluegreen)["active"], "green");
+    assert_eq!(fixture.service_status()["active"], "green");
 
     let shift =
         fixture
             .bluegreen
             .spawn(&["shift", "blue", "--steps", "25,100", "--interval", "30s"]);
-    wait_for_weight(&fixture.bluegreen, 25);
+    wait_for_weight(&fixture, 25);
     // SAFETY: signalling the nsenter child we spawned; it passes SIGINT on.
     unsafe { libc::kill(shift.id() as i32, libc::SIGINT) };
     let output = shift.wait_with_output().expect("shift exit");
@@ -299,7 +245,7 @@ fn a_shift_walks_its_steps_and_stops_where_interrupted() {
         stdout.contains("interrupted after step 1/2; blue keeps 25% of new flows"),
         "{stdout}"
     );
-    let status = service_status(&fixture.bluegreen);
+    let status = fixture.service_status();
     assert_eq!(
         (status["active"].as_str(), status["weight"].as_u64()),
         (Some("green"), Some(25))
