@@ -6,7 +6,7 @@
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    process::{Child, ExitStatus},
+    process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
@@ -183,7 +183,18 @@ impl Fixture {
     pub fn start_daemon(&self, config: &str, extra: &[&str]) -> Daemon {
         let mut args = vec!["daemon", "--config", config];
         args.extend_from_slice(extra);
-        let daemon = Daemon(Some(self.bluegreen.spawn(&args)));
+        self.start_daemon_with(self.bluegreen.command(&args))
+    }
+
+    /// Starts a prepared daemon command (extra environment, say) and waits
+    /// as [`Fixture::start_daemon`] does.
+    pub fn start_daemon_with(&self, mut command: Command) -> Daemon {
+        let child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the daemon");
+        let daemon = Daemon(Some(child));
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.bluegreen.run(&["status"]).code != 0 {
             assert!(Instant::now() < deadline, "daemon did not come up");
@@ -214,6 +225,13 @@ impl Daemon {
         let mut child = self.0.take().expect("daemon running");
         child.kill().expect("kill -9 the daemon");
         child.wait().expect("reap the daemon");
+    }
+
+    /// Sends `signal` (SIGHUP to reload, say) without waiting.
+    pub fn signal(&self, signal: libc::c_int) {
+        let child = self.0.as_ref().expect("daemon running");
+        // SAFETY: signalling a child we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as i32, signal) };
     }
 
     /// SIGTERM; returns how the daemon exited.

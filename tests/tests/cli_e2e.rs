@@ -456,6 +456,20 @@ fn down_leaves_nothing_behind() {
     let fixture = Fixture::new();
     fixture.up();
     assert_eq!(fixture.get(), "blue");
+    // While up, pins and state are root-only.
+    let mode = |path: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let layout = fixture.bluegreen.pin_dir.join("v1").join(SWITCH_IFACE);
+    for dir in [&fixture.bluegreen.pin_dir, &layout, &fixture.bluegreen.state_dir] {
+        assert_eq!(mode(dir), 0o700, "{}", dir.display());
+    }
+    assert_eq!(mode(&fixture.bluegreen.state_file()), 0o600);
     let output = fixture.bluegreen.ok(&["down", "--iface", SWITCH_IFACE]);
     assert!(output.contains("down on s0"), "{output}");
     assert!(
