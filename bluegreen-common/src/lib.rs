@@ -2,7 +2,10 @@
 //!
 //! Every map key and value is `#[repr(C)]` with explicit padding fields so that
 //! both sides agree on the layout byte for byte, and so that no uninitialised
-//! padding ever ends up inside a hash key. Addresses and ports are stored as
+//! padding ever ends up inside a hash key. Keys made only of byte arrays
+//! still carry an explicit alignment (their sizes are multiples of it, so
+//! no padding appears): the BPF backend may not merge unaligned accesses,
+//! and without it every copy and compare of a key is done byte by byte. Addresses and ports are stored as
 //! they travel on the wire (network byte order, as raw bytes); counters and
 //! timestamps are host-order integers that never leave the machine.
 #![no_std]
@@ -33,8 +36,32 @@ pub const FAMILY_IPV6: u8 = 6;
 pub const COLOR_BLUE: u8 = 0;
 pub const COLOR_GREEN: u8 = 1;
 
-/// Number of 32-bit words in the VIP port prefilter bitmap (one bit per port).
-pub const VIP_PORT_WORDS: u32 = 65536 / 32;
+/// Number of 32-bit words in the port prefilter bitmap (one bit per port).
+pub const FILTER_WORDS: u32 = 65536 / 32;
+
+/// Bits of the VIP address-and-port prefilter: 2^20, so that even 10,000
+/// services leave under 1 % of other addresses to the hash lookup.
+pub const VIP_FILTER_BITS: u32 = 1 << 20;
+pub const VIP_FILTER_WORDS: u32 = VIP_FILTER_BITS / 32;
+
+/// Bit of the VIP address-and-port prefilter for a destination: packets to
+/// a port some service uses but to another address leave after an array
+/// lookup instead of a services hash lookup. Collisions only cost that
+/// lookup.
+#[inline(always)]
+pub fn vip_filter_bit(addr: &[u8; 16], port: [u8; 2]) -> u32 {
+    let word = |at: usize| u32::from_ne_bytes([addr[at], addr[at + 1], addr[at + 2], addr[at + 3]]);
+    let mut hash = u32::from(u16::from_ne_bytes(port));
+    for at in [0, 4, 8, 12] {
+        hash = (hash ^ word(at)).wrapping_mul(0x9e37_79b1).rotate_left(13);
+    }
+    // murmur3's finaliser, so that every input bit reaches the low 16.
+    hash ^= hash >> 16;
+    hash = hash.wrapping_mul(0x85eb_ca6b);
+    hash ^= hash >> 13;
+    hash = hash.wrapping_mul(0xc2b2_ae35);
+    (hash ^ (hash >> 16)) & (VIP_FILTER_BITS - 1)
+}
 
 /// Map names, as declared in the eBPF object and pinned in bpffs.
 pub mod map_names {
@@ -45,9 +72,20 @@ pub mod map_names {
     pub const PASSED: &str = "BG_PASSED";
     pub const SETTINGS: &str = "BG_SETTINGS";
     pub const VIP_PORTS: &str = "BG_VIP_PORTS";
+    pub const VIP_FILTER: &str = "BG_VIP_FILTER";
+    pub const GENERATIONS: &str = "BG_GENERATIONS";
     pub const PREVIEW: &str = "BG_PREVIEW";
-    pub const ALL: [&str; 8] = [
-        SERVICES, FLOWS, REPLIES, TRAFFIC, PASSED, SETTINGS, VIP_PORTS, PREVIEW,
+    pub const ALL: [&str; 10] = [
+        SERVICES,
+        FLOWS,
+        REPLIES,
+        TRAFFIC,
+        PASSED,
+        SETTINGS,
+        VIP_PORTS,
+        VIP_FILTER,
+        GENERATIONS,
+        PREVIEW,
     ];
 }
 
@@ -59,7 +97,7 @@ pub mod program_names {
 
 /// An address and port as they appear on the wire. IPv4 addresses occupy the
 /// first four bytes of `addr`; the rest stays zero.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub addr: [u8; 16],
@@ -68,7 +106,7 @@ pub struct Endpoint {
 }
 
 /// Key of the services map: the virtual address clients connect to.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceKey {
     pub vip: [u8; 16],
@@ -182,7 +220,7 @@ pub const PREVIEW_FIXED_BITS: u32 = 64;
 
 /// Key of the flow table (client to VIP) and of the reply table (client to
 /// backend): the connection as the client, or the backend, sees it.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub client: [u8; 16],
@@ -198,8 +236,10 @@ pub struct FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet seen.
-    pub last_seen_ns: u64,
+    /// `bpf_jiffies64()` of the last packet: the one clock the verifier
+    /// inlines (any other clock read is a helper call, several times the
+    /// cost of the rest of the fast path), and fine for timeouts in seconds.
+    pub last_seen: u64,
     /// The backend this flow was sent to: kept even if the service's backend
     /// for that color is replaced later, so the connection is never cut.
     pub backend: Endpoint,
@@ -207,42 +247,64 @@ pub struct FlowEntry {
     pub color: u8,
     /// Set once a FIN or RST was seen: the entry then expires much sooner.
     pub closing: u8,
-    pub reserved: [u8; 6],
+    /// The service's counter slot, which also indexes its generation in
+    /// the generations array: the fast path needs no services lookup.
+    pub counter_slot: u16,
+    pub reserved: [u8; 4],
 }
 
-/// Flow lifetimes, in nanoseconds. Kept in a one-entry array map so that the
-/// CLI can judge expiry exactly as the dataplane does.
-#[repr(C)]
+/// Flow lifetimes in seconds, as the operator configures them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Settings {
-    pub tcp_idle_timeout_ns: u64,
-    pub tcp_closing_timeout_ns: u64,
-    pub udp_idle_timeout_ns: u64,
+pub struct Timeouts {
+    pub tcp_idle_secs: u64,
+    pub tcp_closing_secs: u64,
+    pub udp_idle_secs: u64,
 }
 
-impl Default for Settings {
+impl Default for Timeouts {
     fn default() -> Self {
-        const SECOND: u64 = 1_000_000_000;
         Self {
-            tcp_idle_timeout_ns: 3600 * SECOND,
-            tcp_closing_timeout_ns: 10 * SECOND,
-            udp_idle_timeout_ns: 30 * SECOND,
+            tcp_idle_secs: 3600,
+            tcp_closing_secs: 10,
+            udp_idle_secs: 30,
         }
     }
 }
 
+/// Flow lifetimes in jiffies, the dataplane's clock. Kept in a one-entry
+/// array map so that the CLI judges expiry exactly as the dataplane does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    pub tcp_idle_timeout: u64,
+    pub tcp_closing_timeout: u64,
+    pub udp_idle_timeout: u64,
+    /// The kernel's HZ, as measured by the loader, to convert back.
+    pub jiffies_per_second: u64,
+}
+
 impl Settings {
-    /// Whether a flow entry still counts at time `now_ns`. A stale entry is
-    /// treated exactly as an absent one.
-    pub fn is_live(&self, proto: u8, entry: &FlowEntry, now_ns: u64) -> bool {
+    pub fn new(timeouts: &Timeouts, jiffies_per_second: u64) -> Self {
+        Self {
+            tcp_idle_timeout: timeouts.tcp_idle_secs * jiffies_per_second,
+            tcp_closing_timeout: timeouts.tcp_closing_secs * jiffies_per_second,
+            udp_idle_timeout: timeouts.udp_idle_secs * jiffies_per_second,
+            jiffies_per_second,
+        }
+    }
+
+    /// Whether a flow entry still counts at `now` (jiffies). A stale entry
+    /// is treated exactly as an absent one.
+    #[inline(always)]
+    pub fn is_live(&self, proto: u8, entry: &FlowEntry, now: u64) -> bool {
         let timeout = if proto == IPPROTO_UDP {
-            self.udp_idle_timeout_ns
+            self.udp_idle_timeout
         } else if entry.closing != 0 {
-            self.tcp_closing_timeout_ns
+            self.tcp_closing_timeout
         } else {
-            self.tcp_idle_timeout_ns
+            self.tcp_idle_timeout
         };
-        now_ns.saturating_sub(entry.last_seen_ns) <= timeout
+        now.saturating_sub(entry.last_seen) <= timeout
     }
 }
 
@@ -315,6 +377,8 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
     use core::mem::size_of;
 
@@ -324,8 +388,8 @@ mod tests {
         assert_eq!(size_of::<ServiceKey>(), 20);
         assert_eq!(size_of::<ServiceState>(), 2 * 20 + 4 + 4 + 4);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
-        assert_eq!(size_of::<FlowEntry>(), 8 + 20 + 4 + 1 + 1 + 6);
-        assert_eq!(size_of::<Settings>(), 24);
+        assert_eq!(size_of::<FlowEntry>(), 8 + 20 + 4 + 1 + 1 + 2 + 4);
+        assert_eq!(size_of::<Settings>(), 32);
         assert_eq!(size_of::<TrafficCounters>(), 24);
         assert_eq!(
             size_of::<PreviewPrefix>() as u32 * 8,
@@ -379,13 +443,14 @@ mod tests {
 
     #[test]
     fn stale_entries_are_judged_by_protocol_and_closing_state() {
-        let settings = Settings {
-            tcp_idle_timeout_ns: 100,
-            tcp_closing_timeout_ns: 10,
-            udp_idle_timeout_ns: 30,
+        let timeouts = Timeouts {
+            tcp_idle_secs: 100,
+            tcp_closing_secs: 10,
+            udp_idle_secs: 30,
         };
+        let settings = Settings::new(&timeouts, 1);
         let mut entry = FlowEntry {
-            last_seen_ns: 1000,
+            last_seen: 1000,
             ..Default::default()
         };
         assert!(settings.is_live(IPPROTO_TCP, &entry, 1100));
@@ -397,5 +462,22 @@ mod tests {
         assert!(!settings.is_live(IPPROTO_TCP, &entry, 1011));
         // A clock reading older than the entry (another CPU raced ahead) is live.
         assert!(settings.is_live(IPPROTO_TCP, &entry, 900));
+        assert_eq!(Settings::new(&timeouts, 250).udp_idle_timeout, 7500);
+    }
+
+    #[test]
+    fn the_vip_filter_spreads_neighbouring_addresses_and_ports() {
+        let mut bits = std::collections::BTreeSet::new();
+        for host in 0..64u8 {
+            for port in [80u16, 443, 8080, 9000] {
+                let addr = [10, 0, 0, host, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                bits.insert(vip_filter_bit(&addr, port.to_be_bytes()));
+            }
+        }
+        assert!(
+            bits.len() >= 250,
+            "only {} distinct bits of 256",
+            bits.len()
+        );
     }
 }

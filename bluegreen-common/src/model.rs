@@ -18,7 +18,7 @@ pub enum Outcome {
     /// Passed on unchanged.
     Passed(PassReason),
     /// Destination rewritten; `entry` is what the flow table holds afterwards
-    /// (its `last_seen_ns` is the `now_ns` given).
+    /// (its `last_seen` is the `now` given, in jiffies).
     Rewritten {
         key: FlowKey,
         entry: FlowEntry,
@@ -122,12 +122,7 @@ pub trait Tables {
 }
 
 /// Runs the ingress transform on `packet` in place.
-pub fn ingress(
-    packet: &mut [u8],
-    tables: &impl Tables,
-    settings: &Settings,
-    now_ns: u64,
-) -> Outcome {
+pub fn ingress(packet: &mut [u8], tables: &impl Tables, settings: &Settings, now: u64) -> Outcome {
     let headers = match parse(packet) {
         Ok(headers) => headers,
         Err(reason) => return Outcome::Passed(reason),
@@ -176,7 +171,7 @@ pub fn ingress(
     let opens_connection = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let known = tables
         .flow(&key)
-        .filter(|entry| settings.is_live(proto, entry, now_ns));
+        .filter(|entry| settings.is_live(proto, entry, now));
 
     let (mut entry, new_flow) = match known {
         Some(entry) if !opens_connection => {
@@ -187,6 +182,7 @@ pub fn ingress(
                     backend: *state.backend(state.active),
                     generation: state.generation,
                     color: state.active,
+                    counter_slot: state.counter_slot as u16,
                     ..entry
                 };
                 (rebound, false)
@@ -197,17 +193,18 @@ pub fn ingress(
                 tables.in_preview(state.counter_slot, family, &client)
             });
             let fresh = FlowEntry {
-                last_seen_ns: 0,
+                last_seen: 0,
                 backend: *state.backend(color),
                 generation: state.generation,
                 color,
                 closing: 0,
-                reserved: [0; 6],
+                counter_slot: state.counter_slot as u16,
+                reserved: [0; 4],
             };
             (fresh, true)
         }
     };
-    entry.last_seen_ns = now_ns;
+    entry.last_seen = now;
     if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         entry.closing = 1;
     }

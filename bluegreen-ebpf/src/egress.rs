@@ -1,6 +1,8 @@
 //! TC egress: a backend's reply to a tracked flow leaves with the VIP as its
 //! source, so the client only ever sees the address it connected to.
 
+use core::mem::size_of;
+
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
@@ -15,8 +17,16 @@ use crate::{
 struct SkbPacket<'a>(&'a TcContext);
 
 impl PacketBytes for SkbPacket<'_> {
+    /// Direct packet access when the bytes are in the linear part (headers
+    /// of ordinary replies are); `bpf_skb_load_bytes` otherwise, a helper
+    /// call that costs more than the rest of the program.
     #[inline(always)]
     fn read<T: Copy>(&self, offset: usize) -> Result<T, PassReason> {
+        let start = self.0.data();
+        if start + offset + size_of::<T>() <= self.0.data_end() {
+            // SAFETY: bounds checked just above; packet data has no alignment.
+            return Ok(unsafe { ((start + offset) as *const T).read_unaligned() });
+        }
         self.0.load(offset).map_err(|_| PassReason::Malformed)
     }
 }
@@ -35,7 +45,7 @@ pub fn try_egress(ctx: &TcContext) -> Result<(), PassReason> {
         ..reply_key
     };
     let flow = *unsafe { BG_FLOWS.get(flow_key) }.ok_or(PassReason::NotService)?;
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() };
     let live = settings().is_some_and(|settings| settings.is_live(headers.proto, &flow, now));
     // A reply from a backend the flow no longer uses (after a forced switch)
     // or from an expired flow is not ours to rewrite.

@@ -3,17 +3,21 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_jiffies64, programs::XdpContext};
 use aya_log_ebpf::warn;
 use bluegreen_common::{
     Endpoint, FAMILY_IPV4, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason, ServiceKey,
+    Settings,
     checksum::{address_delta, apply_delta, apply_udp_delta, port_delta},
     new_flow_color,
     wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 use crate::{
-    maps::{BG_FLOWS, BG_REPLIES, BG_SERVICES, BG_TRAFFIC, in_preview, port_has_service, settings},
+    maps::{
+        BG_FLOWS, BG_REPLIES, BG_SERVICES, BG_TRAFFIC, current_generation, in_preview,
+        port_has_service, settings, vip_may_match,
+    },
     parse::{Direction, Headers, PacketBytes, parse},
 };
 
@@ -58,63 +62,111 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
         return Err(PassReason::NotService);
     }
     let flow_key = headers.flow_key(&packet, Direction::ToServer)?;
-    let service_key = ServiceKey {
-        vip: flow_key.server,
-        port: flow_key.server_port,
-        proto: flow_key.proto,
-        family: flow_key.family,
-    };
-    // SAFETY: the services map is not preallocated, so the element stays
-    // intact for the rest of this RCU section even if userspace replaces it.
-    let service = unsafe { BG_SERVICES.get(service_key) }.ok_or(PassReason::NotService)?;
+    if !vip_may_match(&flow_key.server, flow_key.server_port) {
+        return Err(PassReason::NotService);
+    }
     let tcp_flags: u8 = if headers.proto == IPPROTO_TCP {
         packet.read(headers.l4 + 13)?
     } else {
         0
     };
     let closing = tcp_flags & (TCP_FIN | TCP_RST) != 0;
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_jiffies64() };
+    let settings = settings().ok_or(PassReason::NotService)?;
 
-    // The common case, a packet of a known flow, rewrites straight from the
-    // map value; only new and rebound flows build an entry on the stack.
-    let mut recorded = FlowEntry {
-        last_seen_ns: now,
-        backend: Endpoint::default(),
-        generation: service.generation,
-        color: service.active,
-        closing: closing as u8,
-        reserved: [0; 6],
+    // The fast path, a packet of a live flow whose service has not been
+    // force-switched since: one flow-table lookup, no services lookup.
+    let mut known = if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        None
+    } else {
+        live_flow(&flow_key, settings, now)
     };
-    let mut new_flow = false;
-    let entry: &FlowEntry = match known_flow(&flow_key, tcp_flags, now) {
+    if let Some(entry) = &mut known
+        && current_generation(entry.counter_slot) == Some(entry.generation)
+    {
+        return forward(&packet, &headers, &flow_key, entry, now, closing);
+    }
+
+    // SAFETY: the services map is not preallocated, so the element stays
+    // intact for the rest of this RCU section even if userspace replaces it.
+    let service =
+        unsafe { BG_SERVICES.get(service_key(&flow_key)) }.ok_or(PassReason::NotService)?;
+    match known {
+        // The generations array lagged behind the services map (it is
+        // written second): the flow stays where it is.
         Some(entry) if entry.generation == service.generation => {
-            entry.last_seen_ns = now;
-            if closing {
-                entry.closing = 1;
-            }
-            entry
+            forward(&packet, &headers, &flow_key, entry, now, closing)
         }
-        known => {
-            match known {
-                // A forced switch moves the flow to the active color; it
-                // keeps its closing state, if it has one.
-                Some(entry) => recorded.closing |= entry.closing,
-                None => {
-                    new_flow = true;
-                    recorded.color = new_flow_color(service, &flow_key, || {
-                        in_preview(service.counter_slot, flow_key.family, &flow_key.client)
-                    });
-                }
-            }
-            recorded.backend = *service.backend(recorded.color);
-            record_flow(ctx, &flow_key, &recorded)?;
-            &recorded
+        // A forced switch since the flow started: it moves to the active
+        // color, keeping its closing state if it has one.
+        Some(entry) => {
+            let rebound = FlowEntry {
+                last_seen: now,
+                backend: *service.backend(service.active),
+                generation: service.generation,
+                color: service.active,
+                closing: entry.closing | closing as u8,
+                counter_slot: service.counter_slot as u16,
+                reserved: [0; 4],
+            };
+            record_flow(ctx, &flow_key, &rebound)?;
+            rewrite_destination(&packet, &headers, &flow_key, &rebound.backend)?;
+            count(&packet, rebound.counter_slot, rebound.color, false);
+            Ok(())
         }
-    };
+        None => {
+            let color = new_flow_color(service, &flow_key, || {
+                in_preview(service.counter_slot, flow_key.family, &flow_key.client)
+            });
+            let fresh = FlowEntry {
+                last_seen: now,
+                backend: *service.backend(color),
+                generation: service.generation,
+                color,
+                closing: closing as u8,
+                counter_slot: service.counter_slot as u16,
+                reserved: [0; 4],
+            };
+            record_flow(ctx, &flow_key, &fresh)?;
+            rewrite_destination(&packet, &headers, &flow_key, &fresh.backend)?;
+            count(&packet, fresh.counter_slot, fresh.color, true);
+            Ok(())
+        }
+    }
+}
 
-    rewrite_destination(&packet, &headers, &flow_key, &entry.backend)?;
-    if let Some(counters) =
-        BG_TRAFFIC.get_ptr_mut(service.counter_slot * 2 + (entry.color & 1) as u32)
+#[inline(always)]
+fn service_key(flow_key: &FlowKey) -> ServiceKey {
+    ServiceKey {
+        vip: flow_key.server,
+        port: flow_key.server_port,
+        proto: flow_key.proto,
+        family: flow_key.family,
+    }
+}
+
+/// Rewrites a packet of a known flow to the backend it is pinned to.
+#[inline(always)]
+fn forward(
+    packet: &XdpPacket,
+    headers: &Headers,
+    flow_key: &FlowKey,
+    entry: &mut FlowEntry,
+    now: u64,
+    closing: bool,
+) -> Result<(), PassReason> {
+    entry.last_seen = now;
+    if closing {
+        entry.closing = 1;
+    }
+    rewrite_destination(packet, headers, flow_key, &entry.backend)?;
+    count(packet, entry.counter_slot, entry.color, false);
+    Ok(())
+}
+
+#[inline(always)]
+fn count(packet: &XdpPacket, counter_slot: u16, color: u8, new_flow: bool) {
+    if let Some(counters) = BG_TRAFFIC.get_ptr_mut(u32::from(counter_slot) * 2 + (color & 1) as u32)
     {
         // SAFETY: per-CPU slot, so no other writer races these increments.
         unsafe {
@@ -123,24 +175,17 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
             (*counters).new_flows += new_flow as u64;
         }
     }
-    Ok(())
 }
 
-/// The live flow entry for this packet, unless the packet opens a new
-/// connection (SYN without ACK) or the entry is stale.
+/// The live flow entry for this packet, if any; a stale one counts as none.
 #[inline(always)]
-fn known_flow(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<&'static mut FlowEntry> {
-    if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        return None;
-    }
+fn live_flow(key: &FlowKey, settings: &Settings, now: u64) -> Option<&'static mut FlowEntry> {
     let entry = BG_FLOWS.get_ptr_mut(key)?;
     // SAFETY: the pointer is into the map value; the fields written through
     // it on the hot path are single machine words, so a racing reader on
     // another CPU sees either the old or the new word.
     let entry = unsafe { &mut *entry };
-    settings()
-        .filter(|settings| settings.is_live(key.proto, entry, now))
-        .map(|_| entry)
+    settings.is_live(key.proto, entry, now).then_some(entry)
 }
 
 /// Writes the whole flow entry (atomically replacing any old one) and the

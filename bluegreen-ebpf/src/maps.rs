@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use bluegreen_common::{
-    DEFAULT_FLOW_CAPACITY, Endpoint, FlowEntry, FlowKey, MAX_PREVIEW_PREFIXES, MAX_SERVICES,
-    PREVIEW_FIXED_BITS, PassReason, PreviewPrefix, ServiceKey, ServiceState, Settings,
-    TrafficCounters, VIP_PORT_WORDS,
+    DEFAULT_FLOW_CAPACITY, Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAX_PREVIEW_PREFIXES,
+    MAX_SERVICES, PREVIEW_FIXED_BITS, PassReason, PreviewPrefix, ServiceKey, ServiceState,
+    Settings, TrafficCounters, VIP_FILTER_WORDS, vip_filter_bit,
 };
 
 /// Not preallocated: an update then swaps in a new element under RCU, so a
@@ -43,7 +43,19 @@ pub static BG_SETTINGS: Array<Settings> = Array::pinned(1, 0);
 /// One bit per destination port that some service listens on: lets packets
 /// for other ports leave after an array lookup instead of a hash lookup.
 #[map(name = "BG_VIP_PORTS")]
-pub static BG_VIP_PORTS: Array<u32> = Array::pinned(VIP_PORT_WORDS, 0);
+pub static BG_VIP_PORTS: Array<u32> = Array::pinned(FILTER_WORDS, 0);
+
+/// One bit per `vip_filter_bit` of each service's VIP and port: lets most
+/// packets to other addresses on a service port leave early too.
+#[map(name = "BG_VIP_FILTER")]
+pub static BG_VIP_FILTER: Array<u32> = Array::pinned(VIP_FILTER_WORDS, 0);
+
+/// Each counter slot's service generation, mirrored from the services map
+/// (written after it) so that the fast path can check for a forced switch
+/// with an inlined array read. Only a hint: a mismatch falls back to the
+/// services map, which decides.
+#[map(name = "BG_GENERATIONS")]
+pub static BG_GENERATIONS: Array<u32> = Array::pinned(MAX_SERVICES, 0);
 
 /// Client prefixes whose new flows go to a service's idle color.
 #[map(name = "BG_PREVIEW")]
@@ -78,6 +90,20 @@ pub fn port_has_service(port: u16) -> bool {
         Some(word) => word & (1 << (port & 31)) != 0,
         None => false,
     }
+}
+
+#[inline(always)]
+pub fn vip_may_match(addr: &[u8; 16], port: [u8; 2]) -> bool {
+    let bit = vip_filter_bit(addr, port);
+    match BG_VIP_FILTER.get(bit >> 5) {
+        Some(word) => word & (1 << (bit & 31)) != 0,
+        None => false,
+    }
+}
+
+#[inline(always)]
+pub fn current_generation(counter_slot: u16) -> Option<u32> {
+    BG_GENERATIONS.get(u32::from(counter_slot)).copied()
 }
 
 #[inline(always)]

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::Path};
 
-use bluegreen_common::{MAX_SERVICES, Settings};
+use bluegreen_common::{MAX_SERVICES, Timeouts};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -122,14 +122,14 @@ fn validate_name(name: &str) -> Result<(), &'static str> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DataplaneOptions {
     pub flow_capacity: u32,
-    pub settings: Settings,
+    pub timeouts: Timeouts,
 }
 
 impl Default for DataplaneOptions {
     fn default() -> Self {
         Self {
             flow_capacity: bluegreen_common::DEFAULT_FLOW_CAPACITY,
-            settings: Settings::default(),
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -292,17 +292,17 @@ impl Config {
                 (
                     &raw_dataplane.tcp_idle_timeout_secs,
                     "dataplane.tcp_idle_timeout_secs",
-                    &mut dataplane.settings.tcp_idle_timeout_ns,
+                    &mut dataplane.timeouts.tcp_idle_secs,
                 ),
                 (
                     &raw_dataplane.tcp_closing_timeout_secs,
                     "dataplane.tcp_closing_timeout_secs",
-                    &mut dataplane.settings.tcp_closing_timeout_ns,
+                    &mut dataplane.timeouts.tcp_closing_secs,
                 ),
                 (
                     &raw_dataplane.udp_idle_timeout_secs,
                     "dataplane.udp_idle_timeout_secs",
-                    &mut dataplane.settings.udp_idle_timeout_ns,
+                    &mut dataplane.timeouts.udp_idle_secs,
                 ),
             ];
             for (raw_value, field, target) in timeouts {
@@ -315,7 +315,7 @@ impl Config {
                             format!("{value} s is outside 1 s ..= 7 days"),
                         ));
                     }
-                    *target = value * 1_000_000_000;
+                    *target = value;
                 }
             }
         }
@@ -474,10 +474,10 @@ active = "green"
         assert_eq!(config.interface.as_deref(), Some("eth0"));
         assert_eq!(config.xdp_mode, XdpModeArg::Native);
         assert_eq!(config.dataplane.flow_capacity, 4096);
-        assert_eq!(config.dataplane.settings.udp_idle_timeout_ns, 5_000_000_000);
+        assert_eq!(config.dataplane.timeouts.udp_idle_secs, 5);
         assert_eq!(
-            config.dataplane.settings.tcp_idle_timeout_ns,
-            Settings::default().tcp_idle_timeout_ns
+            config.dataplane.timeouts.tcp_idle_secs,
+            Timeouts::default().tcp_idle_secs
         );
         assert_eq!(config.services.len(), 2);
         assert_eq!(config.services[0].active, Color::Blue);

@@ -16,7 +16,7 @@ use crate::{
     endpoint::Cidr,
     endpoint::{Color, from_wire, service_key, to_wire},
     error::{Error, Result},
-    pinned::{PinLayout, PinnedMaps, monotonic_now_ns},
+    pinned::{PinLayout, PinnedMaps},
     state::InterfaceState,
 };
 
@@ -185,6 +185,12 @@ impl Host {
             .insert(locked.key, updated, BPF_EXIST)
             .map_err(Error::ebpf("cannot update the services map"))?;
         let elapsed = started.elapsed();
+        if updated.generation != locked.live.generation {
+            // A forced switch: established flows notice on their next packet.
+            locked
+                .maps
+                .set_generation(updated.counter_slot, updated.generation)?;
+        }
         if record.spec.active != Color::from_wire(updated.active) {
             record.switched_at_unix_ms = Some(unix_now_ms());
         }
@@ -548,7 +554,7 @@ fn count_live_flows(maps: &PinnedMaps) -> Result<BTreeMap<ServiceKey, FlowCounts
         .iter()
         .collect::<std::result::Result<_, _>>()
         .map_err(Error::ebpf("cannot read the services map"))?;
-    let now = monotonic_now_ns();
+    let now = crate::clock::now()?;
     let mut counts: BTreeMap<ServiceKey, FlowCounts> = BTreeMap::new();
     for entry in maps.flows.iter() {
         // An entry evicted between listing its key and reading it is gone.

@@ -19,8 +19,8 @@ use aya::{
     },
 };
 use bluegreen_common::{
-    MAX_SERVICES, SERVICE_HAS_PREVIEW, ServiceKey, ServiceState, TrafficCounters, VIP_PORT_WORDS,
-    map_names, program_names,
+    FILTER_WORDS, MAX_SERVICES, SERVICE_HAS_PREVIEW, ServiceKey, ServiceState, Settings, Timeouts,
+    TrafficCounters, VIP_FILTER_WORDS, map_names, program_names, vip_filter_bit,
 };
 
 use crate::{
@@ -229,9 +229,7 @@ impl Host {
             .map_err(Error::ebpf("cannot load the eBPF programs"))?;
 
         let mut maps = PinnedMaps::open(&layout)?;
-        maps.settings
-            .set(0, request.dataplane.settings, 0)
-            .map_err(Error::ebpf("cannot write the settings map"))?;
+        write_settings(&mut maps, &request.dataplane.timeouts)?;
         let previous_state = self.state.load(&request.iface)?;
         let records = reconcile_services(
             &mut maps,
@@ -263,10 +261,9 @@ impl Host {
             xdp_mode,
             requested_xdp_mode: request.xdp_mode,
             flow_capacity,
-            tcp_idle_timeout_secs: request.dataplane.settings.tcp_idle_timeout_ns / 1_000_000_000,
-            tcp_closing_timeout_secs: request.dataplane.settings.tcp_closing_timeout_ns
-                / 1_000_000_000,
-            udp_idle_timeout_secs: request.dataplane.settings.udp_idle_timeout_ns / 1_000_000_000,
+            tcp_idle_timeout_secs: request.dataplane.timeouts.tcp_idle_secs,
+            tcp_closing_timeout_secs: request.dataplane.timeouts.tcp_closing_secs,
+            udp_idle_timeout_secs: request.dataplane.timeouts.udp_idle_secs,
             services: records,
         };
         self.state.save(&state)?;
@@ -295,17 +292,12 @@ impl Host {
                 where_: format!(" on {}", request.iface),
             })?;
         let mut notes = Vec::new();
-        maps.settings
-            .set(0, request.dataplane.settings, 0)
-            .map_err(Error::ebpf("cannot write the settings map"))?;
+        write_settings(&mut maps, &request.dataplane.timeouts)?;
         state.services =
             reconcile_services(&mut maps, &request.services, Some(&state), &mut notes)?;
-        state.tcp_idle_timeout_secs =
-            request.dataplane.settings.tcp_idle_timeout_ns / 1_000_000_000;
-        state.tcp_closing_timeout_secs =
-            request.dataplane.settings.tcp_closing_timeout_ns / 1_000_000_000;
-        state.udp_idle_timeout_secs =
-            request.dataplane.settings.udp_idle_timeout_ns / 1_000_000_000;
+        state.tcp_idle_timeout_secs = request.dataplane.timeouts.tcp_idle_secs;
+        state.tcp_closing_timeout_secs = request.dataplane.timeouts.tcp_closing_secs;
+        state.udp_idle_timeout_secs = request.dataplane.timeouts.udp_idle_secs;
         self.state.save(&state)?;
         Ok((state, notes))
     }
@@ -520,7 +512,9 @@ fn reconcile_services(
                 maps.set_preview(slot, &preview)?;
                 ServiceState {
                     backends,
-                    generation: 0,
+                    // Past any generation an earlier service in this slot
+                    // had, so none of its leftover flows can match.
+                    generation: maps.generation(slot)?.wrapping_add(1),
                     counter_slot: slot,
                     active: active.wire(),
                     previous: previous_color.wire(),
@@ -546,6 +540,11 @@ fn reconcile_services(
                 .map(|record| record.preview.clone())
                 .unwrap_or_default(),
         });
+        // Generation first: a new flow recorded under the service's
+        // generation then finds it mirrored already.
+        if maps.generation(state.counter_slot)? != state.generation {
+            maps.set_generation(state.counter_slot, state.generation)?;
+        }
         write_service(maps, key, &state)?;
     }
 
@@ -562,12 +561,14 @@ fn reconcile_services(
                 .map_err(Error::ebpf("cannot reset traffic counters"))?;
         }
     }
-    write_port_filter(maps, &wanted)?;
+    write_filters(maps, &wanted)?;
     for (key, state) in live.iter().filter(|(key, _)| !wanted_set.contains(key)) {
         maps.set_preview(state.counter_slot, &[])?;
         maps.services
             .remove(key)
             .map_err(Error::ebpf("cannot remove a service"))?;
+        // Its flows now miss the fast path and find no service.
+        maps.set_generation(state.counter_slot, state.generation.wrapping_add(1))?;
     }
     Ok(records)
 }
@@ -585,25 +586,44 @@ fn write_service(maps: &mut PinnedMaps, key: &ServiceKey, state: &ServiceState) 
         .map_err(Error::ebpf("cannot write the services map"))
 }
 
-/// Sets exactly the port bits the services need, touching only the words
-/// that change.
-fn write_port_filter(maps: &mut PinnedMaps, keys: &[ServiceKey]) -> Result<()> {
-    let mut words = vec![0u32; VIP_PORT_WORDS as usize];
+/// Sets exactly the prefilter bits the services need (ports, and VIP and
+/// port pairs), touching only the words that change.
+fn write_filters(maps: &mut PinnedMaps, keys: &[ServiceKey]) -> Result<()> {
+    let mut ports = vec![0u32; FILTER_WORDS as usize];
+    let mut vips = vec![0u32; VIP_FILTER_WORDS as usize];
     for key in keys {
-        let port = u16::from_be_bytes(key.port);
-        words[usize::from(port >> 5)] |= 1 << (port & 31);
+        let port = u32::from(u16::from_be_bytes(key.port));
+        ports[(port >> 5) as usize] |= 1 << (port & 31);
+        let bit = vip_filter_bit(&key.vip, key.port);
+        vips[(bit >> 5) as usize] |= 1 << (bit & 31);
     }
-    for (index, word) in words.into_iter().enumerate() {
-        let index = index as u32;
-        let current = maps
-            .vip_ports
-            .get(&index, 0)
-            .map_err(Error::ebpf("cannot read the port filter"))?;
-        if current != word {
-            maps.vip_ports
-                .set(index, word, 0)
-                .map_err(Error::ebpf("cannot write the port filter"))?;
+    for (filter, words) in [(&mut maps.vip_ports, ports), (&mut maps.vip_filter, vips)] {
+        // One syscall for the current words, then one per word that changes.
+        let current: Vec<u32> = filter
+            .iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(Error::ebpf("cannot read a prefilter"))?;
+        for (index, (word, current)) in words.into_iter().zip(current).enumerate() {
+            if current != word {
+                filter
+                    .set(index as u32, word, 0)
+                    .map_err(Error::ebpf("cannot write a prefilter"))?;
+            }
         }
     }
     Ok(())
+}
+
+/// Writes the timeouts in the dataplane's unit (jiffies), keeping the
+/// kernel's HZ as an earlier loader measured it.
+fn write_settings(maps: &mut PinnedMaps, timeouts: &Timeouts) -> Result<()> {
+    let pinned = maps.settings()?.jiffies_per_second;
+    let hz = if pinned != 0 {
+        pinned
+    } else {
+        crate::clock::jiffies_per_second()?
+    };
+    maps.settings
+        .set(0, Settings::new(timeouts, hz), 0)
+        .map_err(Error::ebpf("cannot write the settings map"))
 }

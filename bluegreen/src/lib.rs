@@ -3,6 +3,7 @@
 //! The library holds everything the `bluegreen` binary does, so that tests
 //! and tools drive the same code the operator runs.
 
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod dataplane;

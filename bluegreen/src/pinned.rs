@@ -11,9 +11,9 @@ use aya::maps::{
     Array, HashMap, LpmTrie, Map, MapData, MapInfo, MapType, PerCpuArray, lpm_trie::Key,
 };
 use bluegreen_common::{
-    Endpoint, FlowEntry, FlowKey, LAYOUT_VERSION, MAX_PREVIEW_PREFIXES, MAX_SERVICES,
+    Endpoint, FILTER_WORDS, FlowEntry, FlowKey, LAYOUT_VERSION, MAX_PREVIEW_PREFIXES, MAX_SERVICES,
     PREVIEW_FIXED_BITS, PassReason, PreviewPrefix, ServiceKey, ServiceState, Settings,
-    TrafficCounters, VIP_PORT_WORDS, map_names,
+    TrafficCounters, VIP_FILTER_WORDS, map_names,
 };
 
 use crate::endpoint::Cidr;
@@ -134,7 +134,7 @@ struct MapSpec {
     max_entries: Option<u32>,
 }
 
-fn expected_maps() -> [MapSpec; 8] {
+fn expected_maps() -> [MapSpec; 10] {
     [
         MapSpec {
             name: map_names::SERVICES,
@@ -183,7 +183,21 @@ fn expected_maps() -> [MapSpec; 8] {
             kind: MapType::Array,
             key_size: size_of::<u32>(),
             value_size: size_of::<u32>(),
-            max_entries: Some(VIP_PORT_WORDS),
+            max_entries: Some(FILTER_WORDS),
+        },
+        MapSpec {
+            name: map_names::VIP_FILTER,
+            kind: MapType::Array,
+            key_size: size_of::<u32>(),
+            value_size: size_of::<u32>(),
+            max_entries: Some(VIP_FILTER_WORDS),
+        },
+        MapSpec {
+            name: map_names::GENERATIONS,
+            kind: MapType::Array,
+            key_size: size_of::<u32>(),
+            value_size: size_of::<u32>(),
+            max_entries: Some(MAX_SERVICES),
         },
         MapSpec {
             name: map_names::PREVIEW,
@@ -253,6 +267,8 @@ pub struct PinnedMaps {
     pub passed: PerCpuArray<MapData, u64>,
     pub settings: Array<MapData, Settings>,
     pub vip_ports: Array<MapData, u32>,
+    pub vip_filter: Array<MapData, u32>,
+    pub generations: Array<MapData, u32>,
     pub preview: LpmTrie<MapData, PreviewPrefix, u8>,
 }
 
@@ -295,6 +311,8 @@ impl PinnedMaps {
             passed: open_map(layout, map_names::PASSED)?,
             settings: open_map(layout, map_names::SETTINGS)?,
             vip_ports: open_map(layout, map_names::VIP_PORTS)?,
+            vip_filter: open_map(layout, map_names::VIP_FILTER)?,
+            generations: open_map(layout, map_names::GENERATIONS)?,
             preview: open_map(layout, map_names::PREVIEW)?,
         })
     }
@@ -338,6 +356,20 @@ impl PinnedMaps {
         Ok(())
     }
 
+    /// Mirrors a service's generation for the fast path (see the eBPF
+    /// side's `BG_GENERATIONS`).
+    pub fn set_generation(&mut self, counter_slot: u32, generation: u32) -> Result<()> {
+        self.generations
+            .set(counter_slot, generation, 0)
+            .map_err(Error::ebpf("cannot write the generations map"))
+    }
+
+    pub fn generation(&self, counter_slot: u32) -> Result<u32> {
+        self.generations
+            .get(&counter_slot, 0)
+            .map_err(Error::ebpf("cannot read the generations map"))
+    }
+
     pub fn settings(&self) -> Result<Settings> {
         self.settings
             .get(&0, 0)
@@ -365,15 +397,4 @@ impl PinnedMaps {
             .map_err(Error::ebpf("cannot read pass counters"))?;
         Ok(per_cpu.iter().sum())
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
-pub fn monotonic_now_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the struct we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }

@@ -8,6 +8,7 @@
 use std::{
     fs,
     net::{IpAddr, SocketAddr},
+    os::fd::AsFd,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
@@ -15,15 +16,25 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader, TestRun, TestRunOptions, TestRunResult,
-    maps::{Array, HashMap, LpmTrie, Map, MapError, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
     programs::{SchedClassifier, Xdp},
 };
 use bluegreen_common::{
     Endpoint, FlowEntry, FlowKey, PassReason, PreviewPrefix, ServiceKey, ServiceState, Settings,
-    TrafficCounters, map_names, program_names,
+    Timeouts, TrafficCounters, map_names, program_names, vip_filter_bit,
 };
 
 pub const XDP_PASS: u32 = 2;
+
+/// The dataplane's clock now, in jiffies.
+pub fn now() -> u64 {
+    bluegreen::clock::now().expect("cannot read the kernel's jiffies (are we root?)")
+}
+
+/// Jiffies per second on this kernel.
+pub fn hz() -> u64 {
+    bluegreen::clock::jiffies_per_second().expect("cannot measure the kernel's HZ")
+}
 pub const TC_ACT_OK: u32 = 0;
 
 /// Small, because LRU tables are preallocated and every test loads its own.
@@ -75,7 +86,7 @@ pub struct TestDataplane {
 }
 
 impl TestDataplane {
-    /// Loads both programs with [`Settings::default`] in force.
+    /// Loads both programs with the default timeouts in force.
     pub fn new() -> Self {
         Self::with_flow_capacity(TEST_FLOW_CAPACITY)
     }
@@ -103,7 +114,7 @@ impl TestDataplane {
             .expect("the egress program is not a classifier");
         egress.load().expect("the verifier rejects the TC program");
         let mut dataplane = Self { ebpf, pins };
-        dataplane.set_settings(Settings::default());
+        dataplane.set_settings(Settings::new(&Timeouts::default(), hz()));
         dataplane
     }
 
@@ -125,13 +136,21 @@ impl TestDataplane {
         services
             .insert(key, state, 0)
             .unwrap_or_else(|error| panic!("cannot insert service {key:?}: {error}"));
-        let port = u16::from_be_bytes(key.port);
-        let word = u32::from(port >> 5);
-        let mut ports: Array<_, u32> = typed(self.map_mut(map_names::VIP_PORTS));
-        let bits = ports.get(&word, 0).expect("cannot read the port prefilter");
-        ports
-            .set(word, bits | 1 << (port & 31), 0)
-            .expect("cannot write the port prefilter");
+        let mut generations: Array<_, u32> = typed(self.map_mut(map_names::GENERATIONS));
+        generations
+            .set(state.counter_slot, state.generation, 0)
+            .expect("cannot mirror the generation");
+        self.set_filter_bit(map_names::VIP_PORTS, u16::from_be_bytes(key.port).into());
+        self.set_filter_bit(map_names::VIP_FILTER, vip_filter_bit(&key.vip, key.port));
+    }
+
+    fn set_filter_bit(&mut self, filter: &str, bit: u32) {
+        let word = bit >> 5;
+        let mut words: Array<_, u32> = typed(self.map_mut(filter));
+        let bits = words.get(&word, 0).expect("cannot read a prefilter");
+        words
+            .set(word, bits | 1 << (bit & 31), 0)
+            .expect("cannot write a prefilter");
     }
 
     pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
@@ -269,6 +288,60 @@ impl TestDataplane {
         result.duration
     }
 
+    /// Average time of one TC run over `repeat` runs, as the kernel measures
+    /// it. The same caveat as [`Self::bench_xdp`] applies: every run gets
+    /// the buffer the previous one left.
+    pub fn bench_tc(&self, frame: &[u8], repeat: u32) -> Duration {
+        let result = self
+            .tc()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..Default::default()
+            })
+            .unwrap_or_else(|error| panic!("BPF_PROG_TEST_RUN (TC, {repeat} runs): {error}"));
+        result.duration
+    }
+
+    /// Inserts many flows with `BPF_MAP_UPDATE_BATCH`: filling a table of
+    /// 262,144 entries one syscall per entry takes seconds.
+    pub fn insert_flows_batch(&mut self, keys: &[FlowKey], entries: &[FlowEntry]) {
+        self.update_batch(map_names::FLOWS, keys, entries);
+    }
+
+    /// [`Self::insert_flows_batch`] for the reply table.
+    pub fn insert_replies_batch(&mut self, keys: &[FlowKey], vips: &[Endpoint]) {
+        self.update_batch(map_names::REPLIES, keys, vips);
+    }
+
+    /// Entries in the flow table, counted with `BPF_MAP_LOOKUP_BATCH` (an
+    /// LRU table may hold fewer than were inserted).
+    pub fn flow_count(&self) -> u64 {
+        let map = self.pinned_map(map_names::FLOWS);
+        batch::count::<FlowKey, FlowEntry>(map.fd().as_fd())
+            .unwrap_or_else(|error| panic!("BPF_MAP_LOOKUP_BATCH on the flow table: {error}"))
+    }
+
+    fn update_batch<K: aya::Pod, V: aya::Pod>(&mut self, name: &str, keys: &[K], values: &[V]) {
+        assert_eq!(keys.len(), values.len(), "one value per key");
+        let map = self.pinned_map(name);
+        batch::update(map.fd().as_fd(), keys, values)
+            .unwrap_or_else(|error| panic!("BPF_MAP_UPDATE_BATCH on {name}: {error}"));
+    }
+
+    /// A second descriptor of one of our maps, for the raw batch syscalls
+    /// aya does not wrap.
+    fn pinned_map(&self, name: &str) -> MapData {
+        MapData::from_pin(self.pins.map(name))
+            .unwrap_or_else(|error| panic!("cannot open the pinned {name}: {error}"))
+    }
+
+    fn tc(&self) -> &SchedClassifier {
+        self.program(program_names::EGRESS)
+            .try_into()
+            .expect("the egress program is not a classifier")
+    }
+
     fn xdp(&self) -> &Xdp {
         self.program(program_names::INGRESS)
             .try_into()
@@ -383,5 +456,105 @@ pub fn service_key(vip: SocketAddr, proto: u8) -> ServiceKey {
         port: key.server_port,
         proto,
         family: key.family,
+    }
+}
+
+/// `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_LOOKUP_BATCH`, which aya 0.14 does not
+/// expose.
+mod batch {
+    use std::{io, mem::size_of, os::fd::AsRawFd, os::fd::BorrowedFd};
+
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    /// Entries per syscall: bounds the buffers and each call's time in the
+    /// kernel.
+    const CHUNK: usize = 16384;
+
+    /// `union bpf_attr`, the `batch` member.
+    #[repr(C)]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+
+    fn bpf(command: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+        // SAFETY: `attr` is a valid `bpf_attr` prefix whose pointers refer
+        // to buffers that outlive the call.
+        let status = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                command,
+                attr as *mut BatchAttr,
+                size_of::<BatchAttr>() as u32,
+            )
+        };
+        if status < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn update<K: aya::Pod, V: aya::Pod>(
+        map: BorrowedFd,
+        keys: &[K],
+        values: &[V],
+    ) -> io::Result<()> {
+        for (keys, values) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
+            let mut attr = BatchAttr {
+                keys: keys.as_ptr() as u64,
+                values: values.as_ptr() as u64,
+                count: keys.len() as u32,
+                map_fd: map.as_raw_fd() as u32,
+                ..Default::default()
+            };
+            bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
+            if attr.count as usize != keys.len() {
+                return Err(io::Error::other(format!(
+                    "{} of {} entries written",
+                    attr.count,
+                    keys.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn count<K: aya::Pod + Default, V: aya::Pod + Default>(map: BorrowedFd) -> io::Result<u64> {
+        let mut keys = vec![K::default(); CHUNK];
+        let mut values = vec![V::default(); CHUNK];
+        // Hash maps resume from a bucket index; 8 bytes leave room for it.
+        let (mut token_in, mut token_out) = (0u64, 0u64);
+        let (mut total, mut first) = (0, true);
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if first {
+                    0
+                } else {
+                    &token_in as *const u64 as u64
+                },
+                out_batch: &mut token_out as *mut u64 as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: CHUNK as u32,
+                map_fd: map.as_raw_fd() as u32,
+                ..Default::default()
+            };
+            let outcome = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+            total += u64::from(attr.count);
+            match outcome {
+                Ok(()) => (token_in, first) = (token_out, false),
+                // The end of the table, possibly with a last few entries.
+                Err(error) if error.raw_os_error() == Some(libc::ENOENT) => return Ok(total),
+                Err(error) => return Err(error),
+            }
+        }
     }
 }

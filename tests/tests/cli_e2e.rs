@@ -466,7 +466,11 @@ fn down_leaves_nothing_behind() {
             & 0o777
     };
     let layout = fixture.bluegreen.pin_dir.join("v1").join(SWITCH_IFACE);
-    for dir in [&fixture.bluegreen.pin_dir, &layout, &fixture.bluegreen.state_dir] {
+    for dir in [
+        &fixture.bluegreen.pin_dir,
+        &layout,
+        &fixture.bluegreen.state_dir,
+    ] {
         assert_eq!(mode(dir), 0o700, "{}", dir.display());
     }
     assert_eq!(mode(&fixture.bluegreen.state_file()), 0o600);

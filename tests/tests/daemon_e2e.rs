@@ -15,7 +15,9 @@ fn next_notification(socket: &UnixDatagram) -> String {
     let length = socket
         .recv(&mut buffer)
         .expect("no sd_notify message within the timeout");
-    String::from_utf8_lossy(&buffer[..length]).trim_end().to_owned()
+    String::from_utf8_lossy(&buffer[..length])
+        .trim_end()
+        .to_owned()
 }
 
 #[test]

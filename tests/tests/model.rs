@@ -10,14 +10,14 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use bluegreen::{endpoint::Cidr, pinned::monotonic_now_ns};
+use bluegreen::endpoint::Cidr;
 use bluegreen_common::{
     Endpoint, FlowEntry, FlowKey, PassReason, SERVICE_HAS_PREVIEW, ServiceKey, ServiceState,
-    Settings, TrafficCounters,
+    Settings, Timeouts, TrafficCounters,
     model::{self, Outcome},
 };
 use bluegreen_testbed::{
-    kernel::{TestDataplane, XDP_PASS, endpoint, flow_key, service_key},
+    kernel::{TestDataplane, XDP_PASS, endpoint, flow_key, hz, now, service_key},
     packet::{
         ETH_P_8021AD, ETH_P_8021Q, Frame, Ipv6Ext, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
         TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport, verify_checksums, with_outer_tag,
@@ -29,17 +29,19 @@ use proptest::{
     test_runner::{Config, TestRunner},
 };
 
-const SECOND: u64 = 1_000_000_000;
-
 /// Pre-existing entries are 1 s, 6 s or 60 s old: live, expired only when
-/// closing (TCP), or expired. No age is near a timeout, so the few
-/// microseconds between the model's clock and the kernel's never matter.
-const SETTINGS: Settings = Settings {
-    tcp_idle_timeout_ns: 30 * SECOND,
-    tcp_closing_timeout_ns: 5 * SECOND,
-    udp_idle_timeout_ns: 10 * SECOND,
+/// closing (TCP), or expired. No age is near a timeout, so the jiffy or two
+/// between the model's clock and the kernel's never matters.
+const TIMEOUTS: Timeouts = Timeouts {
+    tcp_idle_secs: 30,
+    tcp_closing_secs: 5,
+    udp_idle_secs: 10,
 };
-const AGES: [u64; 3] = [SECOND, 6 * SECOND, 60 * SECOND];
+const AGES_SECS: [u64; 3] = [1, 6, 60];
+
+fn settings() -> Settings {
+    Settings::new(&TIMEOUTS, hz())
+}
 
 const SERVICE_PORTS: [u16; 3] = [80, 53, 443];
 
@@ -109,7 +111,7 @@ struct Existing {
     color: u8,
     generation: u32,
     closing: bool,
-    age: u64,
+    age_secs: u64,
     retired_backend: bool,
 }
 
@@ -234,7 +236,12 @@ impl Case {
         flow_key(self.frame.src, self.frame.dst, proto)
     }
 
-    fn existing_entry(&self, now: u64) -> Option<FlowEntry> {
+    /// `services` name the counter slot that the kernel would have recorded.
+    fn existing_entry(
+        &self,
+        now: u64,
+        services: &[(ServiceKey, ServiceState)],
+    ) -> Option<FlowEntry> {
         let existing = self.existing.as_ref()?;
         let ipv6 = self.frame.dst.is_ipv6();
         let port = self.frame.dst.port();
@@ -245,13 +252,26 @@ impl Case {
         } else {
             green(ipv6, port)
         };
+        let key = self.flow_key();
+        // The dataplane records flows only for services, under their slot
+        // (and invalidates them when a service goes): an entry for anything
+        // else is a state it never reaches.
+        let counter_slot = services
+            .iter()
+            .find(|(service, _)| {
+                service.vip == key.server
+                    && service.port == key.server_port
+                    && service.proto == key.proto
+            })
+            .map(|(_, state)| state.counter_slot as u16)?;
         Some(FlowEntry {
-            last_seen_ns: now - existing.age,
+            last_seen: now - existing.age_secs * hz(),
             backend: endpoint(backend),
             generation: existing.generation,
             color: existing.color,
             closing: existing.closing as u8,
-            reserved: [0; 6],
+            counter_slot,
+            reserved: [0; 4],
         })
     }
 }
@@ -355,10 +375,10 @@ prop_compose! {
         color in 0u8..2,
         generation in 0u32..4,
         closing in prop::bool::weighted(0.3),
-        age in prop::sample::select(AGES.to_vec()),
+        age_secs in prop::sample::select(AGES_SECS.to_vec()),
         retired_backend in prop::bool::weighted(0.2),
     ) -> Existing {
-        Existing { color, generation, closing, age, retired_backend }
+        Existing { color, generation, closing, age_secs, retired_backend }
     }
 }
 
@@ -410,8 +430,8 @@ fn check(dataplane: &mut TestDataplane, case: &Case) -> Result<(), TestCaseError
     }
     let frame = case.bytes();
     let existing_key = case.flow_key();
-    let now = monotonic_now_ns();
-    let existing = case.existing_entry(now);
+    let before = now();
+    let existing = case.existing_entry(before, &services);
     if let Some(entry) = existing {
         dataplane.insert_flow(existing_key, entry);
     }
@@ -419,7 +439,7 @@ fn check(dataplane: &mut TestDataplane, case: &Case) -> Result<(), TestCaseError
     let passed_before = dataplane.passed_all();
 
     let (verdict, output) = dataplane.run_xdp(&frame);
-    let after = monotonic_now_ns();
+    let after = now();
 
     let mut expected = frame.clone();
     let tables = ModelTables {
@@ -427,7 +447,7 @@ fn check(dataplane: &mut TestDataplane, case: &Case) -> Result<(), TestCaseError
         existing: existing.map(|entry| (existing_key, entry)),
         preview,
     };
-    let outcome = model::ingress(&mut expected, &tables, &SETTINGS, now);
+    let outcome = model::ingress(&mut expected, &tables, &settings(), before);
     prop_assert_eq!(verdict, XDP_PASS, "verdict");
     prop_assert_eq!(
         &output,
@@ -458,14 +478,14 @@ fn check(dataplane: &mut TestDataplane, case: &Case) -> Result<(), TestCaseError
                 TestCaseError::fail(format!("no flow entry for rewritten {key:?}"))
             })?;
             prop_assert!(
-                (now..=after).contains(&recorded.last_seen_ns),
-                "last_seen_ns {} outside the run [{}, {}]",
-                recorded.last_seen_ns,
-                now,
+                (before..=after).contains(&recorded.last_seen),
+                "last_seen {} outside the run [{}, {}]",
+                recorded.last_seen,
+                before,
                 after
             );
             // The model stamps its own clock; only the kernel's is real.
-            recorded.last_seen_ns = entry.last_seen_ns;
+            recorded.last_seen = entry.last_seen;
             expected_flows.insert(key, entry);
             let service = services
                 .iter()
@@ -519,7 +539,7 @@ fn endpoint_of(key: &FlowKey) -> Endpoint {
 #[test]
 fn xdp_program_matches_the_model() {
     let mut dataplane = TestDataplane::new();
-    dataplane.set_settings(SETTINGS);
+    dataplane.set_settings(settings());
     let dataplane = RefCell::new(dataplane);
     let mut runner = TestRunner::new(Config {
         cases: 300,

@@ -4,13 +4,12 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use bluegreen::pinned::monotonic_now_ns;
 use bluegreen_common::{
-    COLOR_BLUE, COLOR_GREEN, FlowEntry, FlowKey, PassReason, ServiceState, Settings,
+    COLOR_BLUE, COLOR_GREEN, FlowEntry, FlowKey, PassReason, ServiceState, Settings, Timeouts,
     TrafficCounters,
 };
 use bluegreen_testbed::{
-    kernel::{TC_ACT_OK, TestDataplane, XDP_PASS, endpoint, flow_key, service_key},
+    kernel::{TC_ACT_OK, TestDataplane, XDP_PASS, endpoint, flow_key, hz, now, service_key},
     packet::{
         ETH_P_8021AD, ETH_P_8021Q, Frame, Ipv6Ext, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
         TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, Transport, arp_request, verify_checksums,
@@ -18,18 +17,25 @@ use bluegreen_testbed::{
     },
 };
 
-const SECOND: u64 = 1_000_000_000;
-
 /// Short enough that an expired entry needs no ancient timestamp, long
 /// enough that no entry expires while a test runs.
-const SETTINGS: Settings = Settings {
-    tcp_idle_timeout_ns: 30 * SECOND,
-    tcp_closing_timeout_ns: 5 * SECOND,
-    udp_idle_timeout_ns: 10 * SECOND,
+const TIMEOUTS: Timeouts = Timeouts {
+    tcp_idle_secs: 30,
+    tcp_closing_secs: 5,
+    udp_idle_secs: 10,
 };
 
-/// Older than every timeout in [`SETTINGS`].
-const STALE_AGE: u64 = 60 * SECOND;
+fn settings() -> Settings {
+    Settings::new(&TIMEOUTS, hz())
+}
+
+/// `count` seconds in the dataplane's clock (jiffies).
+fn seconds(count: u64) -> u64 {
+    count * hz()
+}
+
+/// Older than every timeout in [`TIMEOUTS`], in seconds.
+const STALE_SECS: u64 = 60;
 
 /// TCP flags of the first packet of a connection (UDP frames have none).
 const OPENING: u8 = TCP_SYN;
@@ -116,10 +122,10 @@ impl Fixture {
         }
     }
 
-    /// A dataplane with [`SETTINGS`] and this fixture's service on `active`.
+    /// A dataplane with [`settings()`] and this fixture's service on `active`.
     fn dataplane(&self, active: u8) -> TestDataplane {
         let mut dataplane = TestDataplane::new();
-        dataplane.set_settings(SETTINGS);
+        dataplane.set_settings(settings());
         self.switch(&mut dataplane, active, 1);
         dataplane
     }
@@ -173,12 +179,13 @@ impl Fixture {
 
     fn entry(&self, backend: SocketAddr, color: u8, generation: u32) -> FlowEntry {
         FlowEntry {
-            last_seen_ns: monotonic_now_ns(),
+            last_seen: now(),
             backend: endpoint(backend),
             generation,
             color,
             closing: 0,
-            reserved: [0; 6],
+            counter_slot: self.slot as u16,
+            reserved: [0; 4],
         }
     }
 
@@ -206,8 +213,8 @@ impl Fixture {
 /// `entry` as last seen `age` ago.
 fn aged(entry: FlowEntry, age: u64) -> FlowEntry {
     FlowEntry {
-        last_seen_ns: entry
-            .last_seen_ns
+        last_seen: entry
+            .last_seen
             .checked_sub(age)
             .expect("the machine has been up longer than the age"),
         ..entry
@@ -375,13 +382,18 @@ for_each_family!(Tcp: fin_and_rst_mark_the_flow_closing, closing_flows_expire_so
 
 fn new_flow_goes_to_the_active_color(f: Fixture) {
     let dataplane = f.dataplane(COLOR_BLUE);
-    let before = monotonic_now_ns();
+    let before = now();
     let input = assert_steered(&dataplane, f.to_vip(OPENING), f.blue, "first packet");
     let entry = f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
     assert!(
-        (before..=monotonic_now_ns()).contains(&entry.last_seen_ns),
-        "last_seen_ns {} is not the time of the run",
-        entry.last_seen_ns
+        (before..=now()).contains(&entry.last_seen),
+        "last_seen {} is not the time of the run",
+        entry.last_seen
+    );
+    assert_eq!(
+        u32::from(entry.counter_slot),
+        f.slot,
+        "the entry names its service's slot"
     );
     assert_eq!(
         dataplane.reply(&f.reply_key(f.blue)),
@@ -400,7 +412,7 @@ fn new_flow_goes_to_the_active_color(f: Fixture) {
 fn established_flow_keeps_its_backend(f: Fixture) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
     let first = assert_steered(&dataplane, f.to_vip(OPENING), f.blue, "first packet");
-    let before = monotonic_now_ns();
+    let before = now();
     let second = assert_steered(
         &dataplane,
         f.to_vip(ONGOING).payload(b"more data"),
@@ -409,8 +421,8 @@ fn established_flow_keeps_its_backend(f: Fixture) {
     );
     let entry = f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
     assert!(
-        entry.last_seen_ns >= before,
-        "last_seen_ns is refreshed by every packet"
+        entry.last_seen >= before,
+        "last_seen is refreshed by every packet"
     );
     assert_eq!(
         dataplane.traffic(f.slot, COLOR_BLUE),
@@ -511,7 +523,7 @@ fn expired_or_unknown_flow_takes_the_active_color(f: Fixture) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
     dataplane.insert_flow(
         f.flow_key(),
-        aged(f.entry(f.green, COLOR_GREEN, 1), STALE_AGE),
+        aged(f.entry(f.green, COLOR_GREEN, 1), seconds(STALE_SECS)),
     );
     let input = assert_steered(
         &dataplane,
@@ -570,7 +582,7 @@ fn fin_and_rst_mark_the_flow_closing(f: Fixture) {
 fn closing_flows_expire_sooner(f: Fixture) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
     // Older than the closing timeout, well within the idle one.
-    let age = SETTINGS.tcp_closing_timeout_ns + SECOND;
+    let age = seconds(TIMEOUTS.tcp_closing_secs + 1);
     let closing = FlowEntry {
         closing: 1,
         ..f.entry(f.green, COLOR_GREEN, 1)
@@ -736,7 +748,7 @@ fn egress_ignores_expired_flows(f: Fixture) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
     dataplane.insert_flow(
         f.flow_key(),
-        aged(f.entry(f.blue, COLOR_BLUE, 1), STALE_AGE),
+        aged(f.entry(f.blue, COLOR_BLUE, 1), seconds(STALE_SECS)),
     );
     dataplane.insert_reply(f.reply_key(f.blue), endpoint(f.vip));
     let reply = f.reply_from(f.blue).build();
