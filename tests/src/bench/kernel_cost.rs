@@ -1,0 +1,453 @@
+//! Part 1: what the programs cost per packet, in the kernel, with
+//! `BPF_PROG_TEST_RUN`, against no-op programs timed the same way.
+//!
+//! The kernel hands all repeats of one test run the same buffer, so a frame
+//! the program rewrites would take another path from the second repeat on.
+//! Every rewriting case is therefore set up so that the rewrite maps the
+//! frame onto itself (XDP: a service whose backend is its own VIP) or back
+//! and forth between two frames that both rewrite (TC: two mirrored flows),
+//! and every run is checked, by counters or by replaying both frames, to
+//! have taken the path it is named after.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use bluegreen_common::{
+    COLOR_BLUE, Endpoint, FlowEntry, FlowKey, PassReason, ServiceKey, ServiceState, TrafficCounters,
+};
+use serde::Serialize;
+
+use super::{Interrupted, check, noop::NoopProgram, stats::median};
+use crate::{
+    kernel::{TC_ACT_OK, TestDataplane, endpoint, flow_key, now, service_key},
+    netns::addr,
+    packet::{Frame, PROTO_TCP, TCP_ACK, TCP_SYN},
+};
+
+pub struct KernelPlan {
+    pub repeat: u32,
+    pub rounds: usize,
+    pub flow_capacity: u32,
+    pub fill_percents: Vec<u32>,
+    pub service_counts: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Case {
+    /// The VIP's address, another port: rejected by the port prefilter.
+    OtherPort,
+    /// The VIP's port, another address: rejected by the services lookup.
+    OtherAddress,
+    /// A SYN to the VIP: a new flow recorded in both tables.
+    NewFlow,
+    /// An ACK of a flow in the table: the common case.
+    Established,
+    /// A backend's reply through TC egress, rewritten back to the VIP.
+    Reply,
+}
+
+impl Case {
+    pub const ALL: [Case; 5] = [
+        Case::OtherPort,
+        Case::OtherAddress,
+        Case::NewFlow,
+        Case::Established,
+        Case::Reply,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Case::OtherPort => "non-VIP, other port",
+            Case::OtherAddress => "non-VIP, other address",
+            Case::NewFlow => "VIP SYN (new flow)",
+            Case::Established => "VIP ACK (established)",
+            Case::Reply => "TC reply (reverse NAT)",
+        }
+    }
+
+    pub fn is_tc(self) -> bool {
+        self == Case::Reply
+    }
+
+    /// Rounds per round of the plan: the non-VIP cases take ~40 ms a run,
+    /// so a few more rounds cost little and steady the medians of the
+    /// figures with the tightest targets.
+    fn round_weight(self) -> usize {
+        match self {
+            Case::OtherPort | Case::OtherAddress => CHEAP_CASE_ROUNDS,
+            _ => 1,
+        }
+    }
+}
+
+/// One case in one configuration: medians over the rounds, in ns per run
+/// as the kernel times it (whole ns, rounded down). Our own clock would
+/// not do: for XDP it also counts the dispatcher update (an RCU grace
+/// period, ~15 ms) that every multi-run XDP test run pays, and any time
+/// another task had the CPU, which the kernel's timer leaves out.
+#[derive(Clone, Debug, Serialize)]
+pub struct CaseFigures {
+    pub case: Case,
+    pub ns: f64,
+    /// The no-op program of the same type, median over every baseline run
+    /// of this configuration.
+    pub baseline_ns: f64,
+    pub ratio: f64,
+    /// Every subject run, for the record.
+    pub samples_ns: Vec<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Configuration {
+    pub services: u32,
+    pub fill_percent: u32,
+    /// Flows inserted to reach the fill level.
+    pub flows_inserted: u64,
+    /// Flows the LRU table actually held afterwards.
+    pub flows_in_table: u64,
+    pub cases: Vec<CaseFigures>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelReport {
+    pub repeat: u32,
+    pub rounds: usize,
+    pub flow_capacity: u32,
+    pub frame_bytes: usize,
+    pub configurations: Vec<Configuration>,
+}
+
+const VIP_PORT: u16 = 80;
+const CHEAP_CASE_ROUNDS: usize = 3;
+const BACKEND_PORT: u16 = 8080;
+
+fn v4(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(ip, port))
+}
+
+fn vip() -> SocketAddr {
+    v4(addr::VIP_V4.parse().expect("literal"), VIP_PORT)
+}
+
+fn blue() -> SocketAddr {
+    v4(addr::BLUE_V4.parse().expect("literal"), BACKEND_PORT)
+}
+
+/// The benchmark's client, on a port of its own per case so that no case
+/// finds another one's flow.
+fn client(case: Case) -> SocketAddr {
+    let port = 40001 + Case::ALL.iter().position(|c| *c == case).expect("listed") as u16;
+    v4(addr::CLIENT_V4.parse().expect("literal"), port)
+}
+
+/// The frame each case sends: TCP with a 9-byte payload, 63 bytes in all.
+fn frame(case: Case) -> Vec<u8> {
+    let vip = vip();
+    let other_address = v4(Ipv4Addr::new(10, 200, 100, 2), VIP_PORT);
+    let other_port = SocketAddr::new(vip.ip(), VIP_PORT + 1);
+    let frame = match case {
+        Case::OtherPort => Frame::tcp(client(case), other_port, TCP_ACK),
+        Case::OtherAddress => Frame::tcp(client(case), other_address, TCP_ACK),
+        Case::NewFlow => Frame::tcp(client(case), vip, TCP_SYN),
+        Case::Established => Frame::tcp(client(case), vip, TCP_ACK),
+        Case::Reply => Frame::tcp(blue(), client(case), TCP_ACK),
+    };
+    frame.build()
+}
+
+/// Filler service `index` (1-based): its own VIP on the benchmark's port,
+/// so the port prefilter lets all of them through to the hash lookup.
+fn filler_service(index: u32) -> (ServiceKey, ServiceState) {
+    let [_, _, hi, lo] = index.to_be_bytes();
+    let at = |net: u8, port| v4(Ipv4Addr::new(10, net, hi, lo), port);
+    let state = ServiceState {
+        backends: [
+            endpoint(at(202, BACKEND_PORT)),
+            endpoint(at(203, BACKEND_PORT)),
+        ],
+        counter_slot: index,
+        active: COLOR_BLUE,
+        previous: COLOR_BLUE ^ 1,
+        ..Default::default()
+    };
+    (service_key(at(201, VIP_PORT), PROTO_TCP), state)
+}
+
+/// Flow `index` of another client of the benchmark's service. The index is
+/// scrambled by an odd multiplier (a bijection on u32), so keys are unique
+/// and spread over addresses and ports as real clients' would be.
+fn filler_flow(index: u32, now: u64) -> (FlowKey, FlowEntry, FlowKey, Endpoint) {
+    let scrambled = index.wrapping_mul(0x9e37_79b1);
+    let [a, b, port_hi, port_lo] = scrambled.to_be_bytes();
+    let client = v4(
+        Ipv4Addr::new(100, 64, a, b),
+        u16::from_be_bytes([port_hi, port_lo]),
+    );
+    let color = (index & 1) as u8;
+    let backend = v4(Ipv4Addr::new(10, 200, 2 + color, 2), BACKEND_PORT);
+    let entry = FlowEntry {
+        last_seen: now,
+        backend: endpoint(backend),
+        color,
+        ..Default::default()
+    };
+    (
+        flow_key(client, vip(), PROTO_TCP),
+        entry,
+        flow_key(client, backend, PROTO_TCP),
+        endpoint(vip()),
+    )
+}
+
+/// The dataplane under test, with the no-op baselines next to it.
+struct Bench {
+    dataplane: TestDataplane,
+    noop_xdp: NoopProgram,
+    noop_tc: NoopProgram,
+    repeat: u32,
+    flows_inserted: u32,
+    services: u32,
+}
+
+impl Bench {
+    fn new(plan: &KernelPlan) -> Bench {
+        let mut dataplane = TestDataplane::with_flow_capacity(plan.flow_capacity);
+        // The backend equal to the VIP: see the module comment.
+        let state = ServiceState {
+            backends: [endpoint(vip()); 2],
+            counter_slot: 0,
+            active: COLOR_BLUE,
+            previous: COLOR_BLUE ^ 1,
+            ..Default::default()
+        };
+        dataplane.insert_service(service_key(vip(), PROTO_TCP), state);
+        Bench {
+            dataplane,
+            noop_xdp: NoopProgram::xdp(),
+            noop_tc: NoopProgram::tc(),
+            repeat: plan.repeat,
+            flows_inserted: 0,
+            services: 1,
+        }
+    }
+
+    /// Adds filler services until `count` are up in all.
+    fn add_services(&mut self, count: u32) {
+        for index in self.services..count {
+            let (key, state) = filler_service(index);
+            self.dataplane.insert_service(key, state);
+        }
+        self.services = self.services.max(count);
+    }
+
+    /// Inserts other clients' flows (and their reply entries) until
+    /// `target` have been inserted since the start.
+    fn fill_flows(&mut self, target: u32) {
+        let now = now();
+        let fillers: Vec<_> = (self.flows_inserted..target)
+            .map(|index| filler_flow(index, now))
+            .collect();
+        let (keys, entries): (Vec<_>, Vec<_>) = fillers.iter().map(|f| (f.0, f.1)).unzip();
+        let (reply_keys, vips): (Vec<_>, Vec<_>) = fillers.iter().map(|f| (f.2, f.3)).unzip();
+        self.dataplane.insert_flows_batch(&keys, &entries);
+        self.dataplane.insert_replies_batch(&reply_keys, &vips);
+        self.flows_inserted = self.flows_inserted.max(target);
+    }
+
+    fn traffic(&self) -> TrafficCounters {
+        self.dataplane.traffic(0, COLOR_BLUE)
+    }
+
+    /// Makes sure the established case's flow is in the table: the LRU may
+    /// have evicted it to make room for other flows.
+    fn ensure_established(&mut self) {
+        let key = flow_key(client(Case::Established), vip(), PROTO_TCP);
+        if self.dataplane.flow(&key).is_none() {
+            let opening = Frame::tcp(client(Case::Established), vip(), TCP_SYN).build();
+            self.dataplane.run_xdp(&opening);
+        }
+        assert!(
+            self.dataplane.flow(&key).is_some(),
+            "a SYN did not record the flow"
+        );
+    }
+
+    /// Two mirrored flows, so that TC rewrites blue -> VIP and the result
+    /// VIP -> blue again: every repeat then rewrites.
+    fn refresh_mirror(&mut self) {
+        let client = client(Case::Reply);
+        let now = now();
+        for (server, backend) in [(vip(), blue()), (blue(), vip())] {
+            let entry = FlowEntry {
+                last_seen: now,
+                backend: endpoint(backend),
+                color: COLOR_BLUE,
+                ..Default::default()
+            };
+            self.dataplane
+                .insert_flow(flow_key(client, server, PROTO_TCP), entry);
+            self.dataplane
+                .insert_reply(flow_key(client, backend, PROTO_TCP), endpoint(server));
+        }
+    }
+
+    /// Both frames the TC benchmark alternates between are rewritten into
+    /// each other. TC writes no map, so what held here held for every run.
+    fn verify_mirror(&self, frame: &[u8]) {
+        let (verdict, there) = self.dataplane.run_tc(frame);
+        assert_eq!(verdict, TC_ACT_OK, "TC returned {verdict}");
+        assert_ne!(there, frame, "TC did not rewrite the reply");
+        let (_, back) = self.dataplane.run_tc(&there);
+        assert_eq!(back, frame, "TC did not rewrite the mirrored reply back");
+    }
+
+    /// One run of the no-op program of `case`'s type.
+    fn baseline(&self, case: Case, frame: &[u8]) -> f64 {
+        let noop = if case.is_tc() {
+            &self.noop_tc
+        } else {
+            &self.noop_xdp
+        };
+        nanos(noop.bench(frame, self.repeat))
+    }
+
+    /// One subject run of `case`, checked to have taken its path.
+    fn subject(&mut self, case: Case, frame: &[u8]) -> f64 {
+        match case {
+            Case::Established => self.ensure_established(),
+            Case::Reply => self.refresh_mirror(),
+            _ => {}
+        }
+        let (traffic, not_service) = (self.traffic(), self.not_service());
+        let repeat = self.repeat;
+        let time = if case.is_tc() {
+            self.dataplane.bench_tc(frame, repeat)
+        } else {
+            self.dataplane.bench_xdp(frame, repeat)
+        };
+        let traffic_after = self.traffic();
+        let packets = traffic_after.packets - traffic.packets;
+        let new_flows = traffic_after.new_flows - traffic.new_flows;
+        let passed = self.not_service() - not_service;
+        let repeat = u64::from(repeat);
+        let expected = match case {
+            Case::OtherPort | Case::OtherAddress => (0, 0, repeat),
+            Case::NewFlow => (repeat, repeat, 0),
+            Case::Established => (repeat, 0, 0),
+            Case::Reply => (0, 0, 0),
+        };
+        assert_eq!(
+            (packets, new_flows, passed),
+            expected,
+            "{}: (rewritten, new flows, passed as not_service) differ from the path it names",
+            case.label()
+        );
+        if case.is_tc() {
+            self.verify_mirror(frame);
+        }
+        nanos(time)
+    }
+
+    fn not_service(&self) -> u64 {
+        self.dataplane.passed(PassReason::NotService)
+    }
+}
+
+/// Runs the whole matrix. Fill levels only grow (flows are never removed),
+/// and service counts cycle within each fill level.
+/// Runs the whole matrix: one dataplane per service count, built from
+/// nothing, then filled level by level. Neither services nor flows are ever
+/// removed, so no configuration inherits state (a prefilter bit, a
+/// half-emptied table) that a fresh deployment would not have.
+pub fn run(plan: &KernelPlan) -> Result<KernelReport, Interrupted> {
+    let frames: Vec<(Case, Vec<u8>)> = Case::ALL.iter().map(|&c| (c, frame(c))).collect();
+    let mut configurations = Vec::new();
+    for &services in &plan.service_counts {
+        let mut bench = Bench::new(plan);
+        bench.add_services(services);
+        for &fill in &plan.fill_percents {
+            check()?;
+            let target = (u64::from(plan.flow_capacity) * u64::from(fill) / 100) as u32;
+            bench.fill_flows(target);
+            let configuration = Configuration {
+                services,
+                fill_percent: fill,
+                flows_inserted: u64::from(target),
+                flows_in_table: bench.dataplane.flow_count(),
+                cases: measure(&mut bench, &frames, plan.rounds)?,
+            };
+            eprintln!("{}", progress(&configuration));
+            configurations.push(configuration);
+        }
+    }
+    // Reported by fill level, then service count.
+    configurations.sort_by_key(|c| (c.fill_percent, c.services));
+    Ok(KernelReport {
+        repeat: plan.repeat,
+        rounds: plan.rounds,
+        flow_capacity: plan.flow_capacity,
+        frame_bytes: frames[0].1.len(),
+        configurations,
+    })
+}
+
+fn nanos(duration: std::time::Duration) -> f64 {
+    duration.as_nanos() as f64
+}
+
+fn progress(configuration: &Configuration) -> String {
+    let cases: Vec<String> = configuration
+        .cases
+        .iter()
+        .map(|c| format!("{:?} {:.0} ns x{:.2}", c.case, c.ns, c.ratio))
+        .collect();
+    format!(
+        "bench: kernel {} % fill, {} services: {}",
+        configuration.fill_percent,
+        configuration.services,
+        cases.join(", ")
+    )
+}
+
+/// Rounds of every case, each subject run right after a run of the no-op
+/// program of its type, so that a slow phase of the machine hits baselines
+/// and subjects alike.
+fn measure(
+    bench: &mut Bench,
+    frames: &[(Case, Vec<u8>)],
+    rounds: usize,
+) -> Result<Vec<CaseFigures>, Interrupted> {
+    let mut subjects: Vec<Vec<f64>> = vec![Vec::new(); frames.len()];
+    let (mut xdp_baselines, mut tc_baselines) = (Vec::new(), Vec::new());
+    for round in 0..rounds * CHEAP_CASE_ROUNDS {
+        check()?;
+        for ((case, frame), samples) in frames.iter().zip(subjects.iter_mut()) {
+            if round >= rounds * case.round_weight() {
+                continue;
+            }
+            let baseline = bench.baseline(*case, frame);
+            if case.is_tc() {
+                tc_baselines.push(baseline);
+            } else {
+                xdp_baselines.push(baseline);
+            }
+            samples.push(bench.subject(*case, frame));
+        }
+    }
+    let (xdp, tc) = (median(&xdp_baselines), median(&tc_baselines));
+    Ok(frames
+        .iter()
+        .zip(subjects)
+        .map(|((case, _), samples_ns)| {
+            let baseline_ns = if case.is_tc() { tc } else { xdp };
+            let ns = median(&samples_ns);
+            CaseFigures {
+                case: *case,
+                ns,
+                baseline_ns,
+                ratio: ns / baseline_ns,
+                samples_ns,
+            }
+        })
+        .collect())
+}

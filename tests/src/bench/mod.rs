@@ -1,0 +1,41 @@
+//! `cargo xtask bench`: per-packet cost in the kernel, throughput and
+//! latency end to end, and switch time, each against a baseline measured
+//! in the same run.
+
+pub mod backend;
+pub mod kernel_cost;
+pub mod lab;
+pub mod noop;
+pub mod report;
+pub mod stats;
+pub mod switch_time;
+pub mod throughput;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Ctrl-C only raises a flag: the benchmark then unwinds normally, so every
+/// namespace, pin and link is removed by the destructors that own them.
+pub fn catch_interrupts() {
+    let handler = on_interrupt as extern "C" fn(libc::c_int);
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { libc::signal(signal, handler as libc::sighandler_t) };
+    }
+}
+
+#[derive(Debug)]
+pub struct Interrupted;
+
+pub fn check() -> Result<(), Interrupted> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        Err(Interrupted)
+    } else {
+        Ok(())
+    }
+}

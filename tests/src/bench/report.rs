@@ -1,0 +1,465 @@
+//! The results as markdown (stdout) and JSON (`target/bench/`), with every
+//! target judged met or missed and by how much.
+
+use std::{fmt::Write as _, path::PathBuf, process::Command};
+
+use serde::Serialize;
+
+use super::{
+    kernel_cost::{Case, CaseFigures, KernelReport},
+    lab::Dataplane,
+    switch_time::SwitchReport,
+    throughput::ThroughputReport,
+};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub date: String,
+    pub nproc: usize,
+    pub cpu: String,
+    pub kernel: String,
+}
+
+impl Machine {
+    pub fn probe() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name"))
+            .and_then(|rest| rest.split_once(':'))
+            .map_or_else(
+                || "unknown".to_owned(),
+                |(_, model)| model.trim().to_owned(),
+            );
+        Machine {
+            date: output_of("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]),
+            nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu,
+            kernel: output_of("uname", &["-r"]),
+        }
+    }
+}
+
+fn output_of(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// One target, judged.
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub what: String,
+    pub target: String,
+    pub measured: String,
+    pub met: bool,
+    /// How far inside (met) or outside (missed) the limit, in percent of it.
+    pub margin: String,
+}
+
+/// `measured` against an upper `limit`, both in `unit`.
+fn at_most(what: String, limit: f64, measured: f64, unit: &str) -> Target {
+    let (target, shown) = (
+        format!("<= {}{unit}", number(limit)),
+        format!("{}{unit}", number(measured)),
+    );
+    judged(
+        what,
+        target,
+        shown,
+        measured <= limit,
+        measured / limit - 1.0,
+    )
+}
+
+/// `measured` against a lower `limit`, both in `unit`.
+fn at_least(what: String, limit: f64, measured: f64, unit: &str) -> Target {
+    let (target, shown) = (
+        format!(">= {}{unit}", number(limit)),
+        format!("{}{unit}", number(measured)),
+    );
+    judged(
+        what,
+        target,
+        shown,
+        measured >= limit,
+        1.0 - measured / limit,
+    )
+}
+
+fn judged(what: String, target: String, measured: String, met: bool, excess: f64) -> Target {
+    let margin = if met {
+        format!("met, {:.1} % to spare", -excess * 100.0)
+    } else {
+        format!("missed by {:.1} %", excess * 100.0)
+    };
+    Target {
+        what,
+        target,
+        measured,
+        met,
+        margin,
+    }
+}
+
+/// Three significant digits or so: enough that a value just outside a
+/// limit never prints as equal to it.
+fn number(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.3}")
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub quick: bool,
+    pub elapsed_s: f64,
+    pub kernel: Option<KernelReport>,
+    pub throughput: Option<ThroughputReport>,
+    pub switch_time: Option<SwitchReport>,
+    pub targets: Vec<Target>,
+}
+
+impl Report {
+    pub fn judge(&mut self) {
+        let mut targets = Vec::new();
+        if let Some(kernel) = &self.kernel {
+            targets.extend(kernel_targets(kernel));
+        }
+        if let Some(throughput) = &self.throughput {
+            targets.extend(throughput_targets(throughput));
+        }
+        if let Some(switch) = &self.switch_time {
+            targets.extend(switch_targets(switch));
+        }
+        self.targets = targets;
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let m = &self.machine;
+        let _ = writeln!(
+            out,
+            "# bluegreen benchmark{}\n\n{}; {} CPUs ({}); kernel {}; {:.0} s\n",
+            if self.quick { " (--quick)" } else { "" },
+            m.date,
+            m.nproc,
+            m.cpu,
+            m.kernel,
+            self.elapsed_s
+        );
+        if let Some(kernel) = &self.kernel {
+            out += &kernel_table(kernel);
+        }
+        if let Some(throughput) = &self.throughput {
+            out += &throughput_table(throughput);
+        }
+        if let Some(switch) = &self.switch_time {
+            out += &switch_table(switch);
+        }
+        out += &targets_table(&self.targets);
+        out
+    }
+
+    /// Writes `target/bench/latest.json` and a copy named after the time.
+    pub fn save(&self) -> std::io::Result<PathBuf> {
+        let dir = target_dir().join("bench");
+        std::fs::create_dir_all(&dir)?;
+        let json = serde_json::to_string_pretty(self).expect("the report serializes");
+        let stamp = self.machine.date.replace([' ', ':'], "-");
+        std::fs::write(dir.join(format!("{stamp}.json")), &json)?;
+        let latest = dir.join("latest.json");
+        std::fs::write(&latest, json)?;
+        Ok(latest)
+    }
+}
+
+/// Cargo's target directory, honouring CARGO_TARGET_DIR as xtask does.
+fn target_dir() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the test bed lives inside the workspace")
+        .to_path_buf();
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
+fn kernel_table(report: &KernelReport) -> String {
+    let mut out = String::new();
+    let first = &report.configurations[0].cases;
+    let baseline = |tc: bool| {
+        first
+            .iter()
+            .find(|c| c.case.is_tc() == tc)
+            .map_or(f64::NAN, |c| c.baseline_ns)
+    };
+    let _ = writeln!(
+        out,
+        "## 1. Per-packet cost in the kernel (BPF_PROG_TEST_RUN)\n\n\
+         {} runs per measurement, {} rounds (3x as many for the non-VIP cases), medians; \
+         {}-byte TCP frame; flow table of {} entries. \
+         ns per packet as the kernel times it, and in parentheses the ratio to a no-op program \
+         of the same type (`r0 = verdict; exit`, same frame, run before every measurement; \
+         no-op XDP {:.0} ns, no-op TC {:.0} ns in the first configuration).\n",
+        report.repeat,
+        report.rounds,
+        report.frame_bytes,
+        report.flow_capacity,
+        baseline(false),
+        baseline(true)
+    );
+    out += "| flow table fill | services |";
+    for case in Case::ALL {
+        let _ = write!(out, " {} |", case.label());
+    }
+    out += "\n| --- | --- |";
+    out += &" --- |".repeat(Case::ALL.len());
+    out += "\n";
+    for configuration in &report.configurations {
+        let _ = write!(
+            out,
+            "| {} % ({} flows) | {} |",
+            configuration.fill_percent, configuration.flows_in_table, configuration.services
+        );
+        for case in &configuration.cases {
+            let _ = write!(out, " {:.0} ns ({:.2}x) |", case.ns, case.ratio);
+        }
+        out += "\n";
+    }
+    out += "\n";
+    out
+}
+
+fn ratios_of(report: &KernelReport, case: Case) -> Vec<&CaseFigures> {
+    report
+        .configurations
+        .iter()
+        .flat_map(|c| c.cases.iter())
+        .filter(|c| c.case == case)
+        .collect()
+}
+
+fn worst_ratio(report: &KernelReport, case: Case) -> f64 {
+    ratios_of(report, case)
+        .iter()
+        .map(|c| c.ratio)
+        .fold(f64::NAN, f64::max)
+}
+
+/// The largest relative change of a case's ratio to baseline between the
+/// two ends of one axis (services or fill), the other axis held fixed.
+fn spread(report: &KernelReport, case: Case, by_services: bool) -> f64 {
+    let ratio = |services: u32, fill: u32| {
+        report
+            .configurations
+            .iter()
+            .find(|c| c.services == services && c.fill_percent == fill)
+            .and_then(|c| c.cases.iter().find(|f| f.case == case))
+            .map(|f| f.ratio)
+    };
+    let services: Vec<u32> = report.configurations.iter().map(|c| c.services).collect();
+    let fills: Vec<u32> = report
+        .configurations
+        .iter()
+        .map(|c| c.fill_percent)
+        .collect();
+    let (low_s, high_s) = (min(&services), max(&services));
+    let (low_f, high_f) = (min(&fills), max(&fills));
+    let pairs: Vec<(Option<f64>, Option<f64>)> = if by_services {
+        fills
+            .iter()
+            .map(|&f| (ratio(low_s, f), ratio(high_s, f)))
+            .collect()
+    } else {
+        services
+            .iter()
+            .map(|&s| (ratio(s, low_f), ratio(s, high_f)))
+            .collect()
+    };
+    pairs
+        .into_iter()
+        .filter_map(|(low, high)| Some((high? / low? - 1.0).abs()))
+        .fold(0.0, f64::max)
+}
+
+fn min(values: &[u32]) -> u32 {
+    values.iter().copied().min().unwrap_or(0)
+}
+
+fn max(values: &[u32]) -> u32 {
+    values.iter().copied().max().unwrap_or(0)
+}
+
+fn kernel_targets(report: &KernelReport) -> Vec<Target> {
+    let mut targets = Vec::new();
+    for (case, limit) in [
+        (Case::OtherPort, 1.15),
+        (Case::OtherAddress, 1.15),
+        (Case::Established, 1.6),
+    ] {
+        let worst = worst_ratio(report, case);
+        targets.push(at_most(
+            format!("{}: ratio to no-op XDP (worst cell)", case.label()),
+            limit,
+            worst,
+            "x",
+        ));
+    }
+    for case in Case::ALL {
+        for (by_services, axis) in [(true, "1 -> 10,000 services"), (false, "1 % -> 100 % fill")] {
+            let change = spread(report, case, by_services);
+            targets.push(at_most(
+                format!("{}: flat over {axis} (largest change)", case.label()),
+                10.0,
+                change * 100.0,
+                " %",
+            ));
+        }
+    }
+    targets
+}
+
+fn throughput_table(report: &ThroughputReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## 2. End to end: HTTP through the switch namespace (wrk)\n\n\
+         `wrk -t{} -c{} -d{}s --latency` from the client namespace, {} rounds with the order of \
+         dataplanes rotated, medians; ratios are medians of per-round ratios.\n\n\
+         | dataplane | connections | req/s | p50 | p99 | req/s vs direct | req/s vs nftables | p99 vs direct | errors |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        report.wrk_threads, report.wrk_connections, report.seconds, report.rounds
+    );
+    for f in &report.figures {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {} | {} | {:.2}x | {:.2}x | {:.2}x | {} |",
+            f.dataplane.label(),
+            f.connections.label(),
+            f.requests_per_second,
+            micros(f.p50_us),
+            micros(f.p99_us),
+            f.rps_vs_router,
+            f.rps_vs_nftables,
+            f.p99_vs_router,
+            f.errors
+        );
+    }
+    out += "\n";
+    out
+}
+
+fn micros(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} us")
+    }
+}
+
+fn throughput_targets(report: &ThroughputReport) -> Vec<Target> {
+    let mut targets = Vec::new();
+    let bluegreen = report.figures.iter().filter(|f| {
+        matches!(
+            f.dataplane,
+            Dataplane::BluegreenNative | Dataplane::BluegreenGeneric
+        )
+    });
+    for f in bluegreen {
+        let name = format!("{}, {}", f.dataplane.label(), f.connections.label());
+        targets.push(at_least(
+            format!("{name}: req/s vs direct"),
+            0.95,
+            f.rps_vs_router,
+            "x",
+        ));
+        targets.push(at_least(
+            format!("{name}: req/s vs nftables"),
+            1.0,
+            f.rps_vs_nftables,
+            "x",
+        ));
+        targets.push(at_most(
+            format!("{name}: p99 vs direct"),
+            1.1,
+            f.p99_vs_router,
+            "x",
+        ));
+    }
+    targets
+}
+
+fn switch_table(report: &SwitchReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## 3. Switch time\n\n\
+         From the start of the switch command (process spawn included) to the moment the \
+         client began the first new connection that the new color served, seen by a client \
+         that keeps opening new connections (one per \"probe interval\", the resolution); \
+         colors alternate. \"established\": to when that connection was established \
+         (adds the handshake and the prober's wake-up).\n\n\
+         | peer | switches | p50 | p99 | max | established p50 | established p99 | command start to exit (p50) | probe interval | stale connections | failed probes |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
+    for peer in &report.peers {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            peer.dataplane.label(),
+            peer.switches,
+            micros(peer.p50_us),
+            micros(peer.p99_us),
+            micros(peer.max_us),
+            micros(peer.established_p50_us),
+            micros(peer.established_p99_us),
+            micros(peer.command_p50_us),
+            micros(peer.probe_interval_us),
+            peer.stale_connections,
+            peer.failed_probes
+        );
+    }
+    out += "\n";
+    out
+}
+
+fn switch_targets(report: &SwitchReport) -> Vec<Target> {
+    report
+        .peers
+        .iter()
+        .filter(|peer| peer.dataplane != Dataplane::Nftables)
+        .map(|peer| {
+            at_most(
+                format!("{}: switch time p50 (ms)", peer.dataplane.label()),
+                2.0,
+                peer.p50_us / 1000.0,
+                " ms",
+            )
+        })
+        .collect()
+}
+
+fn targets_table(targets: &[Target]) -> String {
+    let mut out = String::from(
+        "## Targets\n\n| what | target | measured | verdict |\n| --- | --- | --- | --- |\n",
+    );
+    for target in targets {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            target.what, target.target, target.measured, target.margin
+        );
+    }
+    let met = targets.iter().filter(|t| t.met).count();
+    let _ = writeln!(out, "\n{met} of {} targets met.", targets.len());
+    out
+}

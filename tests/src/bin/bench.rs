@@ -1,0 +1,156 @@
+//! `cargo xtask bench`: bluegreen against baselines measured in the same
+//! run: per-packet cost in the kernel, throughput and latency end to end,
+//! and switch time. Prints markdown, writes JSON to `target/bench/`, and
+//! removes everything it created, also on Ctrl-C or failure.
+
+use std::{
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use bluegreen_testbed::bench::{
+    self, Interrupted,
+    kernel_cost::{self, KernelPlan},
+    lab::Lab,
+    report::{Machine, Report},
+    switch_time::{self, SwitchPlan},
+    throughput::{self, ThroughputPlan},
+};
+
+const USAGE: &str = "usage: bench [--quick] [--only kernel|throughput|switch]
+
+  --quick   a smoke run: fewer repeats and rounds, 1 s wrk runs (~25 s)
+  --only    run one part only";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Kernel,
+    Throughput,
+    Switch,
+}
+
+struct Options {
+    quick: bool,
+    only: Option<Part>,
+}
+
+impl Options {
+    fn parse() -> Result<Options, String> {
+        let mut options = Options {
+            quick: false,
+            only: None,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => options.quick = true,
+                "--only" => {
+                    options.only = Some(match args.next().as_deref() {
+                        Some("kernel") => Part::Kernel,
+                        Some("throughput") => Part::Throughput,
+                        Some("switch") => Part::Switch,
+                        other => {
+                            return Err(format!(
+                                "--only takes kernel|throughput|switch, not {other:?}"
+                            ));
+                        }
+                    })
+                }
+                "-h" | "--help" => return Err(String::new()),
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        Ok(options)
+    }
+
+    fn runs(&self, part: Part) -> bool {
+        self.only.is_none_or(|only| only == part)
+    }
+
+    fn kernel_plan(&self) -> KernelPlan {
+        KernelPlan {
+            repeat: if self.quick { 200_000 } else { 1_000_000 },
+            rounds: if self.quick { 1 } else { 5 },
+            flow_capacity: bluegreen_common::DEFAULT_FLOW_CAPACITY,
+            fill_percents: vec![1, 50, 100],
+            service_counts: vec![1, 100, 10_000],
+        }
+    }
+
+    fn throughput_plan(&self) -> ThroughputPlan {
+        ThroughputPlan {
+            rounds: if self.quick { 1 } else { 3 },
+            seconds: if self.quick { 1 } else { 5 },
+            threads: 2,
+            connections: 32,
+        }
+    }
+
+    fn switch_plan(&self) -> SwitchPlan {
+        SwitchPlan {
+            blocks: 2,
+            switches_per_block: if self.quick { 5 } else { 30 },
+            settle: Duration::from_millis(20),
+        }
+    }
+}
+
+fn measure(options: &Options, report: &mut Report) -> Result<(), Interrupted> {
+    if options.runs(Part::Kernel) {
+        eprintln!("bench: part 1, per-packet cost in the kernel");
+        report.kernel = Some(kernel_cost::run(&options.kernel_plan())?);
+    }
+    if options.runs(Part::Throughput) || options.runs(Part::Switch) {
+        let lab = Lab::new();
+        if options.runs(Part::Throughput) {
+            eprintln!("bench: part 2, end to end with wrk");
+            report.throughput = Some(throughput::run(&lab, &options.throughput_plan())?);
+        }
+        if options.runs(Part::Switch) {
+            eprintln!("bench: part 3, switch time");
+            report.switch_time = Some(switch_time::run(&lab, &options.switch_plan())?);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let options = match Options::parse() {
+        Ok(options) => options,
+        // An empty error is a request for help.
+        Err(error) if error.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            eprintln!("bench: {error}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    bench::catch_interrupts();
+    let started = Instant::now();
+    let mut report = Report {
+        machine: Machine::probe(),
+        quick: options.quick,
+        elapsed_s: 0.0,
+        kernel: None,
+        throughput: None,
+        switch_time: None,
+        targets: Vec::new(),
+    };
+    if measure(&options, &mut report).is_err() {
+        eprintln!("bench: interrupted; everything it created has been removed");
+        return ExitCode::from(130);
+    }
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    report.judge();
+    print!("{}", report.markdown());
+    match report.save() {
+        Ok(path) => eprintln!("bench: results in {}", path.display()),
+        Err(error) => {
+            eprintln!("bench: cannot write the JSON results: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
