@@ -112,6 +112,7 @@ fn serve_connection(
     body: &str,
 ) -> io::Result<()> {
     stream.set_nonblocking(false)?;
+    stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(POLL))?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
@@ -144,11 +145,13 @@ fn serve_connection(
             } else {
                 "keep-alive"
             };
-            write!(
-                writer,
+            // One write: several small ones would wait on Nagle and the
+            // client's delayed ACK.
+            let response = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: {connection}\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
-            )?;
+            );
+            writer.write_all(response.as_bytes())?;
             // Load generators that ask for a new connection per request
             // (wrk with `Connection: close`) wait for the server to close.
             if close_requested {
