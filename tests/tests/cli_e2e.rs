@@ -501,3 +501,36 @@ fn down_leaves_nothing_behind() {
         "the VIP is no longer steered"
     );
 }
+
+#[test]
+fn removing_a_service_stops_steering_its_open_connections() {
+    let fixture = Fixture::new();
+    // A UDP service on the same VIP and port keeps both prefilters letting
+    // the TCP connection's packets through after the TCP service is gone:
+    // what must stop them is the flow-table fast path noticing its service
+    // went away.
+    let udp_twin = format!(
+        "\n[[service]]\nname = \"dns\"\nproto = \"udp\"\nvip = \"{}\"\nblue = \"{}\"\ngreen = \"{}\"\n",
+        vip(),
+        blue_backend(),
+        green_backend()
+    );
+    let both = fixture.write_config(&format!("{}{udp_twin}", config_text("", "")));
+    fixture.up_with_config(&both);
+    let mut kept = fixture.keep_alive();
+    assert_eq!(kept.get().expect("request"), "blue");
+
+    let only_udp = format!("interface = \"{SWITCH_IFACE}\"\n{udp_twin}");
+    let output = fixture.up_with_config(&fixture.write_config(&only_udp));
+    assert!(output.contains("hot-upgraded"), "{output}");
+    let status = fixture.bluegreen.status();
+    let services = status["interfaces"][0]["services"]
+        .as_array()
+        .expect("services");
+    assert_eq!(services.len(), 1, "{status}");
+    assert_eq!(services[0]["name"], "dns");
+    assert!(
+        kept.get().is_err(),
+        "the removed service's connection is no longer rewritten to its backend"
+    );
+}
