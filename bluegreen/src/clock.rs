@@ -6,27 +6,17 @@
 //! `bpf_jiffies64()` into its packet, run once with `BPF_PROG_TEST_RUN`.
 
 use std::{
-    io,
-    mem::size_of,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, OwnedFd},
     sync::OnceLock,
     time::{Duration, Instant},
 };
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    sys::{BPF_PROG_TYPE_XDP, instruction, load_program, test_run},
+};
 
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_FUNC_JIFFIES64: i32 = 118;
-
-/// One BPF instruction: opcode, registers, offset, immediate.
-const fn instruction(code: u8, dst: u8, src: u8, offset: i16, immediate: i32) -> u64 {
-    code as u64
-        | ((dst as u64 | ((src as u64) << 4)) << 8)
-        | ((offset as u16 as u64) << 16)
-        | ((immediate as u32 as u64) << 32)
-}
 
 /// r6 = ctx; r0 = jiffies64(); r2 = ctx->data; r3 = ctx->data_end;
 /// if r2 + 8 <= r3 { *(u64 *)r2 = r0 }; return XDP_PASS.
@@ -43,80 +33,23 @@ const PROGRAM: [u64; 10] = [
     instruction(0x95, 0, 0, 0, 0),
 ];
 
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-}
-
-fn bpf<T>(command: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a valid `bpf_attr` prefix for `command`, and every
-    // pointer in it refers to memory that outlives the call.
-    let status = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            attr as *mut T,
-            size_of::<T>() as libc::c_uint,
-        )
-    };
-    if status < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(status)
-    }
-}
-
 /// The loaded clock program, shared by every reading in this process.
 fn program() -> Result<&'static OwnedFd> {
     static PROGRAM_FD: OnceLock<OwnedFd> = OnceLock::new();
     if let Some(fd) = PROGRAM_FD.get() {
         return Ok(fd);
     }
-    let license = c"GPL";
-    let mut attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_XDP,
-        insn_cnt: PROGRAM.len() as u32,
-        insns: PROGRAM.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-    };
-    let fd = bpf(BPF_PROG_LOAD, &mut attr).map_err(Error::ebpf("cannot load the clock program"))?;
-    // SAFETY: BPF_PROG_LOAD returned a new descriptor that we now own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
+    let fd = load_program(BPF_PROG_TYPE_XDP, &PROGRAM, "bluegreen_clock")
+        .map_err(Error::ebpf("cannot load the clock program"))?;
     Ok(PROGRAM_FD.get_or_init(|| fd))
 }
 
 /// The dataplane's clock now, in jiffies.
 pub fn now() -> Result<u64> {
-    let fd = program()?;
     let input = [0u8; 64];
     let mut output = [0u8; 64];
-    let mut attr = TestRunAttr {
-        prog_fd: fd.as_raw_fd() as u32,
-        data_size_in: input.len() as u32,
-        data_size_out: output.len() as u32,
-        data_in: input.as_ptr() as u64,
-        data_out: output.as_mut_ptr() as u64,
-        repeat: 1,
-        ..Default::default()
-    };
-    bpf(BPF_PROG_TEST_RUN, &mut attr).map_err(Error::ebpf("cannot read the kernel's jiffies"))?;
+    test_run(program()?.as_fd(), &input, Some(&mut output), 1)
+        .map_err(Error::ebpf("cannot read the kernel's jiffies"))?;
     let mut jiffies = [0u8; 8];
     jiffies.copy_from_slice(&output[..8]);
     Ok(u64::from_ne_bytes(jiffies))

@@ -2,9 +2,8 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    ffi::CString,
     fs,
-    os::unix::{ffi::OsStrExt, fs::DirBuilderExt},
+    os::{fd::AsFd, unix::fs::DirBuilderExt},
     path::{Path, PathBuf},
 };
 
@@ -106,38 +105,8 @@ impl Drop for FreshInstanceGuard {
 /// it would leave the program attached until the kernel's deferred release
 /// of the link runs, so `down` could return with XDP still attached.
 fn detach_pinned_link(path: &Path) {
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_DETACH: libc::c_long = 34;
-    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
-        return;
-    };
-    // `union bpf_attr`: BPF_OBJ_GET reads a path pointer at offset 0,
-    // BPF_LINK_DETACH a link descriptor; the rest must be zero.
-    let mut attr = [0u64; 16];
-    attr[0] = c_path.as_ptr() as u64;
-    // SAFETY: `attr` is a zeroed bpf_attr that outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        return;
-    }
-    let mut attr = [0u32; 32];
-    attr[0] = fd as u32;
-    // SAFETY: as above; `fd` is ours and closed right after.
-    unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_DETACH,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        );
-        libc::close(fd as libc::c_int);
+    if let Ok(link) = crate::sys::object_get(path) {
+        let _ = crate::sys::link_detach(link.as_fd());
     }
 }
 

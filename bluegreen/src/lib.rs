@@ -12,6 +12,7 @@ pub mod error;
 pub mod health;
 pub mod pinned;
 pub mod state;
+pub mod sys;
 
 pub use error::{Error, Result};
 

@@ -462,7 +462,9 @@ pub fn service_key(vip: SocketAddr, proto: u8) -> ServiceKey {
 /// `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_LOOKUP_BATCH`, which aya 0.14 does not
 /// expose.
 mod batch {
-    use std::{io, mem::size_of, os::fd::AsRawFd, os::fd::BorrowedFd};
+    use std::{io, os::fd::AsRawFd, os::fd::BorrowedFd};
+
+    use bluegreen::sys::bpf;
 
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
@@ -482,24 +484,6 @@ mod batch {
         map_fd: u32,
         elem_flags: u64,
         flags: u64,
-    }
-
-    fn bpf(command: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
-        // SAFETY: `attr` is a valid `bpf_attr` prefix whose pointers refer
-        // to buffers that outlive the call.
-        let status = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                command,
-                attr as *mut BatchAttr,
-                size_of::<BatchAttr>() as u32,
-            )
-        };
-        if status < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
     }
 
     pub fn update<K: aya::Pod, V: aya::Pod>(
@@ -550,7 +534,7 @@ mod batch {
             let outcome = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
             total += u64::from(attr.count);
             match outcome {
-                Ok(()) => (token_in, first) = (token_out, false),
+                Ok(_) => (token_in, first) = (token_out, false),
                 // The end of the table, possibly with a last few entries.
                 Err(error) if error.raw_os_error() == Some(libc::ENOENT) => return Ok(total),
                 Err(error) => return Err(error),

@@ -124,24 +124,12 @@ impl Lab {
     }
 
     fn bluegreen_up(&self, mode: &str) {
-        let vip = vip().to_string();
-        let (blue, green) = (backend("blue").to_string(), backend("green").to_string());
-        self.bluegreen.ok(&[
-            "-q",
-            "up",
-            "--iface",
-            SWITCH_IFACE,
-            "--service",
-            "web",
-            "--vip",
-            &vip,
-            "--blue",
-            &blue,
-            "--green",
-            &green,
-            "--xdp-mode",
-            mode,
-        ]);
+        // The standard service: the bench's VIP and backends are the
+        // tests' own.
+        let mut args = vec!["-q".to_owned()];
+        args.extend(crate::fixture::up_args());
+        args.extend(["--xdp-mode".to_owned(), mode.to_owned()]);
+        self.bluegreen.ok(&crate::fixture::strs(&args));
         let status = self.bluegreen.status();
         assert_eq!(
             status["interfaces"][0]["xdp_mode"], mode,
