@@ -91,48 +91,35 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
     // intact for the rest of this RCU section even if userspace replaces it.
     let service =
         unsafe { BG_SERVICES.get(service_key(&flow_key)) }.ok_or(PassReason::NotService)?;
-    match known {
+    let (color, closing_before, new_flow) = match known {
         // The generations array lagged behind the services map (it is
         // written second): the flow stays where it is.
         Some(entry) if entry.generation == service.generation => {
-            forward(&packet, &headers, &flow_key, entry, now, closing)
+            return forward(&packet, &headers, &flow_key, entry, now, closing);
         }
         // A forced switch since the flow started: it moves to the active
         // color, keeping its closing state if it has one.
-        Some(entry) => {
-            let rebound = FlowEntry {
-                last_seen: now,
-                backend: *service.backend(service.active),
-                generation: service.generation,
-                color: service.active,
-                closing: entry.closing | closing as u8,
-                counter_slot: service.counter_slot as u16,
-                reserved: [0; 4],
-            };
-            record_flow(ctx, &flow_key, &rebound)?;
-            rewrite_destination(&packet, &headers, &flow_key, &rebound.backend)?;
-            count(&packet, rebound.counter_slot, rebound.color, false);
-            Ok(())
-        }
+        Some(entry) => (service.active, entry.closing, false),
         None => {
             let color = new_flow_color(service, &flow_key, || {
                 in_preview(service.counter_slot, flow_key.family, &flow_key.client)
             });
-            let fresh = FlowEntry {
-                last_seen: now,
-                backend: *service.backend(color),
-                generation: service.generation,
-                color,
-                closing: closing as u8,
-                counter_slot: service.counter_slot as u16,
-                reserved: [0; 4],
-            };
-            record_flow(ctx, &flow_key, &fresh)?;
-            rewrite_destination(&packet, &headers, &flow_key, &fresh.backend)?;
-            count(&packet, fresh.counter_slot, fresh.color, true);
-            Ok(())
+            (color, 0, true)
         }
-    }
+    };
+    let entry = FlowEntry {
+        last_seen: now,
+        backend: *service.backend(color),
+        generation: service.generation,
+        color,
+        closing: closing_before | closing as u8,
+        counter_slot: service.counter_slot as u16,
+        reserved: [0; 4],
+    };
+    record_flow(ctx, &flow_key, &entry)?;
+    rewrite_destination(&packet, &headers, &flow_key, &entry.backend)?;
+    count(&packet, entry.counter_slot, entry.color, new_flow);
+    Ok(())
 }
 
 #[inline(always)]
