@@ -534,3 +534,43 @@ fn removing_a_service_stops_steering_its_open_connections() {
         "the removed service's connection is no longer rewritten to its backend"
     );
 }
+
+#[test]
+fn missing_capabilities_are_named_and_leave_nothing_behind() {
+    let fixture = Fixture::new();
+    // Root, but without the capabilities eBPF needs (as in a locked-down
+    // unit or container).
+    // `nsenter --net=NS bluegreen ...`: setpriv goes between the two, as
+    // entering the namespace itself needs CAP_SYS_ADMIN.
+    let command = fixture.bluegreen.command(&strs(&up_args()));
+    let mut args = command.get_args();
+    let enter = args.next().expect("nsenter's --net argument").to_owned();
+    let output = Command::new(command.get_program())
+        .arg(enter)
+        .args([
+            "setpriv",
+            "--bounding-set=-bpf,-net_admin,-perfmon,-sys_admin",
+            "--inh-caps=-all",
+        ])
+        .args(args)
+        .output()
+        .expect("run setpriv");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the kernel refused (operation not permitted); bluegreen needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        fixture.bluegreen.pins().is_empty(),
+        "{:?}",
+        fixture.bluegreen.pins()
+    );
+    assert!(!fixture.bluegreen.state_file().exists());
+    let link = fixture
+        .topology
+        .switch
+        .exec("ip", &["-d", "link", "show", SWITCH_IFACE]);
+    assert!(!String::from_utf8_lossy(&link.stdout).contains("prog/xdp"));
+}
