@@ -82,19 +82,6 @@ impl PinLayout {
         }
         Ok(())
     }
-
-    /// Interfaces that have pins of our layout under `root`.
-    pub fn interfaces(root: &Path) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(root.join(format!("v{LAYOUT_VERSION}"))) else {
-            return Vec::new();
-        };
-        let mut names: Vec<String> = entries
-            .filter_map(|entry| entry.ok())
-            .map(|entry| entry.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
 }
 
 /// Fails unless `path` (or, if it does not exist yet, its nearest existing

@@ -7,7 +7,7 @@ use std::{
     io::Write,
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     os::unix::io::AsRawFd,
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use serde::{Deserialize, Serialize};
@@ -73,10 +73,6 @@ pub struct InterfaceLock {
 impl StateStore {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn ensure_dir(&self) -> Result<()> {
@@ -213,6 +209,7 @@ impl StateStore {
 mod tests {
     use super::*;
     use crate::endpoint::Proto;
+    use std::path::Path;
 
     fn sample(iface: &str) -> InterfaceState {
         InterfaceState {

@@ -239,15 +239,6 @@ impl KeepAlive {
         )?;
         read_response(&mut self.reader)
     }
-
-    /// The local port, to find this connection in the flow table.
-    pub fn local_port(&self) -> u16 {
-        self.reader
-            .get_ref()
-            .local_addr()
-            .map(|addr| addr.port())
-            .unwrap_or(0)
-    }
 }
 
 /// One UDP request/response exchange from a fresh socket.

@@ -150,7 +150,6 @@ pub mod addr {
     pub const BLUE_V4: &str = "10.200.2.2";
     pub const GREEN_V4: &str = "10.200.3.2";
     pub const VIP_V4: &str = "10.200.100.1";
-    pub const CLIENT_V6: &str = "fd00:bb::1:2";
     pub const BLUE_V6: &str = "fd00:bb::2:2";
     pub const GREEN_V6: &str = "fd00:bb::3:2";
     pub const VIP_V6: &str = "fd00:bb::100:1";
