@@ -205,45 +205,52 @@ pub fn check_pinned_maps(layout: &PinLayout) -> Result<Option<u32>> {
         if !path.exists() {
             continue;
         }
-        let incompatible = |detail: String| Error::IncompatibleMap {
-            path: path.clone(),
-            detail,
-            iface: layout.iface().to_owned(),
-        };
-        let info = MapInfo::from_pin(&path).map_err(|error| incompatible(error.to_string()))?;
-        let kind = info
-            .map_type()
-            .map_err(|error| incompatible(error.to_string()))?;
-        if kind != spec.kind {
-            return Err(incompatible(format!(
-                "type {kind:?}, expected {:?}",
-                spec.kind
-            )));
-        }
-        if info.key_size() as usize != spec.key_size
-            || info.value_size() as usize != spec.value_size
-        {
-            return Err(incompatible(format!(
-                "key/value size {}/{}, expected {}/{}",
-                info.key_size(),
-                info.value_size(),
-                spec.key_size,
-                spec.value_size
-            )));
-        }
-        match spec.max_entries {
-            Some(expected) if info.max_entries() != expected => {
-                return Err(incompatible(format!(
-                    "{} entries, expected {expected}",
-                    info.max_entries()
-                )));
-            }
-            Some(_) => {}
-            None if spec.name == map_names::FLOWS => flow_capacity = Some(info.max_entries()),
-            None => {}
+        let info = MapInfo::from_pin(&path)
+            .map_err(|error| incompatible(layout, spec.name, error.to_string()))?;
+        let entries = check_map(layout, &spec, &info)?;
+        if spec.name == map_names::FLOWS {
+            flow_capacity = Some(entries);
         }
     }
     Ok(flow_capacity)
+}
+
+fn incompatible(layout: &PinLayout, name: &str, detail: String) -> Error {
+    Error::IncompatibleMap {
+        path: layout.map(name),
+        detail,
+        iface: layout.iface().to_owned(),
+    }
+}
+
+/// Checks one pinned map against its spec; returns its capacity.
+fn check_map(layout: &PinLayout, spec: &MapSpec, info: &MapInfo) -> Result<u32> {
+    let incompatible = |detail: String| incompatible(layout, spec.name, detail);
+    let kind = info
+        .map_type()
+        .map_err(|error| incompatible(error.to_string()))?;
+    if kind != spec.kind {
+        return Err(incompatible(format!(
+            "type {kind:?}, expected {:?}",
+            spec.kind
+        )));
+    }
+    if info.key_size() as usize != spec.key_size || info.value_size() as usize != spec.value_size {
+        return Err(incompatible(format!(
+            "key/value size {}/{}, expected {}/{}",
+            info.key_size(),
+            info.value_size(),
+            spec.key_size,
+            spec.value_size
+        )));
+    }
+    match spec.max_entries {
+        Some(expected) if info.max_entries() != expected => Err(incompatible(format!(
+            "{} entries, expected {expected}",
+            info.max_entries()
+        ))),
+        _ => Ok(info.max_entries()),
+    }
 }
 
 /// Typed handles on an instance's pinned maps.
@@ -272,6 +279,8 @@ pub fn preview_key(counter_slot: u32, cidr: &Cidr) -> Key<PreviewPrefix> {
     )
 }
 
+/// Opens one pinned map, checked against this version's layout before it is
+/// given a type (one open per map: the check reads the opened map's info).
 fn open_map<T>(layout: &PinLayout, name: &str) -> Result<T>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
@@ -279,6 +288,12 @@ where
     let path = layout.map(name);
     let action = || format!("cannot open pinned map {}", path.display());
     let data = MapData::from_pin(&path).map_err(Error::ebpf(action()))?;
+    let spec = expected_maps()
+        .into_iter()
+        .find(|spec| spec.name == name)
+        .expect("every map bluegreen opens has a spec");
+    let info = data.info().map_err(Error::ebpf(action()))?;
+    check_map(layout, &spec, &info)?;
     let map = Map::from_map_data(data).map_err(Error::ebpf(action()))?;
     T::try_from(map).map_err(Error::ebpf(action()))
 }
@@ -290,7 +305,6 @@ impl PinnedMaps {
                 where_: format!(" on {}", layout.iface()),
             });
         }
-        check_pinned_maps(layout)?;
         Ok(Self {
             services: open_map(layout, map_names::SERVICES)?,
             flows: open_map(layout, map_names::FLOWS)?,
