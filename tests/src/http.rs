@@ -269,6 +269,17 @@ impl LoadReport {
     pub fn succeeded(&self) -> u64 {
         self.served_by.values().sum()
     }
+
+    /// Panics unless all `requests` were answered and none failed.
+    pub fn assert_all_served(&self, requests: u64) {
+        assert!(
+            self.failures.is_empty(),
+            "{} failed: {:?}",
+            self.failures.len(),
+            self.failures
+        );
+        assert_eq!(self.succeeded(), requests, "{self:?}");
+    }
 }
 
 /// Load that runs in the background: `workers` threads in `namespace`, each

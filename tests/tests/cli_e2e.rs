@@ -114,13 +114,7 @@ fn no_request_fails_while_switching_back_and_forth() {
         switches, 50,
         "the load ended before 50 switches: {report:?}"
     );
-    assert!(
-        report.failures.is_empty(),
-        "{} failed: {:?}",
-        report.failures.len(),
-        report.failures
-    );
-    assert_eq!(report.succeeded(), 2000, "{report:?}");
+    report.assert_all_served(2000);
     assert!(
         report.served_by.get("blue").is_some_and(|count| *count > 0),
         "{report:?}"
@@ -166,13 +160,7 @@ fn daemon_crash_restart_and_hot_upgrade_lose_nothing() {
     assert_eq!(kept.get().expect("kept connection after upgrade"), "green");
 
     let report = load.finish(false);
-    assert!(
-        report.failures.is_empty(),
-        "{} failed: {:?}",
-        report.failures.len(),
-        report.failures
-    );
-    assert_eq!(report.succeeded(), 1500, "{report:?}");
+    report.assert_all_served(1500);
 
     // SIGTERM: the daemon exits and the dataplane stays.
     let status = restarted.terminate();

@@ -87,7 +87,7 @@ fn the_daemon_rolls_back_when_the_new_color_dies() {
     );
 
     let report = fixture.load(4, 500, Duration::from_secs(30)).finish(false);
-    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    report.assert_all_served(500);
     assert_eq!(report.served_by.get("blue"), Some(&500), "{report:?}");
 
     let metrics = scrape(&fixture);

@@ -37,8 +37,7 @@ fn split(fixture: &Fixture, requests: u64) -> (u64, u64) {
     let report = fixture
         .load(4, requests, Duration::from_secs(60))
         .finish(false);
-    assert!(report.failures.is_empty(), "{:?}", report.failures);
-    assert_eq!(report.succeeded(), requests, "{report:?}");
+    report.assert_all_served(requests);
     let count = |color: &str| report.served_by.get(color).copied().unwrap_or(0);
     (count("blue"), count("green"))
 }
