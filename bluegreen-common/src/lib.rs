@@ -36,6 +36,25 @@ pub const FAMILY_IPV6: u8 = 6;
 pub const COLOR_BLUE: u8 = 0;
 pub const COLOR_GREEN: u8 = 1;
 
+/// The color that is not `color`.
+#[inline(always)]
+pub fn other_color(color: u8) -> u8 {
+    (color ^ 1) & 1
+}
+
+/// Index of a service's counters for one color in the traffic map.
+#[inline(always)]
+pub fn traffic_index(counter_slot: u32, color: u8) -> u32 {
+    counter_slot * 2 + u32::from(color & 1)
+}
+
+/// Where bit `bit` of a bitmap stored as an array of `u32` words lives:
+/// the word's index and the mask within it.
+#[inline(always)]
+pub fn bitmap_position(bit: u32) -> (u32, u32) {
+    (bit >> 5, 1 << (bit & 31))
+}
+
 /// Number of 32-bit words in the port prefilter bitmap (one bit per port).
 pub const FILTER_WORDS: u32 = 65536 / 32;
 
@@ -115,6 +134,19 @@ pub struct ServiceKey {
     pub family: u8,
 }
 
+impl FlowKey {
+    /// The service a client-to-VIP flow belongs to.
+    #[inline(always)]
+    pub fn service_key(&self) -> ServiceKey {
+        ServiceKey {
+            vip: self.server,
+            port: self.server_port,
+            proto: self.proto,
+            family: self.family,
+        }
+    }
+}
+
 /// Value of the services map. Userspace always replaces it whole, so a packet
 /// sees either the state before a switch or the state after it, never a mix.
 #[repr(C)]
@@ -154,7 +186,7 @@ pub fn new_flow_color(
     key: &FlowKey,
     in_preview: impl FnOnce() -> bool,
 ) -> u8 {
-    let idle = (service.active ^ 1) & 1;
+    let idle = other_color(service.active);
     if service.flags & SERVICE_HAS_PREVIEW != 0 && in_preview() {
         return idle;
     }

@@ -6,10 +6,9 @@ use core::mem::size_of;
 use aya_ebpf::{helpers::bpf_jiffies64, programs::XdpContext};
 use aya_log_ebpf::warn;
 use bluegreen_common::{
-    Endpoint, FAMILY_IPV4, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason, ServiceKey,
-    Settings,
+    Endpoint, FAMILY_IPV4, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason, Settings,
     checksum::{address_delta, apply_delta, apply_udp_delta, port_delta},
-    new_flow_color,
+    new_flow_color, traffic_index,
     wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -90,7 +89,7 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
     // SAFETY: the services map is not preallocated, so the element stays
     // intact for the rest of this RCU section even if userspace replaces it.
     let service =
-        unsafe { BG_SERVICES.get(service_key(&flow_key)) }.ok_or(PassReason::NotService)?;
+        unsafe { BG_SERVICES.get(&flow_key.service_key()) }.ok_or(PassReason::NotService)?;
     let (color, closing_before, new_flow) = match known {
         // The generations array lagged behind the services map (it is
         // written second): the flow stays where it is.
@@ -122,16 +121,6 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
     Ok(())
 }
 
-#[inline(always)]
-fn service_key(flow_key: &FlowKey) -> ServiceKey {
-    ServiceKey {
-        vip: flow_key.server,
-        port: flow_key.server_port,
-        proto: flow_key.proto,
-        family: flow_key.family,
-    }
-}
-
 /// Rewrites a packet of a known flow to the backend it is pinned to.
 #[inline(always)]
 fn forward(
@@ -153,7 +142,7 @@ fn forward(
 
 #[inline(always)]
 fn count(packet: &XdpPacket, counter_slot: u16, color: u8, new_flow: bool) {
-    if let Some(counters) = BG_TRAFFIC.get_ptr_mut(u32::from(counter_slot) * 2 + (color & 1) as u32)
+    if let Some(counters) = BG_TRAFFIC.get_ptr_mut(traffic_index(u32::from(counter_slot), color))
     {
         // SAFETY: per-CPU slot, so no other writer races these increments.
         unsafe {

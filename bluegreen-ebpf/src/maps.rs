@@ -9,7 +9,7 @@ use aya_ebpf::{
 use bluegreen_common::{
     DEFAULT_FLOW_CAPACITY, Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAX_PREVIEW_PREFIXES,
     MAX_SERVICES, PREVIEW_FIXED_BITS, PassReason, PreviewPrefix, ServiceKey, ServiceState,
-    Settings, TrafficCounters, VIP_FILTER_WORDS, vip_filter_bit,
+    Settings, TrafficCounters, VIP_FILTER_WORDS, bitmap_position, vip_filter_bit,
 };
 
 /// Not preallocated: an update then swaps in a new element under RCU, so a
@@ -29,7 +29,7 @@ pub static BG_FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::pinned(DEFAULT
 #[map(name = "BG_REPLIES")]
 pub static BG_REPLIES: LruHashMap<FlowKey, Endpoint> = LruHashMap::pinned(DEFAULT_FLOW_CAPACITY, 0);
 
-/// Indexed by `counter_slot * 2 + color`.
+/// Indexed by [`bluegreen_common::traffic_index`].
 #[map(name = "BG_TRAFFIC")]
 pub static BG_TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX_SERVICES * 2, 0);
 
@@ -86,17 +86,18 @@ pub fn count_passed(reason: PassReason) {
 
 #[inline(always)]
 pub fn port_has_service(port: u16) -> bool {
-    match BG_VIP_PORTS.get(u32::from(port >> 5)) {
-        Some(word) => word & (1 << (port & 31)) != 0,
+    let (word, mask) = bitmap_position(u32::from(port));
+    match BG_VIP_PORTS.get(word) {
+        Some(bits) => bits & mask != 0,
         None => false,
     }
 }
 
 #[inline(always)]
 pub fn vip_may_match(addr: &[u8; 16], port: [u8; 2]) -> bool {
-    let bit = vip_filter_bit(addr, port);
-    match BG_VIP_FILTER.get(bit >> 5) {
-        Some(word) => word & (1 << (bit & 31)) != 0,
+    let (word, mask) = bitmap_position(vip_filter_bit(addr, port));
+    match BG_VIP_FILTER.get(word) {
+        Some(bits) => bits & mask != 0,
         None => false,
     }
 }
