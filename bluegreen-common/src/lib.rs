@@ -112,6 +112,8 @@ pub mod map_names {
 pub mod program_names {
     pub const INGRESS: &str = "bluegreen_ingress";
     pub const EGRESS: &str = "bluegreen_egress";
+    /// In its own object (`bluegreen-clock`): stores `bpf_jiffies64()`.
+    pub const CLOCK: &str = "bluegreen_clock";
 }
 
 /// An address and port as they appear on the wire. IPv4 addresses occupy the

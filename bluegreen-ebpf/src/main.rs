@@ -8,6 +8,7 @@ mod egress;
 mod ingress;
 mod maps;
 mod parse;
+mod runtime;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
@@ -32,13 +33,3 @@ pub fn bluegreen_egress(ctx: TcContext) -> i32 {
     let _ = egress::try_egress(&ctx);
     TC_ACT_OK
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

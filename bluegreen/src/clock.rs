@@ -1,54 +1,68 @@
-//! The dataplane's clock, read from userspace.
+//! Clocks: the dataplane's (jiffies, read from userspace) and the wall
+//! clock the state file and the daemon record switch times in.
 //!
 //! Flow timestamps are `bpf_jiffies64()`, the only clock read the verifier
 //! inlines. Userspace has no direct view of jiffies, so it asks the kernel
-//! the same way: a four-instruction XDP program that stores
+//! the same way: the tiny `bluegreen-clock` XDP program stores
 //! `bpf_jiffies64()` into its packet, run once with `BPF_PROG_TEST_RUN`.
 
 use std::{
-    os::fd::{AsFd, OwnedFd},
-    sync::OnceLock,
-    time::{Duration, Instant},
+    sync::{Mutex, OnceLock},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use crate::{
-    error::{Error, Result},
-    sys::{BPF_PROG_TYPE_XDP, instruction, load_program, test_run},
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions, Xdp},
 };
+use bluegreen_common::program_names;
 
-const BPF_FUNC_JIFFIES64: i32 = 118;
+use crate::error::{Error, Result};
 
-/// r6 = ctx; r0 = jiffies64(); r2 = ctx->data; r3 = ctx->data_end;
-/// if r2 + 8 <= r3 { *(u64 *)r2 = r0 }; return XDP_PASS.
-const PROGRAM: [u64; 10] = [
-    instruction(0xbf, 6, 1, 0, 0),
-    instruction(0x85, 0, 0, 0, BPF_FUNC_JIFFIES64),
-    instruction(0x61, 2, 6, 0, 0),
-    instruction(0x61, 3, 6, 4, 0),
-    instruction(0xbf, 4, 2, 0, 0),
-    instruction(0x07, 4, 0, 0, 8),
-    instruction(0x2d, 4, 3, 1, 0),
-    instruction(0x7b, 2, 0, 0, 0),
-    instruction(0xb7, 0, 0, 0, 2),
-    instruction(0x95, 0, 0, 0, 0),
-];
+/// The clock object, embedded at build time by `build.rs`.
+static CLOCK_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bluegreen-clock"));
 
 /// The loaded clock program, shared by every reading in this process.
-fn program() -> Result<&'static OwnedFd> {
-    static PROGRAM_FD: OnceLock<OwnedFd> = OnceLock::new();
-    if let Some(fd) = PROGRAM_FD.get() {
-        return Ok(fd);
+fn program() -> Result<&'static Mutex<Ebpf>> {
+    static LOADED: OnceLock<Mutex<Ebpf>> = OnceLock::new();
+    if let Some(loaded) = LOADED.get() {
+        return Ok(loaded);
     }
-    let fd = load_program(BPF_PROG_TYPE_XDP, &PROGRAM, "bluegreen_clock")
-        .map_err(Error::ebpf("cannot load the clock program"))?;
-    Ok(PROGRAM_FD.get_or_init(|| fd))
+    let mut ebpf =
+        Ebpf::load(CLOCK_OBJECT).map_err(Error::ebpf("cannot load the clock program"))?;
+    let program: &mut Xdp = ebpf
+        .program_mut(program_names::CLOCK)
+        .ok_or_else(|| Error::Ebpf {
+            action: "cannot load the clock program".to_owned(),
+            source: format!("the clock object has no program {}", program_names::CLOCK).into(),
+        })?
+        .try_into()
+        .map_err(Error::ebpf("the clock program is not XDP"))?;
+    program
+        .load()
+        .map_err(Error::ebpf("the kernel refused the clock program"))?;
+    Ok(LOADED.get_or_init(|| Mutex::new(ebpf)))
 }
 
 /// The dataplane's clock now, in jiffies.
 pub fn now() -> Result<u64> {
+    let ebpf = program()?
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let program: &Xdp = ebpf
+        .program(program_names::CLOCK)
+        .expect("loaded above")
+        .try_into()
+        .expect("checked above");
     let input = [0u8; 64];
     let mut output = [0u8; 64];
-    test_run(program()?.as_fd(), &input, Some(&mut output), 1)
+    program
+        .test_run(TestRunOptions {
+            data_in: Some(&input),
+            data_out: Some(&mut output),
+            ..Default::default()
+        })
         .map_err(Error::ebpf("cannot read the kernel's jiffies"))?;
     let mut jiffies = [0u8; 8];
     jiffies.copy_from_slice(&output[..8]);
@@ -75,6 +89,15 @@ pub fn jiffies_per_second() -> Result<u64> {
         })
         .expect("a non-empty list");
     Ok(*HZ.get_or_init(|| hz))
+}
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is set
+/// before it): when a switch happened, for the state file and the daemon.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::{
 
 /// How XDP is attached: `auto` lets the kernel use the driver's native hook
 /// when it has one and fall back to the generic (skb) hook otherwise.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpModeArg {
     #[default]

@@ -1,4 +1,6 @@
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
+
+use crate::endpoint::Color;
 
 /// Everything that can go wrong in bluegreen's library. Each message is one
 /// line that says what to do about it.
@@ -46,19 +48,25 @@ pub enum Error {
     )]
     HealthCheckFailed {
         service: String,
-        color: String,
-        backend: String,
+        color: Color,
+        backend: SocketAddr,
         reason: String,
-        active: String,
+        active: Color,
     },
     #[error("unknown protocol {0:?}: use tcp or udp")]
     UnknownProtocol(String),
-    #[error("no service named {name:?}; known services: {known}")]
-    UnknownService { name: String, known: String },
-    #[error("several services are up ({known}): pick one with --service NAME")]
-    ServiceNotGiven { known: String },
-    #[error("bluegreen is not up{where_}: start it with `bluegreen up --iface IFACE ...`")]
-    NotUp { where_: String },
+    #[error("no service named {name:?}; known services: {}", known.join(", "))]
+    UnknownService { name: String, known: Vec<String> },
+    #[error("several services are up ({}): pick one with --service NAME", known.join(", "))]
+    ServiceNotGiven { known: Vec<String> },
+    #[error("bluegreen is not up: start it with `bluegreen up --iface IFACE ...`")]
+    NothingUp,
+    #[error("bluegreen is not up on {iface}: start it with `bluegreen up --iface {iface} ...`")]
+    NotUpOn { iface: String },
+    #[error(
+        "service {service} is in the state file but not in the dataplane: run `bluegreen up` again"
+    )]
+    ServiceNotLive { service: String },
     #[error(
         "{path} holds maps of layout {found}, but this bluegreen uses layout {expected}: run `bluegreen down --iface {iface}` with the version that created them (the state file keeps each service's active color), then `bluegreen up` again"
     )]
@@ -88,7 +96,7 @@ pub enum Error {
     #[error(
         "service {service} is already {color} and has never been switched: nothing to roll back to"
     )]
-    NothingToRollBack { service: String, color: String },
+    NothingToRollBack { service: String, color: Color },
     #[error(
         "state file {path} is unreadable ({reason}): fix or remove it, then run `bluegreen up` again"
     )]

@@ -5,14 +5,13 @@
 
 pub mod clock;
 pub mod config;
-pub mod control;
-pub mod dataplane;
 pub mod endpoint;
 pub mod error;
 pub mod health;
+pub mod host;
 pub mod pinned;
 pub mod state;
-pub mod sys;
+mod sys;
 
 pub use error::{Error, Result};
 

@@ -5,14 +5,18 @@ use std::{net::SocketAddr, sync::atomic::AtomicU64};
 
 use anyhow::Context as _;
 use axum::{Router, http::header, response::IntoResponse, routing::get};
-use bluegreen::{control::StatusReport, dataplane::Host, endpoint::Color, health::Health};
+use bluegreen::{
+    endpoint::Color,
+    health::Health,
+    host::{Host, StatusReport},
+};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
-use crate::daemon::{Observations, Shared};
+use crate::observations::{Observations, Shared};
 
 type Labels = Vec<(&'static str, String)>;
 

@@ -1,27 +1,22 @@
-//! Raw `bpf()` calls for the few things aya does not offer: loading a
-//! hand-assembled program, running one with `BPF_PROG_TEST_RUN`, and getting
-//! or pinning an object by path.
+//! The one `bpf()` command bluegreen needs that aya does not offer:
+//! `BPF_LINK_DETACH` of a pinned link, so that `down` returns with the
+//! programs already gone (closing the last reference would only detach
+//! them when the kernel's deferred release runs).
 
 use std::{
     ffi::CString,
     io,
     mem::size_of,
-    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::Path,
 };
 
-pub const BPF_PROG_LOAD: libc::c_long = 5;
-pub const BPF_OBJ_PIN: libc::c_long = 6;
-pub const BPF_OBJ_GET: libc::c_long = 7;
-pub const BPF_PROG_TEST_RUN: libc::c_long = 10;
-pub const BPF_LINK_DETACH: libc::c_long = 34;
-
-pub const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-pub const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// Issues `bpf(command, attr)`, where `T` is the `union bpf_attr` member
 /// (or a prefix of it) that `command` reads.
-pub fn bpf<T>(command: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+fn bpf<T>(command: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a valid `bpf_attr` prefix for `command`, and the
     // callers' pointers in it refer to memory that outlives the call.
     let status = unsafe {
@@ -39,99 +34,6 @@ pub fn bpf<T>(command: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     }
 }
 
-/// One BPF instruction: opcode, registers, offset, immediate.
-pub const fn instruction(code: u8, dst: u8, src: u8, offset: i16, immediate: i32) -> u64 {
-    code as u64
-        | ((dst as u64 | ((src as u64) << 4)) << 8)
-        | ((offset as u16 as u64) << 16)
-        | ((immediate as u32 as u64) << 32)
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-}
-
-/// Loads a hand-assembled program (license "GPL") named `name` (at most
-/// 15 bytes).
-pub fn load_program(prog_type: u32, instructions: &[u64], name: &str) -> io::Result<OwnedFd> {
-    let license = c"GPL";
-    let mut prog_name = [0u8; 16];
-    let length = name.len().min(15);
-    prog_name[..length].copy_from_slice(&name.as_bytes()[..length]);
-    let mut attr = ProgLoadAttr {
-        prog_type,
-        insn_cnt: instructions.len() as u32,
-        insns: instructions.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        prog_name,
-        ..Default::default()
-    };
-    let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
-    // SAFETY: BPF_PROG_LOAD returned a new descriptor that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-}
-
-/// What one `BPF_PROG_TEST_RUN` returned.
-pub struct TestRunOutcome {
-    pub return_value: u32,
-    /// The kernel's average per repeat, in nanoseconds.
-    pub duration_ns: u32,
-    pub output_len: usize,
-}
-
-/// Runs `program` `repeat` times on `input`, copying the resulting packet
-/// into `output` if one is given.
-pub fn test_run(
-    program: BorrowedFd,
-    input: &[u8],
-    output: Option<&mut [u8]>,
-    repeat: u32,
-) -> io::Result<TestRunOutcome> {
-    let (data_out, data_size_out) = match output {
-        Some(output) => (output.as_mut_ptr() as u64, output.len() as u32),
-        None => (0, 0),
-    };
-    let mut attr = TestRunAttr {
-        prog_fd: program.as_raw_fd() as u32,
-        data_size_in: input.len() as u32,
-        data_size_out,
-        data_in: input.as_ptr() as u64,
-        data_out,
-        repeat,
-        ..Default::default()
-    };
-    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
-    Ok(TestRunOutcome {
-        return_value: attr.retval,
-        duration_ns: attr.duration,
-        output_len: attr.data_size_out as usize,
-    })
-}
-
 /// `union bpf_attr`, the `BPF_OBJ_*` member.
 #[repr(C)]
 #[derive(Default)]
@@ -141,36 +43,17 @@ struct ObjAttr {
     file_flags: u32,
 }
 
-fn c_path(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)
-}
-
-/// Opens the object pinned at `path`.
-pub fn object_get(path: &Path) -> io::Result<OwnedFd> {
-    let path = c_path(path)?;
-    let mut attr = ObjAttr {
+/// Detaches the link pinned at `path` now. The pin itself stays; the caller
+/// removes it.
+pub(crate) fn detach_pinned_link(path: &Path) -> io::Result<()> {
+    let path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    let mut get = ObjAttr {
         pathname: path.as_ptr() as u64,
         ..Default::default()
     };
-    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    let fd = bpf(BPF_OBJ_GET, &mut get)?;
     // SAFETY: BPF_OBJ_GET returned a new descriptor that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
-}
-
-/// Pins `object` at `path`.
-pub fn object_pin(object: BorrowedFd, path: &Path) -> io::Result<()> {
-    let path = c_path(path)?;
-    let mut attr = ObjAttr {
-        pathname: path.as_ptr() as u64,
-        bpf_fd: object.as_raw_fd() as u32,
-        ..Default::default()
-    };
-    bpf(BPF_OBJ_PIN, &mut attr).map(drop)
-}
-
-/// Detaches a link now (`BPF_LINK_DETACH`).
-pub fn link_detach(link: BorrowedFd) -> io::Result<()> {
-    let mut attr = [0u32; 4];
-    attr[0] = link.as_raw_fd() as u32;
-    bpf(BPF_LINK_DETACH, &mut attr).map(drop)
+    let link = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
+    let mut detach = [link.as_raw_fd() as u32, 0, 0, 0];
+    bpf(BPF_LINK_DETACH, &mut detach).map(drop)
 }

@@ -9,19 +9,20 @@ use std::{
     fs,
     net::{IpAddr, SocketAddr},
     os::fd::AsFd,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
 use aya::{
     Ebpf, EbpfLoader, TestRun, TestRunOptions, TestRunResult,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapError},
     programs::{SchedClassifier, Xdp},
 };
+use bluegreen::pinned::{PinLayout, PinnedMaps, Put};
 use bluegreen_common::{
-    Endpoint, FlowEntry, FlowKey, PassReason, PreviewPrefix, ServiceKey, ServiceState, Settings,
-    Timeouts, TrafficCounters, map_names, program_names, vip_filter_bit,
+    Endpoint, FlowEntry, FlowKey, PassReason, ServiceKey, ServiceState, Settings, Timeouts,
+    TrafficCounters, map_names, program_names,
 };
 
 pub const XDP_PASS: u32 = 2;
@@ -43,34 +44,43 @@ pub const TEST_FLOW_CAPACITY: u32 = 4096;
 /// Enough room after any test frame for the kernel to copy the result into.
 const OUTPUT_SLACK: usize = 256;
 
-/// A bpffs directory that is gone again, pins and all, once dropped.
-struct PinDir(PathBuf);
+/// A bpffs directory, laid out as the product lays out an interface's pins
+/// (so [`PinnedMaps`] opens it), that is gone again, pins and all, once
+/// dropped.
+struct PinDir {
+    layout: PinLayout,
+}
 
 impl PinDir {
     fn create() -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = PathBuf::from(format!(
+        let root = PathBuf::from(format!(
             "/sys/fs/bpf/bgtest-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        let dir = Self(path);
+        let dir = Self {
+            layout: PinLayout::new(&root, "test"),
+        };
         // Only a killed earlier process with our pid can have left it behind.
         dir.remove();
-        fs::create_dir(&dir.0)
-            .unwrap_or_else(|error| panic!("cannot create {}: {error}", dir.0.display()));
+        fs::create_dir_all(dir.layout.dir()).unwrap_or_else(|error| {
+            panic!("cannot create {}: {error}", dir.layout.dir().display())
+        });
         dir
     }
 
     fn map(&self, name: &str) -> PathBuf {
-        self.0.join(name)
+        self.layout.map(name)
     }
 
     fn remove(&self) {
         for name in map_names::ALL {
             let _ = fs::remove_file(self.map(name));
         }
-        let _ = fs::remove_dir(&self.0);
+        for dir in self.layout.dir().ancestors().take(3) {
+            let _ = fs::remove_dir(dir);
+        }
     }
 }
 
@@ -82,6 +92,11 @@ impl Drop for PinDir {
 
 pub struct TestDataplane {
     ebpf: Ebpf,
+    /// The product's writer of the kernel contract, on the same maps.
+    maps: PinnedMaps,
+    /// Every service inserted, for the prefilters.
+    service_keys: Vec<ServiceKey>,
+    /// Last, so the pins go after every handle on them.
     pins: PinDir,
 }
 
@@ -113,14 +128,15 @@ impl TestDataplane {
             .try_into()
             .expect("the egress program is not a classifier");
         egress.load().expect("the verifier rejects the TC program");
-        let mut dataplane = Self { ebpf, pins };
+        let maps = PinnedMaps::open(&pins.layout).expect("cannot open the maps just pinned");
+        let mut dataplane = Self {
+            ebpf,
+            maps,
+            service_keys: Vec::new(),
+            pins,
+        };
         dataplane.set_settings(Settings::new(&Timeouts::default(), hz()));
         dataplane
-    }
-
-    /// Where this instance's maps are pinned.
-    pub fn pin_dir(&self) -> &Path {
-        &self.pins.0
     }
 
     pub fn set_settings(&mut self, settings: Settings) {
@@ -128,29 +144,26 @@ impl TestDataplane {
         map.set(0, settings, 0).expect("cannot write the settings");
     }
 
-    /// Adds or replaces (as a switch does) a service, and marks its port in
-    /// the port prefilter.
+    /// Adds or replaces (as a switch does) a service, and sets its bits in
+    /// the prefilters, the way the product writes them.
     pub fn insert_service(&mut self, key: ServiceKey, state: ServiceState) {
-        let mut services: HashMap<_, ServiceKey, ServiceState> =
-            typed(self.map_mut(map_names::SERVICES));
-        services
-            .insert(key, state, 0)
-            .unwrap_or_else(|error| panic!("cannot insert service {key:?}: {error}"));
-        let mut generations: Array<_, u32> = typed(self.map_mut(map_names::GENERATIONS));
-        generations
-            .set(state.counter_slot, state.generation, 0)
-            .expect("cannot mirror the generation");
-        self.set_filter_bit(map_names::VIP_PORTS, u16::from_be_bytes(key.port).into());
-        self.set_filter_bit(map_names::VIP_FILTER, vip_filter_bit(&key.vip, key.port));
+        self.insert_services(&[(key, state)]);
     }
 
-    fn set_filter_bit(&mut self, filter: &str, bit: u32) {
-        let word = bit >> 5;
-        let mut words: Array<_, u32> = typed(self.map_mut(filter));
-        let bits = words.get(&word, 0).expect("cannot read a prefilter");
-        words
-            .set(word, bits | 1 << (bit & 31), 0)
-            .expect("cannot write a prefilter");
+    /// [`Self::insert_service`] for many services, with one prefilter
+    /// update at the end.
+    pub fn insert_services(&mut self, services: &[(ServiceKey, ServiceState)]) {
+        for (key, state) in services {
+            self.maps
+                .put_service(key, state, Put::CreateOrReplace)
+                .unwrap_or_else(|error| panic!("cannot insert service {key:?}: {error}"));
+            if !self.service_keys.contains(key) {
+                self.service_keys.push(*key);
+            }
+        }
+        self.maps
+            .set_filters(&[], &self.service_keys)
+            .unwrap_or_else(|error| panic!("cannot write the prefilters: {error}"));
     }
 
     pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
@@ -196,19 +209,9 @@ impl TestDataplane {
     /// Replaces one service's preview prefixes (the trie the ingress program
     /// consults for new flows when the service has `SERVICE_HAS_PREVIEW`).
     pub fn set_preview(&mut self, counter_slot: u32, prefixes: &[bluegreen::endpoint::Cidr]) {
-        let mut trie: LpmTrie<_, PreviewPrefix, u8> = typed(self.map_mut(map_names::PREVIEW));
-        let stale: Vec<_> = trie
-            .keys()
-            .map(|key| key.expect("cannot iterate the preview trie"))
-            .filter(|key| key.data().slot == counter_slot.to_be_bytes())
-            .collect();
-        for key in stale {
-            trie.remove(&key).expect("cannot remove a preview prefix");
-        }
-        for prefix in prefixes {
-            trie.insert(&bluegreen::pinned::preview_key(counter_slot, prefix), 1, 0)
-                .expect("cannot insert a preview prefix");
-        }
+        self.maps
+            .set_preview(counter_slot, prefixes)
+            .unwrap_or_else(|error| panic!("cannot write the preview prefixes: {error}"));
     }
 
     /// Empties the flow and reply tables, so that the next case starts from
@@ -227,27 +230,16 @@ impl TestDataplane {
 
     /// Traffic counters of one service and color, summed over all CPUs.
     pub fn traffic(&self, slot: u32, color: u8) -> TrafficCounters {
-        let traffic: PerCpuArray<_, TrafficCounters> = typed(self.map(map_names::TRAFFIC));
-        let index = slot * 2 + u32::from(color & 1);
-        let per_cpu = traffic
-            .get(&index, 0)
-            .unwrap_or_else(|error| panic!("cannot read traffic counters {index}: {error}"));
-        per_cpu
-            .iter()
-            .fold(TrafficCounters::default(), |sum, cpu| TrafficCounters {
-                packets: sum.packets + cpu.packets,
-                bytes: sum.bytes + cpu.bytes,
-                new_flows: sum.new_flows + cpu.new_flows,
-            })
+        self.maps
+            .traffic(slot, color)
+            .unwrap_or_else(|error| panic!("cannot read traffic counters {slot}/{color}: {error}"))
     }
 
     /// Packets passed untouched for `reason`, summed over all CPUs.
     pub fn passed(&self, reason: PassReason) -> u64 {
-        let passed: PerCpuArray<_, u64> = typed(self.map(map_names::PASSED));
-        let per_cpu = passed
-            .get(&(reason as u32), 0)
-            .unwrap_or_else(|error| panic!("cannot read the {reason:?} counter: {error}"));
-        per_cpu.iter().sum()
+        self.maps
+            .passed(reason)
+            .unwrap_or_else(|error| panic!("cannot read the {reason:?} counter: {error}"))
     }
 
     /// All pass counters, indexed by [`PassReason`].
@@ -450,13 +442,7 @@ pub fn flow_key(client: SocketAddr, server: SocketAddr, proto: u8) -> FlowKey {
 }
 
 pub fn service_key(vip: SocketAddr, proto: u8) -> ServiceKey {
-    let key = flow_key(vip, vip, proto);
-    ServiceKey {
-        vip: key.server,
-        port: key.server_port,
-        proto,
-        family: key.family,
-    }
+    flow_key(vip, vip, proto).service_key()
 }
 
 /// `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_LOOKUP_BATCH`, which aya 0.14 does not
@@ -464,7 +450,7 @@ pub fn service_key(vip: SocketAddr, proto: u8) -> ServiceKey {
 mod batch {
     use std::{io, os::fd::AsRawFd, os::fd::BorrowedFd};
 
-    use bluegreen::sys::bpf;
+    use crate::sys::bpf;
 
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;

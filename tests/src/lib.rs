@@ -7,6 +7,8 @@
 //! - [`cli`]: the real `bluegreen` binary, run in a topology's switch namespace.
 //! - [`http`]: a tiny HTTP backend and client that run inside namespaces.
 //! - [`bench`]: the parts of `cargo xtask bench` (the `bench` binary).
+//! - [`sys`]: raw `bpf()` calls for the benchmarks' baselines and batch
+//!   map fills.
 //! - [`fixture`]: the end-to-end tests' standard setup (topology, backends,
 //!   a bluegreen instance and service "web") and its client helpers.
 
@@ -17,3 +19,4 @@ pub mod http;
 pub mod kernel;
 pub mod netns;
 pub mod packet;
+pub mod sys;

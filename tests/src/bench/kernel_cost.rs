@@ -12,7 +12,8 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use bluegreen_common::{
-    COLOR_BLUE, Endpoint, FlowEntry, FlowKey, PassReason, ServiceKey, ServiceState, TrafficCounters,
+    COLOR_BLUE, Endpoint, FlowEntry, FlowKey, PassReason, ServiceKey, ServiceState,
+    TrafficCounters, other_color,
 };
 use serde::Serialize;
 
@@ -167,7 +168,7 @@ fn filler_service(index: u32) -> (ServiceKey, ServiceState) {
         ],
         counter_slot: index,
         active: COLOR_BLUE,
-        previous: COLOR_BLUE ^ 1,
+        previous: other_color(COLOR_BLUE),
         ..Default::default()
     };
     (service_key(at(201, VIP_PORT), PROTO_TCP), state)
@@ -217,7 +218,7 @@ impl Bench {
             backends: [endpoint(vip()); 2],
             counter_slot: 0,
             active: COLOR_BLUE,
-            previous: COLOR_BLUE ^ 1,
+            previous: other_color(COLOR_BLUE),
             ..Default::default()
         };
         dataplane.insert_service(service_key(vip(), PROTO_TCP), state);
@@ -233,10 +234,8 @@ impl Bench {
 
     /// Adds filler services until `count` are up in all.
     fn add_services(&mut self, count: u32) {
-        for index in self.services..count {
-            let (key, state) = filler_service(index);
-            self.dataplane.insert_service(key, state);
-        }
+        let fillers: Vec<_> = (self.services..count).map(filler_service).collect();
+        self.dataplane.insert_services(&fillers);
         self.services = self.services.max(count);
     }
 

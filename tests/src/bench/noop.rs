@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use bluegreen::sys::{
+use crate::sys::{
     BPF_PROG_TYPE_SCHED_CLS, BPF_PROG_TYPE_XDP, instruction, load_program, object_pin, test_run,
 };
 

@@ -9,20 +9,18 @@ use std::{
 
 use anyhow::bail;
 use bluegreen::{
-    control::SwitchTarget,
-    dataplane::Host,
+    endpoint::Color,
     health::{Health, HealthTracker},
+    host::{Host, SwitchOptions, SwitchTarget},
 };
 
-use crate::ShiftArgs;
+use super::{EXIT_INTERRUPTED, args::ShiftArgs, output::print_switch};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_interrupt(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
-
-const EXIT_INTERRUPTED: u8 = 130;
 
 pub fn run(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
     if args.steps.windows(2).any(|pair| pair[0] >= pair[1]) {
@@ -61,13 +59,14 @@ pub fn run(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
                 &format!("{color} failed its health check: {reason}"),
             );
         }
-        let outcome = host.shift(Some(&name), color, step)?;
+        // The steps probe the color themselves, every check interval.
+        let outcome = host.shift(Some(&name), color, step, false)?;
         current = step;
         println!(
             "step {}/{total}: {color} at {step}% of new flows",
             index + 1
         );
-        crate::print_switch(&outcome);
+        print_switch(&outcome);
         if step == 100 {
             println!("{name}: shift complete, {color} is active");
             return Ok(ExitCode::SUCCESS);
@@ -102,13 +101,7 @@ pub fn run(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn stopped(
-    name: &str,
-    color: bluegreen::endpoint::Color,
-    weight: u8,
-    done: usize,
-    total: usize,
-) -> ExitCode {
+fn stopped(name: &str, color: Color, weight: u8, done: usize, total: usize) -> ExitCode {
     println!(
         "{name}: interrupted after step {done}/{total}; {color} keeps {weight}% of new flows. `bluegreen switch {color}` finishes the shift, `bluegreen rollback` undoes it"
     );
@@ -116,8 +109,9 @@ fn stopped(
 }
 
 fn roll_back(host: &Host, name: &str, reason: &str) -> anyhow::Result<ExitCode> {
-    let outcome = host.switch(Some(name), SwitchTarget::Previous, false)?;
+    // Back to where traffic was: no check stands in the way of a retreat.
+    let outcome = host.switch(Some(name), SwitchTarget::Previous, SwitchOptions::default())?;
     eprintln!("error: {name}: {reason}; rolled back");
-    crate::print_switch(&outcome);
+    print_switch(&outcome);
     Ok(ExitCode::FAILURE)
 }

@@ -1,0 +1,329 @@
+//! The command line: every command, its arguments, and the help that
+//! teaches it. Parsing only; [`super::commands`] carries them out.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use bluegreen::{
+    config::XdpModeArg,
+    endpoint::{Color, Proto, parse_endpoint},
+    health::Probe,
+};
+use clap::{
+    ArgAction, Args, Parser, Subcommand,
+    builder::{PossibleValuesParser, TypedValueParser},
+};
+
+fn color_parser() -> impl TypedValueParser<Value = Color> {
+    PossibleValuesParser::new(["blue", "green"]).try_map(|name| name.parse::<Color>())
+}
+
+fn proto_parser() -> impl TypedValueParser<Value = Proto> {
+    PossibleValuesParser::new(["tcp", "udp"]).try_map(|name| name.parse::<Proto>())
+}
+
+fn xdp_mode_parser() -> impl TypedValueParser<Value = XdpModeArg> {
+    PossibleValuesParser::new(["auto", "native", "skb"]).map(|name| match name.as_str() {
+        "native" => XdpModeArg::Native,
+        "skb" => XdpModeArg::Skb,
+        _ => XdpModeArg::Auto,
+    })
+}
+
+#[derive(Parser)]
+#[command(
+    name = "bluegreen",
+    version,
+    about = "Blue-green traffic switching in the kernel (XDP + TC), with instant rollback",
+    long_about = "bluegreen steers clients of one virtual address (VIP:port) to the blue or the green \
+copy of a service. An XDP program rewrites packets to the active color's backend; a TC program \
+rewrites replies back to the VIP. Switching is one atomic map update: no reload, no dropped \
+packet. Established connections finish on the color they started on unless the switch is forced.",
+    after_help = "Examples:
+  bluegreen up --iface eth0 --service chat --vip 10.0.0.1:8080 --blue 10.0.1.2:8080 --green 10.0.1.3:8080
+  bluegreen switch green --wait-drain=120     # new flows to green, wait for blue to drain
+  bluegreen rollback                          # back to blue, instantly
+  bluegreen status --json
+  bluegreen down --iface eth0"
+)]
+pub(crate) struct Cli {
+    /// bpffs directory for pinned maps and links.
+    #[arg(
+        long,
+        global = true,
+        default_value = "/sys/fs/bpf/bluegreen",
+        env = "BLUEGREEN_PIN_DIR"
+    )]
+    pub pin_dir: PathBuf,
+    /// Directory for state files (active colors survive reboots here).
+    #[arg(
+        long,
+        global = true,
+        default_value = "/var/lib/bluegreen",
+        env = "BLUEGREEN_STATE_DIR"
+    )]
+    pub state_dir: PathBuf,
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Load and attach bluegreen on an interface, or hot-upgrade it in place.
+    #[command(after_help = "Examples:
+  bluegreen up --iface eth0 --config /etc/bluegreen/bluegreen.toml
+  bluegreen up --iface eth0 --service chat --vip 10.0.0.1:8080 --blue 10.0.1.2:8080 --green 10.0.1.3:8080
+  bluegreen up --iface eth0 --service dns --proto udp --vip [fd00::53]:53 --blue [fd00::2]:53 --green [fd00::3]:53
+
+Running `up` again on the same interface replaces the programs atomically and keeps
+every map and flow (a hot upgrade). The services become exactly those given; each
+keeps its live active color.")]
+    Up(UpArgs),
+    /// Make a color active for new flows (established flows stay unless --force).
+    #[command(after_help = "Examples:
+  bluegreen switch green                       # graceful: open connections finish on blue
+  bluegreen switch green --wait-drain          # ... and wait (up to 300 s) until blue has no flows
+  bluegreen switch green --wait-drain=60       # exit code 3 if blue still has flows after 60 s
+  bluegreen switch green --force               # emergency: every connection moves to green now
+  bluegreen switch green --weight 10           # 10 % of new flows to green, 90 % stay on blue")]
+    Switch(SwitchArgs),
+    /// Move new flows to a color in weighted steps, health-checked in between.
+    #[command(after_help = "Examples:
+  bluegreen shift green --steps 10,25,50,100 --interval 30s
+  bluegreen shift green --steps 5,100 --interval 2m --service chat
+
+Between steps the color's health check (if configured) runs every check interval;
+a failure rolls back (weight 0, every new flow to the active color) and exits 1.
+Ctrl-C stops at the current step and says where it is.")]
+    Shift(ShiftArgs),
+    /// Send new flows from chosen client prefixes to the idle color.
+    #[command(after_help = "Examples:
+  bluegreen preview add 10.20.0.0/16         # testers reach the idle color through the real VIP
+  bluegreen preview add fd00:42::/64 --service chat6
+  bluegreen preview list
+  bluegreen preview remove 10.20.0.0/16
+
+After a switch the roles swap: preview clients then reach the color that became idle.")]
+    Preview {
+        #[command(subcommand)]
+        action: PreviewAction,
+    },
+    /// Return to the color that was active before the last switch.
+    #[command(after_help = "Examples:
+  bluegreen rollback
+  bluegreen rollback --service chat --force
+
+Like a switch, a rollback first runs the color's health check (if the service has one)
+and refuses a color that fails it; --skip-check overrides. During a weighted shift,
+rollback returns the weight to 0 (the active color never changed).")]
+    Rollback(RollbackArgs),
+    /// Show each service's colors, backends, counters and live flows.
+    #[command(after_help = "Examples:
+  bluegreen status
+  bluegreen status --service chat --json | jq .interfaces[0].services[0].active")]
+    Status(StatusArgs),
+    /// Point one color of a service at another backend.
+    #[command(after_help = "Examples:
+  bluegreen set-backend green 10.0.1.4:8080
+  bluegreen set-backend blue [fd00::12]:8080 --service chat6
+
+Flows already on the old backend stay there until they end.")]
+    SetBackend(SetBackendArgs),
+    /// Detach bluegreen from an interface and remove its pins and state.
+    #[command(after_help = "Example:
+  bluegreen down --iface eth0")]
+    Down(DownArgs),
+    /// `up` from a config file, then stay in the foreground for systemd.
+    #[command(after_help = "Examples:
+  bluegreen daemon --config /etc/bluegreen/bluegreen.toml
+  bluegreen daemon --config /etc/bluegreen/bluegreen.toml --metrics            # 127.0.0.1:9464
+  bluegreen daemon --config /etc/bluegreen/bluegreen.toml --metrics=[::1]:9464
+
+Runs each service's health checks, rolls back automatically where the config
+asks for it, and serves Prometheus metrics on /metrics when --metrics is given.
+SIGHUP reloads the config (backends, checks and timeouts; active colors are kept).
+SIGTERM exits WITHOUT detaching: traffic keeps flowing while the service restarts.")]
+    Daemon(DaemonArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:
+  bluegreen completions bash > /etc/bash_completion.d/bluegreen
+  bluegreen completions zsh > \"${fpath[1]}/_bluegreen\"")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    #[command(after_help = "Example:
+  bluegreen man > /usr/local/share/man/man1/bluegreen.1")]
+    Man,
+}
+
+#[derive(Args)]
+pub(crate) struct UpArgs {
+    /// Interface whose incoming traffic carries the VIP.
+    #[arg(long)]
+    pub iface: String,
+    /// TOML file describing the services (see packaging/bluegreen.toml).
+    #[arg(long, conflicts_with_all = ["service", "vip", "blue", "green", "proto"])]
+    pub config: Option<PathBuf>,
+    /// Service name (with --vip, --blue and --green instead of --config).
+    #[arg(long, required_unless_present = "config")]
+    pub service: Option<String>,
+    /// Virtual address clients connect to.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_endpoint, required_unless_present = "config")]
+    pub vip: Option<std::net::SocketAddr>,
+    /// Backend of the blue color.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_endpoint, required_unless_present = "config")]
+    pub blue: Option<std::net::SocketAddr>,
+    /// Backend of the green color.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_endpoint, required_unless_present = "config")]
+    pub green: Option<std::net::SocketAddr>,
+    #[arg(long, value_parser = proto_parser(), default_value = "tcp")]
+    pub proto: Proto,
+    /// Color that takes new flows at first (a live or remembered color wins).
+    #[arg(long, value_parser = color_parser())]
+    pub active: Option<Color>,
+    /// auto: native if the driver supports it, generic otherwise.
+    #[arg(long, value_parser = xdp_mode_parser())]
+    pub xdp_mode: Option<XdpModeArg>,
+    /// Health check run before `switch` moves traffic: tcp or http:/PATH.
+    #[arg(long, value_name = "tcp|http:/PATH", conflicts_with = "config")]
+    pub check: Option<Probe>,
+}
+
+#[derive(Args)]
+pub(crate) struct SwitchArgs {
+    #[arg(value_parser = color_parser())]
+    pub color: Color,
+    /// Needed when more than one service is up.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Move established flows too (they are cut over mid-connection).
+    #[arg(long)]
+    pub force: bool,
+    /// Switch even if the color fails its health check.
+    #[arg(long)]
+    pub skip_check: bool,
+    /// Send only this percentage of new flows to the color (a weighted
+    /// split, chosen by a hash of each flow); 100 is a full switch.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100), conflicts_with = "force")]
+    pub weight: Option<u8>,
+    /// After switching, wait until the old color has no live flows.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, require_equals = true, default_missing_value = "300")]
+    pub wait_drain: Option<u64>,
+}
+
+#[derive(Args)]
+pub(crate) struct ShiftArgs {
+    #[arg(value_parser = color_parser())]
+    pub color: Color,
+    /// Percentages of new flows for the color, in order (ending at 100 makes
+    /// it a full switch).
+    #[arg(long, value_delimiter = ',', required = true, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub steps: Vec<u8>,
+    /// Time at each step before the next: e.g. 30s, 2m, 500ms.
+    #[arg(long, value_parser = parse_duration)]
+    pub interval: Duration,
+    #[arg(long)]
+    pub service: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum PreviewAction {
+    /// Add a client prefix (ADDR/LEN).
+    #[command(after_help = "Example:\n  bluegreen preview add 10.20.30.0/24 --service chat")]
+    Add {
+        prefix: bluegreen::endpoint::Cidr,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Remove a client prefix.
+    #[command(after_help = "Example:\n  bluegreen preview remove 10.20.30.0/24 --service chat")]
+    Remove {
+        prefix: bluegreen::endpoint::Cidr,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// List the preview prefixes of each service.
+    #[command(after_help = "Example:\n  bluegreen preview list")]
+    List {
+        #[arg(long)]
+        service: Option<String>,
+    },
+}
+
+/// `500ms`, `30s`, `2m`, `1h`.
+fn parse_duration(input: &str) -> Result<Duration, String> {
+    let split = input
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{input:?} has no unit: write e.g. 30s, 2m or 500ms"))?;
+    let (number, unit) = input.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{input:?} does not start with a number"))?;
+    let millis = match unit {
+        "ms" => number,
+        "s" => number * 1000,
+        "m" => number * 60_000,
+        "h" => number * 3_600_000,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {input:?}: use ms, s, m or h"
+            ));
+        }
+    };
+    Ok(Duration::from_millis(millis))
+}
+
+#[derive(Args)]
+pub(crate) struct RollbackArgs {
+    /// Needed when more than one service is up.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Move established flows too (they are cut over mid-connection).
+    #[arg(long)]
+    pub force: bool,
+    /// Roll back even if the color fails its health check.
+    #[arg(long)]
+    pub skip_check: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct StatusArgs {
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Machine-readable output (schema in the README).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct SetBackendArgs {
+    #[arg(value_parser = color_parser())]
+    pub color: Color,
+    #[arg(value_name = "ADDR:PORT", value_parser = parse_endpoint)]
+    pub backend: std::net::SocketAddr,
+    #[arg(long)]
+    pub service: Option<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct DownArgs {
+    #[arg(long)]
+    pub iface: String,
+}
+
+#[derive(Args)]
+pub(crate) struct DaemonArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Serve Prometheus metrics on this address (127.0.0.1:9464 when
+    /// given without one).
+    #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+    pub metrics: Option<SocketAddr>,
+}

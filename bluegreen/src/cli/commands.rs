@@ -1,0 +1,200 @@
+//! Carries out a parsed command against the host.
+
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, bail};
+use bluegreen::{
+    config::{Config, DataplaneOptions, ServiceSpec, XdpModeArg},
+    endpoint::Color,
+    health::HealthCheck,
+    host::{Host, SwitchOptions, SwitchOutcome, SwitchTarget, UpRequest},
+};
+use clap::CommandFactory;
+
+use super::{
+    args::{self, Command, PreviewAction, UpArgs},
+    output::{print_preview, print_status, print_switch, print_up},
+    shift,
+};
+
+fn switch_options(force: bool, skip_check: bool) -> SwitchOptions {
+    if skip_check {
+        log::warn!("health check skipped on request");
+    }
+    SwitchOptions {
+        force,
+        check: !skip_check,
+    }
+}
+
+pub fn run(host: &Host, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Up(args) => {
+            let request = up_request(args)?;
+            let outcome = host.up(&request)?;
+            print_up(&outcome);
+        }
+        Command::Switch(args) => {
+            let options = switch_options(args.force, args.skip_check);
+            let outcome = match args.weight {
+                Some(weight) => {
+                    host.shift(args.service.as_deref(), args.color, weight, options.check)?
+                }
+                None => host.switch(
+                    args.service.as_deref(),
+                    SwitchTarget::Color(args.color),
+                    options,
+                )?,
+            };
+            print_switch(&outcome);
+            if let Some(seconds) = args.wait_drain {
+                return wait_drain(host, &outcome, Duration::from_secs(seconds));
+            }
+        }
+        Command::Shift(args) => return shift::run(host, &args),
+        Command::Preview { action } => preview(host, action)?,
+        Command::Rollback(args) => {
+            let outcome = host.switch(
+                args.service.as_deref(),
+                SwitchTarget::Previous,
+                switch_options(args.force, args.skip_check),
+            )?;
+            print_switch(&outcome);
+        }
+        Command::Status(args) => {
+            let report = host.status(args.service.as_deref())?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_status(&report);
+            }
+        }
+        Command::SetBackend(args) => {
+            let (service, old) =
+                host.set_backend(args.service.as_deref(), args.color, args.backend)?;
+            println!(
+                "{service}: {} backend {old} -> {} (flows already on {old} stay there)",
+                args.color, args.backend
+            );
+        }
+        Command::Down(args) => {
+            host.down(&args.iface)?;
+            println!(
+                "bluegreen is down on {}: programs detached, pins and state removed",
+                args.iface
+            );
+        }
+        Command::Daemon(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(crate::daemon::run(host, &args.config, args.metrics))?;
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut args::Cli::command(),
+                "bluegreen",
+                &mut std::io::stdout(),
+            );
+        }
+        Command::Man => {
+            clap_mangen::Man::new(args::Cli::command())
+                .render(&mut std::io::stdout())
+                .context("cannot write the man page")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn up_request(args: UpArgs) -> anyhow::Result<UpRequest> {
+    let (xdp_mode, dataplane, mut services) = match &args.config {
+        Some(path) => {
+            let config = Config::load(path)?;
+            if let Some(interface) = &config.interface
+                && *interface != args.iface
+            {
+                bail!(
+                    "{} says interface = {interface:?} but --iface is {:?}: make them agree",
+                    path.display(),
+                    args.iface
+                );
+            }
+            (config.xdp_mode, config.dataplane, config.services)
+        }
+        None => {
+            let spec = ServiceSpec {
+                name: args.service.clone().expect("clap requires --service"),
+                vip: args.vip.expect("clap requires --vip"),
+                proto: args.proto,
+                blue: args.blue.expect("clap requires --blue"),
+                green: args.green.expect("clap requires --green"),
+                active: Color::Blue,
+                health: args.check.clone().map(HealthCheck::new),
+                auto_rollback: None,
+            };
+            (
+                XdpModeArg::default(),
+                DataplaneOptions::default(),
+                vec![spec],
+            )
+        }
+    };
+    if let Some(active) = args.active {
+        for service in &mut services {
+            service.active = active;
+        }
+    }
+    Ok(UpRequest {
+        iface: args.iface,
+        xdp_mode: args.xdp_mode.unwrap_or(xdp_mode),
+        dataplane,
+        services,
+    })
+}
+
+fn preview(host: &Host, action: PreviewAction) -> anyhow::Result<()> {
+    match action {
+        PreviewAction::Add { prefix, service } => {
+            let (name, prefixes) = host.change_preview(service.as_deref(), prefix, true)?;
+            println!(
+                "{name}: new flows from {prefix} go to the idle color ({} preview prefixes)",
+                prefixes.len()
+            );
+        }
+        PreviewAction::Remove { prefix, service } => {
+            let (name, prefixes) = host.change_preview(service.as_deref(), prefix, false)?;
+            println!(
+                "{name}: {prefix} removed ({} preview prefixes left)",
+                prefixes.len()
+            );
+        }
+        PreviewAction::List { service } => print_preview(&host.status(service.as_deref())?),
+    }
+    Ok(())
+}
+
+fn wait_drain(host: &Host, outcome: &SwitchOutcome, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let old = outcome.to.other();
+    let mut last = None;
+    let drained = host.wait_drain(Some(&outcome.service), old, timeout, |remaining, waited| {
+        if last != Some(remaining) {
+            println!("  draining {old}: {remaining} live flows after {waited:.1?}");
+            last = Some(remaining);
+        }
+    })?;
+    if drained {
+        println!(
+            "{}: {old} has drained; it can be stopped safely",
+            outcome.service
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "error: {}: {old} still has live flows after {timeout:?}; it is NOT safe to stop yet",
+            outcome.service
+        );
+        Ok(ExitCode::from(super::EXIT_DRAIN_TIMEOUT))
+    }
+}

@@ -1,0 +1,12 @@
+//! The command-line interface: [`args`] parses, [`commands`] runs, and
+//! [`output`] prints what happened for an operator to read.
+
+pub mod args;
+pub mod commands;
+pub mod output;
+mod shift;
+
+/// Exit code of `switch --wait-drain` when the old color still has flows.
+pub const EXIT_DRAIN_TIMEOUT: u8 = 3;
+/// Exit code of a `shift` stopped by Ctrl-C.
+pub const EXIT_INTERRUPTED: u8 = 130;

@@ -1,0 +1,143 @@
+//! What the commands print for an operator: one line per change, and a
+//! status table.
+
+use bluegreen::{
+    endpoint::Color,
+    host::{StatusReport, SwitchOutcome, UpOutcome},
+};
+
+pub fn print_up(outcome: &UpOutcome) {
+    let state = &outcome.state;
+    let verb = if outcome.hot_upgrade {
+        "hot-upgraded (programs replaced, maps and flows kept)"
+    } else {
+        "up"
+    };
+    println!(
+        "bluegreen {verb} on {} (XDP {} mode, flow table {} flows)",
+        state.interface, state.xdp_mode, state.flow_capacity
+    );
+    for record in &state.services {
+        let spec = &record.spec;
+        println!(
+            "  {} {} {} -> {} (blue {}, green {})",
+            spec.name, spec.proto, spec.vip, spec.active, spec.blue, spec.green
+        );
+    }
+    for note in &outcome.notes {
+        println!("  note: {note}");
+    }
+}
+
+pub fn print_switch(outcome: &SwitchOutcome) {
+    let SwitchOutcome {
+        service,
+        from,
+        to,
+        forced,
+        changed,
+        elapsed,
+        weight_before,
+        weight,
+        active_changed,
+        health_checked,
+        ..
+    } = outcome;
+    if *health_checked {
+        println!("{to} passed its health check");
+    }
+    if !changed {
+        if *weight > 0 {
+            println!("{service}: {to} already gets {weight}% of new flows, nothing to do");
+        } else {
+            println!("{service}: already {to}, nothing to do");
+        }
+    } else if *weight > 0 {
+        println!(
+            "{service}: {to} gets {weight}% of new flows ({from} keeps {}%) in {elapsed:.0?}; established flows keep their color",
+            100 - weight
+        );
+    } else if !active_changed && *weight_before > 0 {
+        println!(
+            "{service}: {from} {weight_before}% -> 0%, every new flow to {to} in {elapsed:.0?}"
+        );
+    } else if *forced {
+        println!(
+            "{service}: {from} -> {to} in {elapsed:.0?} (forced: every flow follows {to} now)"
+        );
+    } else {
+        println!(
+            "{service}: {from} -> {to} in {elapsed:.0?} (graceful: established flows finish on {from})"
+        );
+    }
+}
+
+pub fn print_status(report: &StatusReport) {
+    for interface in &report.interfaces {
+        println!(
+            "{}: XDP {} mode, flow table {} flows",
+            interface.interface, interface.xdp_mode, interface.flow_capacity
+        );
+        for service in &interface.services {
+            println!(
+                "  {} {} {}: active {} (previous {}, generation {})",
+                service.name,
+                service.proto,
+                service.vip,
+                service.active,
+                service.previous,
+                service.generation
+            );
+            if service.weight > 0 {
+                println!(
+                    "    weighted: {} gets {}% of new flows",
+                    service.active.other(),
+                    service.weight
+                );
+            }
+            if !service.preview.is_empty() {
+                println!(
+                    "    preview clients ({}) reach {}",
+                    service.preview.join(", "),
+                    service.active.other()
+                );
+            }
+            for (color, status) in [(Color::Blue, &service.blue), (Color::Green, &service.green)] {
+                let marker = if color == service.active { "*" } else { " " };
+                println!(
+                    "   {marker}{color:<5} {:<24} packets {:>10}  bytes {:>12}  new flows {:>8}  active flows {:>6} (+{} closing)",
+                    status.backend,
+                    status.packets,
+                    status.bytes,
+                    status.new_flows,
+                    status.active_flows,
+                    status.closing_flows
+                );
+            }
+        }
+        let passed: Vec<String> = interface
+            .passed
+            .iter()
+            .map(|(reason, count)| format!("{reason} {count}"))
+            .collect();
+        println!("  passed untouched: {}", passed.join(", "));
+    }
+}
+
+pub fn print_preview(report: &StatusReport) {
+    for service in report
+        .interfaces
+        .iter()
+        .flat_map(|interface| &interface.services)
+    {
+        let idle = service.active.other();
+        if service.preview.is_empty() {
+            println!("{}: no preview prefixes", service.name);
+        } else {
+            println!("{} (preview clients reach {idle}):", service.name);
+            for prefix in &service.preview {
+                println!("  {prefix}");
+            }
+        }
+    }
+}

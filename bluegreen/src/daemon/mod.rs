@@ -1,0 +1,145 @@
+//! `bluegreen daemon`: `up`, then health checks, automatic rollback, config
+//! reloads and metrics, in the foreground for systemd.
+
+mod watch;
+
+use std::{net::SocketAddr, path::Path, sync::Arc};
+
+use anyhow::{Context as _, bail};
+use bluegreen::{
+    config::{Config, ServiceSpec},
+    host::{Host, UpRequest},
+};
+use tokio::{signal::unix::SignalKind, task::JoinHandle};
+
+use crate::{cli::output::print_up, observations::Shared};
+
+fn load_request(config_path: &Path) -> anyhow::Result<UpRequest> {
+    let config = Config::load(config_path)?;
+    let Some(iface) = config.interface.clone() else {
+        bail!(
+            "{}: the daemon needs `interface = \"IFACE\"` at the top of the config",
+            config_path.display()
+        );
+    };
+    Ok(UpRequest {
+        iface,
+        xdp_mode: config.xdp_mode,
+        dataplane: config.dataplane,
+        services: config.services,
+    })
+}
+
+pub async fn run(
+    host: &Host,
+    config_path: &Path,
+    metrics: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let mut request = load_request(config_path)?;
+    let mut outcome = host.up(&request)?;
+    print_up(&outcome);
+    forward_ebpf_logs(&mut outcome.ebpf);
+
+    let observations: Shared = Arc::default();
+    if let Some(address) = metrics {
+        crate::metrics::serve(host.clone(), observations.clone(), address).await?;
+        log::info!("metrics on http://{address}/metrics");
+    }
+    let mut checkers = start_checkers(host, &request.services, &observations);
+
+    let mut hangup =
+        tokio::signal::unix::signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let mut terminate =
+        tokio::signal::unix::signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt =
+        tokio::signal::unix::signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    log::info!("daemon ready on {}", request.iface);
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                match reload(host, config_path, &request) {
+                    Ok(new) => {
+                        for checker in checkers.drain(..) {
+                            checker.abort();
+                        }
+                        checkers = start_checkers(host, &new.services, &observations);
+                        request = new;
+                    }
+                    // A bad config must not take a running dataplane down.
+                    Err(error) => log::error!("reload refused, keeping the running configuration: {error:#}"),
+                }
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    log::info!("daemon exiting; programs stay attached and traffic keeps flowing");
+    Ok(())
+}
+
+fn reload(host: &Host, config_path: &Path, running: &UpRequest) -> anyhow::Result<UpRequest> {
+    let new = load_request(config_path)?;
+    if new.iface != running.iface {
+        bail!(
+            "the interface changed ({} -> {}): restart the daemon to move",
+            running.iface,
+            new.iface
+        );
+    }
+    let (_, notes) = host.reload(&new)?;
+    log::info!("configuration reloaded");
+    for note in notes {
+        log::info!("{note}");
+    }
+    Ok(new)
+}
+
+fn start_checkers(
+    host: &Host,
+    services: &[ServiceSpec],
+    observations: &Shared,
+) -> Vec<JoinHandle<()>> {
+    services
+        .iter()
+        .filter(|spec| spec.health.is_some())
+        .map(|spec| {
+            tokio::spawn(watch::watch_service(
+                host.clone(),
+                spec.name.clone(),
+                observations.clone(),
+            ))
+        })
+        .collect()
+}
+
+fn forward_ebpf_logs(ebpf: &mut aya::Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => logger,
+        Err(error) => {
+            log::warn!("eBPF log records will not be forwarded: {error}");
+            return;
+        }
+    };
+    // SAFETY: the logger owns its ring-buffer descriptor and moves into the
+    // AsyncFd, so the descriptor outlives the registration.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let Ok(mut readable) = registered else {
+        log::warn!("eBPF log records will not be forwarded: cannot poll the log buffer");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = readable.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}

@@ -1,0 +1,270 @@
+//! The daemon's watch over one service: probe both colors, publish their
+//! health, and roll back when the policy says so.
+
+use std::time::Duration;
+
+use bluegreen::{
+    clock::unix_now_ms,
+    config::AutoRollback,
+    endpoint::Color,
+    health::{Health, HealthTracker},
+    host::{Host, ServiceView, SwitchOptions, SwitchTarget},
+};
+
+use crate::observations::Shared;
+
+/// Whether the daemon rolls a service back now (`now_ms`: Unix time in
+/// milliseconds): its active color is unhealthy, there is a color to go
+/// back to and it is not known to be unhealthy too, and the last switch is
+/// within the policy's window (0: any time).
+fn should_roll_back(
+    policy: &AutoRollback,
+    view: &ServiceView,
+    trackers: &[HealthTracker; 2],
+    now_ms: u64,
+) -> bool {
+    let active = &trackers[usize::from(view.active.wire())];
+    let fallback = &trackers[usize::from(view.previous.wire())];
+    let within_window = policy.window_secs == 0
+        || view
+            .record
+            .switched_at_unix_ms
+            .is_some_and(|at| now_ms.saturating_sub(at) <= policy.window_secs * 1000);
+    active.state() == Health::Unhealthy
+        && view.previous != view.active
+        && fallback.state() != Health::Unhealthy
+        && within_window
+}
+
+/// Probes both colors of one service every interval, publishes their
+/// health, and rolls back when the active color turns unhealthy and the
+/// service asks for it.
+pub(super) async fn watch_service(host: Host, name: String, observations: Shared) {
+    let mut trackers: [HealthTracker; 2] = Default::default();
+    let mut last_active: Option<Color> = None;
+    loop {
+        let view = {
+            let (host, name) = (host.clone(), name.clone());
+            tokio::task::spawn_blocking(move || host.service_view(Some(&name))).await
+        };
+        let view = match view {
+            Ok(Ok(view)) => view,
+            Ok(Err(error)) => {
+                log::warn!("{name}: cannot read its state: {error}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(_) => return,
+        };
+        let Some(check) = view.record.spec.health.clone() else {
+            return;
+        };
+        if let Some(before) = last_active
+            && before != view.active
+        {
+            // A color change the daemon did not make: an operator switch.
+            *observations
+                .lock()
+                .expect("observations lock")
+                .switches
+                .entry((name.clone(), "operator"))
+                .or_default() += 1;
+        }
+        last_active = Some(view.active);
+
+        for color in Color::BOTH {
+            let backend = view.backend(color);
+            let probe = check.clone();
+            let result = tokio::task::spawn_blocking(move || probe.probe(backend))
+                .await
+                .unwrap_or_else(|error| Err(error.to_string()));
+            let tracker = &mut trackers[usize::from(color.wire())];
+            if let Some(state) = tracker.observe(&check, result) {
+                match state {
+                    Health::Unhealthy => log::warn!(
+                        "{name}: {color} ({backend}) is unhealthy: {}",
+                        tracker.last_error.as_deref().unwrap_or("probe failed")
+                    ),
+                    _ => log::info!("{name}: {color} ({backend}) is {state:?}"),
+                }
+            }
+            observations
+                .lock()
+                .expect("observations lock")
+                .health
+                .insert((name.clone(), color), tracker.state());
+        }
+
+        if let Some(policy) = view.record.spec.auto_rollback
+            && should_roll_back(&policy, &view, &trackers, unix_now_ms())
+        {
+            let active = &trackers[usize::from(view.active.wire())];
+            let reason = active.last_error.clone().unwrap_or_default();
+            let rolled_back = {
+                let (host, name) = (host.clone(), name.clone());
+                tokio::task::spawn_blocking(move || {
+                    // The watcher's own probes just judged the fallback.
+                    let options = SwitchOptions {
+                        force: policy.force,
+                        check: false,
+                    };
+                    host.switch(Some(&name), SwitchTarget::Previous, options)
+                })
+                .await
+            };
+            match rolled_back {
+                Ok(Ok(outcome)) => {
+                    log::warn!(
+                        "{name}: rolled back {} -> {} ({}) because {} failed {} health checks: {reason}",
+                        outcome.from,
+                        outcome.to,
+                        if policy.force { "forced" } else { "graceful" },
+                        outcome.from,
+                        check.unhealthy_threshold
+                    );
+                    let mut observations = observations.lock().expect("observations lock");
+                    *observations
+                        .switches
+                        .entry((name.clone(), "auto_rollback"))
+                        .or_default() += 1;
+                    *observations
+                        .rollbacks
+                        .entry((name.clone(), "unhealthy"))
+                        .or_default() += 1;
+                    last_active = Some(outcome.to);
+                }
+                Ok(Err(error)) => log::error!("{name}: automatic rollback failed: {error}"),
+                Err(_) => return,
+            }
+        }
+        tokio::time::sleep(check.interval()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bluegreen::{
+        config::ServiceSpec,
+        endpoint::Proto,
+        health::{HealthCheck, Probe},
+        state::ServiceRecord,
+    };
+
+    const SWITCHED_AT_MS: u64 = 1_000_000;
+
+    fn view(active: Color, previous: Color) -> ServiceView {
+        let spec = ServiceSpec {
+            name: "chat".to_owned(),
+            vip: "10.0.0.1:80".parse().expect("literal"),
+            proto: Proto::Tcp,
+            blue: "10.1.0.2:80".parse().expect("literal"),
+            green: "10.1.0.3:80".parse().expect("literal"),
+            active,
+            health: None,
+            auto_rollback: None,
+        };
+        ServiceView {
+            active,
+            previous,
+            backends: [spec.blue, spec.green],
+            record: ServiceRecord {
+                spec,
+                previous,
+                counter_slot: 0,
+                switched_at_unix_ms: Some(SWITCHED_AT_MS),
+                weight: 0,
+                preview: Vec::new(),
+            },
+        }
+    }
+
+    /// Trackers that saw `blue` and `green` probe results enough times to
+    /// settle on them.
+    fn trackers(blue: bool, green: bool) -> [HealthTracker; 2] {
+        let check = HealthCheck::new(Probe::Tcp);
+        let mut trackers: [HealthTracker; 2] = Default::default();
+        for _ in 0..check.unhealthy_threshold.max(check.healthy_threshold) {
+            for (tracker, healthy) in trackers.iter_mut().zip([blue, green]) {
+                let result = if healthy {
+                    Ok(())
+                } else {
+                    Err("refused".to_owned())
+                };
+                tracker.observe(&check, result);
+            }
+        }
+        trackers
+    }
+
+    const ANY_TIME: AutoRollback = AutoRollback {
+        window_secs: 0,
+        force: false,
+    };
+
+    #[test]
+    fn an_unhealthy_active_color_with_a_healthy_fallback_rolls_back() {
+        let green_after_blue = view(Color::Green, Color::Blue);
+        assert!(should_roll_back(
+            &ANY_TIME,
+            &green_after_blue,
+            &trackers(true, false),
+            0
+        ));
+        assert!(!should_roll_back(
+            &ANY_TIME,
+            &green_after_blue,
+            &trackers(true, true),
+            0
+        ));
+    }
+
+    #[test]
+    fn no_rollback_to_an_unhealthy_fallback_or_without_a_previous_color() {
+        let green_after_blue = view(Color::Green, Color::Blue);
+        assert!(!should_roll_back(
+            &ANY_TIME,
+            &green_after_blue,
+            &trackers(false, false),
+            0
+        ));
+        let never_switched = view(Color::Green, Color::Green);
+        assert!(!should_roll_back(
+            &ANY_TIME,
+            &never_switched,
+            &trackers(true, false),
+            0
+        ));
+    }
+
+    #[test]
+    fn the_window_bounds_how_long_after_a_switch_the_daemon_rolls_back() {
+        let policy = AutoRollback {
+            window_secs: 60,
+            force: true,
+        };
+        let green_after_blue = view(Color::Green, Color::Blue);
+        let failing = trackers(true, false);
+        let inside = SWITCHED_AT_MS + 60_000;
+        assert!(should_roll_back(
+            &policy,
+            &green_after_blue,
+            &failing,
+            inside
+        ));
+        assert!(!should_roll_back(
+            &policy,
+            &green_after_blue,
+            &failing,
+            inside + 1
+        ));
+        let mut unknown_switch_time = green_after_blue;
+        unknown_switch_time.record.switched_at_unix_ms = None;
+        assert!(!should_roll_back(
+            &policy,
+            &unknown_switch_time,
+            &failing,
+            inside
+        ));
+    }
+}

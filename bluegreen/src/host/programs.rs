@@ -1,0 +1,147 @@
+//! The two eBPF programs: verified, attached through pinned links, and
+//! replaced in place on a hot upgrade.
+
+use std::path::PathBuf;
+
+use aya::{
+    Ebpf,
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+    },
+};
+use bluegreen_common::program_names;
+
+use crate::{
+    config::XdpModeArg,
+    error::{Error, Result},
+    pinned::PinLayout,
+};
+
+/// How the state file and `status` name a mode.
+pub(super) fn mode_name(mode: XdpModeArg) -> &'static str {
+    match mode {
+        XdpModeArg::Auto => "auto",
+        XdpModeArg::Native => "native",
+        XdpModeArg::Skb => "skb",
+    }
+}
+
+/// Both programs, loaded into the kernel (verified).
+fn load(ebpf: &mut Ebpf) -> Result<(&mut Xdp, &mut SchedClassifier)> {
+    let mut xdp = None;
+    let mut tc = None;
+    for (name, program) in ebpf.programs_mut() {
+        match name {
+            program_names::INGRESS => xdp = Some(program),
+            program_names::EGRESS => tc = Some(program),
+            _ => {}
+        }
+    }
+    let missing = |name: &str| Error::Ebpf {
+        action: format!("the eBPF object has no program {name}"),
+        source: "object built from another version".into(),
+    };
+    let xdp: &mut Xdp = xdp
+        .ok_or_else(|| missing(program_names::INGRESS))?
+        .try_into()
+        .map_err(Error::ebpf("ingress program is not XDP"))?;
+    let tc: &mut SchedClassifier = tc
+        .ok_or_else(|| missing(program_names::EGRESS))?
+        .try_into()
+        .map_err(Error::ebpf("egress program is not a classifier"))?;
+    xdp.load()
+        .map_err(Error::ebpf("the kernel refused the XDP program"))?;
+    tc.load()
+        .map_err(Error::ebpf("the kernel refused the TC program"))?;
+    Ok((xdp, tc))
+}
+
+/// Attaches XDP in `mode` and returns the mode it is attached in: `auto`
+/// tries the driver's hook first and falls back to the generic one, so the
+/// answer comes from what the kernel accepted.
+fn attach_xdp(xdp: &mut Xdp, layout: &PinLayout, mode: XdpModeArg) -> Result<XdpModeArg> {
+    let iface = layout.iface();
+    let attempts: &[XdpModeArg] = match mode {
+        XdpModeArg::Auto => &[XdpModeArg::Native, XdpModeArg::Skb],
+        chosen => &[chosen][..],
+    };
+    let mut last_error = None;
+    for &attempt in attempts {
+        let flags = match attempt {
+            XdpModeArg::Native => XdpMode::Driver,
+            _ => XdpMode::Skb,
+        };
+        match xdp.attach(iface, flags) {
+            Ok(id) => {
+                let link: FdLink = xdp
+                    .take_link(id)
+                    .map_err(Error::ebpf("cannot take the XDP link"))?
+                    .try_into()
+                    .map_err(Error::ebpf(
+                        "the kernel attached XDP without a bpf_link, which cannot outlive this process",
+                    ))?;
+                link.pin(layout.xdp_link())
+                    .map_err(Error::ebpf("cannot pin the XDP link"))?;
+                return Ok(attempt);
+            }
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(Error::ebpf(format!(
+        "cannot attach XDP to {iface} (another XDP program may be attached; bluegreen never replaces one it did not attach)"
+    ))(last_error.expect("at least one attempt")))
+}
+
+/// Attaches both programs through links pinned beside the maps, so they
+/// stay attached when this process exits; returns the XDP mode's name.
+pub(super) fn attach(
+    ebpf: &mut Ebpf,
+    layout: &PinLayout,
+    mode: XdpModeArg,
+) -> Result<&'static str> {
+    let (xdp, tc) = load(ebpf)?;
+    let attached = attach_xdp(xdp, layout, mode)?;
+    let tc_id = tc
+        .attach(layout.iface(), TcAttachType::Egress)
+        .map_err(Error::ebpf(format!(
+            "cannot attach TC egress to {}",
+            layout.iface()
+        )))?;
+    let tc_link: FdLink = tc
+        .take_link(tc_id)
+        .map_err(Error::ebpf("cannot take the TC link"))?
+        .try_into()
+        .map_err(Error::ebpf(
+            "TC was attached without a TCX link (kernel older than 6.6?)",
+        ))?;
+    tc_link
+        .pin(layout.tc_link())
+        .map_err(Error::ebpf("cannot pin the TC link"))?;
+    Ok(mode_name(attached))
+}
+
+/// Swaps the programs behind the pinned links in one `bpf_link_update`
+/// each: packets keep flowing through either the old or the new program.
+pub(super) fn replace(ebpf: &mut Ebpf, layout: &PinLayout) -> Result<()> {
+    let (xdp, tc) = load(ebpf)?;
+    let pinned = |path: PathBuf| {
+        PinnedLink::from_pin(&path)
+            .map(FdLink::from)
+            .map_err(Error::ebpf(format!(
+                "cannot open pinned link {}",
+                path.display()
+            )))
+    };
+    let xdp_link = XdpLink::try_from(pinned(layout.xdp_link())?)
+        .map_err(Error::ebpf("pinned XDP link is not an XDP link"))?;
+    xdp.attach_to_link(xdp_link)
+        .map_err(Error::ebpf("cannot replace the XDP program"))?;
+    let tc_link = SchedClassifierLink::try_from(pinned(layout.tc_link())?)
+        .map_err(Error::ebpf("pinned TC link is not a TCX link"))?;
+    tc.attach_to_link(tc_link)
+        .map_err(Error::ebpf("cannot replace the TC program"))?;
+    Ok(())
+}

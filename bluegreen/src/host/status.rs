@@ -1,0 +1,220 @@
+//! What `status` shows and `--wait-drain` waits for: per service and color,
+//! backends, traffic counters and live flows, read from the maps.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use bluegreen_common::{PassReason, ServiceKey};
+use serde::Serialize;
+
+use super::{Host, Lock};
+use crate::{
+    endpoint::{Color, from_wire, service_key},
+    error::{Error, Result},
+    pinned::{PinLayout, PinnedMaps},
+    state::InterfaceState,
+};
+
+impl Host {
+    /// Live flows per color of one service (closing ones included), judged
+    /// by the dataplane's own timeouts and clock.
+    pub fn live_flows(&self, service: Option<&str>) -> Result<[u64; 2]> {
+        let open = self.open_service(service, Lock::None)?;
+        let counts = count_live_flows(&open.maps)?;
+        let counts = counts.get(&open.key).copied().unwrap_or_default();
+        Ok([0, 1].map(|color| counts.open[color] + counts.closing[color]))
+    }
+
+    /// Polls until `color` has no live flows on the service, calling
+    /// `progress` with each count. False if `timeout` ran out first.
+    pub fn wait_drain(
+        &self,
+        service: Option<&str>,
+        color: Color,
+        timeout: Duration,
+        mut progress: impl FnMut(u64, Duration),
+    ) -> Result<bool> {
+        let started = Instant::now();
+        loop {
+            let remaining = self.live_flows(service)?[usize::from(color.wire())];
+            progress(remaining, started.elapsed());
+            if remaining == 0 {
+                return Ok(true);
+            }
+            if started.elapsed() >= timeout {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(200).min(timeout - started.elapsed()));
+        }
+    }
+
+    pub fn status(&self, service: Option<&str>) -> Result<StatusReport> {
+        self.preflight()?;
+        if let Some(wanted) = service {
+            self.locate(Some(wanted))?;
+        }
+        let mut interfaces = Vec::new();
+        for state in self.up_interfaces()? {
+            interfaces.push(interface_status(
+                &self.layout(&state.interface),
+                &state,
+                service,
+            )?);
+        }
+        if interfaces.is_empty() {
+            return Err(Error::NothingUp);
+        }
+        Ok(StatusReport {
+            schema_version: STATUS_SCHEMA_VERSION,
+            interfaces,
+        })
+    }
+}
+
+/// Live flows of one service, per (effective) color.
+#[derive(Clone, Copy, Debug, Default)]
+struct FlowCounts {
+    open: [u64; 2],
+    /// Seen a FIN or RST; kept for the closing timeout so stragglers of the
+    /// connection's end still reach the right backend.
+    closing: [u64; 2],
+}
+
+/// Live flows per service and (effective) color, in one pass over the flow
+/// table.
+fn count_live_flows(maps: &PinnedMaps) -> Result<BTreeMap<ServiceKey, FlowCounts>> {
+    let settings = maps.settings()?;
+    let services = maps.services()?;
+    let now = crate::clock::now()?;
+    let mut counts: BTreeMap<ServiceKey, FlowCounts> = BTreeMap::new();
+    for (key, flow) in maps.flows() {
+        if !settings.is_live(key.proto, &flow, now) {
+            continue;
+        }
+        let service_key = key.service_key();
+        let Some(service) = services.get(&service_key) else {
+            continue;
+        };
+        // Flows from before a forced switch follow the active color.
+        let color = if flow.generation == service.generation {
+            flow.color
+        } else {
+            service.active
+        };
+        let counts = counts.entry(service_key).or_default();
+        let bucket = if flow.closing != 0 {
+            &mut counts.closing
+        } else {
+            &mut counts.open
+        };
+        bucket[usize::from(color & 1)] += 1;
+    }
+    Ok(counts)
+}
+
+/// Bumped on any incompatible change to the JSON below.
+pub const STATUS_SCHEMA_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusReport {
+    pub schema_version: u32,
+    pub interfaces: Vec<InterfaceStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InterfaceStatus {
+    pub interface: String,
+    pub xdp_mode: String,
+    pub flow_capacity: u32,
+    /// Packets the ingress program passed untouched, by reason.
+    pub passed: BTreeMap<String, u64>,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub vip: String,
+    pub proto: String,
+    pub active: Color,
+    pub previous: Color,
+    pub generation: u32,
+    /// When the active color last changed (ms since the Unix epoch).
+    pub switched_at_unix_ms: Option<u64>,
+    /// Share of new flows (percent) sent to the idle color.
+    pub weight: u8,
+    /// Client prefixes whose new flows go to the idle color.
+    pub preview: Vec<String>,
+    pub blue: ColorStatus,
+    pub green: ColorStatus,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ColorStatus {
+    pub backend: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    /// Live flows that have not seen a FIN or RST.
+    pub active_flows: u64,
+    /// Live flows that have (they expire after the closing timeout).
+    pub closing_flows: u64,
+}
+
+fn interface_status(
+    layout: &PinLayout,
+    state: &InterfaceState,
+    only: Option<&str>,
+) -> Result<InterfaceStatus> {
+    let maps = PinnedMaps::open(layout)?;
+    let flows = count_live_flows(&maps)?;
+    let mut services = Vec::new();
+    for record in &state.services {
+        if only.is_some_and(|name| name != record.spec.name) {
+            continue;
+        }
+        let key = service_key(record.spec.vip, record.spec.proto);
+        // The live map wins over the state file.
+        let Some(live) = maps.service(&key)? else {
+            continue;
+        };
+        let flows = flows.get(&key).copied().unwrap_or_default();
+        let color_status = |color: Color| -> Result<ColorStatus> {
+            let traffic = maps.traffic(live.counter_slot, color.wire())?;
+            Ok(ColorStatus {
+                backend: from_wire(key.family, live.backend(color.wire())).to_string(),
+                packets: traffic.packets,
+                bytes: traffic.bytes,
+                new_flows: traffic.new_flows,
+                active_flows: flows.open[usize::from(color.wire())],
+                closing_flows: flows.closing[usize::from(color.wire())],
+            })
+        };
+        services.push(ServiceStatus {
+            name: record.spec.name.clone(),
+            vip: record.spec.vip.to_string(),
+            proto: record.spec.proto.to_string(),
+            active: Color::from_wire(live.active),
+            previous: Color::from_wire(live.previous),
+            generation: live.generation,
+            switched_at_unix_ms: record.switched_at_unix_ms,
+            weight: live.weight,
+            preview: record.preview.clone(),
+            blue: color_status(Color::Blue)?,
+            green: color_status(Color::Green)?,
+        });
+    }
+    let mut passed = BTreeMap::new();
+    for reason in PassReason::ALL {
+        passed.insert(reason.name().to_owned(), maps.passed(reason)?);
+    }
+    Ok(InterfaceStatus {
+        interface: state.interface.clone(),
+        xdp_mode: state.xdp_mode.clone(),
+        flow_capacity: state.flow_capacity,
+        passed,
+        services,
+    })
+}

@@ -1,0 +1,334 @@
+//! Changing where new flows go: switch, rollback, weighted shift, preview
+//! prefixes, and a color's backend. Each change is one update of the
+//! service's entry in the services map, made under the interface lock and
+//! then recorded in the state file.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use bluegreen_common::{SERVICE_HAS_PREVIEW, ServiceState};
+
+use super::{Host, Lock, OpenService};
+use crate::{
+    clock::unix_now_ms,
+    config::check_same_family,
+    endpoint::{Cidr, Color, from_wire, to_wire},
+    error::{Error, Result},
+    pinned::Put,
+};
+
+/// Where a switch goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchTarget {
+    Color(Color),
+    /// Back to the color that was active before the last switch.
+    Previous,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwitchOptions {
+    /// Move established flows too.
+    pub force: bool,
+    /// Probe the color that gains traffic with the service's health check
+    /// first, and refuse the switch if it fails.
+    pub check: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwitchOutcome {
+    pub interface: String,
+    pub service: String,
+    /// Where new flows moved from and to (for a weighted shift, from the
+    /// active color to the idle one).
+    pub from: Color,
+    pub to: Color,
+    pub forced: bool,
+    /// False when the service already had that color and nothing was forced.
+    pub changed: bool,
+    /// Whether `to` passed a configured health check before the switch.
+    pub health_checked: bool,
+    /// Time from reading the service's state to the map update returning.
+    pub elapsed: Duration,
+    /// Share of new flows for the idle color, before and after.
+    pub weight_before: u8,
+    pub weight: u8,
+    /// Whether the active color itself changed (not only a weight).
+    pub active_changed: bool,
+}
+
+/// The color new flows move away from and the one they move to, between
+/// two states of a service.
+fn traffic_direction(before: &ServiceState, after: &ServiceState) -> (Color, Color) {
+    let active_before = Color::from_wire(before.active);
+    let active_after = Color::from_wire(after.active);
+    if active_before == active_after && before.weight > after.weight {
+        // A shift undone: traffic moves back from the idle color.
+        (active_after.other(), active_after)
+    } else if active_before == active_after && after.weight > 0 {
+        (active_after, active_after.other())
+    } else {
+        (active_before, active_after)
+    }
+}
+
+impl OpenService {
+    /// Probes `color` with the service's health check, if it has one.
+    /// `Ok(false)` when there is no check to run.
+    fn check_color(&self, color: Color) -> Result<bool> {
+        let Some(check) = &self.record().spec.health else {
+            return Ok(false);
+        };
+        let backend = self.backend(color);
+        check
+            .probe(backend)
+            .map_err(|reason| Error::HealthCheckFailed {
+                service: self.name().to_owned(),
+                color,
+                backend,
+                reason,
+                active: Color::from_wire(self.live.active),
+            })?;
+        Ok(true)
+    }
+}
+
+impl Host {
+    /// Writes `updated` with one map update and records it in the state
+    /// file; returns how long the map update took from `started`.
+    fn commit(
+        &self,
+        open: &mut OpenService,
+        updated: ServiceState,
+        started: Instant,
+    ) -> Result<Duration> {
+        open.maps
+            .put_service(&open.key, &updated, Put::ReplaceOnly)?;
+        let elapsed = started.elapsed();
+        let family = open.key.family;
+        let record = open.record_mut();
+        if record.spec.active != Color::from_wire(updated.active) {
+            record.switched_at_unix_ms = Some(unix_now_ms());
+        }
+        record.spec.active = Color::from_wire(updated.active);
+        record.weight = updated.weight;
+        record.previous = Color::from_wire(updated.previous);
+        record.spec.blue = from_wire(family, updated.backend(Color::Blue.wire()));
+        record.spec.green = from_wire(family, updated.backend(Color::Green.wire()));
+        open.live = updated;
+        self.state.save(&open.state)?;
+        Ok(elapsed)
+    }
+
+    /// Makes `target` the active color for every new flow (ending any
+    /// weighted shift). Graceful by default: established flows stay where
+    /// they are; `force` moves them too. Rolling back a shift in progress
+    /// returns its weight to 0.
+    pub fn switch(
+        &self,
+        service: Option<&str>,
+        target: SwitchTarget,
+        options: SwitchOptions,
+    ) -> Result<SwitchOutcome> {
+        self.change_colors(service, options, |name, live| {
+            let from = Color::from_wire(live.active);
+            let to = match target {
+                SwitchTarget::Color(color) => color,
+                // Undoing a shift: the active color never changed.
+                SwitchTarget::Previous if live.weight > 0 => from,
+                SwitchTarget::Previous if live.previous == live.active => {
+                    return Err(Error::NothingToRollBack {
+                        service: name.to_owned(),
+                        color: from,
+                    });
+                }
+                SwitchTarget::Previous => Color::from_wire(live.previous),
+            };
+            Ok(ServiceState {
+                active: to.wire(),
+                previous: if from == to {
+                    live.previous
+                } else {
+                    from.wire()
+                },
+                weight: 0,
+                generation: live.generation.wrapping_add(u32::from(options.force)),
+                ..*live
+            })
+        })
+    }
+
+    /// Sends `weight` percent of new flows to `color`, which must be the
+    /// idle color; 100 is a full (graceful) switch. Established flows keep
+    /// their color as always.
+    pub fn shift(
+        &self,
+        service: Option<&str>,
+        color: Color,
+        weight: u8,
+        check: bool,
+    ) -> Result<SwitchOutcome> {
+        if weight > 100 {
+            return Err(Error::InvalidWeight(weight));
+        }
+        let options = SwitchOptions {
+            force: false,
+            check,
+        };
+        if weight == 100 {
+            return self.switch(service, SwitchTarget::Color(color), options);
+        }
+        self.change_colors(service, options, |name, live| {
+            if Color::from_wire(live.active) == color {
+                return Err(Error::InvalidService {
+                    service: name.to_owned(),
+                    message: format!(
+                        "{color} is already active; a weight is the share of the idle color ({})",
+                        color.other()
+                    ),
+                });
+            }
+            Ok(ServiceState { weight, ..*live })
+        })
+    }
+
+    /// Applies `decide` (service name, live state -> wanted state) under the
+    /// interface lock, health-checking the color that gains traffic first
+    /// if asked.
+    fn change_colors(
+        &self,
+        service: Option<&str>,
+        options: SwitchOptions,
+        decide: impl FnOnce(&str, &ServiceState) -> Result<ServiceState>,
+    ) -> Result<SwitchOutcome> {
+        let mut open = self.open_service(service, Lock::Exclusive)?;
+        let started = Instant::now();
+        let before = open.live;
+        let after = decide(open.name(), &before)?;
+        let (from, to) = traffic_direction(&before, &after);
+        let changed = after != before;
+        let health_checked = changed && options.check && open.check_color(to)?;
+        let elapsed = if changed {
+            // The probe's time is not the switch's.
+            let started = if health_checked {
+                Instant::now()
+            } else {
+                started
+            };
+            self.commit(&mut open, after, started)?
+        } else {
+            started.elapsed()
+        };
+        Ok(SwitchOutcome {
+            interface: open.state.interface.clone(),
+            service: open.name().to_owned(),
+            from,
+            to,
+            forced: options.force,
+            changed,
+            health_checked,
+            elapsed,
+            weight_before: before.weight,
+            weight: after.weight,
+            active_changed: before.active != after.active,
+        })
+    }
+
+    /// Adds or removes one preview prefix of a service; returns the
+    /// service's name and its prefixes afterwards.
+    pub fn change_preview(
+        &self,
+        service: Option<&str>,
+        prefix: Cidr,
+        add: bool,
+    ) -> Result<(String, Vec<Cidr>)> {
+        let mut open = self.open_service(service, Lock::Exclusive)?;
+        let record = open.record();
+        let name = record.spec.name.clone();
+        let invalid = |message: String| Error::InvalidService {
+            service: name.clone(),
+            message,
+        };
+        if prefix.addr.is_ipv4() != record.spec.vip.is_ipv4() {
+            return Err(invalid(format!(
+                "{prefix} is not of the VIP's family ({})",
+                record.spec.vip
+            )));
+        }
+        let mut prefixes: Vec<Cidr> = record
+            .preview
+            .iter()
+            .map(|text| text.parse())
+            .collect::<Result<_>>()?;
+        let present = prefixes.contains(&prefix);
+        match (add, present) {
+            (true, true) => return Ok((name, prefixes)),
+            (true, false) => prefixes.push(prefix),
+            (false, true) => prefixes.retain(|known| *known != prefix),
+            (false, false) => {
+                return Err(invalid(format!(
+                    "{prefix} is not one of its preview prefixes"
+                )));
+            }
+        }
+        prefixes.sort();
+
+        let live = open.live;
+        let flagged = ServiceState {
+            flags: if prefixes.is_empty() {
+                live.flags & !SERVICE_HAS_PREVIEW
+            } else {
+                live.flags | SERVICE_HAS_PREVIEW
+            },
+            ..live
+        };
+        // The flag never announces prefixes that are not in the trie yet.
+        if prefixes.is_empty() {
+            open.maps
+                .put_service(&open.key, &flagged, Put::ReplaceOnly)?;
+            open.maps.set_preview(live.counter_slot, &prefixes)?;
+        } else {
+            open.maps.set_preview(live.counter_slot, &prefixes)?;
+            open.maps
+                .put_service(&open.key, &flagged, Put::ReplaceOnly)?;
+        }
+        open.record_mut().preview = prefixes.iter().map(ToString::to_string).collect();
+        self.state.save(&open.state)?;
+        Ok((name, prefixes))
+    }
+
+    /// Points one color of a service at another backend; returns the
+    /// service's name and the old backend. Flows already on the old backend
+    /// stay there until they end.
+    pub fn set_backend(
+        &self,
+        service: Option<&str>,
+        color: Color,
+        backend: SocketAddr,
+    ) -> Result<(String, SocketAddr)> {
+        let mut open = self.open_service(service, Lock::Exclusive)?;
+        let spec = &open.record().spec;
+        let invalid = |message: String| Error::InvalidService {
+            service: spec.name.clone(),
+            message,
+        };
+        check_same_family(&spec.vip, &backend, &format!("{color} backend"))?;
+        if open.backend(color.other()) == backend {
+            return Err(invalid(format!(
+                "{backend} is already the {} backend",
+                color.other()
+            )));
+        }
+        if backend == spec.vip {
+            return Err(invalid("a backend cannot be the VIP itself".to_owned()));
+        }
+        let old = open.backend(color);
+        let mut updated = open.live;
+        updated.backends[usize::from(color.wire())] = to_wire(backend);
+        if updated != open.live {
+            self.commit(&mut open, updated, Instant::now())?;
+        }
+        Ok((open.name().to_owned(), old))
+    }
+}

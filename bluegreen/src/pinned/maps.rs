@@ -1,0 +1,268 @@
+//! Typed handles on an instance's pinned maps, and the only code that
+//! writes them: each method keeps the kernel contract (write order, which
+//! words change) so that callers cannot get it wrong.
+
+use std::collections::BTreeMap;
+
+use aya::maps::{
+    Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
+};
+use bluegreen_common::{
+    FlowEntry, FlowKey, PREVIEW_FIXED_BITS, PassReason, PreviewPrefix, ServiceKey, ServiceState,
+    Settings, Timeouts, TrafficCounters, bitmap_position, map_names, traffic_index, vip_filter_bit,
+};
+
+use super::{PinLayout, contract::open_map};
+use crate::{
+    endpoint::{Cidr, Color},
+    error::{Error, Result},
+};
+
+/// `BPF_EXIST`: update only, so a concurrent `down` cannot be undone.
+const BPF_EXIST: u64 = 2;
+
+pub struct PinnedMaps {
+    services: HashMap<MapData, ServiceKey, ServiceState>,
+    flows: HashMap<MapData, FlowKey, FlowEntry>,
+    traffic: PerCpuArray<MapData, TrafficCounters>,
+    passed: PerCpuArray<MapData, u64>,
+    settings: Array<MapData, Settings>,
+    vip_ports: Array<MapData, u32>,
+    vip_filter: Array<MapData, u32>,
+    generations: Array<MapData, u32>,
+    preview: LpmTrie<MapData, PreviewPrefix, u8>,
+}
+
+/// Whether [`PinnedMaps::put_service`] may create the service or only
+/// replace it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    CreateOrReplace,
+    /// A switch: if `down` removed the service meanwhile, fail rather than
+    /// bring it back.
+    ReplaceOnly,
+}
+
+/// The trie key of one service's preview prefix.
+pub fn preview_key(counter_slot: u32, cidr: &Cidr) -> Key<PreviewPrefix> {
+    Key::new(
+        PREVIEW_FIXED_BITS + u32::from(cidr.len),
+        PreviewPrefix {
+            slot: counter_slot.to_be_bytes(),
+            family: cidr.wire_family(),
+            reserved: [0; 3],
+            addr: cidr.wire_addr(),
+        },
+    )
+}
+
+impl PinnedMaps {
+    pub fn open(layout: &PinLayout) -> Result<Self> {
+        if !layout.map(map_names::SERVICES).exists() {
+            return Err(Error::NotUpOn {
+                iface: layout.iface().to_owned(),
+            });
+        }
+        Ok(Self {
+            services: open_map(layout, map_names::SERVICES)?,
+            flows: open_map(layout, map_names::FLOWS)?,
+            traffic: open_map(layout, map_names::TRAFFIC)?,
+            passed: open_map(layout, map_names::PASSED)?,
+            settings: open_map(layout, map_names::SETTINGS)?,
+            vip_ports: open_map(layout, map_names::VIP_PORTS)?,
+            vip_filter: open_map(layout, map_names::VIP_FILTER)?,
+            generations: open_map(layout, map_names::GENERATIONS)?,
+            preview: open_map(layout, map_names::PREVIEW)?,
+        })
+    }
+
+    pub fn service(&self, key: &ServiceKey) -> Result<Option<ServiceState>> {
+        match self.services.get(key, 0) {
+            Ok(state) => Ok(Some(state)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(error) => Err(Error::ebpf("cannot read the services map")(error)),
+        }
+    }
+
+    pub fn services(&self) -> Result<BTreeMap<ServiceKey, ServiceState>> {
+        self.services
+            .iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(Error::ebpf("cannot read the services map"))
+    }
+
+    /// Writes one service whole (a packet sees the old state or the new,
+    /// never a mix). Its generation is mirrored first, so that a flow
+    /// recorded under the new state finds its generation on the fast path
+    /// at once; a mirror briefly ahead only sends packets to the services
+    /// map, which decides.
+    pub fn put_service(&mut self, key: &ServiceKey, state: &ServiceState, put: Put) -> Result<()> {
+        if self.generation(state.counter_slot)? != state.generation {
+            self.set_generation(state.counter_slot, state.generation)?;
+        }
+        if put == Put::CreateOrReplace && self.service(key)?.as_ref() == Some(state) {
+            return Ok(());
+        }
+        let flags = match put {
+            Put::CreateOrReplace => 0,
+            Put::ReplaceOnly => BPF_EXIST,
+        };
+        self.services
+            .insert(key, state, flags)
+            .map_err(Error::ebpf("cannot write the services map"))
+    }
+
+    /// Removes a service, its preview prefixes, and (by moving its
+    /// generation on) the fast path of its flows, which then find no
+    /// service and pass untouched.
+    pub fn remove_service(&mut self, key: &ServiceKey, state: &ServiceState) -> Result<()> {
+        self.set_preview(state.counter_slot, &[])?;
+        self.services
+            .remove(key)
+            .map_err(Error::ebpf("cannot remove a service"))?;
+        self.set_generation(state.counter_slot, state.generation.wrapping_add(1))
+    }
+
+    /// The generation the fast path sees for a counter slot.
+    pub fn generation(&self, counter_slot: u32) -> Result<u32> {
+        self.generations
+            .get(&counter_slot, 0)
+            .map_err(Error::ebpf("cannot read the generations map"))
+    }
+
+    fn set_generation(&mut self, counter_slot: u32, generation: u32) -> Result<()> {
+        self.generations
+            .set(counter_slot, generation, 0)
+            .map_err(Error::ebpf("cannot write the generations map"))
+    }
+
+    /// Makes the prefilters hold the bits `wanted` needs (ports, and VIP
+    /// and port pairs) and no bit that only `previous` needed: every word
+    /// either set touches is rewritten from `wanted`, so a word left stale
+    /// by an interrupted update is repaired too. One syscall per such word,
+    /// not one per word of the filters (the VIP filter has 32,768).
+    pub fn set_filters(&mut self, previous: &[ServiceKey], wanted: &[ServiceKey]) -> Result<()> {
+        let port_bit = |key: &ServiceKey| u32::from(u16::from_be_bytes(key.port));
+        let vip_bit = |key: &ServiceKey| vip_filter_bit(&key.vip, key.port);
+        for (filter, bit) in [
+            (
+                &mut self.vip_ports,
+                &port_bit as &dyn Fn(&ServiceKey) -> u32,
+            ),
+            (&mut self.vip_filter, &vip_bit),
+        ] {
+            let mut words: BTreeMap<u32, u32> = previous
+                .iter()
+                .map(|key| (bitmap_position(bit(key)).0, 0))
+                .collect();
+            for key in wanted {
+                let (word, mask) = bitmap_position(bit(key));
+                *words.entry(word).or_default() |= mask;
+            }
+            for (index, word) in words {
+                filter
+                    .set(index, word, 0)
+                    .map_err(Error::ebpf("cannot write a prefilter"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the preview prefixes of one service (slot) with `prefixes`:
+    /// new ones first, so a prefix kept across the change never disappears.
+    pub fn set_preview(&mut self, counter_slot: u32, prefixes: &[Cidr]) -> Result<()> {
+        let stale: Vec<Key<PreviewPrefix>> = self
+            .preview
+            .keys()
+            .filter_map(|key| key.ok())
+            .filter(|key| key.data().slot == counter_slot.to_be_bytes())
+            .collect();
+        let wanted: Vec<Key<PreviewPrefix>> = prefixes
+            .iter()
+            .map(|cidr| preview_key(counter_slot, cidr))
+            .collect();
+        for key in &wanted {
+            self.preview
+                .insert(key, 1, 0)
+                .map_err(Error::ebpf("cannot write the preview prefixes"))?;
+        }
+        let same = |a: &Key<PreviewPrefix>, b: &Key<PreviewPrefix>| {
+            a.prefix_len() == b.prefix_len() && a.data() == b.data()
+        };
+        for key in stale
+            .iter()
+            .filter(|key| !wanted.iter().any(|w| same(w, key)))
+        {
+            self.preview
+                .remove(key)
+                .map_err(Error::ebpf("cannot remove a preview prefix"))?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes both colors' traffic counters of a counter slot, for a
+    /// service that takes over a slot another one used.
+    pub fn reset_counters(&mut self, counter_slot: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, error)| Error::Io {
+            action: format!("cannot count CPUs ({what})"),
+            source: error,
+        })?;
+        for color in Color::BOTH {
+            let zeros = PerCpuValues::try_from(vec![TrafficCounters::default(); cpus])
+                .map_err(Error::ebpf("cannot size per-CPU counters"))?;
+            self.traffic
+                .set(traffic_index(counter_slot, color.wire()), zeros, 0)
+                .map_err(Error::ebpf("cannot reset traffic counters"))?;
+        }
+        Ok(())
+    }
+
+    pub fn settings(&self) -> Result<Settings> {
+        self.settings
+            .get(&0, 0)
+            .map_err(Error::ebpf("cannot read the settings map"))
+    }
+
+    /// Writes the timeouts in the dataplane's unit (jiffies), keeping the
+    /// kernel's HZ as an earlier loader measured it.
+    pub fn set_timeouts(&mut self, timeouts: &Timeouts) -> Result<()> {
+        let pinned = self.settings()?.jiffies_per_second;
+        let hz = if pinned != 0 {
+            pinned
+        } else {
+            crate::clock::jiffies_per_second()?
+        };
+        self.settings
+            .set(0, Settings::new(timeouts, hz), 0)
+            .map_err(Error::ebpf("cannot write the settings map"))
+    }
+
+    /// Every flow entry; one evicted between listing its key and reading it
+    /// is simply gone.
+    pub fn flows(&self) -> impl Iterator<Item = (FlowKey, FlowEntry)> + '_ {
+        self.flows.iter().filter_map(|entry| entry.ok())
+    }
+
+    /// One service's traffic on one color, summed over all CPUs.
+    pub fn traffic(&self, counter_slot: u32, color: u8) -> Result<TrafficCounters> {
+        let per_cpu = self
+            .traffic
+            .get(&traffic_index(counter_slot, color), 0)
+            .map_err(Error::ebpf("cannot read traffic counters"))?;
+        Ok(per_cpu
+            .iter()
+            .fold(TrafficCounters::default(), |sum, cpu| TrafficCounters {
+                packets: sum.packets + cpu.packets,
+                bytes: sum.bytes + cpu.bytes,
+                new_flows: sum.new_flows + cpu.new_flows,
+            }))
+    }
+
+    pub fn passed(&self, reason: PassReason) -> Result<u64> {
+        let per_cpu = self
+            .passed
+            .get(&(reason as u32), 0)
+            .map_err(Error::ebpf("cannot read pass counters"))?;
+        Ok(per_cpu.iter().sum())
+    }
+}
