@@ -76,8 +76,9 @@ pub fn jiffies_per_second() -> Result<u64> {
     if let Some(hz) = HZ.get() {
         return Ok(*hz);
     }
-    let started = Instant::now();
+    // The first reading loads the program: start the timer after it.
     let first = now()?;
+    let started = Instant::now();
     std::thread::sleep(Duration::from_millis(100));
     let ticks = now()? - first;
     let measured = ticks as f64 / started.elapsed().as_secs_f64();

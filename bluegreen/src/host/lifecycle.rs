@@ -81,14 +81,15 @@ fn remove_pins(layout: &PinLayout) {
 }
 
 /// Creates (or, on a hot upgrade, reuses) the pinned maps; the flow table
-/// keeps its pinned size, since resizing it would drop every flow.
-/// Returns the loaded object and the flow table's capacity.
+/// keeps its pinned size (`pinned_capacity`), since resizing it would drop
+/// every flow. Returns the loaded object and the flow table's capacity.
 fn load_object(
     layout: &PinLayout,
     request: &UpRequest,
+    pinned_capacity: Option<u32>,
     notes: &mut Vec<String>,
 ) -> Result<(Ebpf, u32)> {
-    let flow_capacity = match check_pinned_maps(layout)? {
+    let flow_capacity = match pinned_capacity {
         Some(pinned) if pinned != request.dataplane.flow_capacity => {
             notes.push(format!(
                 "the pinned flow table holds {pinned} flows and is kept (resizing it would drop every flow; `down` then `up` to resize to {})",
@@ -126,6 +127,9 @@ impl Host {
         let _lock = self.state.lock(&request.iface)?;
         let layout = self.layout(&request.iface);
         layout.check_no_other_layout()?;
+        // Before anything is created: pins of another version are refused
+        // and left as they are.
+        let pinned_capacity = check_pinned_maps(&layout)?;
         let hot_upgrade = layout.is_up();
         let mut notes = Vec::new();
 
@@ -141,7 +145,7 @@ impl Host {
                 "cannot create {}",
                 layout.dir().display()
             )))?;
-        let (mut ebpf, flow_capacity) = load_object(&layout, request, &mut notes)?;
+        let (mut ebpf, flow_capacity) = load_object(&layout, request, pinned_capacity, &mut notes)?;
 
         let mut maps = PinnedMaps::open(&layout)?;
         maps.set_timeouts(&request.dataplane.timeouts)?;
