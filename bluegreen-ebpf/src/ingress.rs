@@ -89,7 +89,7 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
     // SAFETY: the services map is not preallocated, so the element stays
     // intact for the rest of this RCU section even if userspace replaces it.
     let service =
-        unsafe { BG_SERVICES.get(&flow_key.service_key()) }.ok_or(PassReason::NotService)?;
+        unsafe { BG_SERVICES.get(flow_key.service_key()) }.ok_or(PassReason::NotService)?;
     let (color, closing_before, new_flow) = match known {
         // The generations array lagged behind the services map (it is
         // written second): the flow stays where it is.
@@ -142,8 +142,7 @@ fn forward(
 
 #[inline(always)]
 fn count(packet: &XdpPacket, counter_slot: u16, color: u8, new_flow: bool) {
-    if let Some(counters) = BG_TRAFFIC.get_ptr_mut(traffic_index(u32::from(counter_slot), color))
-    {
+    if let Some(counters) = BG_TRAFFIC.get_ptr_mut(traffic_index(u32::from(counter_slot), color)) {
         // SAFETY: per-CPU slot, so no other writer races these increments.
         unsafe {
             (*counters).packets += 1;
