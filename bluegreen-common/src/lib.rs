@@ -157,7 +157,8 @@ pub struct ServiceState {
     /// Indexed by color: `backends[COLOR_BLUE]`, `backends[COLOR_GREEN]`.
     pub backends: [Endpoint; 2],
     /// Bumped by a forced switch: flows recorded under an older generation
-    /// follow the active color instead of the one they started on.
+    /// move to [`ServiceState::forced_color`] instead of staying on the one
+    /// they started on.
     pub generation: u32,
     /// Index of this service's counters in the traffic map
     /// (`slot * 2 + color`).
@@ -169,14 +170,51 @@ pub struct ServiceState {
     pub weight: u8,
     /// `SERVICE_HAS_PREVIEW`: look new flows' clients up in the preview
     /// prefixes (skipped otherwise, to keep the lookup off the common path).
+    /// `SERVICE_FORCED_GREEN`: see [`ServiceState::forced_color`].
     pub flags: u8,
 }
 
 pub const SERVICE_HAS_PREVIEW: u8 = 1;
+/// The last forced switch went to green (clear: to blue).
+pub const SERVICE_FORCED_GREEN: u8 = 2;
 
 impl ServiceState {
     pub fn backend(&self, color: u8) -> &Endpoint {
         &self.backends[(color & 1) as usize]
+    }
+
+    /// The color the last forced switch sent established flows to: where a
+    /// flow recorded under an older generation goes on its next packet.
+    ///
+    /// Not `active`: flows are rebound lazily, so a graceful switch made
+    /// after the force, before an idle flow sends again, would otherwise
+    /// carry that flow along, breaking the promise that a graceful switch
+    /// leaves established connections where they are. The force alone
+    /// decides where they move.
+    #[inline(always)]
+    pub fn forced_color(&self) -> u8 {
+        if self.flags & SERVICE_FORCED_GREEN != 0 {
+            COLOR_GREEN
+        } else {
+            COLOR_BLUE
+        }
+    }
+
+    /// This state with `color` recorded as the last forced switch's color,
+    /// other flags untouched. A forced switch records its target along with
+    /// the generation bump; a graceful switch or a shift keeps the recorded
+    /// color. A newly added service records its active color: its fresh
+    /// generation rebinds any flow left from an earlier service, and those
+    /// belong on the active color.
+    #[must_use]
+    #[inline(always)]
+    pub fn with_forced_color(self, color: u8) -> Self {
+        let flags = if color & 1 == COLOR_GREEN {
+            self.flags | SERVICE_FORCED_GREEN
+        } else {
+            self.flags & !SERVICE_FORCED_GREEN
+        };
+        Self { flags, ..self }
     }
 }
 
@@ -472,6 +510,31 @@ mod tests {
         assert_eq!(
             new_flow_color(&preview, &FlowKey::default(), || false),
             COLOR_BLUE
+        );
+    }
+
+    #[test]
+    fn the_forced_color_is_its_own_flag() {
+        let preview = ServiceState {
+            active: COLOR_GREEN,
+            flags: SERVICE_HAS_PREVIEW,
+            ..Default::default()
+        };
+        assert_eq!(preview.forced_color(), COLOR_BLUE, "nothing forced yet");
+        let forced = preview.with_forced_color(COLOR_GREEN);
+        assert_eq!(forced.forced_color(), COLOR_GREEN);
+        assert_eq!(forced.flags, SERVICE_HAS_PREVIEW | SERVICE_FORCED_GREEN);
+        let back = forced.with_forced_color(COLOR_BLUE);
+        assert_eq!(back.forced_color(), COLOR_BLUE);
+        assert_eq!(back.flags, SERVICE_HAS_PREVIEW, "the preview flag stays");
+        assert_eq!(
+            ServiceState {
+                active: COLOR_BLUE,
+                ..forced
+            }
+            .forced_color(),
+            COLOR_GREEN,
+            "a graceful switch leaves the forced color alone"
         );
     }
 

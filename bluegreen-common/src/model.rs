@@ -178,10 +178,11 @@ pub fn ingress(packet: &mut [u8], tables: &impl Tables, settings: &Settings, now
             if entry.generation == state.generation {
                 (entry, false)
             } else {
+                let color = state.forced_color();
                 let rebound = FlowEntry {
-                    backend: *state.backend(state.active),
+                    backend: *state.backend(color),
                     generation: state.generation,
-                    color: state.active,
+                    color,
                     counter_slot: state.counter_slot as u16,
                     ..entry
                 };

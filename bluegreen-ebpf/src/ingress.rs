@@ -96,9 +96,10 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
         Some(entry) if entry.generation == service.generation => {
             return forward(&packet, &headers, &flow_key, entry, now, closing);
         }
-        // A forced switch since the flow started: it moves to the active
-        // color, keeping its closing state if it has one.
-        Some(entry) => (service.active, entry.closing, false),
+        // A forced switch since the flow started: it moves where the force
+        // sent it, even if a graceful switch has changed the active color
+        // since, keeping its closing state if it has one.
+        Some(entry) => (service.forced_color(), entry.closing, false),
         None => {
             let color = new_flow_color(service, &flow_key, || {
                 in_preview(service.counter_slot, flow_key.family, &flow_key.client)

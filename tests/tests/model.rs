@@ -81,6 +81,7 @@ fn retired(ipv6: bool) -> SocketAddr {
 fn services(
     active: u8,
     generation: u32,
+    forced: u8,
     weight: u8,
     preview: bool,
 ) -> Vec<(ServiceKey, ServiceState)> {
@@ -96,7 +97,8 @@ fn services(
                     previous: active ^ 1,
                     weight,
                     flags: if preview { SERVICE_HAS_PREVIEW } else { 0 },
-                };
+                }
+                .with_forced_color(forced);
                 services.push((service_key(SocketAddr::new(vip, port), proto), state));
             }
         }
@@ -189,6 +191,9 @@ struct Case {
     frame: Frame,
     active: u8,
     generation: u32,
+    /// The color of the last forced switch, independent of `active`: a
+    /// graceful switch may have followed it.
+    forced: u8,
     /// Share of new flows for the idle color.
     weight: u8,
     preview: Option<Preview>,
@@ -387,6 +392,7 @@ prop_compose! {
         frame in frame(),
         active in 0u8..2,
         generation in 1u32..4,
+        forced in 0u8..2,
         weight in prop_oneof![3 => Just(0u8), 1 => Just(10u8), 1 => Just(50u8), 1 => 1u8..100],
         preview in prop::option::weighted(0.3, (0u8..=128, prop::bool::ANY).prop_map(|(len, matching)| Preview { len, matching })),
         existing in prop::option::weighted(0.5, existing()),
@@ -397,7 +403,7 @@ prop_compose! {
             1 => prop::collection::vec((any::<Index>(), 1u8..=255), 1..=3),
         ],
     ) -> Case {
-        Case { frame, active, generation, weight, preview, existing, outer_tag, truncate, corrupt }
+        Case { frame, active, generation, forced, weight, preview, existing, outer_tag, truncate, corrupt }
     }
 }
 
@@ -415,6 +421,7 @@ fn check(dataplane: &mut TestDataplane, case: &Case) -> Result<(), TestCaseError
     let services = services(
         case.active,
         case.generation,
+        case.forced,
         case.weight,
         case.preview.is_some(),
     );

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use bluegreen_common::{
     COLOR_BLUE, COLOR_GREEN, FlowEntry, FlowKey, PassReason, ServiceState, Settings, Timeouts,
-    TrafficCounters,
+    TrafficCounters, new_flow_color,
 };
 use bluegreen_testbed::{
     kernel::{TC_ACT_OK, TestDataplane, XDP_PASS, endpoint, flow_key, hz, now, service_key},
@@ -110,7 +110,9 @@ impl Fixture {
         }
     }
 
-    fn state(&self, active: u8, generation: u32) -> ServiceState {
+    /// The service on `active` at `generation`, its last forced switch
+    /// having gone to `forced`.
+    fn state(&self, active: u8, generation: u32, forced: u8) -> ServiceState {
         ServiceState {
             backends: [endpoint(self.blue), endpoint(self.green)],
             generation,
@@ -120,23 +122,27 @@ impl Fixture {
             weight: 0,
             flags: 0,
         }
+        .with_forced_color(forced)
     }
 
-    /// A dataplane with [`settings()`] and this fixture's service on `active`.
+    /// A dataplane with [`settings()`] and this fixture's service freshly
+    /// added on `active`.
     fn dataplane(&self, active: u8) -> TestDataplane {
         let mut dataplane = TestDataplane::new();
         dataplane.set_settings(settings());
-        self.switch(&mut dataplane, active, 1);
+        self.switch(&mut dataplane, active, 1, active);
         dataplane
     }
 
     /// Replaces the service value whole, as the CLI does: a graceful switch
-    /// keeps `generation`, a forced one bumps it.
-    fn switch(&self, dataplane: &mut TestDataplane, active: u8, generation: u32) {
-        dataplane.insert_service(
-            service_key(self.vip, self.proto_number()),
-            self.state(active, generation),
-        );
+    /// keeps `generation` and `forced`; a forced one bumps the generation
+    /// and sets `forced` to `active`.
+    fn switch(&self, dataplane: &mut TestDataplane, active: u8, generation: u32, forced: u8) {
+        self.install(dataplane, self.state(active, generation, forced));
+    }
+
+    fn install(&self, dataplane: &mut TestDataplane, state: ServiceState) {
+        dataplane.insert_service(service_key(self.vip, self.proto_number()), state);
     }
 
     /// The same client on another source port: another connection.
@@ -367,7 +373,10 @@ for_each_family_and_protocol!(
     new_flow_goes_to_the_active_color,
     established_flow_keeps_its_backend,
     graceful_switch_leaves_flows_on_the_old_color,
-    forced_switch_moves_flows_to_the_active_color,
+    forced_switch_moves_flows_to_the_forced_color,
+    graceful_switch_after_a_forced_one_leaves_flows_where_it_sent_them,
+    forced_switches_in_a_row_leave_flows_on_the_last_forced_color,
+    forced_switch_during_a_weighted_split_moves_every_flow,
     expired_or_unknown_flow_takes_the_active_color,
     truncated_headers_pass_unchanged,
     vlan_tagged_frames,
@@ -450,9 +459,9 @@ fn established_flow_keeps_its_backend(f: Fixture) {
 }
 
 /// Opens a flow on blue, switches the service to green with `generation`
-/// (1 keeps it: a graceful switch; 2 bumps it: a forced one), and sends the
-/// flow's next packet, which must reach `backend`. Returns the dataplane and
-/// the two packets sent.
+/// (1 keeps it and the forced color, blue: a graceful switch; 2 bumps it and
+/// forces green: a forced one), and sends the flow's next packet, which must
+/// reach `backend`. Returns the dataplane and the two packets sent.
 fn open_then_switch(
     f: &Fixture,
     generation: u32,
@@ -461,7 +470,12 @@ fn open_then_switch(
 ) -> (TestDataplane, Vec<u8>, Vec<u8>) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
     let first = assert_steered(&dataplane, f.to_vip(OPENING), f.blue, "before the switch");
-    f.switch(&mut dataplane, COLOR_GREEN, generation);
+    let forced = if generation == 1 {
+        COLOR_BLUE
+    } else {
+        COLOR_GREEN
+    };
+    f.switch(&mut dataplane, COLOR_GREEN, generation, forced);
     let ongoing = assert_steered(&dataplane, f.to_vip(ONGOING), backend, what);
     (dataplane, first, ongoing)
 }
@@ -488,7 +502,7 @@ fn graceful_switch_leaves_flows_on_the_old_color(f: Fixture) {
     );
 }
 
-fn forced_switch_moves_flows_to_the_active_color(f: Fixture) {
+fn forced_switch_moves_flows_to_the_forced_color(f: Fixture) {
     let (dataplane, first, ongoing) =
         open_then_switch(&f, 2, f.green, "old flow after a forced switch");
     f.assert_flow(&dataplane, f.green, COLOR_GREEN, 2, false);
@@ -517,6 +531,157 @@ fn forced_switch_moves_flows_to_the_active_color(f: Fixture) {
         dataplane.traffic(f.slot, COLOR_GREEN),
         counters(2, 2 * ongoing.len(), 0)
     );
+}
+
+/// The bug this guards against: flows were rebound lazily to whatever color
+/// was active when they next sent, so a graceful switch back, made before
+/// an idle flow's next packet, carried that flow along (and reset it).
+fn graceful_switch_after_a_forced_one_leaves_flows_where_it_sent_them(f: Fixture) {
+    let mut dataplane = f.dataplane(COLOR_BLUE);
+    let first = assert_steered(&dataplane, f.to_vip(OPENING), f.blue, "before the switches");
+    f.switch(&mut dataplane, COLOR_GREEN, 2, COLOR_GREEN);
+    // Gracefully back before the flow sends again: generation and forced
+    // color stay those of the force.
+    f.switch(&mut dataplane, COLOR_BLUE, 2, COLOR_GREEN);
+    let ongoing = assert_steered(
+        &dataplane,
+        f.to_vip(ONGOING),
+        f.green,
+        "idle flow's next packet after a forced then a graceful switch",
+    );
+    f.assert_flow(&dataplane, f.green, COLOR_GREEN, 2, false);
+    assert_eq!(
+        dataplane.reply(&f.reply_key(f.green)),
+        Some(endpoint(f.vip)),
+        "the rebound flow has a reply entry for the forced color's backend"
+    );
+    assert_steered(
+        &dataplane,
+        f.to_vip(ONGOING),
+        f.green,
+        "the flow's packet after that",
+    );
+    f.assert_flow(&dataplane, f.green, COLOR_GREEN, 2, false);
+
+    let newcomer = f.other_client();
+    let fresh = assert_steered(
+        &dataplane,
+        newcomer.to_vip(OPENING),
+        f.blue,
+        "new flow after the graceful switch",
+    );
+    newcomer.assert_flow(&dataplane, f.blue, COLOR_BLUE, 2, false);
+    assert_eq!(
+        dataplane.traffic(f.slot, COLOR_GREEN),
+        counters(2, 2 * ongoing.len(), 0),
+        "a rebound flow is not a new flow"
+    );
+    assert_eq!(
+        dataplane.traffic(f.slot, COLOR_BLUE),
+        counters(2, first.len() + fresh.len(), 2)
+    );
+}
+
+fn forced_switches_in_a_row_leave_flows_on_the_last_forced_color(f: Fixture) {
+    let mut dataplane = f.dataplane(COLOR_BLUE);
+    let idle = f.other_client();
+    assert_steered(
+        &dataplane,
+        f.to_vip(OPENING),
+        f.blue,
+        "busy flow, first packet",
+    );
+    assert_steered(
+        &dataplane,
+        idle.to_vip(OPENING),
+        f.blue,
+        "idle flow, first packet",
+    );
+
+    f.switch(&mut dataplane, COLOR_GREEN, 2, COLOR_GREEN);
+    assert_steered(
+        &dataplane,
+        f.to_vip(ONGOING),
+        f.green,
+        "busy flow after the force to green",
+    );
+    f.assert_flow(&dataplane, f.green, COLOR_GREEN, 2, false);
+    f.switch(&mut dataplane, COLOR_BLUE, 3, COLOR_BLUE);
+    assert_steered(
+        &dataplane,
+        f.to_vip(ONGOING),
+        f.blue,
+        "busy flow after the force back to blue",
+    );
+    f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 3, false);
+
+    // A graceful switch after the last force moves no established flow,
+    // not even one that slept through every switch.
+    f.switch(&mut dataplane, COLOR_GREEN, 3, COLOR_BLUE);
+    assert_steered(
+        &dataplane,
+        idle.to_vip(ONGOING),
+        f.blue,
+        "idle flow after two forces and a graceful switch",
+    );
+    idle.assert_flow(&dataplane, f.blue, COLOR_BLUE, 3, false);
+    assert_steered(
+        &dataplane,
+        f.to_vip(ONGOING),
+        f.blue,
+        "busy flow after the graceful switch",
+    );
+    f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 3, false);
+    assert_eq!(
+        dataplane.traffic(f.slot, COLOR_GREEN),
+        counters(1, f.to_vip(ONGOING).build().len(), 0)
+    );
+    assert_eq!(dataplane.traffic(f.slot, COLOR_BLUE).new_flows, 2);
+}
+
+/// A forced switch in the middle of a weighted shift sets the active color
+/// and ends the shift; flows of both shares move to the forced color.
+fn forced_switch_during_a_weighted_split_moves_every_flow(f: Fixture) {
+    let split = ServiceState {
+        weight: 50,
+        ..f.state(COLOR_BLUE, 1, COLOR_BLUE)
+    };
+    let client_on = |color: u8| {
+        (0..100)
+            .map(|offset| Fixture {
+                client: SocketAddr::new(f.client.ip(), f.client.port() + offset),
+                ..f
+            })
+            .find(|client| new_flow_color(&split, &client.flow_key(), || false) == color)
+            .unwrap_or_else(|| panic!("no client port of 100 gets color {color} at weight 50"))
+    };
+    let (on_blue, on_green) = (client_on(COLOR_BLUE), client_on(COLOR_GREEN));
+    for (forced, backend) in [(COLOR_GREEN, f.green), (COLOR_BLUE, f.blue)] {
+        let mut dataplane = f.dataplane(COLOR_BLUE);
+        f.install(&mut dataplane, split);
+        assert_steered(&dataplane, on_blue.to_vip(OPENING), f.blue, "blue share");
+        assert_steered(&dataplane, on_green.to_vip(OPENING), f.green, "green share");
+        f.switch(&mut dataplane, forced, 2, forced);
+        for (client, share) in [(on_blue, "blue"), (on_green, "green")] {
+            assert_steered(
+                &dataplane,
+                client.to_vip(ONGOING),
+                backend,
+                &format!("{share} share's flow after a forced switch to color {forced}"),
+            );
+            client.assert_flow(&dataplane, backend, forced, 2, false);
+        }
+        let newcomer = Fixture {
+            client: SocketAddr::new(f.client.ip(), f.client.port() + 100),
+            ..f
+        };
+        assert_steered(
+            &dataplane,
+            newcomer.to_vip(OPENING),
+            backend,
+            &format!("new flow after a forced switch to color {forced}: no split left"),
+        );
+    }
 }
 
 fn expired_or_unknown_flow_takes_the_active_color(f: Fixture) {
@@ -564,7 +729,7 @@ fn fin_and_rst_mark_the_flow_closing(f: Fixture) {
         f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, true);
     }
     // Closing survives a forced switch's rebinding.
-    f.switch(&mut dataplane, COLOR_GREEN, 2);
+    f.switch(&mut dataplane, COLOR_GREEN, 2, COLOR_GREEN);
     assert_steered(
         &dataplane,
         f.to_vip(TCP_ACK),
@@ -964,7 +1129,7 @@ fn bench_xdp_times_the_rewrite_path() {
     let mut dataplane = f.dataplane(COLOR_BLUE);
     // Backend equal to the VIP, so that every repeated run rewrites the
     // same frame (see `bench_xdp`).
-    let mut state = f.state(COLOR_BLUE, 1);
+    let mut state = f.state(COLOR_BLUE, 1, COLOR_BLUE);
     state.backends = [endpoint(f.vip); 2];
     dataplane.insert_service(service_key(f.vip, PROTO_TCP), state);
     let frame = f.to_vip(TCP_ACK).build();
