@@ -144,6 +144,9 @@ pub(super) fn reconcile_services(
                         SERVICE_HAS_PREVIEW
                     },
                 }
+                // Leftover flows of the slot's earlier service are stale;
+                // should one match, it must follow this service's color.
+                .with_forced_color(active.wire())
             }
         };
         maps.put_service(key, &state, Put::CreateOrReplace)?;

@@ -97,11 +97,11 @@ fn count_live_flows(maps: &PinnedMaps) -> Result<BTreeMap<ServiceKey, FlowCounts
         let Some(service) = services.get(&service_key) else {
             continue;
         };
-        // Flows from before a forced switch follow the active color.
+        // Flows from before a forced switch follow the color it forced.
         let color = if flow.generation == service.generation {
             flow.color
         } else {
-            service.active
+            service.forced_color()
         };
         let counts = counts.entry(service_key).or_default();
         let bucket = if flow.closing != 0 {

@@ -145,7 +145,7 @@ impl Host {
                 }
                 SwitchTarget::Previous => Color::from_wire(live.previous),
             };
-            Ok(ServiceState {
+            let switched = ServiceState {
                 active: to.wire(),
                 previous: if from == to {
                     live.previous
@@ -153,8 +153,18 @@ impl Host {
                     from.wire()
                 },
                 weight: 0,
-                generation: live.generation.wrapping_add(u32::from(options.force)),
                 ..*live
+            };
+            // A forced switch moves established flows to `to` for good:
+            // later graceful switches leave them there.
+            Ok(if options.force {
+                ServiceState {
+                    generation: live.generation.wrapping_add(1),
+                    ..switched
+                }
+                .with_forced_color(to.wire())
+            } else {
+                switched
             })
         })
     }
