@@ -85,6 +85,8 @@ pub enum Error {
     },
     #[error("service {service}: {message}")]
     InvalidService { service: String, message: String },
+    #[error("unknown XDP mode {0:?}: use auto, native or skb")]
+    UnknownXdpMode(String),
     #[error(
         "service {service} is already {color} and has never been switched: nothing to roll back to"
     )]
