@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
 /// Everything that can go wrong in bluegreen's library. Each message is one
 /// line that says what to do about it.
@@ -85,6 +85,15 @@ pub enum Error {
     },
     #[error("service {service}: {message}")]
     InvalidService { service: String, message: String },
+    /// An address a service cannot use in its role; `reason` says why and
+    /// what to use instead.
+    #[error("service {service}: {what} {addr} {reason}")]
+    UnusableAddress {
+        service: String,
+        what: String,
+        addr: SocketAddr,
+        reason: &'static str,
+    },
     #[error("unknown XDP mode {0:?}: use auto, native or skb")]
     UnknownXdpMode(String),
     #[error(

@@ -165,6 +165,66 @@ fn xdp_modes_parse_from_their_names() {
 }
 
 #[test]
+fn unusable_addresses_are_refused_on_their_own_line() {
+    let cases = [
+        (
+            "vip = \"10.0.0.1:8080\"",
+            "vip = \"127.0.0.1:8080\"",
+            11,
+            "service[0].vip",
+            "loopback",
+        ),
+        (
+            "vip = \"10.0.0.1:8080\"",
+            "vip = \"255.255.255.255:8080\"",
+            11,
+            "service[0].vip",
+            "broadcast",
+        ),
+        (
+            "vip = \"[fd00::1]:9000\"",
+            "vip = \"[ff05::1]:9000\"",
+            17,
+            "service[1].vip",
+            "multicast",
+        ),
+        (
+            "blue = \"10.1.0.2:8080\"",
+            "blue = \"127.0.0.2:8080\"",
+            12,
+            "service[0].blue",
+            "XDP cannot forward",
+        ),
+        (
+            "green = \"[fd00::3]:9000\"",
+            "green = \"[::1]:9000\"",
+            20,
+            "service[1].green",
+            "loopback",
+        ),
+        (
+            "green = \"10.1.0.3:8080\"",
+            "green = \"239.1.1.1:8080\"",
+            13,
+            "service[0].green",
+            "multicast",
+        ),
+    ];
+    for (good, bad, expected_line, expected_field, text) in cases {
+        let (line, field, message) = config_error(&GOOD.replace(good, bad));
+        assert_eq!(
+            (line, field.as_str()),
+            (expected_line, expected_field),
+            "{bad}: {message}"
+        );
+        assert!(
+            message.contains(text),
+            "{bad}: expected {text:?} in {message}"
+        );
+    }
+}
+
+#[test]
 fn each_service_error_points_at_the_key_it_is_about() {
     let (line, field, message) =
         config_error(&GOOD.replace("green = \"10.1.0.3:8080\"", "green = \"10.1.0.2:8080\""));
@@ -189,4 +249,43 @@ fn each_service_error_points_at_the_key_it_is_about() {
         (15, "service[0].auto_rollback"),
         "{message}"
     );
+}
+
+#[test]
+fn unsafe_health_checks_are_refused() {
+    let with_health = |table: &str| {
+        GOOD.replace(
+            "green = \"10.1.0.3:8080\"\n",
+            &format!("green = \"10.1.0.3:8080\"\n\n[service.health]\n{table}"),
+        )
+    };
+    let config = Config::parse(&with_health("kind = \"tcp\"\nport = 9100\n"), "test.toml").unwrap();
+    let health = config.services[0].health.as_ref().expect("health");
+    assert_eq!(health.port, Some(9100));
+
+    let cases = [
+        ("kind = \"tcp\"\nport = 0\n", "port 0"),
+        (
+            "kind = \"http\"\npath = \"/h\\r\\nX-Injected: 1\"\n",
+            "control character",
+        ),
+        (
+            "kind = \"http\"\npath = \"/h\\nfoo\"\n",
+            "control character",
+        ),
+        ("kind = \"http\"\npath = \"/h\\tx\"\n", "control character"),
+    ];
+    for (table, text) in cases {
+        let (line, field, message) = config_error(&with_health(table));
+        assert_eq!(
+            (line, field.as_str()),
+            (15, "service[0].health"),
+            "{table}: {message}"
+        );
+        assert!(
+            message.contains(text),
+            "{table}: expected {text:?} in {message}"
+        );
+        assert_eq!(message.lines().count(), 1, "{message}");
+    }
 }

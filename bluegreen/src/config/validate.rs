@@ -1,8 +1,11 @@
-//! The rules a service must follow, whether it comes from the config file or
-//! from `up` flags. A failure names the field at fault, so the config parser
-//! can point at its line.
+//! The rules a service must follow, whether it comes from the config file,
+//! from `up` flags or (one backend at a time) from `set-backend`. A failure
+//! names the field at fault, so the config parser can point at its line.
 
-use std::{fmt, net::SocketAddr};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
 
 use super::ServiceSpec;
 use crate::{
@@ -85,16 +88,10 @@ impl ServiceSpec {
         };
         validate_name(&self.name)
             .map_err(|message| invalid(ServiceField::Name, message.to_owned()))?;
+        check_usable(&self.name, Role::Vip, self.vip).map_err(FieldError::on(ServiceField::Vip))?;
         for color in Color::BOTH {
-            let backend = self.backend(color);
-            check_same_family(&self.vip, &backend, &format!("{color} backend"))
+            validate_backend(&self.name, self.vip, color, self.backend(color))
                 .map_err(FieldError::on(color.into()))?;
-            if backend == self.vip {
-                return Err(invalid(
-                    color.into(),
-                    format!("the {color} backend cannot be the VIP itself"),
-                ));
-            }
         }
         if let Some(health) = &self.health {
             health
@@ -120,6 +117,28 @@ impl ServiceSpec {
     }
 }
 
+/// Checks that `backend` can be the `color` backend of `service`, whose VIP
+/// is `vip`: the same address family, one host XDP can forward to, and not
+/// the VIP itself. Whether it is also the other color's backend is up to the
+/// caller, which knows the live one.
+pub fn validate_backend(
+    service: &str,
+    vip: SocketAddr,
+    color: Color,
+    backend: SocketAddr,
+) -> Result<()> {
+    let role = Role::Backend(color);
+    check_same_family(&vip, &backend, &role.to_string())?;
+    check_usable(service, role, backend)?;
+    if backend == vip {
+        return Err(Error::InvalidService {
+            service: service.to_owned(),
+            message: format!("the {color} backend cannot be the VIP itself"),
+        });
+    }
+    Ok(())
+}
+
 pub fn check_same_family(vip: &SocketAddr, backend: &SocketAddr, what: &str) -> Result<()> {
     if vip.is_ipv4() == backend.is_ipv4() {
         return Ok(());
@@ -143,6 +162,68 @@ pub(super) fn validate_name(name: &str) -> Result<(), &'static str> {
         return Err("a service name uses only letters, digits, '-', '_' and '.'");
     }
     Ok(())
+}
+
+/// What an address is for: clients connect to a VIP, XDP forwards to a
+/// backend; the two refuse the same addresses for different reasons.
+#[derive(Clone, Copy)]
+enum Role {
+    Vip,
+    Backend(Color),
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Role::Vip => f.write_str("VIP"),
+            Role::Backend(color) => write!(f, "{color} backend"),
+        }
+    }
+}
+
+fn check_usable(service: &str, role: Role, addr: SocketAddr) -> Result<()> {
+    match unusable(role, addr.ip()) {
+        None => Ok(()),
+        Some(reason) => Err(Error::UnusableAddress {
+            service: service.to_owned(),
+            what: role.to_string(),
+            addr,
+            reason,
+        }),
+    }
+}
+
+/// Why `ip` cannot take `role`, ending with what to use instead; `None` if
+/// it can.
+fn unusable(role: Role, ip: IpAddr) -> Option<&'static str> {
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    Some(match role {
+        Role::Vip if ip.is_unspecified() => {
+            "is the unspecified address, which no client connects to: use the address clients connect to"
+        }
+        Role::Vip if ip.is_loopback() => {
+            "is a loopback address, whose packets never arrive on an interface: use an address clients reach through the interface"
+        }
+        Role::Vip if ip.is_multicast() => {
+            "is a multicast address, but a VIP takes unicast connections: use a unicast address"
+        }
+        Role::Vip if broadcast => {
+            "is the broadcast address, but a VIP takes unicast connections: use a unicast address"
+        }
+        Role::Backend(_) if ip.is_unspecified() => {
+            "is the unspecified address, not a host: use the backend's own address"
+        }
+        Role::Backend(_) if ip.is_loopback() => {
+            "is a loopback address, which XDP cannot forward packets to: use the address the backend has on the network"
+        }
+        Role::Backend(_) if ip.is_multicast() => {
+            "is a multicast address, not one host: use the backend's own unicast address"
+        }
+        Role::Backend(_) if broadcast => {
+            "is the broadcast address, not one host: use the backend's own unicast address"
+        }
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
