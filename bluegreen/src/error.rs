@@ -93,6 +93,17 @@ pub enum Error {
     },
     #[error("service {service}: {message}")]
     InvalidService { service: String, message: String },
+    /// An address a service cannot use in its role; `reason` says why and
+    /// what to use instead.
+    #[error("service {service}: {what} {addr} {reason}")]
+    UnusableAddress {
+        service: String,
+        what: String,
+        addr: SocketAddr,
+        reason: &'static str,
+    },
+    #[error("unknown XDP mode {0:?}: use auto, native or skb")]
+    UnknownXdpMode(String),
     #[error(
         "service {service} is already {color} and has never been switched: nothing to roll back to"
     )]

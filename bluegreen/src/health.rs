@@ -52,10 +52,23 @@ impl HealthCheck {
 
     /// Checks the numbers; the message names the offending setting.
     pub fn validate(&self) -> Result<(), String> {
-        if let Probe::Http { path } = &self.probe
-            && !path.starts_with('/')
-        {
-            return Err(format!("path {path:?} must start with '/'"));
+        if let Probe::Http { path } = &self.probe {
+            if !path.starts_with('/') {
+                return Err(format!("path {path:?} must start with '/'"));
+            }
+            // The path goes into the request line verbatim: a CR or LF
+            // would end it and let the rest pose as headers.
+            if path.chars().any(|c| c.is_ascii_control()) {
+                return Err(format!(
+                    "path {path:?} contains a control character, which would corrupt the HTTP request: remove it"
+                ));
+            }
+        }
+        if self.port == Some(0) {
+            return Err(
+                "port 0 cannot be probed: name the health port, or leave port out to probe the backend's own"
+                    .to_owned(),
+            );
         }
         if !(50..=3_600_000).contains(&self.interval_ms) {
             return Err(format!(
@@ -256,6 +269,38 @@ mod tests {
         );
         check.unhealthy_threshold = 1;
         assert_eq!(check.validate(), Ok(()));
+    }
+
+    #[test]
+    fn port_zero_and_control_characters_in_the_path_are_refused() {
+        let port_zero = HealthCheck {
+            port: Some(0),
+            ..HealthCheck::new(Probe::Tcp)
+        };
+        let error = port_zero.validate().unwrap_err();
+        assert!(error.starts_with("port 0 cannot be probed"), "{error}");
+        for path in [
+            "/a\r\nX-Injected: 1",
+            "/a\n",
+            "/a\rb",
+            "/a\tb",
+            "/\0",
+            "/a\x7f",
+        ] {
+            let check = HealthCheck::new(Probe::Http {
+                path: path.to_owned(),
+            });
+            let error = check.validate().unwrap_err();
+            assert!(error.contains("control character"), "{path:?}: {error}");
+            assert_eq!(error.lines().count(), 1, "{error}");
+        }
+        let fine = HealthCheck {
+            port: Some(9100),
+            ..HealthCheck::new(Probe::Http {
+                path: "/health?full=1&probe=%20x".to_owned(),
+            })
+        };
+        assert_eq!(fine.validate(), Ok(()));
     }
 
     #[test]

@@ -562,3 +562,57 @@ fn missing_capabilities_are_named_and_leave_nothing_behind() {
         .exec("ip", &["-d", "link", "show", SWITCH_IFACE]);
     assert!(!String::from_utf8_lossy(&link.stdout).contains("prog/xdp"));
 }
+
+#[test]
+fn unusable_addresses_and_unsafe_health_checks_are_refused_and_change_nothing() {
+    let fixture = Fixture::new();
+    fixture.up();
+    let up_with = |flag: &str, value: &str| {
+        let mut args = up_args();
+        let at = args
+            .iter()
+            .position(|arg| arg == flag)
+            .unwrap_or_else(|| panic!("{flag} in {args:?}"));
+        args[at + 1] = value.to_owned();
+        args
+    };
+    let cases = [
+        (
+            up_with("--vip", "127.0.0.1:80"),
+            "service web: VIP 127.0.0.1:80 is a loopback address",
+        ),
+        (
+            up_with("--vip", "255.255.255.255:80"),
+            "VIP 255.255.255.255:80 is the broadcast address",
+        ),
+        (
+            up_with("--blue", "127.0.0.1:8080"),
+            "blue backend 127.0.0.1:8080 is a loopback address, which XDP cannot forward packets to",
+        ),
+        (
+            up_with("--green", "224.0.0.9:8080"),
+            "green backend 224.0.0.9:8080 is a multicast address",
+        ),
+        (
+            [
+                up_args(),
+                vec!["--check".to_owned(), "http:/h\r\nX-Injected: 1".to_owned()],
+            ]
+            .concat(),
+            "contains a control character",
+        ),
+    ];
+    for (args, expected) in cases {
+        refused(&fixture, &args, 1, expected);
+    }
+    let port_zero = fixture.write_config(&config_text(
+        "",
+        "\n[service.health]\nkind = \"tcp\"\nport = 0\n",
+    ));
+    refused(
+        &fixture,
+        &["up", "--iface", SWITCH_IFACE, "--config", &port_zero],
+        1,
+        ".toml:9: service[0].health: port 0 cannot be probed: name the health port",
+    );
+}

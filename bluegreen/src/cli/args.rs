@@ -22,11 +22,7 @@ fn proto_parser() -> impl TypedValueParser<Value = Proto> {
 }
 
 fn xdp_mode_parser() -> impl TypedValueParser<Value = XdpModeArg> {
-    PossibleValuesParser::new(["auto", "native", "skb"]).map(|name| match name.as_str() {
-        "native" => XdpModeArg::Native,
-        "skb" => XdpModeArg::Skb,
-        _ => XdpModeArg::Auto,
-    })
+    PossibleValuesParser::new(["auto", "native", "skb"]).try_map(|name| name.parse::<XdpModeArg>())
 }
 
 #[derive(Parser)]

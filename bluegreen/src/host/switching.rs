@@ -13,7 +13,7 @@ use bluegreen_common::{SERVICE_HAS_PREVIEW, ServiceState};
 use super::{Host, Lock, OpenService};
 use crate::{
     clock::unix_now_ms,
-    config::check_same_family,
+    config::validate_backend,
     endpoint::{Cidr, Color, from_wire, to_wire},
     error::{Error, Result},
     pinned::Put,
@@ -319,19 +319,12 @@ impl Host {
     ) -> Result<(String, SocketAddr)> {
         let mut open = self.open_service(service, Lock::Exclusive)?;
         let spec = &open.record().spec;
-        let invalid = |message: String| Error::InvalidService {
-            service: spec.name.clone(),
-            message,
-        };
-        check_same_family(&spec.vip, &backend, &format!("{color} backend"))?;
+        validate_backend(&spec.name, spec.vip, color, backend)?;
         if open.backend(color.other()) == backend {
-            return Err(invalid(format!(
-                "{backend} is already the {} backend",
-                color.other()
-            )));
-        }
-        if backend == spec.vip {
-            return Err(invalid("a backend cannot be the VIP itself".to_owned()));
+            return Err(Error::InvalidService {
+                service: spec.name.clone(),
+                message: format!("{backend} is already the {} backend", color.other()),
+            });
         }
         let old = open.backend(color);
         let mut updated = open.live;

@@ -1,0 +1,123 @@
+//! The TOML configuration, validated completely before anything is applied.
+//!
+//! The types live here, the rules a service must follow in [`validate`], and
+//! the reading of the file, one section at a time, in `parse`.
+
+mod parse;
+mod validate;
+
+use std::{net::SocketAddr, path::Path, str::FromStr};
+
+use bluegreen_common::Timeouts;
+use serde::{Deserialize, Serialize};
+
+pub use validate::{FieldError, ServiceField, check_same_family, validate_backend};
+
+use crate::{
+    endpoint::{Color, Proto},
+    error::{Error, Result},
+    health::HealthCheck,
+};
+
+/// How XDP is attached: `auto` lets the kernel use the driver's native hook
+/// when it has one and fall back to the generic (skb) hook otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeArg {
+    #[default]
+    Auto,
+    Native,
+    Skb,
+}
+
+impl FromStr for XdpModeArg {
+    type Err = Error;
+
+    fn from_str(input: &str) -> Result<Self, Error> {
+        match input {
+            "auto" => Ok(XdpModeArg::Auto),
+            "native" => Ok(XdpModeArg::Native),
+            "skb" => Ok(XdpModeArg::Skb),
+            _ => Err(Error::UnknownXdpMode(input.to_owned())),
+        }
+    }
+}
+
+/// One blue-green service as the operator describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub vip: SocketAddr,
+    pub proto: Proto,
+    pub blue: SocketAddr,
+    pub green: SocketAddr,
+    /// The color new flows take when no earlier state says otherwise.
+    pub active: Color,
+    /// Probed before `switch` moves traffic to a color, and by the daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+    /// Whether the daemon rolls back when the active color turns unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_rollback: Option<AutoRollback>,
+}
+
+impl ServiceSpec {
+    pub fn backend(&self, color: Color) -> SocketAddr {
+        match color {
+            Color::Blue => self.blue,
+            Color::Green => self.green,
+        }
+    }
+}
+
+/// The daemon's automatic rollback (off unless configured).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoRollback {
+    /// Roll back only within this long after a switch; 0 means at any time.
+    pub window_secs: u64,
+    /// Move established flows too (a forced rollback).
+    pub force: bool,
+}
+
+pub const MIN_FLOW_CAPACITY: u32 = 1024;
+pub const MAX_FLOW_CAPACITY: u32 = 1 << 24;
+
+/// Flow-table sizing and timeouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataplaneOptions {
+    pub flow_capacity: u32,
+    pub timeouts: Timeouts,
+}
+
+impl Default for DataplaneOptions {
+    fn default() -> Self {
+        Self {
+            flow_capacity: bluegreen_common::DEFAULT_FLOW_CAPACITY,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub interface: Option<String>,
+    pub xdp_mode: XdpModeArg,
+    pub dataplane: DataplaneOptions,
+    pub services: Vec<ServiceSpec>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(Error::io(format!("cannot read config {}", path.display())))?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates `text`; `file` names it in error messages.
+    pub fn parse(text: &str, file: &str) -> Result<Config> {
+        parse::config(text, file)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,352 @@
+//! Reading the TOML file one section at a time. Each raw table mirrors the
+//! file; each parser turns one into its validated type, or into an error
+//! that names the file, the line and the field.
+
+use std::{
+    fmt::Display,
+    ops::{Range, RangeInclusive},
+};
+
+use bluegreen_common::{MAX_SERVICES, Timeouts};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    AutoRollback, Config, DataplaneOptions, MAX_FLOW_CAPACITY, MIN_FLOW_CAPACITY, ServiceSpec,
+    XdpModeArg,
+    validate::{ServiceField, validate_name},
+};
+use crate::{
+    endpoint::{Color, parse_endpoint},
+    error::{Error, Result},
+    health::{HealthCheck, Probe},
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    interface: Option<Spanned<String>>,
+    xdp_mode: Option<Spanned<String>>,
+    dataplane: Option<RawDataplane>,
+    #[serde(default, rename = "service")]
+    services: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDataplane {
+    flow_capacity: Option<Spanned<u32>>,
+    tcp_idle_timeout_secs: Option<Spanned<u64>>,
+    tcp_closing_timeout_secs: Option<Spanned<u64>>,
+    udp_idle_timeout_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    vip: Spanned<String>,
+    proto: Option<Spanned<String>>,
+    blue: Spanned<String>,
+    green: Spanned<String>,
+    active: Option<Spanned<String>>,
+    health: Option<Spanned<RawHealth>>,
+    auto_rollback: Option<Spanned<RawAutoRollback>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    kind: String,
+    path: Option<String>,
+    port: Option<u16>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    healthy_threshold: Option<u32>,
+    unhealthy_threshold: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAutoRollback {
+    window_secs: Option<u64>,
+    mode: Option<String>,
+}
+
+/// The text being parsed, to turn a byte span into `file:line`.
+struct Source<'a> {
+    text: &'a str,
+    file: &'a str,
+}
+
+impl Source<'_> {
+    fn error(&self, span: Range<usize>, field: impl Display, message: impl Display) -> Error {
+        let before = &self.text[..span.start.min(self.text.len())];
+        Error::Config {
+            file: self.file.to_owned(),
+            line: before.matches('\n').count() + 1,
+            field: field.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Reads a value with `read`, blaming any error on the value's line.
+    fn read<V, T, E: Display>(
+        &self,
+        value: &Spanned<V>,
+        field: impl Display,
+        read: impl FnOnce(&V) -> Result<T, E>,
+    ) -> Result<T> {
+        read(value.get_ref()).map_err(|error| self.error(value.span(), field, error))
+    }
+
+    /// [`Source::read`] for a key that may be left out.
+    fn read_opt<V, T, E: Display>(
+        &self,
+        value: &Option<Spanned<V>>,
+        field: impl Display,
+        read: impl FnOnce(&V) -> Result<T, E>,
+    ) -> Result<Option<T>> {
+        value
+            .as_ref()
+            .map(|value| self.read(value, field, read))
+            .transpose()
+    }
+}
+
+/// The whole file: the top-level keys, `[dataplane]`, then every service.
+pub(super) fn config(text: &str, file: &str) -> Result<Config> {
+    let source = Source { text, file };
+    let raw: RawConfig = toml::from_str(text)
+        .map_err(|error| source.error(error.span().unwrap_or(0..0), "toml", error.message()))?;
+    let xdp_mode: Option<XdpModeArg> =
+        source.read_opt(&raw.xdp_mode, "xdp_mode", |mode| mode.parse())?;
+    let dataplane = match &raw.dataplane {
+        None => DataplaneOptions::default(),
+        Some(dataplane) => dataplane.options(&source)?,
+    };
+    Ok(Config {
+        interface: raw.interface.map(Spanned::into_inner),
+        xdp_mode: xdp_mode.unwrap_or_default(),
+        dataplane,
+        services: services(&source, &raw.services)?,
+    })
+}
+
+/// From 1 s to 7 days.
+const TIMEOUT_SECS: RangeInclusive<u64> = 1..=7 * 24 * 3600;
+
+impl RawDataplane {
+    /// `[dataplane]`: every key left out keeps its default.
+    fn options(&self, source: &Source) -> Result<DataplaneOptions> {
+        let defaults = DataplaneOptions::default();
+        let timeout = |value: &Option<Spanned<u64>>, field: &str| {
+            source.read_opt(value, field, |&seconds| {
+                if TIMEOUT_SECS.contains(&seconds) {
+                    Ok(seconds)
+                } else {
+                    Err(format!("{seconds} s is outside 1 s ..= 7 days"))
+                }
+            })
+        };
+        let flow_capacity = source.read_opt(
+            &self.flow_capacity,
+            "dataplane.flow_capacity",
+            |&capacity| {
+                if (MIN_FLOW_CAPACITY..=MAX_FLOW_CAPACITY).contains(&capacity) {
+                    Ok(capacity)
+                } else {
+                    Err(format!(
+                        "{capacity} is outside {MIN_FLOW_CAPACITY}..={MAX_FLOW_CAPACITY}"
+                    ))
+                }
+            },
+        )?;
+        Ok(DataplaneOptions {
+            flow_capacity: flow_capacity.unwrap_or(defaults.flow_capacity),
+            timeouts: Timeouts {
+                tcp_idle_secs: timeout(
+                    &self.tcp_idle_timeout_secs,
+                    "dataplane.tcp_idle_timeout_secs",
+                )?
+                .unwrap_or(defaults.timeouts.tcp_idle_secs),
+                tcp_closing_secs: timeout(
+                    &self.tcp_closing_timeout_secs,
+                    "dataplane.tcp_closing_timeout_secs",
+                )?
+                .unwrap_or(defaults.timeouts.tcp_closing_secs),
+                udp_idle_secs: timeout(
+                    &self.udp_idle_timeout_secs,
+                    "dataplane.udp_idle_timeout_secs",
+                )?
+                .unwrap_or(defaults.timeouts.udp_idle_secs),
+            },
+        })
+    }
+}
+
+/// Every `[[service]]`: each valid on its own, and none taking the name or
+/// the VIP of an earlier one.
+fn services(source: &Source, tables: &[RawService]) -> Result<Vec<ServiceSpec>> {
+    if tables.is_empty() {
+        return Err(source.error(
+            0..0,
+            "service",
+            "no [[service]] table: describe at least one service",
+        ));
+    }
+    if tables.len() > MAX_SERVICES as usize {
+        return Err(source.error(
+            0..0,
+            "service",
+            format!("{} services, at most {MAX_SERVICES}", tables.len()),
+        ));
+    }
+    let mut services: Vec<ServiceSpec> = Vec::with_capacity(tables.len());
+    for (index, raw) in tables.iter().enumerate() {
+        let table = ServiceTable { source, index, raw };
+        let spec = table.spec()?;
+        if let Some(earlier) = services.iter().find(|other| other.name == spec.name) {
+            return Err(table.error(
+                ServiceField::Name,
+                format!("{:?} is used twice", earlier.name),
+            ));
+        }
+        if let Some(earlier) = services
+            .iter()
+            .find(|other| other.vip == spec.vip && other.proto == spec.proto)
+        {
+            return Err(table.error(
+                ServiceField::Vip,
+                format!(
+                    "{} {} is already service {:?}",
+                    spec.proto, spec.vip, earlier.name
+                ),
+            ));
+        }
+        services.push(spec);
+    }
+    Ok(services)
+}
+
+/// One `[[service]]` table and where it sits, for its errors.
+struct ServiceTable<'a> {
+    source: &'a Source<'a>,
+    index: usize,
+    raw: &'a RawService,
+}
+
+impl ServiceTable<'_> {
+    fn spec(&self) -> Result<ServiceSpec> {
+        let raw = self.raw;
+        let endpoint = |text: &String| parse_endpoint(text);
+        let spec = ServiceSpec {
+            name: self.read(ServiceField::Name, &raw.name, |name| {
+                validate_name(name).map(|()| name.clone())
+            })?,
+            vip: self.read(ServiceField::Vip, &raw.vip, endpoint)?,
+            proto: self
+                .read_opt(ServiceField::Proto, &raw.proto, |proto| proto.parse())?
+                .unwrap_or_default(),
+            blue: self.read(ServiceField::Blue, &raw.blue, endpoint)?,
+            green: self.read(ServiceField::Green, &raw.green, endpoint)?,
+            active: self
+                .read_opt(ServiceField::Active, &raw.active, |active| active.parse())?
+                .unwrap_or(Color::Blue),
+            health: self.read_opt(ServiceField::Health, &raw.health, RawHealth::check)?,
+            auto_rollback: self.read_opt(
+                ServiceField::AutoRollback,
+                &raw.auto_rollback,
+                RawAutoRollback::settings,
+            )?,
+        };
+        spec.validate()
+            .map_err(|invalid| self.error(invalid.field, invalid.error))?;
+        Ok(spec)
+    }
+
+    fn read<V, T, E: Display>(
+        &self,
+        field: ServiceField,
+        value: &Spanned<V>,
+        read: impl FnOnce(&V) -> Result<T, E>,
+    ) -> Result<T> {
+        self.source.read(value, self.key(field), read)
+    }
+
+    fn read_opt<V, T, E: Display>(
+        &self,
+        field: ServiceField,
+        value: &Option<Spanned<V>>,
+        read: impl FnOnce(&V) -> Result<T, E>,
+    ) -> Result<Option<T>> {
+        self.source.read_opt(value, self.key(field), read)
+    }
+
+    fn key(&self, field: ServiceField) -> String {
+        format!("service[{}].{field}", self.index)
+    }
+
+    fn error(&self, field: ServiceField, message: impl Display) -> Error {
+        self.source
+            .error(self.span(field), self.key(field), message)
+    }
+
+    fn span(&self, field: ServiceField) -> Range<usize> {
+        let raw = self.raw;
+        // A key left out has no line of its own: blame the table's name.
+        let or_name = |span: Option<Range<usize>>| span.unwrap_or_else(|| raw.name.span());
+        match field {
+            ServiceField::Name => raw.name.span(),
+            ServiceField::Vip => raw.vip.span(),
+            ServiceField::Proto => or_name(raw.proto.as_ref().map(Spanned::span)),
+            ServiceField::Blue => raw.blue.span(),
+            ServiceField::Green => raw.green.span(),
+            ServiceField::Active => or_name(raw.active.as_ref().map(Spanned::span)),
+            ServiceField::Health => or_name(raw.health.as_ref().map(Spanned::span)),
+            ServiceField::AutoRollback => or_name(raw.auto_rollback.as_ref().map(Spanned::span)),
+        }
+    }
+}
+
+impl RawHealth {
+    /// `[service.health]`: the probe and its timing, defaults filled in.
+    fn check(&self) -> Result<HealthCheck, String> {
+        let probe = match (self.kind.as_str(), &self.path) {
+            ("tcp", None) => Probe::Tcp,
+            ("tcp", Some(_)) => return Err("a tcp check takes no path".to_owned()),
+            ("http", path) => Probe::Http {
+                path: path.clone().unwrap_or_else(|| "/".to_owned()),
+            },
+            (other, _) => return Err(format!("kind {other:?} is not tcp or http")),
+        };
+        let defaults = HealthCheck::new(probe);
+        let check = HealthCheck {
+            port: self.port,
+            interval_ms: self.interval_ms.unwrap_or(defaults.interval_ms),
+            timeout_ms: self.timeout_ms.unwrap_or(defaults.timeout_ms),
+            healthy_threshold: self.healthy_threshold.unwrap_or(defaults.healthy_threshold),
+            unhealthy_threshold: self
+                .unhealthy_threshold
+                .unwrap_or(defaults.unhealthy_threshold),
+            ..defaults
+        };
+        check.validate()?;
+        Ok(check)
+    }
+}
+
+impl RawAutoRollback {
+    /// `[service.auto_rollback]`: graceful within 5 minutes unless told.
+    fn settings(&self) -> Result<AutoRollback, String> {
+        let force = match self.mode.as_deref() {
+            None | Some("graceful") => false,
+            Some("forced") => true,
+            Some(other) => return Err(format!("mode {other:?} is not graceful or forced")),
+        };
+        Ok(AutoRollback {
+            window_secs: self.window_secs.unwrap_or(300),
+            force,
+        })
+    }
+}

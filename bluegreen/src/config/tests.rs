@@ -1,0 +1,291 @@
+//! The config file as the operator writes it: what is read, and where each
+//! error points.
+
+use std::path::Path;
+
+use super::*;
+use crate::health::Probe;
+
+const GOOD: &str = r#"
+interface = "eth0"
+xdp_mode = "native"
+
+[dataplane]
+flow_capacity = 4096
+udp_idle_timeout_secs = 5
+
+[[service]]
+name = "chat"
+vip = "10.0.0.1:8080"
+blue = "10.1.0.2:8080"
+green = "10.1.0.3:8080"
+
+[[service]]
+name = "embed6"
+vip = "[fd00::1]:9000"
+proto = "udp"
+blue = "[fd00::2]:9000"
+green = "[fd00::3]:9000"
+active = "green"
+"#;
+
+fn config_error(text: &str) -> (usize, String, String) {
+    match Config::parse(text, "test.toml") {
+        Err(Error::Config {
+            line,
+            field,
+            message,
+            ..
+        }) => (line, field, message),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_valid_config_is_read_completely() {
+    let config = Config::parse(GOOD, "test.toml").unwrap();
+    assert_eq!(config.interface.as_deref(), Some("eth0"));
+    assert_eq!(config.xdp_mode, XdpModeArg::Native);
+    assert_eq!(config.dataplane.flow_capacity, 4096);
+    assert_eq!(config.dataplane.timeouts.udp_idle_secs, 5);
+    assert_eq!(
+        config.dataplane.timeouts.tcp_idle_secs,
+        Timeouts::default().tcp_idle_secs
+    );
+    assert_eq!(config.services.len(), 2);
+    assert_eq!(config.services[0].active, Color::Blue);
+    assert_eq!(config.services[0].proto, Proto::Tcp);
+    assert_eq!(config.services[1].active, Color::Green);
+    assert_eq!(config.services[1].proto, Proto::Udp);
+}
+
+#[test]
+fn errors_name_the_line_and_the_field() {
+    let mixed = GOOD.replace("green = \"10.1.0.3:8080\"", "green = \"[fd00::3]:8080\"");
+    let (line, field, message) = config_error(&mixed);
+    assert_eq!((line, field.as_str()), (13, "service[0].green"));
+    assert!(message.contains("IPv6"), "{message}");
+
+    let (line, field, _) = config_error(&GOOD.replace("10.1.0.2:8080", "10.1.0.2"));
+    assert_eq!((line, field.as_str()), (12, "service[0].blue"));
+
+    let (line, field, message) =
+        config_error(&GOOD.replace("flow_capacity = 4096", "flow_capacity = 12"));
+    assert_eq!((line, field.as_str()), (6, "dataplane.flow_capacity"));
+    assert!(message.contains("outside"), "{message}");
+
+    let (line, field, _) = config_error(&GOOD.replace("proto = \"udp\"", "proto = \"sctp\""));
+    assert_eq!((line, field.as_str()), (18, "service[1].proto"));
+
+    let (_, field, message) = config_error(&GOOD.replace("name = \"embed6\"", "name = \"chat\""));
+    assert_eq!(field, "service[1].name");
+    assert!(message.contains("twice"), "{message}");
+
+    let (line, field, message) = config_error(&GOOD.replace("xdp_mode", "xdp_mod"));
+    assert_eq!((line, field.as_str()), (3, "toml"));
+    assert!(message.contains("unknown field"), "{message}");
+
+    let (_, _, message) = config_error("interface = \"eth0\"\n");
+    assert!(message.contains("at least one service"), "{message}");
+}
+
+#[test]
+fn health_checks_and_auto_rollback_are_read_and_checked() {
+    let with_health = GOOD.replace(
+        "green = \"10.1.0.3:8080\"\n",
+        "green = \"10.1.0.3:8080\"\n\n[service.health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = 200\ntimeout_ms = 100\nunhealthy_threshold = 2\n\n[service.auto_rollback]\nwindow_secs = 0\nmode = \"forced\"\n",
+    );
+    let config = Config::parse(&with_health, "test.toml").unwrap();
+    let chat = &config.services[0];
+    let health = chat.health.as_ref().expect("health");
+    assert_eq!(
+        health.probe,
+        Probe::Http {
+            path: "/healthz".to_owned()
+        }
+    );
+    assert_eq!((health.interval_ms, health.timeout_ms), (200, 100));
+    assert_eq!(health.unhealthy_threshold, 2);
+    assert_eq!(
+        health.healthy_threshold,
+        HealthCheck::DEFAULT_HEALTHY_THRESHOLD
+    );
+    assert_eq!(
+        chat.auto_rollback,
+        Some(AutoRollback {
+            window_secs: 0,
+            force: true
+        })
+    );
+
+    let (line, field, message) =
+        config_error(&with_health.replace("timeout_ms = 100", "timeout_ms = 900"));
+    assert_eq!((line, field.as_str()), (15, "service[0].health"));
+    assert!(message.contains("timeout_ms"), "{message}");
+
+    let without_health = with_health.replace("[service.health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = 200\ntimeout_ms = 100\nunhealthy_threshold = 2\n\n", "");
+    let (_, _, message) = config_error(&without_health);
+    assert!(
+        message.contains("auto_rollback needs a health check"),
+        "{message}"
+    );
+}
+
+#[test]
+fn same_backend_for_both_colors_is_refused() {
+    let (_, _, message) =
+        config_error(&GOOD.replace("green = \"10.1.0.3:8080\"", "green = \"10.1.0.2:8080\""));
+    assert!(message.contains("blue and green are both"), "{message}");
+}
+
+#[test]
+fn the_packaged_example_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/bluegreen.toml");
+    let config = Config::load(Path::new(path)).expect("packaging/bluegreen.toml");
+    assert_eq!(config.interface.as_deref(), Some("eth0"));
+    assert_eq!(config.services.len(), 2);
+}
+
+#[test]
+fn xdp_modes_parse_from_their_names() {
+    for (name, mode) in [
+        ("auto", XdpModeArg::Auto),
+        ("native", XdpModeArg::Native),
+        ("skb", XdpModeArg::Skb),
+    ] {
+        assert_eq!(name.parse::<XdpModeArg>().unwrap(), mode, "{name}");
+    }
+    let error = "fast".parse::<XdpModeArg>().unwrap_err().to_string();
+    assert_eq!(error, "unknown XDP mode \"fast\": use auto, native or skb");
+
+    let (line, field, message) =
+        config_error(&GOOD.replace("xdp_mode = \"native\"", "xdp_mode = \"fast\""));
+    assert_eq!((line, field.as_str()), (3, "xdp_mode"));
+    assert_eq!(message, error);
+}
+
+#[test]
+fn unusable_addresses_are_refused_on_their_own_line() {
+    let cases = [
+        (
+            "vip = \"10.0.0.1:8080\"",
+            "vip = \"127.0.0.1:8080\"",
+            11,
+            "service[0].vip",
+            "loopback",
+        ),
+        (
+            "vip = \"10.0.0.1:8080\"",
+            "vip = \"255.255.255.255:8080\"",
+            11,
+            "service[0].vip",
+            "broadcast",
+        ),
+        (
+            "vip = \"[fd00::1]:9000\"",
+            "vip = \"[ff05::1]:9000\"",
+            17,
+            "service[1].vip",
+            "multicast",
+        ),
+        (
+            "blue = \"10.1.0.2:8080\"",
+            "blue = \"127.0.0.2:8080\"",
+            12,
+            "service[0].blue",
+            "XDP cannot forward",
+        ),
+        (
+            "green = \"[fd00::3]:9000\"",
+            "green = \"[::1]:9000\"",
+            20,
+            "service[1].green",
+            "loopback",
+        ),
+        (
+            "green = \"10.1.0.3:8080\"",
+            "green = \"239.1.1.1:8080\"",
+            13,
+            "service[0].green",
+            "multicast",
+        ),
+    ];
+    for (good, bad, expected_line, expected_field, text) in cases {
+        let (line, field, message) = config_error(&GOOD.replace(good, bad));
+        assert_eq!(
+            (line, field.as_str()),
+            (expected_line, expected_field),
+            "{bad}: {message}"
+        );
+        assert!(
+            message.contains(text),
+            "{bad}: expected {text:?} in {message}"
+        );
+    }
+}
+
+#[test]
+fn each_service_error_points_at_the_key_it_is_about() {
+    let (line, field, message) =
+        config_error(&GOOD.replace("green = \"10.1.0.3:8080\"", "green = \"10.1.0.2:8080\""));
+    assert_eq!(
+        (line, field.as_str()),
+        (13, "service[0].green"),
+        "{message}"
+    );
+
+    let (line, field, message) =
+        config_error(&GOOD.replace("blue = \"10.1.0.2:8080\"", "blue = \"10.0.0.1:8080\""));
+    assert_eq!((line, field.as_str()), (12, "service[0].blue"), "{message}");
+    assert!(message.contains("cannot be the VIP itself"), "{message}");
+
+    let rollback_only = GOOD.replace(
+        "green = \"10.1.0.3:8080\"\n",
+        "green = \"10.1.0.3:8080\"\n\n[service.auto_rollback]\nmode = \"forced\"\n",
+    );
+    let (line, field, message) = config_error(&rollback_only);
+    assert_eq!(
+        (line, field.as_str()),
+        (15, "service[0].auto_rollback"),
+        "{message}"
+    );
+}
+
+#[test]
+fn unsafe_health_checks_are_refused() {
+    let with_health = |table: &str| {
+        GOOD.replace(
+            "green = \"10.1.0.3:8080\"\n",
+            &format!("green = \"10.1.0.3:8080\"\n\n[service.health]\n{table}"),
+        )
+    };
+    let config = Config::parse(&with_health("kind = \"tcp\"\nport = 9100\n"), "test.toml").unwrap();
+    let health = config.services[0].health.as_ref().expect("health");
+    assert_eq!(health.port, Some(9100));
+
+    let cases = [
+        ("kind = \"tcp\"\nport = 0\n", "port 0"),
+        (
+            "kind = \"http\"\npath = \"/h\\r\\nX-Injected: 1\"\n",
+            "control character",
+        ),
+        (
+            "kind = \"http\"\npath = \"/h\\nfoo\"\n",
+            "control character",
+        ),
+        ("kind = \"http\"\npath = \"/h\\tx\"\n", "control character"),
+    ];
+    for (table, text) in cases {
+        let (line, field, message) = config_error(&with_health(table));
+        assert_eq!(
+            (line, field.as_str()),
+            (15, "service[0].health"),
+            "{table}: {message}"
+        );
+        assert!(
+            message.contains(text),
+            "{table}: expected {text:?} in {message}"
+        );
+        assert_eq!(message.lines().count(), 1, "{message}");
+    }
+}

@@ -1,0 +1,230 @@
+//! The rules a service must follow, whether it comes from the config file,
+//! from `up` flags or (one backend at a time) from `set-backend`. A failure
+//! names the field at fault, so the config parser can point at its line.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
+
+use super::ServiceSpec;
+use crate::{
+    endpoint::{Color, family_name},
+    error::{Error, Result},
+};
+
+/// A key of a `[[service]]` table, as the config file spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceField {
+    Name,
+    Vip,
+    Proto,
+    Blue,
+    Green,
+    Active,
+    Health,
+    AutoRollback,
+}
+
+impl From<Color> for ServiceField {
+    fn from(color: Color) -> ServiceField {
+        match color {
+            Color::Blue => ServiceField::Blue,
+            Color::Green => ServiceField::Green,
+        }
+    }
+}
+
+impl fmt::Display for ServiceField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServiceField::Name => "name",
+            ServiceField::Vip => "vip",
+            ServiceField::Proto => "proto",
+            ServiceField::Blue => "blue",
+            ServiceField::Green => "green",
+            ServiceField::Active => "active",
+            ServiceField::Health => "health",
+            ServiceField::AutoRollback => "auto_rollback",
+        })
+    }
+}
+
+/// Why a service is invalid, and which of its fields is at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct FieldError {
+    pub field: ServiceField,
+    /// Boxed because an [`Error`] with a field beside it is too large to
+    /// return by value.
+    pub error: Box<Error>,
+}
+
+impl FieldError {
+    /// Tags an error with its field, for `map_err`.
+    pub fn on(field: ServiceField) -> impl FnOnce(Error) -> FieldError {
+        move |error| FieldError {
+            field,
+            error: Box::new(error),
+        }
+    }
+}
+
+/// Callers without a file to point into need only the error itself.
+impl From<FieldError> for Error {
+    fn from(invalid: FieldError) -> Error {
+        *invalid.error
+    }
+}
+
+impl ServiceSpec {
+    /// Checks what can be checked of one service on its own.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let invalid = |field, message: String| {
+            FieldError::on(field)(Error::InvalidService {
+                service: self.name.clone(),
+                message,
+            })
+        };
+        validate_name(&self.name)
+            .map_err(|message| invalid(ServiceField::Name, message.to_owned()))?;
+        check_usable(&self.name, Role::Vip, self.vip).map_err(FieldError::on(ServiceField::Vip))?;
+        for color in Color::BOTH {
+            validate_backend(&self.name, self.vip, color, self.backend(color))
+                .map_err(FieldError::on(color.into()))?;
+        }
+        if let Some(health) = &self.health {
+            health
+                .validate()
+                .map_err(|message| invalid(ServiceField::Health, format!("health: {message}")))?;
+        }
+        if self.auto_rollback.is_some() && self.health.is_none() {
+            return Err(invalid(
+                ServiceField::AutoRollback,
+                "auto_rollback needs a health check: add a [service.health] table".to_owned(),
+            ));
+        }
+        if self.blue == self.green {
+            return Err(invalid(
+                ServiceField::Green,
+                format!(
+                    "blue and green are both {}: give each color its own backend",
+                    self.blue
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `backend` can be the `color` backend of `service`, whose VIP
+/// is `vip`: the same address family, one host XDP can forward to, and not
+/// the VIP itself. Whether it is also the other color's backend is up to the
+/// caller, which knows the live one.
+pub fn validate_backend(
+    service: &str,
+    vip: SocketAddr,
+    color: Color,
+    backend: SocketAddr,
+) -> Result<()> {
+    let role = Role::Backend(color);
+    check_same_family(&vip, &backend, &role.to_string())?;
+    check_usable(service, role, backend)?;
+    if backend == vip {
+        return Err(Error::InvalidService {
+            service: service.to_owned(),
+            message: format!("the {color} backend cannot be the VIP itself"),
+        });
+    }
+    Ok(())
+}
+
+pub fn check_same_family(vip: &SocketAddr, backend: &SocketAddr, what: &str) -> Result<()> {
+    if vip.is_ipv4() == backend.is_ipv4() {
+        return Ok(());
+    }
+    Err(Error::FamilyMismatch {
+        what: what.to_owned(),
+        addr: backend.to_string(),
+        vip: vip.to_string(),
+        family: family_name(backend),
+    })
+}
+
+pub(super) fn validate_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("a service name has 1 to 64 characters");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err("a service name uses only letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
+}
+
+/// What an address is for: clients connect to a VIP, XDP forwards to a
+/// backend; the two refuse the same addresses for different reasons.
+#[derive(Clone, Copy)]
+enum Role {
+    Vip,
+    Backend(Color),
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Role::Vip => f.write_str("VIP"),
+            Role::Backend(color) => write!(f, "{color} backend"),
+        }
+    }
+}
+
+fn check_usable(service: &str, role: Role, addr: SocketAddr) -> Result<()> {
+    match unusable(role, addr.ip()) {
+        None => Ok(()),
+        Some(reason) => Err(Error::UnusableAddress {
+            service: service.to_owned(),
+            what: role.to_string(),
+            addr,
+            reason,
+        }),
+    }
+}
+
+/// Why `ip` cannot take `role`, ending with what to use instead; `None` if
+/// it can.
+fn unusable(role: Role, ip: IpAddr) -> Option<&'static str> {
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    Some(match role {
+        Role::Vip if ip.is_unspecified() => {
+            "is the unspecified address, which no client connects to: use the address clients connect to"
+        }
+        Role::Vip if ip.is_loopback() => {
+            "is a loopback address, whose packets never arrive on an interface: use an address clients reach through the interface"
+        }
+        Role::Vip if ip.is_multicast() => {
+            "is a multicast address, but a VIP takes unicast connections: use a unicast address"
+        }
+        Role::Vip if broadcast => {
+            "is the broadcast address, but a VIP takes unicast connections: use a unicast address"
+        }
+        Role::Backend(_) if ip.is_unspecified() => {
+            "is the unspecified address, not a host: use the backend's own address"
+        }
+        Role::Backend(_) if ip.is_loopback() => {
+            "is a loopback address, which XDP cannot forward packets to: use the address the backend has on the network"
+        }
+        Role::Backend(_) if ip.is_multicast() => {
+            "is a multicast address, not one host: use the backend's own unicast address"
+        }
+        Role::Backend(_) if broadcast => {
+            "is the broadcast address, not one host: use the backend's own unicast address"
+        }
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests;
