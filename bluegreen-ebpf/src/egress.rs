@@ -44,7 +44,9 @@ pub fn try_egress(ctx: &TcContext) -> Result<(), PassReason> {
         server_port: vip.port,
         ..reply_key
     };
+    // SAFETY: as above, the entry is copied at once.
     let flow = *unsafe { BG_FLOWS.get(flow_key) }.ok_or(PassReason::NotService)?;
+    // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() };
     let live = settings().is_some_and(|settings| settings.is_live(headers.proto, &flow, now));
     // A reply from a backend the flow no longer uses (after a forced switch)

@@ -70,6 +70,7 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
         0
     };
     let closing = tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { bpf_jiffies64() };
     let settings = settings().ok_or(PassReason::NotService)?;
 

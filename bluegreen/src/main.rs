@@ -5,6 +5,7 @@ mod cli;
 mod daemon;
 mod metrics;
 mod observations;
+mod output;
 
 use std::process::ExitCode;
 

@@ -13,9 +13,9 @@ use clap::CommandFactory;
 
 use super::{
     args::{self, Command, PreviewAction, UpArgs},
-    output::{print_preview, print_status, print_switch, print_up},
     shift,
 };
+use crate::output::{print_preview, print_status, print_switch, print_up};
 
 fn switch_options(force: bool, skip_check: bool) -> SwitchOptions {
     if skip_check {

@@ -1,9 +1,8 @@
-//! The command-line interface: [`args`] parses, [`commands`] runs, and
-//! [`output`] prints what happened for an operator to read.
+//! The command-line interface: [`args`] parses, [`commands`] runs (printing
+//! through [`crate::output`]).
 
 pub mod args;
 pub mod commands;
-pub mod output;
 mod shift;
 
 /// Exit code of `switch --wait-drain` when the old color still has flows.

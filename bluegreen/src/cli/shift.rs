@@ -14,7 +14,8 @@ use bluegreen::{
     host::{Host, SwitchOptions, SwitchTarget},
 };
 
-use super::{EXIT_INTERRUPTED, args::ShiftArgs, output::print_switch};
+use super::{EXIT_INTERRUPTED, args::ShiftArgs};
+use crate::output::print_switch;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 

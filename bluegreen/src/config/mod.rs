@@ -11,7 +11,7 @@ use std::{net::SocketAddr, path::Path, str::FromStr};
 use bluegreen_common::Timeouts;
 use serde::{Deserialize, Serialize};
 
-pub use validate::{FieldError, ServiceField, check_same_family, validate_backend};
+pub use validate::{FieldError, ServiceField, validate_backend};
 
 use crate::{
     endpoint::{Color, Proto},

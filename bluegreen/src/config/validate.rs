@@ -139,7 +139,7 @@ pub fn validate_backend(
     Ok(())
 }
 
-pub fn check_same_family(vip: &SocketAddr, backend: &SocketAddr, what: &str) -> Result<()> {
+fn check_same_family(vip: &SocketAddr, backend: &SocketAddr, what: &str) -> Result<()> {
     if vip.is_ipv4() == backend.is_ipv4() {
         return Ok(());
     }

@@ -12,7 +12,7 @@ use bluegreen::{
 };
 use tokio::{signal::unix::SignalKind, task::JoinHandle};
 
-use crate::{cli::output::print_up, observations::Shared};
+use crate::{observations::Shared, output::print_up};
 
 fn load_request(config_path: &Path) -> anyhow::Result<UpRequest> {
     let config = Config::load(config_path)?;
