@@ -60,6 +60,37 @@ fn a_switch_to_an_unhealthy_color_is_refused() {
 }
 
 #[test]
+fn a_rollback_to_an_unhealthy_color_is_refused_unless_skipped() {
+    let fixture = Fixture::new();
+    fixture.up_with(&["--check", "http:/healthz"]);
+    fixture.bluegreen.ok(&["switch", "green"]);
+    // Nothing listens on this port of blue's host: blue now fails its check.
+    fixture
+        .bluegreen
+        .ok(&["set-backend", "blue", "10.200.2.2:9999"]);
+
+    let run = fixture.bluegreen.run(&["rollback"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "service web: blue (10.200.2.2:9999) failed its health check (HTTP GET http://10.200.2.2:9999/healthz"
+        ),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("traffic stays on green: fix blue or pass --skip-check"),
+        "{run:?}"
+    );
+    assert_eq!(fixture.bluegreen.active(), "green");
+    assert_eq!(fixture.get(), "green");
+
+    let output = fixture.bluegreen.ok(&["rollback", "--skip-check"]);
+    assert!(output.contains("green -> blue"), "{output}");
+    assert_eq!(fixture.bluegreen.active(), "blue");
+}
+
+#[test]
 fn the_daemon_rolls_back_when_the_new_color_dies() {
     let mut fixture = Fixture::new();
     let _daemon = start_daemon(&fixture, true);
