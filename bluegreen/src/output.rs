@@ -3,7 +3,7 @@
 
 use bluegreen::{
     endpoint::Color,
-    host::{StatusReport, SwitchOutcome, UpOutcome},
+    host::{Checked, StatusReport, SwitchOutcome, UpOutcome},
 };
 
 pub fn print_up(outcome: &UpOutcome) {
@@ -40,11 +40,13 @@ pub fn print_switch(outcome: &SwitchOutcome) {
         weight_before,
         weight,
         active_changed,
-        health_checked,
+        checked,
         ..
     } = outcome;
-    if *health_checked {
-        println!("{to} passed its health check");
+    match checked {
+        Some(Checked::HealthCheck) => println!("{to} passed its health check"),
+        Some(Checked::Connect) => println!("{to} accepts connections (no health check configured)"),
+        None => {}
     }
     if !changed {
         if *weight > 0 {

@@ -86,7 +86,11 @@ keeps its live active color.")]
   bluegreen switch green --wait-drain          # ... and wait (up to 300 s) until blue has no flows
   bluegreen switch green --wait-drain=60       # exit code 3 if blue still has flows after 60 s
   bluegreen switch green --force               # emergency: every connection moves to green now
-  bluegreen switch green --weight 10           # 10 % of new flows to green, 90 % stay on blue")]
+  bluegreen switch green --weight 10           # 10 % of new flows to green, 90 % stay on blue
+
+Before moving traffic, the color is checked: with the service's health check if it has
+one, otherwise (TCP services) with a TCP connect to its backend. A color that fails is
+refused and traffic stays where it is; --skip-check overrides.")]
     Switch(SwitchArgs),
     /// Move new flows to a color in weighted steps, health-checked in between.
     #[command(after_help = "Examples:
@@ -114,8 +118,8 @@ After a switch the roles swap: preview clients then reach the color that became 
   bluegreen rollback
   bluegreen rollback --service chat --force
 
-Like a switch, a rollback first runs the color's health check (if the service has one)
-and refuses a color that fails it; --skip-check overrides. During a weighted shift,
+Like a switch, a rollback first checks the color (its health check, or a TCP connect
+when none is configured) and refuses a color that fails; --skip-check overrides. During a weighted shift,
 rollback returns the weight to 0 (the active color never changed).")]
     Rollback(RollbackArgs),
     /// Show each service's colors, backends, counters and live flows.
@@ -202,7 +206,8 @@ pub(crate) struct SwitchArgs {
     /// Move established flows too (they are cut over mid-connection).
     #[arg(long)]
     pub force: bool,
-    /// Switch even if the color fails its health check.
+    /// Switch even if the color fails its health check (or, without one,
+    /// refuses a TCP connection).
     #[arg(long)]
     pub skip_check: bool,
     /// Send only this percentage of new flows to the color (a weighted
@@ -284,7 +289,8 @@ pub(crate) struct RollbackArgs {
     /// Move established flows too (they are cut over mid-connection).
     #[arg(long)]
     pub force: bool,
-    /// Roll back even if the color fails its health check.
+    /// Roll back even if the color fails its health check (or, without
+    /// one, refuses a TCP connection).
     #[arg(long)]
     pub skip_check: bool,
 }

@@ -22,7 +22,7 @@ pub use lifecycle::{UpOutcome, UpRequest};
 pub use status::{
     ColorStatus, InterfaceStatus, STATUS_SCHEMA_VERSION, ServiceStatus, StatusReport,
 };
-pub use switching::{SwitchOptions, SwitchOutcome, SwitchTarget};
+pub use switching::{Checked, SwitchOptions, SwitchOutcome, SwitchTarget};
 
 use crate::{
     endpoint::{Color, from_wire, service_key},

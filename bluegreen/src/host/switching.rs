@@ -14,8 +14,9 @@ use super::{Host, Lock, OpenService};
 use crate::{
     clock::unix_now_ms,
     config::validate_backend,
-    endpoint::{Cidr, Color, from_wire, to_wire},
+    endpoint::{Cidr, Color, Proto, from_wire, to_wire},
     error::{Error, Result},
+    health::{HealthCheck, Probe},
     pinned::Put,
 };
 
@@ -47,8 +48,8 @@ pub struct SwitchOutcome {
     pub forced: bool,
     /// False when the service already had that color and nothing was forced.
     pub changed: bool,
-    /// Whether `to` passed a configured health check before the switch.
-    pub health_checked: bool,
+    /// How `to` was found fit before the switch (`None`: not checked).
+    pub checked: Option<Checked>,
     /// Time from reading the service's state to the map update returning.
     pub elapsed: Duration,
     /// Share of new flows for the idle color, before and after.
@@ -56,6 +57,16 @@ pub struct SwitchOutcome {
     pub weight: u8,
     /// Whether the active color itself changed (not only a weight).
     pub active_changed: bool,
+}
+
+/// How a color was found fit to take traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checked {
+    /// It passed the service's configured health check.
+    HealthCheck,
+    /// The service has no health check: its backend accepted a TCP
+    /// connection, so at least something listens there.
+    Connect,
 }
 
 /// The color new flows move away from and the one they move to, between
@@ -74,11 +85,16 @@ fn traffic_direction(before: &ServiceState, after: &ServiceState) -> (Color, Col
 }
 
 impl OpenService {
-    /// Probes `color` with the service's health check, if it has one.
-    /// `Ok(false)` when there is no check to run.
-    fn check_color(&self, color: Color) -> Result<bool> {
-        let Some(check) = &self.record().spec.health else {
-            return Ok(false);
+    /// Probes `color` with the service's health check or, for a TCP
+    /// service without one, a TCP connect: a switch must never send new
+    /// flows to a port nothing listens on. `None` for a UDP service without
+    /// a check, which has no handshake to try.
+    fn check_color(&self, color: Color) -> Result<Option<Checked>> {
+        let spec = &self.record().spec;
+        let (check, checked) = match &spec.health {
+            Some(check) => (check.clone(), Checked::HealthCheck),
+            None if spec.proto == Proto::Tcp => (HealthCheck::new(Probe::Tcp), Checked::Connect),
+            None => return Ok(None),
         };
         let backend = self.backend(color);
         check
@@ -90,7 +106,7 @@ impl OpenService {
                 reason,
                 active: Color::from_wire(self.live.active),
             })?;
-        Ok(true)
+        Ok(Some(checked))
     }
 }
 
@@ -218,10 +234,14 @@ impl Host {
         let after = decide(open.name(), &before)?;
         let (from, to) = traffic_direction(&before, &after);
         let changed = after != before;
-        let health_checked = changed && options.check && open.check_color(to)?;
+        let checked = if changed && options.check {
+            open.check_color(to)?
+        } else {
+            None
+        };
         let elapsed = if changed {
             // The probe's time is not the switch's.
-            let started = if health_checked {
+            let started = if checked.is_some() {
                 Instant::now()
             } else {
                 started
@@ -237,7 +257,7 @@ impl Host {
             to,
             forced: options.force,
             changed,
-            health_checked,
+            checked,
             elapsed,
             weight_before: before.weight,
             weight: after.weight,
