@@ -76,6 +76,36 @@ fn established_connections_finish_on_their_color_unless_forced() {
 }
 
 #[test]
+fn a_graceful_switch_after_a_forced_one_leaves_flows_on_the_forced_color() {
+    let fixture = Fixture::new();
+    fixture.up();
+    let mut idle = fixture.keep_alive();
+    assert_eq!(idle.get().expect("first request"), "blue");
+
+    fixture.bluegreen.ok(&["switch", "green", "--force"]);
+    fixture.bluegreen.ok(&["switch", "blue"]);
+    // The idle connection has not sent since the force, yet it belongs to
+    // green now: a drain of green must wait for it.
+    assert_eq!(active_flows(&fixture, "green"), 1);
+    assert_eq!(active_flows(&fixture, "blue"), 0);
+    let error = idle
+        .get()
+        .expect_err("its next packet reaches green, which resets it");
+    assert!(
+        matches!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+        ),
+        "{error}"
+    );
+    assert_eq!(
+        fixture.get(),
+        "blue",
+        "new connections follow the graceful switch"
+    );
+}
+
+#[test]
 fn wait_drain_waits_for_the_old_color_and_times_out_with_exit_code_3() {
     let fixture = Fixture::new();
     let config = fixture.write_config(&closing_config(1));
