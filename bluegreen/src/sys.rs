@@ -14,23 +14,15 @@ use std::{
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
-/// Issues `bpf(command, attr)`, where `T` is the `union bpf_attr` member
-/// (or a prefix of it) that `command` reads.
-fn bpf<T>(command: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a valid `bpf_attr` prefix for `command`, and the
-    // callers' pointers in it refer to memory that outlives the call.
-    let status = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            attr as *mut T,
-            size_of::<T>() as libc::c_uint,
-        )
-    };
-    if status < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(status)
+/// Issues `bpf(command, attr)`; `attr` is the `union bpf_attr` member (or
+/// a prefix of it) that `command` reads.
+fn bpf_syscall<T>(command: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    let size = size_of::<T>() as libc::c_uint;
+    // SAFETY: both callers pass the attr layout their command reads, and
+    // any pointer in it outlives the call.
+    match unsafe { libc::syscall(libc::SYS_bpf, command, attr as *mut T, size) } {
+        status if status < 0 => Err(io::Error::last_os_error()),
+        fd_or_zero => Ok(fd_or_zero),
     }
 }
 
@@ -51,9 +43,9 @@ pub(crate) fn detach_pinned_link(path: &Path) -> io::Result<()> {
         pathname: path.as_ptr() as u64,
         ..Default::default()
     };
-    let fd = bpf(BPF_OBJ_GET, &mut get)?;
+    let fd = bpf_syscall(BPF_OBJ_GET, &mut get)?;
     // SAFETY: BPF_OBJ_GET returned a new descriptor that we now own.
     let link = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
     let mut detach = [link.as_raw_fd() as u32, 0, 0, 0];
-    bpf(BPF_LINK_DETACH, &mut detach).map(drop)
+    bpf_syscall(BPF_LINK_DETACH, &mut detach).map(drop)
 }

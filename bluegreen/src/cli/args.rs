@@ -200,16 +200,8 @@ pub(crate) struct UpArgs {
 pub(crate) struct SwitchArgs {
     #[arg(value_parser = color_parser())]
     pub color: Color,
-    /// Needed when more than one service is up.
-    #[arg(long)]
-    pub service: Option<String>,
-    /// Move established flows too (they are cut over mid-connection).
-    #[arg(long)]
-    pub force: bool,
-    /// Switch even if the color fails its health check (or, without one,
-    /// refuses a TCP connection).
-    #[arg(long)]
-    pub skip_check: bool,
+    #[command(flatten)]
+    pub change: ChangeArgs,
     /// Send only this percentage of new flows to the color (a weighted
     /// split, chosen by a hash of each flow); 100 is a full switch.
     #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100), conflicts_with = "force")]
@@ -283,14 +275,21 @@ fn parse_duration(input: &str) -> Result<Duration, String> {
 
 #[derive(Args)]
 pub(crate) struct RollbackArgs {
+    #[command(flatten)]
+    pub change: ChangeArgs,
+}
+
+/// What `switch` and `rollback` share: both change the active color.
+#[derive(Args)]
+pub(crate) struct ChangeArgs {
     /// Needed when more than one service is up.
     #[arg(long)]
     pub service: Option<String>,
     /// Move established flows too (they are cut over mid-connection).
     #[arg(long)]
     pub force: bool,
-    /// Roll back even if the color fails its health check (or, without
-    /// one, refuses a TCP connection).
+    /// Go ahead even if the color fails its health check (or, without one,
+    /// refuses a TCP connection).
     #[arg(long)]
     pub skip_check: bool,
 }

@@ -12,18 +12,18 @@ use bluegreen::{
 use clap::CommandFactory;
 
 use super::{
-    args::{self, Command, PreviewAction, UpArgs},
+    args::{self, ChangeArgs, Command, PreviewAction, UpArgs},
     shift,
 };
 use crate::output::{print_preview, print_status, print_switch, print_up};
 
-fn switch_options(force: bool, skip_check: bool) -> SwitchOptions {
-    if skip_check {
+fn switch_options(change: &ChangeArgs) -> SwitchOptions {
+    if change.skip_check {
         log::warn!("health check skipped on request");
     }
     SwitchOptions {
-        force,
-        check: !skip_check,
+        force: change.force,
+        check: !change.skip_check,
     }
 }
 
@@ -35,16 +35,11 @@ pub fn run(host: &Host, command: Command) -> anyhow::Result<ExitCode> {
             print_up(&outcome);
         }
         Command::Switch(args) => {
-            let options = switch_options(args.force, args.skip_check);
+            let options = switch_options(&args.change);
+            let service = args.change.service.as_deref();
             let outcome = match args.weight {
-                Some(weight) => {
-                    host.shift(args.service.as_deref(), args.color, weight, options.check)?
-                }
-                None => host.switch(
-                    args.service.as_deref(),
-                    SwitchTarget::Color(args.color),
-                    options,
-                )?,
+                Some(weight) => host.shift(service, args.color, weight, options.check)?,
+                None => host.switch(service, SwitchTarget::Color(args.color), options)?,
             };
             print_switch(&outcome);
             if let Some(seconds) = args.wait_drain {
@@ -55,9 +50,9 @@ pub fn run(host: &Host, command: Command) -> anyhow::Result<ExitCode> {
         Command::Preview { action } => preview(host, action)?,
         Command::Rollback(args) => {
             let outcome = host.switch(
-                args.service.as_deref(),
+                args.change.service.as_deref(),
                 SwitchTarget::Previous,
-                switch_options(args.force, args.skip_check),
+                switch_options(&args.change),
             )?;
             print_switch(&outcome);
         }

@@ -1,7 +1,7 @@
 //! The two eBPF programs: verified, attached through pinned links, and
 //! replaced in place on a hot upgrade.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf,
@@ -59,6 +59,19 @@ fn load(ebpf: &mut Ebpf) -> Result<(&mut Xdp, &mut SchedClassifier)> {
     Ok((xdp, tc))
 }
 
+/// Pins an attachment's link at `path`, so it outlives this process;
+/// `not_a_link` says why an attachment without a `bpf_link` cannot be used.
+fn pin_link<L>(link: L, path: &Path, not_a_link: &str) -> Result<()>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    let link = FdLink::try_from(link).map_err(Error::ebpf(not_a_link))?;
+    link.pin(path)
+        .map_err(Error::ebpf(format!("cannot pin {}", path.display())))?;
+    Ok(())
+}
+
 /// Attaches XDP in `mode` and returns the mode it is attached in: `auto`
 /// tries the driver's hook first and falls back to the generic one, so the
 /// answer comes from what the kernel accepted.
@@ -76,15 +89,14 @@ fn attach_xdp(xdp: &mut Xdp, layout: &PinLayout, mode: XdpModeArg) -> Result<Xdp
         };
         match xdp.attach(iface, flags) {
             Ok(id) => {
-                let link: FdLink = xdp
+                let link = xdp
                     .take_link(id)
-                    .map_err(Error::ebpf("cannot take the XDP link"))?
-                    .try_into()
-                    .map_err(Error::ebpf(
-                        "the kernel attached XDP without a bpf_link, which cannot outlive this process",
-                    ))?;
-                link.pin(layout.xdp_link())
-                    .map_err(Error::ebpf("cannot pin the XDP link"))?;
+                    .map_err(Error::ebpf("cannot take the XDP link"))?;
+                pin_link(
+                    link,
+                    &layout.xdp_link(),
+                    "the kernel attached XDP without a bpf_link, which cannot outlive this process",
+                )?;
                 return Ok(attempt);
             }
             Err(error) => last_error = Some(error),
@@ -110,16 +122,14 @@ pub(super) fn attach(
             "cannot attach TC egress to {}",
             layout.iface()
         )))?;
-    let tc_link: FdLink = tc
+    let tc_link = tc
         .take_link(tc_id)
-        .map_err(Error::ebpf("cannot take the TC link"))?
-        .try_into()
-        .map_err(Error::ebpf(
-            "TC was attached without a TCX link (kernel older than 6.6?)",
-        ))?;
-    tc_link
-        .pin(layout.tc_link())
-        .map_err(Error::ebpf("cannot pin the TC link"))?;
+        .map_err(Error::ebpf("cannot take the TC link"))?;
+    pin_link(
+        tc_link,
+        &layout.tc_link(),
+        "TC was attached without a TCX link (kernel older than 6.6?)",
+    )?;
     Ok(mode_name(attached))
 }
 
