@@ -93,33 +93,8 @@ fn referenced_metrics(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The names of the series a daemon serves once every family has samples:
-/// health checks on, an operator switch to green, then green dies and the
-/// daemon rolls back (switches, rollbacks and the switch time exist only
-/// after that).
-fn served_metrics() -> BTreeSet<String> {
-    let interval_ms = 200;
-    let mut fixture = Fixture::new();
-    let config = fixture.write_config(&config_text(
-        "",
-        &format!(
-            "\n[service.health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = {interval_ms}\ntimeout_ms = 100\nhealthy_threshold = 1\nunhealthy_threshold = 2\n\n[service.auto_rollback]\nwindow_secs = 60\n"
-        ),
-    ));
-    let _daemon = fixture.start_daemon(&config, &[&format!("--metrics={METRICS}")]);
-    fixture.bluegreen.ok(&["switch", "green"]);
-    // Let the daemon see the switch, and green healthy, before it dies.
-    std::thread::sleep(Duration::from_millis(3 * interval_ms));
-    fixture.stop_green();
-    let died = Instant::now();
-    while fixture.bluegreen.active() != "blue" {
-        assert!(
-            died.elapsed() < Duration::from_secs(10),
-            "no rollback within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-
+/// The daemon's OpenMetrics text, scraped from inside the switch namespace.
+fn scrape(fixture: &Fixture) -> String {
     let text = fixture
         .topology
         .switch
@@ -130,6 +105,48 @@ fn served_metrics() -> BTreeSet<String> {
         })
         .join()
         .expect("scrape thread");
+    // Also tells a full exposition from an error body.
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF: {text}"
+    );
+    text
+}
+
+/// The names of the series a daemon serves once every family has samples:
+/// health checks on, an operator switch to green, then green dies and the
+/// daemon rolls back (switches, rollbacks and the switch time exist only
+/// after that).
+fn served_metrics() -> BTreeSet<String> {
+    // Probes get the whole interval: a slow answer on a loaded machine must
+    // not fail blue, or there is no rollback. Dead green is refused at once.
+    let interval_ms = 500;
+    let mut fixture = Fixture::new();
+    let config = fixture.write_config(&config_text(
+        "",
+        &format!(
+            "\n[service.health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = {interval_ms}\ntimeout_ms = {interval_ms}\nhealthy_threshold = 1\nunhealthy_threshold = 2\n\n[service.auto_rollback]\nwindow_secs = 60\n"
+        ),
+    ));
+    let _daemon = fixture.start_daemon(&config, &[&format!("--metrics={METRICS}")]);
+    fixture.bluegreen.ok(&["switch", "green"]);
+    // Let the daemon see the switch, and green healthy, before it dies.
+    std::thread::sleep(Duration::from_millis(2 * interval_ms));
+    fixture.stop_green();
+    // Waiting on the metric itself, not on the active color: the daemon
+    // counts a rollback only after the switch is done.
+    let died = Instant::now();
+    let text = loop {
+        let text = scrape(&fixture);
+        if text.contains("\nbluegreen_rollbacks_total{") {
+            break text;
+        }
+        assert!(
+            died.elapsed() < Duration::from_secs(10),
+            "no rollback counted within 10 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     // Sample lines are `name{labels} value` or `name value`.
     text.lines()
         .filter(|line| !line.starts_with('#') && !line.is_empty())
