@@ -1,6 +1,6 @@
 //! Running child processes with uniform PATH handling and error messages.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
@@ -52,7 +52,7 @@ fn child_path() -> OsString {
 
 /// A `Command` for `program` whose lookup and environment use `child_path`
 /// (an explicit PATH in the child's environment is also used to find it).
-pub fn new(program: &str) -> Command {
+pub fn new(program: impl AsRef<OsStr>) -> Command {
     let mut cmd = Command::new(program);
     cmd.env("PATH", child_path());
     cmd

@@ -15,8 +15,8 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    about = "Build, test, lint, demo and benchmark bluegreen",
-    long_about = "Build, test, lint, demo and benchmark bluegreen.\n\n\
+    about = "Build, test, lint, package, demo and benchmark bluegreen",
+    long_about = "Build, test, lint, package, demo and benchmark bluegreen.\n\n\
         Every command except `setup` first runs `setup`, which is silent when \
         nothing is missing. Commands that need setup must run as root."
 )]
@@ -28,12 +28,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what is missing: Debian packages, nightly with rust-src,
-    /// clippy and rustfmt, bpf-linker; mount bpffs. Needs root.
+    /// clippy and rustfmt, bpf-linker, cargo-deb; mount bpffs. Needs root.
     Setup,
     /// Build the bluegreen loader and CLI (debug), embedding the eBPF object.
     Build,
-    /// Run the workspace tests, end-to-end ones included (they use
-    /// BLUEGREEN_BIN=target/debug/bluegreen).
+    /// Build the .deb, then run the workspace tests, end-to-end ones
+    /// included (they use BLUEGREEN_BIN=target/debug/bluegreen, and
+    /// BLUEGREEN_DEB for the package).
     Test {
         /// Passed to `cargo test`, e.g. `cargo xtask test -- my_filter -- --nocapture`.
         #[arg(last = true)]
@@ -53,6 +54,9 @@ enum Task {
     },
     /// Check formatting, and run clippy on the host crates and the eBPF crate.
     Lint,
+    /// Build target/debian/bluegreen_VERSION_amd64.deb (release binary,
+    /// systemd unit, config, man page, completions) and print its path.
+    Package,
 }
 
 fn main() -> ExitCode {
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Task::Demo { args } => tasks::demo(&args),
         Task::Bench { args } => tasks::bench(&args),
         Task::Lint => tasks::lint(),
+        Task::Package => tasks::package(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,8 +8,10 @@ use anyhow::{Context, Result, bail};
 
 use crate::cmd;
 
-/// Debian packages: LLVM 22 for bpf-linker, and the tools the end-to-end
-/// tests, demo and benchmarks drive.
+/// Debian packages: LLVM 22 for bpf-linker, the tools the end-to-end
+/// tests, demo and benchmarks drive, dpkg-dev for cargo-deb (it runs
+/// dpkg-shlibdeps for `$auto` dependencies, and strip), and prometheus for
+/// the `promtool` that checks the shipped alert rules.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "iproute2",
@@ -19,6 +21,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "wrk",
     "curl",
     "python3",
+    "dpkg-dev",
+    "prometheus",
 ];
 
 /// bpf-linker must link against the same LLVM major as `llvm-22-dev`.
@@ -34,6 +38,7 @@ pub fn setup() -> Result<()> {
     ensure_toolchain("stable", &["clippy", "rustfmt"])?;
     ensure_toolchain("nightly", &["rust-src", "clippy"])?;
     ensure_bpf_linker()?;
+    ensure_cargo_deb()?;
     ensure_bpffs()
 }
 
@@ -176,6 +181,16 @@ fn ensure_bpf_linker() -> Result<()> {
         bail!("bpf-linker was installed but `bpf-linker --version` still fails");
     }
     Ok(())
+}
+
+/// cargo-deb builds the .deb for `cargo xtask package` (and `test`).
+fn ensure_cargo_deb() -> Result<()> {
+    if cmd::succeeds(cmd::new("cargo").args(["deb", "--version"])) {
+        return Ok(());
+    }
+    announce("installing cargo-deb with cargo install (takes a few minutes)");
+    cmd::run(cmd::new("cargo").args(["install", "cargo-deb", "--locked"]))
+        .context("could not install cargo-deb")
 }
 
 fn ensure_bpffs() -> Result<()> {

@@ -1,9 +1,10 @@
 //! The commands that drive cargo on the workspace.
 
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::{cmd, setup::setup};
 
@@ -44,12 +45,67 @@ pub fn build() -> Result<()> {
 pub fn test(args: &[String]) -> Result<()> {
     setup()?;
     cmd::run(&mut cargo(&["build", "-p", "bluegreen", "--bins"]))?;
+    // The packaging tests inspect a real release .deb; building it here
+    // once keeps a release build out of the test binaries.
+    let deb = build_package()?;
     // The eBPF crate only builds for the BPF target; bluegreen's build
     // script builds and embeds it anyway.
     cmd::run(
         cargo(&["test", "--workspace", "--exclude", "bluegreen-ebpf"])
             .args(args)
-            .env("BLUEGREEN_BIN", bluegreen_bin("debug")),
+            .env("BLUEGREEN_BIN", bluegreen_bin("debug"))
+            .env("BLUEGREEN_DEB", deb),
+    )
+}
+
+pub fn package() -> Result<()> {
+    setup()?;
+    let deb = build_package()?;
+    println!("{}", deb.display());
+    Ok(())
+}
+
+/// Builds the release binary, the man page and completions it generates,
+/// then the .deb from them; returns the .deb's path.
+fn build_package() -> Result<PathBuf> {
+    cmd::run(&mut cargo(&["build", "--release", "-p", "bluegreen"]))?;
+    // bluegreen/Cargo.toml's `[package.metadata.deb]` names these files;
+    // cargo-deb resolves its `target/release` prefix to `target_dir()`.
+    let assets = target_dir().join("release").join("package-assets");
+    write_generated_assets(&bluegreen_bin("release"), &assets)?;
+    // `--no-build`: the binary was just built, and cargo-deb would
+    // otherwise build the whole workspace because the generated assets
+    // are not a crate's output.
+    let stdout =
+        cmd::stdout(cargo(&["deb", "-p", "bluegreen", "--no-build"]).stderr(Stdio::inherit()))?;
+    // cargo-deb prints the path of the package it wrote, last.
+    let deb = stdout
+        .lines()
+        .last()
+        .map(PathBuf::from)
+        .filter(|path| path.extension().is_some_and(|ext| ext == "deb"))
+        .with_context(|| format!("cargo deb printed no .deb path: {stdout:?}"))?;
+    Ok(root().join(deb))
+}
+
+fn write_generated_assets(binary: &Path, dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let write = |name: &str, args: &[&str]| -> Result<()> {
+        let path = dir.join(name);
+        let text = cmd::stdout(cmd::new(binary).args(args))?;
+        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    };
+    write("bluegreen.1", &["man"])?;
+    write("bluegreen.bash", &["completions", "bash"])?;
+    write("_bluegreen", &["completions", "zsh"])?;
+    write("bluegreen.fish", &["completions", "fish"])?;
+    // Compressed here because cargo-deb compresses man pages only when they
+    // do not come from the target directory. `-n` keeps the name and time
+    // out, so the same page gives the same bytes.
+    cmd::run(
+        cmd::new("gzip")
+            .args(["-9", "-n", "-f"])
+            .arg(dir.join("bluegreen.1")),
     )
 }
 
