@@ -57,7 +57,7 @@ enum Proto {
 /// One service (VIP, a blue and a green backend) and a client, in one
 /// address family and protocol.
 #[derive(Clone, Copy, Debug)]
-struct Fixture {
+struct Setup {
     proto: Proto,
     client: SocketAddr,
     vip: SocketAddr,
@@ -68,7 +68,7 @@ struct Fixture {
     slot: u32,
 }
 
-impl Fixture {
+impl Setup {
     fn new(family: Family, proto: Proto) -> Self {
         // Backend ports differ from the VIP's, so a missed port rewrite shows.
         let (vip_port, blue_port, green_port) = match proto {
@@ -335,19 +335,19 @@ macro_rules! for_each_family_and_protocol {
             use super::*;
             #[test]
             fn ipv4_tcp() {
-                super::$scenario(Fixture::new(Family::V4, Proto::Tcp));
+                super::$scenario(Setup::new(Family::V4, Proto::Tcp));
             }
             #[test]
             fn ipv4_udp() {
-                super::$scenario(Fixture::new(Family::V4, Proto::Udp));
+                super::$scenario(Setup::new(Family::V4, Proto::Udp));
             }
             #[test]
             fn ipv6_tcp() {
-                super::$scenario(Fixture::new(Family::V6, Proto::Tcp));
+                super::$scenario(Setup::new(Family::V6, Proto::Tcp));
             }
             #[test]
             fn ipv6_udp() {
-                super::$scenario(Fixture::new(Family::V6, Proto::Udp));
+                super::$scenario(Setup::new(Family::V6, Proto::Udp));
             }
         }
     )*};
@@ -359,11 +359,11 @@ macro_rules! for_each_family {
             use super::*;
             #[test]
             fn ipv4() {
-                super::$scenario(Fixture::new(Family::V4, Proto::$proto));
+                super::$scenario(Setup::new(Family::V4, Proto::$proto));
             }
             #[test]
             fn ipv6() {
-                super::$scenario(Fixture::new(Family::V6, Proto::$proto));
+                super::$scenario(Setup::new(Family::V6, Proto::$proto));
             }
         }
     )*};
@@ -389,7 +389,7 @@ for_each_family_and_protocol!(
 
 for_each_family!(Tcp: fin_and_rst_mark_the_flow_closing, closing_flows_expire_sooner);
 
-fn new_flow_goes_to_the_active_color(f: Fixture) {
+fn new_flow_goes_to_the_active_color(f: Setup) {
     let dataplane = f.dataplane(COLOR_BLUE);
     let before = now();
     let input = assert_steered(&dataplane, f.to_vip(OPENING), f.blue, "first packet");
@@ -418,7 +418,7 @@ fn new_flow_goes_to_the_active_color(f: Fixture) {
     assert_eq!(dataplane.traffic(f.slot, COLOR_GREEN), counters(0, 0, 0));
 }
 
-fn established_flow_keeps_its_backend(f: Fixture) {
+fn established_flow_keeps_its_backend(f: Setup) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
     let first = assert_steered(&dataplane, f.to_vip(OPENING), f.blue, "first packet");
     let before = now();
@@ -463,7 +463,7 @@ fn established_flow_keeps_its_backend(f: Fixture) {
 /// forces green: a forced one), and sends the flow's next packet, which must
 /// reach `backend`. Returns the dataplane and the two packets sent.
 fn open_then_switch(
-    f: &Fixture,
+    f: &Setup,
     generation: u32,
     backend: SocketAddr,
     what: &str,
@@ -480,7 +480,7 @@ fn open_then_switch(
     (dataplane, first, ongoing)
 }
 
-fn graceful_switch_leaves_flows_on_the_old_color(f: Fixture) {
+fn graceful_switch_leaves_flows_on_the_old_color(f: Setup) {
     let (dataplane, first, ongoing) = open_then_switch(&f, 1, f.blue, "old flow after the switch");
     f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
 
@@ -502,7 +502,7 @@ fn graceful_switch_leaves_flows_on_the_old_color(f: Fixture) {
     );
 }
 
-fn forced_switch_moves_flows_to_the_forced_color(f: Fixture) {
+fn forced_switch_moves_flows_to_the_forced_color(f: Setup) {
     let (dataplane, first, ongoing) =
         open_then_switch(&f, 2, f.green, "old flow after a forced switch");
     f.assert_flow(&dataplane, f.green, COLOR_GREEN, 2, false);
@@ -536,7 +536,7 @@ fn forced_switch_moves_flows_to_the_forced_color(f: Fixture) {
 /// The bug this guards against: flows were rebound lazily to whatever color
 /// was active when they next sent, so a graceful switch back, made before
 /// an idle flow's next packet, carried that flow along (and reset it).
-fn graceful_switch_after_a_forced_one_leaves_flows_where_it_sent_them(f: Fixture) {
+fn graceful_switch_after_a_forced_one_leaves_flows_where_it_sent_them(f: Setup) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
     let first = assert_steered(&dataplane, f.to_vip(OPENING), f.blue, "before the switches");
     f.switch(&mut dataplane, COLOR_GREEN, 2, COLOR_GREEN);
@@ -582,7 +582,7 @@ fn graceful_switch_after_a_forced_one_leaves_flows_where_it_sent_them(f: Fixture
     );
 }
 
-fn forced_switches_in_a_row_leave_flows_on_the_last_forced_color(f: Fixture) {
+fn forced_switches_in_a_row_leave_flows_on_the_last_forced_color(f: Setup) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
     let idle = f.other_client();
     assert_steered(
@@ -641,14 +641,14 @@ fn forced_switches_in_a_row_leave_flows_on_the_last_forced_color(f: Fixture) {
 
 /// A forced switch in the middle of a weighted shift sets the active color
 /// and ends the shift; flows of both shares move to the forced color.
-fn forced_switch_during_a_weighted_split_moves_every_flow(f: Fixture) {
+fn forced_switch_during_a_weighted_split_moves_every_flow(f: Setup) {
     let split = ServiceState {
         weight: 50,
         ..f.state(COLOR_BLUE, 1, COLOR_BLUE)
     };
     let client_on = |color: u8| {
         (0..100)
-            .map(|offset| Fixture {
+            .map(|offset| Setup {
                 client: SocketAddr::new(f.client.ip(), f.client.port() + offset),
                 ..f
             })
@@ -671,7 +671,7 @@ fn forced_switch_during_a_weighted_split_moves_every_flow(f: Fixture) {
             );
             client.assert_flow(&dataplane, backend, forced, 2, false);
         }
-        let newcomer = Fixture {
+        let newcomer = Setup {
             client: SocketAddr::new(f.client.ip(), f.client.port() + 100),
             ..f
         };
@@ -684,7 +684,7 @@ fn forced_switch_during_a_weighted_split_moves_every_flow(f: Fixture) {
     }
 }
 
-fn expired_or_unknown_flow_takes_the_active_color(f: Fixture) {
+fn expired_or_unknown_flow_takes_the_active_color(f: Setup) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
     dataplane.insert_flow(
         f.flow_key(),
@@ -716,7 +716,7 @@ fn expired_or_unknown_flow_takes_the_active_color(f: Fixture) {
     assert_eq!(dataplane.traffic(f.slot, COLOR_BLUE).new_flows, 2);
 }
 
-fn fin_and_rst_mark_the_flow_closing(f: Fixture) {
+fn fin_and_rst_mark_the_flow_closing(f: Setup) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
     assert_steered(&dataplane, f.to_vip(TCP_SYN), f.blue, "SYN");
     for flags in [TCP_FIN | TCP_ACK, TCP_ACK] {
@@ -744,7 +744,7 @@ fn fin_and_rst_mark_the_flow_closing(f: Fixture) {
     reset.assert_flow(&dataplane, f.green, COLOR_GREEN, 2, true);
 }
 
-fn closing_flows_expire_sooner(f: Fixture) {
+fn closing_flows_expire_sooner(f: Setup) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
     // Older than the closing timeout, well within the idle one.
     let age = seconds(TIMEOUTS.tcp_closing_secs + 1);
@@ -778,7 +778,7 @@ fn closing_flows_expire_sooner(f: Fixture) {
 /// Every cut inside the headers of a VIP frame, in every header layout the
 /// dataplane parses. (Frames under 14 bytes cannot be test-run at all: the
 /// kernel requires an Ethernet header.)
-fn truncated_headers_pass_unchanged(f: Fixture) {
+fn truncated_headers_pass_unchanged(f: Setup) {
     let dataplane = f.dataplane(COLOR_BLUE);
     let mut layouts = vec![f.to_vip(OPENING), f.to_vip(OPENING).vlan(3)];
     if f.vip.is_ipv4() {
@@ -808,7 +808,7 @@ fn truncated_headers_pass_unchanged(f: Fixture) {
     assert_eq!(dataplane.traffic(f.slot, COLOR_BLUE), counters(0, 0, 0));
 }
 
-fn vlan_tagged_frames(f: Fixture) {
+fn vlan_tagged_frames(f: Setup) {
     let dataplane = f.dataplane(COLOR_BLUE);
     let tagged = f.to_vip(OPENING).vlan(0x2005);
     assert_steered(&dataplane, tagged.clone(), f.blue, "one 802.1Q tag");
@@ -828,7 +828,7 @@ fn vlan_tagged_frames(f: Fixture) {
     );
 }
 
-fn other_ports_and_addresses_pass_unchanged(f: Fixture) {
+fn other_ports_and_addresses_pass_unchanged(f: Setup) {
     let dataplane = f.dataplane(COLOR_BLUE);
     let other_port = SocketAddr::new(f.vip.ip(), f.vip.port() + 1);
     assert_passed(
@@ -864,7 +864,7 @@ fn other_ports_and_addresses_pass_unchanged(f: Fixture) {
     assert_eq!(dataplane.traffic(f.slot, COLOR_BLUE), counters(0, 0, 0));
 }
 
-fn egress_restores_the_vip_for_tracked_flows(f: Fixture) {
+fn egress_restores_the_vip_for_tracked_flows(f: Setup) {
     let dataplane = f.dataplane(COLOR_BLUE);
     assert_steered(&dataplane, f.to_vip(OPENING), f.blue, "first packet");
     assert_restored(
@@ -883,7 +883,7 @@ fn egress_restores_the_vip_for_tracked_flows(f: Fixture) {
     );
 }
 
-fn egress_ignores_untracked_replies(f: Fixture) {
+fn egress_ignores_untracked_replies(f: Setup) {
     let dataplane = f.dataplane(COLOR_BLUE);
     let reply = f.reply_from(f.blue).build();
     assert_egress(&dataplane, &reply, &reply, "reply without a flow");
@@ -897,7 +897,7 @@ fn egress_ignores_untracked_replies(f: Fixture) {
     assert_egress(&dataplane, &reply, &reply, "reply to another connection");
 }
 
-fn egress_ignores_the_old_backend_after_a_forced_switch(f: Fixture) {
+fn egress_ignores_the_old_backend_after_a_forced_switch(f: Setup) {
     let (dataplane, _, _) = open_then_switch(&f, 2, f.green, "rebinding packet");
     let stray = f.reply_from(f.blue).build();
     assert_egress(&dataplane, &stray, &stray, "reply from the old backend");
@@ -909,7 +909,7 @@ fn egress_ignores_the_old_backend_after_a_forced_switch(f: Fixture) {
     );
 }
 
-fn egress_ignores_expired_flows(f: Fixture) {
+fn egress_ignores_expired_flows(f: Setup) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
     dataplane.insert_flow(
         f.flow_key(),
@@ -932,7 +932,7 @@ fn ipv4_options_are_carried_through_the_rewrite() {
         ],
     ];
     for proto in [Proto::Tcp, Proto::Udp] {
-        let f = Fixture::new(Family::V4, proto);
+        let f = Setup::new(Family::V4, proto);
         let dataplane = f.dataplane(COLOR_BLUE);
         for option in options {
             assert_steered(
@@ -948,7 +948,7 @@ fn ipv4_options_are_carried_through_the_rewrite() {
 #[test]
 fn ipv4_fragments_pass_unchanged() {
     for proto in [Proto::Tcp, Proto::Udp] {
-        let f = Fixture::new(Family::V4, proto);
+        let f = Setup::new(Family::V4, proto);
         let dataplane = f.dataplane(COLOR_BLUE);
         for (offset, more) in [(0, true), (185, true), (185, false)] {
             assert_passed(
@@ -964,7 +964,7 @@ fn ipv4_fragments_pass_unchanged() {
 #[test]
 fn ipv6_extension_headers() {
     for proto in [Proto::Tcp, Proto::Udp] {
-        let f = Fixture::new(Family::V6, proto);
+        let f = Setup::new(Family::V6, proto);
         let dataplane = f.dataplane(COLOR_BLUE);
         let walked = [
             vec![Ipv6Ext::HopByHop(0)],
@@ -1030,7 +1030,7 @@ fn ipv6_extension_headers() {
 #[test]
 fn other_protocols_to_the_vip_pass_unchanged() {
     for (family, icmp) in [(Family::V4, PROTO_ICMP), (Family::V6, PROTO_ICMPV6)] {
-        let f = Fixture::new(family, Proto::Tcp);
+        let f = Setup::new(family, Proto::Tcp);
         let dataplane = f.dataplane(COLOR_BLUE);
         let ping = Frame::new(f.client, f.vip, Transport::Other(icmp)).payload(&[8, 0, 0, 0]);
         assert_passed(
@@ -1044,7 +1044,7 @@ fn other_protocols_to_the_vip_pass_unchanged() {
 
 #[test]
 fn udp_ipv4_without_checksum_stays_without() {
-    let f = Fixture::new(Family::V4, Proto::Udp);
+    let f = Setup::new(Family::V4, Proto::Udp);
     let dataplane = f.dataplane(COLOR_BLUE);
     assert_steered(
         &dataplane,
@@ -1095,7 +1095,7 @@ fn summing_to_zero(frame: Frame) -> Frame {
 fn checksums_that_compute_to_zero() {
     for family in [Family::V4, Family::V6] {
         for proto in [Proto::Tcp, Proto::Udp] {
-            let f = Fixture::new(family, proto);
+            let f = Setup::new(family, proto);
             let dataplane = f.dataplane(COLOR_BLUE);
             let ingress = summing_to_zero(f.to(f.blue, OPENING));
             assert_rewritten(
@@ -1125,7 +1125,7 @@ fn checksums_that_compute_to_zero() {
 
 #[test]
 fn bench_xdp_times_the_rewrite_path() {
-    let f = Fixture::new(Family::V4, Proto::Tcp);
+    let f = Setup::new(Family::V4, Proto::Tcp);
     let mut dataplane = f.dataplane(COLOR_BLUE);
     // Backend equal to the VIP, so that every repeated run rewrites the
     // same frame (see `bench_xdp`).
