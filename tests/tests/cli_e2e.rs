@@ -662,3 +662,48 @@ fn unusable_addresses_and_unsafe_health_checks_are_refused_and_change_nothing() 
         ".toml:9: service[0].health: port 0 cannot be probed: name the health port",
     );
 }
+
+#[test]
+fn status_watch_shows_live_rates_per_color() {
+    let fixture = Fixture::new();
+    fixture.up();
+    let load = fixture.load(2, 400, Duration::from_secs(20));
+    let output = fixture
+        .bluegreen
+        .ok(&["status", "--watch", "0.5", "--count", "3"]);
+    load.finish(true);
+
+    let frames: Vec<&str> = output.split("\n\n").collect();
+    assert_eq!(frames.len(), 3, "three refreshes: {output}");
+    assert!(
+        frames[0].contains("..."),
+        "the first frame has no earlier reading to compute a rate from: {output}"
+    );
+    let blue_rates: Vec<(f64, f64)> = frames[1..]
+        .iter()
+        .map(|frame| {
+            let line = frame
+                .lines()
+                .find(|line| line.contains("*blue"))
+                .unwrap_or_else(|| panic!("no active blue row in {frame}"));
+            let numbers: Vec<f64> = line
+                .split_whitespace()
+                .filter_map(|field| field.parse().ok())
+                .collect();
+            (numbers[0], numbers[1])
+        })
+        .collect();
+    assert!(
+        blue_rates
+            .iter()
+            .any(|&(packets, new_flows)| packets > 0.0 && new_flows > 0.0),
+        "blue carried the load: {blue_rates:?} in {output}"
+    );
+    let green_idle = frames[1..].iter().all(|frame| {
+        frame
+            .lines()
+            .find(|line| line.contains("green"))
+            .is_some_and(|line| line.contains(" 0.0 "))
+    });
+    assert!(green_idle, "green got nothing: {output}");
+}

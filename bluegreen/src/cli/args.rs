@@ -125,7 +125,13 @@ rollback returns the weight to 0 (the active color never changed).")]
     /// Show each service's colors, backends, counters and live flows.
     #[command(after_help = "Examples:
   bluegreen status
-  bluegreen status --service chat --json | jq .interfaces[0].services[0].active")]
+  bluegreen status --service chat --json | jq .interfaces[0].services[0].active
+  bluegreen status --watch                 # live rates, refreshed every second until Ctrl-C
+  bluegreen status --watch 5 --count 12    # every 5 s for a minute (e.g. into a log)
+
+--watch shows per color the packets and new flows per second (from the kernel's
+counters between two refreshes), the live flows, and the health check's verdict when
+the service has one.")]
     Status(StatusArgs),
     /// Point one color of a service at another backend.
     #[command(after_help = "Examples:
@@ -299,8 +305,25 @@ pub(crate) struct StatusArgs {
     #[arg(long)]
     pub service: Option<String>,
     /// Machine-readable output (schema in the README).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "watch")]
     pub json: bool,
+    /// Refresh every SECS seconds (default 1) with live rates, until Ctrl-C.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1", value_parser = parse_watch_interval)]
+    pub watch: Option<Duration>,
+    /// With --watch: stop after this many refreshes.
+    #[arg(long, requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+}
+
+/// Seconds, fractions allowed (`0.5`), between 0.1 and 3600.
+fn parse_watch_interval(input: &str) -> Result<Duration, String> {
+    let seconds: f64 = input
+        .parse()
+        .map_err(|_| format!("{input:?} is not a number of seconds"))?;
+    if !(0.1..=3600.0).contains(&seconds) {
+        return Err(format!("{seconds} s is outside 0.1 ..= 3600"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 #[derive(Args)]

@@ -13,7 +13,7 @@ use clap::CommandFactory;
 
 use super::{
     args::{self, ChangeArgs, Command, PreviewAction, UpArgs},
-    shift,
+    shift, watch,
 };
 use crate::output::{print_preview, print_status, print_switch, print_up};
 
@@ -57,6 +57,9 @@ pub fn run(host: &Host, command: Command) -> anyhow::Result<ExitCode> {
             print_switch(&outcome);
         }
         Command::Status(args) => {
+            if let Some(interval) = args.watch {
+                return watch::run(host, args.service.as_deref(), interval, args.count);
+            }
             let report = host.status(args.service.as_deref())?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -4,6 +4,7 @@
 pub mod args;
 pub mod commands;
 mod shift;
+mod watch;
 
 /// Exit code of `switch --wait-drain` when the old color still has flows.
 pub const EXIT_DRAIN_TIMEOUT: u8 = 3;
