@@ -15,6 +15,7 @@ use bluegreen_common::{
     Endpoint, FlowEntry, FlowKey, PassReason, SERVICE_HAS_PREVIEW, ServiceKey, ServiceState,
     Settings, Timeouts, TrafficCounters,
     model::{self, Outcome},
+    other_color, traffic_index,
 };
 use bluegreen_testbed::{
     kernel::{TestDataplane, XDP_PASS, endpoint, flow_key, hz, now, service_key},
@@ -94,7 +95,7 @@ fn services(
                     generation,
                     counter_slot: services.len() as u32,
                     active,
-                    previous: active ^ 1,
+                    previous: other_color(active),
                     weight,
                     flags: if preview { SERVICE_HAS_PREVIEW } else { 0 },
                 }
@@ -500,7 +501,7 @@ fn check(dataplane: &mut TestDataplane, case: &Case) -> Result<(), TestCaseError
                 .map(|(_, state)| state)
                 .expect("a rewritten packet belongs to a service");
             let counters =
-                &mut expected_traffic[(service.counter_slot * 2) as usize + entry.color as usize];
+                &mut expected_traffic[traffic_index(service.counter_slot, entry.color) as usize];
             counters.packets += 1;
             counters.bytes += frame.len() as u64;
             counters.new_flows += new_flow as u64;

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use bluegreen_common::{
     COLOR_BLUE, COLOR_GREEN, FlowEntry, FlowKey, PassReason, ServiceState, Settings, Timeouts,
-    TrafficCounters, new_flow_color,
+    TrafficCounters, new_flow_color, other_color,
 };
 use bluegreen_testbed::{
     kernel::{TC_ACT_OK, TestDataplane, XDP_PASS, endpoint, flow_key, hz, now, service_key},
@@ -118,7 +118,7 @@ impl Setup {
             generation,
             counter_slot: self.slot,
             active,
-            previous: active ^ 1,
+            previous: other_color(active),
             weight: 0,
             flags: 0,
         }
