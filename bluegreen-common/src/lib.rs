@@ -17,7 +17,7 @@ pub mod wire;
 
 /// Bumped whenever any map's key or value layout changes. Pins live under a
 /// directory named after it, so a loader never reads maps of another layout.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Capacity of the services map and of the counter slots that go with it.
 pub const MAX_SERVICES: u32 = 16384;
@@ -94,7 +94,9 @@ pub mod map_names {
     pub const VIP_FILTER: &str = "BG_VIP_FILTER";
     pub const GENERATIONS: &str = "BG_GENERATIONS";
     pub const PREVIEW: &str = "BG_PREVIEW";
-    pub const ALL: [&str; 10] = [
+    pub const MAGLEV: &str = "BG_MAGLEV";
+    pub const BACKENDS: &str = "BG_BACKENDS";
+    pub const ALL: [&str; 12] = [
         SERVICES,
         FLOWS,
         REPLIES,
@@ -105,6 +107,8 @@ pub mod map_names {
         VIP_FILTER,
         GENERATIONS,
         PREVIEW,
+        MAGLEV,
+        BACKENDS,
     ];
 }
 
@@ -149,13 +153,61 @@ impl FlowKey {
     }
 }
 
+/// Backends one color of a service can have.
+pub const MAX_POOL_BACKENDS: u32 = 256;
+
+/// Entries of a pool's lookup table per element of `BG_MAGLEV`: the kernel
+/// rounds array elements up to 8 bytes, so one-byte entries are packed.
+pub const MAGLEV_CHUNK: u32 = 64;
+/// Elements of `BG_MAGLEV`: room for every service's two tables twice over
+/// (a changed table is written beside the live one before the flip), even
+/// at the limit of services with one backend each (two chunks a table).
+pub const MAGLEV_CHUNKS: u32 = 1 << 18;
+/// Entries of `BG_BACKENDS`, shared by every pool the same way.
+pub const MAX_BACKENDS: u32 = 1 << 17;
+
+/// One element of `BG_MAGLEV`: [`MAGLEV_CHUNK`] table entries, each the
+/// index of a backend within its pool.
+pub type MaglevChunk = [u8; MAGLEV_CHUNK as usize];
+
+/// One color's replicas: where its backends and its consistent-hash lookup
+/// table live in the shared arrays. Userspace writes a changed pool beside
+/// the live one and then replaces the service's state whole, so a packet
+/// sees the old pool or the new one, never a half-written table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Pool {
+    /// First element of the table in `BG_MAGLEV`.
+    pub table_chunk: u32,
+    /// Entries of the table: a prime at least 100 times the backends, so
+    /// one backend leaving moves about 1/N of the new flows (Maglev); 0 when
+    /// no backend takes new flows (all drained or unhealthy).
+    pub table_size: u32,
+    /// First backend in `BG_BACKENDS`; the table's entries index from it.
+    pub first_backend: u32,
+    /// Backends in `BG_BACKENDS` from `first_backend` on, drained ones
+    /// included (their flows still need them; the table skips them).
+    pub backend_count: u32,
+}
+
+/// Where the table entry for a flow hash lives in `BG_MAGLEV`: the element
+/// and the byte within it. `None` for an empty pool.
+#[inline(always)]
+pub fn maglev_position(pool: &Pool, hash: u32) -> Option<(u32, usize)> {
+    if pool.table_size == 0 {
+        return None;
+    }
+    let entry = pool.table_chunk * MAGLEV_CHUNK + hash % pool.table_size;
+    Some((entry / MAGLEV_CHUNK, (entry % MAGLEV_CHUNK) as usize))
+}
+
 /// Value of the services map. Userspace always replaces it whole, so a packet
 /// sees either the state before a switch or the state after it, never a mix.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceState {
-    /// Indexed by color: `backends[COLOR_BLUE]`, `backends[COLOR_GREEN]`.
-    pub backends: [Endpoint; 2],
+    /// Indexed by color: `pools[COLOR_BLUE]`, `pools[COLOR_GREEN]`.
+    pub pools: [Pool; 2],
     /// Bumped by a forced switch: flows recorded under an older generation
     /// move to [`ServiceState::forced_color`] instead of staying on the one
     /// they started on.
@@ -179,8 +231,8 @@ pub const SERVICE_HAS_PREVIEW: u8 = 1;
 pub const SERVICE_FORCED_GREEN: u8 = 2;
 
 impl ServiceState {
-    pub fn backend(&self, color: u8) -> &Endpoint {
-        &self.backends[(color & 1) as usize]
+    pub fn pool(&self, color: u8) -> &Pool {
+        &self.pools[(color & 1) as usize]
     }
 
     /// The color the last forced switch sent established flows to: where a
@@ -219,18 +271,15 @@ impl ServiceState {
 }
 
 /// The color a new flow takes: the idle one for preview clients and for
-/// the weighted share, the active one otherwise.
+/// the weighted share, the active one otherwise. `hash` is the flow's
+/// [`flow_hash`], which also picks its backend within the color.
 #[inline(always)]
-pub fn new_flow_color(
-    service: &ServiceState,
-    key: &FlowKey,
-    in_preview: impl FnOnce() -> bool,
-) -> u8 {
+pub fn new_flow_color(service: &ServiceState, hash: u32, in_preview: impl FnOnce() -> bool) -> u8 {
     let idle = other_color(service.active);
     if service.flags & SERVICE_HAS_PREVIEW != 0 && in_preview() {
         return idle;
     }
-    if service.weight != 0 && flow_hash(key) % 100 < u32::from(service.weight) {
+    if service.weight != 0 && hash % 100 < u32::from(service.weight) {
         return idle;
     }
     service.active
@@ -408,10 +457,12 @@ pub enum PassReason {
     Unsupported = 4,
     /// Addressed to a service but no flow state could be recorded.
     FlowTableFull = 5,
+    /// A new flow for a color whose backends are all drained or unhealthy.
+    NoBackend = 6,
 }
 
 impl PassReason {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
     pub const ALL: [PassReason; Self::COUNT as usize] = [
         Self::NotIp,
         Self::NotService,
@@ -419,6 +470,7 @@ impl PassReason {
         Self::Fragment,
         Self::Unsupported,
         Self::FlowTableFull,
+        Self::NoBackend,
     ];
 
     pub fn name(self) -> &'static str {
@@ -429,6 +481,7 @@ impl PassReason {
             Self::Fragment => "fragment",
             Self::Unsupported => "unsupported_header",
             Self::FlowTableFull => "flow_table_full",
+            Self::NoBackend => "no_backend",
         }
     }
 }
@@ -440,6 +493,7 @@ mod pod {
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::ServiceState {}
+    unsafe impl aya::Pod for super::Pool {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowEntry {}
     unsafe impl aya::Pod for super::Settings {}
@@ -458,7 +512,8 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<Endpoint>(), 20);
         assert_eq!(size_of::<ServiceKey>(), 20);
-        assert_eq!(size_of::<ServiceState>(), 2 * 20 + 4 + 4 + 4);
+        assert_eq!(size_of::<Pool>(), 16);
+        assert_eq!(size_of::<ServiceState>(), 2 * 16 + 4 + 4 + 4);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
         assert_eq!(size_of::<FlowEntry>(), 8 + 20 + 4 + 1 + 1 + 2 + 4);
         assert_eq!(size_of::<Settings>(), 32);
@@ -484,7 +539,7 @@ mod tests {
                     server_port: 80u16.to_be_bytes(),
                     ..Default::default()
                 };
-                new_flow_color(&service, &key, || false) == COLOR_GREEN
+                new_flow_color(&service, flow_hash(&key), || false) == COLOR_GREEN
             })
             .count();
         assert!(
@@ -495,22 +550,13 @@ mod tests {
             weight: 0,
             ..service
         };
-        assert_eq!(
-            new_flow_color(&all, &FlowKey::default(), || true),
-            COLOR_BLUE
-        );
+        assert_eq!(new_flow_color(&all, 0, || true), COLOR_BLUE);
         let preview = ServiceState {
             flags: SERVICE_HAS_PREVIEW,
             ..all
         };
-        assert_eq!(
-            new_flow_color(&preview, &FlowKey::default(), || true),
-            COLOR_GREEN
-        );
-        assert_eq!(
-            new_flow_color(&preview, &FlowKey::default(), || false),
-            COLOR_BLUE
-        );
+        assert_eq!(new_flow_color(&preview, 0, || true), COLOR_GREEN);
+        assert_eq!(new_flow_color(&preview, 0, || false), COLOR_BLUE);
     }
 
     #[test]

@@ -8,8 +8,8 @@
 use crate::checksum::{address_delta, apply_delta, apply_udp_delta, port_delta};
 use crate::wire::*;
 use crate::{
-    FAMILY_IPV4, FAMILY_IPV6, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason, ServiceKey,
-    ServiceState, Settings, new_flow_color,
+    Endpoint, FAMILY_IPV4, FAMILY_IPV6, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason,
+    Pool, ServiceKey, ServiceState, Settings, flow_hash, maglev_position, new_flow_color,
 };
 
 /// What the ingress program does with one packet.
@@ -117,8 +117,20 @@ fn parse_ipv6(packet: &[u8], l3: usize) -> Result<(u8, u8, usize), PassReason> {
 pub trait Tables {
     fn service(&self, key: &ServiceKey) -> Option<ServiceState>;
     fn flow(&self, key: &FlowKey) -> Option<FlowEntry>;
+    /// One entry of the packed lookup tables (`BG_MAGLEV`).
+    fn maglev_entry(&self, chunk: u32, at: usize) -> Option<u8>;
+    /// One entry of the backends array (`BG_BACKENDS`).
+    fn backend(&self, index: u32) -> Option<Endpoint>;
     /// Whether `client` falls in one of the service's preview prefixes.
     fn in_preview(&self, counter_slot: u32, family: u8, client: &[u8; 16]) -> bool;
+}
+
+/// The backend of `pool` for a flow hash, as the kernel's `pool_backend`
+/// finds it.
+fn pool_backend(tables: &impl Tables, pool: &Pool, hash: u32) -> Option<Endpoint> {
+    let (chunk, at) = maglev_position(pool, hash)?;
+    let index = tables.maglev_entry(chunk, at)?;
+    tables.backend(pool.first_backend + u32::from(index))
 }
 
 /// Runs the ingress transform on `packet` in place.
@@ -173,36 +185,36 @@ pub fn ingress(packet: &mut [u8], tables: &impl Tables, settings: &Settings, now
         .flow(&key)
         .filter(|entry| settings.is_live(proto, entry, now));
 
-    let (mut entry, new_flow) = match known {
-        Some(entry) if !opens_connection => {
-            if entry.generation == state.generation {
-                (entry, false)
-            } else {
-                let color = state.forced_color();
-                let rebound = FlowEntry {
-                    backend: *state.backend(color),
-                    generation: state.generation,
-                    color,
-                    counter_slot: state.counter_slot as u16,
-                    ..entry
-                };
-                (rebound, false)
-            }
+    let hash = flow_hash(&key);
+    let (color, known, new_flow) = match known {
+        Some(entry) if !opens_connection && entry.generation == state.generation => {
+            (entry.color, Some(entry), false)
         }
+        // A forced switch since the flow started: it goes where the force
+        // sent it, keeping its closing state.
+        Some(entry) if !opens_connection => (state.forced_color(), Some(entry), false),
         _ => {
-            let color = new_flow_color(&state, &key, || {
+            let color = new_flow_color(&state, hash, || {
                 tables.in_preview(state.counter_slot, family, &client)
             });
-            let fresh = FlowEntry {
+            (color, None, true)
+        }
+    };
+    let mut entry = match known {
+        Some(entry) if entry.generation == state.generation => entry,
+        _ => {
+            let Some(backend) = pool_backend(tables, state.pool(color), hash) else {
+                return Outcome::Passed(PassReason::NoBackend);
+            };
+            FlowEntry {
                 last_seen: 0,
-                backend: *state.backend(color),
+                backend,
                 generation: state.generation,
                 color,
-                closing: 0,
+                closing: known.map_or(0, |entry| entry.closing),
                 counter_slot: state.counter_slot as u16,
                 reserved: [0; 4],
-            };
-            (fresh, true)
+            }
         }
     };
     entry.last_seen = now;

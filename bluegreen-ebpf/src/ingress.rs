@@ -6,16 +6,17 @@ use core::mem::size_of;
 use aya_ebpf::{helpers::bpf_jiffies64, programs::XdpContext};
 use aya_log_ebpf::warn;
 use bluegreen_common::{
-    Endpoint, FAMILY_IPV4, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason, Settings,
+    Endpoint, FAMILY_IPV4, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason, ServiceState,
+    Settings,
     checksum::{address_delta, apply_delta, apply_udp_delta, port_delta},
-    new_flow_color, traffic_index,
+    flow_hash, new_flow_color, traffic_index,
     wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 use crate::{
     maps::{
         BG_FLOWS, BG_REPLIES, BG_SERVICES, BG_TRAFFIC, current_generation, in_preview,
-        port_has_service, settings, vip_may_match,
+        pool_backend, port_has_service, settings, vip_may_match,
     },
     parse::{Direction, Headers, PacketBytes, parse},
 };
@@ -92,8 +93,8 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
     let service =
         unsafe { BG_SERVICES.get(flow_key.service_key()) }.ok_or(PassReason::NotService)?;
     let (color, closing_before, new_flow) = match known {
-        // The generations array lagged behind the services map (it is
-        // written second): the flow stays where it is.
+        // The generations mirror runs ahead of the services map while a
+        // forced switch is written (it goes first): the flow stays put.
         Some(entry) if entry.generation == service.generation => {
             return forward(&packet, &headers, &flow_key, entry, now, closing);
         }
@@ -101,16 +102,15 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
         // sent it, even if a graceful switch has changed the active color
         // since, keeping its closing state if it has one.
         Some(entry) => (service.forced_color(), entry.closing, false),
-        None => {
-            let color = new_flow_color(service, &flow_key, || {
-                in_preview(service.counter_slot, flow_key.family, &flow_key.client)
-            });
-            (color, 0, true)
-        }
+        None => (new_flow_color_of(service, &flow_key), 0, true),
     };
+    // The same hash picks the color's backend for a new or a rebound flow,
+    // so a flow moved by a forced switch lands where a new one would.
+    let backend =
+        pool_backend(service.pool(color), flow_hash(&flow_key)).ok_or(PassReason::NoBackend)?;
     let entry = FlowEntry {
         last_seen: now,
-        backend: *service.backend(color),
+        backend,
         generation: service.generation,
         color,
         closing: closing_before | closing as u8,
@@ -140,6 +140,13 @@ fn forward(
     rewrite_destination(packet, headers, flow_key, &entry.backend)?;
     count(packet, entry.counter_slot, entry.color, false);
     Ok(())
+}
+
+#[inline(always)]
+fn new_flow_color_of(service: &ServiceState, flow_key: &FlowKey) -> u8 {
+    new_flow_color(service, flow_hash(flow_key), || {
+        in_preview(service.counter_slot, flow_key.family, &flow_key.client)
+    })
 }
 
 #[inline(always)]

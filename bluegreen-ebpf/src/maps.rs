@@ -7,9 +7,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use bluegreen_common::{
-    DEFAULT_FLOW_CAPACITY, Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAX_PREVIEW_PREFIXES,
-    MAX_SERVICES, PREVIEW_FIXED_BITS, PassReason, PreviewPrefix, ServiceKey, ServiceState,
-    Settings, TrafficCounters, VIP_FILTER_WORDS, bitmap_position, vip_filter_bit,
+    DEFAULT_FLOW_CAPACITY, Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAGLEV_CHUNKS, MAX_BACKENDS,
+    MAX_PREVIEW_PREFIXES, MAX_SERVICES, MaglevChunk, PREVIEW_FIXED_BITS, PassReason, Pool,
+    PreviewPrefix, ServiceKey, ServiceState, Settings, TrafficCounters, VIP_FILTER_WORDS,
+    bitmap_position, maglev_position, vip_filter_bit,
 };
 
 /// Not preallocated: an update then swaps in a new element under RCU, so a
@@ -61,6 +62,25 @@ pub static BG_GENERATIONS: Array<u32> = Array::pinned(MAX_SERVICES, 0);
 #[map(name = "BG_PREVIEW")]
 pub static BG_PREVIEW: LpmTrie<PreviewPrefix, u8> =
     LpmTrie::pinned(MAX_PREVIEW_PREFIXES, BPF_F_NO_PREALLOC);
+
+/// Every pool's consistent-hash lookup table, packed (see `Pool`).
+#[map(name = "BG_MAGLEV")]
+pub static BG_MAGLEV: Array<MaglevChunk> = Array::pinned(MAGLEV_CHUNKS, 0);
+
+/// Every pool's backends, each pool a run from its `first_backend`.
+#[map(name = "BG_BACKENDS")]
+pub static BG_BACKENDS: Array<Endpoint> = Array::pinned(MAX_BACKENDS, 0);
+
+/// The backend of `pool` that a flow with this hash goes to, if the pool
+/// has one taking new flows.
+#[inline(always)]
+pub fn pool_backend(pool: &Pool, hash: u32) -> Option<Endpoint> {
+    let (chunk, at) = maglev_position(pool, hash)?;
+    let index = *BG_MAGLEV.get(chunk)?.get(at)?;
+    BG_BACKENDS
+        .get(pool.first_backend + u32::from(index))
+        .copied()
+}
 
 #[inline(always)]
 pub fn in_preview(counter_slot: u32, family: u8, client: &[u8; 16]) -> bool {

@@ -112,6 +112,10 @@ pub enum Error {
         "state file {path} is unreadable ({reason}): fix or remove it, then run `bluegreen up` again"
     )]
     CorruptState { path: PathBuf, reason: String },
+    #[error(
+        "no room left for more {what} in the dataplane (every pool is written beside the live one before a change): remove unused services or backends"
+    )]
+    PoolSpaceExhausted { what: &'static str },
     #[error("{action}: {source}")]
     Io {
         action: String,

@@ -10,6 +10,7 @@ pub mod error;
 pub mod health;
 pub mod host;
 pub mod pinned;
+pub mod pool;
 pub mod state;
 mod sys;
 

@@ -6,6 +6,7 @@
 //! never share a map.
 
 use std::{
+    collections::BTreeMap,
     fs,
     net::{IpAddr, SocketAddr},
     os::fd::AsFd,
@@ -19,13 +20,20 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError},
     programs::{SchedClassifier, Xdp},
 };
-use bluegreen::pinned::{PinLayout, PinnedMaps, Put};
+use bluegreen::{
+    pinned::{PinLayout, PinnedMaps, Put},
+    pool::{self, arena::Arenas},
+};
 use bluegreen_common::{
-    Endpoint, FlowEntry, FlowKey, PassReason, ServiceKey, ServiceState, Settings, Timeouts,
-    TrafficCounters, map_names, program_names,
+    Endpoint, FlowEntry, FlowKey, MaglevChunk, PassReason, Pool, ServiceKey, ServiceState,
+    Settings, Timeouts, TrafficCounters, map_names, program_names,
 };
 
 pub const XDP_PASS: u32 = 2;
+
+/// A service to insert: its key, its state (pools aside) and each color's
+/// backends with their weights.
+pub type TestService = (ServiceKey, ServiceState, [Vec<(SocketAddr, u32)>; 2]);
 
 /// The dataplane's clock now, in jiffies.
 pub fn now() -> u64 {
@@ -94,8 +102,10 @@ pub struct TestDataplane {
     ebpf: Ebpf,
     /// The product's writer of the kernel contract, on the same maps.
     maps: PinnedMaps,
-    /// Every service inserted, for the prefilters.
-    service_keys: Vec<ServiceKey>,
+    /// Every service inserted with its live pools, for the prefilters and
+    /// for writing a changed pool beside the live one as the product does.
+    services: BTreeMap<ServiceKey, [Pool; 2]>,
+    arenas: Arenas,
     /// Last, so the pins go after every handle on them.
     pins: PinDir,
 }
@@ -132,7 +142,8 @@ impl TestDataplane {
         let mut dataplane = Self {
             ebpf,
             maps,
-            service_keys: Vec::new(),
+            services: BTreeMap::new(),
+            arenas: Arenas::new([]),
             pins,
         };
         dataplane.set_settings(Settings::new(&Timeouts::default(), hz()));
@@ -144,26 +155,64 @@ impl TestDataplane {
         map.set(0, settings, 0).expect("cannot write the settings");
     }
 
-    /// Adds or replaces (as a switch does) a service, and sets its bits in
-    /// the prefilters, the way the product writes them.
-    pub fn insert_service(&mut self, key: ServiceKey, state: ServiceState) {
-        self.insert_services(&[(key, state)]);
+    /// Adds or replaces (as a switch does) a service with a pool of one
+    /// backend per color, and sets its bits in the prefilters, the way the
+    /// product writes them. `state`'s pools are ignored; the written state
+    /// is returned.
+    pub fn insert_service(
+        &mut self,
+        key: ServiceKey,
+        state: ServiceState,
+        backends: [SocketAddr; 2],
+    ) -> ServiceState {
+        let pools = backends.map(|backend| vec![(backend, 1)]);
+        self.insert_services(&[(key, state, pools)])[0]
     }
 
-    /// [`Self::insert_service`] for many services, with one prefilter
-    /// update at the end.
-    pub fn insert_services(&mut self, services: &[(ServiceKey, ServiceState)]) {
-        for (key, state) in services {
-            self.maps
-                .put_service(key, state, Put::CreateOrReplace)
-                .unwrap_or_else(|error| panic!("cannot insert service {key:?}: {error}"));
-            if !self.service_keys.contains(key) {
-                self.service_keys.push(*key);
+    /// Adds or replaces services with pools of backends (address, weight;
+    /// 0 is drained), with one prefilter update at the end. A pool keeps
+    /// its table size as in the product (see `bluegreen::pool::write`).
+    pub fn insert_services(&mut self, services: &[TestService]) -> Vec<ServiceState> {
+        let mut written = Vec::with_capacity(services.len());
+        for (key, state, backends) in services {
+            let live = self.services.get(key).copied();
+            let mut pools = [Pool::default(); 2];
+            for (color, pool) in pools.iter_mut().enumerate() {
+                *pool = pool::write(
+                    &mut self.maps,
+                    &mut self.arenas,
+                    &backends[color],
+                    live.as_ref().map(|live| &live[color]),
+                )
+                .unwrap_or_else(|error| panic!("cannot write a pool of {key:?}: {error}"));
             }
+            let state = ServiceState { pools, ..*state };
+            self.maps
+                .put_service(key, &state, Put::CreateOrReplace)
+                .unwrap_or_else(|error| panic!("cannot insert service {key:?}: {error}"));
+            for pool in live.iter().flatten() {
+                self.arenas.release(pool);
+            }
+            self.services.insert(*key, pools);
+            written.push(state);
         }
+        let keys: Vec<ServiceKey> = self.services.keys().copied().collect();
         self.maps
-            .set_filters(&[], &self.service_keys)
+            .set_filters(&[], &keys)
             .unwrap_or_else(|error| panic!("cannot write the prefilters: {error}"));
+        written
+    }
+
+    /// One entry of the packed lookup tables, as the kernel reads it.
+    pub fn maglev_entry(&self, chunk: u32, at: usize) -> Option<u8> {
+        let maglev: Array<_, MaglevChunk> = typed(self.map(map_names::MAGLEV));
+        found(maglev.get(&chunk, 0), "lookup table chunk").map(|entries| entries[at])
+    }
+
+    /// One entry of the backends array, as the kernel reads it.
+    pub fn backend(&self, index: u32) -> Option<Endpoint> {
+        let backends: Array<_, Endpoint> = typed(self.map(map_names::BACKENDS));
+        found(backends.get(&index, 0), "backend")
     }
 
     pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {

@@ -6,10 +6,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bluegreen_common::{LAYOUT_VERSION, ServiceState};
 use bluegreen_testbed::{
     fixture::{Fixture, blue_backend, config_text, green_backend, strs, up_args, vip},
     netns::{SWITCH_IFACE, addr},
 };
+
+/// Where pins of a layout version live below the pin directory.
+fn layout_dir(version: u32) -> String {
+    format!("v{version}")
+}
 
 /// The standard config with a `[dataplane]` table setting the TCP closing
 /// timeout.
@@ -412,7 +418,11 @@ fn create_map(path: &std::path::Path, value_size: u32) {
 #[test]
 fn pins_of_another_layout_are_refused_not_misread() {
     let fixture = Fixture::new();
-    let dir = fixture.bluegreen.pin_dir.join("v1").join(SWITCH_IFACE);
+    let dir = fixture
+        .bluegreen
+        .pin_dir
+        .join(layout_dir(LAYOUT_VERSION))
+        .join(SWITCH_IFACE);
     std::fs::create_dir_all(&dir).expect("create pin dir");
     create_map(&dir.join("BG_SERVICES"), 8);
     let pins_before = fixture.bluegreen.pins();
@@ -420,8 +430,10 @@ fn pins_of_another_layout_are_refused_not_misread() {
     let run = fixture.bluegreen.run(&strs(&args));
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
-        run.stderr
-            .contains("does not match this version (key/value size 20/8, expected 20/52)"),
+        run.stderr.contains(&format!(
+            "does not match this version (key/value size 20/8, expected 20/{})",
+            size_of::<ServiceState>()
+        )),
         "{run:?}"
     );
     assert_eq!(
@@ -439,13 +451,19 @@ fn pins_of_another_layout_are_refused_not_misread() {
     );
     std::fs::remove_file(dir.join("BG_SERVICES")).expect("remove fake map");
 
-    let old = fixture.bluegreen.pin_dir.join("v0").join(SWITCH_IFACE);
+    let older = LAYOUT_VERSION - 1;
+    let old = fixture
+        .bluegreen
+        .pin_dir
+        .join(layout_dir(older))
+        .join(SWITCH_IFACE);
     std::fs::create_dir_all(&old).expect("create old layout dir");
     let run = fixture.bluegreen.run(&strs(&args));
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
-        run.stderr
-            .contains("holds maps of layout v0, but this bluegreen uses layout 1"),
+        run.stderr.contains(&format!(
+            "holds maps of layout v{older}, but this bluegreen uses layout {LAYOUT_VERSION}"
+        )),
         "{run:?}"
     );
     std::fs::remove_dir(&old).expect("remove old layout dir");
@@ -499,7 +517,11 @@ fn down_leaves_nothing_behind() {
             .mode()
             & 0o777
     };
-    let layout = fixture.bluegreen.pin_dir.join("v1").join(SWITCH_IFACE);
+    let layout = fixture
+        .bluegreen
+        .pin_dir
+        .join(layout_dir(LAYOUT_VERSION))
+        .join(SWITCH_IFACE);
     for dir in [
         &fixture.bluegreen.pin_dir,
         &layout,

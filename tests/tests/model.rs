@@ -18,7 +18,7 @@ use bluegreen_common::{
     other_color, traffic_index,
 };
 use bluegreen_testbed::{
-    kernel::{TestDataplane, XDP_PASS, endpoint, flow_key, hz, now, service_key},
+    kernel::{TestDataplane, TestService, XDP_PASS, endpoint, flow_key, hz, now, service_key},
     packet::{
         ETH_P_8021AD, ETH_P_8021Q, Frame, Ipv6Ext, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
         TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport, verify_checksums, with_outer_tag,
@@ -75,32 +75,53 @@ fn green(ipv6: bool, port: u16) -> SocketAddr {
     )
 }
 
+/// Replica `index` of a color's pool; replica 0 is [`blue`] or [`green`].
+fn replica(color: usize, ipv6: bool, port: u16, index: usize) -> SocketAddr {
+    let first = if color == 0 {
+        blue(ipv6, port)
+    } else {
+        green(ipv6, port)
+    };
+    let ip = match first.ip() {
+        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) + index as u32).into()),
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) + index as u128).into()),
+    };
+    SocketAddr::new(ip, first.port())
+}
+
 fn retired(ipv6: bool) -> SocketAddr {
     SocketAddr::new(address(ipv6, "10.0.9.9", "fd00:9::9"), 9999)
 }
 
-fn services(
-    active: u8,
-    generation: u32,
-    forced: u8,
-    weight: u8,
-    preview: bool,
-) -> Vec<(ServiceKey, ServiceState)> {
+/// Every service of a case: each color a pool of replicas with the case's
+/// weights (0 drains a replica; all 0 leaves the color without a backend).
+fn services(case: &Case) -> Vec<TestService> {
     let mut services = Vec::new();
     for ipv6 in [false, true] {
         for vip in vips(ipv6) {
             for (port, proto) in [(80, PROTO_TCP), (443, PROTO_TCP), (53, PROTO_UDP)] {
                 let state = ServiceState {
-                    backends: [endpoint(blue(ipv6, port)), endpoint(green(ipv6, port))],
-                    generation,
+                    generation: case.generation,
                     counter_slot: services.len() as u32,
-                    active,
-                    previous: other_color(active),
-                    weight,
-                    flags: if preview { SERVICE_HAS_PREVIEW } else { 0 },
+                    active: case.active,
+                    previous: other_color(case.active),
+                    weight: case.weight,
+                    flags: if case.preview.is_some() {
+                        SERVICE_HAS_PREVIEW
+                    } else {
+                        0
+                    },
+                    ..Default::default()
                 }
-                .with_forced_color(forced);
-                services.push((service_key(SocketAddr::new(vip, port), proto), state));
+                .with_forced_color(case.forced);
+                let pools = [0, 1].map(|color| {
+                    case.pools[color]
+                        .iter()
+                        .enumerate()
+                        .map(|(index, &weight)| (replica(color, ipv6, port, index), weight))
+                        .collect()
+                });
+                services.push((service_key(SocketAddr::new(vip, port), proto), state, pools));
             }
         }
     }
@@ -159,8 +180,9 @@ impl Preview {
     }
 }
 
-/// The maps as the model sees them.
+/// The maps as the model sees them: the pools as the product wrote them.
 struct ModelTables<'a> {
+    dataplane: &'a TestDataplane,
     services: &'a [(ServiceKey, ServiceState)],
     existing: Option<(FlowKey, FlowEntry)>,
     preview: Option<(&'a Preview, Cidr)>,
@@ -180,6 +202,14 @@ impl model::Tables for ModelTables<'_> {
             .map(|(_, entry)| entry)
     }
 
+    fn maglev_entry(&self, chunk: u32, at: usize) -> Option<u8> {
+        self.dataplane.maglev_entry(chunk, at)
+    }
+
+    fn backend(&self, index: u32) -> Option<Endpoint> {
+        self.dataplane.backend(index)
+    }
+
     fn in_preview(&self, _counter_slot: u32, family: u8, client: &[u8; 16]) -> bool {
         self.preview
             .as_ref()
@@ -197,6 +227,8 @@ struct Case {
     forced: u8,
     /// Share of new flows for the idle color.
     weight: u8,
+    /// Each color's replicas by weight.
+    pools: [Vec<u32>; 2],
     preview: Option<Preview>,
     existing: Option<Existing>,
     outer_tag: Option<u16>,
@@ -388,6 +420,16 @@ prop_compose! {
     }
 }
 
+/// One color's replicas by weight: mostly one, sometimes several, now and
+/// then drained ones (and, rarely, no backend taking new flows at all).
+fn pool_weights() -> impl Strategy<Value = Vec<u32>> {
+    let weight = prop_oneof![6 => Just(1u32), 1 => Just(0u32), 2 => 2u32..=100];
+    prop_oneof![
+        3 => Just(vec![1]),
+        2 => prop::collection::vec(weight, 1..=8),
+    ]
+}
+
 prop_compose! {
     fn case()(
         frame in frame(),
@@ -395,6 +437,8 @@ prop_compose! {
         generation in 1u32..4,
         forced in 0u8..2,
         weight in prop_oneof![3 => Just(0u8), 1 => Just(10u8), 1 => Just(50u8), 1 => 1u8..100],
+        blue_pool in pool_weights(),
+        green_pool in pool_weights(),
         preview in prop::option::weighted(0.3, (0u8..=128, prop::bool::ANY).prop_map(|(len, matching)| Preview { len, matching })),
         existing in prop::option::weighted(0.5, existing()),
         outer_tag in prop::option::weighted(0.05, prop::sample::select(vec![ETH_P_8021Q, ETH_P_8021AD])),
@@ -404,7 +448,8 @@ prop_compose! {
             1 => prop::collection::vec((any::<Index>(), 1u8..=255), 1..=3),
         ],
     ) -> Case {
-        Case { frame, active, generation, forced, weight, preview, existing, outer_tag, truncate, corrupt }
+        let pools = [blue_pool, green_pool];
+        Case { frame, active, generation, forced, weight, pools, preview, existing, outer_tag, truncate, corrupt }
     }
 }
 
@@ -419,21 +464,18 @@ fn traffic_snapshot(
 }
 
 fn check(dataplane: &mut TestDataplane, case: &Case) -> Result<(), TestCaseError> {
-    let services = services(
-        case.active,
-        case.generation,
-        case.forced,
-        case.weight,
-        case.preview.is_some(),
-    );
     dataplane.clear_flows();
     let preview = case
         .preview
         .as_ref()
         .map(|preview| (preview, preview.prefix(case.frame.src.ip())));
-    for (key, state) in &services {
-        dataplane.insert_service(*key, *state);
-        let prefixes: Vec<Cidr> = preview.iter().map(|(_, prefix)| *prefix).collect();
+    let keys: Vec<ServiceKey> = services(case).iter().map(|(key, ..)| *key).collect();
+    let services: Vec<(ServiceKey, ServiceState)> = keys
+        .into_iter()
+        .zip(dataplane.insert_services(&services(case)))
+        .collect();
+    let prefixes: Vec<Cidr> = preview.iter().map(|(_, prefix)| *prefix).collect();
+    for (_, state) in &services {
         dataplane.set_preview(state.counter_slot, &prefixes);
     }
     let frame = case.bytes();
@@ -451,6 +493,7 @@ fn check(dataplane: &mut TestDataplane, case: &Case) -> Result<(), TestCaseError
 
     let mut expected = frame.clone();
     let tables = ModelTables {
+        dataplane,
         services: &services,
         existing: existing.map(|entry| (existing_key, entry)),
         preview,

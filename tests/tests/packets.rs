@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use bluegreen_common::{
     COLOR_BLUE, COLOR_GREEN, FlowEntry, FlowKey, PassReason, ServiceState, Settings, Timeouts,
-    TrafficCounters, new_flow_color, other_color,
+    TrafficCounters, flow_hash, new_flow_color, other_color,
 };
 use bluegreen_testbed::{
     kernel::{TC_ACT_OK, TestDataplane, XDP_PASS, endpoint, flow_key, hz, now, service_key},
@@ -114,13 +114,13 @@ impl Setup {
     /// having gone to `forced`.
     fn state(&self, active: u8, generation: u32, forced: u8) -> ServiceState {
         ServiceState {
-            backends: [endpoint(self.blue), endpoint(self.green)],
             generation,
             counter_slot: self.slot,
             active,
             previous: other_color(active),
             weight: 0,
             flags: 0,
+            pools: Default::default(),
         }
         .with_forced_color(forced)
     }
@@ -142,7 +142,11 @@ impl Setup {
     }
 
     fn install(&self, dataplane: &mut TestDataplane, state: ServiceState) {
-        dataplane.insert_service(service_key(self.vip, self.proto_number()), state);
+        dataplane.insert_service(
+            service_key(self.vip, self.proto_number()),
+            state,
+            [self.blue, self.green],
+        );
     }
 
     /// The same client on another source port: another connection.
@@ -652,7 +656,7 @@ fn forced_switch_during_a_weighted_split_moves_every_flow(f: Setup) {
                 client: SocketAddr::new(f.client.ip(), f.client.port() + offset),
                 ..f
             })
-            .find(|client| new_flow_color(&split, &client.flow_key(), || false) == color)
+            .find(|client| new_flow_color(&split, flow_hash(&client.flow_key()), || false) == color)
             .unwrap_or_else(|| panic!("no client port of 100 gets color {color} at weight 50"))
     };
     let (on_blue, on_green) = (client_on(COLOR_BLUE), client_on(COLOR_GREEN));
@@ -1129,9 +1133,8 @@ fn bench_xdp_times_the_rewrite_path() {
     let mut dataplane = f.dataplane(COLOR_BLUE);
     // Backend equal to the VIP, so that every repeated run rewrites the
     // same frame (see `bench_xdp`).
-    let mut state = f.state(COLOR_BLUE, 1, COLOR_BLUE);
-    state.backends = [endpoint(f.vip); 2];
-    dataplane.insert_service(service_key(f.vip, PROTO_TCP), state);
+    let state = f.state(COLOR_BLUE, 1, COLOR_BLUE);
+    dataplane.insert_service(service_key(f.vip, PROTO_TCP), state, [f.vip; 2]);
     let frame = f.to_vip(TCP_ACK).build();
     let per_run = dataplane.bench_xdp(&frame, 1000);
     assert!(per_run.as_nanos() > 0, "the kernel reported no time");

@@ -68,6 +68,11 @@ impl ServiceSpec {
             Color::Green => self.green,
         }
     }
+
+    /// A color's backends with their weights, as its pool is built from.
+    pub fn pool(&self, color: Color) -> Vec<(SocketAddr, u32)> {
+        vec![(self.backend(color), 1)]
+    }
 }
 
 /// The daemon's automatic rollback (off unless configured).

@@ -58,6 +58,8 @@ pub struct OpenService {
     key: ServiceKey,
     maps: PinnedMaps,
     live: ServiceState,
+    /// Each color's backends as its live pool holds them.
+    backends: [Vec<SocketAddr>; 2],
 }
 
 impl OpenService {
@@ -73,9 +75,14 @@ impl OpenService {
         &self.record().spec.name
     }
 
-    /// The backend a color's new flows go to, from the live map.
+    /// A color's backends, from its live pool.
+    pub fn backends(&self, color: Color) -> &[SocketAddr] {
+        &self.backends[usize::from(color.wire())]
+    }
+
+    /// A one-backend color's backend (the first of a pool).
     pub fn backend(&self, color: Color) -> SocketAddr {
-        from_wire(self.key.family, self.live.backend(color.wire()))
+        self.backends(color)[0]
     }
 
     /// A snapshot that outlives the open maps (for the daemon and `shift`).
@@ -205,6 +212,14 @@ impl Host {
         let live = maps
             .service(&key)?
             .ok_or(Error::ServiceNotLive { service: name })?;
+        let mut backends: [Vec<SocketAddr>; 2] = Default::default();
+        for color in Color::BOTH {
+            backends[usize::from(color.wire())] = maps
+                .pool_backends(live.pool(color.wire()))?
+                .iter()
+                .map(|backend| from_wire(key.family, backend))
+                .collect();
+        }
         Ok(OpenService {
             _lock: lock,
             state,
@@ -212,6 +227,7 @@ impl Host {
             key,
             maps,
             live,
+            backends,
         })
     }
 

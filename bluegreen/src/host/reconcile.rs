@@ -8,9 +8,10 @@ use bluegreen_common::{MAX_SERVICES, SERVICE_HAS_PREVIEW, ServiceKey, ServiceSta
 
 use crate::{
     config::ServiceSpec,
-    endpoint::{Cidr, Color, service_key, to_wire},
+    endpoint::{Cidr, Color, service_key},
     error::Result,
     pinned::{PinnedMaps, Put},
+    pool::{self, arena::Arenas},
     state::{InterfaceState, ServiceRecord},
 };
 
@@ -18,7 +19,7 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Desired {
     /// The service is live: it keeps its slot, generation, colors, weight
-    /// and flags; only its backends come from the configuration.
+    /// and flags; only its pools come from the configuration.
     Keep(ServiceState),
     /// The service is new to the dataplane (or bpffs was emptied by a
     /// reboot): it gets a slot, and its colors come from the state file if
@@ -46,7 +47,6 @@ fn desired_state(
     live: Option<&ServiceState>,
     remembered: Option<&ServiceRecord>,
 ) -> Result<(Desired, Option<String>)> {
-    let backends = [to_wire(spec.blue), to_wire(spec.green)];
     if let Some(live) = live {
         let active = Color::from_wire(live.active);
         let note = (active != spec.active).then(|| {
@@ -55,7 +55,7 @@ fn desired_state(
                 spec.name
             )
         });
-        return Ok((Desired::Keep(ServiceState { backends, ..*live }), note));
+        return Ok((Desired::Keep(*live), note));
     }
     let Some(record) = remembered else {
         let fresh = Desired::Fresh {
@@ -109,6 +109,7 @@ pub(super) fn reconcile_services(
         .collect();
     let mut free_slots = (0..MAX_SERVICES).filter(|slot| !kept_slots.contains(slot));
 
+    let mut arenas = Arenas::new(live.values());
     let mut records = Vec::with_capacity(specs.len());
     for (spec, key) in specs.iter().zip(&wanted) {
         let remembered = previous
@@ -117,7 +118,7 @@ pub(super) fn reconcile_services(
         let (desired, note) = desired_state(spec, live.get(key), remembered)?;
         notes.extend(note);
         let state = match desired {
-            Desired::Keep(state) => state,
+            Desired::Keep(live) => live,
             Desired::Fresh {
                 active,
                 previous,
@@ -130,7 +131,7 @@ pub(super) fn reconcile_services(
                 maps.reset_counters(slot)?;
                 maps.set_preview(slot, &preview)?;
                 ServiceState {
-                    backends: [to_wire(spec.blue), to_wire(spec.green)],
+                    pools: Default::default(),
                     // Past any generation an earlier service in this slot
                     // had, so none of its leftover flows can match.
                     generation: maps.generation(slot)?.wrapping_add(1),
@@ -149,7 +150,21 @@ pub(super) fn reconcile_services(
                 .with_forced_color(active.wire())
             }
         };
-        maps.put_service(key, &state, Put::CreateOrReplace)?;
+        let mut pools = state.pools;
+        for color in Color::BOTH {
+            // Only a live pool's size is worth keeping.
+            let live_pool = live
+                .contains_key(key)
+                .then_some(&state.pools[usize::from(color.wire())]);
+            pools[usize::from(color.wire())] =
+                pool::write(maps, &mut arenas, &spec.pool(color), live_pool)?;
+        }
+        maps.put_service(key, &ServiceState { pools, ..state }, Put::CreateOrReplace)?;
+        if live.contains_key(key) {
+            for pool in &state.pools {
+                arenas.release(pool);
+            }
+        }
         records.push(ServiceRecord {
             spec: ServiceSpec {
                 active: Color::from_wire(state.active),
@@ -202,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn a_live_service_keeps_its_state_and_takes_new_backends() {
+    fn a_live_service_keeps_its_state() {
         let live = ServiceState {
             generation: 9,
             counter_slot: 3,
@@ -215,14 +230,7 @@ mod tests {
         let remembered = record(spec(Color::Blue), Color::Green);
         let (desired, note) =
             desired_state(&spec(Color::Blue), Some(&live), Some(&remembered)).expect("decides");
-        let expected = ServiceState {
-            backends: [
-                to_wire("10.1.0.2:80".parse().expect("literal")),
-                to_wire("10.1.0.3:80".parse().expect("literal")),
-            ],
-            ..live
-        };
-        assert_eq!(desired, Desired::Keep(expected));
+        assert_eq!(desired, Desired::Keep(live));
         let note = note.expect("the configured color differs from the live one");
         assert!(note.contains("keeps its live active color green"), "{note}");
     }

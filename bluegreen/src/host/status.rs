@@ -184,7 +184,12 @@ fn interface_status(
         let color_status = |color: Color| -> Result<ColorStatus> {
             let traffic = maps.traffic(live.counter_slot, color.wire())?;
             Ok(ColorStatus {
-                backend: from_wire(key.family, live.backend(color.wire())).to_string(),
+                backend: maps
+                    .pool_backends(live.pool(color.wire()))?
+                    .iter()
+                    .map(|backend| from_wire(key.family, backend).to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
                 packets: traffic.packets,
                 bytes: traffic.bytes,
                 new_flows: traffic.new_flows,

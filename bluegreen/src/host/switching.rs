@@ -14,10 +14,11 @@ use super::{Host, Lock, OpenService};
 use crate::{
     clock::unix_now_ms,
     config::validate_backend,
-    endpoint::{Cidr, Color, Proto, from_wire, to_wire},
+    endpoint::{Cidr, Color, Proto},
     error::{Error, Result},
     health::{HealthCheck, Probe},
     pinned::Put,
+    pool::{self, arena::Arenas},
 };
 
 /// Where a switch goes.
@@ -122,7 +123,6 @@ impl Host {
         open.maps
             .put_service(&open.key, &updated, Put::ReplaceOnly)?;
         let elapsed = started.elapsed();
-        let family = open.key.family;
         let record = open.record_mut();
         if record.spec.active != Color::from_wire(updated.active) {
             record.switched_at_unix_ms = Some(unix_now_ms());
@@ -130,8 +130,6 @@ impl Host {
         record.spec.active = Color::from_wire(updated.active);
         record.weight = updated.weight;
         record.previous = Color::from_wire(updated.previous);
-        record.spec.blue = from_wire(family, updated.backend(Color::Blue.wire()));
-        record.spec.green = from_wire(family, updated.backend(Color::Green.wire()));
         open.live = updated;
         self.state.save(&open.state)?;
         Ok(elapsed)
@@ -347,9 +345,22 @@ impl Host {
             });
         }
         let old = open.backend(color);
-        let mut updated = open.live;
-        updated.backends[usize::from(color.wire())] = to_wire(backend);
-        if updated != open.live {
+        if old != backend {
+            let services = open.maps.services()?;
+            let mut arenas = Arenas::new(services.values());
+            let live_pool = *open.live.pool(color.wire());
+            let mut updated = open.live;
+            updated.pools[usize::from(color.wire())] = pool::write(
+                &mut open.maps,
+                &mut arenas,
+                &[(backend, 1)],
+                Some(&live_pool),
+            )?;
+            match color {
+                Color::Blue => open.record_mut().spec.blue = backend,
+                Color::Green => open.record_mut().spec.green = backend,
+            }
+            open.backends[usize::from(color.wire())] = vec![backend];
             self.commit(&mut open, updated, Instant::now())?;
         }
         Ok((open.name().to_owned(), old))

@@ -5,9 +5,9 @@ use std::mem::size_of;
 
 use aya::maps::{Map, MapData, MapInfo, MapType, lpm_trie::Key};
 use bluegreen_common::{
-    Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAX_PREVIEW_PREFIXES, MAX_SERVICES, PassReason,
-    PreviewPrefix, ServiceKey, ServiceState, Settings, TrafficCounters, VIP_FILTER_WORDS,
-    map_names,
+    Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAGLEV_CHUNKS, MAX_BACKENDS, MAX_PREVIEW_PREFIXES,
+    MAX_SERVICES, MaglevChunk, PassReason, PreviewPrefix, ServiceKey, ServiceState, Settings,
+    TrafficCounters, VIP_FILTER_WORDS, map_names,
 };
 
 use super::PinLayout;
@@ -23,7 +23,7 @@ struct MapSpec {
     max_entries: Option<u32>,
 }
 
-fn expected_maps() -> [MapSpec; 10] {
+fn expected_maps() -> [MapSpec; 12] {
     [
         MapSpec {
             name: map_names::SERVICES,
@@ -94,6 +94,20 @@ fn expected_maps() -> [MapSpec; 10] {
             key_size: size_of::<Key<PreviewPrefix>>(),
             value_size: size_of::<u8>(),
             max_entries: Some(MAX_PREVIEW_PREFIXES),
+        },
+        MapSpec {
+            name: map_names::MAGLEV,
+            kind: MapType::Array,
+            key_size: size_of::<u32>(),
+            value_size: size_of::<MaglevChunk>(),
+            max_entries: Some(MAGLEV_CHUNKS),
+        },
+        MapSpec {
+            name: map_names::BACKENDS,
+            kind: MapType::Array,
+            key_size: size_of::<u32>(),
+            value_size: size_of::<Endpoint>(),
+            max_entries: Some(MAX_BACKENDS),
         },
     ]
 }

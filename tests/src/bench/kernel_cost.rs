@@ -12,14 +12,14 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use bluegreen_common::{
-    COLOR_BLUE, Endpoint, FlowEntry, FlowKey, PassReason, ServiceKey, ServiceState,
-    TrafficCounters, other_color,
+    COLOR_BLUE, Endpoint, FlowEntry, FlowKey, PassReason, ServiceState, TrafficCounters,
+    other_color,
 };
 use serde::Serialize;
 
 use super::{Interrupted, check, noop::NoopProgram, stats::median};
 use crate::{
-    kernel::{TC_ACT_OK, TestDataplane, endpoint, flow_key, now, service_key},
+    kernel::{TC_ACT_OK, TestDataplane, TestService, endpoint, flow_key, now, service_key},
     netns::addr,
     packet::{Frame, PROTO_TCP, TCP_ACK, TCP_SYN},
 };
@@ -158,20 +158,17 @@ fn frame(case: Case) -> Vec<u8> {
 
 /// Filler service `index` (1-based): its own VIP on the benchmark's port,
 /// so the port prefilter lets all of them through to the hash lookup.
-fn filler_service(index: u32) -> (ServiceKey, ServiceState) {
+fn filler_service(index: u32) -> TestService {
     let [_, _, hi, lo] = index.to_be_bytes();
     let at = |net: u8, port| v4(Ipv4Addr::new(10, net, hi, lo), port);
     let state = ServiceState {
-        backends: [
-            endpoint(at(202, BACKEND_PORT)),
-            endpoint(at(203, BACKEND_PORT)),
-        ],
         counter_slot: index,
         active: COLOR_BLUE,
         previous: other_color(COLOR_BLUE),
         ..Default::default()
     };
-    (service_key(at(201, VIP_PORT), PROTO_TCP), state)
+    let pools = [202, 203].map(|net| vec![(at(net, BACKEND_PORT), 1)]);
+    (service_key(at(201, VIP_PORT), PROTO_TCP), state, pools)
 }
 
 /// Flow `index` of another client of the benchmark's service. The index is
@@ -215,13 +212,12 @@ impl Bench {
         let mut dataplane = TestDataplane::with_flow_capacity(plan.flow_capacity);
         // The backend equal to the VIP: see the module comment.
         let state = ServiceState {
-            backends: [endpoint(vip()); 2],
             counter_slot: 0,
             active: COLOR_BLUE,
             previous: other_color(COLOR_BLUE),
             ..Default::default()
         };
-        dataplane.insert_service(service_key(vip(), PROTO_TCP), state);
+        dataplane.insert_service(service_key(vip(), PROTO_TCP), state, [vip(); 2]);
         Bench {
             dataplane,
             noop_xdp: NoopProgram::xdp(),
