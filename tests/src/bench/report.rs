@@ -470,11 +470,11 @@ fn timeline_table(timeline: &TimelineReport) -> String {
          {}, through the VIP: {} clients in the client namespace each open a new connection every \
          {:.0} ms and make one request on it; {} keep-alive connections, opened on blue before \
          the first command, make one request every {:.0} ms each. A command every {:.1} s. \
-         Requests are counted by when they began; \"after\": begun once the command had \
-         returned (those begun while it ran may take either color). \
+         Requests are counted by when they began; those begun while a command ran may take \
+         either color. \
          Chart: `target/bench/timeline.svg`; per-{:.0}-ms counts in the JSON.\n\n\
-         | from (s) | command | took | new connections after: blue | green | green share (expected) | while it ran | keep-alive: blue | green | failed |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+         | from | command | took | new connections after it returned (blue / green) | green share (expected) | begun while it ran (blue / green) | keep-alive requests (blue / green) | failed |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |",
         timeline.dataplane.label(),
         timeline.clients,
         timeline.pace_ms,
@@ -488,7 +488,7 @@ fn timeline_table(timeline: &TimelineReport) -> String {
         let failed = new.failed + phase.during_command.failed + phase.keep_alive.failed;
         let _ = writeln!(
             out,
-            "| {:.1} | {} | {} | {} | {} | {:.1} % ({} %) | {} | {} | {} | {} |",
+            "| {:.1} s | {} | {} | {} | {:.1} % ({} %) | {} | {} | {failed} |",
             phase.at_ms / 1e3,
             if phase.command.is_empty() {
                 "(blue since `up`)".to_owned()
@@ -500,14 +500,11 @@ fn timeline_table(timeline: &TimelineReport) -> String {
             } else {
                 micros(phase.took_ms * 1e3)
             },
-            new.blue,
-            new.green,
+            blue_green(new),
             new.green_percent(),
             phase.green_percent,
-            answered(phase.during_command),
-            phase.keep_alive.blue,
-            phase.keep_alive.green,
-            failed
+            blue_green(phase.during_command),
+            blue_green(phase.keep_alive),
         );
     }
     let (new, keep_alive) = (
@@ -540,8 +537,8 @@ fn timeline_table(timeline: &TimelineReport) -> String {
     out
 }
 
-fn answered(counts: Counts) -> String {
-    format!("{} blue, {} green", counts.blue, counts.green)
+fn blue_green(counts: Counts) -> String {
+    format!("{} / {}", counts.blue, counts.green)
 }
 
 fn targets_table(targets: &[Target]) -> String {
