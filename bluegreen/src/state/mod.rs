@@ -3,10 +3,10 @@
 //! the last active color rather than the configuration's default.
 
 use std::{
-    fs::{self, File, OpenOptions},
-    io::Write,
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
-    os::unix::io::AsRawFd,
+    fs::File,
+    io::{self, Read, Write},
+    net::SocketAddr,
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     path::PathBuf,
 };
 
@@ -14,11 +14,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{ServiceSpec, XdpModeArg},
-    endpoint::Color,
+    dirs,
+    endpoint::{Color, Proto},
     error::{Error, Result},
 };
 
 pub const STATE_VERSION: u32 = 1;
+
+/// The largest state file bluegreen reads: far above any real one, so that
+/// a runaway file cannot exhaust memory.
+const MAX_STATE_BYTES: usize = 1 << 20;
+
+/// The name a service gets when only the maps know it (its state file was
+/// lost): its VIP and protocol, which no configured name can be (names
+/// have no ':' or '/').
+pub fn placeholder_name(vip: SocketAddr, proto: Proto) -> String {
+    format!("{vip}/{proto}")
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceRecord {
@@ -36,6 +48,13 @@ pub struct ServiceRecord {
     /// Client prefixes whose new flows go to the idle color.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub preview: Vec<String>,
+}
+
+impl ServiceRecord {
+    /// Whether the record was rebuilt from the maps, without its name.
+    pub fn has_placeholder_name(&self) -> bool {
+        self.spec.name == placeholder_name(self.spec.vip, self.spec.proto)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,7 +77,9 @@ impl InterfaceState {
     }
 }
 
-/// The state directory (`--state-dir`), root-only.
+/// The state directory (`--state-dir`), root-only: every file in it is
+/// opened relative to the checked directory and without following a
+/// symlink (see [`crate::dirs`]).
 #[derive(Clone, Debug)]
 pub struct StateStore {
     dir: PathBuf,
@@ -75,204 +96,152 @@ impl StateStore {
         Self { dir: dir.into() }
     }
 
-    fn ensure_dir(&self) -> Result<()> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(Error::io(format!(
-                "cannot create state directory {}",
-                self.dir.display()
-            )))?;
-        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
-            .map_err(Error::io(format!("cannot restrict {}", self.dir.display())))
-    }
-
     pub fn path(&self, iface: &str) -> PathBuf {
         self.dir.join(format!("{iface}.json"))
     }
 
+    /// The checked directory; `None` if it does not exist and `create` is
+    /// false.
+    fn open_dir(&self, create: bool) -> Result<Option<OwnedFd>> {
+        dirs::open_private_dir(&self.dir, create)
+    }
+
     pub fn lock(&self, iface: &str) -> Result<InterfaceLock> {
-        self.ensure_dir()?;
-        let path = self.dir.join(format!("{iface}.lock"));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(Error::io(format!("cannot open lock {}", path.display())))?;
+        let dir = self.open_dir(true)?.expect("created");
+        let name = format!("{iface}.lock");
+        let path = self.dir.join(&name);
+        // Non-blocking, so that a FIFO in its place cannot hang the command.
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+        let file =
+            dirs::openat(Some(dir.as_fd()), name.as_ref(), flags, 0o600).map_err(|error| {
+                if error.raw_os_error() == Some(libc::ELOOP) {
+                    Error::SymlinkedLock { path: path.clone() }
+                } else {
+                    Error::io(format!("cannot open lock {}", path.display()))(error)
+                }
+            })?;
         // SAFETY: flock on a descriptor we own; released when it is closed.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(Error::io(format!("cannot lock {}", path.display()))(
-                std::io::Error::last_os_error(),
+                io::Error::last_os_error(),
             ));
         }
-        Ok(InterfaceLock { _file: file })
+        Ok(InterfaceLock {
+            _file: File::from(file),
+        })
     }
 
+    /// The interface's state file: `None` if there is none; an unreadable,
+    /// damaged or foreign one is [`Error::CorruptState`], which callers
+    /// that can rebuild the state from the maps pass over.
     pub fn load(&self, iface: &str) -> Result<Option<InterfaceState>> {
-        let path = self.path(iface);
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(Error::io(format!("cannot read {}", path.display()))(error)),
+        let Some(dir) = self.open_dir(false)? else {
+            return Ok(None);
         };
+        let path = self.path(iface);
+        let corrupt = |reason: String| Error::CorruptState {
+            path: path.clone(),
+            reason,
+        };
+        // Non-blocking, so that a FIFO in its place cannot hang the command.
+        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+        let file = match dirs::openat(
+            Some(dir.as_fd()),
+            format!("{iface}.json").as_ref(),
+            flags,
+            0,
+        ) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) if error.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(corrupt(
+                    "it is a symbolic link, which bluegreen does not follow".into(),
+                ));
+            }
+            Err(error) => return Err(corrupt(error.to_string())),
+        };
+        let stat = dirs::fstat(file.as_fd()).map_err(|error| corrupt(error.to_string()))?;
+        if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(corrupt("it is not a regular file".into()));
+        }
+        let mut bytes = Vec::new();
+        File::from(file)
+            .take(MAX_STATE_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|error| corrupt(error.to_string()))?;
+        if bytes.is_empty() {
+            return Err(corrupt("it is empty".into()));
+        }
+        if bytes.len() > MAX_STATE_BYTES {
+            return Err(corrupt("it is larger than 1 MiB".into()));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| corrupt("it is not UTF-8".into()))?;
         let state: InterfaceState =
-            serde_json::from_str(&text).map_err(|error| Error::CorruptState {
-                path: path.clone(),
-                reason: error.to_string(),
-            })?;
+            serde_json::from_str(&text).map_err(|error| corrupt(error.to_string()))?;
         if state.version != STATE_VERSION {
-            return Err(Error::CorruptState {
-                path,
-                reason: format!(
-                    "version {} (this bluegreen writes {STATE_VERSION})",
-                    state.version
-                ),
-            });
+            return Err(corrupt(format!(
+                "version {} (this bluegreen writes {STATE_VERSION})",
+                state.version
+            )));
+        }
+        if state.interface != iface {
+            return Err(corrupt(format!(
+                "it describes interface {}",
+                state.interface
+            )));
         }
         Ok(Some(state))
     }
 
-    /// Every interface that has a state file, in name order.
-    pub fn list(&self) -> Result<Vec<InterfaceState>> {
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(error) => {
-                return Err(Error::io(format!("cannot list {}", self.dir.display()))(
-                    error,
-                ));
-            }
-        };
-        let mut names: Vec<String> = entries
-            .filter_map(|entry| entry.ok())
-            .filter_map(|entry| {
-                let name = entry.file_name().into_string().ok()?;
-                name.strip_suffix(".json").map(str::to_owned)
-            })
-            .collect();
-        names.sort();
-        let mut states = Vec::new();
-        for name in names {
-            states.extend(self.load(&name)?);
-        }
-        Ok(states)
-    }
-
     /// Replaces the state file atomically: a crash leaves the old file or
-    /// the new one, never a torn one.
+    /// the new one, never a torn one. The caller holds the interface lock.
     pub fn save(&self, state: &InterfaceState) -> Result<()> {
-        self.ensure_dir()?;
         let path = self.path(&state.interface);
-        let temporary = self
-            .dir
-            .join(format!(".{}.json.{}", state.interface, std::process::id()));
-        let text = serde_json::to_string_pretty(state).expect("state serialises");
-        let write = || -> std::io::Result<()> {
-            let mut file = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o600)
-                .open(&temporary)?;
+        let failed = || Error::io(format!("cannot write state file {}", path.display()));
+        let dir = self.open_dir(true)?.expect("created");
+        let name = format!("{}.json", state.interface);
+        // One temporary name per interface is enough: writers hold the lock.
+        let temporary = format!(".{name}.tmp");
+        let text = serde_json::to_string_pretty(state).expect("state serialises") + "\n";
+        let write = || -> io::Result<()> {
+            // Whatever is in the way (a crash's leftover, a planted link)
+            // goes first; O_EXCL and O_NOFOLLOW then guarantee a new file.
+            dirs::remove_in(dir.as_fd(), temporary.as_ref())?;
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+            let mut file = File::from(dirs::openat(
+                Some(dir.as_fd()),
+                temporary.as_ref(),
+                flags,
+                0o600,
+            )?);
             file.write_all(text.as_bytes())?;
-            file.write_all(b"\n")?;
             file.sync_all()?;
-            fs::rename(&temporary, &path)?;
-            File::open(&self.dir)?.sync_all()
+            dirs::rename_in(dir.as_fd(), temporary.as_ref(), name.as_ref())?;
+            File::from(dir.try_clone()?).sync_all()
         };
         write().map_err(|error| {
-            let _ = fs::remove_file(&temporary);
-            Error::io(format!("cannot write state file {}", path.display()))(error)
+            let _ = dirs::remove_in(dir.as_fd(), temporary.as_ref());
+            failed()(error)
         })
     }
 
     pub fn remove(&self, iface: &str) -> Result<()> {
-        for path in [self.path(iface), self.dir.join(format!("{iface}.lock"))] {
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => {
-                    return Err(Error::io(format!("cannot remove {}", path.display()))(
-                        error,
-                    ));
-                }
-            }
+        let Some(dir) = self.open_dir(false)? else {
+            return Ok(());
+        };
+        for name in [
+            format!("{iface}.json"),
+            format!(".{iface}.json.tmp"),
+            format!("{iface}.lock"),
+        ] {
+            dirs::remove_in(dir.as_fd(), name.as_ref()).map_err(Error::io(format!(
+                "cannot remove {}",
+                self.dir.join(&name).display()
+            )))?;
         }
         Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::endpoint::Proto;
-    use std::path::Path;
-
-    fn sample(iface: &str) -> InterfaceState {
-        InterfaceState {
-            version: STATE_VERSION,
-            interface: iface.to_owned(),
-            xdp_mode: "native".to_owned(),
-            requested_xdp_mode: XdpModeArg::Auto,
-            flow_capacity: 4096,
-            tcp_idle_timeout_secs: 3600,
-            tcp_closing_timeout_secs: 5,
-            udp_idle_timeout_secs: 30,
-            services: vec![ServiceRecord {
-                spec: ServiceSpec {
-                    name: "chat".to_owned(),
-                    vip: "10.0.0.1:80".parse().unwrap(),
-                    proto: Proto::Tcp,
-                    blue: "10.1.0.2:80".parse().unwrap(),
-                    green: "10.1.0.3:80".parse().unwrap(),
-                    active: Color::Green,
-                    health: None,
-                    auto_rollback: None,
-                },
-                previous: Color::Blue,
-                counter_slot: 0,
-                switched_at_unix_ms: Some(1_700_000_000_000),
-                weight: 10,
-                preview: vec!["10.200.1.0/24".to_owned()],
-            }],
-        }
-    }
-
-    fn scratch_dir(tag: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("bluegreen-state-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
-    }
-
-    #[test]
-    fn saved_state_reads_back_and_is_private() {
-        let dir = scratch_dir("roundtrip");
-        let store = StateStore::new(&dir);
-        store.save(&sample("veth0")).unwrap();
-        assert_eq!(store.load("veth0").unwrap(), Some(sample("veth0")));
-        assert_eq!(store.list().unwrap(), vec![sample("veth0")]);
-        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&dir), 0o700);
-        assert_eq!(mode(&store.path("veth0")), 0o600);
-        store.remove("veth0").unwrap();
-        assert_eq!(store.load("veth0").unwrap(), None);
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_corrupt_state_file_is_reported_not_guessed() {
-        let dir = scratch_dir("corrupt");
-        let store = StateStore::new(&dir);
-        store.save(&sample("veth1")).unwrap();
-        fs::write(store.path("veth1"), "{ not json").unwrap();
-        match store.load("veth1") {
-            Err(Error::CorruptState { path, .. }) => assert_eq!(path, store.path("veth1")),
-            other => panic!("expected CorruptState, got {other:?}"),
-        }
-        fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;
