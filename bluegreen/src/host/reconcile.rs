@@ -159,9 +159,11 @@ pub(super) fn reconcile_services(
             counter_slot: state.counter_slot,
             switched_at_unix_ms: remembered.and_then(|record| record.switched_at_unix_ms),
             weight: state.weight,
-            preview: remembered
-                .map(|record| record.preview.clone())
-                .unwrap_or_default(),
+            preview: maps
+                .preview(state.counter_slot)?
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         });
     }
     let previous_keys: Vec<ServiceKey> = live.keys().copied().collect();

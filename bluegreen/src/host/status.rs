@@ -9,11 +9,15 @@ use std::{
 use bluegreen_common::{PassReason, ServiceKey};
 use serde::Serialize;
 
-use super::{Host, Lock};
+use super::{
+    Host, Lock,
+    inventory::{Attachment, Inspected},
+    locate,
+};
 use crate::{
     endpoint::{Color, from_wire, service_key},
     error::{Error, Result},
-    pinned::{PinLayout, PinnedMaps},
+    pinned::PinnedMaps,
     state::InterfaceState,
 };
 
@@ -50,22 +54,28 @@ impl Host {
         }
     }
 
+    /// Every interface that is up, its state read from the maps (see
+    /// [`super::inventory`]), and whether its programs are attached.
     pub fn status(&self, service: Option<&str>) -> Result<StatusReport> {
         self.preflight()?;
+        let (opened, first_error) = self.open_interfaces()?;
+        if let Some(error) = first_error {
+            return Err(error);
+        }
+        let states: Vec<&InterfaceState> = opened.iter().map(|open| &open.state).collect();
         if let Some(wanted) = service {
-            self.locate(Some(wanted))?;
+            locate(&states, Some(wanted))?;
         }
-        let mut interfaces = Vec::new();
-        for state in self.up_interfaces()? {
-            interfaces.push(interface_status(
-                &self.layout(&state.interface),
-                &state,
-                service,
-            )?);
-        }
-        if interfaces.is_empty() {
+        if opened.is_empty() {
             return Err(Error::NothingUp);
         }
+        let interfaces = opened
+            .iter()
+            .map(|open| {
+                let attachment = self.attachment(&open.state.interface);
+                interface_status(open, &attachment, service)
+            })
+            .collect::<Result<_>>()?;
         Ok(StatusReport {
             schema_version: STATUS_SCHEMA_VERSION,
             interfaces,
@@ -126,6 +136,11 @@ pub struct StatusReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct InterfaceStatus {
     pub interface: String,
+    /// False once the interface was deleted (its pins and maps remain).
+    pub interface_present: bool,
+    /// Both programs attached to the interface as it is now: false when
+    /// it is gone, was re-created, or lost a link pin (`up` repairs it).
+    pub attached: bool,
     pub xdp_mode: String,
     pub flow_capacity: u32,
     /// Packets the ingress program passed untouched, by reason.
@@ -164,19 +179,18 @@ pub struct ColorStatus {
 }
 
 fn interface_status(
-    layout: &PinLayout,
-    state: &InterfaceState,
+    Inspected { state, maps, .. }: &Inspected,
+    attachment: &Attachment,
     only: Option<&str>,
 ) -> Result<InterfaceStatus> {
-    let maps = PinnedMaps::open(layout)?;
-    let flows = count_live_flows(&maps)?;
+    let flows = count_live_flows(maps)?;
     let mut services = Vec::new();
     for record in &state.services {
         if only.is_some_and(|name| name != record.spec.name) {
             continue;
         }
         let key = service_key(record.spec.vip, record.spec.proto);
-        // The live map wins over the state file.
+        // Gone since the state was read from the maps: a concurrent change.
         let Some(live) = maps.service(&key)? else {
             continue;
         };
@@ -212,6 +226,8 @@ fn interface_status(
     }
     Ok(InterfaceStatus {
         interface: state.interface.clone(),
+        interface_present: attachment.interface_present,
+        attached: attachment.attached(),
         xdp_mode: state.xdp_mode.clone(),
         flow_capacity: state.flow_capacity,
         passed,

@@ -1,7 +1,8 @@
 //! Changing where new flows go: switch, rollback, weighted shift, preview
 //! prefixes, and a color's backend. Each change is one update of the
-//! service's entry in the services map, made under the interface lock and
-//! then recorded in the state file.
+//! service's entry in the services map, made under the interface lock once
+//! the state file records it: a change that cannot be recorded (a full or
+//! read-only disk) is not made.
 
 use std::{
     net::SocketAddr,
@@ -50,7 +51,7 @@ pub struct SwitchOutcome {
     pub changed: bool,
     /// How `to` was found fit before the switch (`None`: not checked).
     pub checked: Option<Checked>,
-    /// Time from reading the service's state to the map update returning.
+    /// How long the map update took (zero when nothing changed).
     pub elapsed: Duration,
     /// Share of new flows for the idle color, before and after.
     pub weight_before: u8,
@@ -111,17 +112,13 @@ impl OpenService {
 }
 
 impl Host {
-    /// Writes `updated` with one map update and records it in the state
-    /// file; returns how long the map update took from `started`.
-    fn commit(
-        &self,
-        open: &mut OpenService,
-        updated: ServiceState,
-        started: Instant,
-    ) -> Result<Duration> {
-        open.maps
-            .put_service(&open.key, &updated, Put::ReplaceOnly)?;
-        let elapsed = started.elapsed();
+    /// Records `updated` in the state file, then writes it with one map
+    /// update; returns how long the map update took. If the file cannot be
+    /// written, the map is not touched; if the map update fails, the file
+    /// is put back (and, should that fail too, the next command rewrites
+    /// it from the map, which it takes as the truth).
+    fn commit(&self, open: &mut OpenService, updated: ServiceState) -> Result<Duration> {
+        let before = open.state.clone();
         let family = open.key.family;
         let record = open.record_mut();
         if record.spec.active != Color::from_wire(updated.active) {
@@ -132,8 +129,14 @@ impl Host {
         record.previous = Color::from_wire(updated.previous);
         record.spec.blue = from_wire(family, updated.backend(Color::Blue.wire()));
         record.spec.green = from_wire(family, updated.backend(Color::Green.wire()));
-        open.live = updated;
         self.state.save(&open.state)?;
+        let started = Instant::now();
+        if let Err(error) = open.maps.put_service(&open.key, &updated, Put::ReplaceOnly) {
+            let _ = self.state.save(&before);
+            return Err(error);
+        }
+        let elapsed = started.elapsed();
+        open.live = updated;
         Ok(elapsed)
     }
 
@@ -229,7 +232,6 @@ impl Host {
         decide: impl FnOnce(&str, &ServiceState) -> Result<ServiceState>,
     ) -> Result<SwitchOutcome> {
         let mut open = self.open_service(service, Lock::Exclusive)?;
-        let started = Instant::now();
         let before = open.live;
         let after = decide(open.name(), &before)?;
         let (from, to) = traffic_direction(&before, &after);
@@ -240,15 +242,9 @@ impl Host {
             None
         };
         let elapsed = if changed {
-            // The probe's time is not the switch's.
-            let started = if checked.is_some() {
-                Instant::now()
-            } else {
-                started
-            };
-            self.commit(&mut open, after, started)?
+            self.commit(&mut open, after)?
         } else {
-            started.elapsed()
+            Duration::ZERO
         };
         Ok(SwitchOutcome {
             interface: open.state.interface.clone(),
@@ -286,11 +282,8 @@ impl Host {
                 record.spec.vip
             )));
         }
-        let mut prefixes: Vec<Cidr> = record
-            .preview
-            .iter()
-            .map(|text| text.parse())
-            .collect::<Result<_>>()?;
+        // The trie, not the file: it is what steers clients.
+        let mut prefixes = open.maps.preview(open.live.counter_slot)?;
         let present = prefixes.contains(&prefix);
         match (add, present) {
             (true, true) => return Ok((name, prefixes)),
@@ -313,18 +306,24 @@ impl Host {
             },
             ..live
         };
-        // The flag never announces prefixes that are not in the trie yet.
-        if prefixes.is_empty() {
-            open.maps
-                .put_service(&open.key, &flagged, Put::ReplaceOnly)?;
-            open.maps.set_preview(live.counter_slot, &prefixes)?;
-        } else {
-            open.maps.set_preview(live.counter_slot, &prefixes)?;
-            open.maps
-                .put_service(&open.key, &flagged, Put::ReplaceOnly)?;
-        }
+        // Recorded first, as in `commit`.
+        let before = open.state.clone();
         open.record_mut().preview = prefixes.iter().map(ToString::to_string).collect();
         self.state.save(&open.state)?;
+        // The flag never announces prefixes that are not in the trie yet.
+        let applied = if prefixes.is_empty() {
+            open.maps
+                .put_service(&open.key, &flagged, Put::ReplaceOnly)
+                .and_then(|()| open.maps.set_preview(live.counter_slot, &prefixes))
+        } else {
+            open.maps
+                .set_preview(live.counter_slot, &prefixes)
+                .and_then(|()| open.maps.put_service(&open.key, &flagged, Put::ReplaceOnly))
+        };
+        if let Err(error) = applied {
+            let _ = self.state.save(&before);
+            return Err(error);
+        }
         Ok((name, prefixes))
     }
 
@@ -350,7 +349,7 @@ impl Host {
         let mut updated = open.live;
         updated.backends[usize::from(color.wire())] = to_wire(backend);
         if updated != open.live {
-            self.commit(&mut open, updated, Instant::now())?;
+            self.commit(&mut open, updated)?;
         }
         Ok((open.name().to_owned(), old))
     }

@@ -8,13 +8,14 @@ use aya::maps::{
     Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
 };
 use bluegreen_common::{
-    FlowEntry, FlowKey, PREVIEW_FIXED_BITS, PassReason, PreviewPrefix, ServiceKey, ServiceState,
-    Settings, Timeouts, TrafficCounters, bitmap_position, map_names, traffic_index, vip_filter_bit,
+    Endpoint, FlowEntry, FlowKey, PREVIEW_FIXED_BITS, PassReason, PreviewPrefix, ServiceKey,
+    ServiceState, Settings, Timeouts, TrafficCounters, bitmap_position, map_names, traffic_index,
+    vip_filter_bit,
 };
 
 use super::{PinLayout, contract::open_map};
 use crate::{
-    endpoint::{Cidr, Color},
+    endpoint::{Cidr, Color, from_wire},
     error::{Error, Result},
 };
 
@@ -58,8 +59,17 @@ pub fn preview_key(counter_slot: u32, cidr: &Cidr) -> Key<PreviewPrefix> {
 
 impl PinnedMaps {
     pub fn open(layout: &PinLayout) -> Result<Self> {
-        if !layout.map(map_names::SERVICES).exists() {
+        if !layout.has_pins() {
             return Err(Error::NotUpOn {
+                iface: layout.iface().to_owned(),
+            });
+        }
+        if let Some(name) = map_names::ALL
+            .iter()
+            .find(|name| !layout.map(name).exists())
+        {
+            return Err(Error::MapPinMissing {
+                path: layout.map(name),
                 iface: layout.iface().to_owned(),
             });
         }
@@ -198,6 +208,30 @@ impl PinnedMaps {
                 .map_err(Error::ebpf("cannot remove a preview prefix"))?;
         }
         Ok(())
+    }
+
+    /// The preview prefixes of one service (slot), in order, as the trie
+    /// holds them: what steers clients, whatever the state file says.
+    pub fn preview(&self, counter_slot: u32) -> Result<Vec<Cidr>> {
+        let mut prefixes = Vec::new();
+        for key in self.preview.keys() {
+            let key = key.map_err(Error::ebpf("cannot read the preview prefixes"))?;
+            let prefix = key.data();
+            if prefix.slot != counter_slot.to_be_bytes() {
+                continue;
+            }
+            let endpoint = Endpoint {
+                addr: prefix.addr,
+                port: [0; 2],
+                reserved: [0; 2],
+            };
+            prefixes.push(Cidr {
+                addr: from_wire(prefix.family, &endpoint).ip(),
+                len: (key.prefix_len() - PREVIEW_FIXED_BITS) as u8,
+            });
+        }
+        prefixes.sort();
+        Ok(prefixes)
     }
 
     /// Zeroes both colors' traffic counters of a counter slot, for a
