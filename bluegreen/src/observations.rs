@@ -1,6 +1,6 @@
-//! What the daemon has seen that the kernel's maps do not hold: health
-//! states and the switches it counted. Written by the daemon's watchers,
-//! read by the metrics endpoint.
+//! What the daemon has seen that the kernel's maps do not hold: the health
+//! of each checked service's colors. Written by the daemon's watchers, read
+//! by the metrics endpoint.
 
 use std::{
     collections::BTreeMap,
@@ -13,10 +13,6 @@ use bluegreen::{endpoint::Color, health::Health};
 pub struct Observations {
     /// (service, color) -> health.
     pub health: BTreeMap<(String, Color), Health>,
-    /// (service, cause) -> count. Causes: `operator`, `auto_rollback`.
-    pub switches: BTreeMap<(String, &'static str), u64>,
-    /// (service, cause) -> count of automatic rollbacks.
-    pub rollbacks: BTreeMap<(String, &'static str), u64>,
 }
 
 pub type Shared = Arc<Mutex<Observations>>;

@@ -1,18 +1,14 @@
 //! Health-checked switching, automatic rollback and metrics, end to end.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use bluegreen_testbed::{
-    fixture::{Daemon, Fixture, TIMEOUT, config_text},
-    http::KeepAlive,
+    fixture::{Daemon, Fixture, config_text},
+    metrics::{METRICS, metric, scrape},
 };
 
 const INTERVAL_MS: u64 = 200;
 const UNHEALTHY_THRESHOLD: u64 = 2;
-const METRICS: &str = "127.0.0.1:9464";
 
 fn config(auto_rollback: bool) -> String {
     let rollback = if auto_rollback {
@@ -157,46 +153,6 @@ fn the_daemon_rolls_back_when_the_new_color_dies() {
         ),
         1.0
     );
-}
-
-fn scrape(fixture: &Fixture) -> BTreeMap<String, f64> {
-    let text = fixture
-        .topology
-        .switch
-        .spawn(|| {
-            KeepAlive::connect(METRICS.parse().expect("literal"), TIMEOUT)
-                .and_then(|mut connection| connection.get_path("/metrics"))
-                .expect("scrape /metrics")
-        })
-        .join()
-        .expect("scrape thread");
-    assert!(
-        text.ends_with("# EOF\n"),
-        "OpenMetrics text ends with # EOF: {text}"
-    );
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .map(|line| {
-            let (name, value) = line
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("bad line {line:?}"));
-            (
-                name.to_owned(),
-                value
-                    .parse()
-                    .unwrap_or_else(|_| panic!("bad value in {line:?}")),
-            )
-        })
-        .collect()
-}
-
-fn metric(metrics: &BTreeMap<String, f64>, name: &str) -> f64 {
-    *metrics.get(name).unwrap_or_else(|| {
-        panic!(
-            "{name} missing from {:#?}",
-            metrics.keys().collect::<Vec<_>>()
-        )
-    })
 }
 
 #[test]

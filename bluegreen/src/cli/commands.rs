@@ -9,6 +9,7 @@ use bluegreen::{
     health::HealthCheck,
     host::{Host, SwitchOptions, SwitchOutcome, SwitchTarget, UpRequest},
 };
+use bluegreen_common::ChangeCause;
 use clap::CommandFactory;
 
 use super::{
@@ -24,6 +25,7 @@ fn switch_options(change: &ChangeArgs) -> SwitchOptions {
     SwitchOptions {
         force: change.force,
         check: !change.skip_check,
+        cause: ChangeCause::Operator,
     }
 }
 
@@ -38,7 +40,9 @@ pub fn run(host: &Host, command: Command) -> anyhow::Result<ExitCode> {
             let options = switch_options(&args.change);
             let service = args.change.service.as_deref();
             let outcome = match args.weight {
-                Some(weight) => host.shift(service, args.color, weight, options.check)?,
+                Some(weight) => {
+                    host.shift(service, args.color, weight, options.check, options.cause)?
+                }
                 None => host.switch(service, SwitchTarget::Color(args.color), options)?,
             };
             print_switch(&outcome);

@@ -13,6 +13,7 @@ use bluegreen::{
     health::{Health, HealthTracker},
     host::{Host, SwitchOptions, SwitchTarget},
 };
+use bluegreen_common::ChangeCause;
 
 use super::{EXIT_INTERRUPTED, args::ShiftArgs};
 use crate::output::print_switch;
@@ -61,7 +62,7 @@ pub fn run(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
             );
         }
         // The steps probe the color themselves, every check interval.
-        let outcome = host.shift(Some(&name), color, step, false)?;
+        let outcome = host.shift(Some(&name), color, step, false, ChangeCause::Shift)?;
         current = step;
         println!(
             "step {}/{total}: {color} at {step}% of new flows",
@@ -111,7 +112,12 @@ fn stopped(name: &str, color: Color, weight: u8, done: usize, total: usize) -> E
 
 fn roll_back(host: &Host, name: &str, reason: &str) -> anyhow::Result<ExitCode> {
     // Back to where traffic was: no check stands in the way of a retreat.
-    let outcome = host.switch(Some(name), SwitchTarget::Previous, SwitchOptions::default())?;
+    let options = SwitchOptions {
+        force: false,
+        check: false,
+        cause: ChangeCause::Shift,
+    };
+    let outcome = host.switch(Some(name), SwitchTarget::Previous, options)?;
     eprintln!("error: {name}: {reason}; rolled back");
     print_switch(&outcome);
     Ok(ExitCode::FAILURE)

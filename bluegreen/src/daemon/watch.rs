@@ -10,6 +10,7 @@ use bluegreen::{
     health::{Health, HealthTracker},
     host::{Host, ServiceView, SwitchOptions, SwitchTarget},
 };
+use bluegreen_common::ChangeCause;
 
 use crate::observations::Shared;
 
@@ -41,7 +42,6 @@ fn should_roll_back(
 /// service asks for it.
 pub(super) async fn watch_service(host: Host, name: String, observations: Shared) {
     let mut trackers: [HealthTracker; 2] = Default::default();
-    let mut last_active: Option<Color> = None;
     loop {
         let view = {
             let (host, name) = (host.clone(), name.clone());
@@ -59,19 +59,6 @@ pub(super) async fn watch_service(host: Host, name: String, observations: Shared
         let Some(check) = view.record.spec.health.clone() else {
             return;
         };
-        if let Some(before) = last_active
-            && before != view.active
-        {
-            // A color change the daemon did not make: an operator switch.
-            *observations
-                .lock()
-                .expect("observations lock")
-                .switches
-                .entry((name.clone(), "operator"))
-                .or_default() += 1;
-        }
-        last_active = Some(view.active);
-
         for color in Color::BOTH {
             let backend = view.backend(color);
             let probe = check.clone();
@@ -107,6 +94,7 @@ pub(super) async fn watch_service(host: Host, name: String, observations: Shared
                     let options = SwitchOptions {
                         force: policy.force,
                         check: false,
+                        cause: ChangeCause::AutoRollback,
                     };
                     host.switch(Some(&name), SwitchTarget::Previous, options)
                 })
@@ -122,16 +110,6 @@ pub(super) async fn watch_service(host: Host, name: String, observations: Shared
                         outcome.from,
                         check.unhealthy_threshold
                     );
-                    let mut observations = observations.lock().expect("observations lock");
-                    *observations
-                        .switches
-                        .entry((name.clone(), "auto_rollback"))
-                        .or_default() += 1;
-                    *observations
-                        .rollbacks
-                        .entry((name.clone(), "unhealthy"))
-                        .or_default() += 1;
-                    last_active = Some(outcome.to);
                 }
                 Ok(Err(error)) => log::error!("{name}: automatic rollback failed: {error}"),
                 Err(_) => return,

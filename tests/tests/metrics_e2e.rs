@@ -1,0 +1,140 @@
+//! What bluegreen counts: switches and rollbacks, by whoever makes them.
+
+use bluegreen::pinned::PinLayout;
+use bluegreen_common::map_names;
+use bluegreen_testbed::{
+    fixture::{Fixture, blue_backend, config_text, green_backend, vip},
+    metrics::{METRICS, metric, scrape},
+    netns::SWITCH_IFACE,
+};
+use serde_json::{Value, json};
+
+/// The counts `status --json` shows for service number `index`.
+fn counts(fixture: &Fixture, index: usize) -> (Value, Value) {
+    let service = &fixture.bluegreen.status()["interfaces"][0]["services"][index];
+    (service["switches"].clone(), service["rollbacks"].clone())
+}
+
+fn switches(operator: u64, shift: u64, auto_rollback: u64) -> Value {
+    json!({"operator": operator, "shift": shift, "auto_rollback": auto_rollback})
+}
+
+fn rollbacks(operator: u64, shift: u64, unhealthy: u64) -> Value {
+    json!({"operator": operator, "shift": shift, "unhealthy": unhealthy})
+}
+
+#[test]
+fn every_switch_and_rollback_is_counted_whoever_makes_it() {
+    // No health check: the daemon has nothing to poll, yet it must count.
+    let fixture = Fixture::new();
+    fixture.up();
+    // Back and forth faster than any poll could see.
+    for color in ["green", "blue", "green"] {
+        fixture.bluegreen.ok(&["switch", color]);
+    }
+    fixture.bluegreen.ok(&["rollback"]);
+    // A weight is no switch; undoing it is a rollback.
+    fixture.bluegreen.ok(&["switch", "green", "--weight", "10"]);
+    fixture.bluegreen.ok(&["rollback"]);
+    fixture
+        .bluegreen
+        .ok(&["shift", "green", "--steps", "50,100", "--interval", "100ms"]);
+    assert_eq!(counts(&fixture, 0), (switches(4, 1, 0), rollbacks(2, 0, 0)));
+
+    let config = fixture.write_config(&config_text("", ""));
+    let _daemon = fixture.start_daemon(&config, &[&format!("--metrics={METRICS}")]);
+    fixture.bluegreen.ok(&["switch", "blue"]);
+    let metrics = scrape(&fixture);
+    let sample = |name: &str, cause: &str| {
+        metric(
+            &metrics,
+            &format!("bluegreen_{name}_total{{service=\"web\",cause=\"{cause}\"}}"),
+        )
+    };
+    assert_eq!(sample("switches", "operator"), 5.0);
+    assert_eq!(sample("switches", "shift"), 1.0);
+    assert_eq!(sample("rollbacks", "operator"), 2.0);
+    // A series appears at its first count, as the alerts expect.
+    assert!(
+        !metrics.keys().any(|name| name.contains("auto_rollback")
+            || name.contains("cause=\"unhealthy\"")
+            || name.starts_with("bluegreen_rollbacks_total{service=\"web\",cause=\"shift\"")),
+        "{metrics:#?}"
+    );
+}
+
+/// The udp service "dns" on the standard VIP, as a config table.
+fn dns_service() -> String {
+    format!(
+        "\n[[service]]\nname = \"dns\"\nproto = \"udp\"\nvip = \"{}\"\nblue = \"{}\"\ngreen = \"{}\"\n",
+        vip(),
+        blue_backend(),
+        green_backend()
+    )
+}
+
+/// A service's counter slot, from the state file.
+fn counter_slot(fixture: &Fixture, service: &str) -> u64 {
+    let text = std::fs::read_to_string(fixture.bluegreen.state_file()).expect("state file");
+    let state: Value = serde_json::from_str(&text).expect("state file is JSON");
+    state["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .find(|record| record["name"] == service)
+        .unwrap_or_else(|| panic!("{service} in {state}"))["counter_slot"]
+        .as_u64()
+        .expect("counter_slot")
+}
+
+#[test]
+fn a_service_given_a_used_slot_starts_from_zero_switches() {
+    let fixture = Fixture::new();
+    let both = format!("{}{}", config_text("", ""), dns_service());
+    fixture.up_with_config(&fixture.write_config(&both));
+    fixture
+        .bluegreen
+        .ok(&["switch", "green", "--service", "dns"]);
+    assert_eq!(counts(&fixture, 1).0, switches(1, 0, 0));
+    let dns_slot = counter_slot(&fixture, "dns");
+
+    // "chat" replaces "dns" (another VIP port, so another service).
+    let chat = dns_service()
+        .replace("\"dns\"", "\"chat\"")
+        .replace(":80\"", ":81\"");
+    let replaced = format!("{}{chat}", config_text("", ""));
+    fixture.up_with_config(&fixture.write_config(&replaced));
+    assert_eq!(
+        counter_slot(&fixture, "chat"),
+        dns_slot,
+        "the slot is reused"
+    );
+    assert_eq!(counts(&fixture, 1), (switches(0, 0, 0), rollbacks(0, 0, 0)));
+}
+
+#[test]
+fn a_hot_upgrade_creates_the_switch_counters_an_older_instance_lacks() {
+    let fixture = Fixture::new();
+    fixture.up();
+    let counters =
+        PinLayout::new(&fixture.bluegreen.pin_dir, SWITCH_IFACE).map(map_names::SWITCHES);
+    // An instance brought up before the map existed.
+    let _ = std::fs::remove_file(&counters);
+    fixture.bluegreen.ok(&["switch", "green"]);
+    assert_eq!(
+        counts(&fixture, 0).0,
+        switches(0, 0, 0),
+        "nothing to count in"
+    );
+
+    let output = fixture.up();
+    assert!(output.contains("hot-upgraded"), "{output}");
+    assert!(counters.exists(), "{} is pinned", counters.display());
+    assert_eq!(
+        fixture.bluegreen.active(),
+        "green",
+        "the live color is kept"
+    );
+    fixture.bluegreen.ok(&["rollback"]);
+    assert_eq!(counts(&fixture, 0), (switches(1, 0, 0), rollbacks(1, 0, 0)));
+}
