@@ -1,4 +1,7 @@
-//! What bluegreen counts: switches and rollbacks, by whoever makes them.
+//! What bluegreen counts and reports: switches and rollbacks counted by
+//! whoever makes them, and health only while it is checked.
+
+use std::time::{Duration, Instant};
 
 use bluegreen::pinned::PinLayout;
 use bluegreen_common::map_names;
@@ -8,6 +11,20 @@ use bluegreen_testbed::{
     netns::SWITCH_IFACE,
 };
 use serde_json::{Value, json};
+
+/// A health check fast enough for the tests: two failed probes 100 ms apart
+/// make a color unhealthy.
+const FAST_CHECK: &str = "\n[service.health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = 100\ntimeout_ms = 50\nhealthy_threshold = 1\nunhealthy_threshold = 2\n";
+
+/// Waits (at most 10 s) until `condition` holds; panics saying `what` did
+/// not happen.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what} within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 /// The counts `status --json` shows for service number `index`.
 fn counts(fixture: &Fixture, index: usize) -> (Value, Value) {
@@ -137,4 +154,40 @@ fn a_hot_upgrade_creates_the_switch_counters_an_older_instance_lacks() {
     );
     fixture.bluegreen.ok(&["rollback"]);
     assert_eq!(counts(&fixture, 0), (switches(1, 0, 0), rollbacks(1, 0, 0)));
+}
+
+/// Whether the daemon serves a health sample for `color` of "web".
+fn health_reported(fixture: &Fixture, color: &str) -> bool {
+    scrape(fixture).contains_key(&format!(
+        "bluegreen_backend_healthy{{service=\"web\",color=\"{color}\"}}"
+    ))
+}
+
+#[test]
+fn health_is_reported_only_while_it_is_checked() {
+    let fixture = Fixture::new();
+    let checked = config_text("", FAST_CHECK);
+    let config = fixture.write_config(&checked);
+    let daemon = fixture.start_daemon(&config, &[&format!("--metrics={METRICS}")]);
+    wait_until("blue's health reported", || {
+        health_reported(&fixture, "blue")
+    });
+
+    // An `up` beside the daemon drops the check.
+    fixture.up_with_config(&fixture.write_config(&config_text("", "")));
+    wait_until("blue's health no longer reported after up", || {
+        !health_reported(&fixture, "blue") && !health_reported(&fixture, "green")
+    });
+
+    // The daemon's own config brings it back, then a reload drops it.
+    fixture.write_config(&checked);
+    daemon.signal(libc::SIGHUP);
+    wait_until("blue's health reported after reload", || {
+        health_reported(&fixture, "blue")
+    });
+    fixture.write_config(&config_text("", ""));
+    daemon.signal(libc::SIGHUP);
+    wait_until("blue's health no longer reported after reload", || {
+        !health_reported(&fixture, "blue") && !health_reported(&fixture, "green")
+    });
 }

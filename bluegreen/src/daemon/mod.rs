@@ -65,6 +65,10 @@ pub async fn run(
                             checker.abort();
                         }
                         checkers = start_checkers(host, &new.services, &observations);
+                        observations
+                            .lock()
+                            .expect("observations lock")
+                            .retain_checked(|name| checked(&new.services, name));
                         request = new;
                     }
                     // A bad config must not take a running dataplane down.
@@ -96,6 +100,13 @@ fn reload(host: &Host, config_path: &Path, running: &UpRequest) -> anyhow::Resul
         log::info!("{note}");
     }
     Ok(new)
+}
+
+/// Whether `services` has `name` with a health check.
+fn checked(services: &[ServiceSpec], name: &str) -> bool {
+    services
+        .iter()
+        .any(|spec| spec.name == name && spec.health.is_some())
 }
 
 fn start_checkers(

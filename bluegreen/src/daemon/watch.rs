@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use bluegreen::{
+    Error,
     clock::unix_now_ms,
     config::AutoRollback,
     endpoint::Color,
@@ -37,6 +38,19 @@ fn should_roll_back(
         && within_window
 }
 
+/// Whether `error` says the service is no longer up (an `up` removed it, or
+/// a `down` took everything), rather than that its state could not be read
+/// this time.
+fn is_gone(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::UnknownService { .. }
+            | Error::NothingUp
+            | Error::NotUpOn { .. }
+            | Error::ServiceNotLive { .. }
+    )
+}
+
 /// Probes both colors of one service every interval, publishes their
 /// health, and rolls back when the active color turns unhealthy and the
 /// service asks for it.
@@ -47,16 +61,27 @@ pub(super) async fn watch_service(host: Host, name: String, observations: Shared
             let (host, name) = (host.clone(), name.clone());
             tokio::task::spawn_blocking(move || host.service_view(Some(&name))).await
         };
+        let forget = || {
+            observations
+                .lock()
+                .expect("observations lock")
+                .retain_checked(|service| service != name);
+        };
         let view = match view {
             Ok(Ok(view)) => view,
             Ok(Err(error)) => {
+                if is_gone(&error) {
+                    forget();
+                }
                 log::warn!("{name}: cannot read its state: {error}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
             Err(_) => return,
         };
+        // An `up` dropped the check.
         let Some(check) = view.record.spec.health.clone() else {
+            forget();
             return;
         };
         for color in Color::BOTH {
