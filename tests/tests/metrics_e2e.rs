@@ -1,7 +1,11 @@
-//! What bluegreen counts and reports: switches and rollbacks counted by
-//! whoever makes them, and health only while it is checked.
+//! What bluegreen counts and tells: switches and rollbacks counted by
+//! whoever makes them, health reported only while it is checked, and the
+//! messages of `status` and failed commands.
 
-use std::time::{Duration, Instant};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use bluegreen::pinned::PinLayout;
 use bluegreen_common::map_names;
@@ -190,4 +194,41 @@ fn health_is_reported_only_while_it_is_checked() {
     wait_until("blue's health no longer reported after reload", || {
         !health_reported(&fixture, "blue") && !health_reported(&fixture, "green")
     });
+}
+
+#[test]
+fn an_os_error_is_printed_once() {
+    // A state directory that is a file: listing it fails with ENOTDIR.
+    let output = Command::new(bluegreen_testbed::cli::binary())
+        .args([
+            "--pin-dir",
+            "/sys/fs/bpf",
+            "--state-dir",
+            "/dev/null",
+            "status",
+        ])
+        .output()
+        .expect("run bluegreen");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot list /dev/null: Not a directory (os error 20)"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
+}
+
+#[test]
+fn status_with_nothing_up_is_an_empty_json_report_or_a_message() {
+    let fixture = Fixture::blue_only();
+    let json = fixture.bluegreen.ok(&["status", "--json"]);
+    let report: Value = serde_json::from_str(&json).expect("status --json is JSON");
+    assert_eq!(report, json!({"schema_version": 1, "interfaces": []}));
+
+    let run = fixture.bluegreen.run(&["status"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("bluegreen is not up: start it with"),
+        "{run:?}"
+    );
 }

@@ -7,7 +7,10 @@ use bluegreen::{
     config::{Config, DataplaneOptions, ServiceSpec, XdpModeArg},
     endpoint::Color,
     health::HealthCheck,
-    host::{Host, SwitchOptions, SwitchOutcome, SwitchTarget, UpRequest},
+    host::{
+        Host, STATUS_SCHEMA_VERSION, StatusReport, SwitchOptions, SwitchOutcome, SwitchTarget,
+        UpRequest,
+    },
 };
 use bluegreen_common::ChangeCause;
 use clap::CommandFactory;
@@ -61,7 +64,16 @@ pub fn run(host: &Host, command: Command) -> anyhow::Result<ExitCode> {
             print_switch(&outcome);
         }
         Command::Status(args) => {
-            let report = host.status(args.service.as_deref())?;
+            let report = match host.status(args.service.as_deref()) {
+                // A script that asks for JSON gets JSON: no interface is up.
+                Err(bluegreen::Error::NothingUp) if args.json && args.service.is_none() => {
+                    StatusReport {
+                        schema_version: STATUS_SCHEMA_VERSION,
+                        interfaces: Vec::new(),
+                    }
+                }
+                report => report?,
+            };
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
