@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     let args = cli::args::Cli::parse();
     init_logging(args.verbose, args.quiet);
     let host = Host::new(&args.pin_dir, &args.state_dir);
-    match cli::commands::run(&host, args.command) {
+    match cli::commands::run(&host, &args.state_dir, args.command) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {}", one_line(&error));

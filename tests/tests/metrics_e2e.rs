@@ -1,9 +1,9 @@
 //! What bluegreen counts and tells: switches and rollbacks counted by
-//! whoever makes them, health reported only while it is checked, and the
-//! messages of `status` and failed commands.
+//! whoever makes them, health reported only while it is checked, one daemon
+//! per interface, and the messages of `up`, `status` and failed commands.
 
 use std::{
-    process::Command,
+    process::{Child, Command, Output},
     time::{Duration, Instant},
 };
 
@@ -230,5 +230,71 @@ fn status_with_nothing_up_is_an_empty_json_report_or_a_message() {
     assert!(
         run.stderr.contains("bluegreen is not up: start it with"),
         "{run:?}"
+    );
+}
+
+/// A child process killed and reaped on drop, so a test that fails while
+/// it runs leaves nothing behind.
+struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    /// Its exit and output; panics (killing it) if it runs past `limit`.
+    fn wait(mut self, limit: Duration) -> Output {
+        let deadline = Instant::now() + limit;
+        loop {
+            let child = self.0.as_mut().expect("child running");
+            if child.try_wait().expect("poll the child").is_some() {
+                let child = self.0.take().expect("child running");
+                return child.wait_with_output().expect("child output");
+            }
+            assert!(Instant::now() < deadline, "still running after {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn a_second_daemon_on_the_interface_fails_fast_and_the_first_keeps_running() {
+    let fixture = Fixture::new();
+    let config = fixture.write_config(&config_text("", ""));
+    let _first = fixture.start_daemon(&config, &[&format!("--metrics={METRICS}")]);
+
+    let started = Instant::now();
+    let second = ChildGuard(Some(
+        fixture.bluegreen.spawn(&["daemon", "--config", &config]),
+    ));
+    let output = second.wait(Duration::from_secs(10));
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let lock = fixture.bluegreen.state_dir.join("s0.daemon.lock");
+    assert!(
+        stderr.contains(&format!(
+            "another bluegreen daemon is running on s0 (it holds {})",
+            lock.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(took < Duration::from_secs(5), "exited after {took:?}");
+
+    // The first one still serves, and its lock does not block a switch.
+    fixture.bluegreen.ok(&["switch", "green"]);
+    let metrics = scrape(&fixture);
+    assert_eq!(
+        metric(
+            &metrics,
+            "bluegreen_active{service=\"web\",color=\"green\"}"
+        ),
+        1.0
     );
 }

@@ -1,6 +1,6 @@
 //! Carries out a parsed command against the host.
 
-use std::{process::ExitCode, time::Duration};
+use std::{path::Path, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use bluegreen::{
@@ -32,7 +32,8 @@ fn switch_options(change: &ChangeArgs) -> SwitchOptions {
     }
 }
 
-pub fn run(host: &Host, command: Command) -> anyhow::Result<ExitCode> {
+/// Runs `command`; `state_dir` is the one `host` keeps its state in.
+pub fn run(host: &Host, state_dir: &Path, command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Up(args) => {
             let request = up_request(args)?;
@@ -100,7 +101,12 @@ pub fn run(host: &Host, command: Command) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(crate::daemon::run(host, &args.config, args.metrics))?;
+            runtime.block_on(crate::daemon::run(
+                host,
+                state_dir,
+                &args.config,
+                args.metrics,
+            ))?;
         }
         Command::Completions { shell } => {
             clap_complete::generate(
