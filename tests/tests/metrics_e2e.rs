@@ -298,3 +298,22 @@ fn a_second_daemon_on_the_interface_fails_fast_and_the_first_keeps_running() {
         1.0
     );
 }
+
+#[test]
+fn up_names_the_services_it_removes() {
+    let fixture = Fixture::new();
+    let both = format!("{}{}", config_text("", ""), dns_service());
+    fixture.up_with_config(&fixture.write_config(&both));
+
+    let output = fixture.up_with_config(&fixture.write_config(&config_text("", "")));
+    assert!(
+        output.contains(
+            "note: removed service dns (10.200.100.1:80 udp): its open connections are no longer steered"
+        ),
+        "{output}"
+    );
+    assert!(!output.contains("removed service web"), "{output}");
+    // Nothing more is removed the next time.
+    let output = fixture.up_with_config(&fixture.write_config(&config_text("", "")));
+    assert!(!output.contains("removed"), "{output}");
+}
