@@ -317,3 +317,50 @@ fn up_names_the_services_it_removes() {
     let output = fixture.up_with_config(&fixture.write_config(&config_text("", "")));
     assert!(!output.contains("removed"), "{output}");
 }
+
+#[test]
+fn a_shift_retreats_only_from_what_it_shifted_and_counts_it() {
+    let mut fixture = Fixture::new();
+    fixture.up_with_config(&fixture.write_config(&config_text("", FAST_CHECK)));
+    // Blue is active and green the previous color: a rollback would go to
+    // green.
+    fixture.bluegreen.ok(&["switch", "green"]);
+    fixture.bluegreen.ok(&["rollback"]);
+    let before = counts(&fixture, 0);
+
+    fixture.stop_green();
+    let run =
+        fixture
+            .bluegreen
+            .run(&["shift", "green", "--steps", "50,100", "--interval", "100ms"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("green failed its health check")
+            && run.stderr.contains("nothing was shifted"),
+        "{run:?}"
+    );
+    assert_eq!(fixture.bluegreen.active(), "blue");
+    assert_eq!(fixture.get(), "blue");
+    assert_eq!(
+        counts(&fixture, 0),
+        before,
+        "nothing changed, nothing counted"
+    );
+
+    fixture.start_green();
+    let shift =
+        fixture
+            .bluegreen
+            .spawn(&["shift", "green", "--steps", "10,100", "--interval", "3s"]);
+    let shift = ChildGuard(Some(shift));
+    wait_until("weight 10", || {
+        fixture.service_status()["weight"].as_u64() == Some(10)
+    });
+    fixture.stop_green();
+    let output = shift.wait(Duration::from_secs(10));
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert_eq!(fixture.service_status()["weight"], 0);
+    let (switched, rolled_back) = counts(&fixture, 0);
+    assert_eq!(switched, before.0, "a weight is not a switch");
+    assert_eq!(rolled_back["shift"], 1, "{rolled_back}");
+}

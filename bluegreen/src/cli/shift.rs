@@ -58,6 +58,7 @@ pub fn run(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
             return roll_back(
                 host,
                 &name,
+                current,
                 &format!("{color} failed its health check: {reason}"),
             );
         }
@@ -90,6 +91,7 @@ pub fn run(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
                     return roll_back(
                         host,
                         &name,
+                        current,
                         &format!("{color} turned unhealthy at {step}%: {reason}"),
                     );
                 }
@@ -110,7 +112,14 @@ fn stopped(name: &str, color: Color, weight: u8, done: usize, total: usize) -> E
     ExitCode::from(EXIT_INTERRUPTED)
 }
 
-fn roll_back(host: &Host, name: &str, reason: &str) -> anyhow::Result<ExitCode> {
+/// Returns the shifted share (`weight`) to 0 after a failed check.
+fn roll_back(host: &Host, name: &str, weight: u8, reason: &str) -> anyhow::Result<ExitCode> {
+    if weight == 0 {
+        // Nothing to undo, and a rollback would move every new flow to the
+        // previous color: possibly the very one that just failed.
+        eprintln!("error: {name}: {reason}; nothing was shifted");
+        return Ok(ExitCode::FAILURE);
+    }
     // Back to where traffic was: no check stands in the way of a retreat.
     let options = SwitchOptions {
         force: false,
