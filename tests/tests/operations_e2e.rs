@@ -166,8 +166,11 @@ fn metrics_count_the_traffic_sent() {
     let report = fixture.load(2, 10, Duration::from_secs(30)).finish(false);
     assert_eq!(report.served_by.get("green"), Some(&10), "{report:?}");
 
+    // A connection's last packets may still arrive: the scrape must fall
+    // between two status reads.
+    let before = fixture.service_status();
     let metrics = scrape(&fixture);
-    let service = fixture.service_status();
+    let after = fixture.service_status();
     for (color, requests) in [("blue", 25.0), ("green", 10.0)] {
         let labels = format!("{{service=\"web\",color=\"{color}\"}}");
         assert_eq!(
@@ -175,10 +178,13 @@ fn metrics_count_the_traffic_sent() {
             requests
         );
         for (name, field) in [("packets", "packets"), ("bytes", "bytes")] {
-            assert_eq!(
-                metric(&metrics, &format!("bluegreen_{name}_total{labels}")),
-                service[color][field].as_f64().expect("counter"),
-                "{name} for {color}"
+            let scraped = metric(&metrics, &format!("bluegreen_{name}_total{labels}"));
+            let read = |status: &serde_json::Value| status[color][field].as_f64().expect("counter");
+            assert!(
+                (read(&before)..=read(&after)).contains(&scraped),
+                "{name} for {color}: scraped {scraped}, status {} then {}",
+                read(&before),
+                read(&after)
             );
         }
         // A request on a new connection is at least SYN, ACK, request, FIN.
