@@ -9,7 +9,7 @@ use aya_ebpf::{
 use bluegreen_common::{
     DEFAULT_FLOW_CAPACITY, Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAX_PREVIEW_PREFIXES,
     MAX_SERVICES, PREVIEW_FIXED_BITS, PassReason, PreviewPrefix, ServiceKey, ServiceState,
-    Settings, TrafficCounters, VIP_FILTER_WORDS, bitmap_position, vip_filter_bit,
+    Settings, SwitchCounters, TrafficCounters, VIP_FILTER_WORDS, bitmap_position, vip_filter_bit,
 };
 
 /// Not preallocated: an update then swaps in a new element under RCU, so a
@@ -61,6 +61,12 @@ pub static BG_GENERATIONS: Array<u32> = Array::pinned(MAX_SERVICES, 0);
 #[map(name = "BG_PREVIEW")]
 pub static BG_PREVIEW: LpmTrie<PreviewPrefix, u8> =
     LpmTrie::pinned(MAX_PREVIEW_PREFIXES, BPF_F_NO_PREALLOC);
+
+/// Each counter slot's switches and rollbacks. Only userspace touches it;
+/// it is declared here so that loading the object creates and pins it with
+/// the others, also on a hot upgrade of an instance from before it existed.
+#[map(name = "BG_SWITCHES")]
+pub static BG_SWITCHES: Array<SwitchCounters> = Array::pinned(MAX_SERVICES, 0);
 
 #[inline(always)]
 pub fn in_preview(counter_slot: u32, family: u8, client: &[u8; 16]) -> bool {

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bluegreen_common::{PassReason, ServiceKey};
+use bluegreen_common::{ChangeCause, PassReason, ServiceKey};
 use serde::Serialize;
 
 use super::{
@@ -162,6 +162,11 @@ pub struct ServiceStatus {
     pub weight: u8,
     /// Client prefixes whose new flows go to the idle color.
     pub preview: Vec<String>,
+    /// Changes of the active color since the service was added, by cause
+    /// (`operator`, `shift`, `auto_rollback`).
+    pub switches: BTreeMap<&'static str, u64>,
+    /// Rollbacks, by cause (`operator`, `shift`, `unhealthy`).
+    pub rollbacks: BTreeMap<&'static str, u64>,
     pub blue: ColorStatus,
     pub green: ColorStatus,
 }
@@ -206,6 +211,14 @@ fn interface_status(
                 closing_flows: flows.closing[usize::from(color.wire())],
             })
         };
+        let counted = maps.switch_counters(live.counter_slot)?;
+        let by_cause = |counts: [u64; ChangeCause::COUNT],
+                        name: fn(ChangeCause) -> &'static str| {
+            ChangeCause::ALL
+                .into_iter()
+                .map(|cause| (name(cause), counts[cause as usize]))
+                .collect()
+        };
         services.push(ServiceStatus {
             name: record.spec.name.clone(),
             vip: record.spec.vip.to_string(),
@@ -216,6 +229,8 @@ fn interface_status(
             switched_at_unix_ms: record.switched_at_unix_ms,
             weight: live.weight,
             preview: record.preview.clone(),
+            switches: by_cause(counted.switches, ChangeCause::switch_name),
+            rollbacks: by_cause(counted.rollbacks, ChangeCause::rollback_name),
             blue: color_status(Color::Blue)?,
             green: color_status(Color::Green)?,
         });

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bluegreen_common::{SERVICE_HAS_PREVIEW, ServiceState};
+use bluegreen_common::{ChangeCause, SERVICE_HAS_PREVIEW, ServiceState};
 
 use super::{Host, Lock, OpenService};
 use crate::{
@@ -36,6 +36,8 @@ pub struct SwitchOptions {
     /// Probe the color that gains traffic with the service's health check
     /// first, and refuse the switch if it fails.
     pub check: bool,
+    /// Who asks: the change is counted under it.
+    pub cause: ChangeCause,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,7 +152,8 @@ impl Host {
         target: SwitchTarget,
         options: SwitchOptions,
     ) -> Result<SwitchOutcome> {
-        self.change_colors(service, options, |name, live| {
+        let rollback = target == SwitchTarget::Previous;
+        self.change_colors(service, options, rollback, |name, live| {
             let from = Color::from_wire(live.active);
             let to = match target {
                 SwitchTarget::Color(color) => color,
@@ -197,6 +200,7 @@ impl Host {
         color: Color,
         weight: u8,
         check: bool,
+        cause: ChangeCause,
     ) -> Result<SwitchOutcome> {
         if weight > 100 {
             return Err(Error::InvalidWeight(weight));
@@ -204,11 +208,12 @@ impl Host {
         let options = SwitchOptions {
             force: false,
             check,
+            cause,
         };
         if weight == 100 {
             return self.switch(service, SwitchTarget::Color(color), options);
         }
-        self.change_colors(service, options, |name, live| {
+        self.change_colors(service, options, false, |name, live| {
             if Color::from_wire(live.active) == color {
                 return Err(Error::InvalidService {
                     service: name.to_owned(),
@@ -224,11 +229,12 @@ impl Host {
 
     /// Applies `decide` (service name, live state -> wanted state) under the
     /// interface lock, health-checking the color that gains traffic first
-    /// if asked.
+    /// if asked, and counts the change (as a rollback if `rollback`).
     fn change_colors(
         &self,
         service: Option<&str>,
         options: SwitchOptions,
+        rollback: bool,
         decide: impl FnOnce(&str, &ServiceState) -> Result<ServiceState>,
     ) -> Result<SwitchOutcome> {
         let mut open = self.open_service(service, Lock::Exclusive)?;
@@ -242,7 +248,20 @@ impl Host {
             None
         };
         let elapsed = if changed {
-            self.commit(&mut open, after)?
+            let elapsed = self.commit(&mut open, after)?;
+            let switched = before.active != after.active;
+            // The change is live: a counter that cannot be written must not
+            // make it look failed.
+            if let Err(error) =
+                open.maps
+                    .count_change(after.counter_slot, options.cause, switched, rollback)
+            {
+                log::warn!(
+                    "{}: changed, but not counted in the switch metrics: {error}",
+                    open.name()
+                );
+            }
+            elapsed
         } else {
             Duration::ZERO
         };

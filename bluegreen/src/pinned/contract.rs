@@ -6,8 +6,8 @@ use std::mem::size_of;
 use aya::maps::{Map, MapData, MapInfo, MapType, lpm_trie::Key};
 use bluegreen_common::{
     Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAX_PREVIEW_PREFIXES, MAX_SERVICES, PassReason,
-    PreviewPrefix, ServiceKey, ServiceState, Settings, TrafficCounters, VIP_FILTER_WORDS,
-    map_names,
+    PreviewPrefix, ServiceKey, ServiceState, Settings, SwitchCounters, TrafficCounters,
+    VIP_FILTER_WORDS, map_names,
 };
 
 use super::PinLayout;
@@ -23,7 +23,7 @@ struct MapSpec {
     max_entries: Option<u32>,
 }
 
-fn expected_maps() -> [MapSpec; 10] {
+fn expected_maps() -> [MapSpec; 11] {
     [
         MapSpec {
             name: map_names::SERVICES,
@@ -94,6 +94,13 @@ fn expected_maps() -> [MapSpec; 10] {
             key_size: size_of::<Key<PreviewPrefix>>(),
             value_size: size_of::<u8>(),
             max_entries: Some(MAX_PREVIEW_PREFIXES),
+        },
+        MapSpec {
+            name: map_names::SWITCHES,
+            kind: MapType::Array,
+            key_size: size_of::<u32>(),
+            value_size: size_of::<SwitchCounters>(),
+            max_entries: Some(MAX_SERVICES),
         },
     ]
 }

@@ -8,9 +8,9 @@ use aya::maps::{
     Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
 };
 use bluegreen_common::{
-    Endpoint, FlowEntry, FlowKey, PREVIEW_FIXED_BITS, PassReason, PreviewPrefix, ServiceKey,
-    ServiceState, Settings, Timeouts, TrafficCounters, bitmap_position, map_names, traffic_index,
-    vip_filter_bit,
+    ChangeCause, Endpoint, FlowEntry, FlowKey, PREVIEW_FIXED_BITS, PassReason, PreviewPrefix,
+    ServiceKey, ServiceState, Settings, SwitchCounters, Timeouts, TrafficCounters, bitmap_position,
+    map_names, traffic_index, vip_filter_bit,
 };
 
 use super::{PinLayout, contract::open_map};
@@ -32,6 +32,10 @@ pub struct PinnedMaps {
     vip_filter: Array<MapData, u32>,
     generations: Array<MapData, u32>,
     preview: LpmTrie<MapData, PreviewPrefix, u8>,
+    /// `None` on an instance brought up by a bluegreen from before the map
+    /// existed, until its next `up` creates it: switching must not depend
+    /// on a counter.
+    switches: Option<Array<MapData, SwitchCounters>>,
 }
 
 /// Whether [`PinnedMaps::put_service`] may create the service or only
@@ -83,6 +87,11 @@ impl PinnedMaps {
             vip_filter: open_map(layout, map_names::VIP_FILTER)?,
             generations: open_map(layout, map_names::GENERATIONS)?,
             preview: open_map(layout, map_names::PREVIEW)?,
+            switches: if layout.map(map_names::SWITCHES).exists() {
+                Some(open_map(layout, map_names::SWITCHES)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -234,9 +243,11 @@ impl PinnedMaps {
         Ok(prefixes)
     }
 
-    /// Zeroes both colors' traffic counters of a counter slot, for a
-    /// service that takes over a slot another one used.
+    /// Zeroes the traffic counters (both colors) and the switch counters
+    /// of a counter slot, for a service that takes over a slot another one
+    /// used.
     pub fn reset_counters(&mut self, counter_slot: u32) -> Result<()> {
+        self.set_switch_counters(counter_slot, SwitchCounters::default())?;
         let cpus = aya::util::nr_cpus().map_err(|(what, error)| Error::Io {
             action: format!("cannot count CPUs ({what})"),
             source: error,
@@ -298,5 +309,40 @@ impl PinnedMaps {
             .get(&(reason as u32), 0)
             .map_err(Error::ebpf("cannot read pass counters"))?;
         Ok(per_cpu.iter().sum())
+    }
+
+    /// One service's switches and rollbacks (all zero before the map
+    /// exists).
+    pub fn switch_counters(&self, counter_slot: u32) -> Result<SwitchCounters> {
+        let Some(switches) = &self.switches else {
+            return Ok(SwitchCounters::default());
+        };
+        switches
+            .get(&counter_slot, 0)
+            .map_err(Error::ebpf("cannot read the switch counters"))
+    }
+
+    /// Counts one committed change of a service's colors. The caller holds
+    /// the interface lock, so the read and the write cannot interleave with
+    /// another writer's.
+    pub fn count_change(
+        &mut self,
+        counter_slot: u32,
+        cause: ChangeCause,
+        switched: bool,
+        rolled_back: bool,
+    ) -> Result<()> {
+        let mut counters = self.switch_counters(counter_slot)?;
+        counters.count(cause, switched, rolled_back);
+        self.set_switch_counters(counter_slot, counters)
+    }
+
+    fn set_switch_counters(&mut self, counter_slot: u32, counters: SwitchCounters) -> Result<()> {
+        match &mut self.switches {
+            Some(switches) => switches
+                .set(counter_slot, counters, 0)
+                .map_err(Error::ebpf("cannot write the switch counters")),
+            None => Ok(()),
+        }
     }
 }
