@@ -198,21 +198,22 @@ fn health_is_reported_only_while_it_is_checked() {
 
 #[test]
 fn an_os_error_is_printed_once() {
-    // A state directory that is a file: listing it fails with ENOTDIR.
+    // A config path below a file: reading it fails with ENOTDIR.
     let output = Command::new(bluegreen_testbed::cli::binary())
         .args([
-            "--pin-dir",
-            "/sys/fs/bpf",
-            "--state-dir",
-            "/dev/null",
-            "status",
+            "up",
+            "--iface",
+            "lo",
+            "--config",
+            "/dev/null/bluegreen.toml",
         ])
         .output()
         .expect("run bluegreen");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("cannot list /dev/null: Not a directory (os error 20)"),
+        stderr
+            .contains("cannot read config /dev/null/bluegreen.toml: Not a directory (os error 20)"),
         "{stderr}"
     );
     assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");

@@ -68,8 +68,11 @@ impl PinnedMaps {
                 iface: layout.iface().to_owned(),
             });
         }
+        // The switch counters came after the other maps: an instance from
+        // before them keeps working (uncounted) until `up` adds them.
         if let Some(name) = map_names::ALL
             .iter()
+            .filter(|name| **name != map_names::SWITCHES)
             .find(|name| !layout.map(name).exists())
         {
             return Err(Error::MapPinMissing {
