@@ -96,7 +96,8 @@ pub mod map_names {
     pub const PREVIEW: &str = "BG_PREVIEW";
     pub const MAGLEV: &str = "BG_MAGLEV";
     pub const BACKENDS: &str = "BG_BACKENDS";
-    pub const ALL: [&str; 12] = [
+    pub const SWITCHES: &str = "BG_SWITCHES";
+    pub const ALL: [&str; 13] = [
         SERVICES,
         FLOWS,
         REPLIES,
@@ -109,6 +110,7 @@ pub mod map_names {
         PREVIEW,
         MAGLEV,
         BACKENDS,
+        SWITCHES,
     ];
 }
 
@@ -438,6 +440,67 @@ pub struct TrafficCounters {
     pub new_flows: u64,
 }
 
+/// Who made a change of a service's colors: the index into
+/// [`SwitchCounters`]' arrays.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChangeCause {
+    /// `bluegreen switch` or `bluegreen rollback`.
+    #[default]
+    Operator = 0,
+    /// `bluegreen shift`: its steps, and its retreat when a check fails.
+    Shift = 1,
+    /// The daemon, rolling back an active color that turned unhealthy.
+    AutoRollback = 2,
+}
+
+impl ChangeCause {
+    pub const COUNT: usize = 3;
+    pub const ALL: [ChangeCause; Self::COUNT] = [Self::Operator, Self::Shift, Self::AutoRollback];
+
+    /// Its name as the cause of a switch.
+    pub fn switch_name(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::Shift => "shift",
+            Self::AutoRollback => "auto_rollback",
+        }
+    }
+
+    /// Its name as the cause of a rollback: the daemon's rollbacks are
+    /// named for why they happen, as the metrics always called them.
+    pub fn rollback_name(self) -> &'static str {
+        match self {
+            Self::AutoRollback => "unhealthy",
+            other => other.switch_name(),
+        }
+    }
+}
+
+/// Value of the switch-counter map (`BG_SWITCHES`, indexed by counter
+/// slot): one service's committed changes, by [`ChangeCause`]. Only
+/// userspace writes it, under the interface lock, at each change it
+/// commits; the programs never read it. It lives in a pinned map rather
+/// than in a process so that every command counts, whoever runs it, and
+/// the counts outlive restarts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwitchCounters {
+    /// Changes of the active color.
+    pub switches: [u64; ChangeCause::COUNT],
+    /// Returns to the previous color, or of a weighted shift's share to 0.
+    pub rollbacks: [u64; ChangeCause::COUNT],
+}
+
+impl SwitchCounters {
+    /// Counts one committed change made by `cause`.
+    pub fn count(&mut self, cause: ChangeCause, switched: bool, rolled_back: bool) {
+        let at = cause as usize;
+        self.switches[at] += u64::from(switched);
+        self.rollbacks[at] += u64::from(rolled_back);
+    }
+}
+
 /// Why a packet left the ingress program untouched. The value is the index
 /// into the passed-packets counter array.
 #[repr(u32)]
@@ -499,6 +562,7 @@ mod pod {
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::TrafficCounters {}
     unsafe impl aya::Pod for super::PreviewPrefix {}
+    unsafe impl aya::Pod for super::SwitchCounters {}
 }
 
 #[cfg(test)]
@@ -518,6 +582,7 @@ mod tests {
         assert_eq!(size_of::<FlowEntry>(), 8 + 20 + 4 + 1 + 1 + 2 + 4);
         assert_eq!(size_of::<Settings>(), 32);
         assert_eq!(size_of::<TrafficCounters>(), 24);
+        assert_eq!(size_of::<SwitchCounters>(), 2 * 3 * 8);
         assert_eq!(
             size_of::<PreviewPrefix>() as u32 * 8,
             PREVIEW_FIXED_BITS + 128

@@ -9,8 +9,8 @@ use aya_ebpf::{
 use bluegreen_common::{
     DEFAULT_FLOW_CAPACITY, Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAGLEV_CHUNKS, MAX_BACKENDS,
     MAX_PREVIEW_PREFIXES, MAX_SERVICES, MaglevChunk, PREVIEW_FIXED_BITS, PassReason, Pool,
-    PreviewPrefix, ServiceKey, ServiceState, Settings, TrafficCounters, VIP_FILTER_WORDS,
-    bitmap_position, maglev_position, vip_filter_bit,
+    PreviewPrefix, ServiceKey, ServiceState, Settings, SwitchCounters, TrafficCounters,
+    VIP_FILTER_WORDS, bitmap_position, maglev_position, vip_filter_bit,
 };
 
 /// Not preallocated: an update then swaps in a new element under RCU, so a
@@ -81,6 +81,12 @@ pub fn pool_backend(pool: &Pool, hash: u32) -> Option<Endpoint> {
         .get(pool.first_backend + u32::from(index))
         .copied()
 }
+
+/// Each counter slot's switches and rollbacks. Only userspace touches it;
+/// it is declared here so that loading the object creates and pins it with
+/// the others, also on a hot upgrade of an instance from before it existed.
+#[map(name = "BG_SWITCHES")]
+pub static BG_SWITCHES: Array<SwitchCounters> = Array::pinned(MAX_SERVICES, 0);
 
 #[inline(always)]
 pub fn in_preview(counter_slot: u32, family: u8, client: &[u8; 16]) -> bool {

@@ -116,6 +116,35 @@ pub enum Error {
         "no room left for more {what} in the dataplane (every pool is written beside the live one before a change): remove unused services or backends"
     )]
     PoolSpaceExhausted { what: &'static str },
+    #[error(
+        "{path} {reason}, so another user could redirect what bluegreen writes there: refusing to use it; use a directory owned by root that only root can write (e.g. `install -d -m 0700 -o root DIR`), not a symbolic link"
+    )]
+    UnsafeDirectory { path: PathBuf, reason: String },
+    #[error(
+        "lock file {path} is a symbolic link, which bluegreen does not follow: remove it and run the command again"
+    )]
+    SymlinkedLock { path: PathBuf },
+    #[error(
+        "no service named {name:?}: the state file of {iface} was lost and the maps hold no names (it serves {}); run `bluegreen up --iface {iface} --config FILE` (or with the same --service flags) to restore them, or pass --service with the name shown",
+        known.join(", ")
+    )]
+    ServiceNamesLost {
+        name: String,
+        iface: String,
+        known: Vec<String>,
+    },
+    #[error(
+        "pinned map {path} is missing (removed by hand?); the programs still attached keep steering with it: run `bluegreen up --iface {iface} ...` to pin it again, or `bluegreen down --iface {iface}`"
+    )]
+    MapPinMissing { path: PathBuf, iface: String },
+    #[error(
+        "interface {iface} does not exist (deleted while bluegreen was up), so nothing is steered: re-create it and run `bluegreen up --iface {iface} ...` to attach again (colors are kept), or `bluegreen down --iface {iface}`"
+    )]
+    InterfaceGone { iface: String },
+    #[error(
+        "bluegreen is not attached to {iface} ({detail}), so a change would not reach clients: run `bluegreen up --iface {iface} ...` to attach again (colors are kept)"
+    )]
+    NotAttached { iface: String, detail: String },
     #[error("{action}: {source}")]
     Io {
         action: String,

@@ -5,6 +5,7 @@
 
 pub mod clock;
 pub mod config;
+mod dirs;
 pub mod endpoint;
 pub mod error;
 pub mod health;

@@ -113,12 +113,12 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
     let switches = counter_family(
         &mut registry,
         "bluegreen_switches",
-        "Changes of the active color, by cause",
+        "Changes of the active color, by cause: operator, shift, auto_rollback",
     );
     let rollbacks = counter_family(
         &mut registry,
         "bluegreen_rollbacks",
-        "Automatic rollbacks, by cause",
+        "Rollbacks, by cause: operator, shift (a failed check), unhealthy (the daemon's automatic rollback)",
     );
     let last_switch = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     registry.register(
@@ -168,6 +168,21 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
                     healthy.get_or_create(&labels).set(value);
                 }
             }
+            // A series appears at its first count, as the alerts and the
+            // dashboard expect.
+            for (family, counts) in [
+                (&switches, &service.switches),
+                (&rollbacks, &service.rollbacks),
+            ] {
+                for (cause, count) in counts.iter().filter(|(_, count)| **count > 0) {
+                    family
+                        .get_or_create(&vec![
+                            ("service", service.name.clone()),
+                            ("cause", (*cause).to_owned()),
+                        ])
+                        .inc_by(*count);
+                }
+            }
             if let Some(at) = service.switched_at_unix_ms {
                 last_switch
                     .get_or_create(&vec![("service", service.name.clone())])
@@ -182,22 +197,6 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
                 ])
                 .inc_by(*count);
         }
-    }
-    for ((service, cause), count) in &observations.switches {
-        switches
-            .get_or_create(&vec![
-                ("service", service.clone()),
-                ("cause", (*cause).to_owned()),
-            ])
-            .inc_by(*count);
-    }
-    for ((service, cause), count) in &observations.rollbacks {
-        rollbacks
-            .get_or_create(&vec![
-                ("service", service.clone()),
-                ("cause", (*cause).to_owned()),
-            ])
-            .inc_by(*count);
     }
     let mut body = String::new();
     encode(&mut body, &registry).expect("writing to a String cannot fail");

@@ -1,6 +1,6 @@
-//! What the daemon has seen that the kernel's maps do not hold: health
-//! states and the switches it counted. Written by the daemon's watchers,
-//! read by the metrics endpoint.
+//! What the daemon has seen that the kernel's maps do not hold: the health
+//! of each checked service's colors. Written by the daemon's watchers, read
+//! by the metrics endpoint.
 
 use std::{
     collections::BTreeMap,
@@ -13,10 +13,39 @@ use bluegreen::{endpoint::Color, health::Health};
 pub struct Observations {
     /// (service, color) -> health.
     pub health: BTreeMap<(String, Color), Health>,
-    /// (service, cause) -> count. Causes: `operator`, `auto_rollback`.
-    pub switches: BTreeMap<(String, &'static str), u64>,
-    /// (service, cause) -> count of automatic rollbacks.
-    pub rollbacks: BTreeMap<(String, &'static str), u64>,
+}
+
+impl Observations {
+    /// Keeps the health of the services `checked` says are still checked:
+    /// a service whose check was dropped, or that is gone, must not keep
+    /// reporting its last state.
+    pub fn retain_checked(&mut self, checked: impl Fn(&str) -> bool) {
+        self.health.retain(|(service, _), _| checked(service));
+    }
 }
 
 pub type Shared = Arc<Mutex<Observations>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_services_still_checked_keep_their_health() {
+        let mut observations = Observations::default();
+        for service in ["chat", "dns"] {
+            for color in Color::BOTH {
+                observations
+                    .health
+                    .insert((service.to_owned(), color), Health::Healthy);
+            }
+        }
+        observations.retain_checked(|service| service == "dns");
+        let left: Vec<&str> = observations
+            .health
+            .keys()
+            .map(|(service, _)| service.as_str())
+            .collect();
+        assert_eq!(left, ["dns", "dns"]);
+    }
+}

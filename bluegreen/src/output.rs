@@ -80,6 +80,17 @@ pub fn print_status(report: &StatusReport) {
             "{}: XDP {} mode, flow table {} flows",
             interface.interface, interface.xdp_mode, interface.flow_capacity
         );
+        if !interface.interface_present {
+            println!(
+                "  not attached: interface {0} does not exist (nothing is steered; once it is back, `bluegreen up --iface {0} ...` attaches again)",
+                interface.interface
+            );
+        } else if !interface.attached {
+            println!(
+                "  not attached: run `bluegreen up --iface {} ...` to attach again",
+                interface.interface
+            );
+        }
         for service in &interface.services {
             println!(
                 "  {} {} {}: active {} (previous {}, generation {})",

@@ -1,7 +1,8 @@
-//! The one `bpf()` command bluegreen needs that aya does not offer:
+//! The two `bpf()` commands bluegreen needs that aya does not offer:
 //! `BPF_LINK_DETACH` of a pinned link, so that `down` returns with the
 //! programs already gone (closing the last reference would only detach
-//! them when the kernel's deferred release runs).
+//! them when the kernel's deferred release runs), and the interface a
+//! pinned link is attached to, which aya's `LinkInfo` does not expose.
 
 use std::{
     ffi::CString,
@@ -12,13 +13,14 @@ use std::{
 };
 
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// Issues `bpf(command, attr)`; `attr` is the `union bpf_attr` member (or
 /// a prefix of it) that `command` reads.
 fn bpf_syscall<T>(command: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     let size = size_of::<T>() as libc::c_uint;
-    // SAFETY: both callers pass the attr layout their command reads, and
+    // SAFETY: every caller passes the attr layout its command reads, and
     // any pointer in it outlives the call.
     match unsafe { libc::syscall(libc::SYS_bpf, command, attr as *mut T, size) } {
         status if status < 0 => Err(io::Error::last_os_error()),
@@ -35,9 +37,8 @@ struct ObjAttr {
     file_flags: u32,
 }
 
-/// Detaches the link pinned at `path` now. The pin itself stays; the caller
-/// removes it.
-pub(crate) fn detach_pinned_link(path: &Path) -> io::Result<()> {
+/// Opens the link pinned at `path`.
+fn open_pinned_link(path: &Path) -> io::Result<OwnedFd> {
     let path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
     let mut get = ObjAttr {
         pathname: path.as_ptr() as u64,
@@ -45,7 +46,49 @@ pub(crate) fn detach_pinned_link(path: &Path) -> io::Result<()> {
     };
     let fd = bpf_syscall(BPF_OBJ_GET, &mut get)?;
     // SAFETY: BPF_OBJ_GET returned a new descriptor that we now own.
-    let link = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Detaches the link pinned at `path` now. The pin itself stays; the caller
+/// removes it.
+pub(crate) fn detach_pinned_link(path: &Path) -> io::Result<()> {
+    let link = open_pinned_link(path)?;
     let mut detach = [link.as_raw_fd() as u32, 0, 0, 0];
     bpf_syscall(BPF_LINK_DETACH, &mut detach).map(drop)
+}
+
+/// `union bpf_attr`, the `BPF_OBJ_GET_INFO_BY_FD` member.
+#[repr(C)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The head of `struct bpf_link_info` for XDP and TCX links: both start
+/// their union member with the interface index. The kernel fills only as
+/// much as `info_len` asks for.
+#[repr(C, align(8))]
+#[derive(Default)]
+struct LinkInfoHead {
+    /// Type, link id, program id.
+    _ids: [u32; 3],
+    _padding: u32,
+    ifindex: u32,
+    _attach_type: u32,
+}
+
+/// The interface index the link pinned at `path` is attached to; 0 once
+/// that interface is gone (the kernel then severs the link, which stays
+/// pinned but attached to nothing).
+pub(crate) fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
+    let link = open_pinned_link(path)?;
+    let mut head = LinkInfoHead::default();
+    let mut attr = InfoAttr {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: size_of::<LinkInfoHead>() as u32,
+        info: &mut head as *mut LinkInfoHead as u64,
+    };
+    bpf_syscall(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(head.ifindex)
 }

@@ -11,12 +11,14 @@
 //!   map fills.
 //! - [`fixture`]: the end-to-end tests' standard setup (topology, backends,
 //!   a bluegreen instance and service "web") and its client helpers.
+//! - [`metrics`]: scraping a test daemon's metrics endpoint.
 
 pub mod bench;
 pub mod cli;
 pub mod fixture;
 pub mod http;
 pub mod kernel;
+pub mod metrics;
 pub mod netns;
 pub mod packet;
 pub mod sys;

@@ -192,40 +192,16 @@ impl Topology {
     }
 
     fn wire(&self) {
-        use addr::*;
-        veth(&self.client, "c0", &self.switch, SWITCH_IFACE);
+        self.wire_client_link();
         veth(&self.blue, "b0", &self.switch, "sb");
         veth(&self.green, "g0", &self.switch, "sg");
         let links = [
-            (&self.client, "c0", "10.200.1.2/24", "fd00:bb::1:2/112"),
-            (
-                &self.switch,
-                SWITCH_IFACE,
-                "10.200.1.1/24",
-                "fd00:bb::1:1/112",
-            ),
             (&self.switch, "sb", "10.200.2.1/24", "fd00:bb::2:1/112"),
             (&self.switch, "sg", "10.200.3.1/24", "fd00:bb::3:1/112"),
             (&self.blue, "b0", "10.200.2.2/24", "fd00:bb::2:2/112"),
             (&self.green, "g0", "10.200.3.2/24", "fd00:bb::3:2/112"),
         ];
-        for (namespace, device, v4, v6) in links {
-            namespace.ip(&["addr", "add", v4, "dev", device]);
-            namespace.ip(&["-6", "addr", "add", v6, "dev", device, "nodad"]);
-            namespace.ip(&["link", "set", device, "up"]);
-            namespace.exec("ethtool", &["-K", device, "tx", "off"]);
-        }
-        // Everything in the test ranges (the VIPs, and the backends for
-        // direct access) goes through the switch.
-        self.client.ip(&[
-            "route",
-            "add",
-            "10.200.0.0/16",
-            "via",
-            SWITCH_CLIENT_SIDE_V4,
-        ]);
-        self.client
-            .ip(&["-6", "route", "add", "fd00:bb::/64", "via", "fd00:bb::1:1"]);
+        configure(&links);
         for (namespace, v4_gateway, v6_gateway) in [
             (&self.blue, "10.200.2.1", "fd00:bb::2:1"),
             (&self.green, "10.200.3.1", "fd00:bb::3:1"),
@@ -244,48 +220,104 @@ impl Topology {
     /// otherwise loses the first IPv6 packets to neighbour discovery and
     /// the first connection pays a one-second SYN retransmission.
     fn resolve_neighbours(&self) {
-        let pairs = [
+        resolve(&[
             (&self.client, "c0", ["10.200.1.1", "fd00:bb::1:1"]),
             (&self.blue, "b0", ["10.200.2.1", "fd00:bb::2:1"]),
             (&self.green, "g0", ["10.200.3.1", "fd00:bb::3:1"]),
             (&self.switch, SWITCH_IFACE, ["10.200.1.2", "fd00:bb::1:2"]),
             (&self.switch, "sb", ["10.200.2.2", "fd00:bb::2:2"]),
             (&self.switch, "sg", ["10.200.3.2", "fd00:bb::3:2"]),
-        ];
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for (namespace, device, neighbours) in pairs {
-            for neighbour in neighbours {
-                let target: IpAddr = neighbour.parse().expect("address literal");
-                loop {
-                    namespace
-                        .spawn(move || {
-                            let bind: SocketAddr = if target.is_ipv4() {
-                                "0.0.0.0:0".parse().expect("literal")
-                            } else {
-                                "[::]:0".parse().expect("literal")
-                            };
-                            // The discard port: nobody answers, but sending
-                            // makes the kernel resolve the neighbour.
-                            let socket = UdpSocket::bind(bind).expect("probe socket");
-                            let _ = socket.send_to(b"", (target, 9));
-                        })
-                        .join()
-                        .expect("probe thread");
-                    std::thread::sleep(Duration::from_millis(10));
-                    let state = namespace.ip(&["neigh", "show", "dev", device, neighbour]);
-                    let state = String::from_utf8_lossy(&state.stdout);
-                    if state.contains("REACHABLE")
-                        || state.contains("STALE")
-                        || state.contains("DELAY")
-                    {
-                        break;
-                    }
-                    assert!(
-                        Instant::now() < deadline,
-                        "{} cannot resolve {neighbour} on {device}: {state}",
-                        namespace.name()
-                    );
+        ]);
+    }
+
+    /// The client's veth pair (`c0` and the switch's [`SWITCH_IFACE`]), its
+    /// addresses, and the client's routes through the switch.
+    fn wire_client_link(&self) {
+        use addr::*;
+        veth(&self.client, "c0", &self.switch, SWITCH_IFACE);
+        configure(&[
+            (&self.client, "c0", "10.200.1.2/24", "fd00:bb::1:2/112"),
+            (
+                &self.switch,
+                SWITCH_IFACE,
+                "10.200.1.1/24",
+                "fd00:bb::1:1/112",
+            ),
+        ]);
+        // Everything in the test ranges (the VIPs, and the backends for
+        // direct access) goes through the switch.
+        self.client.ip(&[
+            "route",
+            "add",
+            "10.200.0.0/16",
+            "via",
+            SWITCH_CLIENT_SIDE_V4,
+        ]);
+        self.client
+            .ip(&["-6", "route", "add", "fd00:bb::/64", "via", "fd00:bb::1:1"]);
+    }
+
+    /// Deletes the switch's [`SWITCH_IFACE`] (and with it the client's end
+    /// of the pair), as an operator or a driver reset would.
+    pub fn delete_switch_iface(&self) {
+        self.switch.ip(&["link", "delete", SWITCH_IFACE]);
+    }
+
+    /// Re-creates [`SWITCH_IFACE`] and the client's end under the same
+    /// names and addresses, after [`Topology::delete_switch_iface`].
+    pub fn recreate_switch_iface(&self) {
+        self.wire_client_link();
+        resolve(&[
+            (&self.client, "c0", ["10.200.1.1", "fd00:bb::1:1"]),
+            (&self.switch, SWITCH_IFACE, ["10.200.1.2", "fd00:bb::1:2"]),
+        ]);
+    }
+}
+
+/// Addresses each device and brings it up, with transmit checksum offload
+/// off.
+fn configure(links: &[(&Namespace, &str, &str, &str)]) {
+    for &(namespace, device, v4, v6) in links {
+        namespace.ip(&["addr", "add", v4, "dev", device]);
+        namespace.ip(&["-6", "addr", "add", v6, "dev", device, "nodad"]);
+        namespace.ip(&["link", "set", device, "up"]);
+        namespace.exec("ethtool", &["-K", device, "tx", "off"]);
+    }
+}
+
+/// Resolves each device's neighbours (within 5 s in all).
+fn resolve(pairs: &[(&Namespace, &str, [&str; 2])]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for &(namespace, device, neighbours) in pairs {
+        for neighbour in neighbours {
+            let target: IpAddr = neighbour.parse().expect("address literal");
+            loop {
+                namespace
+                    .spawn(move || {
+                        let bind: SocketAddr = if target.is_ipv4() {
+                            "0.0.0.0:0".parse().expect("literal")
+                        } else {
+                            "[::]:0".parse().expect("literal")
+                        };
+                        // The discard port: nobody answers, but sending
+                        // makes the kernel resolve the neighbour.
+                        let socket = UdpSocket::bind(bind).expect("probe socket");
+                        let _ = socket.send_to(b"", (target, 9));
+                    })
+                    .join()
+                    .expect("probe thread");
+                std::thread::sleep(Duration::from_millis(10));
+                let state = namespace.ip(&["neigh", "show", "dev", device, neighbour]);
+                let state = String::from_utf8_lossy(&state.stdout);
+                if state.contains("REACHABLE") || state.contains("STALE") || state.contains("DELAY")
+                {
+                    break;
                 }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} cannot resolve {neighbour} on {device}: {state}",
+                    namespace.name()
+                );
             }
         }
     }

@@ -1,18 +1,14 @@
 //! Health-checked switching, automatic rollback and metrics, end to end.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use bluegreen_testbed::{
-    fixture::{Daemon, Fixture, TIMEOUT, config_text},
-    http::KeepAlive,
+    fixture::{Daemon, Fixture, config_text},
+    metrics::{METRICS, metric, scrape},
 };
 
 const INTERVAL_MS: u64 = 200;
 const UNHEALTHY_THRESHOLD: u64 = 2;
-const METRICS: &str = "127.0.0.1:9464";
 
 fn config(auto_rollback: bool) -> String {
     let rollback = if auto_rollback {
@@ -159,46 +155,6 @@ fn the_daemon_rolls_back_when_the_new_color_dies() {
     );
 }
 
-fn scrape(fixture: &Fixture) -> BTreeMap<String, f64> {
-    let text = fixture
-        .topology
-        .switch
-        .spawn(|| {
-            KeepAlive::connect(METRICS.parse().expect("literal"), TIMEOUT)
-                .and_then(|mut connection| connection.get_path("/metrics"))
-                .expect("scrape /metrics")
-        })
-        .join()
-        .expect("scrape thread");
-    assert!(
-        text.ends_with("# EOF\n"),
-        "OpenMetrics text ends with # EOF: {text}"
-    );
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .map(|line| {
-            let (name, value) = line
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("bad line {line:?}"));
-            (
-                name.to_owned(),
-                value
-                    .parse()
-                    .unwrap_or_else(|_| panic!("bad value in {line:?}")),
-            )
-        })
-        .collect()
-}
-
-fn metric(metrics: &BTreeMap<String, f64>, name: &str) -> f64 {
-    *metrics.get(name).unwrap_or_else(|| {
-        panic!(
-            "{name} missing from {:#?}",
-            metrics.keys().collect::<Vec<_>>()
-        )
-    })
-}
-
 #[test]
 fn metrics_count_the_traffic_sent() {
     let fixture = Fixture::new();
@@ -210,8 +166,11 @@ fn metrics_count_the_traffic_sent() {
     let report = fixture.load(2, 10, Duration::from_secs(30)).finish(false);
     assert_eq!(report.served_by.get("green"), Some(&10), "{report:?}");
 
+    // A connection's last packets may still arrive: the scrape must fall
+    // between two status reads.
+    let before = fixture.service_status();
     let metrics = scrape(&fixture);
-    let service = fixture.service_status();
+    let after = fixture.service_status();
     for (color, requests) in [("blue", 25.0), ("green", 10.0)] {
         let labels = format!("{{service=\"web\",color=\"{color}\"}}");
         assert_eq!(
@@ -219,10 +178,13 @@ fn metrics_count_the_traffic_sent() {
             requests
         );
         for (name, field) in [("packets", "packets"), ("bytes", "bytes")] {
-            assert_eq!(
-                metric(&metrics, &format!("bluegreen_{name}_total{labels}")),
-                service[color][field].as_f64().expect("counter"),
-                "{name} for {color}"
+            let scraped = metric(&metrics, &format!("bluegreen_{name}_total{labels}"));
+            let read = |status: &serde_json::Value| status[color][field].as_f64().expect("counter");
+            assert!(
+                (read(&before)..=read(&after)).contains(&scraped),
+                "{name} for {color}: scraped {scraped}, status {} then {}",
+                read(&before),
+                read(&after)
             );
         }
         // A request on a new connection is at least SYN, ACK, request, FIN.

@@ -10,11 +10,10 @@ use std::{
 };
 
 use bluegreen_testbed::{
-    fixture::{Fixture, TIMEOUT, config_text},
-    http::KeepAlive,
+    fixture::{Fixture, config_text},
+    metrics::{METRICS, scrape_text},
 };
 
-const METRICS: &str = "127.0.0.1:9464";
 const DASHBOARD: &str = "grafana/bluegreen.json";
 const ALERTS: &str = "prometheus/bluegreen-alerts.yml";
 const ALERT_TESTS: &str = "prometheus/bluegreen-alerts.test.yml";
@@ -93,26 +92,6 @@ fn referenced_metrics(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The daemon's OpenMetrics text, scraped from inside the switch namespace.
-fn scrape(fixture: &Fixture) -> String {
-    let text = fixture
-        .topology
-        .switch
-        .spawn(|| {
-            KeepAlive::connect(METRICS.parse().expect("literal"), TIMEOUT)
-                .and_then(|mut connection| connection.get_path("/metrics"))
-                .expect("scrape /metrics")
-        })
-        .join()
-        .expect("scrape thread");
-    // Also tells a full exposition from an error body.
-    assert!(
-        text.ends_with("# EOF\n"),
-        "OpenMetrics text ends with # EOF: {text}"
-    );
-    text
-}
-
 /// The names of the series a daemon serves once every family has samples:
 /// health checks on, an operator switch to green, then green dies and the
 /// daemon rolls back (switches, rollbacks and the switch time exist only
@@ -137,7 +116,7 @@ fn served_metrics() -> BTreeSet<String> {
     // counts a rollback only after the switch is done.
     let died = Instant::now();
     let text = loop {
-        let text = scrape(&fixture);
+        let text = scrape_text(&fixture);
         if text.contains("\nbluegreen_rollbacks_total{") {
             break text;
         }

@@ -1,14 +1,18 @@
 //! Carries out a parsed command against the host.
 
-use std::{process::ExitCode, time::Duration};
+use std::{path::Path, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use bluegreen::{
     config::{Config, DataplaneOptions, ServiceSpec, XdpModeArg},
     endpoint::Color,
     health::HealthCheck,
-    host::{Host, SwitchOptions, SwitchOutcome, SwitchTarget, UpRequest},
+    host::{
+        Host, STATUS_SCHEMA_VERSION, StatusReport, SwitchOptions, SwitchOutcome, SwitchTarget,
+        UpRequest,
+    },
 };
+use bluegreen_common::ChangeCause;
 use clap::CommandFactory;
 
 use super::{
@@ -24,10 +28,12 @@ fn switch_options(change: &ChangeArgs) -> SwitchOptions {
     SwitchOptions {
         force: change.force,
         check: !change.skip_check,
+        cause: ChangeCause::Operator,
     }
 }
 
-pub fn run(host: &Host, command: Command) -> anyhow::Result<ExitCode> {
+/// Runs `command`; `state_dir` is the one `host` keeps its state in.
+pub fn run(host: &Host, state_dir: &Path, command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Up(args) => {
             let request = up_request(args)?;
@@ -38,7 +44,9 @@ pub fn run(host: &Host, command: Command) -> anyhow::Result<ExitCode> {
             let options = switch_options(&args.change);
             let service = args.change.service.as_deref();
             let outcome = match args.weight {
-                Some(weight) => host.shift(service, args.color, weight, options.check)?,
+                Some(weight) => {
+                    host.shift(service, args.color, weight, options.check, options.cause)?
+                }
                 None => host.switch(service, SwitchTarget::Color(args.color), options)?,
             };
             print_switch(&outcome);
@@ -60,7 +68,16 @@ pub fn run(host: &Host, command: Command) -> anyhow::Result<ExitCode> {
             if let Some(interval) = args.watch {
                 return watch::run(host, args.service.as_deref(), interval, args.count);
             }
-            let report = host.status(args.service.as_deref())?;
+            let report = match host.status(args.service.as_deref()) {
+                // A script that asks for JSON gets JSON: no interface is up.
+                Err(bluegreen::Error::NothingUp) if args.json && args.service.is_none() => {
+                    StatusReport {
+                        schema_version: STATUS_SCHEMA_VERSION,
+                        interfaces: Vec::new(),
+                    }
+                }
+                report => report?,
+            };
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -87,7 +104,12 @@ pub fn run(host: &Host, command: Command) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(crate::daemon::run(host, &args.config, args.metrics))?;
+            runtime.block_on(crate::daemon::run(
+                host,
+                state_dir,
+                &args.config,
+                args.metrics,
+            ))?;
         }
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -13,6 +13,7 @@ use bluegreen::{
     health::{Health, HealthTracker},
     host::{Host, SwitchOptions, SwitchTarget},
 };
+use bluegreen_common::ChangeCause;
 
 use super::{EXIT_INTERRUPTED, args::ShiftArgs};
 use crate::output::print_switch;
@@ -57,11 +58,12 @@ pub fn run(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
             return roll_back(
                 host,
                 &name,
+                current,
                 &format!("{color} failed its health check: {reason}"),
             );
         }
         // The steps probe the color themselves, every check interval.
-        let outcome = host.shift(Some(&name), color, step, false)?;
+        let outcome = host.shift(Some(&name), color, step, false, ChangeCause::Shift)?;
         current = step;
         println!(
             "step {}/{total}: {color} at {step}% of new flows",
@@ -89,6 +91,7 @@ pub fn run(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
                     return roll_back(
                         host,
                         &name,
+                        current,
                         &format!("{color} turned unhealthy at {step}%: {reason}"),
                     );
                 }
@@ -109,9 +112,21 @@ fn stopped(name: &str, color: Color, weight: u8, done: usize, total: usize) -> E
     ExitCode::from(EXIT_INTERRUPTED)
 }
 
-fn roll_back(host: &Host, name: &str, reason: &str) -> anyhow::Result<ExitCode> {
+/// Returns the shifted share (`weight`) to 0 after a failed check.
+fn roll_back(host: &Host, name: &str, weight: u8, reason: &str) -> anyhow::Result<ExitCode> {
+    if weight == 0 {
+        // Nothing to undo, and a rollback would move every new flow to the
+        // previous color: possibly the very one that just failed.
+        eprintln!("error: {name}: {reason}; nothing was shifted");
+        return Ok(ExitCode::FAILURE);
+    }
     // Back to where traffic was: no check stands in the way of a retreat.
-    let outcome = host.switch(Some(name), SwitchTarget::Previous, SwitchOptions::default())?;
+    let options = SwitchOptions {
+        force: false,
+        check: false,
+        cause: ChangeCause::Shift,
+    };
+    let outcome = host.switch(Some(name), SwitchTarget::Previous, options)?;
     eprintln!("error: {name}: {reason}; rolled back");
     print_switch(&outcome);
     Ok(ExitCode::FAILURE)

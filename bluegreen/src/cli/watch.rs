@@ -14,11 +14,13 @@ use bluegreen::{
     host::{ColorStatus, Host, ServiceStatus, StatusReport},
 };
 
-/// Counters of one service's color at one refresh.
+/// Counters of one service's color at one refresh: packets, new flows.
 type Sample = (u64, u64);
 
-/// (interface, service, color) -> (packets, new flows).
-fn samples(report: &StatusReport) -> BTreeMap<(String, String, Color), Sample> {
+/// One refresh's samples by (interface, service, color).
+type Samples = BTreeMap<(String, String, Color), Sample>;
+
+fn samples(report: &StatusReport) -> Samples {
     report
         .interfaces
         .iter()
@@ -64,11 +66,7 @@ fn health(host: &Host, service: &str, color: Color) -> String {
     }
 }
 
-fn frame(
-    host: &Host,
-    report: &StatusReport,
-    previous: Option<(&BTreeMap<(String, String, Color), Sample>, Duration)>,
-) -> String {
+fn frame(host: &Host, report: &StatusReport, previous: Option<(&Samples, Duration)>) -> String {
     let mut text = String::new();
     for interface in &report.interfaces {
         text += &format!(
@@ -114,7 +112,7 @@ pub fn run(
     count: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
     let terminal = std::io::stdout().is_terminal();
-    let mut previous: Option<(BTreeMap<_, _>, Instant)> = None;
+    let mut previous: Option<(Samples, Instant)> = None;
     let mut drawn = 0;
     while count.is_none_or(|count| drawn < count) {
         let report = host.status(service)?;

@@ -1,6 +1,7 @@
 //! `bluegreen daemon`: `up`, then health checks, automatic rollback, config
 //! reloads and metrics, in the foreground for systemd.
 
+mod lock;
 mod watch;
 
 use std::{net::SocketAddr, path::Path, sync::Arc};
@@ -32,10 +33,12 @@ fn load_request(config_path: &Path) -> anyhow::Result<UpRequest> {
 
 pub async fn run(
     host: &Host,
+    state_dir: &Path,
     config_path: &Path,
     metrics: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let mut request = load_request(config_path)?;
+    let _lock = lock::DaemonLock::take(state_dir, &request.iface)?;
     let mut outcome = host.up(&request)?;
     print_up(&outcome);
     forward_ebpf_logs(&mut outcome.ebpf);
@@ -65,6 +68,10 @@ pub async fn run(
                             checker.abort();
                         }
                         checkers = start_checkers(host, &new.services, &observations);
+                        observations
+                            .lock()
+                            .expect("observations lock")
+                            .retain_checked(|name| checked(&new.services, name));
                         request = new;
                     }
                     // A bad config must not take a running dataplane down.
@@ -96,6 +103,13 @@ fn reload(host: &Host, config_path: &Path, running: &UpRequest) -> anyhow::Resul
         log::info!("{note}");
     }
     Ok(new)
+}
+
+/// Whether `services` has `name` with a health check.
+fn checked(services: &[ServiceSpec], name: &str) -> bool {
+    services
+        .iter()
+        .any(|spec| spec.name == name && spec.health.is_some())
 }
 
 fn start_checkers(

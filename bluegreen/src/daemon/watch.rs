@@ -4,12 +4,14 @@
 use std::time::Duration;
 
 use bluegreen::{
+    Error,
     clock::unix_now_ms,
     config::AutoRollback,
     endpoint::Color,
     health::{Health, HealthTracker},
     host::{Host, ServiceView, SwitchOptions, SwitchTarget},
 };
+use bluegreen_common::ChangeCause;
 
 use crate::observations::Shared;
 
@@ -36,42 +38,52 @@ fn should_roll_back(
         && within_window
 }
 
+/// Whether `error` says the service is no longer up (an `up` removed it, or
+/// a `down` took everything), rather than that its state could not be read
+/// this time.
+fn is_gone(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::UnknownService { .. }
+            | Error::NothingUp
+            | Error::NotUpOn { .. }
+            | Error::ServiceNotLive { .. }
+    )
+}
+
 /// Probes both colors of one service every interval, publishes their
 /// health, and rolls back when the active color turns unhealthy and the
 /// service asks for it.
 pub(super) async fn watch_service(host: Host, name: String, observations: Shared) {
     let mut trackers: [HealthTracker; 2] = Default::default();
-    let mut last_active: Option<Color> = None;
     loop {
         let view = {
             let (host, name) = (host.clone(), name.clone());
             tokio::task::spawn_blocking(move || host.service_view(Some(&name))).await
         };
+        let forget = || {
+            observations
+                .lock()
+                .expect("observations lock")
+                .retain_checked(|service| service != name);
+        };
         let view = match view {
             Ok(Ok(view)) => view,
             Ok(Err(error)) => {
+                if is_gone(&error) {
+                    forget();
+                }
                 log::warn!("{name}: cannot read its state: {error}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
             Err(_) => return,
         };
+        // An `up` dropped the check.
         let Some(check) = view.record.spec.health.clone() else {
+            forget();
             return;
         };
-        if let Some(before) = last_active
-            && before != view.active
-        {
-            // A color change the daemon did not make: an operator switch.
-            *observations
-                .lock()
-                .expect("observations lock")
-                .switches
-                .entry((name.clone(), "operator"))
-                .or_default() += 1;
-        }
-        last_active = Some(view.active);
-
         for color in Color::BOTH {
             let backend = view.backend(color);
             let probe = check.clone();
@@ -107,6 +119,7 @@ pub(super) async fn watch_service(host: Host, name: String, observations: Shared
                     let options = SwitchOptions {
                         force: policy.force,
                         check: false,
+                        cause: ChangeCause::AutoRollback,
                     };
                     host.switch(Some(&name), SwitchTarget::Previous, options)
                 })
@@ -122,16 +135,6 @@ pub(super) async fn watch_service(host: Host, name: String, observations: Shared
                         outcome.from,
                         check.unhealthy_threshold
                     );
-                    let mut observations = observations.lock().expect("observations lock");
-                    *observations
-                        .switches
-                        .entry((name.clone(), "auto_rollback"))
-                        .or_default() += 1;
-                    *observations
-                        .rollbacks
-                        .entry((name.clone(), "unhealthy"))
-                        .or_default() += 1;
-                    last_active = Some(outcome.to);
                 }
                 Ok(Err(error)) => log::error!("{name}: automatic rollback failed: {error}"),
                 Err(_) => return,

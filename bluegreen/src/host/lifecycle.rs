@@ -1,17 +1,18 @@
-//! Bringing an interface up (load, attach, pin, fill the maps), applying a
-//! new configuration to it, and taking it down.
+//! Bringing an interface up (load, attach, pin, fill the maps; or repair
+//! whatever of that is missing), applying a new configuration to it, and
+//! taking it down.
 
-use std::{fs, os::unix::fs::DirBuilderExt};
+use std::{fs, path::Path};
 
 use aya::{Ebpf, EbpfLoader};
 use bluegreen_common::map_names;
 
-use super::{Host, programs, reconcile::reconcile_services};
+use super::{Host, inventory::ifindex, programs, reconcile::reconcile_services};
 use crate::{
     EBPF_OBJECT,
     config::{DataplaneOptions, ServiceSpec, XdpModeArg},
     error::{Error, Result},
-    pinned::{PinLayout, PinnedMaps, check_pinned_maps},
+    pinned::{LinkState, PinLayout, PinnedMaps, check_pinned_maps},
     state::{InterfaceState, STATE_VERSION},
 };
 
@@ -33,17 +34,10 @@ pub struct UpOutcome {
     pub notes: Vec<String>,
 }
 
-fn require_interface(iface: &str) -> Result<()> {
-    let name = std::ffi::CString::new(iface).map_err(|_| Error::InterfaceNotFound {
+fn require_interface(iface: &str) -> Result<u32> {
+    ifindex(iface).ok_or_else(|| Error::InterfaceNotFound {
         name: iface.to_owned(),
-    })?;
-    // SAFETY: a valid C string; if_nametoindex only reads it.
-    if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
-        return Err(Error::InterfaceNotFound {
-            name: iface.to_owned(),
-        });
-    }
-    Ok(())
+    })
 }
 
 /// Removes a fresh instance's pins if `up` fails before the end, so a failed
@@ -61,11 +55,17 @@ impl Drop for FreshInstanceGuard {
     }
 }
 
+/// Detaches the link pinned at `link` (if it is still attached to
+/// anything) and removes its pin.
+fn unpin_link(link: &Path) {
+    let _ = crate::sys::detach_pinned_link(link);
+    let _ = fs::remove_file(link);
+}
+
 fn remove_pins(layout: &PinLayout) {
     // Links first, so the programs are gone before the maps they use.
     for link in [layout.tc_link(), layout.xdp_link()] {
-        let _ = crate::sys::detach_pinned_link(&link);
-        let _ = fs::remove_file(link);
+        unpin_link(&link);
     }
     for name in map_names::ALL {
         let _ = fs::remove_file(layout.map(name));
@@ -118,38 +118,54 @@ impl Host {
     /// Loads and attaches the programs on `request.iface`, or, if they are
     /// already there, replaces them atomically and keeps every map (a hot
     /// upgrade), then makes the services map match `request.services`.
+    /// Whatever of an instance is missing is repaired in the same run: map
+    /// pins removed by hand are pinned again from the running programs,
+    /// and a link that is missing or severed (its interface was deleted and
+    /// re-created) is replaced by a fresh attachment.
     pub fn up(&self, request: &UpRequest) -> Result<UpOutcome> {
         self.preflight()?;
-        require_interface(&request.iface)?;
+        let ifindex = require_interface(&request.iface)?;
         for service in &request.services {
             service.validate()?;
         }
         let _lock = self.state.lock(&request.iface)?;
         let layout = self.layout(&request.iface);
+        // Before anything is created: hostile directories and pins of
+        // another version are refused and left as they are.
+        layout.open_dirs(false)?;
         layout.check_no_other_layout()?;
-        // Before anything is created: pins of another version are refused
-        // and left as they are.
-        let pinned_capacity = check_pinned_maps(&layout)?;
-        let hot_upgrade = layout.is_up();
+        let had_pins = layout.has_pins();
         let mut notes = Vec::new();
+        for name in layout.repin_maps_from_links()? {
+            notes.push(format!(
+                "{name} was not pinned: pinned again from the running programs, contents kept"
+            ));
+        }
+        let pinned_capacity = check_pinned_maps(&layout)?;
+        let hot_upgrade = pinned_capacity.is_some();
 
         let mut guard = FreshInstanceGuard {
             layout: layout.clone(),
-            armed: !hot_upgrade,
+            armed: !had_pins,
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(layout.dir())
-            .map_err(Error::io(format!(
-                "cannot create {}",
-                layout.dir().display()
-            )))?;
+        layout.open_dirs(true)?;
         let (mut ebpf, flow_capacity) = load_object(&layout, request, pinned_capacity, &mut notes)?;
 
         let mut maps = PinnedMaps::open(&layout)?;
         maps.set_timeouts(&request.dataplane.timeouts)?;
-        let previous_state = self.state.load(&request.iface)?;
+        // The file, not the maps: after a reboot it is all that remembers
+        // the colors. A damaged one is passed over; the live maps win
+        // anyway.
+        let previous_state = match self.state.load(&request.iface) {
+            Err(Error::CorruptState { path, reason }) => {
+                notes.push(format!(
+                    "state file {} is unreadable ({reason}): rewritten",
+                    path.display()
+                ));
+                None
+            }
+            loaded => loaded?,
+        };
         let records = reconcile_services(
             &mut maps,
             &request.services,
@@ -157,23 +173,41 @@ impl Host {
             &mut notes,
         )?;
 
-        let xdp_mode = if hot_upgrade {
-            programs::replace(&mut ebpf, &layout)?;
-            // A running link cannot change mode: the one it was attached in
-            // stays, as the state file remembers it.
-            let kept = previous_state
-                .as_ref()
-                .map(|state| state.xdp_mode.clone())
-                .unwrap_or_else(|| "unknown".to_owned());
-            if request.xdp_mode != XdpModeArg::Auto && kept != programs::mode_name(request.xdp_mode)
-            {
-                notes.push(format!(
-                    "XDP stays attached in {kept} mode (a running link cannot change mode; `down` then `up` to change it)"
-                ));
+        let links = layout.links().map(|link| layout.link_state(&link, ifindex));
+        for ((link, state), program) in layout.links().iter().zip(links).zip(["XDP", "TC"]) {
+            match state {
+                LinkState::Attached => {}
+                LinkState::Missing if !had_pins => {}
+                LinkState::Missing => notes.push(format!(
+                    "{program} attached again (its link pin was missing)"
+                )),
+                LinkState::Severed => {
+                    unpin_link(link);
+                    notes.push(format!(
+                        "{program} attached again (its link was severed: {} was deleted or re-created)",
+                        request.iface
+                    ));
+                }
             }
-            kept
-        } else {
-            programs::attach(&mut ebpf, &layout, request.xdp_mode)?.to_owned()
+        }
+        let xdp_mode = match programs::install(&mut ebpf, &layout, request.xdp_mode, links)? {
+            Some(attached) => attached.to_owned(),
+            None => {
+                // A running link cannot change mode: the one it was
+                // attached in stays, as the state file remembers it.
+                let kept = previous_state
+                    .as_ref()
+                    .map(|state| state.xdp_mode.clone())
+                    .unwrap_or_else(|| "unknown".to_owned());
+                if request.xdp_mode != XdpModeArg::Auto
+                    && kept != programs::mode_name(request.xdp_mode)
+                {
+                    notes.push(format!(
+                        "XDP stays attached in {kept} mode (a running link cannot change mode; `down` then `up` to change it)"
+                    ));
+                }
+                kept
+            }
         };
 
         let state = InterfaceState {
@@ -204,14 +238,11 @@ impl Host {
             service.validate()?;
         }
         let _lock = self.state.lock(&request.iface)?;
-        let layout = self.layout(&request.iface);
-        let mut maps = PinnedMaps::open(&layout)?;
-        let mut state = self
-            .state
-            .load(&request.iface)?
-            .ok_or_else(|| Error::NotUpOn {
-                iface: request.iface.clone(),
-            })?;
+        let super::inventory::Inspected {
+            mut state,
+            mut maps,
+            ..
+        } = self.open_interface(&request.iface, true)?;
         let mut notes = Vec::new();
         maps.set_timeouts(&request.dataplane.timeouts)?;
         state.services =
@@ -228,7 +259,8 @@ impl Host {
         self.preflight()?;
         let _lock = self.state.lock(iface)?;
         let layout = self.layout(iface);
-        if !layout.dir().exists() && self.state.load(iface)?.is_none() {
+        layout.open_dirs(false)?;
+        if !layout.dir().exists() && matches!(self.state.load(iface), Ok(None)) {
             return Err(Error::NotUpOn {
                 iface: iface.to_owned(),
             });

@@ -2,14 +2,18 @@
 //! bpffs and its state files, and every operation on them, one file per
 //! family:
 //!
-//! - [`lifecycle`]: `up` (with hot upgrade), `reload`, `down`;
+//! - [`lifecycle`]: `up` (with hot upgrade and repair), `reload`, `down`;
+//! - [`inventory`]: what is up, each interface's state as its maps hold
+//!   it (`rebuild`), and whether its programs are attached;
 //! - `programs`: loading, attaching and replacing the eBPF programs;
 //! - `reconcile`: making the services map match a configuration;
 //! - [`switching`]: switch, rollback, weighted shift, set-backend, preview;
 //! - [`status`]: the status report, live flow counts, waiting for a drain.
 
+pub mod inventory;
 pub mod lifecycle;
 mod programs;
+mod rebuild;
 mod reconcile;
 pub mod status;
 pub mod switching;
@@ -18,6 +22,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use bluegreen_common::{ServiceKey, ServiceState};
 
+pub use inventory::Attachment;
 pub use lifecycle::{UpOutcome, UpRequest};
 pub use status::{
     ColorStatus, InterfaceStatus, STATUS_SCHEMA_VERSION, ServiceStatus, StatusReport,
@@ -30,6 +35,7 @@ use crate::{
     pinned::{PinLayout, PinnedMaps, check_bpffs},
     state::{InterfaceLock, InterfaceState, ServiceRecord, StateStore},
 };
+use inventory::Inspected;
 
 /// The two places bluegreen keeps state: pins in bpffs and the state files.
 #[derive(Clone, Debug)]
@@ -139,61 +145,27 @@ impl Host {
         check_bpffs(&self.pin_dir)
     }
 
-    /// The interfaces that are up, with their state files.
-    fn up_interfaces(&self) -> Result<Vec<InterfaceState>> {
-        Ok(self
-            .state
-            .list()?
-            .into_iter()
-            .filter(|state| self.layout(&state.interface).is_up())
-            .collect())
-    }
-
-    /// Finds the named service (or the only one) among the interfaces that
-    /// are up: its interface and its name.
-    fn locate(&self, service: Option<&str>) -> Result<(String, String)> {
-        let up = self.up_interfaces()?;
-        if up.is_empty() {
-            return Err(Error::NothingUp);
-        }
-        let all: Vec<(&str, &str)> = up
-            .iter()
-            .flat_map(|state| {
-                state
-                    .services
-                    .iter()
-                    .map(|record| (state.interface.as_str(), record.spec.name.as_str()))
-            })
-            .collect();
-        let known = || all.iter().map(|(_, name)| (*name).to_owned()).collect();
-        let (iface, name) = match service {
-            Some(wanted) => all
-                .iter()
-                .find(|(_, name)| *name == wanted)
-                .ok_or_else(|| Error::UnknownService {
-                    name: wanted.to_owned(),
-                    known: known(),
-                })?,
-            None if all.len() == 1 => &all[0],
-            None => return Err(Error::ServiceNotGiven { known: known() }),
-        };
-        Ok(((*iface).to_owned(), (*name).to_owned()))
-    }
-
-    /// Opens the named service (or the only one): under its interface's
-    /// lock if asked, with the state file read after the lock is held
-    /// (another command may have just written it) and the live entry read
-    /// once.
+    /// Opens the named service (or the only one). With [`Lock::Exclusive`],
+    /// for a change: under its interface's lock, with the state read after
+    /// the lock is held (another command may have just changed it), and
+    /// only while its programs are attached (a change would reach no
+    /// client otherwise).
     pub fn open_service(&self, service: Option<&str>, lock: Lock) -> Result<OpenService> {
         self.preflight()?;
-        let (iface, name) = self.locate(service)?;
+        let (interfaces, first_error) = self.open_interfaces()?;
+        let states: Vec<&InterfaceState> = interfaces.iter().map(|open| &open.state).collect();
+        // An interface that could not be opened may be the one asked for.
+        let (iface, name) =
+            locate(&states, service).map_err(|not_found| first_error.unwrap_or(not_found))?;
+        drop(interfaces);
         let lock = match lock {
             Lock::Exclusive => Some(self.state.lock(&iface)?),
             Lock::None => None,
         };
-        let state = self.state.load(&iface)?.ok_or_else(|| Error::NotUpOn {
-            iface: iface.clone(),
-        })?;
+        let Inspected { state, maps, .. } = self.open_interface(&iface, lock.is_some())?;
+        if lock.is_some() {
+            self.attachment(&iface).require(&iface)?;
+        }
         let index = state
             .services
             .iter()
@@ -208,7 +180,6 @@ impl Host {
             })?;
         let spec = &state.services[index].spec;
         let key = service_key(spec.vip, spec.proto);
-        let maps = PinnedMaps::open(&self.layout(&iface))?;
         let live = maps
             .service(&key)?
             .ok_or(Error::ServiceNotLive { service: name })?;
@@ -234,5 +205,130 @@ impl Host {
     /// See [`OpenService::view`].
     pub fn service_view(&self, service: Option<&str>) -> Result<ServiceView> {
         Ok(self.open_service(service, Lock::None)?.view())
+    }
+}
+
+/// Finds the named service (or the only one) among the interfaces that are
+/// up: its interface and its name.
+fn locate(states: &[&InterfaceState], service: Option<&str>) -> Result<(String, String)> {
+    if states.is_empty() {
+        return Err(Error::NothingUp);
+    }
+    let all: Vec<(&str, &ServiceRecord)> = states
+        .iter()
+        .flat_map(|state| {
+            state
+                .services
+                .iter()
+                .map(|record| (state.interface.as_str(), record))
+        })
+        .collect();
+    let known = || {
+        all.iter()
+            .map(|(_, record)| record.spec.name.clone())
+            .collect()
+    };
+    let (iface, record) = match service {
+        Some(wanted) => match all.iter().find(|(_, record)| record.spec.name == wanted) {
+            Some(found) => found,
+            None => {
+                return Err(
+                    match all.iter().find(|(_, record)| record.has_placeholder_name()) {
+                        Some((iface, _)) => Error::ServiceNamesLost {
+                            name: wanted.to_owned(),
+                            iface: (*iface).to_owned(),
+                            known: known(),
+                        },
+                        None => Error::UnknownService {
+                            name: wanted.to_owned(),
+                            known: known(),
+                        },
+                    },
+                );
+            }
+        },
+        None if all.len() == 1 => &all[0],
+        None => return Err(Error::ServiceNotGiven { known: known() }),
+    };
+    Ok(((*iface).to_owned(), record.spec.name.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::ServiceSpec, endpoint::Proto, state::placeholder_name};
+
+    fn state(iface: &str, names: &[&str]) -> InterfaceState {
+        let vip = "10.0.0.1:80".parse().expect("literal");
+        InterfaceState {
+            version: crate::state::STATE_VERSION,
+            interface: iface.to_owned(),
+            xdp_mode: "native".to_owned(),
+            requested_xdp_mode: Default::default(),
+            flow_capacity: 4096,
+            tcp_idle_timeout_secs: 3600,
+            tcp_closing_timeout_secs: 10,
+            udp_idle_timeout_secs: 30,
+            services: names
+                .iter()
+                .map(|name| ServiceRecord {
+                    spec: ServiceSpec {
+                        name: if name.is_empty() {
+                            placeholder_name(vip, Proto::Tcp)
+                        } else {
+                            (*name).to_owned()
+                        },
+                        vip,
+                        proto: Proto::Tcp,
+                        blue: "10.1.0.2:80".parse().expect("literal"),
+                        green: "10.1.0.3:80".parse().expect("literal"),
+                        active: Color::Blue,
+                        health: None,
+                        auto_rollback: None,
+                    },
+                    previous: Color::Blue,
+                    counter_slot: 0,
+                    switched_at_unix_ms: None,
+                    weight: 0,
+                    preview: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn locate_finds_a_service_by_name_or_as_the_only_one() {
+        let (a, b) = (state("eth0", &["web"]), state("eth1", &["chat"]));
+        let found = locate(&[&a, &b], Some("chat")).expect("found");
+        assert_eq!(found, ("eth1".to_owned(), "chat".to_owned()));
+        assert_eq!(
+            locate(&[&a], None).expect("the only one"),
+            ("eth0".to_owned(), "web".to_owned())
+        );
+        assert!(matches!(
+            locate(&[&a, &b], None),
+            Err(Error::ServiceNotGiven { .. })
+        ));
+        assert!(matches!(
+            locate(&[&a], Some("nope")),
+            Err(Error::UnknownService { .. })
+        ));
+        assert!(matches!(locate(&[], None), Err(Error::NothingUp)));
+    }
+
+    #[test]
+    fn a_name_lost_with_the_state_file_says_how_to_get_it_back() {
+        let rebuilt = state("eth0", &[""]);
+        let message = locate(&[&rebuilt], Some("web"))
+            .expect_err("the name is gone")
+            .to_string();
+        assert!(
+            message.contains("bluegreen up --iface eth0 --config FILE"),
+            "{message}"
+        );
+        assert!(message.contains("10.0.0.1:80/tcp"), "{message}");
+        // Still reachable without a name, or by the placeholder.
+        assert!(locate(&[&rebuilt], None).is_ok());
+        assert!(locate(&[&rebuilt], Some("10.0.0.1:80/tcp")).is_ok());
     }
 }

@@ -1,5 +1,6 @@
 //! The two eBPF programs: verified, attached through pinned links, and
-//! replaced in place on a hot upgrade.
+//! replaced in place on a hot upgrade (or attached afresh where a link was
+//! lost).
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +18,7 @@ use bluegreen_common::program_names;
 use crate::{
     config::XdpModeArg,
     error::{Error, Result},
-    pinned::PinLayout,
+    pinned::{LinkState, PinLayout},
 };
 
 /// How the state file and `status` name a mode.
@@ -107,15 +108,7 @@ fn attach_xdp(xdp: &mut Xdp, layout: &PinLayout, mode: XdpModeArg) -> Result<Xdp
     ))(last_error.expect("at least one attempt")))
 }
 
-/// Attaches both programs through links pinned beside the maps, so they
-/// stay attached when this process exits; returns the XDP mode's name.
-pub(super) fn attach(
-    ebpf: &mut Ebpf,
-    layout: &PinLayout,
-    mode: XdpModeArg,
-) -> Result<&'static str> {
-    let (xdp, tc) = load(ebpf)?;
-    let attached = attach_xdp(xdp, layout, mode)?;
+fn attach_tc(tc: &mut SchedClassifier, layout: &PinLayout) -> Result<()> {
     let tc_id = tc
         .attach(layout.iface(), TcAttachType::Egress)
         .map_err(Error::ebpf(format!(
@@ -129,29 +122,47 @@ pub(super) fn attach(
         tc_link,
         &layout.tc_link(),
         "TC was attached without a TCX link (kernel older than 6.6?)",
-    )?;
-    Ok(mode_name(attached))
+    )
 }
 
-/// Swaps the programs behind the pinned links in one `bpf_link_update`
-/// each: packets keep flowing through either the old or the new program.
-pub(super) fn replace(ebpf: &mut Ebpf, layout: &PinLayout) -> Result<()> {
+fn pinned(path: PathBuf) -> Result<FdLink> {
+    PinnedLink::from_pin(&path)
+        .map(FdLink::from)
+        .map_err(Error::ebpf(format!(
+            "cannot open pinned link {}",
+            path.display()
+        )))
+}
+
+/// Loads both programs, then, for each, swaps it in behind its pinned link
+/// where that link is attached (one `bpf_link_update`: packets keep
+/// flowing through either the old or the new program), or attaches it
+/// afresh, pinning its link beside the maps so it stays attached when this
+/// process exits. A severed link's pin must be gone first. Returns the XDP
+/// mode when XDP was attached afresh.
+pub(super) fn install(
+    ebpf: &mut Ebpf,
+    layout: &PinLayout,
+    mode: XdpModeArg,
+    [xdp_link, tc_link]: [LinkState; 2],
+) -> Result<Option<&'static str>> {
     let (xdp, tc) = load(ebpf)?;
-    let pinned = |path: PathBuf| {
-        PinnedLink::from_pin(&path)
-            .map(FdLink::from)
-            .map_err(Error::ebpf(format!(
-                "cannot open pinned link {}",
-                path.display()
-            )))
+    let fresh_mode = if xdp_link == LinkState::Attached {
+        let link = XdpLink::try_from(pinned(layout.xdp_link())?)
+            .map_err(Error::ebpf("pinned XDP link is not an XDP link"))?;
+        xdp.attach_to_link(link)
+            .map_err(Error::ebpf("cannot replace the XDP program"))?;
+        None
+    } else {
+        Some(mode_name(attach_xdp(xdp, layout, mode)?))
     };
-    let xdp_link = XdpLink::try_from(pinned(layout.xdp_link())?)
-        .map_err(Error::ebpf("pinned XDP link is not an XDP link"))?;
-    xdp.attach_to_link(xdp_link)
-        .map_err(Error::ebpf("cannot replace the XDP program"))?;
-    let tc_link = SchedClassifierLink::try_from(pinned(layout.tc_link())?)
-        .map_err(Error::ebpf("pinned TC link is not a TCX link"))?;
-    tc.attach_to_link(tc_link)
-        .map_err(Error::ebpf("cannot replace the TC program"))?;
-    Ok(())
+    if tc_link == LinkState::Attached {
+        let link = SchedClassifierLink::try_from(pinned(layout.tc_link())?)
+            .map_err(Error::ebpf("pinned TC link is not a TCX link"))?;
+        tc.attach_to_link(link)
+            .map_err(Error::ebpf("cannot replace the TC program"))?;
+    } else {
+        attach_tc(tc, layout)?;
+    }
+    Ok(fresh_mode)
 }

@@ -4,11 +4,13 @@
 
 use std::collections::BTreeSet;
 
-use bluegreen_common::{MAX_SERVICES, SERVICE_HAS_PREVIEW, ServiceKey, ServiceState};
+use bluegreen_common::{
+    Endpoint, IPPROTO_UDP, MAX_SERVICES, SERVICE_HAS_PREVIEW, ServiceKey, ServiceState,
+};
 
 use crate::{
     config::ServiceSpec,
-    endpoint::{Cidr, Color, service_key},
+    endpoint::{Cidr, Color, Proto, from_wire, service_key},
     error::Result,
     pinned::{PinnedMaps, Put},
     pool::{self, arena::Arenas},
@@ -174,17 +176,51 @@ pub(super) fn reconcile_services(
             counter_slot: state.counter_slot,
             switched_at_unix_ms: remembered.and_then(|record| record.switched_at_unix_ms),
             weight: state.weight,
-            preview: remembered
-                .map(|record| record.preview.clone())
-                .unwrap_or_default(),
+            preview: maps
+                .preview(state.counter_slot)?
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         });
     }
     let previous_keys: Vec<ServiceKey> = live.keys().copied().collect();
     maps.set_filters(&previous_keys, &wanted)?;
+    let known = previous.map_or(&[][..], |state| &state.services);
     for (key, state) in live.iter().filter(|(key, _)| !wanted_set.contains(key)) {
         maps.remove_service(key, state)?;
+        notes.push(removal_note(key, known));
     }
     Ok(records)
+}
+
+/// What the operator is told about a live service that is not wanted any
+/// more, named from the state file's `known` records.
+fn removal_note(key: &ServiceKey, known: &[ServiceRecord]) -> String {
+    let what = match known
+        .iter()
+        .find(|record| service_key(record.spec.vip, record.spec.proto) == *key)
+    {
+        Some(record) => format!(
+            "service {} ({} {})",
+            record.spec.name, record.spec.vip, record.spec.proto
+        ),
+        // The state file was lost while the dataplane ran: only the map
+        // knows the service, and not its name.
+        None => {
+            let vip = Endpoint {
+                addr: key.vip,
+                port: key.port,
+                reserved: [0; 2],
+            };
+            let proto = if key.proto == IPPROTO_UDP {
+                Proto::Udp
+            } else {
+                Proto::Tcp
+            };
+            format!("the service at {} {proto}", from_wire(key.family, &vip))
+        }
+    };
+    format!("removed {what}: its open connections are no longer steered")
 }
 
 #[cfg(test)]
@@ -266,6 +302,20 @@ mod tests {
             }
         );
         assert_eq!(note, None);
+    }
+
+    #[test]
+    fn a_removed_service_is_named_from_the_state_file_or_by_its_vip() {
+        let chat = spec(Color::Blue);
+        let key = service_key(chat.vip, chat.proto);
+        assert_eq!(
+            removal_note(&key, &[record(chat, Color::Blue)]),
+            "removed service chat (10.0.0.1:80 tcp): its open connections are no longer steered"
+        );
+        assert_eq!(
+            removal_note(&key, &[]),
+            "removed the service at 10.0.0.1:80 tcp: its open connections are no longer steered"
+        );
     }
 
     #[test]

@@ -6,14 +6,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bluegreen_common::{PassReason, ServiceKey};
+use bluegreen_common::{ChangeCause, PassReason, ServiceKey};
 use serde::Serialize;
 
-use super::{Host, Lock};
+use super::{
+    Host, Lock,
+    inventory::{Attachment, Inspected},
+    locate,
+};
 use crate::{
     endpoint::{Color, from_wire, service_key},
     error::{Error, Result},
-    pinned::{PinLayout, PinnedMaps},
+    pinned::PinnedMaps,
     state::InterfaceState,
 };
 
@@ -50,22 +54,28 @@ impl Host {
         }
     }
 
+    /// Every interface that is up, its state read from the maps (see
+    /// [`super::inventory`]), and whether its programs are attached.
     pub fn status(&self, service: Option<&str>) -> Result<StatusReport> {
         self.preflight()?;
+        let (opened, first_error) = self.open_interfaces()?;
+        if let Some(error) = first_error {
+            return Err(error);
+        }
+        let states: Vec<&InterfaceState> = opened.iter().map(|open| &open.state).collect();
         if let Some(wanted) = service {
-            self.locate(Some(wanted))?;
+            locate(&states, Some(wanted))?;
         }
-        let mut interfaces = Vec::new();
-        for state in self.up_interfaces()? {
-            interfaces.push(interface_status(
-                &self.layout(&state.interface),
-                &state,
-                service,
-            )?);
-        }
-        if interfaces.is_empty() {
+        if opened.is_empty() {
             return Err(Error::NothingUp);
         }
+        let interfaces = opened
+            .iter()
+            .map(|open| {
+                let attachment = self.attachment(&open.state.interface);
+                interface_status(open, &attachment, service)
+            })
+            .collect::<Result<_>>()?;
         Ok(StatusReport {
             schema_version: STATUS_SCHEMA_VERSION,
             interfaces,
@@ -126,6 +136,11 @@ pub struct StatusReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct InterfaceStatus {
     pub interface: String,
+    /// False once the interface was deleted (its pins and maps remain).
+    pub interface_present: bool,
+    /// Both programs attached to the interface as it is now: false when
+    /// it is gone, was re-created, or lost a link pin (`up` repairs it).
+    pub attached: bool,
     pub xdp_mode: String,
     pub flow_capacity: u32,
     /// Packets the ingress program passed untouched, by reason.
@@ -147,6 +162,11 @@ pub struct ServiceStatus {
     pub weight: u8,
     /// Client prefixes whose new flows go to the idle color.
     pub preview: Vec<String>,
+    /// Changes of the active color since the service was added, by cause
+    /// (`operator`, `shift`, `auto_rollback`).
+    pub switches: BTreeMap<&'static str, u64>,
+    /// Rollbacks, by cause (`operator`, `shift`, `unhealthy`).
+    pub rollbacks: BTreeMap<&'static str, u64>,
     pub blue: ColorStatus,
     pub green: ColorStatus,
 }
@@ -164,19 +184,18 @@ pub struct ColorStatus {
 }
 
 fn interface_status(
-    layout: &PinLayout,
-    state: &InterfaceState,
+    Inspected { state, maps, .. }: &Inspected,
+    attachment: &Attachment,
     only: Option<&str>,
 ) -> Result<InterfaceStatus> {
-    let maps = PinnedMaps::open(layout)?;
-    let flows = count_live_flows(&maps)?;
+    let flows = count_live_flows(maps)?;
     let mut services = Vec::new();
     for record in &state.services {
         if only.is_some_and(|name| name != record.spec.name) {
             continue;
         }
         let key = service_key(record.spec.vip, record.spec.proto);
-        // The live map wins over the state file.
+        // Gone since the state was read from the maps: a concurrent change.
         let Some(live) = maps.service(&key)? else {
             continue;
         };
@@ -197,6 +216,14 @@ fn interface_status(
                 closing_flows: flows.closing[usize::from(color.wire())],
             })
         };
+        let counted = maps.switch_counters(live.counter_slot)?;
+        let by_cause = |counts: [u64; ChangeCause::COUNT],
+                        name: fn(ChangeCause) -> &'static str| {
+            ChangeCause::ALL
+                .into_iter()
+                .map(|cause| (name(cause), counts[cause as usize]))
+                .collect()
+        };
         services.push(ServiceStatus {
             name: record.spec.name.clone(),
             vip: record.spec.vip.to_string(),
@@ -207,6 +234,8 @@ fn interface_status(
             switched_at_unix_ms: record.switched_at_unix_ms,
             weight: live.weight,
             preview: record.preview.clone(),
+            switches: by_cause(counted.switches, ChangeCause::switch_name),
+            rollbacks: by_cause(counted.rollbacks, ChangeCause::rollback_name),
             blue: color_status(Color::Blue)?,
             green: color_status(Color::Green)?,
         });
@@ -217,6 +246,8 @@ fn interface_status(
     }
     Ok(InterfaceStatus {
         interface: state.interface.clone(),
+        interface_present: attachment.interface_present,
+        attached: attachment.attached(),
         xdp_mode: state.xdp_mode.clone(),
         flow_capacity: state.flow_capacity,
         passed,

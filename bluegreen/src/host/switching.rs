@@ -1,14 +1,15 @@
 //! Changing where new flows go: switch, rollback, weighted shift, preview
 //! prefixes, and a color's backend. Each change is one update of the
-//! service's entry in the services map, made under the interface lock and
-//! then recorded in the state file.
+//! service's entry in the services map, made under the interface lock once
+//! the state file records it: a change that cannot be recorded (a full or
+//! read-only disk) is not made.
 
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use bluegreen_common::{SERVICE_HAS_PREVIEW, ServiceState};
+use bluegreen_common::{ChangeCause, SERVICE_HAS_PREVIEW, ServiceState};
 
 use super::{Host, Lock, OpenService};
 use crate::{
@@ -36,6 +37,8 @@ pub struct SwitchOptions {
     /// Probe the color that gains traffic with the service's health check
     /// first, and refuse the switch if it fails.
     pub check: bool,
+    /// Who asks: the change is counted under it.
+    pub cause: ChangeCause,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,7 +54,7 @@ pub struct SwitchOutcome {
     pub changed: bool,
     /// How `to` was found fit before the switch (`None`: not checked).
     pub checked: Option<Checked>,
-    /// Time from reading the service's state to the map update returning.
+    /// How long the map update took (zero when nothing changed).
     pub elapsed: Duration,
     /// Share of new flows for the idle color, before and after.
     pub weight_before: u8,
@@ -112,17 +115,13 @@ impl OpenService {
 }
 
 impl Host {
-    /// Writes `updated` with one map update and records it in the state
-    /// file; returns how long the map update took from `started`.
-    fn commit(
-        &self,
-        open: &mut OpenService,
-        updated: ServiceState,
-        started: Instant,
-    ) -> Result<Duration> {
-        open.maps
-            .put_service(&open.key, &updated, Put::ReplaceOnly)?;
-        let elapsed = started.elapsed();
+    /// Records `updated` in the state file, then writes it with one map
+    /// update; returns how long the map update took. If the file cannot be
+    /// written, the map is not touched; if the map update fails, the file
+    /// is put back (and, should that fail too, the next command rewrites
+    /// it from the map, which it takes as the truth).
+    fn commit(&self, open: &mut OpenService, updated: ServiceState) -> Result<Duration> {
+        let before = open.state.clone();
         let record = open.record_mut();
         if record.spec.active != Color::from_wire(updated.active) {
             record.switched_at_unix_ms = Some(unix_now_ms());
@@ -130,8 +129,14 @@ impl Host {
         record.spec.active = Color::from_wire(updated.active);
         record.weight = updated.weight;
         record.previous = Color::from_wire(updated.previous);
-        open.live = updated;
         self.state.save(&open.state)?;
+        let started = Instant::now();
+        if let Err(error) = open.maps.put_service(&open.key, &updated, Put::ReplaceOnly) {
+            let _ = self.state.save(&before);
+            return Err(error);
+        }
+        let elapsed = started.elapsed();
+        open.live = updated;
         Ok(elapsed)
     }
 
@@ -145,7 +150,8 @@ impl Host {
         target: SwitchTarget,
         options: SwitchOptions,
     ) -> Result<SwitchOutcome> {
-        self.change_colors(service, options, |name, live| {
+        let rollback = target == SwitchTarget::Previous;
+        self.change_colors(service, options, rollback, |name, live| {
             let from = Color::from_wire(live.active);
             let to = match target {
                 SwitchTarget::Color(color) => color,
@@ -192,6 +198,7 @@ impl Host {
         color: Color,
         weight: u8,
         check: bool,
+        cause: ChangeCause,
     ) -> Result<SwitchOutcome> {
         if weight > 100 {
             return Err(Error::InvalidWeight(weight));
@@ -199,11 +206,12 @@ impl Host {
         let options = SwitchOptions {
             force: false,
             check,
+            cause,
         };
         if weight == 100 {
             return self.switch(service, SwitchTarget::Color(color), options);
         }
-        self.change_colors(service, options, |name, live| {
+        self.change_colors(service, options, false, |name, live| {
             if Color::from_wire(live.active) == color {
                 return Err(Error::InvalidService {
                     service: name.to_owned(),
@@ -219,15 +227,15 @@ impl Host {
 
     /// Applies `decide` (service name, live state -> wanted state) under the
     /// interface lock, health-checking the color that gains traffic first
-    /// if asked.
+    /// if asked, and counts the change (as a rollback if `rollback`).
     fn change_colors(
         &self,
         service: Option<&str>,
         options: SwitchOptions,
+        rollback: bool,
         decide: impl FnOnce(&str, &ServiceState) -> Result<ServiceState>,
     ) -> Result<SwitchOutcome> {
         let mut open = self.open_service(service, Lock::Exclusive)?;
-        let started = Instant::now();
         let before = open.live;
         let after = decide(open.name(), &before)?;
         let (from, to) = traffic_direction(&before, &after);
@@ -238,15 +246,22 @@ impl Host {
             None
         };
         let elapsed = if changed {
-            // The probe's time is not the switch's.
-            let started = if checked.is_some() {
-                Instant::now()
-            } else {
-                started
-            };
-            self.commit(&mut open, after, started)?
+            let elapsed = self.commit(&mut open, after)?;
+            let switched = before.active != after.active;
+            // The change is live: a counter that cannot be written must not
+            // make it look failed.
+            if let Err(error) =
+                open.maps
+                    .count_change(after.counter_slot, options.cause, switched, rollback)
+            {
+                log::warn!(
+                    "{}: changed, but not counted in the switch metrics: {error}",
+                    open.name()
+                );
+            }
+            elapsed
         } else {
-            started.elapsed()
+            Duration::ZERO
         };
         Ok(SwitchOutcome {
             interface: open.state.interface.clone(),
@@ -284,11 +299,8 @@ impl Host {
                 record.spec.vip
             )));
         }
-        let mut prefixes: Vec<Cidr> = record
-            .preview
-            .iter()
-            .map(|text| text.parse())
-            .collect::<Result<_>>()?;
+        // The trie, not the file: it is what steers clients.
+        let mut prefixes = open.maps.preview(open.live.counter_slot)?;
         let present = prefixes.contains(&prefix);
         match (add, present) {
             (true, true) => return Ok((name, prefixes)),
@@ -311,18 +323,24 @@ impl Host {
             },
             ..live
         };
-        // The flag never announces prefixes that are not in the trie yet.
-        if prefixes.is_empty() {
-            open.maps
-                .put_service(&open.key, &flagged, Put::ReplaceOnly)?;
-            open.maps.set_preview(live.counter_slot, &prefixes)?;
-        } else {
-            open.maps.set_preview(live.counter_slot, &prefixes)?;
-            open.maps
-                .put_service(&open.key, &flagged, Put::ReplaceOnly)?;
-        }
+        // Recorded first, as in `commit`.
+        let before = open.state.clone();
         open.record_mut().preview = prefixes.iter().map(ToString::to_string).collect();
         self.state.save(&open.state)?;
+        // The flag never announces prefixes that are not in the trie yet.
+        let applied = if prefixes.is_empty() {
+            open.maps
+                .put_service(&open.key, &flagged, Put::ReplaceOnly)
+                .and_then(|()| open.maps.set_preview(live.counter_slot, &prefixes))
+        } else {
+            open.maps
+                .set_preview(live.counter_slot, &prefixes)
+                .and_then(|()| open.maps.put_service(&open.key, &flagged, Put::ReplaceOnly))
+        };
+        if let Err(error) = applied {
+            let _ = self.state.save(&before);
+            return Err(error);
+        }
         Ok((name, prefixes))
     }
 
@@ -361,7 +379,7 @@ impl Host {
                 Color::Green => open.record_mut().spec.green = backend,
             }
             open.backends[usize::from(color.wire())] = vec![backend];
-            self.commit(&mut open, updated, Instant::now())?;
+            self.commit(&mut open, updated)?;
         }
         Ok((open.name().to_owned(), old))
     }

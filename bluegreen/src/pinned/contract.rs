@@ -7,7 +7,7 @@ use aya::maps::{Map, MapData, MapInfo, MapType, lpm_trie::Key};
 use bluegreen_common::{
     Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAGLEV_CHUNKS, MAX_BACKENDS, MAX_PREVIEW_PREFIXES,
     MAX_SERVICES, MaglevChunk, PassReason, PreviewPrefix, ServiceKey, ServiceState, Settings,
-    TrafficCounters, VIP_FILTER_WORDS, map_names,
+    SwitchCounters, TrafficCounters, VIP_FILTER_WORDS, map_names,
 };
 
 use super::PinLayout;
@@ -23,7 +23,7 @@ struct MapSpec {
     max_entries: Option<u32>,
 }
 
-fn expected_maps() -> [MapSpec; 12] {
+fn expected_maps() -> [MapSpec; 13] {
     [
         MapSpec {
             name: map_names::SERVICES,
@@ -108,6 +108,13 @@ fn expected_maps() -> [MapSpec; 12] {
             key_size: size_of::<u32>(),
             value_size: size_of::<Endpoint>(),
             max_entries: Some(MAX_BACKENDS),
+        },
+        MapSpec {
+            name: map_names::SWITCHES,
+            kind: MapType::Array,
+            key_size: size_of::<u32>(),
+            value_size: size_of::<SwitchCounters>(),
+            max_entries: Some(MAX_SERVICES),
         },
     ]
 }

@@ -8,14 +8,14 @@ use aya::maps::{
     Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
 };
 use bluegreen_common::{
-    Endpoint, FlowEntry, FlowKey, MAGLEV_CHUNK, MaglevChunk, PREVIEW_FIXED_BITS, PassReason, Pool,
-    PreviewPrefix, ServiceKey, ServiceState, Settings, Timeouts, TrafficCounters, bitmap_position,
-    map_names, traffic_index, vip_filter_bit,
+    ChangeCause, Endpoint, FlowEntry, FlowKey, MAGLEV_CHUNK, MaglevChunk, PREVIEW_FIXED_BITS,
+    PassReason, Pool, PreviewPrefix, ServiceKey, ServiceState, Settings, SwitchCounters, Timeouts,
+    TrafficCounters, bitmap_position, map_names, traffic_index, vip_filter_bit,
 };
 
 use super::{PinLayout, contract::open_map};
 use crate::{
-    endpoint::{Cidr, Color},
+    endpoint::{Cidr, Color, from_wire},
     error::{Error, Result},
     pool::arena::{Arenas, backend_run},
 };
@@ -35,6 +35,10 @@ pub struct PinnedMaps {
     preview: LpmTrie<MapData, PreviewPrefix, u8>,
     maglev: Array<MapData, MaglevChunk>,
     backends: Array<MapData, Endpoint>,
+    /// `None` on an instance brought up by a bluegreen from before the map
+    /// existed, until its next `up` creates it: switching must not depend
+    /// on a counter.
+    switches: Option<Array<MapData, SwitchCounters>>,
 }
 
 /// Whether [`PinnedMaps::put_service`] may create the service or only
@@ -62,8 +66,20 @@ pub fn preview_key(counter_slot: u32, cidr: &Cidr) -> Key<PreviewPrefix> {
 
 impl PinnedMaps {
     pub fn open(layout: &PinLayout) -> Result<Self> {
-        if !layout.map(map_names::SERVICES).exists() {
+        if !layout.has_pins() {
             return Err(Error::NotUpOn {
+                iface: layout.iface().to_owned(),
+            });
+        }
+        // The switch counters came after the other maps: an instance from
+        // before them keeps working (uncounted) until `up` adds them.
+        if let Some(name) = map_names::ALL
+            .iter()
+            .filter(|name| **name != map_names::SWITCHES)
+            .find(|name| !layout.map(name).exists())
+        {
+            return Err(Error::MapPinMissing {
+                path: layout.map(name),
                 iface: layout.iface().to_owned(),
             });
         }
@@ -79,6 +95,11 @@ impl PinnedMaps {
             preview: open_map(layout, map_names::PREVIEW)?,
             maglev: open_map(layout, map_names::MAGLEV)?,
             backends: open_map(layout, map_names::BACKENDS)?,
+            switches: if layout.map(map_names::SWITCHES).exists() {
+                Some(open_map(layout, map_names::SWITCHES)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -257,9 +278,35 @@ impl PinnedMaps {
         Ok(())
     }
 
-    /// Zeroes both colors' traffic counters of a counter slot, for a
-    /// service that takes over a slot another one used.
+    /// The preview prefixes of one service (slot), in order, as the trie
+    /// holds them: what steers clients, whatever the state file says.
+    pub fn preview(&self, counter_slot: u32) -> Result<Vec<Cidr>> {
+        let mut prefixes = Vec::new();
+        for key in self.preview.keys() {
+            let key = key.map_err(Error::ebpf("cannot read the preview prefixes"))?;
+            let prefix = key.data();
+            if prefix.slot != counter_slot.to_be_bytes() {
+                continue;
+            }
+            let endpoint = Endpoint {
+                addr: prefix.addr,
+                port: [0; 2],
+                reserved: [0; 2],
+            };
+            prefixes.push(Cidr {
+                addr: from_wire(prefix.family, &endpoint).ip(),
+                len: (key.prefix_len() - PREVIEW_FIXED_BITS) as u8,
+            });
+        }
+        prefixes.sort();
+        Ok(prefixes)
+    }
+
+    /// Zeroes the traffic counters (both colors) and the switch counters
+    /// of a counter slot, for a service that takes over a slot another one
+    /// used.
     pub fn reset_counters(&mut self, counter_slot: u32) -> Result<()> {
+        self.set_switch_counters(counter_slot, SwitchCounters::default())?;
         let cpus = aya::util::nr_cpus().map_err(|(what, error)| Error::Io {
             action: format!("cannot count CPUs ({what})"),
             source: error,
@@ -321,5 +368,40 @@ impl PinnedMaps {
             .get(&(reason as u32), 0)
             .map_err(Error::ebpf("cannot read pass counters"))?;
         Ok(per_cpu.iter().sum())
+    }
+
+    /// One service's switches and rollbacks (all zero before the map
+    /// exists).
+    pub fn switch_counters(&self, counter_slot: u32) -> Result<SwitchCounters> {
+        let Some(switches) = &self.switches else {
+            return Ok(SwitchCounters::default());
+        };
+        switches
+            .get(&counter_slot, 0)
+            .map_err(Error::ebpf("cannot read the switch counters"))
+    }
+
+    /// Counts one committed change of a service's colors. The caller holds
+    /// the interface lock, so the read and the write cannot interleave with
+    /// another writer's.
+    pub fn count_change(
+        &mut self,
+        counter_slot: u32,
+        cause: ChangeCause,
+        switched: bool,
+        rolled_back: bool,
+    ) -> Result<()> {
+        let mut counters = self.switch_counters(counter_slot)?;
+        counters.count(cause, switched, rolled_back);
+        self.set_switch_counters(counter_slot, counters)
+    }
+
+    fn set_switch_counters(&mut self, counter_slot: u32, counters: SwitchCounters) -> Result<()> {
+        match &mut self.switches {
+            Some(switches) => switches
+                .set(counter_slot, counters, 0)
+                .map_err(Error::ebpf("cannot write the switch counters")),
+            None => Ok(()),
+        }
     }
 }

@@ -6,16 +6,27 @@ mod contract;
 mod maps;
 
 use std::{
+    collections::BTreeSet,
     ffi::CString,
     path::{Path, PathBuf},
 };
 
-use bluegreen_common::LAYOUT_VERSION;
+use aya::{
+    maps::{MapData, MapInfo},
+    programs::{
+        links::{FdLink, PinnedLink},
+        loaded_programs,
+    },
+};
+use bluegreen_common::{LAYOUT_VERSION, map_names};
 
 pub use contract::check_pinned_maps;
 pub use maps::{PinnedMaps, Put, preview_key};
 
-use crate::error::{Error, Result};
+use crate::{
+    dirs::open_private_dir,
+    error::{Error, Result},
+};
 
 const BPF_FS_MAGIC: libc::c_long = 0xcafe4a11;
 
@@ -56,8 +67,97 @@ impl PinLayout {
         self.dir().join("link_tc")
     }
 
-    pub fn is_up(&self) -> bool {
-        self.xdp_link().exists()
+    /// The XDP link, then the TC link.
+    pub fn links(&self) -> [PathBuf; 2] {
+        [self.xdp_link(), self.tc_link()]
+    }
+
+    /// Whether anything of this instance is pinned: its maps or its links.
+    pub fn has_pins(&self) -> bool {
+        self.links().iter().any(|link| link.exists())
+            || map_names::ALL.iter().any(|name| self.map(name).exists())
+    }
+
+    /// Checks the pin directory, the layout's directory and the
+    /// interface's, each before anything in it is used (see
+    /// [`crate::dirs`]), creating them if asked; false if one does not
+    /// exist.
+    pub fn open_dirs(&self, create: bool) -> Result<bool> {
+        let layout_root = self.root.join(format!("v{LAYOUT_VERSION}"));
+        for dir in [self.root.clone(), layout_root, self.dir()] {
+            if open_private_dir(&dir, create)?.is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// How the link pinned at `link` stands against the interface's index
+    /// now (0 when the interface does not exist).
+    pub fn link_state(&self, link: &Path, ifindex: u32) -> LinkState {
+        if !link.exists() {
+            return LinkState::Missing;
+        }
+        match crate::sys::pinned_link_ifindex(link) {
+            Ok(attached) if attached != 0 && attached == ifindex => LinkState::Attached,
+            // Something that is not a live link of this interface: `up`
+            // replaces it.
+            _ => LinkState::Severed,
+        }
+    }
+
+    /// Pins again, from the programs still attached through the pinned
+    /// links, every map whose pin is missing (removed by hand), so that
+    /// `up` goes on with the live maps and their contents rather than new
+    /// empty ones. Returns the names pinned again.
+    pub fn repin_maps_from_links(&self) -> Result<Vec<&'static str>> {
+        let missing: Vec<&'static str> = map_names::ALL
+            .iter()
+            .copied()
+            .filter(|name| !self.map(name).exists())
+            .collect();
+        if missing.is_empty() {
+            return Ok(Vec::new());
+        }
+        let programs: BTreeSet<u32> = self
+            .links()
+            .iter()
+            .filter_map(|link| PinnedLink::from_pin(link).ok())
+            .filter_map(|link| FdLink::from(link).info().ok())
+            .map(|info| info.program_id())
+            .collect();
+        if programs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cannot = |name: &str| format!("cannot pin {} again", self.map(name).display());
+        let mut repinned = Vec::new();
+        for program in loaded_programs().filter_map(|program| program.ok()) {
+            if !programs.contains(&program.id()) {
+                continue;
+            }
+            let map_ids = program
+                .map_ids()
+                .map_err(Error::ebpf("cannot list the maps of a running program"))?;
+            for id in map_ids.unwrap_or_default() {
+                let Ok(info) = MapInfo::from_id(id) else {
+                    continue;
+                };
+                let Some(name) = missing
+                    .iter()
+                    .copied()
+                    .find(|name| info.name_as_str() == Some(*name))
+                else {
+                    continue;
+                };
+                if repinned.contains(&name) {
+                    continue;
+                }
+                let map = MapData::from_id(id).map_err(Error::ebpf(cannot(name)))?;
+                map.pin(self.map(name)).map_err(Error::ebpf(cannot(name)))?;
+                repinned.push(name);
+            }
+        }
+        Ok(repinned)
     }
 
     /// Refuses to go on when this interface has pins of another layout.
@@ -79,6 +179,45 @@ impl PinLayout {
         }
         Ok(())
     }
+}
+
+/// Where a pinned link stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// Attached to the interface of that name as it is now.
+    Attached,
+    /// Pinned, but attached to nothing (its interface was deleted) or to
+    /// an earlier interface of that name.
+    Severed,
+    Missing,
+}
+
+/// The interfaces with pins of this layout under the pin directory
+/// `root`, in name order; the directories are checked before they are
+/// read.
+pub fn pinned_interfaces(root: &Path) -> Result<Vec<String>> {
+    let layout_root = root.join(format!("v{LAYOUT_VERSION}"));
+    for dir in [root, &layout_root] {
+        if open_private_dir(dir, false)?.is_none() {
+            return Ok(Vec::new());
+        }
+    }
+    let entries = std::fs::read_dir(&layout_root)
+        .map_err(Error::io(format!("cannot list {}", layout_root.display())))?;
+    let mut names: Vec<String> = entries
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| PinLayout::new(root, name).has_pins())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The flow table's capacity, as pinned.
+pub fn flow_capacity(layout: &PinLayout) -> Result<u32> {
+    let path = layout.map(map_names::FLOWS);
+    MapInfo::from_pin(&path)
+        .map(|info| info.max_entries())
+        .map_err(Error::ebpf(format!("cannot read {}", path.display())))
 }
 
 /// Fails unless `path` (or, if it does not exist yet, its nearest existing

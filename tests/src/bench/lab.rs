@@ -4,8 +4,10 @@
 //! or nftables DNAT through a verdict map (the peer without eBPF).
 
 use std::{
+    fs::File,
     io::Write,
     net::SocketAddr,
+    os::{fd::AsRawFd, unix::process::CommandExt},
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc::{self, RecvTimeoutError},
     time::Duration,
@@ -247,25 +249,11 @@ impl Active<'_> {
         }
     }
 
-    /// The command that makes `color` take new connections. Bluegreen's
-    /// CLI is run directly (it only touches bpffs and its state directory);
-    /// nft needs the switch's namespace.
+    /// The command that makes `color` take new connections.
     pub fn switch_command(&self, color: &str) -> SwitchCommand {
         match self.dataplane {
             Dataplane::BluegreenNative | Dataplane::BluegreenGeneric => {
-                let bluegreen = &self.lab.bluegreen;
-                let mut command = Command::new(cli::binary());
-                command
-                    .arg("--pin-dir")
-                    .arg(&bluegreen.pin_dir)
-                    .arg("--state-dir")
-                    .arg(&bluegreen.state_dir)
-                    .args(["-q", "switch", color])
-                    .env_remove("RUST_LOG");
-                SwitchCommand {
-                    command,
-                    input: None,
-                }
+                self.bluegreen_command(&["switch", color])
             }
             Dataplane::Nftables => SwitchCommand {
                 command: nft_command(&self.lab.topology.switch),
@@ -274,6 +262,43 @@ impl Active<'_> {
             Dataplane::Router | Dataplane::NoopNative => {
                 panic!("a plain router has nothing to switch")
             }
+        }
+    }
+
+    /// `bluegreen -q ARGS` against this lab's instance, spawned directly
+    /// rather than through nsenter: a switch is timed from the spawn, and
+    /// nsenter would add an exec to it.
+    pub fn bluegreen_command(&self, args: &[&str]) -> SwitchCommand {
+        let bluegreen = &self.lab.bluegreen;
+        let mut command = Command::new(cli::binary());
+        command
+            .arg("--pin-dir")
+            .arg(&bluegreen.pin_dir)
+            .arg("--state-dir")
+            .arg(&bluegreen.state_dir)
+            .arg("-q")
+            .args(args)
+            .env_remove("RUST_LOG");
+        // In the switch namespace all the same: before a switch the CLI
+        // connects to the color that gains traffic, which only the
+        // topology can reach (the host would send 10.200.0.0/16 out of its
+        // default route).
+        let namespace = File::open(self.lab.topology.switch.path())
+            .unwrap_or_else(|error| panic!("cannot open the switch namespace: {error}"));
+        // SAFETY: between fork and exec the closure makes one syscall,
+        // setns(2), on a descriptor it owns.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        SwitchCommand {
+            command,
+            input: None,
         }
     }
 }

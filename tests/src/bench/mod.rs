@@ -1,8 +1,10 @@
 //! `cargo xtask bench`: per-packet cost in the kernel, throughput and
 //! latency end to end, and switch time, each against a baseline measured
-//! in the same run.
+//! in the same run; and a timeline of who answers through a switch, a
+//! rollback and a weighted shift, drawn as a chart.
 
 pub mod backend;
+pub mod chart;
 pub mod kernel_cost;
 pub mod lab;
 pub mod noop;
@@ -10,6 +12,7 @@ pub mod report;
 pub mod stats;
 pub mod switch_time;
 pub mod throughput;
+pub mod timeline;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

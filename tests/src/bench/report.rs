@@ -1,15 +1,18 @@
 //! The results as markdown (stdout) and JSON (`target/bench/`), with every
-//! target judged met or missed and by how much.
+//! target judged met or missed and by how much, and the timeline's chart
+//! (`target/bench/timeline.svg`).
 
 use std::{fmt::Write as _, path::PathBuf, process::Command};
 
 use serde::Serialize;
 
 use super::{
+    chart,
     kernel_cost::{Case, CaseFigures, KernelReport},
     lab::Dataplane,
     switch_time::SwitchReport,
     throughput::ThroughputReport,
+    timeline::{Counts, TimelineReport},
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -124,6 +127,7 @@ pub struct Report {
     pub kernel: Option<KernelReport>,
     pub throughput: Option<ThroughputReport>,
     pub switch_time: Option<SwitchReport>,
+    pub timeline: Option<TimelineReport>,
     pub targets: Vec<Target>,
 }
 
@@ -164,14 +168,24 @@ impl Report {
         if let Some(switch) = &self.switch_time {
             out += &switch_table(switch);
         }
+        if let Some(timeline) = &self.timeline {
+            out += &timeline_table(timeline);
+        }
         out += &targets_table(&self.targets);
         out
     }
 
-    /// Writes `target/bench/latest.json` and a copy named after the time.
+    /// Writes `target/bench/latest.json` and a copy named after the time,
+    /// and the timeline's chart if there is one.
     pub fn save(&self) -> std::io::Result<PathBuf> {
         let dir = target_dir().join("bench");
         std::fs::create_dir_all(&dir)?;
+        if let Some(timeline) = &self.timeline {
+            std::fs::write(
+                dir.join("timeline.svg"),
+                chart::timeline_svg(timeline, &self.machine),
+            )?;
+        }
         let json = serde_json::to_string_pretty(self).expect("the report serializes");
         let stamp = self.machine.date.replace([' ', ':'], "-");
         std::fs::write(dir.join(format!("{stamp}.json")), &json)?;
@@ -448,7 +462,90 @@ fn switch_targets(report: &SwitchReport) -> Vec<Target> {
         .collect()
 }
 
+fn timeline_table(timeline: &TimelineReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## 4. Switch timeline\n\n\
+         {}, through the VIP: {} clients in the client namespace each open a new connection every \
+         {:.0} ms and make one request on it; {} keep-alive connections, opened on blue before \
+         the first command, make one request every {:.0} ms each. A command every {:.1} s. \
+         Requests are counted by when they began; those begun while a command ran may take \
+         either color. \
+         Chart: `target/bench/timeline.svg`; per-{:.0}-ms counts in the JSON.\n\n\
+         | from | command | took | new connections after it returned (blue / green) | green share (expected) | begun while it ran (blue / green) | keep-alive requests (blue / green) | failed |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |",
+        timeline.dataplane.label(),
+        timeline.clients,
+        timeline.pace_ms,
+        timeline.keep_alive_connections,
+        timeline.keep_alive_pace_ms,
+        timeline.phase_ms / 1e3,
+        timeline.bucket_ms
+    );
+    for phase in &timeline.phases {
+        let new = phase.new_connections;
+        let failed = new.failed + phase.during_command.failed + phase.keep_alive.failed;
+        let _ = writeln!(
+            out,
+            "| {:.1} s | {} | {} | {} | {:.1} % ({} %) | {} | {} | {failed} |",
+            phase.at_ms / 1e3,
+            if phase.command.is_empty() {
+                "(blue since `up`)".to_owned()
+            } else {
+                format!("`{}`", phase.command)
+            },
+            if phase.command.is_empty() {
+                "-".to_owned()
+            } else {
+                micros(phase.took_ms * 1e3)
+            },
+            blue_green(new),
+            new.green_percent(),
+            phase.green_percent,
+            blue_green(phase.during_command),
+            blue_green(phase.keep_alive),
+        );
+    }
+    let (new, keep_alive) = (
+        timeline.new_connection_totals(),
+        timeline.keep_alive_totals(),
+    );
+    let _ = writeln!(
+        out,
+        "\nIn all: {} new connections (blue {}, green {}, failed {}), {} keep-alive requests \
+         (blue {}, green {}, failed {}).\n",
+        new.answered() + new.failed,
+        new.blue,
+        new.green,
+        new.failed,
+        keep_alive.answered() + keep_alive.failed,
+        keep_alive.blue,
+        keep_alive.green,
+        keep_alive.failed
+    );
+    if timeline.problems.is_empty() {
+        out += "Checks: no failed request; after each command, new connections took the \
+                commanded color (or share), and keep-alive requests stayed on blue.\n\n";
+    } else {
+        out += "**Checks failed:**\n\n";
+        for problem in &timeline.problems {
+            let _ = writeln!(out, "- {problem}");
+        }
+        out += "\n";
+    }
+    out
+}
+
+fn blue_green(counts: Counts) -> String {
+    format!("{} / {}", counts.blue, counts.green)
+}
+
 fn targets_table(targets: &[Target]) -> String {
+    // The timeline alone has checks, not targets.
+    if targets.is_empty() {
+        return String::new();
+    }
     let mut out = String::from(
         "## Targets\n\n| what | target | measured | verdict |\n| --- | --- | --- | --- |\n",
     );

@@ -275,14 +275,9 @@ fn connect_loop(target: SocketAddr, stop: &AtomicBool, opened: &mpsc::Sender<Ope
         let started = Instant::now();
         let stream = TcpStream::connect_timeout(&target, Duration::from_secs(1));
         let established = Instant::now();
-        // The server closes first (as asked), so our side never holds
-        // TIME_WAIT sockets and ports do not run out.
-        let stream = stream.ok().and_then(|mut stream| {
-            stream
-                .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-                .ok()?;
-            Some(stream)
-        });
+        let stream = stream
+            .ok()
+            .and_then(|mut stream| ask_color(&mut stream).ok().map(|()| stream));
         if opened.send((started, established, stream)).is_err() {
             return;
         }
@@ -290,8 +285,15 @@ fn connect_loop(target: SocketAddr, stop: &AtomicBool, opened: &mpsc::Sender<Ope
     }
 }
 
+/// Sends the one request of a connection. The server closes first (as
+/// asked), so the client never holds TIME_WAIT sockets and ports do not
+/// run out however many connections it opens.
+pub(super) fn ask_color(stream: &mut TcpStream) -> std::io::Result<()> {
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+}
+
 /// The body of the answer: the color that served the connection.
-fn read_color(mut stream: TcpStream) -> Option<String> {
+pub(super) fn read_color(mut stream: TcpStream) -> Option<String> {
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).ok()?;

@@ -1,7 +1,10 @@
 //! `cargo xtask bench`: bluegreen against baselines measured in the same
 //! run: per-packet cost in the kernel, throughput and latency end to end,
-//! and switch time. Prints markdown, writes JSON to `target/bench/`, and
-//! removes everything it created, also on Ctrl-C or failure.
+//! and switch time; then a timeline of who answers through a switch, a
+//! rollback and a weighted shift. Prints markdown, writes JSON and the
+//! timeline's SVG chart to `target/bench/`, fails if the timeline broke the
+//! commands' promises, and removes everything it created, also on Ctrl-C or
+//! failure.
 
 use std::{
     process::ExitCode,
@@ -15,11 +18,13 @@ use bluegreen_testbed::bench::{
     report::{Machine, Report},
     switch_time::{self, SwitchPlan},
     throughput::{self, ThroughputPlan},
+    timeline::{self, TimelinePlan},
 };
 
-const USAGE: &str = "usage: bench [--quick] [--only kernel|throughput|switch]
+const USAGE: &str = "usage: bench [--quick] [--only kernel|throughput|switch|timeline]
 
-  --quick   a smoke run: fewer repeats and rounds, 1 s wrk runs (~25 s)
+  --quick   a smoke run: fewer repeats and rounds, 1 s wrk runs, 1 s
+            timeline phases (~35 s)
   --only    run one part only";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -27,6 +32,7 @@ enum Part {
     Kernel,
     Throughput,
     Switch,
+    Timeline,
 }
 
 struct Options {
@@ -49,9 +55,10 @@ impl Options {
                         Some("kernel") => Part::Kernel,
                         Some("throughput") => Part::Throughput,
                         Some("switch") => Part::Switch,
+                        Some("timeline") => Part::Timeline,
                         other => {
                             return Err(format!(
-                                "--only takes kernel|throughput|switch, not {other:?}"
+                                "--only takes kernel|throughput|switch|timeline, not {other:?}"
                             ));
                         }
                     })
@@ -93,6 +100,16 @@ impl Options {
             settle: Duration::from_millis(20),
         }
     }
+
+    fn timeline_plan(&self) -> TimelinePlan {
+        TimelinePlan {
+            phase: Duration::from_secs(if self.quick { 1 } else { 3 }),
+            clients: 4,
+            pace: Duration::from_millis(5),
+            keep_alive: 4,
+            keep_alive_pace: Duration::from_millis(20),
+        }
+    }
 }
 
 fn measure(options: &Options, report: &mut Report) -> Result<(), Interrupted> {
@@ -100,7 +117,10 @@ fn measure(options: &Options, report: &mut Report) -> Result<(), Interrupted> {
         eprintln!("bench: part 1, per-packet cost in the kernel");
         report.kernel = Some(kernel_cost::run(&options.kernel_plan())?);
     }
-    if options.runs(Part::Throughput) || options.runs(Part::Switch) {
+    if [Part::Throughput, Part::Switch, Part::Timeline]
+        .into_iter()
+        .any(|part| options.runs(part))
+    {
         let lab = Lab::new();
         if options.runs(Part::Throughput) {
             eprintln!("bench: part 2, end to end with wrk");
@@ -109,6 +129,10 @@ fn measure(options: &Options, report: &mut Report) -> Result<(), Interrupted> {
         if options.runs(Part::Switch) {
             eprintln!("bench: part 3, switch time");
             report.switch_time = Some(switch_time::run(&lab, &options.switch_plan())?);
+        }
+        if options.runs(Part::Timeline) {
+            eprintln!("bench: part 4, switch timeline");
+            report.timeline = Some(timeline::run(&lab, &options.timeline_plan())?);
         }
     }
     Ok(())
@@ -136,6 +160,7 @@ fn main() -> ExitCode {
         kernel: None,
         throughput: None,
         switch_time: None,
+        timeline: None,
         targets: Vec::new(),
     };
     if measure(&options, &mut report).is_err() {
@@ -148,9 +173,22 @@ fn main() -> ExitCode {
     match report.save() {
         Ok(path) => eprintln!("bench: results in {}", path.display()),
         Err(error) => {
-            eprintln!("bench: cannot write the JSON results: {error}");
+            eprintln!("bench: cannot write the results: {error}");
             return ExitCode::FAILURE;
         }
+    }
+    // The chart is written either way (it says CHECK FAILED), but a run
+    // that did not follow the commands must not pass for a good one.
+    let problems = report
+        .timeline
+        .as_ref()
+        .map_or(&[][..], |t| &t.problems[..]);
+    if !problems.is_empty() {
+        eprintln!("bench: the switch timeline failed its checks:");
+        for problem in problems {
+            eprintln!("  {problem}");
+        }
+        return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
 }

@@ -1,0 +1,247 @@
+//! The state file: each interface's services, their active colors and
+//! backends, kept on disk so that a reboot (which empties bpffs) restores
+//! the last active color rather than the configuration's default.
+
+use std::{
+    fs::File,
+    io::{self, Read, Write},
+    net::SocketAddr,
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+    path::PathBuf,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{ServiceSpec, XdpModeArg},
+    dirs,
+    endpoint::{Color, Proto},
+    error::{Error, Result},
+};
+
+pub const STATE_VERSION: u32 = 1;
+
+/// The largest state file bluegreen reads: far above any real one, so that
+/// a runaway file cannot exhaust memory.
+const MAX_STATE_BYTES: usize = 1 << 20;
+
+/// The name a service gets when only the maps know it (its state file was
+/// lost): its VIP and protocol, which no configured name can be (names
+/// have no ':' or '/').
+pub fn placeholder_name(vip: SocketAddr, proto: Proto) -> String {
+    format!("{vip}/{proto}")
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    #[serde(flatten)]
+    pub spec: ServiceSpec,
+    pub previous: Color,
+    pub counter_slot: u32,
+    /// When the active color last changed (milliseconds since the epoch):
+    /// the daemon's automatic rollback only acts within a window after it.
+    #[serde(default)]
+    pub switched_at_unix_ms: Option<u64>,
+    /// Share of new flows sent to the idle color (a weighted shift).
+    #[serde(default)]
+    pub weight: u8,
+    /// Client prefixes whose new flows go to the idle color.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preview: Vec<String>,
+}
+
+impl ServiceRecord {
+    /// Whether the record was rebuilt from the maps, without its name.
+    pub fn has_placeholder_name(&self) -> bool {
+        self.spec.name == placeholder_name(self.spec.vip, self.spec.proto)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceState {
+    pub version: u32,
+    pub interface: String,
+    /// The XDP mode the program was attached in (`native` or `skb`).
+    pub xdp_mode: String,
+    pub requested_xdp_mode: XdpModeArg,
+    pub flow_capacity: u32,
+    pub tcp_idle_timeout_secs: u64,
+    pub tcp_closing_timeout_secs: u64,
+    pub udp_idle_timeout_secs: u64,
+    pub services: Vec<ServiceRecord>,
+}
+
+impl InterfaceState {
+    pub fn service(&self, name: &str) -> Option<&ServiceRecord> {
+        self.services.iter().find(|record| record.spec.name == name)
+    }
+}
+
+/// The state directory (`--state-dir`), root-only: every file in it is
+/// opened relative to the checked directory and without following a
+/// symlink (see [`crate::dirs`]).
+#[derive(Clone, Debug)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+/// An exclusive lock on one interface's state, held while a command reads,
+/// changes and writes it back, so concurrent commands serialise.
+pub struct InterfaceLock {
+    _file: File,
+}
+
+impl StateStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn path(&self, iface: &str) -> PathBuf {
+        self.dir.join(format!("{iface}.json"))
+    }
+
+    /// The checked directory; `None` if it does not exist and `create` is
+    /// false.
+    fn open_dir(&self, create: bool) -> Result<Option<OwnedFd>> {
+        dirs::open_private_dir(&self.dir, create)
+    }
+
+    pub fn lock(&self, iface: &str) -> Result<InterfaceLock> {
+        let dir = self.open_dir(true)?.expect("created");
+        let name = format!("{iface}.lock");
+        let path = self.dir.join(&name);
+        // Non-blocking, so that a FIFO in its place cannot hang the command.
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+        let file =
+            dirs::openat(Some(dir.as_fd()), name.as_ref(), flags, 0o600).map_err(|error| {
+                if error.raw_os_error() == Some(libc::ELOOP) {
+                    Error::SymlinkedLock { path: path.clone() }
+                } else {
+                    Error::io(format!("cannot open lock {}", path.display()))(error)
+                }
+            })?;
+        // SAFETY: flock on a descriptor we own; released when it is closed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(Error::io(format!("cannot lock {}", path.display()))(
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(InterfaceLock {
+            _file: File::from(file),
+        })
+    }
+
+    /// The interface's state file: `None` if there is none; an unreadable,
+    /// damaged or foreign one is [`Error::CorruptState`], which callers
+    /// that can rebuild the state from the maps pass over.
+    pub fn load(&self, iface: &str) -> Result<Option<InterfaceState>> {
+        let Some(dir) = self.open_dir(false)? else {
+            return Ok(None);
+        };
+        let path = self.path(iface);
+        let corrupt = |reason: String| Error::CorruptState {
+            path: path.clone(),
+            reason,
+        };
+        // Non-blocking, so that a FIFO in its place cannot hang the command.
+        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+        let file = match dirs::openat(
+            Some(dir.as_fd()),
+            format!("{iface}.json").as_ref(),
+            flags,
+            0,
+        ) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) if error.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(corrupt(
+                    "it is a symbolic link, which bluegreen does not follow".into(),
+                ));
+            }
+            Err(error) => return Err(corrupt(error.to_string())),
+        };
+        let stat = dirs::fstat(file.as_fd()).map_err(|error| corrupt(error.to_string()))?;
+        if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(corrupt("it is not a regular file".into()));
+        }
+        let mut bytes = Vec::new();
+        File::from(file)
+            .take(MAX_STATE_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|error| corrupt(error.to_string()))?;
+        if bytes.is_empty() {
+            return Err(corrupt("it is empty".into()));
+        }
+        if bytes.len() > MAX_STATE_BYTES {
+            return Err(corrupt("it is larger than 1 MiB".into()));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| corrupt("it is not UTF-8".into()))?;
+        let state: InterfaceState =
+            serde_json::from_str(&text).map_err(|error| corrupt(error.to_string()))?;
+        if state.version != STATE_VERSION {
+            return Err(corrupt(format!(
+                "version {} (this bluegreen writes {STATE_VERSION})",
+                state.version
+            )));
+        }
+        if state.interface != iface {
+            return Err(corrupt(format!(
+                "it describes interface {}",
+                state.interface
+            )));
+        }
+        Ok(Some(state))
+    }
+
+    /// Replaces the state file atomically: a crash leaves the old file or
+    /// the new one, never a torn one. The caller holds the interface lock.
+    pub fn save(&self, state: &InterfaceState) -> Result<()> {
+        let path = self.path(&state.interface);
+        let failed = || Error::io(format!("cannot write state file {}", path.display()));
+        let dir = self.open_dir(true)?.expect("created");
+        let name = format!("{}.json", state.interface);
+        // One temporary name per interface is enough: writers hold the lock.
+        let temporary = format!(".{name}.tmp");
+        let text = serde_json::to_string_pretty(state).expect("state serialises") + "\n";
+        let write = || -> io::Result<()> {
+            // Whatever is in the way (a crash's leftover, a planted link)
+            // goes first; O_EXCL and O_NOFOLLOW then guarantee a new file.
+            dirs::remove_in(dir.as_fd(), temporary.as_ref())?;
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+            let mut file = File::from(dirs::openat(
+                Some(dir.as_fd()),
+                temporary.as_ref(),
+                flags,
+                0o600,
+            )?);
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            dirs::rename_in(dir.as_fd(), temporary.as_ref(), name.as_ref())?;
+            File::from(dir.try_clone()?).sync_all()
+        };
+        write().map_err(|error| {
+            let _ = dirs::remove_in(dir.as_fd(), temporary.as_ref());
+            failed()(error)
+        })
+    }
+
+    pub fn remove(&self, iface: &str) -> Result<()> {
+        let Some(dir) = self.open_dir(false)? else {
+            return Ok(());
+        };
+        for name in [
+            format!("{iface}.json"),
+            format!(".{iface}.json.tmp"),
+            format!("{iface}.lock"),
+        ] {
+            dirs::remove_in(dir.as_fd(), name.as_ref()).map_err(Error::io(format!(
+                "cannot remove {}",
+                self.dir.join(&name).display()
+            )))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
