@@ -1,13 +1,15 @@
 //! `cargo xtask bench`: per-packet cost in the kernel, throughput and
 //! latency end to end, and switch time, each against a baseline measured
 //! in the same run; and a timeline of who answers through a switch, a
-//! rollback and a weighted shift, drawn as a chart.
+//! rollback and a weighted shift, drawn as a chart; and what pools of
+//! backends cost.
 
 pub mod backend;
 pub mod chart;
 pub mod kernel_cost;
 pub mod lab;
 pub mod noop;
+pub mod pools;
 pub mod report;
 pub mod stats;
 pub mod switch_time;

@@ -10,6 +10,7 @@ use super::{
     chart,
     kernel_cost::{Case, CaseFigures, KernelReport},
     lab::Dataplane,
+    pools::{self, PoolsReport},
     switch_time::SwitchReport,
     throughput::ThroughputReport,
     timeline::{Counts, TimelineReport},
@@ -63,7 +64,7 @@ pub struct Target {
 }
 
 /// `measured` against an upper `limit`, both in `unit`.
-fn at_most(what: String, limit: f64, measured: f64, unit: &str) -> Target {
+pub fn at_most(what: String, limit: f64, measured: f64, unit: &str) -> Target {
     let (target, shown) = (
         format!("<= {}{unit}", number(limit)),
         format!("{}{unit}", number(measured)),
@@ -128,6 +129,7 @@ pub struct Report {
     pub throughput: Option<ThroughputReport>,
     pub switch_time: Option<SwitchReport>,
     pub timeline: Option<TimelineReport>,
+    pub pools: Option<PoolsReport>,
     pub targets: Vec<Target>,
 }
 
@@ -142,6 +144,9 @@ impl Report {
         }
         if let Some(switch) = &self.switch_time {
             targets.extend(switch_targets(switch));
+        }
+        if let Some(pools) = &self.pools {
+            targets.extend(pools::targets(pools));
         }
         self.targets = targets;
     }
@@ -170,6 +175,9 @@ impl Report {
         }
         if let Some(timeline) = &self.timeline {
             out += &timeline_table(timeline);
+        }
+        if let Some(pools) = &self.pools {
+            out += &pools::table(pools);
         }
         out += &targets_table(&self.targets);
         out

@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: bluegreen against baselines measured in the same
 //! run: per-packet cost in the kernel, throughput and latency end to end,
 //! and switch time; then a timeline of who answers through a switch, a
-//! rollback and a weighted shift. Prints markdown, writes JSON and the
+//! rollback and a weighted shift; and what pools of backends cost. Prints markdown, writes JSON and the
 //! timeline's SVG chart to `target/bench/`, fails if the timeline broke the
 //! commands' promises, and removes everything it created, also on Ctrl-C or
 //! failure.
@@ -15,13 +15,14 @@ use bluegreen_testbed::bench::{
     self, Interrupted,
     kernel_cost::{self, KernelPlan},
     lab::Lab,
+    pools::{self, PoolsPlan},
     report::{Machine, Report},
     switch_time::{self, SwitchPlan},
     throughput::{self, ThroughputPlan},
     timeline::{self, TimelinePlan},
 };
 
-const USAGE: &str = "usage: bench [--quick] [--only kernel|throughput|switch|timeline]
+const USAGE: &str = "usage: bench [--quick] [--only kernel|throughput|switch|timeline|pools]
 
   --quick   a smoke run: fewer repeats and rounds, 1 s wrk runs, 1 s
             timeline phases (~35 s)
@@ -33,6 +34,7 @@ enum Part {
     Throughput,
     Switch,
     Timeline,
+    Pools,
 }
 
 struct Options {
@@ -56,9 +58,10 @@ impl Options {
                         Some("throughput") => Part::Throughput,
                         Some("switch") => Part::Switch,
                         Some("timeline") => Part::Timeline,
+                        Some("pools") => Part::Pools,
                         other => {
                             return Err(format!(
-                                "--only takes kernel|throughput|switch|timeline, not {other:?}"
+                                "--only takes kernel|throughput|switch|timeline|pools, not {other:?}"
                             ));
                         }
                     })
@@ -101,6 +104,14 @@ impl Options {
         }
     }
 
+    fn pools_plan(&self) -> PoolsPlan {
+        PoolsPlan {
+            repeat: if self.quick { 200_000 } else { 1_000_000 },
+            rounds: if self.quick { 3 } else { 7 },
+            sizes: vec![1, 8, 64],
+        }
+    }
+
     fn timeline_plan(&self) -> TimelinePlan {
         TimelinePlan {
             phase: Duration::from_secs(if self.quick { 1 } else { 3 }),
@@ -135,6 +146,10 @@ fn measure(options: &Options, report: &mut Report) -> Result<(), Interrupted> {
             report.timeline = Some(timeline::run(&lab, &options.timeline_plan())?);
         }
     }
+    if options.runs(Part::Pools) {
+        eprintln!("bench: part 5, pools");
+        report.pools = Some(pools::run(&options.pools_plan())?);
+    }
     Ok(())
 }
 
@@ -161,6 +176,7 @@ fn main() -> ExitCode {
         throughput: None,
         switch_time: None,
         timeline: None,
+        pools: None,
         targets: Vec::new(),
     };
     if measure(&options, &mut report).is_err() {
