@@ -49,6 +49,11 @@ impl From<Output> for CliRun {
 
 /// A bluegreen instance's directories, torn down (`down`, then removal of
 /// whatever is left) on drop.
+/// Where pins of layout `version` live below a pin directory.
+pub fn layout_dir(version: u32) -> String {
+    format!("v{version}")
+}
+
 pub struct Bluegreen {
     pub namespace_path: PathBuf,
     pub pin_dir: PathBuf,
@@ -56,6 +61,13 @@ pub struct Bluegreen {
 }
 
 impl Bluegreen {
+    /// The switch interface's pins, in this version's layout.
+    pub fn interface_pins(&self) -> PathBuf {
+        self.pin_dir
+            .join(layout_dir(bluegreen_common::LAYOUT_VERSION))
+            .join(SWITCH_IFACE)
+    }
+
     pub fn new(switch: &Namespace) -> Bluegreen {
         let tag = switch.name();
         let instance = Bluegreen {

@@ -8,14 +8,10 @@ use std::{
 
 use bluegreen_common::{LAYOUT_VERSION, ServiceState};
 use bluegreen_testbed::{
+    cli::layout_dir,
     fixture::{Fixture, blue_backend, config_text, green_backend, strs, up_args, vip},
     netns::{SWITCH_IFACE, addr},
 };
-
-/// Where pins of a layout version live below the pin directory.
-fn layout_dir(version: u32) -> String {
-    format!("v{version}")
-}
 
 /// The standard config with a `[dataplane]` table setting the TCP closing
 /// timeout.
@@ -418,11 +414,7 @@ fn create_map(path: &std::path::Path, value_size: u32) {
 #[test]
 fn pins_of_another_layout_are_refused_not_misread() {
     let fixture = Fixture::new();
-    let dir = fixture
-        .bluegreen
-        .pin_dir
-        .join(layout_dir(LAYOUT_VERSION))
-        .join(SWITCH_IFACE);
+    let dir = fixture.bluegreen.interface_pins();
     std::fs::create_dir_all(&dir).expect("create pin dir");
     create_map(&dir.join("BG_SERVICES"), 8);
     let pins_before = fixture.bluegreen.pins();
@@ -517,11 +509,7 @@ fn down_leaves_nothing_behind() {
             .mode()
             & 0o777
     };
-    let layout = fixture
-        .bluegreen
-        .pin_dir
-        .join(layout_dir(LAYOUT_VERSION))
-        .join(SWITCH_IFACE);
+    let layout = fixture.bluegreen.interface_pins();
     for dir in [
         &fixture.bluegreen.pin_dir,
         &layout,

@@ -12,6 +12,7 @@ use std::{
 
 use bluegreen_testbed::{
     cli::CliRun,
+    cli::layout_dir,
     fixture::{Fixture, strs, up_args},
     netns::SWITCH_IFACE,
 };
@@ -116,18 +117,9 @@ fn state_json(fixture: &Fixture) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|error| panic!("{text}: {error}"))
 }
 
-/// The directory of this version's pins below the pin directory.
-fn layout_dir() -> String {
-    format!("v{}", bluegreen_common::LAYOUT_VERSION)
-}
-
 /// The switch interface's pin directory.
 fn layout(fixture: &Fixture) -> PathBuf {
-    fixture
-        .bluegreen
-        .pin_dir
-        .join(layout_dir())
-        .join(SWITCH_IFACE)
+    fixture.bluegreen.interface_pins()
 }
 
 fn xdp_attached(fixture: &Fixture) -> bool {
@@ -420,10 +412,15 @@ fn hostile_pin_directories_are_refused_before_use() {
     )));
     fs::create_dir(&elsewhere).expect("create target");
     chmod(&elsewhere, 0o700);
-    symlink(&elsewhere, pin.join(layout_dir())).expect("plant a layout symlink");
+    symlink(
+        &elsewhere,
+        pin.join(layout_dir(bluegreen_common::LAYOUT_VERSION)),
+    )
+    .expect("plant a layout symlink");
     up_refused(&fixture, &["symbolic link"]);
     assert!(is_empty_dir(&elsewhere), "nothing pinned through the link");
-    fs::remove_file(pin.join(layout_dir())).expect("remove symlink");
+    fs::remove_file(pin.join(layout_dir(bluegreen_common::LAYOUT_VERSION)))
+        .expect("remove symlink");
     fs::remove_dir(&pin).expect("remove pin dir");
 
     symlink(&elsewhere, &pin).expect("plant pin dir symlink");
