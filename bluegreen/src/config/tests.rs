@@ -135,7 +135,10 @@ fn health_checks_and_auto_rollback_are_read_and_checked() {
 fn same_backend_for_both_colors_is_refused() {
     let (_, _, message) =
         config_error(&GOOD.replace("green = \"10.1.0.3:8080\"", "green = \"10.1.0.2:8080\""));
-    assert!(message.contains("blue and green are both"), "{message}");
+    assert!(
+        message.contains("10.1.0.2:8080 is in both blue and green"),
+        "{message}"
+    );
 }
 
 #[test]

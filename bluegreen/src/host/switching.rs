@@ -14,7 +14,7 @@ use bluegreen_common::{ChangeCause, SERVICE_HAS_PREVIEW, ServiceState};
 use super::{Host, Lock, OpenService};
 use crate::{
     clock::unix_now_ms,
-    config::validate_backend,
+    config::{PoolSpec, validate_backend},
     endpoint::{Cidr, Color, Proto},
     error::{Error, Result},
     health::{HealthCheck, Probe},
@@ -100,13 +100,13 @@ impl OpenService {
             None if spec.proto == Proto::Tcp => (HealthCheck::new(Probe::Tcp), Checked::Connect),
             None => return Ok(None),
         };
-        let backend = self.backend(color);
+        let pool = self.pool(color);
         check
-            .probe(backend)
+            .probe_pool(&pool.serving())
             .map_err(|reason| Error::HealthCheckFailed {
                 service: self.name().to_owned(),
                 color,
-                backend,
+                backends: pool.to_string(),
                 reason,
                 active: Color::from_wire(self.live.active),
             })?;
@@ -120,7 +120,7 @@ impl Host {
     /// written, the map is not touched; if the map update fails, the file
     /// is put back (and, should that fail too, the next command rewrites
     /// it from the map, which it takes as the truth).
-    fn commit(&self, open: &mut OpenService, updated: ServiceState) -> Result<Duration> {
+    pub(super) fn commit(&self, open: &mut OpenService, updated: ServiceState) -> Result<Duration> {
         let before = open.state.clone();
         let record = open.record_mut();
         if record.spec.active != Color::from_wire(updated.active) {
@@ -344,9 +344,9 @@ impl Host {
         Ok((name, prefixes))
     }
 
-    /// Points one color of a service at another backend; returns the
-    /// service's name and the old backend. Flows already on the old backend
-    /// stay there until they end.
+    /// Points a one-backend color of a service at another backend;
+    /// returns the service's name and the old backend. Flows already on the
+    /// old backend stay there until they end.
     pub fn set_backend(
         &self,
         service: Option<&str>,
@@ -355,32 +355,50 @@ impl Host {
     ) -> Result<(String, SocketAddr)> {
         let mut open = self.open_service(service, Lock::Exclusive)?;
         let spec = &open.record().spec;
-        validate_backend(&spec.name, spec.vip, color, backend)?;
-        if open.backend(color.other()) == backend {
+        if open.backends(color).len() > 1 {
             return Err(Error::InvalidService {
                 service: spec.name.clone(),
-                message: format!("{backend} is already the {} backend", color.other()),
+                message: format!(
+                    "{color} is a pool of {} backends: change it with `bluegreen backend add|remove {color} ADDR:PORT`",
+                    open.backends(color).len()
+                ),
+            });
+        }
+        validate_backend(&spec.name, spec.vip, color, backend)?;
+        if open.backends(color.other()).contains(&backend) {
+            return Err(Error::InvalidService {
+                service: spec.name.clone(),
+                message: format!("{backend} is already a {} backend", color.other()),
             });
         }
         let old = open.backend(color);
         if old != backend {
-            let services = open.maps.services()?;
-            let mut arenas = Arenas::new(services.values());
-            let live_pool = *open.live.pool(color.wire());
-            let mut updated = open.live;
-            updated.pools[usize::from(color.wire())] = pool::write(
-                &mut open.maps,
-                &mut arenas,
-                &[(backend, 1)],
-                Some(&live_pool),
-            )?;
-            match color {
-                Color::Blue => open.record_mut().spec.blue = backend,
-                Color::Green => open.record_mut().spec.green = backend,
-            }
-            open.backends[usize::from(color.wire())] = vec![backend];
-            self.commit(&mut open, updated)?;
+            self.replace_pool(&mut open, color, PoolSpec::one(backend))?;
         }
         Ok((open.name().to_owned(), old))
+    }
+
+    /// Writes `pool` as `color`'s pool beside the live one, keeping the
+    /// live table's size (so only the flows of a backend that changed
+    /// move), records it and flips the service to it with [`Host::commit`].
+    pub(super) fn replace_pool(
+        &self,
+        open: &mut OpenService,
+        color: Color,
+        pool: PoolSpec,
+    ) -> Result<Duration> {
+        let services = open.maps.services()?;
+        let mut arenas = Arenas::new(services.values());
+        let live_pool = *open.live.pool(color.wire());
+        let mut updated = open.live;
+        updated.pools[usize::from(color.wire())] = pool::write(
+            &mut open.maps,
+            &mut arenas,
+            &pool.weighted(),
+            Some(&live_pool),
+        )?;
+        open.backends[usize::from(color.wire())] = pool.addrs().collect();
+        *open.record_mut().spec.backends_mut(color) = pool;
+        self.commit(open, updated)
     }
 }
