@@ -147,6 +147,7 @@ fn the_packaged_example_config_is_valid() {
     let config = Config::load(Path::new(path)).expect("packaging/bluegreen.toml");
     assert_eq!(config.interface.as_deref(), Some("eth0"));
     assert_eq!(config.services.len(), 2);
+    assert_eq!(config.services[0].green.backends().len(), 2);
 }
 
 #[test]

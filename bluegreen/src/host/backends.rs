@@ -1,15 +1,18 @@
-//! Changing one backend of a color's pool: add, remove, drain, undrain.
+//! Changing a color's backends: one backend of a pool (add, remove,
+//! drain, undrain), or the one backend of a one-backend color
+//! (`set-backend`).
 //! The pool is rewritten beside the live one with the live table's size,
 //! so only the changed backend's share of new flows moves, and the service
 //! flips to it with one map update once the state file records it.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use super::{Host, Lock, OpenService};
 use crate::{
     config::{BackendSpec, PoolSpec, validate_backend, validate_pool},
     endpoint::{Color, to_wire},
     error::{Error, Result},
+    pool::{self, arena::Arenas},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +42,64 @@ pub struct BackendOutcome {
 }
 
 impl Host {
+    /// Points a one-backend color of a service at another backend;
+    /// returns the service's name and the old backend. Flows already on the
+    /// old backend stay there until they end.
+    pub fn set_backend(
+        &self,
+        service: Option<&str>,
+        color: Color,
+        backend: SocketAddr,
+    ) -> Result<(String, SocketAddr)> {
+        let mut open = self.open_service(service, Lock::Exclusive)?;
+        let spec = &open.record().spec;
+        if open.backends(color).len() > 1 {
+            return Err(Error::InvalidService {
+                service: spec.name.clone(),
+                message: format!(
+                    "{color} is a pool of {} backends: change it with `bluegreen backend add|remove {color} ADDR:PORT`",
+                    open.backends(color).len()
+                ),
+            });
+        }
+        validate_backend(&spec.name, spec.vip, color, backend)?;
+        if open.backends(color.other()).contains(&backend) {
+            return Err(Error::InvalidService {
+                service: spec.name.clone(),
+                message: format!("{backend} is already a {} backend", color.other()),
+            });
+        }
+        let old = open.backend(color);
+        if old != backend {
+            self.replace_pool(&mut open, color, PoolSpec::one(backend))?;
+        }
+        Ok((open.name().to_owned(), old))
+    }
+
+    /// Writes `pool` as `color`'s pool beside the live one, keeping the
+    /// live table's size (so only the flows of a backend that changed
+    /// move), records it and flips the service to it with [`Host::commit`].
+    pub(super) fn replace_pool(
+        &self,
+        open: &mut OpenService,
+        color: Color,
+        pool: PoolSpec,
+    ) -> Result<Duration> {
+        let services = open.maps.services()?;
+        let mut arenas = Arenas::new(services.values());
+        let live_pool = *open.live.pool(color.wire());
+        let mut updated = open.live;
+        updated.pools[usize::from(color.wire())] = pool::write(
+            &mut open.maps,
+            &mut arenas,
+            &pool.weighted(),
+            Some(&live_pool),
+        )?;
+        open.backends[usize::from(color.wire())] = pool.addrs().collect();
+        *open.record_mut().spec.backends_mut(color) = pool;
+        self.commit(open, updated)
+    }
+
     /// Applies `action` to `backend` in `color`'s pool. Leaving the active
     /// color without a backend that takes new flows is refused unless
     /// `force`: its new flows would then pass to the VIP untouched.

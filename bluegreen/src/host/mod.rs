@@ -7,8 +7,9 @@
 //!   it (`rebuild`), and whether its programs are attached;
 //! - `programs`: loading, attaching and replacing the eBPF programs;
 //! - `reconcile`: making the services map match a configuration;
-//! - [`switching`]: switch, rollback, weighted shift, set-backend, preview;
-//! - `backends`: adding, removing, draining a backend of a pool;
+//! - [`switching`]: switch, rollback, weighted shift, preview;
+//! - `backends`: set-backend, and adding, removing, draining a backend of
+//!   a pool;
 //! - [`status`]: the status report, live flow counts, waiting for a drain.
 
 mod backends;

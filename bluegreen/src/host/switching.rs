@@ -1,25 +1,20 @@
-//! Changing where new flows go: switch, rollback, weighted shift, preview
-//! prefixes, and a color's backend. Each change is one update of the
+//! Changing where new flows go: switch, rollback, weighted shift and
+//! preview prefixes. Each change is one update of the
 //! service's entry in the services map, made under the interface lock once
 //! the state file records it: a change that cannot be recorded (a full or
 //! read-only disk) is not made.
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use bluegreen_common::{ChangeCause, SERVICE_HAS_PREVIEW, ServiceState};
 
 use super::{Host, Lock, OpenService};
 use crate::{
     clock::unix_now_ms,
-    config::{PoolSpec, validate_backend},
     endpoint::{Cidr, Color, Proto},
     error::{Error, Result},
     health::{HealthCheck, Probe},
     pinned::Put,
-    pool::{self, arena::Arenas},
 };
 
 /// Where a switch goes.
@@ -342,63 +337,5 @@ impl Host {
             return Err(error);
         }
         Ok((name, prefixes))
-    }
-
-    /// Points a one-backend color of a service at another backend;
-    /// returns the service's name and the old backend. Flows already on the
-    /// old backend stay there until they end.
-    pub fn set_backend(
-        &self,
-        service: Option<&str>,
-        color: Color,
-        backend: SocketAddr,
-    ) -> Result<(String, SocketAddr)> {
-        let mut open = self.open_service(service, Lock::Exclusive)?;
-        let spec = &open.record().spec;
-        if open.backends(color).len() > 1 {
-            return Err(Error::InvalidService {
-                service: spec.name.clone(),
-                message: format!(
-                    "{color} is a pool of {} backends: change it with `bluegreen backend add|remove {color} ADDR:PORT`",
-                    open.backends(color).len()
-                ),
-            });
-        }
-        validate_backend(&spec.name, spec.vip, color, backend)?;
-        if open.backends(color.other()).contains(&backend) {
-            return Err(Error::InvalidService {
-                service: spec.name.clone(),
-                message: format!("{backend} is already a {} backend", color.other()),
-            });
-        }
-        let old = open.backend(color);
-        if old != backend {
-            self.replace_pool(&mut open, color, PoolSpec::one(backend))?;
-        }
-        Ok((open.name().to_owned(), old))
-    }
-
-    /// Writes `pool` as `color`'s pool beside the live one, keeping the
-    /// live table's size (so only the flows of a backend that changed
-    /// move), records it and flips the service to it with [`Host::commit`].
-    pub(super) fn replace_pool(
-        &self,
-        open: &mut OpenService,
-        color: Color,
-        pool: PoolSpec,
-    ) -> Result<Duration> {
-        let services = open.maps.services()?;
-        let mut arenas = Arenas::new(services.values());
-        let live_pool = *open.live.pool(color.wire());
-        let mut updated = open.live;
-        updated.pools[usize::from(color.wire())] = pool::write(
-            &mut open.maps,
-            &mut arenas,
-            &pool.weighted(),
-            Some(&live_pool),
-        )?;
-        open.backends[usize::from(color.wire())] = pool.addrs().collect();
-        *open.record_mut().spec.backends_mut(color) = pool;
-        self.commit(open, updated)
     }
 }
