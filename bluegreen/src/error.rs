@@ -44,12 +44,13 @@ pub enum Error {
     #[error("invalid health check {0:?}: use tcp or http:/PATH (e.g. http:/healthz)")]
     InvalidCheck(String),
     #[error(
-        "service {service}: {color} ({backend}) failed its health check ({reason}); traffic stays on {active}: fix {color} or pass --skip-check"
+        "service {service}: {color} ({backends}) failed its health check ({reason}); traffic stays on {active}: fix {color} or pass --skip-check"
     )]
     HealthCheckFailed {
         service: String,
         color: Color,
-        backend: SocketAddr,
+        /// The pool as an operator reads it.
+        backends: String,
         reason: String,
         active: Color,
     },

@@ -31,6 +31,13 @@ pub struct HealthCheck {
     pub healthy_threshold: u32,
     /// Consecutive failures that make a healthy backend unhealthy.
     pub unhealthy_threshold: u32,
+    /// Backends of a pool that must pass for the color to be healthy.
+    #[serde(default = "one")]
+    pub min_healthy: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl HealthCheck {
@@ -47,6 +54,7 @@ impl HealthCheck {
             timeout_ms: Self::DEFAULT_TIMEOUT_MS,
             healthy_threshold: Self::DEFAULT_HEALTHY_THRESHOLD,
             unhealthy_threshold: Self::DEFAULT_UNHEALTHY_THRESHOLD,
+            min_healthy: 1,
         }
     }
 
@@ -90,6 +98,13 @@ impl HealthCheck {
                 return Err(format!("{name} {value} is outside 1..=100"));
             }
         }
+        if !(1..=bluegreen_common::MAX_POOL_BACKENDS).contains(&self.min_healthy) {
+            return Err(format!(
+                "min_healthy {} is outside 1..={}",
+                self.min_healthy,
+                bluegreen_common::MAX_POOL_BACKENDS
+            ));
+        }
         Ok(())
     }
 
@@ -99,6 +114,55 @@ impl HealthCheck {
 
     fn target(&self, backend: SocketAddr) -> SocketAddr {
         SocketAddr::new(backend.ip(), self.port.unwrap_or(backend.port()))
+    }
+
+    /// One probe of each of a pool's `backends` at once: passes when at
+    /// least `min_healthy` pass; the error names each one that failed.
+    pub fn probe_pool(&self, backends: &[SocketAddr]) -> Result<(), String> {
+        let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
+            let probes: Vec<_> = backends
+                .iter()
+                .map(|&backend| scope.spawn(move || self.probe(backend)))
+                .collect();
+            probes
+                .into_iter()
+                .map(|probe| {
+                    probe
+                        .join()
+                        .unwrap_or_else(|_| Err("the probe panicked".to_owned()))
+                })
+                .collect()
+        });
+        let failures: Vec<String> = backends
+            .iter()
+            .zip(&results)
+            .filter_map(|(backend, result)| {
+                result.as_ref().err().map(|reason| {
+                    if backends.len() > 1 {
+                        format!("{backend}: {reason}")
+                    } else {
+                        reason.clone()
+                    }
+                })
+            })
+            .collect();
+        let passed = backends.len() - failures.len();
+        if passed >= self.min_healthy as usize {
+            return Ok(());
+        }
+        if backends.len() == 1 {
+            return Err(failures.join(""));
+        }
+        Err(format!(
+            "{passed} of {} backends passed, {} needed; {}",
+            backends.len(),
+            self.min_healthy,
+            if failures.is_empty() {
+                "no backend takes new flows".to_owned()
+            } else {
+                failures.join("; ")
+            }
+        ))
     }
 
     /// One probe of `backend`; the error says what failed.

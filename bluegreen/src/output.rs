@@ -3,7 +3,7 @@
 
 use bluegreen::{
     endpoint::Color,
-    host::{Checked, StatusReport, SwitchOutcome, UpOutcome},
+    host::{BackendAction, BackendOutcome, Checked, StatusReport, SwitchOutcome, UpOutcome},
 };
 
 pub fn print_up(outcome: &UpOutcome) {
@@ -20,13 +20,38 @@ pub fn print_up(outcome: &UpOutcome) {
     for record in &state.services {
         let spec = &record.spec;
         println!(
-            "  {} {} {} -> {} (blue {}, green {})",
+            "  {} {} {} -> {} (blue {}; green {})",
             spec.name, spec.proto, spec.vip, spec.active, spec.blue, spec.green
         );
     }
     for note in &outcome.notes {
         println!("  note: {note}");
     }
+}
+
+pub fn print_backend(
+    outcome: &BackendOutcome,
+    backend: std::net::SocketAddr,
+    action: BackendAction,
+) {
+    let BackendOutcome {
+        service,
+        color,
+        pool,
+        changed,
+        rebound,
+    } = outcome;
+    let what = match action {
+        _ if !changed => "already so, nothing to do".to_owned(),
+        BackendAction::Add { .. } => "added".to_owned(),
+        BackendAction::Remove => {
+            format!("removed; {rebound} open connection(s) moved to the backends left")
+        }
+        BackendAction::Drain => "drained: no new flows, open ones finish there".to_owned(),
+        BackendAction::Undrain => "takes new flows again".to_owned(),
+    };
+    println!("{service}: {color} backend {backend} {what}");
+    println!("  {color} pool: {pool}");
 }
 
 pub fn print_switch(outcome: &SwitchOutcome) {
@@ -117,15 +142,30 @@ pub fn print_status(report: &StatusReport) {
             }
             for (color, status) in [(Color::Blue, &service.blue), (Color::Green, &service.green)] {
                 let marker = if color == service.active { "*" } else { " " };
+                let pool = status.backends.len() > 1
+                    || status
+                        .backends
+                        .iter()
+                        .any(|backend| backend.state != "active");
+                let backend = if pool {
+                    format!("pool of {}", status.backends.len())
+                } else {
+                    status.backend.clone()
+                };
                 println!(
-                    "   {marker}{color:<5} {:<24} packets {:>10}  bytes {:>12}  new flows {:>8}  active flows {:>6} (+{} closing)",
-                    status.backend,
+                    "   {marker}{color:<5} {backend:<24} packets {:>10}  bytes {:>12}  new flows {:>8}  active flows {:>6} (+{} closing)",
                     status.packets,
                     status.bytes,
                     status.new_flows,
                     status.active_flows,
                     status.closing_flows
                 );
+                for backend in status.backends.iter().filter(|_| pool) {
+                    println!(
+                        "          {:<24} weight {:>3}  {:<8}  active flows {:>6}",
+                        backend.addr, backend.weight, backend.state, backend.active_flows
+                    );
+                }
             }
         }
         let passed: Vec<String> = interface

@@ -329,7 +329,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         &fixture,
         &["set-backend", "green", &blue],
         1,
-        "is already the blue backend",
+        "is already a blue backend",
     );
 
     let bad_config = fixture.write_config(&closing_config(5).replace(&vip, "10.200.100.1"));

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use bluegreen::{
-    config::XdpModeArg,
+    config::{PoolSpec, WEIGHTS, XdpModeArg},
     endpoint::{Color, Proto, parse_endpoint},
     health::Probe,
 };
@@ -133,13 +133,29 @@ rollback returns the weight to 0 (the active color never changed).")]
 counters between two refreshes), the live flows, and the health check's verdict when
 the service has one.")]
     Status(StatusArgs),
-    /// Point one color of a service at another backend.
+    /// Point a one-backend color of a service at another backend.
     #[command(after_help = "Examples:
   bluegreen set-backend green 10.0.1.4:8080
   bluegreen set-backend blue [fd00::12]:8080 --service chat6
 
-Flows already on the old backend stay there until they end.")]
+Flows already on the old backend stay there until they end. A color with several
+backends is changed one backend at a time with `bluegreen backend`.")]
     SetBackend(SetBackendArgs),
+    /// Add, remove, drain or undrain one backend of a color's pool.
+    #[command(after_help = "Examples:
+  bluegreen backend add blue 10.0.1.5:8080              # a new replica, weight 1
+  bluegreen backend add blue 10.0.1.5:8080 --weight 3   # ... or change its weight (1 to 100)
+  bluegreen backend drain blue 10.0.1.2:8080            # no new flows; open ones finish there
+  bluegreen backend undrain blue 10.0.1.2:8080
+  bluegreen backend remove blue 10.0.1.2:8080 --service chat
+
+Only the changed backend's share of new flows moves (consistent hashing). `remove`
+moves the removed backend's open connections to the backends left at once: their
+clients see a reset and reconnect; drain first and wait for `status` to show its
+active_flows at 0 to avoid that. Draining or removing the last backend that takes
+new flows in the active color is refused unless --force. Changes last until the
+next `up` or daemon reload, which take the pools from the config.")]
+    Backend(BackendArgs),
     /// Detach bluegreen from an interface and remove its pins and state.
     #[command(after_help = "Example:
   bluegreen down --iface eth0")]
@@ -183,12 +199,21 @@ pub(crate) struct UpArgs {
     /// Virtual address clients connect to.
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_endpoint, required_unless_present = "config")]
     pub vip: Option<std::net::SocketAddr>,
-    /// Backend of the blue color.
-    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_endpoint, required_unless_present = "config")]
-    pub blue: Option<std::net::SocketAddr>,
-    /// Backend of the green color.
-    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_endpoint, required_unless_present = "config")]
-    pub green: Option<std::net::SocketAddr>,
+    /// Backends of the blue color, comma-separated (a pool of weight-1
+    /// backends; give weights in a config file).
+    #[arg(
+        long,
+        value_name = "ADDR:PORT[,ADDR:PORT...]",
+        required_unless_present = "config"
+    )]
+    pub blue: Option<PoolSpec>,
+    /// Backends of the green color, comma-separated.
+    #[arg(
+        long,
+        value_name = "ADDR:PORT[,ADDR:PORT...]",
+        required_unless_present = "config"
+    )]
+    pub green: Option<PoolSpec>,
     #[arg(long, value_parser = proto_parser(), default_value = "tcp")]
     pub proto: Proto,
     /// Color that takes new flows at first (a live or remembered color wins).
@@ -334,6 +359,32 @@ pub(crate) struct SetBackendArgs {
     pub backend: std::net::SocketAddr,
     #[arg(long)]
     pub service: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum BackendVerb {
+    Add,
+    Remove,
+    Drain,
+    Undrain,
+}
+
+#[derive(Args)]
+pub(crate) struct BackendArgs {
+    #[arg(value_enum)]
+    pub action: BackendVerb,
+    #[arg(value_parser = color_parser())]
+    pub color: Color,
+    #[arg(value_name = "ADDR:PORT", value_parser = parse_endpoint)]
+    pub backend: std::net::SocketAddr,
+    /// With add: the backend's share of new flows relative to the others.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(*WEIGHTS.start() as i64..=*WEIGHTS.end() as i64))]
+    pub weight: Option<u32>,
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Allow leaving the active color without a backend taking new flows.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args)]

@@ -8,18 +8,18 @@ use bluegreen::{
     endpoint::Color,
     health::HealthCheck,
     host::{
-        Host, STATUS_SCHEMA_VERSION, StatusReport, SwitchOptions, SwitchOutcome, SwitchTarget,
-        UpRequest,
+        BackendAction, Host, STATUS_SCHEMA_VERSION, StatusReport, SwitchOptions, SwitchOutcome,
+        SwitchTarget, UpRequest,
     },
 };
 use bluegreen_common::ChangeCause;
 use clap::CommandFactory;
 
 use super::{
-    args::{self, ChangeArgs, Command, PreviewAction, UpArgs},
+    args::{self, BackendArgs, BackendVerb, ChangeArgs, Command, PreviewAction, UpArgs},
     shift, watch,
 };
-use crate::output::{print_preview, print_status, print_switch, print_up};
+use crate::output::{print_backend, print_preview, print_status, print_switch, print_up};
 
 fn switch_options(change: &ChangeArgs) -> SwitchOptions {
     if change.skip_check {
@@ -92,6 +92,7 @@ pub fn run(host: &Host, state_dir: &Path, command: Command) -> anyhow::Result<Ex
                 args.color, args.backend
             );
         }
+        Command::Backend(args) => backend(host, args)?,
         Command::Down(args) => {
             host.down(&args.iface)?;
             println!(
@@ -172,6 +173,27 @@ fn up_request(args: UpArgs) -> anyhow::Result<UpRequest> {
         dataplane,
         services,
     })
+}
+
+fn backend(host: &Host, args: BackendArgs) -> anyhow::Result<()> {
+    let action = match args.action {
+        BackendVerb::Add => BackendAction::Add {
+            weight: args.weight,
+        },
+        _ if args.weight.is_some() => bail!("--weight goes with `backend add` only"),
+        BackendVerb::Remove => BackendAction::Remove,
+        BackendVerb::Drain => BackendAction::Drain,
+        BackendVerb::Undrain => BackendAction::Undrain,
+    };
+    let outcome = host.change_backend(
+        args.service.as_deref(),
+        args.color,
+        args.backend,
+        action,
+        args.force,
+    )?;
+    print_backend(&outcome, args.backend, action);
+    Ok(())
 }
 
 fn preview(host: &Host, action: PreviewAction) -> anyhow::Result<()> {

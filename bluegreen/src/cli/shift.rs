@@ -53,7 +53,7 @@ pub fn run(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
             return Ok(stopped(&name, color, current, index, total));
         }
         if let Some(check) = &check
-            && let Err(reason) = check.probe(view.backend(color))
+            && let Err(reason) = check.probe_pool(&view.pool(color).serving())
         {
             return roll_back(
                 host,
@@ -85,7 +85,7 @@ pub fn run(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
                 && Instant::now() >= next_probe
             {
                 next_probe = Instant::now() + check.interval();
-                let result = check.probe(view.backend(color));
+                let result = check.probe_pool(&view.pool(color).serving());
                 if tracker.observe(check, result) == Some(Health::Unhealthy) {
                     let reason = tracker.last_error.clone().unwrap_or_default();
                     return roll_back(

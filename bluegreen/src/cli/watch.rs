@@ -59,7 +59,7 @@ fn health(host: &Host, service: &str, color: Color) -> String {
     };
     match &view.record.spec.health {
         None => "-".to_owned(),
-        Some(check) => match check.probe(view.backend(color)) {
+        Some(check) => match check.probe_pool(&view.pool(color).serving()) {
             Ok(()) => "healthy".to_owned(),
             Err(_) => "FAILING".to_owned(),
         },

@@ -4,6 +4,7 @@
 //! the reading of the file, one section at a time, in `parse`.
 
 mod parse;
+mod pool;
 mod validate;
 
 use std::{net::SocketAddr, path::Path, str::FromStr};
@@ -11,7 +12,8 @@ use std::{net::SocketAddr, path::Path, str::FromStr};
 use bluegreen_common::Timeouts;
 use serde::{Deserialize, Serialize};
 
-pub use validate::{FieldError, ServiceField, validate_backend};
+pub use pool::{BackendSpec, PoolSpec, WEIGHTS};
+pub use validate::{FieldError, ServiceField, validate_backend, validate_pool};
 
 use crate::{
     endpoint::{Color, Proto},
@@ -49,8 +51,9 @@ pub struct ServiceSpec {
     pub name: String,
     pub vip: SocketAddr,
     pub proto: Proto,
-    pub blue: SocketAddr,
-    pub green: SocketAddr,
+    /// Each color's pool, 1 to 256 backends.
+    pub blue: PoolSpec,
+    pub green: PoolSpec,
     /// The color new flows take when no earlier state says otherwise.
     pub active: Color,
     /// Probed before `switch` moves traffic to a color, and by the daemon.
@@ -62,16 +65,24 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
-    pub fn backend(&self, color: Color) -> SocketAddr {
+    pub fn backends(&self, color: Color) -> &PoolSpec {
         match color {
-            Color::Blue => self.blue,
-            Color::Green => self.green,
+            Color::Blue => &self.blue,
+            Color::Green => &self.green,
         }
     }
 
-    /// A color's backends with their weights, as its pool is built from.
+    pub fn backends_mut(&mut self, color: Color) -> &mut PoolSpec {
+        match color {
+            Color::Blue => &mut self.blue,
+            Color::Green => &mut self.green,
+        }
+    }
+
+    /// A color's backends with their weights, as its pool is built from
+    /// (a drained backend has weight 0).
     pub fn pool(&self, color: Color) -> Vec<(SocketAddr, u32)> {
-        vec![(self.backend(color), 1)]
+        self.backends(color).weighted()
     }
 }
 

@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use super::{
     AutoRollback, Config, DataplaneOptions, MAX_FLOW_CAPACITY, MIN_FLOW_CAPACITY, ServiceSpec,
-    XdpModeArg,
+    XdpModeArg, pool,
     validate::{ServiceField, validate_name},
 };
 use crate::{
@@ -47,8 +47,8 @@ struct RawService {
     name: Spanned<String>,
     vip: Spanned<String>,
     proto: Option<Spanned<String>>,
-    blue: Spanned<String>,
-    green: Spanned<String>,
+    blue: Spanned<toml::Value>,
+    green: Spanned<toml::Value>,
     active: Option<Spanned<String>>,
     health: Option<Spanned<RawHealth>>,
     auto_rollback: Option<Spanned<RawAutoRollback>>,
@@ -64,6 +64,7 @@ struct RawHealth {
     timeout_ms: Option<u64>,
     healthy_threshold: Option<u32>,
     unhealthy_threshold: Option<u32>,
+    min_healthy: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -248,8 +249,8 @@ impl ServiceTable<'_> {
             proto: self
                 .read_opt(ServiceField::Proto, &raw.proto, |proto| proto.parse())?
                 .unwrap_or_default(),
-            blue: self.read(ServiceField::Blue, &raw.blue, endpoint)?,
-            green: self.read(ServiceField::Green, &raw.green, endpoint)?,
+            blue: self.read(ServiceField::Blue, &raw.blue, pool::from_toml)?,
+            green: self.read(ServiceField::Green, &raw.green, pool::from_toml)?,
             active: self
                 .read_opt(ServiceField::Active, &raw.active, |active| active.parse())?
                 .unwrap_or(Color::Blue),
@@ -329,6 +330,7 @@ impl RawHealth {
             unhealthy_threshold: self
                 .unhealthy_threshold
                 .unwrap_or(defaults.unhealthy_threshold),
+            min_healthy: self.min_healthy.unwrap_or(defaults.min_healthy),
             ..defaults
         };
         check.validate()?;

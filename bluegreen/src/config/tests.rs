@@ -135,7 +135,10 @@ fn health_checks_and_auto_rollback_are_read_and_checked() {
 fn same_backend_for_both_colors_is_refused() {
     let (_, _, message) =
         config_error(&GOOD.replace("green = \"10.1.0.3:8080\"", "green = \"10.1.0.2:8080\""));
-    assert!(message.contains("blue and green are both"), "{message}");
+    assert!(
+        message.contains("10.1.0.2:8080 is in both blue and green"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -144,6 +147,7 @@ fn the_packaged_example_config_is_valid() {
     let config = Config::load(Path::new(path)).expect("packaging/bluegreen.toml");
     assert_eq!(config.interface.as_deref(), Some("eth0"));
     assert_eq!(config.services.len(), 2);
+    assert_eq!(config.services[0].green.backends().len(), 2);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use super::ServiceSpec;
+use super::{PoolSpec, ServiceSpec};
 use crate::{
     endpoint::{Color, family_name},
     error::{Error, Result},
@@ -90,13 +90,27 @@ impl ServiceSpec {
             .map_err(|message| invalid(ServiceField::Name, message.to_owned()))?;
         check_usable(&self.name, Role::Vip, self.vip).map_err(FieldError::on(ServiceField::Vip))?;
         for color in Color::BOTH {
-            validate_backend(&self.name, self.vip, color, self.backend(color))
+            validate_pool(&self.name, self.vip, color, self.backends(color))
                 .map_err(FieldError::on(color.into()))?;
         }
         if let Some(health) = &self.health {
             health
                 .validate()
                 .map_err(|message| invalid(ServiceField::Health, format!("health: {message}")))?;
+            let smallest = Color::BOTH
+                .map(|color| self.backends(color).backends().len())
+                .into_iter()
+                .min()
+                .unwrap_or(0);
+            if health.min_healthy as usize > smallest {
+                return Err(invalid(
+                    ServiceField::Health,
+                    format!(
+                        "health: min_healthy {} is more than the {smallest} backend(s) of the smaller pool",
+                        health.min_healthy
+                    ),
+                ));
+            }
         }
         if self.auto_rollback.is_some() && self.health.is_none() {
             return Err(invalid(
@@ -104,17 +118,33 @@ impl ServiceSpec {
                 "auto_rollback needs a health check: add a [service.health] table".to_owned(),
             ));
         }
-        if self.blue == self.green {
+        if let Some(shared) = self
+            .green
+            .addrs()
+            .find(|addr| self.blue.get(*addr).is_some())
+        {
             return Err(invalid(
                 ServiceField::Green,
-                format!(
-                    "blue and green are both {}: give each color its own backend",
-                    self.blue
-                ),
+                format!("{shared} is in both blue and green: give each color its own backends"),
             ));
         }
         Ok(())
     }
+}
+
+/// Checks that `pool` can be the `color` pool of `service`: 1 to 256
+/// backends, none twice, weights in range, and every backend valid on its
+/// own ([`validate_backend`]).
+pub fn validate_pool(service: &str, vip: SocketAddr, color: Color, pool: &PoolSpec) -> Result<()> {
+    pool.check_shape()
+        .map_err(|message| Error::InvalidService {
+            service: service.to_owned(),
+            message: format!("{color} pool: {message}"),
+        })?;
+    for backend in pool.addrs() {
+        validate_backend(service, vip, color, backend)?;
+    }
+    Ok(())
 }
 
 /// Checks that `backend` can be the `color` backend of `service`, whose VIP

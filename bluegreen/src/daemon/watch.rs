@@ -85,9 +85,10 @@ pub(super) async fn watch_service(host: Host, name: String, observations: Shared
             return;
         };
         for color in Color::BOTH {
-            let backend = view.backend(color);
+            let backend = view.pool(color).to_string();
+            let serving = view.pool(color).serving();
             let probe = check.clone();
-            let result = tokio::task::spawn_blocking(move || probe.probe(backend))
+            let result = tokio::task::spawn_blocking(move || probe.probe_pool(&serving))
                 .await
                 .unwrap_or_else(|error| Err(error.to_string()));
             let tracker = &mut trackers[usize::from(color.wire())];
@@ -170,7 +171,7 @@ mod tests {
         ServiceView {
             active,
             previous,
-            backends: [spec.blue, spec.green],
+            pools: [spec.blue.clone(), spec.green.clone()],
             record: ServiceRecord {
                 spec,
                 previous,

@@ -7,9 +7,12 @@
 //!   it (`rebuild`), and whether its programs are attached;
 //! - `programs`: loading, attaching and replacing the eBPF programs;
 //! - `reconcile`: making the services map match a configuration;
-//! - [`switching`]: switch, rollback, weighted shift, set-backend, preview;
+//! - [`switching`]: switch, rollback, weighted shift, preview;
+//! - `backends`: set-backend, and adding, removing, draining a backend of
+//!   a pool;
 //! - [`status`]: the status report, live flow counts, waiting for a drain.
 
+mod backends;
 pub mod inventory;
 pub mod lifecycle;
 mod programs;
@@ -22,14 +25,16 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use bluegreen_common::{ServiceKey, ServiceState};
 
+pub use backends::{BackendAction, BackendOutcome};
 pub use inventory::Attachment;
 pub use lifecycle::{UpOutcome, UpRequest};
 pub use status::{
-    ColorStatus, InterfaceStatus, STATUS_SCHEMA_VERSION, ServiceStatus, StatusReport,
+    BackendStatus, ColorStatus, InterfaceStatus, STATUS_SCHEMA_VERSION, ServiceStatus, StatusReport,
 };
 pub use switching::{Checked, SwitchOptions, SwitchOutcome, SwitchTarget};
 
 use crate::{
+    config::PoolSpec,
     endpoint::{Color, from_wire, service_key},
     error::{Error, Result},
     pinned::{PinLayout, PinnedMaps, check_bpffs},
@@ -91,12 +96,21 @@ impl OpenService {
         self.backends(color)[0]
     }
 
+    /// A color's live pool, with the weights and drained flags the state
+    /// file records.
+    pub fn pool(&self, color: Color) -> PoolSpec {
+        self.record()
+            .spec
+            .backends(color)
+            .aligned(self.backends(color))
+    }
+
     /// A snapshot that outlives the open maps (for the daemon and `shift`).
     pub fn view(&self) -> ServiceView {
         ServiceView {
             active: Color::from_wire(self.live.active),
             previous: Color::from_wire(self.live.previous),
-            backends: Color::BOTH.map(|color| self.backend(color)),
+            pools: Color::BOTH.map(|color| self.pool(color)),
             record: self.record().clone(),
         }
     }
@@ -109,13 +123,13 @@ pub struct ServiceView {
     pub active: Color,
     pub previous: Color,
     /// Indexed by color: blue, green.
-    pub backends: [SocketAddr; 2],
+    pub pools: [PoolSpec; 2],
     pub record: ServiceRecord,
 }
 
 impl ServiceView {
-    pub fn backend(&self, color: Color) -> SocketAddr {
-        self.backends[usize::from(color.wire())]
+    pub fn pool(&self, color: Color) -> &PoolSpec {
+        &self.pools[usize::from(color.wire())]
     }
 }
 

@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, net::SocketAddr};
 use bluegreen_common::{Endpoint, IPPROTO_UDP, ServiceKey, ServiceState, Timeouts};
 
 use crate::{
-    config::{ServiceSpec, XdpModeArg},
+    config::{BackendSpec, PoolSpec, ServiceSpec, XdpModeArg},
     endpoint::{Cidr, Color, Proto, from_wire, service_key},
     error::Result,
     pinned::{PinLayout, PinnedMaps, flow_capacity},
@@ -90,13 +90,19 @@ pub(super) fn state_from_maps(
             let (vip, proto) = vip_and_proto(key);
             let known = known(key);
             let remembered = known.map(|(_, record)| record);
-            // A pool of one: the spec lists the first of a larger pool.
-            let backend = |color: Color| {
-                dataplane
+            // Weights and drained flags live in the file alone; a backend
+            // it does not know gets the default weight.
+            let pool = |color: Color| {
+                let live = dataplane
                     .backends
                     .get(&(state.counter_slot, color))
-                    .and_then(|backends| backends.first().copied())
-                    .unwrap_or_else(|| SocketAddr::new(vip.ip(), 0))
+                    .filter(|backends| !backends.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| vec![SocketAddr::new(vip.ip(), 0)]);
+                match remembered {
+                    Some(record) => record.spec.backends(color).aligned(&live),
+                    None => PoolSpec::new(live.into_iter().map(BackendSpec::new).collect()),
+                }
             };
             let record = ServiceRecord {
                 spec: ServiceSpec {
@@ -106,8 +112,8 @@ pub(super) fn state_from_maps(
                     ),
                     vip,
                     proto,
-                    blue: backend(Color::Blue),
-                    green: backend(Color::Green),
+                    blue: pool(Color::Blue),
+                    green: pool(Color::Green),
                     active: Color::from_wire(state.active),
                     health: remembered.and_then(|record| record.spec.health.clone()),
                     auto_rollback: remembered.and_then(|record| record.spec.auto_rollback),

@@ -27,7 +27,7 @@ impl Host {
     pub fn live_flows(&self, service: Option<&str>) -> Result<[u64; 2]> {
         let open = self.open_service(service, Lock::None)?;
         let counts = count_live_flows(&open.maps)?;
-        let counts = counts.get(&open.key).copied().unwrap_or_default();
+        let counts = counts.get(&open.key).cloned().unwrap_or_default();
         Ok([0, 1].map(|color| counts.open[color] + counts.closing[color]))
     }
 
@@ -84,12 +84,15 @@ impl Host {
 }
 
 /// Live flows of one service, per (effective) color.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct FlowCounts {
     open: [u64; 2],
     /// Seen a FIN or RST; kept for the closing timeout so stragglers of the
     /// connection's end still reach the right backend.
     closing: [u64; 2],
+    /// Open flows per backend they are kept on (flows a forced switch will
+    /// move on their next packet are on none yet).
+    by_backend: BTreeMap<([u8; 16], [u8; 2]), u64>,
 }
 
 /// Live flows per service and (effective) color, in one pass over the flow
@@ -108,12 +111,19 @@ fn count_live_flows(maps: &PinnedMaps) -> Result<BTreeMap<ServiceKey, FlowCounts
             continue;
         };
         // Flows from before a forced switch follow the color it forced.
-        let color = if flow.generation == service.generation {
+        let current = flow.generation == service.generation;
+        let color = if current {
             flow.color
         } else {
             service.forced_color()
         };
         let counts = counts.entry(service_key).or_default();
+        if current && flow.closing == 0 {
+            *counts
+                .by_backend
+                .entry((flow.backend.addr, flow.backend.port))
+                .or_default() += 1;
+        }
         let bucket = if flow.closing != 0 {
             &mut counts.closing
         } else {
@@ -173,7 +183,9 @@ pub struct ServiceStatus {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ColorStatus {
+    /// The pool's first backend (the whole pool is in `backends`).
     pub backend: String,
+    pub backends: Vec<BackendStatus>,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -181,6 +193,17 @@ pub struct ColorStatus {
     pub active_flows: u64,
     /// Live flows that have (they expire after the closing timeout).
     pub closing_flows: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendStatus {
+    pub addr: String,
+    /// Configured weight, kept while drained.
+    pub weight: u32,
+    /// `active` or `draining` (drained: no new flows).
+    pub state: &'static str,
+    /// Live flows kept on it that have not seen a FIN or RST.
+    pub active_flows: u64,
 }
 
 fn interface_status(
@@ -199,16 +222,40 @@ fn interface_status(
         let Some(live) = maps.service(&key)? else {
             continue;
         };
-        let flows = flows.get(&key).copied().unwrap_or_default();
+        let flows = flows.get(&key).cloned().unwrap_or_default();
         let color_status = |color: Color| -> Result<ColorStatus> {
             let traffic = maps.traffic(live.counter_slot, color.wire())?;
+            let wire = maps.pool_backends(live.pool(color.wire()))?;
+            let addrs: Vec<_> = wire
+                .iter()
+                .map(|backend| from_wire(key.family, backend))
+                .collect();
+            let pool = record.spec.backends(color).aligned(&addrs);
+            let backends = pool
+                .backends()
+                .iter()
+                .zip(&wire)
+                .map(|(backend, endpoint)| BackendStatus {
+                    addr: backend.addr.to_string(),
+                    weight: backend.weight,
+                    state: if backend.drained {
+                        "draining"
+                    } else {
+                        "active"
+                    },
+                    active_flows: flows
+                        .by_backend
+                        .get(&(endpoint.addr, endpoint.port))
+                        .copied()
+                        .unwrap_or(0),
+                })
+                .collect::<Vec<_>>();
             Ok(ColorStatus {
-                backend: maps
-                    .pool_backends(live.pool(color.wire()))?
-                    .iter()
-                    .map(|backend| from_wire(key.family, backend).to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
+                backend: backends
+                    .first()
+                    .map(|backend| backend.addr.clone())
+                    .unwrap_or_default(),
+                backends,
                 packets: traffic.packets,
                 bytes: traffic.bytes,
                 new_flows: traffic.new_flows,

@@ -1,25 +1,20 @@
-//! Changing where new flows go: switch, rollback, weighted shift, preview
-//! prefixes, and a color's backend. Each change is one update of the
+//! Changing where new flows go: switch, rollback, weighted shift and
+//! preview prefixes. Each change is one update of the
 //! service's entry in the services map, made under the interface lock once
 //! the state file records it: a change that cannot be recorded (a full or
 //! read-only disk) is not made.
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use bluegreen_common::{ChangeCause, SERVICE_HAS_PREVIEW, ServiceState};
 
 use super::{Host, Lock, OpenService};
 use crate::{
     clock::unix_now_ms,
-    config::validate_backend,
     endpoint::{Cidr, Color, Proto},
     error::{Error, Result},
     health::{HealthCheck, Probe},
     pinned::Put,
-    pool::{self, arena::Arenas},
 };
 
 /// Where a switch goes.
@@ -100,13 +95,13 @@ impl OpenService {
             None if spec.proto == Proto::Tcp => (HealthCheck::new(Probe::Tcp), Checked::Connect),
             None => return Ok(None),
         };
-        let backend = self.backend(color);
+        let pool = self.pool(color);
         check
-            .probe(backend)
+            .probe_pool(&pool.serving())
             .map_err(|reason| Error::HealthCheckFailed {
                 service: self.name().to_owned(),
                 color,
-                backend,
+                backends: pool.to_string(),
                 reason,
                 active: Color::from_wire(self.live.active),
             })?;
@@ -120,7 +115,7 @@ impl Host {
     /// written, the map is not touched; if the map update fails, the file
     /// is put back (and, should that fail too, the next command rewrites
     /// it from the map, which it takes as the truth).
-    fn commit(&self, open: &mut OpenService, updated: ServiceState) -> Result<Duration> {
+    pub(super) fn commit(&self, open: &mut OpenService, updated: ServiceState) -> Result<Duration> {
         let before = open.state.clone();
         let record = open.record_mut();
         if record.spec.active != Color::from_wire(updated.active) {
@@ -342,45 +337,5 @@ impl Host {
             return Err(error);
         }
         Ok((name, prefixes))
-    }
-
-    /// Points one color of a service at another backend; returns the
-    /// service's name and the old backend. Flows already on the old backend
-    /// stay there until they end.
-    pub fn set_backend(
-        &self,
-        service: Option<&str>,
-        color: Color,
-        backend: SocketAddr,
-    ) -> Result<(String, SocketAddr)> {
-        let mut open = self.open_service(service, Lock::Exclusive)?;
-        let spec = &open.record().spec;
-        validate_backend(&spec.name, spec.vip, color, backend)?;
-        if open.backend(color.other()) == backend {
-            return Err(Error::InvalidService {
-                service: spec.name.clone(),
-                message: format!("{backend} is already the {} backend", color.other()),
-            });
-        }
-        let old = open.backend(color);
-        if old != backend {
-            let services = open.maps.services()?;
-            let mut arenas = Arenas::new(services.values());
-            let live_pool = *open.live.pool(color.wire());
-            let mut updated = open.live;
-            updated.pools[usize::from(color.wire())] = pool::write(
-                &mut open.maps,
-                &mut arenas,
-                &[(backend, 1)],
-                Some(&live_pool),
-            )?;
-            match color {
-                Color::Blue => open.record_mut().spec.blue = backend,
-                Color::Green => open.record_mut().spec.green = backend,
-            }
-            open.backends[usize::from(color.wire())] = vec![backend];
-            self.commit(&mut open, updated)?;
-        }
-        Ok((open.name().to_owned(), old))
     }
 }

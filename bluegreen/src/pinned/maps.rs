@@ -25,7 +25,8 @@ const BPF_EXIST: u64 = 2;
 
 pub struct PinnedMaps {
     services: HashMap<MapData, ServiceKey, ServiceState>,
-    flows: HashMap<MapData, FlowKey, FlowEntry>,
+    pub(super) flows: HashMap<MapData, FlowKey, FlowEntry>,
+    pub(super) replies: HashMap<MapData, FlowKey, Endpoint>,
     traffic: PerCpuArray<MapData, TrafficCounters>,
     passed: PerCpuArray<MapData, u64>,
     settings: Array<MapData, Settings>,
@@ -33,7 +34,7 @@ pub struct PinnedMaps {
     vip_filter: Array<MapData, u32>,
     generations: Array<MapData, u32>,
     preview: LpmTrie<MapData, PreviewPrefix, u8>,
-    maglev: Array<MapData, MaglevChunk>,
+    pub(super) maglev: Array<MapData, MaglevChunk>,
     backends: Array<MapData, Endpoint>,
     /// `None` on an instance brought up by a bluegreen from before the map
     /// existed, until its next `up` creates it: switching must not depend
@@ -86,6 +87,7 @@ impl PinnedMaps {
         Ok(Self {
             services: open_map(layout, map_names::SERVICES)?,
             flows: open_map(layout, map_names::FLOWS)?,
+            replies: open_map(layout, map_names::REPLIES)?,
             traffic: open_map(layout, map_names::TRAFFIC)?,
             passed: open_map(layout, map_names::PASSED)?,
             settings: open_map(layout, map_names::SETTINGS)?,
@@ -339,12 +341,6 @@ impl PinnedMaps {
         self.settings
             .set(0, Settings::new(timeouts, hz), 0)
             .map_err(Error::ebpf("cannot write the settings map"))
-    }
-
-    /// Every flow entry; one evicted between listing its key and reading it
-    /// is simply gone.
-    pub fn flows(&self) -> impl Iterator<Item = (FlowKey, FlowEntry)> + '_ {
-        self.flows.iter().filter_map(|entry| entry.ok())
     }
 
     /// One service's traffic on one color, summed over all CPUs.

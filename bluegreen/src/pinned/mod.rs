@@ -3,6 +3,7 @@
 //! ([`contract`]), and the only writer of the maps ([`PinnedMaps`]).
 
 mod contract;
+mod flows;
 mod maps;
 
 use std::{

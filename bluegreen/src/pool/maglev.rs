@@ -33,7 +33,10 @@ pub fn table_size_keeping(current: Option<u32>, backends: usize) -> u32 {
 }
 
 fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// splitmix64's finaliser: every input bit reaches every output bit.

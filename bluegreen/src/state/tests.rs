@@ -184,3 +184,45 @@ fn a_placeholder_name_is_never_a_configured_one() {
         "a configured name cannot be it"
     );
 }
+
+#[test]
+fn a_state_file_from_before_pools_still_loads_and_is_rewritten_as_pools() {
+    let dir = scratch_dir("pools");
+    let store = StateStore::new(&dir);
+    let mut state = sample("veth0");
+    // The form every earlier bluegreen wrote: one address per color.
+    let old = serde_json::to_string(&state)
+        .unwrap()
+        .replace(
+            r#""blue":[{"addr":"10.1.0.2:80","weight":1}]"#,
+            r#""blue":"10.1.0.2:80""#,
+        )
+        .replace(
+            r#""green":[{"addr":"10.1.0.3:80","weight":1}]"#,
+            r#""green":"10.1.0.3:80""#,
+        );
+    assert!(old.contains(r#""blue":"10.1.0.2:80""#), "{old}");
+    store.save(&state).unwrap();
+    fs::write(store.path("veth0"), &old).unwrap();
+    assert_eq!(store.load("veth0").unwrap(), Some(state.clone()));
+
+    // A pool with a weight and a drained backend survives a round trip.
+    let blue = &mut state.services[0].spec.blue;
+    blue.backends_mut()[0].weight = 3;
+    blue.backends_mut().push(crate::config::BackendSpec {
+        drained: true,
+        ..crate::config::BackendSpec::new("10.1.0.4:80".parse().unwrap())
+    });
+    store.save(&state).unwrap();
+    let text: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(store.path("veth0")).unwrap()).unwrap();
+    assert_eq!(
+        text["services"][0]["blue"],
+        serde_json::json!([
+            {"addr": "10.1.0.2:80", "weight": 3},
+            {"addr": "10.1.0.4:80", "weight": 1, "drained": true}
+        ])
+    );
+    assert_eq!(store.load("veth0").unwrap(), Some(state));
+    fs::remove_dir_all(&dir).unwrap();
+}

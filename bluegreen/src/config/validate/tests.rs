@@ -17,8 +17,8 @@ fn spec(vip: &str, blue: &str, green: &str) -> ServiceSpec {
         name: "web".to_owned(),
         vip: addr(vip),
         proto: Proto::Tcp,
-        blue: addr(blue),
-        green: addr(green),
+        blue: PoolSpec::one(addr(blue)),
+        green: PoolSpec::one(addr(green)),
         active: Color::Blue,
         health: None,
         auto_rollback: None,
@@ -94,8 +94,8 @@ fn unusable_backends_are_refused_on_their_color() {
         for color in Color::BOTH {
             let mut spec = valid_like(bad);
             match color {
-                Color::Blue => spec.blue = addr(bad),
-                Color::Green => spec.green = addr(bad),
+                Color::Blue => spec.blue = PoolSpec::one(addr(bad)),
+                Color::Green => spec.green = PoolSpec::one(addr(bad)),
             }
             let (field, message) = refused(&spec);
             assert_eq!(field, ServiceField::from(color), "{message}");
@@ -168,7 +168,7 @@ fn each_rule_names_its_field() {
         ),
         (
             ServiceSpec {
-                green: addr("[fd00::3]:80"),
+                green: PoolSpec::one(addr("[fd00::3]:80")),
                 ..good.clone()
             },
             ServiceField::Green,
@@ -176,7 +176,7 @@ fn each_rule_names_its_field() {
         ),
         (
             ServiceSpec {
-                blue: good.vip,
+                blue: PoolSpec::one(good.vip),
                 ..good.clone()
             },
             ServiceField::Blue,
@@ -184,11 +184,11 @@ fn each_rule_names_its_field() {
         ),
         (
             ServiceSpec {
-                green: good.blue,
+                green: good.blue.clone(),
                 ..good.clone()
             },
             ServiceField::Green,
-            "blue and green are both",
+            "10.1.0.2:80 is in both blue and green",
         ),
         (
             ServiceSpec {

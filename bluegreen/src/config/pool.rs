@@ -1,0 +1,259 @@
+//! A color's pool: its backends, each with a weight and whether the
+//! operator drained it, as the config file, the `up` flags and the state
+//! file spell them.
+
+use std::{fmt, net::SocketAddr};
+
+use bluegreen_common::MAX_POOL_BACKENDS;
+use serde::{Deserialize, Serialize};
+
+use crate::{endpoint::parse_endpoint, error::Error};
+
+/// Weights a backend can be given; a drained backend has weight 0 in the
+/// dataplane but keeps its configured weight for when it comes back.
+pub const WEIGHTS: std::ops::RangeInclusive<u32> = 1..=100;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendSpec {
+    pub addr: SocketAddr,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Runtime state set by `backend drain`: no new flows, established
+    /// ones continue.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl BackendSpec {
+    pub fn new(addr: SocketAddr) -> BackendSpec {
+        BackendSpec {
+            addr,
+            weight: default_weight(),
+            drained: false,
+        }
+    }
+
+    /// The weight the lookup table is built with.
+    pub fn effective_weight(&self) -> u32 {
+        if self.drained { 0 } else { self.weight }
+    }
+}
+
+/// One color's backends, in pool order (the order of `BG_BACKENDS`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredPool", into = "Vec<BackendSpec>")]
+pub struct PoolSpec(Vec<BackendSpec>);
+
+/// State files from before pools hold one address per color: they must
+/// still load.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredPool {
+    One(SocketAddr),
+    Many(Vec<BackendSpec>),
+}
+
+impl From<StoredPool> for PoolSpec {
+    fn from(stored: StoredPool) -> PoolSpec {
+        match stored {
+            StoredPool::One(addr) => PoolSpec::one(addr),
+            StoredPool::Many(backends) => PoolSpec(backends),
+        }
+    }
+}
+
+impl From<PoolSpec> for Vec<BackendSpec> {
+    fn from(pool: PoolSpec) -> Vec<BackendSpec> {
+        pool.0
+    }
+}
+
+impl PoolSpec {
+    pub fn one(addr: SocketAddr) -> PoolSpec {
+        PoolSpec(vec![BackendSpec::new(addr)])
+    }
+
+    /// Unchecked: [`super::ServiceSpec::validate`] holds pools to the rules.
+    pub fn new(backends: Vec<BackendSpec>) -> PoolSpec {
+        PoolSpec(backends)
+    }
+
+    pub fn backends(&self) -> &[BackendSpec] {
+        &self.0
+    }
+
+    pub fn backends_mut(&mut self) -> &mut Vec<BackendSpec> {
+        &mut self.0
+    }
+
+    pub fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.0.iter().map(|backend| backend.addr)
+    }
+
+    pub fn get(&self, addr: SocketAddr) -> Option<&BackendSpec> {
+        self.0.iter().find(|backend| backend.addr == addr)
+    }
+
+    /// The first backend: the one `status --json` reports as `backend`.
+    pub fn first(&self) -> SocketAddr {
+        self.0[0].addr
+    }
+
+    /// Backends and their weights as the lookup table is built (drained:
+    /// weight 0).
+    pub fn weighted(&self) -> Vec<(SocketAddr, u32)> {
+        self.0
+            .iter()
+            .map(|backend| (backend.addr, backend.effective_weight()))
+            .collect()
+    }
+
+    /// Backends that take new flows.
+    pub fn serving(&self) -> Vec<SocketAddr> {
+        self.0
+            .iter()
+            .filter(|backend| !backend.drained)
+            .map(|backend| backend.addr)
+            .collect()
+    }
+
+    /// The pool as the live dataplane holds it (`addrs`, in pool order),
+    /// with weights and drained flags of the backends this pool knows.
+    pub fn aligned(&self, addrs: &[SocketAddr]) -> PoolSpec {
+        PoolSpec(
+            addrs
+                .iter()
+                .map(|&addr| self.get(addr).copied().unwrap_or(BackendSpec::new(addr)))
+                .collect(),
+        )
+    }
+
+    /// Marks drained the backends `earlier` had drained.
+    pub fn keep_drained(&mut self, earlier: &PoolSpec) {
+        for backend in &mut self.0 {
+            backend.drained = earlier.get(backend.addr).is_some_and(|known| known.drained);
+        }
+    }
+
+    /// Why the pool's shape is wrong (empty, too large, a duplicate, a
+    /// weight out of range); the backends' addresses are checked apart.
+    pub fn check_shape(&self) -> Result<(), String> {
+        if self.0.is_empty() {
+            return Err("an empty pool: give at least one backend".to_owned());
+        }
+        if self.0.len() > MAX_POOL_BACKENDS as usize {
+            return Err(format!(
+                "{} backends, at most {MAX_POOL_BACKENDS}",
+                self.0.len()
+            ));
+        }
+        for (index, backend) in self.0.iter().enumerate() {
+            if !WEIGHTS.contains(&backend.weight) {
+                return Err(format!(
+                    "{}: weight {} is outside 1..=100 (drain a backend with `bluegreen backend drain`)",
+                    backend.addr, backend.weight
+                ));
+            }
+            if self.0[..index]
+                .iter()
+                .any(|other| other.addr == backend.addr)
+            {
+                return Err(format!("{} is listed twice", backend.addr));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `ADDR:PORT[,ADDR:PORT...]`, as `up --blue` takes it.
+impl std::str::FromStr for PoolSpec {
+    type Err = Error;
+
+    fn from_str(input: &str) -> Result<PoolSpec, Error> {
+        input
+            .split(',')
+            .map(|one| parse_endpoint(one.trim()).map(BackendSpec::new))
+            .collect::<Result<_, _>>()
+            .map(PoolSpec)
+    }
+}
+
+/// `10.0.0.2:80, 10.0.0.3:80 (weight 3), 10.0.0.4:80 (drained)`.
+impl fmt::Display for PoolSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, backend) in self.0.iter().enumerate() {
+            if index > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{}", backend.addr)?;
+            match (backend.drained, backend.weight) {
+                (true, _) => f.write_str(" (drained)")?,
+                (false, 1) => {}
+                (false, weight) => write!(f, " (weight {weight})")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A pool as the config file may write it: `"addr:port"`, a list of them,
+/// or a list of `{ addr = "...", weight = N }` tables (strings and tables
+/// may be mixed).
+pub(super) fn from_toml(value: &toml::Value) -> Result<PoolSpec, String> {
+    let expected = "expected \"ADDR:PORT\", a list of them, or a list of { addr = \"ADDR:PORT\", weight = N } tables";
+    let backends = match value {
+        toml::Value::String(_) => vec![backend_from_toml(value)?],
+        toml::Value::Array(list) => list
+            .iter()
+            .enumerate()
+            .map(|(index, item)| {
+                backend_from_toml(item).map_err(|error| format!("backend {}: {error}", index + 1))
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err(expected.to_owned()),
+    };
+    Ok(PoolSpec(backends))
+}
+
+fn backend_from_toml(value: &toml::Value) -> Result<BackendSpec, String> {
+    let endpoint = |text: &str| parse_endpoint(text).map_err(|error| error.to_string());
+    match value {
+        toml::Value::String(text) => endpoint(text).map(BackendSpec::new),
+        toml::Value::Table(table) => {
+            if let Some(unknown) = table
+                .keys()
+                .find(|key| !matches!(key.as_str(), "addr" | "weight"))
+            {
+                return Err(format!(
+                    "unknown key {unknown:?}: a backend has addr and weight"
+                ));
+            }
+            let addr = match table.get("addr") {
+                Some(toml::Value::String(text)) => endpoint(text)?,
+                Some(_) => return Err("addr must be a string \"ADDR:PORT\"".to_owned()),
+                None => return Err("addr is missing".to_owned()),
+            };
+            let weight = match table.get("weight") {
+                None => default_weight(),
+                Some(toml::Value::Integer(weight)) => u32::try_from(*weight)
+                    .ok()
+                    .filter(|weight| WEIGHTS.contains(weight))
+                    .ok_or_else(|| format!("{addr}: weight {weight} is outside 1..=100"))?,
+                Some(_) => return Err(format!("{addr}: weight must be a number from 1 to 100")),
+            };
+            Ok(BackendSpec {
+                addr,
+                weight,
+                drained: false,
+            })
+        }
+        _ => Err("a backend is \"ADDR:PORT\" or { addr = \"ADDR:PORT\", weight = N }".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,231 @@
+//! Changing a color's backends: one backend of a pool (add, remove,
+//! drain, undrain), or the one backend of a one-backend color
+//! (`set-backend`).
+//! The pool is rewritten beside the live one with the live table's size,
+//! so only the changed backend's share of new flows moves, and the service
+//! flips to it with one map update once the state file records it.
+
+use std::{net::SocketAddr, time::Duration};
+
+use super::{Host, Lock, OpenService};
+use crate::{
+    config::{BackendSpec, PoolSpec, validate_backend, validate_pool},
+    endpoint::{Color, to_wire},
+    error::{Error, Result},
+    pool::{self, arena::Arenas},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendAction {
+    /// Into the pool with this weight (default 1). A backend already in
+    /// the pool only changes its weight, and only when one is given.
+    Add {
+        weight: Option<u32>,
+    },
+    /// Out of the pool; its established flows move to the backends left.
+    Remove,
+    /// Weight 0: no new flows, established ones continue.
+    Drain,
+    Undrain,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendOutcome {
+    pub service: String,
+    pub color: Color,
+    /// The color's pool afterwards.
+    pub pool: PoolSpec,
+    /// False when the backend was already as asked.
+    pub changed: bool,
+    /// Established flows moved off a removed backend.
+    pub rebound: u64,
+}
+
+impl Host {
+    /// Points a one-backend color of a service at another backend;
+    /// returns the service's name and the old backend. Flows already on the
+    /// old backend stay there until they end.
+    pub fn set_backend(
+        &self,
+        service: Option<&str>,
+        color: Color,
+        backend: SocketAddr,
+    ) -> Result<(String, SocketAddr)> {
+        let mut open = self.open_service(service, Lock::Exclusive)?;
+        let spec = &open.record().spec;
+        if open.backends(color).len() > 1 {
+            return Err(Error::InvalidService {
+                service: spec.name.clone(),
+                message: format!(
+                    "{color} is a pool of {} backends: change it with `bluegreen backend add|remove {color} ADDR:PORT`",
+                    open.backends(color).len()
+                ),
+            });
+        }
+        validate_backend(&spec.name, spec.vip, color, backend)?;
+        if open.backends(color.other()).contains(&backend) {
+            return Err(Error::InvalidService {
+                service: spec.name.clone(),
+                message: format!("{backend} is already a {} backend", color.other()),
+            });
+        }
+        let old = open.backend(color);
+        if old != backend {
+            self.replace_pool(&mut open, color, PoolSpec::one(backend))?;
+        }
+        Ok((open.name().to_owned(), old))
+    }
+
+    /// Writes `pool` as `color`'s pool beside the live one, keeping the
+    /// live table's size (so only the flows of a backend that changed
+    /// move), records it and flips the service to it with [`Host::commit`].
+    pub(super) fn replace_pool(
+        &self,
+        open: &mut OpenService,
+        color: Color,
+        pool: PoolSpec,
+    ) -> Result<Duration> {
+        let services = open.maps.services()?;
+        let mut arenas = Arenas::new(services.values());
+        let live_pool = *open.live.pool(color.wire());
+        let mut updated = open.live;
+        updated.pools[usize::from(color.wire())] = pool::write(
+            &mut open.maps,
+            &mut arenas,
+            &pool.weighted(),
+            Some(&live_pool),
+        )?;
+        open.backends[usize::from(color.wire())] = pool.addrs().collect();
+        *open.record_mut().spec.backends_mut(color) = pool;
+        self.commit(open, updated)
+    }
+
+    /// Applies `action` to `backend` in `color`'s pool. Leaving the active
+    /// color without a backend that takes new flows is refused unless
+    /// `force`: its new flows would then pass to the VIP untouched.
+    pub fn change_backend(
+        &self,
+        service: Option<&str>,
+        color: Color,
+        backend: SocketAddr,
+        action: BackendAction,
+        force: bool,
+    ) -> Result<BackendOutcome> {
+        let mut open = self.open_service(service, Lock::Exclusive)?;
+        let before = open.pool(color);
+        let Some(pool) = changed_pool(&open, color, backend, action, &before)? else {
+            return Ok(BackendOutcome {
+                service: open.name().to_owned(),
+                color,
+                pool: before,
+                changed: false,
+                rebound: 0,
+            });
+        };
+        let invalid = |message: String| Error::InvalidService {
+            service: open.name().to_owned(),
+            message,
+        };
+        // Only a change that takes the last one away: a color already
+        // without one is not made worse.
+        if pool.serving().is_empty()
+            && !before.serving().is_empty()
+            && Color::from_wire(open.live.active) == color
+            && !force
+        {
+            return Err(invalid(format!(
+                "{backend} is the last backend of the active color {color} taking new flows: \
+                 new flows would reach no backend; add or undrain another first, or pass --force"
+            )));
+        }
+        self.replace_pool(&mut open, color, pool.clone())?;
+        let rebound = if action == BackendAction::Remove {
+            let (key, live) = (open.key, open.live);
+            open.maps.rebind_flows(
+                &key,
+                color.wire(),
+                live.generation,
+                &to_wire(backend),
+                live.pool(color.wire()),
+            )?
+        } else {
+            0
+        };
+        Ok(BackendOutcome {
+            service: open.name().to_owned(),
+            color,
+            pool,
+            changed: true,
+            rebound,
+        })
+    }
+}
+
+/// The pool `action` leaves, checked; `None` when nothing changes.
+fn changed_pool(
+    open: &OpenService,
+    color: Color,
+    backend: SocketAddr,
+    action: BackendAction,
+    before: &PoolSpec,
+) -> Result<Option<PoolSpec>> {
+    let spec = &open.record().spec;
+    let invalid = |message: String| Error::InvalidService {
+        service: spec.name.clone(),
+        message,
+    };
+    let mut pool = before.clone();
+    let backends = pool.backends_mut();
+    let position = backends.iter().position(|known| known.addr == backend);
+    let not_in_pool = || invalid(format!("{backend} is not in the {color} pool ({before})"));
+    match (action, position) {
+        (BackendAction::Add { weight }, None) => {
+            validate_backend(&spec.name, spec.vip, color, backend)?;
+            if open.backends(color.other()).contains(&backend) {
+                return Err(invalid(format!(
+                    "{backend} is already a {} backend",
+                    color.other()
+                )));
+            }
+            backends.push(BackendSpec {
+                weight: weight.unwrap_or(1),
+                ..BackendSpec::new(backend)
+            });
+        }
+        (
+            BackendAction::Add {
+                weight: Some(weight),
+            },
+            Some(at),
+        ) => {
+            if backends[at].weight == weight {
+                return Ok(None);
+            }
+            backends[at].weight = weight;
+        }
+        (BackendAction::Add { weight: None }, Some(_)) => {
+            return Err(invalid(format!(
+                "{backend} is already in the {color} pool: give --weight N to change its weight"
+            )));
+        }
+        (BackendAction::Remove, Some(at)) => {
+            if backends.len() == 1 {
+                return Err(invalid(format!(
+                    "{backend} is the only backend of {color}: a color keeps at least one \
+                     (replace it with `bluegreen set-backend {color} ADDR:PORT`)"
+                )));
+            }
+            backends.remove(at);
+        }
+        (BackendAction::Drain | BackendAction::Undrain, Some(at)) => {
+            let drain = action == BackendAction::Drain;
+            if backends[at].drained == drain {
+                return Ok(None);
+            }
+            backends[at].drained = drain;
+        }
+        (_, None) => return Err(not_in_pool()),
+    }
+    validate_pool(&spec.name, spec.vip, color, &pool)?;
+    Ok(Some(pool))
+}
