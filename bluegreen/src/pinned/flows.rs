@@ -1,7 +1,7 @@
 //! The flow and reply tables as userspace reads them, and the one change
 //! it makes to them: moving the flows of a backend that left its pool.
 
-use bluegreen_common::{Endpoint, FlowEntry, FlowKey, Pool, ServiceKey, maglev_position};
+use bluegreen_common::{Endpoint, FlowEntry, FlowKey, Pool, ServiceKey};
 
 use super::PinnedMaps;
 use crate::error::{Error, Result};
@@ -11,26 +11,6 @@ impl PinnedMaps {
     /// is simply gone.
     pub fn flows(&self) -> impl Iterator<Item = (FlowKey, FlowEntry)> + '_ {
         self.flows.iter().filter_map(|entry| entry.ok())
-    }
-
-    /// The backend `pool`'s table gives a flow hash, as the kernel picks
-    /// it for a new flow; `None` when no backend takes new flows.
-    fn table_backend(&self, pool: &Pool, hash: u32) -> Result<Option<Endpoint>> {
-        let Some((chunk, at)) = maglev_position(pool, hash) else {
-            return Ok(None);
-        };
-        let chunk = self
-            .maglev
-            .get(&chunk, 0)
-            .map_err(Error::ebpf("cannot read a pool's lookup table"))?;
-        let index = pool.first_backend + u32::from(chunk[at]);
-        Ok(Some(
-            self.pool_backends(&Pool {
-                first_backend: index,
-                backend_count: 1,
-                ..*pool
-            })?[0],
-        ))
     }
 
     /// Moves the live flows of `service` that the kernel keeps on `gone`

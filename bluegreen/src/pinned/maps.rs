@@ -8,16 +8,15 @@ use aya::maps::{
     Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
 };
 use bluegreen_common::{
-    ChangeCause, Endpoint, FlowEntry, FlowKey, MAGLEV_CHUNK, MaglevChunk, PREVIEW_FIXED_BITS,
-    PassReason, Pool, PreviewPrefix, ServiceKey, ServiceState, Settings, SwitchCounters, Timeouts,
-    TrafficCounters, bitmap_position, map_names, traffic_index, vip_filter_bit,
+    ChangeCause, Endpoint, FlowEntry, FlowKey, MaglevChunk, PREVIEW_FIXED_BITS, PassReason,
+    PreviewPrefix, ServiceKey, ServiceState, Settings, SwitchCounters, Timeouts, TrafficCounters,
+    bitmap_position, map_names, traffic_index, vip_filter_bit,
 };
 
 use super::{PinLayout, contract::open_map};
 use crate::{
     endpoint::{Cidr, Color, from_wire},
     error::{Error, Result},
-    pool::arena::{Arenas, backend_run},
 };
 
 /// `BPF_EXIST`: update only, so a concurrent `down` cannot be undone.
@@ -35,7 +34,7 @@ pub struct PinnedMaps {
     generations: Array<MapData, u32>,
     preview: LpmTrie<MapData, PreviewPrefix, u8>,
     pub(super) maglev: Array<MapData, MaglevChunk>,
-    backends: Array<MapData, Endpoint>,
+    pub(super) backends: Array<MapData, Endpoint>,
     /// `None` on an instance brought up by a bluegreen from before the map
     /// existed, until its next `up` creates it: switching must not depend
     /// on a counter.
@@ -150,57 +149,6 @@ impl PinnedMaps {
             .remove(key)
             .map_err(Error::ebpf("cannot remove a service"))?;
         self.set_generation(state.counter_slot, state.generation.wrapping_add(1))
-    }
-
-    /// Writes a pool's backends and lookup table into free space of the
-    /// shared arrays (never over a live pool: see [`Arenas`]) and returns
-    /// the pool to put in the service's state. `table` holds indices into
-    /// `backends`; an empty table is a pool that takes no new flow.
-    pub fn write_pool(
-        &mut self,
-        arenas: &mut Arenas,
-        backends: &[Endpoint],
-        table: &[u8],
-    ) -> Result<Pool> {
-        let size = u32::try_from(table.len()).expect("tables are small");
-        let exhausted = |what: &'static str| Error::PoolSpaceExhausted { what };
-        let backend_run = arenas
-            .backends
-            .allocate(backends.len() as u32)
-            .ok_or_else(|| exhausted("backends"))?;
-        let Some(table_run) = arenas.tables.allocate(size.div_ceil(MAGLEV_CHUNK)) else {
-            arenas.backends.release(backend_run);
-            return Err(exhausted("lookup tables"));
-        };
-        for (index, backend) in (backend_run.start..).zip(backends) {
-            self.backends
-                .set(index, backend, 0)
-                .map_err(Error::ebpf("cannot write a pool's backends"))?;
-        }
-        for (index, entries) in (table_run.start..).zip(table.chunks(MAGLEV_CHUNK as usize)) {
-            let mut chunk: MaglevChunk = [0; MAGLEV_CHUNK as usize];
-            chunk[..entries.len()].copy_from_slice(entries);
-            self.maglev
-                .set(index, chunk, 0)
-                .map_err(Error::ebpf("cannot write a pool's lookup table"))?;
-        }
-        Ok(Pool {
-            table_chunk: table_run.start,
-            table_size: size,
-            first_backend: backend_run.start,
-            backend_count: backends.len() as u32,
-        })
-    }
-
-    /// A pool's backends, in pool order.
-    pub fn pool_backends(&self, pool: &Pool) -> Result<Vec<Endpoint>> {
-        backend_run(pool)
-            .map(|index| {
-                self.backends
-                    .get(&index, 0)
-                    .map_err(Error::ebpf("cannot read a pool's backends"))
-            })
-            .collect()
     }
 
     /// The generation the fast path sees for a counter slot.

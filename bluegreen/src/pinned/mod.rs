@@ -5,6 +5,7 @@
 mod contract;
 mod flows;
 mod maps;
+mod pools;
 
 use std::{
     collections::BTreeSet,
