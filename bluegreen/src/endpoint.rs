@@ -261,6 +261,21 @@ pub fn service_key(vip: SocketAddr, proto: Proto) -> ServiceKey {
     }
 }
 
+/// The VIP and protocol of a service key: [`service_key`] undone.
+pub fn vip_and_proto(key: &ServiceKey) -> (SocketAddr, Proto) {
+    let endpoint = Endpoint {
+        addr: key.vip,
+        port: key.port,
+        reserved: [0; 2],
+    };
+    let proto = if key.proto == IPPROTO_UDP {
+        Proto::Udp
+    } else {
+        Proto::Tcp
+    };
+    (from_wire(key.family, &endpoint), proto)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

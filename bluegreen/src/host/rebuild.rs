@@ -10,11 +10,11 @@
 
 use std::{collections::BTreeMap, net::SocketAddr};
 
-use bluegreen_common::{Endpoint, IPPROTO_UDP, ServiceKey, ServiceState, Timeouts};
+use bluegreen_common::{ServiceKey, ServiceState, Timeouts};
 
 use crate::{
     config::{BackendSpec, PoolSpec, ServiceSpec, XdpModeArg},
-    endpoint::{Cidr, Color, Proto, from_wire, service_key},
+    endpoint::{Cidr, Color, from_wire, service_key, vip_and_proto},
     error::Result,
     pinned::{PinLayout, PinnedMaps, flow_capacity},
     state::{InterfaceState, STATE_VERSION, ServiceRecord, placeholder_name},
@@ -54,21 +54,6 @@ pub(super) fn read_dataplane(layout: &PinLayout, maps: &PinnedMaps) -> Result<Da
         flow_capacity: flow_capacity(layout)?,
         timeouts,
     })
-}
-
-/// A service key's VIP and protocol.
-fn vip_and_proto(key: &ServiceKey) -> (SocketAddr, Proto) {
-    let endpoint = Endpoint {
-        addr: key.vip,
-        port: key.port,
-        reserved: [0; 2],
-    };
-    let proto = if key.proto == IPPROTO_UDP {
-        Proto::Udp
-    } else {
-        Proto::Tcp
-    };
-    (from_wire(key.family, &endpoint), proto)
 }
 
 /// The interface's state as its maps hold it (see the module comment):
@@ -158,7 +143,10 @@ pub(super) fn state_from_maps(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::{HealthCheck, Probe};
+    use crate::{
+        endpoint::Proto,
+        health::{HealthCheck, Probe},
+    };
 
     fn record(name: &str, vip: &str, active: Color) -> ServiceRecord {
         ServiceRecord {

@@ -4,13 +4,11 @@
 
 use std::collections::BTreeSet;
 
-use bluegreen_common::{
-    Endpoint, IPPROTO_UDP, MAX_SERVICES, SERVICE_HAS_PREVIEW, ServiceKey, ServiceState,
-};
+use bluegreen_common::{MAX_SERVICES, SERVICE_HAS_PREVIEW, ServiceKey, ServiceState};
 
 use crate::{
     config::ServiceSpec,
-    endpoint::{Cidr, Color, Proto, from_wire, service_key},
+    endpoint::{Cidr, Color, service_key, vip_and_proto},
     error::Result,
     pinned::{PinnedMaps, Put},
     pool::{self, arena::Arenas},
@@ -217,17 +215,8 @@ fn removal_note(key: &ServiceKey, known: &[ServiceRecord]) -> String {
         // The state file was lost while the dataplane ran: only the map
         // knows the service, and not its name.
         None => {
-            let vip = Endpoint {
-                addr: key.vip,
-                port: key.port,
-                reserved: [0; 2],
-            };
-            let proto = if key.proto == IPPROTO_UDP {
-                Proto::Udp
-            } else {
-                Proto::Tcp
-            };
-            format!("the service at {} {proto}", from_wire(key.family, &vip))
+            let (vip, proto) = vip_and_proto(key);
+            format!("the service at {vip} {proto}")
         }
     };
     format!("removed {what}: its open connections are no longer steered")
