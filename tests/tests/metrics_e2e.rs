@@ -63,7 +63,8 @@ fn every_switch_and_rollback_is_counted_whoever_makes_it() {
     assert_eq!(counts(&fixture, 0), (switches(4, 1, 0), rollbacks(2, 0, 0)));
 
     let config = fixture.write_config(&config_text("", ""));
-    let _daemon = fixture.start_daemon(&config, &[&format!("--metrics={METRICS}")]);
+    // The address as its own argument, the way most tools take one.
+    let _daemon = fixture.start_daemon(&config, &["--metrics", METRICS]);
     fixture.bluegreen.ok(&["switch", "blue"]);
     let metrics = scrape(&fixture);
     let sample = |name: &str, cause: &str| {
