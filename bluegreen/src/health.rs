@@ -119,7 +119,12 @@ impl HealthCheck {
     /// One probe of each of a pool's `backends` at once: passes when at
     /// least `min_healthy` pass; the error names each one that failed.
     pub fn probe_pool(&self, backends: &[SocketAddr]) -> Result<(), String> {
-        let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
+        self.judge_pool(backends, &self.probe_each(backends))
+    }
+
+    /// One probe of each of `backends` at once, in their order.
+    pub fn probe_each(&self, backends: &[SocketAddr]) -> Vec<Result<(), String>> {
+        std::thread::scope(|scope| {
             let probes: Vec<_> = backends
                 .iter()
                 .map(|&backend| scope.spawn(move || self.probe(backend)))
@@ -132,10 +137,19 @@ impl HealthCheck {
                         .unwrap_or_else(|_| Err("the probe panicked".to_owned()))
                 })
                 .collect()
-        });
+        })
+    }
+
+    /// A pool's verdict from one probe `results` of each of its `backends`
+    /// (in their order): see [`HealthCheck::probe_pool`].
+    pub fn judge_pool(
+        &self,
+        backends: &[SocketAddr],
+        results: &[Result<(), String>],
+    ) -> Result<(), String> {
         let failures: Vec<String> = backends
             .iter()
-            .zip(&results)
+            .zip(results)
             .filter_map(|(backend, result)| {
                 result.as_ref().err().map(|reason| {
                     if backends.len() > 1 {

@@ -1,9 +1,10 @@
 //! What the daemon has seen that the kernel's maps do not hold: the health
-//! of each checked service's colors. Written by the daemon's watchers, read
+//! of each checked service's colors and of their backends. Written by the daemon's watchers, read
 //! by the metrics endpoint.
 
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     sync::{Arc, Mutex},
 };
 
@@ -13,6 +14,8 @@ use bluegreen::{endpoint::Color, health::Health};
 pub struct Observations {
     /// (service, color) -> health.
     pub health: BTreeMap<(String, Color), Health>,
+    /// (service, color, backend) -> health.
+    pub backends: BTreeMap<(String, Color, SocketAddr), Health>,
 }
 
 impl Observations {
@@ -21,6 +24,7 @@ impl Observations {
     /// reporting its last state.
     pub fn retain_checked(&mut self, checked: impl Fn(&str) -> bool) {
         self.health.retain(|(service, _), _| checked(service));
+        self.backends.retain(|(service, _, _), _| checked(service));
     }
 }
 
@@ -38,6 +42,14 @@ mod tests {
                 observations
                     .health
                     .insert((service.to_owned(), color), Health::Healthy);
+                observations.backends.insert(
+                    (
+                        service.to_owned(),
+                        color,
+                        "10.1.0.2:80".parse().expect("literal"),
+                    ),
+                    Health::Healthy,
+                );
             }
         }
         observations.retain_checked(|service| service == "dns");
@@ -47,5 +59,11 @@ mod tests {
             .map(|(service, _)| service.as_str())
             .collect();
         assert_eq!(left, ["dns", "dns"]);
+        assert!(
+            observations
+                .backends
+                .keys()
+                .all(|(service, _, _)| service == "dns")
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 use bluegreen::{
     endpoint::Color,
+    health::Health,
     host::{BackendAction, BackendOutcome, Checked, StatusReport, SwitchOutcome, UpOutcome},
 };
 
@@ -162,8 +163,16 @@ pub fn print_status(report: &StatusReport) {
                 );
                 for backend in status.backends.iter().filter(|_| pool) {
                     println!(
-                        "          {:<24} weight {:>3}  {:<8}  active flows {:>6}",
-                        backend.addr, backend.weight, backend.state, backend.active_flows
+                        "          {:<24} weight {:>3}  {:<8}  active flows {:>6}{}",
+                        backend.addr,
+                        backend.weight,
+                        backend.state,
+                        backend.active_flows,
+                        if backend.health == Health::Unhealthy {
+                            "  unhealthy: no new flows"
+                        } else {
+                            ""
+                        }
                     );
                 }
             }

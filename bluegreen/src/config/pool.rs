@@ -22,6 +22,13 @@ pub struct BackendSpec {
     /// ones continue.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drained: bool,
+    /// Runtime state set by the daemon: it failed its health checks, so it
+    /// gets no new flows (established ones continue) until it passes
+    /// again. Kept apart from `drained` and the weight, which are the
+    /// operator's, and in the state file so that a `backend` command,
+    /// which rebuilds the table from this file, keeps it out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unhealthy: bool,
 }
 
 fn default_weight() -> u32 {
@@ -34,12 +41,18 @@ impl BackendSpec {
             addr,
             weight: default_weight(),
             drained: false,
+            unhealthy: false,
         }
     }
 
-    /// The weight the lookup table is built with.
+    /// The weight the lookup table is built with: the operator's, 0 while
+    /// drained or unhealthy.
     pub fn effective_weight(&self) -> u32 {
-        if self.drained { 0 } else { self.weight }
+        if self.drained || self.unhealthy {
+            0
+        } else {
+            self.weight
+        }
     }
 }
 
@@ -103,8 +116,8 @@ impl PoolSpec {
         self.0[0].addr
     }
 
-    /// Backends and their weights as the lookup table is built (drained:
-    /// weight 0).
+    /// Backends and their weights as the lookup table is built (drained or
+    /// unhealthy: weight 0).
     pub fn weighted(&self) -> Vec<(SocketAddr, u32)> {
         self.0
             .iter()
@@ -132,10 +145,42 @@ impl PoolSpec {
         )
     }
 
-    /// Marks drained the backends `earlier` had drained.
-    pub fn keep_drained(&mut self, earlier: &PoolSpec) {
+    /// Whether any backend takes new flows.
+    pub fn takes_new_flows(&self) -> bool {
+        self.0.iter().any(|backend| backend.effective_weight() > 0)
+    }
+
+    /// Marks drained (and unhealthy) the backends `earlier` had marked so.
+    pub fn keep_runtime_state(&mut self, earlier: &PoolSpec) {
         for backend in &mut self.0 {
-            backend.drained = earlier.get(backend.addr).is_some_and(|known| known.drained);
+            let known = earlier.get(backend.addr);
+            backend.drained = known.is_some_and(|known| known.drained);
+            backend.unhealthy = known.is_some_and(|known| known.unhealthy);
+        }
+    }
+
+    /// The pool with exactly the backends `unhealthy` says excluded for
+    /// their health. Health alone never takes a color's last backend for
+    /// new flows away: when the exclusions would leave none, the pool
+    /// stays as it is, or, if it already has none (the operator drained
+    /// the last healthy one), every exclusion is lifted. The color's own
+    /// health (`min_healthy`) then refuses switches to it and rolls it
+    /// back.
+    pub fn with_health(&self, unhealthy: impl Fn(&BackendSpec) -> bool) -> PoolSpec {
+        let mark = |excluded: &dyn Fn(&BackendSpec) -> bool| {
+            let mut pool = self.clone();
+            for backend in &mut pool.0 {
+                backend.unhealthy = excluded(backend);
+            }
+            pool
+        };
+        let wanted = mark(&unhealthy);
+        if wanted.takes_new_flows() {
+            wanted
+        } else if self.takes_new_flows() {
+            self.clone()
+        } else {
+            mark(&|_| false)
         }
     }
 
@@ -195,6 +240,9 @@ impl fmt::Display for PoolSpec {
                 (false, 1) => {}
                 (false, weight) => write!(f, " (weight {weight})")?,
             }
+            if backend.unhealthy {
+                f.write_str(" (unhealthy)")?;
+            }
         }
         Ok(())
     }
@@ -246,9 +294,8 @@ fn backend_from_toml(value: &toml::Value) -> Result<BackendSpec, String> {
                 Some(_) => return Err(format!("{addr}: weight must be a number from 1 to 100")),
             };
             Ok(BackendSpec {
-                addr,
                 weight,
-                drained: false,
+                ..BackendSpec::new(addr)
             })
         }
         _ => Err("a backend is \"ADDR:PORT\" or { addr = \"ADDR:PORT\", weight = N }".to_owned()),

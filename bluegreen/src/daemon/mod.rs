@@ -1,6 +1,7 @@
 //! `bluegreen daemon`: `up`, then health checks, automatic rollback, config
 //! reloads and metrics, in the foreground for systemd.
 
+mod backend_health;
 mod lock;
 mod watch;
 

@@ -1,7 +1,8 @@
-//! The daemon's watch over one service: probe both colors, publish their
-//! health, and roll back when the policy says so.
+//! The daemon's watch over one service: probe every backend of both
+//! colors, publish their health, keep unhealthy backends out of the tables,
+//! and roll back when the policy says so.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use bluegreen::{
     Error,
@@ -13,6 +14,7 @@ use bluegreen::{
 };
 use bluegreen_common::ChangeCause;
 
+use super::backend_health::{BackendHealth, excluded};
 use crate::observations::Shared;
 
 /// Whether the daemon rolls a service back now (`now_ms`: Unix time in
@@ -51,11 +53,13 @@ fn is_gone(error: &Error) -> bool {
     )
 }
 
-/// Probes both colors of one service every interval, publishes their
-/// health, and rolls back when the active color turns unhealthy and the
-/// service asks for it.
+/// Probes every backend of both colors of one service every interval,
+/// publishes their health, rebuilds a color's table when a backend turns
+/// unhealthy or healthy again, and rolls back when the active color turns
+/// unhealthy and the service asks for it.
 pub(super) async fn watch_service(host: Host, name: String, observations: Shared) {
     let mut trackers: [HealthTracker; 2] = Default::default();
+    let mut backend_health = BackendHealth::default();
     loop {
         let view = {
             let (host, name) = (host.clone(), name.clone());
@@ -85,27 +89,63 @@ pub(super) async fn watch_service(host: Host, name: String, observations: Shared
             return;
         };
         for color in Color::BOTH {
-            let backend = view.pool(color).to_string();
-            let serving = view.pool(color).serving();
+            let pool = view.pool(color).clone();
+            let addrs: Vec<SocketAddr> = pool.addrs().collect();
             let probe = check.clone();
-            let result = tokio::task::spawn_blocking(move || probe.probe_pool(&serving))
+            let results = tokio::task::spawn_blocking(move || probe.probe_each(&addrs))
                 .await
-                .unwrap_or_else(|error| Err(error.to_string()));
+                .unwrap_or_else(|error| vec![Err(error.to_string()); pool.backends().len()]);
+            // The color is judged by the backends the operator has not
+            // drained, as a switch judges it.
+            let (serving, serving_results): (Vec<SocketAddr>, Vec<_>) = pool
+                .backends()
+                .iter()
+                .zip(&results)
+                .filter(|(backend, _)| !backend.drained)
+                .map(|(backend, result)| (backend.addr, result.clone()))
+                .unzip();
+            let result = check.judge_pool(&serving, &serving_results);
+            let states = backend_health.observe(&name, color, &check, &pool, results);
             let tracker = &mut trackers[usize::from(color.wire())];
             if let Some(state) = tracker.observe(&check, result) {
                 match state {
                     Health::Unhealthy => log::warn!(
-                        "{name}: {color} ({backend}) is unhealthy: {}",
+                        "{name}: {color} ({pool}) is unhealthy: {}",
                         tracker.last_error.as_deref().unwrap_or("probe failed")
                     ),
-                    _ => log::info!("{name}: {color} ({backend}) is {state:?}"),
+                    _ => log::info!("{name}: {color} ({pool}) is {state:?}"),
                 }
             }
-            observations
-                .lock()
-                .expect("observations lock")
-                .health
-                .insert((name.clone(), color), tracker.state());
+            {
+                let mut observations = observations.lock().expect("observations lock");
+                observations
+                    .health
+                    .insert((name.clone(), color), tracker.state());
+                observations
+                    .backends
+                    .retain(|(service, of, _), _| *service != name || *of != color);
+                for (backend, state) in &states {
+                    observations
+                        .backends
+                        .insert((name.clone(), color, *backend), *state);
+                }
+            }
+            // The interface lock only when the table must change.
+            if pool.with_health(|backend| excluded(&states, backend)) != pool {
+                let (host, service) = (host.clone(), name.clone());
+                let applied = tokio::task::spawn_blocking(move || {
+                    host.apply_health(&service, color, |backend| excluded(&states, backend))
+                })
+                .await;
+                match applied {
+                    Ok(Ok(Some(pool))) => log::warn!("{name}: {color} takes new flows on: {pool}"),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(error)) => {
+                        log::error!("{name}: cannot apply {color}'s backend health: {error}")
+                    }
+                    Err(_) => return,
+                }
+            }
         }
 
         if let Some(policy) = view.record.spec.auto_rollback

@@ -100,6 +100,29 @@ impl Host {
         self.commit(open, updated)
     }
 
+    /// Rebuilds `color`'s table with the daemon's health verdicts:
+    /// backends `unhealthy` picks (it sees each with its recorded state)
+    /// get no new flows while established ones continue, the others their
+    /// operator's weight; see [`PoolSpec::with_health`]. The exclusions
+    /// are recorded in the state file like a drain, so a `backend` command
+    /// keeps them. Returns the new pool, or `None` when the table already
+    /// matched and nothing was written.
+    pub fn apply_health(
+        &self,
+        service: &str,
+        color: Color,
+        unhealthy: impl Fn(&BackendSpec) -> bool,
+    ) -> Result<Option<PoolSpec>> {
+        let mut open = self.open_service(Some(service), Lock::Exclusive)?;
+        let before = open.pool(color);
+        let pool = before.with_health(unhealthy);
+        if pool == before {
+            return Ok(None);
+        }
+        self.replace_pool(&mut open, color, pool.clone())?;
+        Ok(Some(pool))
+    }
+
     /// Applies `action` to `backend` in `color`'s pool. Leaving the active
     /// color without a backend that takes new flows is refused unless
     /// `force`: its new flows would then pass to the VIP untouched.
@@ -128,8 +151,8 @@ impl Host {
         };
         // Only a change that takes the last one away: a color already
         // without one is not made worse.
-        if pool.serving().is_empty()
-            && !before.serving().is_empty()
+        if !pool.takes_new_flows()
+            && before.takes_new_flows()
             && Color::from_wire(open.live.active) == color
             && !force
         {

@@ -116,13 +116,14 @@ pub(super) fn reconcile_services(
             .and_then(|state| state.service(&spec.name))
             .filter(|record| same_service(record, spec));
         let (desired, note) = desired_state(spec, live.get(key), remembered)?;
-        // Draining is the operator's runtime state: a reload keeps it for
-        // the backends the config still lists.
+        // Draining (the operator's) and health exclusions (the daemon's)
+        // are runtime state: a reload keeps them for the backends the
+        // config still lists.
         let mut spec = spec.clone();
         if let Some(record) = remembered {
             for color in Color::BOTH {
                 spec.backends_mut(color)
-                    .keep_drained(record.spec.backends(color));
+                    .keep_runtime_state(record.spec.backends(color));
             }
         }
         let spec = &spec;

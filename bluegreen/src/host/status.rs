@@ -17,6 +17,7 @@ use super::{
 use crate::{
     endpoint::{Color, from_wire, service_key},
     error::{Error, Result},
+    health::Health,
     pinned::PinnedMaps,
     state::InterfaceState,
 };
@@ -202,6 +203,10 @@ pub struct BackendStatus {
     pub weight: u32,
     /// `active` or `draining` (drained: no new flows).
     pub state: &'static str,
+    /// `unhealthy` while the daemon keeps it out of the table for failing
+    /// its health checks, else `unknown`: the CLI does not see the
+    /// daemon's probes (the metrics' `bluegreen_backend_up` does).
+    pub health: Health,
     /// Live flows kept on it that have not seen a FIN or RST.
     pub active_flows: u64,
 }
@@ -242,6 +247,11 @@ fn interface_status(
                         "draining"
                     } else {
                         "active"
+                    },
+                    health: if backend.unhealthy {
+                        Health::Unhealthy
+                    } else {
+                        Health::Unknown
                     },
                     active_flows: flows
                         .by_backend

@@ -206,9 +206,11 @@ fn a_state_file_from_before_pools_still_loads_and_is_rewritten_as_pools() {
     fs::write(store.path("veth0"), &old).unwrap();
     assert_eq!(store.load("veth0").unwrap(), Some(state.clone()));
 
-    // A pool with a weight and a drained backend survives a round trip.
+    // A pool with a weight, a drained and an unhealthy backend survives a
+    // round trip.
     let blue = &mut state.services[0].spec.blue;
     blue.backends_mut()[0].weight = 3;
+    blue.backends_mut()[0].unhealthy = true;
     blue.backends_mut().push(crate::config::BackendSpec {
         drained: true,
         ..crate::config::BackendSpec::new("10.1.0.4:80".parse().unwrap())
@@ -219,7 +221,7 @@ fn a_state_file_from_before_pools_still_loads_and_is_rewritten_as_pools() {
     assert_eq!(
         text["services"][0]["blue"],
         serde_json::json!([
-            {"addr": "10.1.0.2:80", "weight": 3},
+            {"addr": "10.1.0.2:80", "weight": 3, "unhealthy": true},
             {"addr": "10.1.0.4:80", "weight": 1, "drained": true}
         ])
     );

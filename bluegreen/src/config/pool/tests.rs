@@ -80,6 +80,42 @@ fn a_drained_backend_has_weight_zero_in_the_table_only() {
 }
 
 #[test]
+fn health_exclusions_zero_the_weight_but_never_empty_the_pool() {
+    let mut pool = blue_pool("[\"10.1.0.2:8080\", \"10.1.0.3:8080\", \"10.1.0.4:8080\"]");
+    let addrs: Vec<std::net::SocketAddr> = pool.addrs().collect();
+    let excluded = pool.with_health(|backend| backend.addr == addrs[1]);
+    assert_eq!(
+        excluded
+            .weighted()
+            .iter()
+            .map(|(_, weight)| *weight)
+            .collect::<Vec<_>>(),
+        [1, 0, 1]
+    );
+    assert!(excluded.backends()[1].unhealthy);
+    assert_eq!(
+        excluded.backends()[1].weight,
+        1,
+        "the operator's weight is kept"
+    );
+    assert_eq!(
+        excluded.to_string(),
+        "10.1.0.2:8080, 10.1.0.3:8080 (unhealthy), 10.1.0.4:8080"
+    );
+    // Healthy again: back in.
+    assert_eq!(excluded.with_health(|_| false), pool);
+    // Every backend unhealthy: the table stays as it was.
+    assert_eq!(excluded.with_health(|_| true), excluded);
+    // The operator drained the last healthy one: health lifts its
+    // exclusions rather than leave no backend.
+    pool.backends_mut()[0].drained = true;
+    pool.backends_mut()[2].drained = true;
+    let stranded = pool.with_health(|backend| backend.addr == addrs[1]);
+    assert!(!stranded.backends()[1].unhealthy);
+    assert!(stranded.takes_new_flows());
+}
+
+#[test]
 fn pool_mistakes_name_the_line_the_field_and_the_backend() {
     let cases = [
         ("[]", "", "an empty pool"),
