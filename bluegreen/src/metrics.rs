@@ -74,6 +74,14 @@ fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Label
     family
 }
 
+fn health_value(health: Health) -> i64 {
+    match health {
+        Health::Healthy => 1,
+        Health::Unhealthy => 0,
+        Health::Unknown => -1,
+    }
+}
+
 /// Builds the exposition from a status report: the kernel's counters are
 /// the source of truth, so each scrape starts from a fresh registry.
 pub fn render(status: &StatusReport, observations: &Observations) -> String {
@@ -109,6 +117,16 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
         &mut registry,
         "bluegreen_backend_healthy",
         "Health check state: 1 healthy, 0 unhealthy, -1 not known yet",
+    );
+    let backend_up = gauge_family(
+        &mut registry,
+        "bluegreen_backend_up",
+        "One backend's health check state: 1 healthy, 0 unhealthy (no new flows), -1 not known yet",
+    );
+    let backend_flows = gauge_family(
+        &mut registry,
+        "bluegreen_backend_active_flows",
+        "Live flows kept on one backend of a color's pool",
     );
     let switches = counter_family(
         &mut registry,
@@ -160,12 +178,22 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
                         weight
                     });
                 if let Some(health) = observations.health.get(&(service.name.clone(), color)) {
-                    let value = match health {
-                        Health::Healthy => 1,
-                        Health::Unhealthy => 0,
-                        Health::Unknown => -1,
-                    };
-                    healthy.get_or_create(&labels).set(value);
+                    healthy.get_or_create(&labels).set(health_value(*health));
+                }
+                for backend in &counts.backends {
+                    let mut labels = labels.clone();
+                    labels.push(("backend", backend.addr.clone()));
+                    backend_flows
+                        .get_or_create(&labels)
+                        .set(backend.active_flows as i64);
+                    let seen = backend.addr.parse().ok().and_then(|addr| {
+                        observations
+                            .backends
+                            .get(&(service.name.clone(), color, addr))
+                    });
+                    if let Some(health) = seen {
+                        backend_up.get_or_create(&labels).set(health_value(*health));
+                    }
                 }
             }
             // A series appears at its first count, as the alerts and the

@@ -10,6 +10,7 @@ use std::{
 use bluegreen_testbed::{
     fixture::{BACKEND_PORT, Fixture, blue_backend, green_backend, vip},
     http::{Backend, LoadReport},
+    metrics::{METRICS, metric, scrape},
     netns::SWITCH_IFACE,
 };
 
@@ -79,7 +80,7 @@ fn a_dead_replica_leaves_the_table_and_returns_when_healthy() {
         blue[2],
         green_backend()
     ));
-    let _daemon = fixture.start_daemon(&config, &[]);
+    let _daemon = fixture.start_daemon(&config, &["--metrics", METRICS]);
     let before = load(&fixture, 300);
     before.assert_all_served(300);
     assert!(before.served_by.contains_key("blue-3"), "{before:?}");
@@ -108,6 +109,20 @@ fn a_dead_replica_leaves_the_table_and_returns_when_healthy() {
     let status = fixture.service_status();
     assert_eq!(status["blue"]["backends"][2]["weight"], 1, "{status}");
     assert_eq!(status["blue"]["backends"][2]["state"], "active", "{status}");
+
+    let metrics = scrape(&fixture);
+    let series = |name: &str, backend: SocketAddr| {
+        format!("{name}{{service=\"web\",color=\"blue\",backend=\"{backend}\"}}")
+    };
+    assert_eq!(
+        metric(&metrics, &series("bluegreen_backend_up", blue[2])),
+        0.0
+    );
+    assert_eq!(
+        metric(&metrics, &series("bluegreen_backend_up", blue[0])),
+        1.0
+    );
+    assert!(metrics.contains_key(&series("bluegreen_backend_active_flows", blue[2])));
 
     // An operator's change to the pool keeps the exclusion.
     let other = blue[1].to_string();
