@@ -118,12 +118,17 @@ pub(super) fn reconcile_services(
         let (desired, note) = desired_state(spec, live.get(key), remembered)?;
         // Draining (the operator's) and health exclusions (the daemon's)
         // are runtime state: a reload keeps them for the backends the
-        // config still lists.
+        // config still lists, the exclusions only while a health check
+        // remains to lift them.
         let mut spec = spec.clone();
         if let Some(record) = remembered {
+            let checked = spec.health.is_some();
             for color in Color::BOTH {
-                spec.backends_mut(color)
-                    .keep_runtime_state(record.spec.backends(color));
+                let pool = spec.backends_mut(color);
+                pool.keep_runtime_state(record.spec.backends(color));
+                if !checked {
+                    *pool = pool.with_health(|_| false);
+                }
             }
         }
         let spec = &spec;
