@@ -92,6 +92,10 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
     // intact for the rest of this RCU section even if userspace replaces it.
     let service =
         unsafe { BG_SERVICES.get(flow_key.service_key()) }.ok_or(PassReason::NotService)?;
+    // The same hash picks the color (weighted split) and the color's
+    // backend, for a new or a rebound flow alike: a flow moved by a forced
+    // switch lands where a new one would.
+    let hash = flow_hash(&flow_key);
     let (color, closing_before, new_flow) = match known {
         // The generations mirror runs ahead of the services map while a
         // forced switch is written (it goes first): the flow stays put.
@@ -102,12 +106,14 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
         // sent it, even if a graceful switch has changed the active color
         // since, keeping its closing state if it has one.
         Some(entry) => (service.forced_color(), entry.closing, false),
-        None => (new_flow_color_of(service, &flow_key), 0, true),
+        None => {
+            let color = new_flow_color(service, hash, || {
+                in_preview(service.counter_slot, flow_key.family, &flow_key.client)
+            });
+            (color, 0, true)
+        }
     };
-    // The same hash picks the color's backend for a new or a rebound flow,
-    // so a flow moved by a forced switch lands where a new one would.
-    let backend =
-        pool_backend(service.pool(color), flow_hash(&flow_key)).ok_or(PassReason::NoBackend)?;
+    let backend = pool_backend(service.pool(color), hash).ok_or(PassReason::NoBackend)?;
     let entry = FlowEntry {
         last_seen: now,
         backend,
@@ -140,13 +146,6 @@ fn forward(
     rewrite_destination(packet, headers, flow_key, &entry.backend)?;
     count(packet, entry.counter_slot, entry.color, false);
     Ok(())
-}
-
-#[inline(always)]
-fn new_flow_color_of(service: &ServiceState, flow_key: &FlowKey) -> u8 {
-    new_flow_color(service, flow_hash(flow_key), || {
-        in_preview(service.counter_slot, flow_key.family, &flow_key.client)
-    })
 }
 
 #[inline(always)]

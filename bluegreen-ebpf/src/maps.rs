@@ -84,7 +84,7 @@ pub fn pool_backend(pool: &Pool, hash: u32) -> Option<Endpoint> {
 
 /// Each counter slot's switches and rollbacks. Only userspace touches it;
 /// it is declared here so that loading the object creates and pins it with
-/// the others, also on a hot upgrade of an instance from before it existed.
+/// the others (and again on the next `up` if its pin was removed).
 #[map(name = "BG_SWITCHES")]
 pub static BG_SWITCHES: Array<SwitchCounters> = Array::pinned(MAX_SERVICES, 0);
 

@@ -135,7 +135,7 @@ fn a_service_given_a_used_slot_starts_from_zero_switches() {
 }
 
 #[test]
-fn a_hot_upgrade_creates_the_switch_counters_an_older_instance_lacks() {
+fn switching_works_without_the_counters_pin_and_up_creates_them_again() {
     let fixture = Fixture::new();
     fixture.up();
     let counters =

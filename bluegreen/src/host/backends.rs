@@ -7,6 +7,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use bluegreen_common::SERVICE_HAS_PREVIEW;
+
 use super::{Host, Lock, OpenService};
 use crate::{
     config::{BackendSpec, PoolSpec, validate_backend, validate_pool},
@@ -150,14 +152,20 @@ impl Host {
             message,
         };
         // Only a change that takes the last one away: a color already
-        // without one is not made worse.
-        if !pool.takes_new_flows()
-            && before.takes_new_flows()
-            && Color::from_wire(open.live.active) == color
-            && !force
-        {
+        // without one is not made worse. The idle color takes new flows
+        // too while a weighted shift or preview prefixes send it some.
+        let live = open.live;
+        let gets_new_flows = Color::from_wire(live.active) == color
+            || live.weight > 0
+            || live.flags & SERVICE_HAS_PREVIEW != 0;
+        if !pool.takes_new_flows() && before.takes_new_flows() && gets_new_flows && !force {
+            let role = if Color::from_wire(live.active) == color {
+                format!("the active color {color}")
+            } else {
+                format!("{color}, which a weighted shift or preview prefixes send new flows,")
+            };
             return Err(invalid(format!(
-                "{backend} is the last backend of the active color {color} taking new flows: \
+                "{backend} is the last backend of {role} taking new flows: \
                  new flows would reach no backend; add or undrain another first, or pass --force"
             )));
         }

@@ -175,12 +175,10 @@ pub(super) fn reconcile_services(
             pools[usize::from(color.wire())] =
                 pool::write(maps, &mut arenas, &spec.pool(color), live_pool)?;
         }
+        // The old pools' space is not released for the rest of this
+        // reconcile: a packet that read the service before the flip may
+        // still be reading them.
         maps.put_service(key, &ServiceState { pools, ..state }, Put::CreateOrReplace)?;
-        if live.contains_key(key) {
-            for pool in &state.pools {
-                arenas.release(pool);
-            }
-        }
         records.push(ServiceRecord {
             spec: ServiceSpec {
                 active: Color::from_wire(state.active),

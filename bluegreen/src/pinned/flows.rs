@@ -3,7 +3,9 @@
 
 use bluegreen_common::{Endpoint, FlowEntry, FlowKey, Pool, ServiceKey};
 
-use super::PinnedMaps;
+use aya::maps::MapError;
+
+use super::{PinnedMaps, maps::BPF_EXIST};
 use crate::error::{Error, Result};
 
 impl PinnedMaps {
@@ -39,7 +41,16 @@ impl PinnedMaps {
             })
             .collect();
         const WRITE: &str = "cannot rebind a flow of a removed backend";
-        for (key, entry) in &stuck {
+        for (key, _) in &stuck {
+            // Read again: the kernel may have moved on since the listing (a
+            // newer last_seen, a FIN) or evicted the flow; a stale copy
+            // written back would undo that.
+            let Ok(current) = self.flows.get(key, 0) else {
+                continue;
+            };
+            if current.backend != *gone {
+                continue;
+            }
             let reply = |backend: &Endpoint| FlowKey {
                 server: backend.addr,
                 server_port: backend.port,
@@ -59,9 +70,17 @@ impl PinnedMaps {
                     self.replies
                         .insert(reply(&backend), vip, 0)
                         .map_err(Error::ebpf(WRITE))?;
-                    self.flows
-                        .insert(key, FlowEntry { backend, ..*entry }, 0)
-                        .map_err(Error::ebpf(WRITE))?;
+                    // Only over the entry still there: never bring back one
+                    // the table evicted in between.
+                    match self
+                        .flows
+                        .insert(key, FlowEntry { backend, ..current }, BPF_EXIST)
+                    {
+                        Ok(()) => {}
+                        Err(MapError::SyscallError(error))
+                            if error.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                        Err(error) => return Err(Error::ebpf(WRITE)(error)),
+                    }
                 }
                 None => {
                     let _ = self.flows.remove(key);

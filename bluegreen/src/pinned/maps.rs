@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// `BPF_EXIST`: update only, so a concurrent `down` cannot be undone.
-const BPF_EXIST: u64 = 2;
+pub(super) const BPF_EXIST: u64 = 2;
 
 pub struct PinnedMaps {
     services: HashMap<MapData, ServiceKey, ServiceState>,
@@ -35,9 +35,9 @@ pub struct PinnedMaps {
     preview: LpmTrie<MapData, PreviewPrefix, u8>,
     pub(super) maglev: Array<MapData, MaglevChunk>,
     pub(super) backends: Array<MapData, Endpoint>,
-    /// `None` on an instance brought up by a bluegreen from before the map
-    /// existed, until its next `up` creates it: switching must not depend
-    /// on a counter.
+    /// `None` when its pin was removed by hand: no program uses the map,
+    /// so nothing can re-pin it, and switching must not depend on a
+    /// counter; the next `up` creates it afresh.
     switches: Option<Array<MapData, SwitchCounters>>,
 }
 
@@ -71,8 +71,8 @@ impl PinnedMaps {
                 iface: layout.iface().to_owned(),
             });
         }
-        // The switch counters came after the other maps: an instance from
-        // before them keeps working (uncounted) until `up` adds them.
+        // The switch counters only count: without their pin a command
+        // still works (uncounted) until `up` creates them again.
         if let Some(name) = map_names::ALL
             .iter()
             .filter(|name| **name != map_names::SWITCHES)
@@ -314,8 +314,8 @@ impl PinnedMaps {
         Ok(per_cpu.iter().sum())
     }
 
-    /// One service's switches and rollbacks (all zero before the map
-    /// exists).
+    /// One service's switches and rollbacks (all zero while the map is
+    /// missing).
     pub fn switch_counters(&self, counter_slot: u32) -> Result<SwitchCounters> {
         let Some(switches) = &self.switches else {
             return Ok(SwitchCounters::default());

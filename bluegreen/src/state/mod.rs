@@ -229,11 +229,10 @@ impl StateStore {
         let Some(dir) = self.open_dir(false)? else {
             return Ok(());
         };
-        for name in [
-            format!("{iface}.json"),
-            format!(".{iface}.json.tmp"),
-            format!("{iface}.lock"),
-        ] {
+        // The lock file stays: unlinking it while held would let a command
+        // already waiting lock the old file while a new one creates and
+        // locks another, and both would run at once.
+        for name in [format!("{iface}.json"), format!(".{iface}.json.tmp")] {
             dirs::remove_in(dir.as_fd(), name.as_ref()).map_err(Error::io(format!(
                 "cannot remove {}",
                 self.dir.join(&name).display()
