@@ -6,8 +6,7 @@ use core::mem::size_of;
 use aya_ebpf::{helpers::bpf_jiffies64, programs::XdpContext};
 use aya_log_ebpf::warn;
 use bluegreen_common::{
-    Endpoint, FAMILY_IPV4, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason, ServiceState,
-    Settings,
+    Endpoint, FAMILY_IPV4, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason, Settings,
     checksum::{address_delta, apply_delta, apply_udp_delta, port_delta},
     flow_hash, new_flow_color, traffic_index,
     wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
