@@ -9,7 +9,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use crate::{
+    backend_http::{each_backend, http_get},
+    error::Error,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -124,20 +127,7 @@ impl HealthCheck {
 
     /// One probe of each of `backends` at once, in their order.
     pub fn probe_each(&self, backends: &[SocketAddr]) -> Vec<Result<(), String>> {
-        std::thread::scope(|scope| {
-            let probes: Vec<_> = backends
-                .iter()
-                .map(|&backend| scope.spawn(move || self.probe(backend)))
-                .collect();
-            probes
-                .into_iter()
-                .map(|probe| {
-                    probe
-                        .join()
-                        .unwrap_or_else(|_| Err("the probe panicked".to_owned()))
-                })
-                .collect()
-        })
+        each_backend(backends, |backend| self.probe(backend))
     }
 
     /// A pool's verdict from one probe `results` of each of its `backends`
@@ -187,25 +177,7 @@ impl HealthCheck {
             Probe::Tcp => TcpStream::connect_timeout(&target, timeout)
                 .map(drop)
                 .map_err(|error| format!("TCP connect to {target}: {error}")),
-            Probe::Http { path } => {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .timeout_global(Some(timeout))
-                    .http_status_as_error(false)
-                    .max_redirects(0)
-                    .build()
-                    .into();
-                let url = format!("http://{target}{path}");
-                let response = agent
-                    .get(&url)
-                    .call()
-                    .map_err(|error| format!("HTTP GET {url}: {error}"))?;
-                let status = response.status();
-                if status.is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("HTTP GET {url}: status {status}"))
-                }
-            }
+            Probe::Http { path } => http_get(target, path, timeout).map(drop),
         }
     }
 }

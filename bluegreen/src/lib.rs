@@ -3,6 +3,7 @@
 //! The library holds everything the `bluegreen` binary does, so that tests
 //! and tools drive the same code the operator runs.
 
+mod backend_http;
 pub mod clock;
 pub mod config;
 mod dirs;
@@ -10,6 +11,7 @@ pub mod endpoint;
 pub mod error;
 pub mod health;
 pub mod host;
+pub mod load;
 pub mod pinned;
 pub mod pool;
 pub mod state;

@@ -128,6 +128,22 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
         "bluegreen_backend_active_flows",
         "Live flows kept on one backend of a color's pool",
     );
+    let queue_depth = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    registry.register(
+        "bluegreen_backend_queue_depth",
+        "The queue depth a backend last reported ([service.load] metric)",
+        queue_depth.clone(),
+    );
+    let effective_weight = gauge_family(
+        &mut registry,
+        "bluegreen_backend_effective_weight",
+        "The weight the daemon gives a backend under load, in tenths of its operator weight (0: drained or unhealthy)",
+    );
+    let scrape_errors = counter_family(
+        &mut registry,
+        "bluegreen_backend_load_scrape_errors",
+        "Failed scrapes of a backend's load; its weight was kept",
+    );
     let switches = counter_family(
         &mut registry,
         "bluegreen_switches",
@@ -193,6 +209,20 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
                     });
                     if let Some(health) = seen {
                         backend_up.get_or_create(&labels).set(health_value(*health));
+                    }
+                    let load = backend.addr.parse().ok().and_then(|addr| {
+                        observations.load.get(&(service.name.clone(), color, addr))
+                    });
+                    if let Some(load) = load {
+                        if let Some(depth) = load.queue_depth {
+                            queue_depth.get_or_create(&labels).set(depth);
+                        }
+                        effective_weight
+                            .get_or_create(&labels)
+                            .set(i64::from(load.effective_weight));
+                        scrape_errors
+                            .get_or_create(&labels)
+                            .inc_by(load.scrape_errors);
                     }
                 }
             }

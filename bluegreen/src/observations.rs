@@ -1,5 +1,6 @@
 //! What the daemon has seen that the kernel's maps do not hold: the health
-//! of each checked service's colors and of their backends. Written by the daemon's watchers, read
+//! of each checked service's colors and of their backends, and the load of
+//! each weighed service's backends. Written by the daemon's watchers, read
 //! by the metrics endpoint.
 
 use std::{
@@ -16,6 +17,20 @@ pub struct Observations {
     pub health: BTreeMap<(String, Color), Health>,
     /// (service, color, backend) -> health.
     pub backends: BTreeMap<(String, Color, SocketAddr), Health>,
+    /// (service, color, backend) -> its load, for services with
+    /// `[service.load]`.
+    pub load: BTreeMap<(String, Color, SocketAddr), BackendLoad>,
+}
+
+/// What the daemon's load watcher last saw of one backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BackendLoad {
+    /// The last queue depth scraped (kept through failed scrapes).
+    pub queue_depth: Option<f64>,
+    /// The weight the daemon wants its table to give it (load units;
+    /// 0 while drained or unhealthy).
+    pub effective_weight: u32,
+    pub scrape_errors: u64,
 }
 
 impl Observations {
@@ -25,6 +40,12 @@ impl Observations {
     pub fn retain_checked(&mut self, checked: impl Fn(&str) -> bool) {
         self.health.retain(|(service, _), _| checked(service));
         self.backends.retain(|(service, _, _), _| checked(service));
+    }
+
+    /// Keeps the load of the services `weighed` says still have
+    /// `[service.load]`, for the same reason.
+    pub fn retain_weighed(&mut self, weighed: impl Fn(&str) -> bool) {
+        self.load.retain(|(service, _, _), _| weighed(service));
     }
 }
 

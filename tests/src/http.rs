@@ -21,8 +21,10 @@ const POLL: Duration = Duration::from_millis(20);
 pub struct Backend {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
-    /// Requests (HTTP) or datagrams (UDP) answered.
+    /// Requests (HTTP) or datagrams (UDP) answered, `/metrics` aside.
     pub served: Arc<AtomicU64>,
+    /// What `GET /metrics` answers (empty until a test sets it).
+    metrics: Arc<Mutex<String>>,
 }
 
 impl Backend {
@@ -31,21 +33,21 @@ impl Backend {
     pub fn start(namespace: &Namespace, port: u16, body: &str) -> Backend {
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
+        let metrics = Arc::new(Mutex::new(String::new()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let http = {
-            let (stop, served, body, ready) = (
-                stop.clone(),
-                served.clone(),
-                body.to_owned(),
-                ready_tx.clone(),
-            );
+            let answers = Answers {
+                body: body.to_owned(),
+                metrics: metrics.clone(),
+            };
+            let (stop, served, ready) = (stop.clone(), served.clone(), ready_tx.clone());
             namespace.spawn(move || {
                 let listener = TcpListener::bind(("::", port)).expect("bind HTTP backend");
                 listener
                     .set_nonblocking(true)
                     .expect("non-blocking listener");
                 ready.send(()).expect("signal ready");
-                accept_loop(listener, &stop, &served, &body);
+                accept_loop(listener, &stop, &served, &answers);
             })
         };
         let udp = {
@@ -72,8 +74,22 @@ impl Backend {
             stop,
             threads: vec![http, udp],
             served,
+            metrics,
         }
     }
+
+    /// Replaces what `GET /metrics` answers from now on (a backend that
+    /// exports its load).
+    pub fn set_metrics(&self, text: &str) {
+        *self.metrics.lock().expect("metrics lock") = text.to_owned();
+    }
+}
+
+/// What an HTTP backend answers: its color, or at `/metrics` its metrics.
+#[derive(Clone)]
+struct Answers {
+    body: String,
+    metrics: Arc<Mutex<String>>,
 }
 
 impl Drop for Backend {
@@ -85,14 +101,19 @@ impl Drop for Backend {
     }
 }
 
-fn accept_loop(listener: TcpListener, stop: &Arc<AtomicBool>, served: &Arc<AtomicU64>, body: &str) {
+fn accept_loop(
+    listener: TcpListener,
+    stop: &Arc<AtomicBool>,
+    served: &Arc<AtomicU64>,
+    answers: &Answers,
+) {
     let mut connections = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
-                let (stop, served, body) = (stop.clone(), served.clone(), body.to_owned());
+                let (stop, served, answers) = (stop.clone(), served.clone(), answers.clone());
                 connections.push(std::thread::spawn(move || {
-                    let _ = serve_connection(stream, &stop, &served, &body);
+                    let _ = serve_connection(stream, &stop, &served, &answers);
                 }));
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL / 4),
@@ -109,7 +130,7 @@ fn serve_connection(
     stream: TcpStream,
     stop: &AtomicBool,
     served: &AtomicU64,
-    body: &str,
+    answers: &Answers,
 ) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_nodelay(true)?;
@@ -119,6 +140,7 @@ fn serve_connection(
     let mut line = String::new();
     let mut in_headers = false;
     let mut close_requested = false;
+    let mut wants_metrics = false;
     while !stop.load(Ordering::Relaxed) {
         line.clear();
         match reader.read_line(&mut line) {
@@ -136,10 +158,16 @@ fn serve_connection(
         }
         if !in_headers {
             in_headers = line.starts_with("GET ");
+            wants_metrics = line.starts_with("GET /metrics ");
             close_requested = false;
         } else if line == "\r\n" {
             in_headers = false;
-            served.fetch_add(1, Ordering::Relaxed);
+            let body = if wants_metrics {
+                answers.metrics.lock().expect("metrics lock").clone()
+            } else {
+                served.fetch_add(1, Ordering::Relaxed);
+                answers.body.clone()
+            };
             let connection = if close_requested {
                 "close"
             } else {

@@ -154,6 +154,7 @@ fn up_request(args: UpArgs) -> anyhow::Result<UpRequest> {
                 active: Color::Blue,
                 health: args.check.clone().map(HealthCheck::new),
                 auto_rollback: None,
+                load: None,
             };
             (
                 XdpModeArg::default(),

@@ -19,6 +19,7 @@ use crate::{
     endpoint::{Color, Proto},
     error::{Error, Result},
     health::HealthCheck,
+    load::LoadCheck,
 };
 
 /// How XDP is attached: `auto` lets the kernel use the driver's native hook
@@ -62,6 +63,9 @@ pub struct ServiceSpec {
     /// Whether the daemon rolls back when the active color turns unhealthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_rollback: Option<AutoRollback>,
+    /// Whether the daemon weighs backends by their queue depth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadCheck>,
 }
 
 impl ServiceSpec {

@@ -20,6 +20,7 @@ use crate::{
     endpoint::{Color, parse_endpoint},
     error::{Error, Result},
     health::{HealthCheck, Probe},
+    load::LoadCheck,
 };
 
 #[derive(Deserialize)]
@@ -52,6 +53,7 @@ struct RawService {
     active: Option<Spanned<String>>,
     health: Option<Spanned<RawHealth>>,
     auto_rollback: Option<Spanned<RawAutoRollback>>,
+    load: Option<Spanned<RawLoad>>,
 }
 
 #[derive(Deserialize)]
@@ -65,6 +67,15 @@ struct RawHealth {
     healthy_threshold: Option<u32>,
     unhealthy_threshold: Option<u32>,
     min_healthy: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLoad {
+    metric: Option<String>,
+    path: Option<String>,
+    port: Option<u16>,
+    interval_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -260,6 +271,7 @@ impl ServiceTable<'_> {
                 &raw.auto_rollback,
                 RawAutoRollback::settings,
             )?,
+            load: self.read_opt(ServiceField::Load, &raw.load, RawLoad::check)?,
         };
         spec.validate()
             .map_err(|invalid| self.error(invalid.field, invalid.error))?;
@@ -306,6 +318,7 @@ impl ServiceTable<'_> {
             ServiceField::Active => or_name(raw.active.as_ref().map(Spanned::span)),
             ServiceField::Health => or_name(raw.health.as_ref().map(Spanned::span)),
             ServiceField::AutoRollback => or_name(raw.auto_rollback.as_ref().map(Spanned::span)),
+            ServiceField::Load => or_name(raw.load.as_ref().map(Spanned::span)),
         }
     }
 }
@@ -332,6 +345,21 @@ impl RawHealth {
                 .unwrap_or(defaults.unhealthy_threshold),
             min_healthy: self.min_healthy.unwrap_or(defaults.min_healthy),
             ..defaults
+        };
+        check.validate()?;
+        Ok(check)
+    }
+}
+
+impl RawLoad {
+    /// `[service.load]`: what to scrape and how often, defaults filled in.
+    fn check(&self) -> Result<LoadCheck, String> {
+        let defaults = LoadCheck::default();
+        let check = LoadCheck {
+            metric: self.metric.clone().unwrap_or(defaults.metric),
+            path: self.path.clone().unwrap_or(defaults.path),
+            port: self.port,
+            interval_ms: self.interval_ms.unwrap_or(defaults.interval_ms),
         };
         check.validate()?;
         Ok(check)

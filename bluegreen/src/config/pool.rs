@@ -7,7 +7,7 @@ use std::{fmt, net::SocketAddr};
 use bluegreen_common::MAX_POOL_BACKENDS;
 use serde::{Deserialize, Serialize};
 
-use crate::{endpoint::parse_endpoint, error::Error};
+use crate::{endpoint::parse_endpoint, error::Error, load};
 
 /// Weights a backend can be given; a drained backend has weight 0 in the
 /// dataplane but keeps its configured weight for when it comes back.
@@ -29,6 +29,13 @@ pub struct BackendSpec {
     /// which rebuilds the table from this file, keeps it out.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unhealthy: bool,
+    /// Runtime state set by the daemon from the backend's queue depth
+    /// (`[service.load]`): its table weight in units of
+    /// 1/[`load::SCALE`] of the operator's weight, never the weight
+    /// itself, which stays the operator's. Kept in the state file so that
+    /// a `backend` command keeps the split until the daemon's next scrape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_weight: Option<u32>,
 }
 
 fn default_weight() -> u32 {
@@ -42,6 +49,7 @@ impl BackendSpec {
             weight: default_weight(),
             drained: false,
             unhealthy: false,
+            load_weight: None,
         }
     }
 
@@ -117,12 +125,33 @@ impl PoolSpec {
     }
 
     /// Backends and their weights as the lookup table is built (drained or
-    /// unhealthy: weight 0).
+    /// unhealthy: weight 0). Once the daemon set a load weight on any
+    /// backend, every weight is in load units, so a backend it has not
+    /// scraped yet (just added) keeps its full share beside them.
     pub fn weighted(&self) -> Vec<(SocketAddr, u32)> {
+        let loaded = self.0.iter().any(|backend| backend.load_weight.is_some());
         self.0
             .iter()
-            .map(|backend| (backend.addr, backend.effective_weight()))
+            .map(|backend| {
+                let weight = match (backend.effective_weight(), backend.load_weight) {
+                    (0, _) => 0,
+                    (_, Some(load_weight)) => load_weight,
+                    (weight, None) if loaded => weight * load::SCALE,
+                    (weight, None) => weight,
+                };
+                (backend.addr, weight)
+            })
             .collect()
+    }
+
+    /// The pool with each backend's load weight set to what `load_weight`
+    /// gives it (`None`: its operator weight alone).
+    pub fn with_load(&self, load_weight: impl Fn(&BackendSpec) -> Option<u32>) -> PoolSpec {
+        let mut pool = self.clone();
+        for backend in &mut pool.0 {
+            backend.load_weight = load_weight(backend);
+        }
+        pool
     }
 
     /// Backends that take new flows.
@@ -150,12 +179,14 @@ impl PoolSpec {
         self.0.iter().any(|backend| backend.effective_weight() > 0)
     }
 
-    /// Marks drained (and unhealthy) the backends `earlier` had marked so.
+    /// Marks drained (and unhealthy, and load-weighted) the backends
+    /// `earlier` had marked so.
     pub fn keep_runtime_state(&mut self, earlier: &PoolSpec) {
         for backend in &mut self.0 {
             let known = earlier.get(backend.addr);
             backend.drained = known.is_some_and(|known| known.drained);
             backend.unhealthy = known.is_some_and(|known| known.unhealthy);
+            backend.load_weight = known.and_then(|known| known.load_weight);
         }
     }
 
@@ -242,6 +273,9 @@ impl fmt::Display for PoolSpec {
             }
             if backend.unhealthy {
                 f.write_str(" (unhealthy)")?;
+            }
+            if let Some(load_weight) = backend.load_weight {
+                write!(f, " (load weight {load_weight}/{})", load::SCALE)?;
             }
         }
         Ok(())

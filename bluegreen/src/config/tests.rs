@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::*;
-use crate::health::Probe;
+use crate::{health::Probe, load::LoadCheck};
 
 const GOOD: &str = r#"
 interface = "eth0"
@@ -284,6 +284,56 @@ fn unsafe_health_checks_are_refused() {
         assert_eq!(
             (line, field.as_str()),
             (15, "service[0].health"),
+            "{table}: {message}"
+        );
+        assert!(
+            message.contains(text),
+            "{table}: expected {text:?} in {message}"
+        );
+        assert_eq!(message.lines().count(), 1, "{message}");
+    }
+}
+
+#[test]
+fn load_sections_take_defaults_and_bad_ones_are_named() {
+    let with_load = |table: &str| {
+        GOOD.replace(
+            "green = \"10.1.0.3:8080\"\n",
+            &format!("green = \"10.1.0.3:8080\"\n\n[service.load]\n{table}"),
+        )
+    };
+    let config = Config::parse(&with_load(""), "test.toml").unwrap();
+    assert_eq!(config.services[0].load, Some(LoadCheck::default()));
+    assert_eq!(config.services[1].load, None);
+    let config = Config::parse(
+        &with_load("metric = \"queue_depth\"\npath = \"/m\"\nport = 9100\ninterval_ms = 100\n"),
+        "test.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        config.services[0].load,
+        Some(LoadCheck {
+            metric: "queue_depth".to_owned(),
+            path: "/m".to_owned(),
+            port: Some(9100),
+            interval_ms: 100,
+        })
+    );
+
+    for (table, text) in [
+        (
+            "interval_ms = 60001\n",
+            "interval_ms 60001 is outside 100..=60000",
+        ),
+        ("interval_ms = 50\n", "interval_ms 50"),
+        ("metric = \"a-b\"\n", "metric \"a-b\""),
+        ("path = \"metrics\"\n", "path"),
+        ("port = 0\n", "port 0"),
+    ] {
+        let (line, field, message) = config_error(&with_load(table));
+        assert_eq!(
+            (line, field.as_str()),
+            (15, "service[0].load"),
             "{table}: {message}"
         );
         assert!(

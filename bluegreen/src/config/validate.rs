@@ -24,6 +24,7 @@ pub enum ServiceField {
     Active,
     Health,
     AutoRollback,
+    Load,
 }
 
 impl From<Color> for ServiceField {
@@ -46,6 +47,7 @@ impl fmt::Display for ServiceField {
             ServiceField::Active => "active",
             ServiceField::Health => "health",
             ServiceField::AutoRollback => "auto_rollback",
+            ServiceField::Load => "load",
         })
     }
 }

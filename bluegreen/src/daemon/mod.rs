@@ -2,6 +2,7 @@
 //! reloads and metrics, in the foreground for systemd.
 
 mod backend_health;
+mod backend_load;
 mod lock;
 mod watch;
 
@@ -72,7 +73,11 @@ pub async fn run(
                         observations
                             .lock()
                             .expect("observations lock")
-                            .retain_checked(|name| checked(&new.services, name));
+                            .retain_checked(|name| has(&new.services, name, |spec| spec.health.is_some()));
+                        observations
+                            .lock()
+                            .expect("observations lock")
+                            .retain_weighed(|name| has(&new.services, name, |spec| spec.load.is_some()));
                         request = new;
                     }
                     // A bad config must not take a running dataplane down.
@@ -106,29 +111,37 @@ fn reload(host: &Host, config_path: &Path, running: &UpRequest) -> anyhow::Resul
     Ok(new)
 }
 
-/// Whether `services` has `name` with a health check.
-fn checked(services: &[ServiceSpec], name: &str) -> bool {
-    services
-        .iter()
-        .any(|spec| spec.name == name && spec.health.is_some())
+/// Whether `services` has `name`, and it is `like` that (checked, weighed).
+fn has(services: &[ServiceSpec], name: &str, like: impl Fn(&ServiceSpec) -> bool) -> bool {
+    services.iter().any(|spec| spec.name == name && like(spec))
 }
 
+/// A health watcher per checked service and a load watcher per weighed
+/// one.
 fn start_checkers(
     host: &Host,
     services: &[ServiceSpec],
     observations: &Shared,
 ) -> Vec<JoinHandle<()>> {
-    services
-        .iter()
-        .filter(|spec| spec.health.is_some())
-        .map(|spec| {
-            tokio::spawn(watch::watch_service(
+    let mut checkers = Vec::new();
+    for spec in services {
+        let (host, name, observations) = (host.clone(), spec.name.clone(), observations.clone());
+        if spec.health.is_some() {
+            checkers.push(tokio::spawn(watch::watch_service(
                 host.clone(),
-                spec.name.clone(),
+                name.clone(),
                 observations.clone(),
-            ))
-        })
-        .collect()
+            )));
+        }
+        if spec.load.is_some() {
+            checkers.push(tokio::spawn(backend_load::watch_load(
+                host,
+                name,
+                observations,
+            )));
+        }
+    }
+    checkers
 }
 
 fn forward_ebpf_logs(ebpf: &mut aya::Ebpf) {

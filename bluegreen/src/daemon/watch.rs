@@ -43,7 +43,7 @@ fn should_roll_back(
 /// Whether `error` says the service is no longer up (an `up` removed it, or
 /// a `down` took everything), rather than that its state could not be read
 /// this time.
-fn is_gone(error: &Error) -> bool {
+pub(super) fn is_gone(error: &Error) -> bool {
     matches!(
         error,
         Error::UnknownService { .. }
@@ -134,7 +134,9 @@ pub(super) async fn watch_service(host: Host, name: String, observations: Shared
             if pool.with_health(|backend| excluded(&states, backend)) != pool {
                 let (host, service) = (host.clone(), name.clone());
                 let applied = tokio::task::spawn_blocking(move || {
-                    host.apply_health(&service, color, |backend| excluded(&states, backend))
+                    host.apply_runtime(&service, color, |pool| {
+                        pool.with_health(|backend| excluded(&states, backend))
+                    })
                 })
                 .await;
                 match applied {
@@ -207,6 +209,7 @@ mod tests {
             active,
             health: None,
             auto_rollback: None,
+            load: None,
         };
         ServiceView {
             active,

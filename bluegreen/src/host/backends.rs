@@ -102,22 +102,24 @@ impl Host {
         self.commit(open, updated)
     }
 
-    /// Rebuilds `color`'s table with the daemon's health verdicts:
-    /// backends `unhealthy` picks (it sees each with its recorded state)
-    /// get no new flows while established ones continue, the others their
-    /// operator's weight; see [`PoolSpec::with_health`]. The exclusions
-    /// are recorded in the state file like a drain, so a `backend` command
-    /// keeps them. Returns the new pool, or `None` when the table already
+    /// Rebuilds `color`'s table with the daemon's runtime view of its
+    /// backends: `update` gets the pool as recorded (under the lock, so a
+    /// `backend` command made meanwhile is seen) and returns it with new
+    /// health exclusions ([`PoolSpec::with_health`]: no new flows,
+    /// established ones continue) or load weights ([`PoolSpec::with_load`]),
+    /// never touching the operator's weights and drains. Both are recorded
+    /// in the state file beside a drain, so a `backend` command keeps
+    /// them. Returns the new pool, or `None` when the table already
     /// matched and nothing was written.
-    pub fn apply_health(
+    pub fn apply_runtime(
         &self,
         service: &str,
         color: Color,
-        unhealthy: impl Fn(&BackendSpec) -> bool,
+        update: impl FnOnce(&PoolSpec) -> PoolSpec,
     ) -> Result<Option<PoolSpec>> {
         let mut open = self.open_service(Some(service), Lock::Exclusive)?;
         let before = open.pool(color);
-        let pool = before.with_health(unhealthy);
+        let pool = update(&before);
         if pool == before {
             return Ok(None);
         }

@@ -299,6 +299,7 @@ mod tests {
                         active: Color::Blue,
                         health: None,
                         auto_rollback: None,
+                        load: None,
                     },
                     previous: Color::Blue,
                     counter_slot: 0,

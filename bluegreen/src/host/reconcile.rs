@@ -116,18 +116,22 @@ pub(super) fn reconcile_services(
             .and_then(|state| state.service(&spec.name))
             .filter(|record| same_service(record, spec));
         let (desired, note) = desired_state(spec, live.get(key), remembered)?;
-        // Draining (the operator's) and health exclusions (the daemon's)
-        // are runtime state: a reload keeps them for the backends the
-        // config still lists, the exclusions only while a health check
-        // remains to lift them.
+        // Draining (the operator's), health exclusions and load weights
+        // (the daemon's) are runtime state: a reload keeps them for the
+        // backends the config still lists, the daemon's only while a
+        // health check or load section remains to update them.
         let mut spec = spec.clone();
         if let Some(record) = remembered {
             let checked = spec.health.is_some();
+            let weighed = spec.load.is_some();
             for color in Color::BOTH {
                 let pool = spec.backends_mut(color);
                 pool.keep_runtime_state(record.spec.backends(color));
                 if !checked {
                     *pool = pool.with_health(|_| false);
+                }
+                if !weighed {
+                    *pool = pool.with_load(|_| None);
                 }
             }
         }
@@ -241,6 +245,7 @@ mod tests {
             active,
             health: None,
             auto_rollback: None,
+            load: None,
         }
     }
 

@@ -27,6 +27,7 @@ fn sample(iface: &str) -> InterfaceState {
                 active: Color::Green,
                 health: None,
                 auto_rollback: None,
+                load: None,
             },
             previous: Color::Blue,
             counter_slot: 0,

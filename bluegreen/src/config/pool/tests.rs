@@ -204,3 +204,53 @@ fn up_flags_take_comma_separated_pools() {
         .expect_err("unbracketed IPv6");
     assert!(error.to_string().contains("brackets"), "{error}");
 }
+
+#[test]
+fn load_weights_are_runtime_state_in_tenths_beside_the_operators_weights() {
+    let pool = PoolSpec::new(vec![
+        backend("10.1.0.2:80", 2),
+        backend("10.1.0.3:80", 1),
+        backend("10.1.0.4:80", 1),
+    ]);
+    let unweighed: Vec<u32> = pool.weighted().iter().map(|(_, weight)| *weight).collect();
+    assert_eq!(
+        unweighed,
+        [2, 1, 1],
+        "no load weight: the operator's as before"
+    );
+    let mut weighed =
+        pool.with_load(|backend| (backend.addr.port() == 80 && backend.weight == 2).then_some(3));
+    weighed.backends_mut()[2].drained = true;
+    let weights: Vec<u32> = weighed
+        .weighted()
+        .iter()
+        .map(|(_, weight)| *weight)
+        .collect();
+    assert_eq!(
+        weights,
+        [3, 10, 0],
+        "an unscraped backend keeps its full share; a drain wins"
+    );
+    assert_eq!(
+        weighed.backends()[0].weight,
+        2,
+        "the operator's weight stays"
+    );
+    let mut reloaded = pool.clone();
+    reloaded.keep_runtime_state(&weighed);
+    assert_eq!(reloaded.backends()[0].load_weight, Some(3));
+    let lifted = reloaded.with_load(|_| None);
+    assert_eq!(
+        lifted.weighted(),
+        [
+            (lifted.backends()[0].addr, 2),
+            (lifted.backends()[1].addr, 1),
+            (lifted.backends()[2].addr, 0)
+        ],
+        "lifted when the load section goes"
+    );
+    assert!(
+        weighed.to_string().contains("(load weight 3/10)"),
+        "{weighed}"
+    );
+}

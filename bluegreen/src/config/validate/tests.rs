@@ -22,6 +22,7 @@ fn spec(vip: &str, blue: &str, green: &str) -> ServiceSpec {
         active: Color::Blue,
         health: None,
         auto_rollback: None,
+        load: None,
     }
 }
 

@@ -1,0 +1,56 @@
+//! Asking every backend of a pool something at once, and the one plain
+//! HTTP GET both health probes and load scrapes send.
+
+use std::{net::SocketAddr, time::Duration};
+
+/// `ask` of each of `backends` at once (one slow backend does not delay
+/// the others' answers), in their order.
+pub(crate) fn each_backend<T: Send>(
+    backends: &[SocketAddr],
+    ask: impl Fn(SocketAddr) -> Result<T, String> + Sync,
+) -> Vec<Result<T, String>> {
+    let ask = &ask;
+    std::thread::scope(|scope| {
+        let asks: Vec<_> = backends
+            .iter()
+            .map(|&backend| scope.spawn(move || ask(backend)))
+            .collect();
+        asks.into_iter()
+            .map(|asked| {
+                asked
+                    .join()
+                    .unwrap_or_else(|_| Err("the request panicked".to_owned()))
+            })
+            .collect()
+    })
+}
+
+/// One HTTP GET of `path` on `target` that must answer 2xx; returns the
+/// body. Shared by health probes and load scrapes, so both speak to a
+/// backend the same way (no redirects, one deadline for the whole
+/// exchange).
+pub(crate) fn http_get(
+    target: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let url = format!("http://{target}{path}");
+    let mut response = agent
+        .get(&url)
+        .call()
+        .map_err(|error| format!("HTTP GET {url}: {error}"))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("HTTP GET {url}: status {status}"));
+    }
+    response
+        .body_mut()
+        .read_to_string()
+        .map_err(|error| format!("HTTP GET {url}: {error}"))
+}

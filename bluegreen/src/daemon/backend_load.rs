@@ -1,0 +1,163 @@
+//! The daemon's load watch over one service (`[service.load]`): scrape
+//! every backend's queue depth each interval and give each color's table
+//! weights that follow it, only when one moved materially.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    time::Duration,
+};
+
+use bluegreen::{
+    config::{BackendSpec, PoolSpec},
+    endpoint::Color,
+    host::Host,
+    load::{self, LoadCheck, changed_materially},
+};
+
+use super::watch::is_gone;
+use crate::observations::Shared;
+
+/// The load weight `backend`'s table has now: its full share in load units
+/// until the daemon set one.
+fn current(backend: &BackendSpec) -> u32 {
+    backend.load_weight.unwrap_or(backend.weight * load::SCALE)
+}
+
+/// Scrapes every backend of both colors of one service every interval,
+/// publishes queue depths and weights, and rebuilds a color's table when
+/// some backend's load weight should change materially. A failed scrape
+/// keeps that backend's weight. Runs until the service is gone or no
+/// longer asks for load weighing.
+pub(super) async fn watch_load(host: Host, name: String, observations: Shared) {
+    // Backends whose last scrape failed: logged once per failure streak.
+    let mut failing: BTreeSet<(Color, SocketAddr)> = BTreeSet::new();
+    let forget = || {
+        observations
+            .lock()
+            .expect("observations lock")
+            .retain_weighed(|service| service != name);
+    };
+    loop {
+        let view = {
+            let (host, name) = (host.clone(), name.clone());
+            tokio::task::spawn_blocking(move || host.service_view(Some(&name))).await
+        };
+        let view = match view {
+            Ok(Ok(view)) => view,
+            Ok(Err(error)) => {
+                if is_gone(&error) {
+                    forget();
+                }
+                log::warn!("{name}: cannot read its state: {error}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(_) => return,
+        };
+        let Some(check) = view.record.spec.load.clone() else {
+            forget();
+            return;
+        };
+        for color in Color::BOTH {
+            let pool = view.pool(color).clone();
+            let addrs: Vec<SocketAddr> = pool.addrs().collect();
+            let scraper: LoadCheck = check.clone();
+            let scrapes = tokio::task::spawn_blocking(move || scraper.scrape_each(&addrs))
+                .await
+                .unwrap_or_else(|error| vec![Err(error.to_string()); pool.backends().len()]);
+            let mut wanted = BTreeMap::new();
+            {
+                let mut observations = observations.lock().expect("observations lock");
+                observations.load.retain(|(service, of, addr), _| {
+                    *service != name || *of != color || pool.get(*addr).is_some()
+                });
+                for (backend, scrape) in pool.backends().iter().zip(scrapes) {
+                    let key = (name.clone(), color, backend.addr);
+                    let seen = observations.load.entry(key).or_default();
+                    let weight = match scrape {
+                        Ok(queue) => {
+                            if failing.remove(&(color, backend.addr)) {
+                                log::info!(
+                                    "{name}: {color} backend {} scraped again",
+                                    backend.addr
+                                );
+                            }
+                            seen.queue_depth = Some(queue);
+                            load::load_weight(backend.weight, queue)
+                        }
+                        Err(error) => {
+                            if failing.insert((color, backend.addr)) {
+                                log::warn!(
+                                    "{name}: cannot read {color} backend {}'s load, keeping its weight: {error}",
+                                    backend.addr
+                                );
+                            }
+                            seen.scrape_errors += 1;
+                            current(backend)
+                        }
+                    };
+                    wanted.insert(backend.addr, weight);
+                }
+            }
+            // The interface lock only when the table must change.
+            let material = pool.backends().iter().any(|backend| {
+                changed_materially(backend.weight, current(backend), wanted[&backend.addr])
+            });
+            let table = if material {
+                apply(&host, &name, color, wanted).await
+            } else {
+                None
+            };
+            // What the table holds now, not what the daemon wanted.
+            let table = table.unwrap_or(pool);
+            let mut observations = observations.lock().expect("observations lock");
+            for backend in table.backends() {
+                if let Some(seen) = observations
+                    .load
+                    .get_mut(&(name.clone(), color, backend.addr))
+                {
+                    seen.effective_weight = if backend.effective_weight() == 0 {
+                        0
+                    } else {
+                        current(backend)
+                    };
+                }
+            }
+        }
+        tokio::time::sleep(check.interval()).await;
+    }
+}
+
+/// Rebuilds `color`'s table with the `wanted` load weights; the pool
+/// written, or `None` when nothing was (already so, or it failed: logged).
+async fn apply(
+    host: &Host,
+    name: &str,
+    color: Color,
+    wanted: BTreeMap<SocketAddr, u32>,
+) -> Option<PoolSpec> {
+    let (host, service) = (host.clone(), name.to_owned());
+    let applied = tokio::task::spawn_blocking(move || {
+        host.apply_runtime(&service, color, |pool| {
+            // A backend added since the scrape keeps what it has.
+            pool.with_load(|backend| wanted.get(&backend.addr).copied().or(backend.load_weight))
+        })
+    })
+    .await;
+    match applied {
+        Ok(Ok(Some(pool))) => {
+            log::info!("{name}: {color} weighed by load: {pool}");
+            Some(pool)
+        }
+        Ok(Ok(None)) => None,
+        Ok(Err(error)) => {
+            log::error!("{name}: cannot apply {color}'s load weights: {error}");
+            None
+        }
+        Err(error) => {
+            log::error!("{name}: applying {color}'s load weights failed: {error}");
+            None
+        }
+    }
+}

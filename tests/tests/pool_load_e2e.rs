@@ -1,0 +1,142 @@
+//! Load-aware selection under the daemon: of two blue replicas, the one
+//! whose `/metrics` reports a deep queue gets few new connections, and the
+//! split follows when the loads swap; a scrape that fails keeps the
+//! weights. The operator's weights are untouched throughout.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use bluegreen_testbed::{
+    fixture::{BACKEND_PORT, Fixture, blue_backend, green_backend, vip},
+    http::{Backend, LoadReport},
+    metrics::{METRICS, metric, scrape},
+    netns::SWITCH_IFACE,
+};
+
+const LOAD_DEADLINE: Duration = Duration::from_secs(60);
+/// Far above the load interval (200 ms) and a scrape's timeout.
+const WEIGHT_DEADLINE: Duration = Duration::from_secs(15);
+const CONNECTIONS: u64 = 400;
+const IDLE: &str =
+    "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"m\"} 0\n";
+const QUEUED: &str =
+    "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"m\"} 40\n";
+
+fn replica(index: u16) -> SocketAddr {
+    SocketAddr::new(blue_backend().ip(), BACKEND_PORT + index)
+}
+
+fn series(name: &str, backend: SocketAddr) -> String {
+    format!("{name}{{service=\"web\",color=\"blue\",backend=\"{backend}\"}}")
+}
+
+/// Scrapes the daemon until `done` holds for its samples; returns them.
+fn wait_metrics(
+    fixture: &Fixture,
+    what: &str,
+    done: impl Fn(&BTreeMap<String, f64>) -> bool,
+) -> BTreeMap<String, f64> {
+    let started = Instant::now();
+    loop {
+        let metrics = scrape(fixture);
+        if done(&metrics) {
+            eprintln!("{what} after {:?}", started.elapsed());
+            return metrics;
+        }
+        assert!(
+            started.elapsed() < WEIGHT_DEADLINE,
+            "not {what} after {WEIGHT_DEADLINE:?}: {metrics:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the daemon weighs `idle` fully and `queued` at the floor.
+fn wait_weights(fixture: &Fixture, idle: SocketAddr, queued: SocketAddr) {
+    let weight = |metrics: &BTreeMap<String, f64>, backend| {
+        metrics
+            .get(&series("bluegreen_backend_effective_weight", backend))
+            .copied()
+    };
+    wait_metrics(
+        fixture,
+        &format!("{idle} weighed 10, {queued} 1"),
+        |metrics| weight(metrics, idle) == Some(10.0) && weight(metrics, queued) == Some(1.0),
+    );
+}
+
+fn split(fixture: &Fixture) -> LoadReport {
+    let report = fixture.load(4, CONNECTIONS, LOAD_DEADLINE).finish(false);
+    report.assert_all_served(CONNECTIONS);
+    eprintln!("{CONNECTIONS} new connections: {:?}", report.served_by);
+    report
+}
+
+fn assert_at_most_a_quarter(report: &LoadReport, loaded: &str) {
+    let got = report.served_by.get(loaded).copied().unwrap_or(0);
+    assert!(
+        got <= CONNECTIONS / 4,
+        "{loaded} (queue 40) got {got} of {CONNECTIONS}: {report:?}"
+    );
+    assert!(got > 0, "{loaded} is at the floor, not out: {report:?}");
+}
+
+#[test]
+fn new_connections_avoid_the_replica_with_the_deeper_queue() {
+    let fixture = Fixture::new();
+    let replicas = [1, 2].map(|index| {
+        Backend::start(
+            &fixture.topology.blue,
+            BACKEND_PORT + index,
+            &format!("blue-{index}"),
+        )
+    });
+    let blue = [1, 2].map(replica);
+    replicas[0].set_metrics(IDLE);
+    replicas[1].set_metrics(QUEUED);
+    let config = fixture.write_config(&format!(
+        "interface = \"{SWITCH_IFACE}\"\n\n[[service]]\nname = \"web\"\nvip = \"{}\"\nblue = [\"{}\", \"{}\"]\ngreen = \"{}\"\n\n[service.load]\ninterval_ms = 200\n",
+        vip(),
+        blue[0],
+        blue[1],
+        green_backend()
+    ));
+    let _daemon = fixture.start_daemon(&config, &["--metrics", METRICS]);
+
+    wait_weights(&fixture, blue[0], blue[1]);
+    let metrics = scrape(&fixture);
+    assert_eq!(
+        metric(&metrics, &series("bluegreen_backend_queue_depth", blue[1])),
+        40.0
+    );
+    assert_at_most_a_quarter(&split(&fixture), "blue-2");
+    // The operator's weights are what the config says.
+    let status = fixture.service_status();
+    for backend in 0..2 {
+        assert_eq!(status["blue"]["backends"][backend]["weight"], 1, "{status}");
+    }
+
+    replicas[0].set_metrics(QUEUED);
+    replicas[1].set_metrics(IDLE);
+    wait_weights(&fixture, blue[1], blue[0]);
+    assert_at_most_a_quarter(&split(&fixture), "blue-1");
+
+    // A backend whose metrics stop making sense keeps its weight.
+    replicas[0].set_metrics("garbage\n");
+    let errors = series("bluegreen_backend_load_scrape_errors_total", blue[0]);
+    let metrics = wait_metrics(&fixture, "a failed scrape counted", |metrics| {
+        metrics.get(&errors).is_some_and(|count| *count >= 2.0)
+    });
+    assert_eq!(
+        metric(
+            &metrics,
+            &series("bluegreen_backend_effective_weight", blue[0])
+        ),
+        1.0,
+        "{metrics:#?}"
+    );
+    assert_at_most_a_quarter(&split(&fixture), "blue-1");
+}
