@@ -13,7 +13,7 @@ use std::{
 use crate::{
     cli::Bluegreen,
     http::{self, Backend, KeepAlive, Load},
-    netns::{SWITCH_IFACE, Topology, addr},
+    netns::{Namespace, SWITCH_IFACE, Topology, addr},
 };
 
 /// Connect, read and write timeout of every client request.
@@ -34,6 +34,22 @@ pub fn blue_backend() -> SocketAddr {
 /// The standard service's green backend, `10.200.3.2:8080`.
 pub fn green_backend() -> SocketAddr {
     SocketAddr::new(addr::GREEN_V4.parse().expect("literal"), BACKEND_PORT)
+}
+
+/// Replica `index` of a pool whose first backend is `first`: the same
+/// host, the next ports (replica 0 is `first` itself).
+pub fn replica(first: SocketAddr, index: u16) -> SocketAddr {
+    SocketAddr::new(first.ip(), BACKEND_PORT + index)
+}
+
+/// Starts replica `index` (1 or more) of a color's pool in `namespace`,
+/// answering `NAME-2`, `NAME-3`... (the standard backend being `NAME`).
+pub fn start_replica(namespace: &Namespace, name: &str, index: u16) -> Backend {
+    Backend::start(
+        namespace,
+        BACKEND_PORT + index,
+        &format!("{name}-{}", index + 1),
+    )
 }
 
 /// `up` on the switch interface with the standard service given by flags.

@@ -8,7 +8,7 @@ use std::{
 };
 
 use bluegreen_testbed::{
-    fixture::{BACKEND_PORT, Fixture, blue_backend, green_backend, vip},
+    fixture::{Fixture, blue_backend, green_backend, replica, start_replica, vip},
     http::{Backend, LoadReport},
     metrics::{METRICS, metric, scrape},
     netns::SWITCH_IFACE,
@@ -18,18 +18,6 @@ const LOAD_DEADLINE: Duration = Duration::from_secs(60);
 /// Far above the health window (2 probes 200 ms apart) and a probe's
 /// timeout.
 const HEALTH_DEADLINE: Duration = Duration::from_secs(15);
-
-fn replica(index: u16) -> SocketAddr {
-    SocketAddr::new(blue_backend().ip(), BACKEND_PORT + index)
-}
-
-fn start_replica(fixture: &Fixture, index: u16) -> Backend {
-    Backend::start(
-        &fixture.topology.blue,
-        BACKEND_PORT + index,
-        &format!("blue-{}", index + 1),
-    )
-}
 
 /// `status --json`'s `health` of a blue backend.
 fn health(fixture: &Fixture, backend: SocketAddr) -> String {
@@ -69,9 +57,9 @@ fn load(fixture: &Fixture, requests: u64) -> LoadReport {
 fn a_dead_replica_leaves_the_table_and_returns_when_healthy() {
     let fixture = Fixture::new();
     let mut replicas: Vec<Option<Backend>> = (1..=2)
-        .map(|index| Some(start_replica(&fixture, index)))
+        .map(|index| Some(start_replica(&fixture.topology.blue, "blue", index)))
         .collect();
-    let blue = [0, 1, 2].map(replica);
+    let blue = [0, 1, 2].map(|index| replica(blue_backend(), index));
     let config = fixture.write_config(&format!(
         "interface = \"{SWITCH_IFACE}\"\n\n[[service]]\nname = \"web\"\nvip = \"{}\"\nblue = [\"{}\", \"{}\", \"{}\"]\ngreen = \"{}\"\n\n[service.health]\nkind = \"tcp\"\ninterval_ms = 200\ntimeout_ms = 100\nhealthy_threshold = 2\nunhealthy_threshold = 2\n",
         vip(),
@@ -135,7 +123,7 @@ fn a_dead_replica_leaves_the_table_and_returns_when_healthy() {
     changed.assert_all_served(150);
     assert_eq!(changed.served_by.get("blue-3"), None, "{changed:?}");
 
-    replicas[1] = Some(start_replica(&fixture, 2));
+    replicas[1] = Some(start_replica(&fixture.topology.blue, "blue", 2));
     let back_after = wait_health(&fixture, blue[2], "unknown");
     eprintln!("blue-3 back in the table {back_after:?} after it restarted");
     let returned = load(&fixture, 300);

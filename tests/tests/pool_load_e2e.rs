@@ -10,8 +10,8 @@ use std::{
 };
 
 use bluegreen_testbed::{
-    fixture::{BACKEND_PORT, Fixture, blue_backend, green_backend, vip},
-    http::{Backend, LoadReport},
+    fixture::{Fixture, blue_backend, green_backend, replica, start_replica, vip},
+    http::LoadReport,
     metrics::{METRICS, metric, scrape},
     netns::SWITCH_IFACE,
 };
@@ -24,10 +24,6 @@ const IDLE: &str =
     "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"m\"} 0\n";
 const QUEUED: &str =
     "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"m\"} 40\n";
-
-fn replica(index: u16) -> SocketAddr {
-    SocketAddr::new(blue_backend().ip(), BACKEND_PORT + index)
-}
 
 fn series(name: &str, backend: SocketAddr) -> String {
     format!("{name}{{service=\"web\",color=\"blue\",backend=\"{backend}\"}}")
@@ -87,14 +83,8 @@ fn assert_at_most_a_quarter(report: &LoadReport, loaded: &str) {
 #[test]
 fn new_connections_avoid_the_replica_with_the_deeper_queue() {
     let fixture = Fixture::new();
-    let replicas = [1, 2].map(|index| {
-        Backend::start(
-            &fixture.topology.blue,
-            BACKEND_PORT + index,
-            &format!("blue-{index}"),
-        )
-    });
-    let blue = [1, 2].map(replica);
+    let replicas = [1, 2].map(|index| start_replica(&fixture.topology.blue, "blue", index));
+    let blue = [1, 2].map(|index| replica(blue_backend(), index));
     replicas[0].set_metrics(IDLE);
     replicas[1].set_metrics(QUEUED);
     let config = fixture.write_config(&format!(
@@ -112,7 +102,7 @@ fn new_connections_avoid_the_replica_with_the_deeper_queue() {
         metric(&metrics, &series("bluegreen_backend_queue_depth", blue[1])),
         40.0
     );
-    assert_at_most_a_quarter(&split(&fixture), "blue-2");
+    assert_at_most_a_quarter(&split(&fixture), "blue-3");
     // The operator's weights are what the config says.
     let status = fixture.service_status();
     for backend in 0..2 {
@@ -122,7 +112,7 @@ fn new_connections_avoid_the_replica_with_the_deeper_queue() {
     replicas[0].set_metrics(QUEUED);
     replicas[1].set_metrics(IDLE);
     wait_weights(&fixture, blue[1], blue[0]);
-    assert_at_most_a_quarter(&split(&fixture), "blue-1");
+    assert_at_most_a_quarter(&split(&fixture), "blue-2");
 
     // A backend whose metrics stop making sense keeps its weight.
     replicas[0].set_metrics("garbage\n");
@@ -138,5 +128,5 @@ fn new_connections_avoid_the_replica_with_the_deeper_queue() {
         1.0,
         "{metrics:#?}"
     );
-    assert_at_most_a_quarter(&split(&fixture), "blue-1");
+    assert_at_most_a_quarter(&split(&fixture), "blue-2");
 }

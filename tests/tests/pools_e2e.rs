@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use bluegreen_testbed::{
-    fixture::{BACKEND_PORT, Fixture, blue_backend, green_backend, strs, up_args, vip},
+    fixture::{Fixture, blue_backend, green_backend, replica, start_replica, strs, up_args, vip},
     http::{Backend, KeepAlive, LoadReport},
     netns::{Namespace, SWITCH_IFACE},
 };
@@ -14,20 +14,10 @@ use bluegreen_testbed::{
 const LOAD_DEADLINE: Duration = Duration::from_secs(60);
 
 /// A second address of a backend's host: the same address, another port.
-fn replica(first: SocketAddr, index: u16) -> SocketAddr {
-    SocketAddr::new(first.ip(), BACKEND_PORT + index)
-}
-
 /// Replicas 1.. of a color, each answering `NAME-2`, `NAME-3`...
 fn start_replicas(namespace: &Namespace, name: &str, count: u16) -> Vec<Backend> {
     (1..=count)
-        .map(|index| {
-            Backend::start(
-                namespace,
-                BACKEND_PORT + index,
-                &format!("{name}-{}", index + 1),
-            )
-        })
+        .map(|index| start_replica(namespace, name, index))
         .collect()
 }
 

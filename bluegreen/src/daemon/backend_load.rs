@@ -5,7 +5,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
-    time::Duration,
 };
 
 use bluegreen::{
@@ -15,7 +14,7 @@ use bluegreen::{
     load::{self, LoadCheck, changed_materially},
 };
 
-use super::watch::is_gone;
+use super::watch::next_view;
 use crate::observations::Shared;
 
 /// The load weight `backend`'s table has now: its full share in load units
@@ -38,23 +37,7 @@ pub(super) async fn watch_load(host: Host, name: String, observations: Shared) {
             .expect("observations lock")
             .retain_weighed(|service| service != name);
     };
-    loop {
-        let view = {
-            let (host, name) = (host.clone(), name.clone());
-            tokio::task::spawn_blocking(move || host.service_view(Some(&name))).await
-        };
-        let view = match view {
-            Ok(Ok(view)) => view,
-            Ok(Err(error)) => {
-                if is_gone(&error) {
-                    forget();
-                }
-                log::warn!("{name}: cannot read its state: {error}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            Err(_) => return,
-        };
+    while let Some(view) = next_view(&host, &name, &forget).await {
         let Some(check) = view.record.spec.load.clone() else {
             forget();
             return;

@@ -43,7 +43,7 @@ fn should_roll_back(
 /// Whether `error` says the service is no longer up (an `up` removed it, or
 /// a `down` took everything), rather than that its state could not be read
 /// this time.
-pub(super) fn is_gone(error: &Error) -> bool {
+fn is_gone(error: &Error) -> bool {
     matches!(
         error,
         Error::UnknownService { .. }
@@ -53,6 +53,30 @@ pub(super) fn is_gone(error: &Error) -> bool {
     )
 }
 
+/// The service as it is now, for a watcher's next tick; `None` when the
+/// runtime is shutting down. A failed read is logged and retried a second
+/// later, after `forget` when the service is gone (so that its figures stop
+/// being reported while the watcher waits for it to come back).
+pub(super) async fn next_view(host: &Host, name: &str, forget: impl Fn()) -> Option<ServiceView> {
+    loop {
+        let view = {
+            let (host, name) = (host.clone(), name.to_owned());
+            tokio::task::spawn_blocking(move || host.service_view(Some(&name))).await
+        };
+        match view {
+            Ok(Ok(view)) => return Some(view),
+            Ok(Err(error)) => {
+                if is_gone(&error) {
+                    forget();
+                }
+                log::warn!("{name}: cannot read its state: {error}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Probes every backend of both colors of one service every interval,
 /// publishes their health, rebuilds a color's table when a backend turns
 /// unhealthy or healthy again, and rolls back when the active color turns
@@ -60,29 +84,13 @@ pub(super) fn is_gone(error: &Error) -> bool {
 pub(super) async fn watch_service(host: Host, name: String, observations: Shared) {
     let mut trackers: [HealthTracker; 2] = Default::default();
     let mut backend_health = BackendHealth::default();
-    loop {
-        let view = {
-            let (host, name) = (host.clone(), name.clone());
-            tokio::task::spawn_blocking(move || host.service_view(Some(&name))).await
-        };
-        let forget = || {
-            observations
-                .lock()
-                .expect("observations lock")
-                .retain_checked(|service| service != name);
-        };
-        let view = match view {
-            Ok(Ok(view)) => view,
-            Ok(Err(error)) => {
-                if is_gone(&error) {
-                    forget();
-                }
-                log::warn!("{name}: cannot read its state: {error}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            Err(_) => return,
-        };
+    let forget = || {
+        observations
+            .lock()
+            .expect("observations lock")
+            .retain_checked(|service| service != name);
+    };
+    while let Some(view) = next_view(&host, &name, &forget).await {
         // An `up` dropped the check.
         let Some(check) = view.record.spec.health.clone() else {
             forget();
