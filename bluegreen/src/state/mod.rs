@@ -106,10 +106,27 @@ impl StateStore {
         dirs::open_private_dir(&self.dir, create)
     }
 
+    /// The interface's lock for one command: waits while another command
+    /// holds it.
     pub fn lock(&self, iface: &str) -> Result<InterfaceLock> {
+        Ok(self
+            .lock_named(&format!("{iface}.lock"), true)?
+            .expect("a blocking lock is always taken"))
+    }
+
+    /// The daemon's lock of an interface, held for the daemon's life (not
+    /// the per-command one, which would block every `switch`); `None` while
+    /// another daemon holds it.
+    pub fn try_lock_daemon(&self, iface: &str) -> Result<Option<InterfaceLock>> {
+        self.lock_named(&format!("{iface}.daemon.lock"), false)
+    }
+
+    /// An exclusive lock on the file `name` of the checked directory,
+    /// opened without following a planted symlink; with `wait` false,
+    /// `None` instead of waiting for its holder.
+    fn lock_named(&self, name: &str, wait: bool) -> Result<Option<InterfaceLock>> {
         let dir = self.open_dir(true)?.expect("created");
-        let name = format!("{iface}.lock");
-        let path = self.dir.join(&name);
+        let path = self.dir.join(name);
         // Non-blocking, so that a FIFO in its place cannot hang the command.
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;
         let file =
@@ -120,15 +137,23 @@ impl StateStore {
                     Error::io(format!("cannot open lock {}", path.display()))(error)
                 }
             })?;
-        // SAFETY: flock on a descriptor we own; released when it is closed.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(Error::io(format!("cannot lock {}", path.display()))(
-                io::Error::last_os_error(),
-            ));
+        let operation = if wait {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_EX | libc::LOCK_NB
+        };
+        // SAFETY: flock on a descriptor we own; released when it is closed,
+        // also when the process dies.
+        if unsafe { libc::flock(file.as_raw_fd(), operation) } != 0 {
+            let error = io::Error::last_os_error();
+            if !wait && error.kind() == io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            return Err(Error::io(format!("cannot lock {}", path.display()))(error));
         }
-        Ok(InterfaceLock {
+        Ok(Some(InterfaceLock {
             _file: File::from(file),
-        })
+        }))
     }
 
     /// The interface's state file: `None` if there is none; an unreadable,

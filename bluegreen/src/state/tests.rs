@@ -147,6 +147,38 @@ fn planted_symlinks_redirect_no_write() {
 }
 
 #[test]
+fn the_daemon_lock_is_taken_once_and_never_through_a_symlink() {
+    let dir = scratch_dir("daemon-lock");
+    let store = StateStore::new(&dir);
+    let held = store
+        .try_lock_daemon("veth3")
+        .unwrap()
+        .expect("the first daemon takes it");
+    assert!(
+        store.try_lock_daemon("veth3").unwrap().is_none(),
+        "a second daemon does not wait for it"
+    );
+    assert!(
+        store.try_lock_daemon("veth4").unwrap().is_some(),
+        "another interface's daemon is another lock"
+    );
+    drop(held);
+    assert!(
+        store.try_lock_daemon("veth3").unwrap().is_some(),
+        "released"
+    );
+
+    let absent = dir.with_extension("absent");
+    symlink(&absent, dir.join("veth5.daemon.lock")).unwrap();
+    assert!(matches!(
+        store.try_lock_daemon("veth5"),
+        Err(Error::SymlinkedLock { .. })
+    ));
+    assert!(fs::symlink_metadata(&absent).is_err(), "nothing created");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_directory_others_can_write_is_refused_and_left_alone() {
     let dir = scratch_dir("open");
     fs::create_dir(&dir).unwrap();
