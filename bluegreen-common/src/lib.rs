@@ -17,7 +17,7 @@ pub mod wire;
 
 /// Bumped whenever any map's key or value layout changes. Pins live under a
 /// directory named after it, so a loader never reads maps of another layout.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Capacity of the services map and of the counter slots that go with it.
 pub const MAX_SERVICES: u32 = 16384;
@@ -97,7 +97,8 @@ pub mod map_names {
     pub const MAGLEV: &str = "BG_MAGLEV";
     pub const BACKENDS: &str = "BG_BACKENDS";
     pub const SWITCHES: &str = "BG_SWITCHES";
-    pub const ALL: [&str; 13] = [
+    pub const BACKEND_TRAFFIC: &str = "BG_BACKEND_TRAFFIC";
+    pub const ALL: [&str; 14] = [
         SERVICES,
         FLOWS,
         REPLIES,
@@ -111,6 +112,7 @@ pub mod map_names {
         MAGLEV,
         BACKENDS,
         SWITCHES,
+        BACKEND_TRAFFIC,
     ];
 }
 
@@ -167,6 +169,21 @@ pub const MAGLEV_CHUNK: u32 = 64;
 pub const MAGLEV_CHUNKS: u32 = 1 << 18;
 /// Entries of `BG_BACKENDS`, shared by every pool the same way.
 pub const MAX_BACKENDS: u32 = 1 << 17;
+/// Per-backend counter slots (`BG_BACKEND_TRAFFIC`): one per color of the
+/// most services there can be, each with a one-backend pool. A slot is per
+/// CPU, so this is what bounds the map's memory, not `MAX_BACKENDS`.
+pub const MAX_BACKEND_COUNTERS: u32 = MAX_SERVICES * 2;
+
+/// One element of `BG_BACKENDS`: a backend and its traffic counter slot.
+/// The slot stays with the backend while it is in its pool, however often
+/// the pool is rewritten, so its counters keep counting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PoolBackend {
+    pub endpoint: Endpoint,
+    /// Index into `BG_BACKEND_TRAFFIC`.
+    pub counter_slot: u32,
+}
 
 /// One element of `BG_MAGLEV`: [`MAGLEV_CHUNK`] table entries, each the
 /// index of a backend within its pool.
@@ -373,7 +390,8 @@ pub struct FlowEntry {
     /// The service's counter slot, which also indexes its generation in
     /// the generations array: the fast path needs no services lookup.
     pub counter_slot: u16,
-    pub reserved: [u8; 4],
+    /// The backend's counter slot ([`PoolBackend::counter_slot`]).
+    pub backend_counter_slot: u32,
 }
 
 /// Flow lifetimes in seconds, as the operator configures them.
@@ -431,7 +449,8 @@ impl Settings {
     }
 }
 
-/// Per service and color traffic counters (per-CPU; userspace sums them).
+/// Traffic counters of a service's color, or of one backend (per-CPU;
+/// userspace sums them).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrafficCounters {
@@ -557,6 +576,7 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::ServiceState {}
     unsafe impl aya::Pod for super::Pool {}
+    unsafe impl aya::Pod for super::PoolBackend {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowEntry {}
     unsafe impl aya::Pod for super::Settings {}
@@ -577,6 +597,7 @@ mod tests {
         assert_eq!(size_of::<Endpoint>(), 20);
         assert_eq!(size_of::<ServiceKey>(), 20);
         assert_eq!(size_of::<Pool>(), 16);
+        assert_eq!(size_of::<PoolBackend>(), 20 + 4);
         assert_eq!(size_of::<ServiceState>(), 2 * 16 + 4 + 4 + 4);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
         assert_eq!(size_of::<FlowEntry>(), 8 + 20 + 4 + 1 + 1 + 2 + 4);

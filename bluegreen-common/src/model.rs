@@ -8,8 +8,8 @@
 use crate::checksum::{address_delta, apply_delta, apply_udp_delta, port_delta};
 use crate::wire::*;
 use crate::{
-    Endpoint, FAMILY_IPV4, FAMILY_IPV6, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason,
-    Pool, ServiceKey, ServiceState, Settings, flow_hash, maglev_position, new_flow_color,
+    FAMILY_IPV4, FAMILY_IPV6, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason, Pool,
+    PoolBackend, ServiceKey, ServiceState, Settings, flow_hash, maglev_position, new_flow_color,
 };
 
 /// What the ingress program does with one packet.
@@ -120,14 +120,14 @@ pub trait Tables {
     /// One entry of the packed lookup tables (`BG_MAGLEV`).
     fn maglev_entry(&self, chunk: u32, at: usize) -> Option<u8>;
     /// One entry of the backends array (`BG_BACKENDS`).
-    fn backend(&self, index: u32) -> Option<Endpoint>;
+    fn backend(&self, index: u32) -> Option<PoolBackend>;
     /// Whether `client` falls in one of the service's preview prefixes.
     fn in_preview(&self, counter_slot: u32, family: u8, client: &[u8; 16]) -> bool;
 }
 
 /// The backend of `pool` for a flow hash, as the kernel's `pool_backend`
 /// finds it.
-fn pool_backend(tables: &impl Tables, pool: &Pool, hash: u32) -> Option<Endpoint> {
+fn pool_backend(tables: &impl Tables, pool: &Pool, hash: u32) -> Option<PoolBackend> {
     let (chunk, at) = maglev_position(pool, hash)?;
     let index = tables.maglev_entry(chunk, at)?;
     tables.backend(pool.first_backend + u32::from(index))
@@ -208,12 +208,12 @@ pub fn ingress(packet: &mut [u8], tables: &impl Tables, settings: &Settings, now
             };
             FlowEntry {
                 last_seen: 0,
-                backend,
+                backend: backend.endpoint,
                 generation: state.generation,
                 color,
                 closing: known.map_or(0, |entry| entry.closing),
                 counter_slot: state.counter_slot as u16,
-                reserved: [0; 4],
+                backend_counter_slot: backend.counter_slot,
             }
         }
     };

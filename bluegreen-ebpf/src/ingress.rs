@@ -7,6 +7,7 @@ use aya_ebpf::{helpers::bpf_jiffies64, programs::XdpContext};
 use aya_log_ebpf::warn;
 use bluegreen_common::{
     Endpoint, FAMILY_IPV4, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason, Settings,
+    TrafficCounters,
     checksum::{address_delta, apply_delta, apply_udp_delta, port_delta},
     flow_hash, new_flow_color, traffic_index,
     wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
@@ -14,8 +15,8 @@ use bluegreen_common::{
 
 use crate::{
     maps::{
-        BG_FLOWS, BG_REPLIES, BG_SERVICES, BG_TRAFFIC, current_generation, in_preview,
-        pool_backend, port_has_service, settings, vip_may_match,
+        BG_BACKEND_TRAFFIC, BG_FLOWS, BG_REPLIES, BG_SERVICES, BG_TRAFFIC, current_generation,
+        in_preview, pool_backend, port_has_service, settings, vip_may_match,
     },
     parse::{Direction, Headers, PacketBytes, parse},
 };
@@ -115,16 +116,16 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
     let backend = pool_backend(service.pool(color), hash).ok_or(PassReason::NoBackend)?;
     let entry = FlowEntry {
         last_seen: now,
-        backend,
+        backend: backend.endpoint,
         generation: service.generation,
         color,
         closing: closing_before | closing as u8,
         counter_slot: service.counter_slot as u16,
-        reserved: [0; 4],
+        backend_counter_slot: backend.counter_slot,
     };
     record_flow(ctx, &flow_key, &entry)?;
     rewrite_destination(&packet, &headers, &flow_key, &entry.backend)?;
-    count(&packet, entry.counter_slot, entry.color, new_flow);
+    count(&packet, &entry, new_flow);
     Ok(())
 }
 
@@ -143,19 +144,31 @@ fn forward(
         entry.closing = 1;
     }
     rewrite_destination(packet, headers, flow_key, &entry.backend)?;
-    count(packet, entry.counter_slot, entry.color, false);
+    count(packet, entry, false);
     Ok(())
 }
 
+/// Counts the packet for its flow's color and for its backend.
 #[inline(always)]
-fn count(packet: &XdpPacket, counter_slot: u16, color: u8, new_flow: bool) {
-    if let Some(counters) = BG_TRAFFIC.get_ptr_mut(traffic_index(u32::from(counter_slot), color)) {
-        // SAFETY: per-CPU slot, so no other writer races these increments.
-        unsafe {
-            (*counters).packets += 1;
-            (*counters).bytes += packet.len();
-            (*counters).new_flows += new_flow as u64;
-        }
+fn count(packet: &XdpPacket, entry: &FlowEntry, new_flow: bool) {
+    let bytes = packet.len();
+    let color_slot = traffic_index(u32::from(entry.counter_slot), entry.color);
+    if let Some(counters) = BG_TRAFFIC.get_ptr_mut(color_slot) {
+        add(counters, bytes, new_flow);
+    }
+    if let Some(counters) = BG_BACKEND_TRAFFIC.get_ptr_mut(entry.backend_counter_slot) {
+        add(counters, bytes, new_flow);
+    }
+}
+
+#[inline(always)]
+fn add(counters: *mut TrafficCounters, bytes: u64, new_flow: bool) {
+    // SAFETY: a per-CPU map value, so no other writer races these
+    // increments.
+    unsafe {
+        (*counters).packets += 1;
+        (*counters).bytes += bytes;
+        (*counters).new_flows += new_flow as u64;
     }
 }
 

@@ -7,10 +7,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use bluegreen_common::{
-    DEFAULT_FLOW_CAPACITY, Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAGLEV_CHUNKS, MAX_BACKENDS,
-    MAX_PREVIEW_PREFIXES, MAX_SERVICES, MaglevChunk, PREVIEW_FIXED_BITS, PassReason, Pool,
-    PreviewPrefix, ServiceKey, ServiceState, Settings, SwitchCounters, TrafficCounters,
-    VIP_FILTER_WORDS, bitmap_position, maglev_position, vip_filter_bit,
+    DEFAULT_FLOW_CAPACITY, Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAGLEV_CHUNKS,
+    MAX_BACKEND_COUNTERS, MAX_BACKENDS, MAX_PREVIEW_PREFIXES, MAX_SERVICES, MaglevChunk,
+    PREVIEW_FIXED_BITS, PassReason, Pool, PoolBackend, PreviewPrefix, ServiceKey, ServiceState,
+    Settings, SwitchCounters, TrafficCounters, VIP_FILTER_WORDS, bitmap_position, maglev_position,
+    vip_filter_bit,
 };
 
 /// Not preallocated: an update then swaps in a new element under RCU, so a
@@ -33,6 +34,11 @@ pub static BG_REPLIES: LruHashMap<FlowKey, Endpoint> = LruHashMap::pinned(DEFAUL
 /// Indexed by [`bluegreen_common::traffic_index`].
 #[map(name = "BG_TRAFFIC")]
 pub static BG_TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX_SERVICES * 2, 0);
+
+/// Indexed by [`PoolBackend::counter_slot`].
+#[map(name = "BG_BACKEND_TRAFFIC")]
+pub static BG_BACKEND_TRAFFIC: PerCpuArray<TrafficCounters> =
+    PerCpuArray::pinned(MAX_BACKEND_COUNTERS, 0);
 
 /// Indexed by [`PassReason`].
 #[map(name = "BG_PASSED")]
@@ -69,12 +75,12 @@ pub static BG_MAGLEV: Array<MaglevChunk> = Array::pinned(MAGLEV_CHUNKS, 0);
 
 /// Every pool's backends, each pool a run from its `first_backend`.
 #[map(name = "BG_BACKENDS")]
-pub static BG_BACKENDS: Array<Endpoint> = Array::pinned(MAX_BACKENDS, 0);
+pub static BG_BACKENDS: Array<PoolBackend> = Array::pinned(MAX_BACKENDS, 0);
 
 /// The backend of `pool` that a flow with this hash goes to, if the pool
 /// has one taking new flows.
 #[inline(always)]
-pub fn pool_backend(pool: &Pool, hash: u32) -> Option<Endpoint> {
+pub fn pool_backend(pool: &Pool, hash: u32) -> Option<PoolBackend> {
     let (chunk, at) = maglev_position(pool, hash)?;
     let index = *BG_MAGLEV.get(chunk)?.get(at)?;
     BG_BACKENDS

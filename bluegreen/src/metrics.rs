@@ -128,6 +128,21 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
         "bluegreen_backend_active_flows",
         "Live flows kept on one backend of a color's pool",
     );
+    let backend_packets = counter_family(
+        &mut registry,
+        "bluegreen_backend_packets",
+        "Packets steered to one backend of a color's pool, since it joined the pool",
+    );
+    let backend_bytes = counter_family(
+        &mut registry,
+        "bluegreen_backend_bytes",
+        "Bytes steered to one backend of a color's pool, since it joined the pool",
+    );
+    let backend_new_flows = counter_family(
+        &mut registry,
+        "bluegreen_backend_new_flows",
+        "Flows started on one backend of a color's pool, since it joined the pool",
+    );
     let queue_depth = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     registry.register(
         "bluegreen_backend_queue_depth",
@@ -202,6 +217,13 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
                     backend_flows
                         .get_or_create(&labels)
                         .set(backend.active_flows as i64);
+                    backend_packets
+                        .get_or_create(&labels)
+                        .inc_by(backend.packets);
+                    backend_bytes.get_or_create(&labels).inc_by(backend.bytes);
+                    backend_new_flows
+                        .get_or_create(&labels)
+                        .inc_by(backend.new_flows);
                     let seen = backend.addr.parse().ok().and_then(|addr| {
                         observations
                             .backends

@@ -5,6 +5,7 @@ use bluegreen::{
     endpoint::Color,
     health::Health,
     host::{BackendAction, BackendOutcome, Checked, StatusReport, SwitchOutcome, UpOutcome},
+    load,
 };
 
 pub fn print_up(outcome: &UpOutcome) {
@@ -162,12 +163,21 @@ pub fn print_status(report: &StatusReport) {
                     status.closing_flows
                 );
                 for backend in status.backends.iter().filter(|_| pool) {
+                    let load = backend.load_weight.map_or(String::new(), |tenths| {
+                        format!(
+                            " (under load {})",
+                            f64::from(tenths) / f64::from(load::SCALE)
+                        )
+                    });
                     println!(
-                        "          {:<24} weight {:>3}  {:<8}  active flows {:>6}{}",
+                        "          {:<24} packets {:>10}  bytes {:>12}  new flows {:>8}  active flows {:>6}  weight {}{load}  {}{}",
                         backend.addr,
+                        backend.packets,
+                        backend.bytes,
+                        backend.new_flows,
+                        backend.active_flows,
                         backend.weight,
                         backend.state,
-                        backend.active_flows,
                         if backend.health == Health::Unhealthy {
                             "  unhealthy: no new flows"
                         } else {

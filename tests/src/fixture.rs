@@ -95,7 +95,7 @@ pub struct Fixture {
     // Field order is drop order: the instance goes down before the
     // backends stop and the namespaces disappear.
     pub bluegreen: Bluegreen,
-    _blue: Backend,
+    blue: Backend,
     /// See [`Fixture::start_green`] and [`Fixture::stop_green`].
     green: Option<Backend>,
     pub topology: Topology,
@@ -115,7 +115,7 @@ impl Fixture {
         let topology = Topology::new();
         Fixture {
             bluegreen: Bluegreen::new(&topology.switch),
-            _blue: Backend::start(&topology.blue, BACKEND_PORT, "blue"),
+            blue: Backend::start(&topology.blue, BACKEND_PORT, "blue"),
             green: None,
             topology,
         }
@@ -124,6 +124,16 @@ impl Fixture {
     /// Starts the green backend (see [`Fixture::blue_only`]).
     pub fn start_green(&mut self) {
         self.green = Some(Backend::start(&self.topology.green, BACKEND_PORT, "green"));
+    }
+
+    /// What both backends (green while it runs) answer at `/metrics`.
+    pub fn set_backend_metrics(&self, text: &str) {
+        for backend in [Some(&self.blue), self.green.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            backend.set_metrics(text);
+        }
     }
 
     /// Stops the green backend: its address no longer answers.

@@ -22,14 +22,18 @@ use aya::{
 };
 use bluegreen::{
     pinned::{PinLayout, PinnedMaps, Put},
-    pool::{self, arena::Arenas},
+    pool,
 };
 use bluegreen_common::{
-    Endpoint, FlowEntry, FlowKey, MaglevChunk, PassReason, Pool, ServiceKey, ServiceState,
-    Settings, Timeouts, TrafficCounters, map_names, program_names,
+    Endpoint, FlowEntry, FlowKey, MaglevChunk, PassReason, Pool, PoolBackend, ServiceKey,
+    ServiceState, Settings, Timeouts, TrafficCounters, map_names, program_names,
 };
 
 pub const XDP_PASS: u32 = 2;
+
+/// A backend counter slot for flows injected on a backend no pool has (any
+/// more): the last, which no test's pools reach.
+pub const RETIRED_COUNTER_SLOT: u32 = bluegreen_common::MAX_BACKEND_COUNTERS - 1;
 
 /// A service to insert: its key, its state (pools aside) and each color's
 /// backends with their weights.
@@ -105,7 +109,6 @@ pub struct TestDataplane {
     /// Every service inserted with its live pools, for the prefilters and
     /// for writing a changed pool beside the live one as the product does.
     services: BTreeMap<ServiceKey, [Pool; 2]>,
-    arenas: Arenas,
     /// Last, so the pins go after every handle on them.
     pins: PinDir,
 }
@@ -143,7 +146,6 @@ impl TestDataplane {
             ebpf,
             maps,
             services: BTreeMap::new(),
-            arenas: Arenas::new([]),
             pins,
         };
         dataplane.set_settings(Settings::new(&Timeouts::default(), hz()));
@@ -173,6 +175,16 @@ impl TestDataplane {
     /// 0 is drained), with one prefilter update at the end. A pool keeps
     /// its table size as in the product (see `bluegreen::pool::write`).
     pub fn insert_services(&mut self, services: &[TestService]) -> Vec<ServiceState> {
+        // As each product operation does: the space and counter slots the
+        // live pools use, read afresh, and none released before the end.
+        let live = self
+            .maps
+            .services()
+            .unwrap_or_else(|error| panic!("cannot read the services: {error}"));
+        let mut arenas = self
+            .maps
+            .arenas(live.values())
+            .unwrap_or_else(|error| panic!("cannot read the pools' space: {error}"));
         let mut written = Vec::with_capacity(services.len());
         for (key, state, backends) in services {
             let live = self.services.get(key).copied();
@@ -180,7 +192,7 @@ impl TestDataplane {
             for (color, pool) in pools.iter_mut().enumerate() {
                 *pool = pool::write(
                     &mut self.maps,
-                    &mut self.arenas,
+                    &mut arenas,
                     &backends[color],
                     live.as_ref().map(|live| &live[color]),
                 )
@@ -190,9 +202,6 @@ impl TestDataplane {
             self.maps
                 .put_service(key, &state, Put::CreateOrReplace)
                 .unwrap_or_else(|error| panic!("cannot insert service {key:?}: {error}"));
-            for pool in live.iter().flatten() {
-                self.arenas.release(pool);
-            }
             self.services.insert(*key, pools);
             written.push(state);
         }
@@ -210,9 +219,26 @@ impl TestDataplane {
     }
 
     /// One entry of the backends array, as the kernel reads it.
-    pub fn backend(&self, index: u32) -> Option<Endpoint> {
-        let backends: Array<_, Endpoint> = typed(self.map(map_names::BACKENDS));
+    pub fn backend(&self, index: u32) -> Option<PoolBackend> {
+        let backends: Array<_, PoolBackend> = typed(self.map(map_names::BACKENDS));
         found(backends.get(&index, 0), "backend")
+    }
+
+    /// The counter slot of `backend` in the live pool of `service`'s
+    /// `color`, if it is in that pool.
+    pub fn backend_counter_slot(
+        &self,
+        service: &ServiceKey,
+        color: u8,
+        backend: SocketAddr,
+    ) -> Option<u32> {
+        let pool = self.services.get(service)?[usize::from(color)];
+        self.maps
+            .pool_backends(&pool)
+            .unwrap_or_else(|error| panic!("cannot read a pool of {service:?}: {error}"))
+            .into_iter()
+            .find(|member| member.endpoint == endpoint(backend))
+            .map(|member| member.counter_slot)
     }
 
     pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
@@ -282,6 +308,13 @@ impl TestDataplane {
         self.maps
             .traffic(slot, color)
             .unwrap_or_else(|error| panic!("cannot read traffic counters {slot}/{color}: {error}"))
+    }
+
+    /// Traffic counters of one backend's slot, summed over all CPUs.
+    pub fn backend_traffic(&self, slot: u32) -> TrafficCounters {
+        self.maps
+            .backend_traffic(slot)
+            .unwrap_or_else(|error| panic!("cannot read backend counters {slot}: {error}"))
     }
 
     /// Packets passed untouched for `reason`, summed over all CPUs.

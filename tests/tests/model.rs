@@ -6,19 +6,22 @@
 
 use std::{
     cell::RefCell,
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
 };
 
 use bluegreen::endpoint::Cidr;
 use bluegreen_common::{
-    Endpoint, FlowEntry, FlowKey, PassReason, SERVICE_HAS_PREVIEW, ServiceKey, ServiceState,
-    Settings, Timeouts, TrafficCounters,
+    Endpoint, FlowEntry, FlowKey, PassReason, PoolBackend, SERVICE_HAS_PREVIEW, ServiceKey,
+    ServiceState, Settings, Timeouts, TrafficCounters,
     model::{self, Outcome},
     other_color, traffic_index,
 };
 use bluegreen_testbed::{
-    kernel::{TestDataplane, TestService, XDP_PASS, endpoint, flow_key, hz, now, service_key},
+    kernel::{
+        RETIRED_COUNTER_SLOT, TestDataplane, TestService, XDP_PASS, endpoint, flow_key, hz, now,
+        service_key,
+    },
     packet::{
         ETH_P_8021AD, ETH_P_8021Q, Frame, Ipv6Ext, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
         TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport, verify_checksums, with_outer_tag,
@@ -206,7 +209,7 @@ impl model::Tables for ModelTables<'_> {
         self.dataplane.maglev_entry(chunk, at)
     }
 
-    fn backend(&self, index: u32) -> Option<Endpoint> {
+    fn backend(&self, index: u32) -> Option<PoolBackend> {
         self.dataplane.backend(index)
     }
 
@@ -274,11 +277,14 @@ impl Case {
         flow_key(self.frame.src, self.frame.dst, proto)
     }
 
-    /// `services` name the counter slot that the kernel would have recorded.
+    /// `services` name the counter slot that the kernel would have recorded,
+    /// and `dataplane`'s pools the backend's (a retired backend has none
+    /// left: [`RETIRED_COUNTER_SLOT`]).
     fn existing_entry(
         &self,
         now: u64,
         services: &[(ServiceKey, ServiceState)],
+        dataplane: &TestDataplane,
     ) -> Option<FlowEntry> {
         let existing = self.existing.as_ref()?;
         let ipv6 = self.frame.dst.is_ipv6();
@@ -294,22 +300,21 @@ impl Case {
         // The dataplane records flows only for services, under their slot
         // (and invalidates them when a service goes): an entry for anything
         // else is a state it never reaches.
-        let counter_slot = services
-            .iter()
-            .find(|(service, _)| {
-                service.vip == key.server
-                    && service.port == key.server_port
-                    && service.proto == key.proto
-            })
-            .map(|(_, state)| state.counter_slot as u16)?;
+        let (service, state) = services.iter().find(|(service, _)| {
+            service.vip == key.server
+                && service.port == key.server_port
+                && service.proto == key.proto
+        })?;
         Some(FlowEntry {
             last_seen: now - existing.age_secs * hz(),
             backend: endpoint(backend),
             generation: existing.generation,
             color: existing.color,
             closing: existing.closing as u8,
-            counter_slot,
-            reserved: [0; 4],
+            counter_slot: state.counter_slot as u16,
+            backend_counter_slot: dataplane
+                .backend_counter_slot(service, existing.color, backend)
+                .unwrap_or(RETIRED_COUNTER_SLOT),
         })
     }
 }
@@ -453,6 +458,26 @@ prop_compose! {
     }
 }
 
+/// The counters of every backend in the services' pools, and of the
+/// retired one, by counter slot.
+fn backend_traffic_snapshot(
+    dataplane: &TestDataplane,
+    services: &[(ServiceKey, ServiceState)],
+) -> BTreeMap<u32, TrafficCounters> {
+    let pool_slots = services.iter().flat_map(|(_, state)| {
+        state.pools.iter().flat_map(|pool| {
+            (pool.first_backend..pool.first_backend + pool.backend_count).map(|index| {
+                let member: PoolBackend = dataplane.backend(index).expect("a pool's backend");
+                member.counter_slot
+            })
+        })
+    });
+    pool_slots
+        .chain([RETIRED_COUNTER_SLOT])
+        .map(|slot| (slot, dataplane.backend_traffic(slot)))
+        .collect()
+}
+
 /// Every service's counters for both colors, in slot order.
 fn traffic_snapshot(
     dataplane: &TestDataplane,
@@ -481,11 +506,12 @@ fn check(dataplane: &mut TestDataplane, case: &Case) -> Result<(), TestCaseError
     let frame = case.bytes();
     let existing_key = case.flow_key();
     let before = now();
-    let existing = case.existing_entry(before, &services);
+    let existing = case.existing_entry(before, &services, dataplane);
     if let Some(entry) = existing {
         dataplane.insert_flow(existing_key, entry);
     }
     let traffic_before = traffic_snapshot(dataplane, &services);
+    let backend_traffic_before = backend_traffic_snapshot(dataplane, &services);
     let passed_before = dataplane.passed_all();
 
     let (verdict, output) = dataplane.run_xdp(&frame);
@@ -513,6 +539,7 @@ fn check(dataplane: &mut TestDataplane, case: &Case) -> Result<(), TestCaseError
         .into_iter()
         .collect();
     let mut expected_traffic = traffic_before;
+    let mut expected_backend_traffic = backend_traffic_before;
     let mut expected_passed = passed_before;
     match outcome {
         Outcome::Passed(reason) => expected_passed[reason as usize] += 1,
@@ -543,11 +570,22 @@ fn check(dataplane: &mut TestDataplane, case: &Case) -> Result<(), TestCaseError
                 .find(|(service, _)| service.vip == key.server && service.port == key.server_port)
                 .map(|(_, state)| state)
                 .expect("a rewritten packet belongs to a service");
-            let counters =
-                &mut expected_traffic[traffic_index(service.counter_slot, entry.color) as usize];
-            counters.packets += 1;
-            counters.bytes += frame.len() as u64;
-            counters.new_flows += new_flow as u64;
+            let backend_counters = expected_backend_traffic
+                .get_mut(&entry.backend_counter_slot)
+                .ok_or_else(|| {
+                    TestCaseError::fail(format!(
+                        "the flow counts into slot {}, no backend's",
+                        entry.backend_counter_slot
+                    ))
+                })?;
+            for counters in [
+                &mut expected_traffic[traffic_index(service.counter_slot, entry.color) as usize],
+                backend_counters,
+            ] {
+                counters.packets += 1;
+                counters.bytes += frame.len() as u64;
+                counters.new_flows += new_flow as u64;
+            }
             if new_flow {
                 let reply_key = FlowKey {
                     server: entry.backend.addr,
@@ -567,6 +605,12 @@ fn check(dataplane: &mut TestDataplane, case: &Case) -> Result<(), TestCaseError
         traffic_snapshot(dataplane, &services),
         expected_traffic,
         "traffic counters (slot * 2 + color; outcome {:?})",
+        outcome
+    );
+    prop_assert_eq!(
+        backend_traffic_snapshot(dataplane, &services),
+        expected_backend_traffic,
+        "backend counters by slot (outcome {:?})",
         outcome
     );
     prop_assert_eq!(

@@ -93,9 +93,9 @@ fn referenced_metrics(text: &str) -> BTreeSet<String> {
 }
 
 /// The names of the series a daemon serves once every family has samples:
-/// health checks on, an operator switch to green, then green dies and the
-/// daemon rolls back (switches, rollbacks and the switch time exist only
-/// after that).
+/// health checks and load on, an operator switch to green, then green dies
+/// and the daemon rolls back (switches, rollbacks and the switch time exist
+/// only after that; green's load scrapes fail from then on).
 fn served_metrics() -> BTreeSet<String> {
     // Probes get the whole interval: a slow answer on a loaded machine must
     // not fail blue, or there is no rollback. Dead green is refused at once.
@@ -104,9 +104,12 @@ fn served_metrics() -> BTreeSet<String> {
     let config = fixture.write_config(&config_text(
         "",
         &format!(
-            "\n[service.health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = {interval_ms}\ntimeout_ms = {interval_ms}\nhealthy_threshold = 1\nunhealthy_threshold = 2\n\n[service.auto_rollback]\nwindow_secs = 60\n"
+            "\n[service.health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = {interval_ms}\ntimeout_ms = {interval_ms}\nhealthy_threshold = 1\nunhealthy_threshold = 2\n\n[service.auto_rollback]\nwindow_secs = 60\n\n[service.load]\ninterval_ms = 200\n"
         ),
     ));
+    fixture.set_backend_metrics(
+        "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting 0\n",
+    );
     let _daemon = fixture.start_daemon(&config, &[&format!("--metrics={METRICS}")]);
     fixture.bluegreen.ok(&["switch", "green"]);
     // Let the daemon see the switch, and green healthy, before it dies.
@@ -117,7 +120,9 @@ fn served_metrics() -> BTreeSet<String> {
     let died = Instant::now();
     let text = loop {
         let text = scrape_text(&fixture);
-        if text.contains("\nbluegreen_rollbacks_total{") {
+        if text.contains("\nbluegreen_rollbacks_total{")
+            && text.contains("\nbluegreen_backend_load_scrape_errors_total{")
+        {
             break text;
         }
         assert!(

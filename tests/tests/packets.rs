@@ -9,7 +9,10 @@ use bluegreen_common::{
     TrafficCounters, flow_hash, new_flow_color, other_color,
 };
 use bluegreen_testbed::{
-    kernel::{TC_ACT_OK, TestDataplane, XDP_PASS, endpoint, flow_key, hz, now, service_key},
+    kernel::{
+        RETIRED_COUNTER_SLOT, TC_ACT_OK, TestDataplane, XDP_PASS, endpoint, flow_key, hz, now,
+        service_key,
+    },
     packet::{
         ETH_P_8021AD, ETH_P_8021Q, Frame, Ipv6Ext, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
         TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, Transport, arp_request, verify_checksums,
@@ -187,7 +190,21 @@ impl Setup {
         flow_key(self.client, backend, self.proto_number())
     }
 
-    fn entry(&self, backend: SocketAddr, color: u8, generation: u32) -> FlowEntry {
+    /// The counter slot the dataplane gives `backend` in `color`'s pool;
+    /// [`RETIRED_COUNTER_SLOT`] for one in no pool.
+    fn backend_slot(&self, dataplane: &TestDataplane, backend: SocketAddr, color: u8) -> u32 {
+        dataplane
+            .backend_counter_slot(&service_key(self.vip, self.proto_number()), color, backend)
+            .unwrap_or(RETIRED_COUNTER_SLOT)
+    }
+
+    fn entry(
+        &self,
+        dataplane: &TestDataplane,
+        backend: SocketAddr,
+        color: u8,
+        generation: u32,
+    ) -> FlowEntry {
         FlowEntry {
             last_seen: now(),
             backend: endpoint(backend),
@@ -195,7 +212,7 @@ impl Setup {
             color,
             closing: 0,
             counter_slot: self.slot as u16,
-            reserved: [0; 4],
+            backend_counter_slot: self.backend_slot(dataplane, backend, color),
         }
     }
 
@@ -210,11 +227,23 @@ impl Setup {
         let entry = dataplane
             .flow(&self.flow_key())
             .unwrap_or_else(|| panic!("no flow entry for {} -> {}", self.client, self.vip));
-        let summary = (entry.backend, entry.color, entry.generation, entry.closing);
-        let wanted = (endpoint(backend), color, generation, closing as u8);
+        let summary = (
+            entry.backend,
+            entry.color,
+            entry.generation,
+            entry.closing,
+            entry.backend_counter_slot,
+        );
+        let wanted = (
+            endpoint(backend),
+            color,
+            generation,
+            closing as u8,
+            self.backend_slot(dataplane, backend, color),
+        );
         assert_eq!(
             summary, wanted,
-            "flow entry (backend, color, generation, closing)"
+            "flow entry (backend, color, generation, closing, backend counter slot)"
         );
         entry
     }
@@ -420,6 +449,16 @@ fn new_flow_goes_to_the_active_color(f: Setup) {
         counters(1, input.len(), 1)
     );
     assert_eq!(dataplane.traffic(f.slot, COLOR_GREEN), counters(0, 0, 0));
+    assert_eq!(
+        dataplane.backend_traffic(f.backend_slot(&dataplane, f.blue, COLOR_BLUE)),
+        counters(1, input.len(), 1),
+        "the backend's own counters"
+    );
+    assert_eq!(
+        dataplane.backend_traffic(f.backend_slot(&dataplane, f.green, COLOR_GREEN)),
+        counters(0, 0, 0),
+        "the idle backend's counters"
+    );
 }
 
 fn established_flow_keeps_its_backend(f: Setup) {
@@ -447,7 +486,7 @@ fn established_flow_keeps_its_backend(f: Setup) {
     let pinned = f.other_client();
     dataplane.insert_flow(
         pinned.flow_key(),
-        pinned.entry(pinned.retired, COLOR_GREEN, 1),
+        pinned.entry(&dataplane, pinned.retired, COLOR_GREEN, 1),
     );
     let input = assert_steered(
         &dataplane,
@@ -459,6 +498,11 @@ fn established_flow_keeps_its_backend(f: Setup) {
     assert_eq!(
         dataplane.traffic(f.slot, COLOR_GREEN),
         counters(1, input.len(), 0)
+    );
+    assert_eq!(
+        dataplane.backend_traffic(RETIRED_COUNTER_SLOT),
+        counters(1, input.len(), 0),
+        "counted on the backend counter slot the entry names"
     );
 }
 
@@ -692,7 +736,10 @@ fn expired_or_unknown_flow_takes_the_active_color(f: Setup) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
     dataplane.insert_flow(
         f.flow_key(),
-        aged(f.entry(f.green, COLOR_GREEN, 1), seconds(STALE_SECS)),
+        aged(
+            f.entry(&dataplane, f.green, COLOR_GREEN, 1),
+            seconds(STALE_SECS),
+        ),
     );
     let input = assert_steered(
         &dataplane,
@@ -754,13 +801,13 @@ fn closing_flows_expire_sooner(f: Setup) {
     let age = seconds(TIMEOUTS.tcp_closing_secs + 1);
     let closing = FlowEntry {
         closing: 1,
-        ..f.entry(f.green, COLOR_GREEN, 1)
+        ..f.entry(&dataplane, f.green, COLOR_GREEN, 1)
     };
     dataplane.insert_flow(f.flow_key(), aged(closing, age));
     let open = f.other_client();
     dataplane.insert_flow(
         open.flow_key(),
-        aged(open.entry(f.green, COLOR_GREEN, 1), age),
+        aged(open.entry(&dataplane, f.green, COLOR_GREEN, 1), age),
     );
 
     assert_steered(
@@ -917,7 +964,10 @@ fn egress_ignores_expired_flows(f: Setup) {
     let mut dataplane = f.dataplane(COLOR_BLUE);
     dataplane.insert_flow(
         f.flow_key(),
-        aged(f.entry(f.blue, COLOR_BLUE, 1), seconds(STALE_SECS)),
+        aged(
+            f.entry(&dataplane, f.blue, COLOR_BLUE, 1),
+            seconds(STALE_SECS),
+        ),
     );
     dataplane.insert_reply(f.reply_key(f.blue), endpoint(f.vip));
     let reply = f.reply_from(f.blue).build();

@@ -102,11 +102,36 @@ fn new_connections_avoid_the_replica_with_the_deeper_queue() {
         metric(&metrics, &series("bluegreen_backend_queue_depth", blue[1])),
         40.0
     );
-    assert_at_most_a_quarter(&split(&fixture), "blue-3");
-    // The operator's weights are what the config says.
+    let report = split(&fixture);
+    assert_at_most_a_quarter(&report, "blue-3");
+    // The operator's weights are what the config says; the daemon's load
+    // weights show beside them, and the backends' counters agree between
+    // `status` and the metrics (no traffic in between).
     let status = fixture.service_status();
-    for backend in 0..2 {
-        assert_eq!(status["blue"]["backends"][backend]["weight"], 1, "{status}");
+    let metrics = scrape(&fixture);
+    for (index, (backend, body)) in blue.iter().zip(["blue-2", "blue-3"]).enumerate() {
+        let shown = &status["blue"]["backends"][index];
+        assert_eq!(shown["weight"], 1, "{status}");
+        assert_eq!(shown["load_weight"], [10, 1][index], "{status}");
+        let new_flows = shown["new_flows"].as_u64().expect("new_flows");
+        assert!(
+            new_flows >= report.served_by.get(body).copied().unwrap_or(0),
+            "{body}: {shown} for {report:?}"
+        );
+        assert_eq!(
+            metric(
+                &metrics,
+                &series("bluegreen_backend_new_flows_total", *backend)
+            ),
+            new_flows as f64
+        );
+        assert_eq!(
+            metric(
+                &metrics,
+                &series("bluegreen_backend_packets_total", *backend)
+            ),
+            shown["packets"].as_u64().expect("packets") as f64
+        );
     }
 
     replicas[0].set_metrics(QUEUED);

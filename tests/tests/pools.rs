@@ -8,7 +8,9 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
 };
 
-use bluegreen_common::{COLOR_BLUE, Endpoint, PassReason, ServiceState, Settings, Timeouts};
+use bluegreen_common::{
+    COLOR_BLUE, Endpoint, PassReason, ServiceState, Settings, Timeouts, TrafficCounters,
+};
 use bluegreen_testbed::{
     kernel::{TestDataplane, XDP_PASS, endpoint, flow_key, hz, service_key},
     packet::{Frame, PROTO_TCP, TCP_ACK, TCP_SYN},
@@ -34,6 +36,13 @@ fn client(index: u16) -> SocketAddr {
 /// Blue is active and a pool of `weights.len()` replicas (weight 0: drained);
 /// green, idle, has one backend.
 fn install(dataplane: &mut TestDataplane, weights: &[u32]) {
+    let replicas: Vec<(u8, u32)> = (0..).zip(weights.iter().copied()).collect();
+    install_replicas(dataplane, &replicas);
+}
+
+/// As [`install`], with blue's pool made of the replicas numbered in
+/// `replicas`, each with its weight.
+fn install_replicas(dataplane: &mut TestDataplane, replicas: &[(u8, u32)]) {
     let state = ServiceState {
         generation: 1,
         counter_slot: 0,
@@ -41,10 +50,9 @@ fn install(dataplane: &mut TestDataplane, weights: &[u32]) {
         previous: COLOR_BLUE,
         ..Default::default()
     };
-    let blue = weights
+    let blue = replicas
         .iter()
-        .enumerate()
-        .map(|(index, &weight)| (replica(index as u8), weight))
+        .map(|&(index, weight)| (replica(index), weight))
         .collect();
     let green = vec![(SocketAddr::new(Ipv4Addr::new(10, 0, 2, 1).into(), 8080), 1)];
     dataplane.insert_services(&[(service_key(vip(), PROTO_TCP), state, [blue, green])]);
@@ -196,4 +204,71 @@ fn a_color_with_every_replica_drained_passes_new_flows_and_keeps_open_ones() {
         "nowhere to send a new one"
     );
     assert_eq!(dataplane.passed(PassReason::NoBackend), passed + 1);
+}
+
+/// Each of blue's replicas' counter slot (`None`: not in the pool).
+fn counter_slots(dataplane: &TestDataplane, replicas: u8) -> Vec<Option<u32>> {
+    (0..replicas)
+        .map(|index| {
+            dataplane.backend_counter_slot(
+                &service_key(vip(), PROTO_TCP),
+                COLOR_BLUE,
+                replica(index),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn each_replica_counts_its_own_flows_and_keeps_its_counters_while_the_pool_changes() {
+    let mut dataplane = dataplane();
+    install(&mut dataplane, &[1; 4]);
+    let opened = count(&open_all(&mut dataplane));
+    let slots = counter_slots(&dataplane, 4);
+    let counted: Vec<TrafficCounters> = slots
+        .iter()
+        .map(|slot| dataplane.backend_traffic(slot.expect("in the pool")))
+        .collect();
+    for (index, traffic) in counted.iter().enumerate() {
+        let flows = opened[&endpoint(replica(index as u8))] as u64;
+        assert_eq!(
+            (traffic.packets, traffic.new_flows),
+            (flows, flows),
+            "replica {index}: one SYN per flow it got"
+        );
+    }
+    let color = dataplane.traffic(0, COLOR_BLUE);
+    assert_eq!(
+        counted.iter().map(|traffic| traffic.bytes).sum::<u64>(),
+        color.bytes,
+        "the replicas' bytes add up to the color's"
+    );
+
+    install(&mut dataplane, &[3, 1, 1, 1]);
+    assert_eq!(
+        counter_slots(&dataplane, 4),
+        slots,
+        "a rewritten pool keeps each replica's slot"
+    );
+    for (index, slot) in slots.iter().enumerate() {
+        assert_eq!(
+            dataplane.backend_traffic(slot.expect("in the pool")),
+            counted[index],
+            "replica {index}'s counters run on"
+        );
+    }
+
+    install_replicas(&mut dataplane, &[(0, 1), (1, 1), (2, 1)]);
+    install_replicas(&mut dataplane, &[(0, 1), (1, 1), (2, 1), (4, 1)]);
+    let newcomer = counter_slots(&dataplane, 5)[4];
+    assert_eq!(
+        newcomer, slots[3],
+        "the newcomer takes the slot replica 3 freed"
+    );
+    assert_eq!(
+        dataplane.backend_traffic(newcomer.expect("in the pool")),
+        TrafficCounters::default(),
+        "and counts from zero, not from replica 3's {:?}",
+        counted[3]
+    );
 }

@@ -104,6 +104,29 @@ fn three_replicas_share_new_connections() {
         "{pool:?}"
     );
     assert_eq!(status["blue"]["backends"][0]["weight"], 1, "{status}");
+    // Each replica counts its own: at least one new flow per connection it
+    // served (a retransmitted SYN counts again), and the replicas' packets
+    // and bytes add up to the color's exactly.
+    let backends = status["blue"]["backends"].as_array().expect("backends");
+    for (backend, body) in backends.iter().zip(["blue", "blue-2", "blue-3"]) {
+        let new_flows = backend["new_flows"].as_u64().expect("new_flows");
+        assert!(
+            new_flows >= served[body] && backend["packets"].as_u64() > Some(new_flows),
+            "{body}: served {} connections, counted {backend}",
+            served[body]
+        );
+    }
+    for counter in ["packets", "bytes", "new_flows"] {
+        let replicas: u64 = backends
+            .iter()
+            .map(|backend| backend[counter].as_u64().expect(counter))
+            .sum();
+        assert_eq!(
+            Some(replicas),
+            status["blue"][counter].as_u64(),
+            "{counter}: {status}"
+        );
+    }
     let human = fixture.bluegreen.ok(&["status"]);
     assert!(human.contains("pool of 3"), "{human}");
 }

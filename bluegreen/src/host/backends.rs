@@ -14,7 +14,7 @@ use crate::{
     config::{BackendSpec, PoolSpec, validate_backend, validate_pool},
     endpoint::{Color, to_wire},
     error::{Error, Result},
-    pool::{self, arena::Arenas},
+    pool,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +88,7 @@ impl Host {
         pool: PoolSpec,
     ) -> Result<Duration> {
         let services = open.maps.services()?;
-        let mut arenas = Arenas::new(services.values());
+        let mut arenas = open.maps.arenas(services.values())?;
         let live_pool = *open.live.pool(color.wire());
         let mut updated = open.live;
         updated.pools[usize::from(color.wire())] = pool::write(

@@ -202,7 +202,7 @@ impl Host {
             backends[usize::from(color.wire())] = maps
                 .pool_backends(live.pool(color.wire()))?
                 .iter()
-                .map(|backend| from_wire(key.family, backend))
+                .map(|backend| from_wire(key.family, &backend.endpoint))
                 .collect();
         }
         Ok(OpenService {

@@ -37,7 +37,9 @@ pub(super) fn read_dataplane(layout: &PinLayout, maps: &PinnedMaps) -> Result<Da
         previews.insert(state.counter_slot, maps.preview(state.counter_slot)?);
         for color in Color::BOTH {
             let pool = maps.pool_backends(state.pool(color.wire()))?;
-            let addrs = pool.iter().map(|backend| from_wire(key.family, backend));
+            let addrs = pool
+                .iter()
+                .map(|backend| from_wire(key.family, &backend.endpoint));
             backends.insert((state.counter_slot, color), addrs.collect());
         }
     }

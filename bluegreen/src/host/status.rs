@@ -201,6 +201,9 @@ pub struct BackendStatus {
     pub addr: String,
     /// Configured weight, kept while drained.
     pub weight: u32,
+    /// The weight the daemon gives it under load, in tenths of `weight`
+    /// (`[service.load]`); absent when load does not steer the pool.
+    pub load_weight: Option<u32>,
     /// `active` or `draining` (drained: no new flows).
     pub state: &'static str,
     /// `unhealthy` while the daemon keeps it out of the table for failing
@@ -209,6 +212,10 @@ pub struct BackendStatus {
     pub health: Health,
     /// Live flows kept on it that have not seen a FIN or RST.
     pub active_flows: u64,
+    /// Client-to-backend traffic since it joined the pool.
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
 }
 
 fn interface_status(
@@ -233,33 +240,41 @@ fn interface_status(
             let wire = maps.pool_backends(live.pool(color.wire()))?;
             let addrs: Vec<_> = wire
                 .iter()
-                .map(|backend| from_wire(key.family, backend))
+                .map(|backend| from_wire(key.family, &backend.endpoint))
                 .collect();
             let pool = record.spec.backends(color).aligned(&addrs);
             let backends = pool
                 .backends()
                 .iter()
                 .zip(&wire)
-                .map(|(backend, endpoint)| BackendStatus {
-                    addr: backend.addr.to_string(),
-                    weight: backend.weight,
-                    state: if backend.drained {
-                        "draining"
-                    } else {
-                        "active"
-                    },
-                    health: if backend.unhealthy {
-                        Health::Unhealthy
-                    } else {
-                        Health::Unknown
-                    },
-                    active_flows: flows
-                        .by_backend
-                        .get(&(endpoint.addr, endpoint.port))
-                        .copied()
-                        .unwrap_or(0),
+                .map(|(backend, wire)| {
+                    let traffic = maps.backend_traffic(wire.counter_slot)?;
+                    let endpoint = wire.endpoint;
+                    Ok(BackendStatus {
+                        addr: backend.addr.to_string(),
+                        weight: backend.weight,
+                        load_weight: backend.load_weight,
+                        state: if backend.drained {
+                            "draining"
+                        } else {
+                            "active"
+                        },
+                        health: if backend.unhealthy {
+                            Health::Unhealthy
+                        } else {
+                            Health::Unknown
+                        },
+                        active_flows: flows
+                            .by_backend
+                            .get(&(endpoint.addr, endpoint.port))
+                            .copied()
+                            .unwrap_or(0),
+                        packets: traffic.packets,
+                        bytes: traffic.bytes,
+                        new_flows: traffic.new_flows,
+                    })
                 })
-                .collect::<Vec<_>>();
+                .collect::<Result<Vec<_>>>()?;
             Ok(ColorStatus {
                 backend: backends
                     .first()

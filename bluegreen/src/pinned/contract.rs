@@ -5,9 +5,10 @@ use std::mem::size_of;
 
 use aya::maps::{Map, MapData, MapInfo, MapType, lpm_trie::Key};
 use bluegreen_common::{
-    Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAGLEV_CHUNKS, MAX_BACKENDS, MAX_PREVIEW_PREFIXES,
-    MAX_SERVICES, MaglevChunk, PassReason, PreviewPrefix, ServiceKey, ServiceState, Settings,
-    SwitchCounters, TrafficCounters, VIP_FILTER_WORDS, map_names,
+    Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAGLEV_CHUNKS, MAX_BACKEND_COUNTERS, MAX_BACKENDS,
+    MAX_PREVIEW_PREFIXES, MAX_SERVICES, MaglevChunk, PassReason, PoolBackend, PreviewPrefix,
+    ServiceKey, ServiceState, Settings, SwitchCounters, TrafficCounters, VIP_FILTER_WORDS,
+    map_names,
 };
 
 use super::PinLayout;
@@ -23,7 +24,7 @@ struct MapSpec {
     max_entries: Option<u32>,
 }
 
-fn expected_maps() -> [MapSpec; 13] {
+fn expected_maps() -> [MapSpec; map_names::ALL.len()] {
     [
         MapSpec {
             name: map_names::SERVICES,
@@ -106,8 +107,15 @@ fn expected_maps() -> [MapSpec; 13] {
             name: map_names::BACKENDS,
             kind: MapType::Array,
             key_size: size_of::<u32>(),
-            value_size: size_of::<Endpoint>(),
+            value_size: size_of::<PoolBackend>(),
             max_entries: Some(MAX_BACKENDS),
+        },
+        MapSpec {
+            name: map_names::BACKEND_TRAFFIC,
+            kind: MapType::PerCpuArray,
+            key_size: size_of::<u32>(),
+            value_size: size_of::<TrafficCounters>(),
+            max_entries: Some(MAX_BACKEND_COUNTERS),
         },
         MapSpec {
             name: map_names::SWITCHES,

@@ -1,7 +1,7 @@
 //! The flow and reply tables as userspace reads them, and the one change
 //! it makes to them: moving the flows of a backend that left its pool.
 
-use bluegreen_common::{Endpoint, FlowEntry, FlowKey, Pool, ServiceKey};
+use bluegreen_common::{Endpoint, FlowEntry, FlowKey, Pool, PoolBackend, ServiceKey};
 
 use aya::maps::MapError;
 
@@ -59,7 +59,10 @@ impl PinnedMaps {
             // Already gone is fine: it may have been evicted meanwhile.
             let _ = self.replies.remove(&reply(gone));
             match self.table_backend(pool, bluegreen_common::flow_hash(key))? {
-                Some(backend) => {
+                Some(PoolBackend {
+                    endpoint: backend,
+                    counter_slot,
+                }) => {
                     let vip = Endpoint {
                         addr: key.server,
                         port: key.server_port,
@@ -72,10 +75,15 @@ impl PinnedMaps {
                         .map_err(Error::ebpf(WRITE))?;
                     // Only over the entry still there: never bring back one
                     // the table evicted in between.
-                    match self
-                        .flows
-                        .insert(key, FlowEntry { backend, ..current }, BPF_EXIST)
-                    {
+                    match self.flows.insert(
+                        key,
+                        FlowEntry {
+                            backend,
+                            backend_counter_slot: counter_slot,
+                            ..current
+                        },
+                        BPF_EXIST,
+                    ) {
                         Ok(()) => {}
                         Err(MapError::SyscallError(error))
                             if error.io_error.raw_os_error() == Some(libc::ENOENT) => {}

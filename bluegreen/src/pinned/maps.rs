@@ -9,8 +9,8 @@ use aya::maps::{
 };
 use bluegreen_common::{
     ChangeCause, Endpoint, FlowEntry, FlowKey, MaglevChunk, PREVIEW_FIXED_BITS, PassReason,
-    PreviewPrefix, ServiceKey, ServiceState, Settings, SwitchCounters, Timeouts, TrafficCounters,
-    bitmap_position, map_names, traffic_index, vip_filter_bit,
+    PoolBackend, PreviewPrefix, ServiceKey, ServiceState, Settings, SwitchCounters, Timeouts,
+    TrafficCounters, bitmap_position, map_names, traffic_index, vip_filter_bit,
 };
 
 use super::{PinLayout, contract::open_map};
@@ -27,6 +27,7 @@ pub struct PinnedMaps {
     pub(super) flows: HashMap<MapData, FlowKey, FlowEntry>,
     pub(super) replies: HashMap<MapData, FlowKey, Endpoint>,
     traffic: PerCpuArray<MapData, TrafficCounters>,
+    backend_traffic: PerCpuArray<MapData, TrafficCounters>,
     passed: PerCpuArray<MapData, u64>,
     settings: Array<MapData, Settings>,
     vip_ports: Array<MapData, u32>,
@@ -34,7 +35,7 @@ pub struct PinnedMaps {
     generations: Array<MapData, u32>,
     preview: LpmTrie<MapData, PreviewPrefix, u8>,
     pub(super) maglev: Array<MapData, MaglevChunk>,
-    pub(super) backends: Array<MapData, Endpoint>,
+    pub(super) backends: Array<MapData, PoolBackend>,
     /// `None` when its pin was removed by hand: no program uses the map,
     /// so nothing can re-pin it, and switching must not depend on a
     /// counter; the next `up` creates it afresh.
@@ -88,6 +89,7 @@ impl PinnedMaps {
             flows: open_map(layout, map_names::FLOWS)?,
             replies: open_map(layout, map_names::REPLIES)?,
             traffic: open_map(layout, map_names::TRAFFIC)?,
+            backend_traffic: open_map(layout, map_names::BACKEND_TRAFFIC)?,
             passed: open_map(layout, map_names::PASSED)?,
             settings: open_map(layout, map_names::SETTINGS)?,
             vip_ports: open_map(layout, map_names::VIP_PORTS)?,
@@ -257,18 +259,16 @@ impl PinnedMaps {
     /// used.
     pub fn reset_counters(&mut self, counter_slot: u32) -> Result<()> {
         self.set_switch_counters(counter_slot, SwitchCounters::default())?;
-        let cpus = aya::util::nr_cpus().map_err(|(what, error)| Error::Io {
-            action: format!("cannot count CPUs ({what})"),
-            source: error,
-        })?;
         for color in Color::BOTH {
-            let zeros = PerCpuValues::try_from(vec![TrafficCounters::default(); cpus])
-                .map_err(Error::ebpf("cannot size per-CPU counters"))?;
-            self.traffic
-                .set(traffic_index(counter_slot, color.wire()), zeros, 0)
-                .map_err(Error::ebpf("cannot reset traffic counters"))?;
+            zero_traffic(&mut self.traffic, traffic_index(counter_slot, color.wire()))?;
         }
         Ok(())
+    }
+
+    /// Zeroes a backend counter slot, for a backend that takes over a slot
+    /// another one used.
+    pub(super) fn reset_backend_traffic(&mut self, counter_slot: u32) -> Result<()> {
+        zero_traffic(&mut self.backend_traffic, counter_slot)
     }
 
     pub fn settings(&self) -> Result<Settings> {
@@ -293,17 +293,13 @@ impl PinnedMaps {
 
     /// One service's traffic on one color, summed over all CPUs.
     pub fn traffic(&self, counter_slot: u32, color: u8) -> Result<TrafficCounters> {
-        let per_cpu = self
-            .traffic
-            .get(&traffic_index(counter_slot, color), 0)
-            .map_err(Error::ebpf("cannot read traffic counters"))?;
-        Ok(per_cpu
-            .iter()
-            .fold(TrafficCounters::default(), |sum, cpu| TrafficCounters {
-                packets: sum.packets + cpu.packets,
-                bytes: sum.bytes + cpu.bytes,
-                new_flows: sum.new_flows + cpu.new_flows,
-            }))
+        summed_traffic(&self.traffic, traffic_index(counter_slot, color))
+    }
+
+    /// One backend's traffic ([`PoolBackend::counter_slot`]), summed over
+    /// all CPUs.
+    pub fn backend_traffic(&self, counter_slot: u32) -> Result<TrafficCounters> {
+        summed_traffic(&self.backend_traffic, counter_slot)
     }
 
     pub fn passed(&self, reason: PassReason) -> Result<u64> {
@@ -348,4 +344,31 @@ impl PinnedMaps {
             None => Ok(()),
         }
     }
+}
+
+fn summed_traffic(
+    map: &PerCpuArray<MapData, TrafficCounters>,
+    index: u32,
+) -> Result<TrafficCounters> {
+    let per_cpu = map
+        .get(&index, 0)
+        .map_err(Error::ebpf("cannot read traffic counters"))?;
+    Ok(per_cpu
+        .iter()
+        .fold(TrafficCounters::default(), |sum, cpu| TrafficCounters {
+            packets: sum.packets + cpu.packets,
+            bytes: sum.bytes + cpu.bytes,
+            new_flows: sum.new_flows + cpu.new_flows,
+        }))
+}
+
+fn zero_traffic(map: &mut PerCpuArray<MapData, TrafficCounters>, index: u32) -> Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, error)| Error::Io {
+        action: format!("cannot count CPUs ({what})"),
+        source: error,
+    })?;
+    let zeros = PerCpuValues::try_from(vec![TrafficCounters::default(); cpus])
+        .map_err(Error::ebpf("cannot size per-CPU counters"))?;
+    map.set(index, zeros, 0)
+        .map_err(Error::ebpf("cannot reset traffic counters"))
 }

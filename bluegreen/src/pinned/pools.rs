@@ -1,7 +1,9 @@
 //! The pools' shared arrays: their backends and their packed lookup
 //! tables, written beside the live ones (see [`Arenas`]).
 
-use bluegreen_common::{Endpoint, MAGLEV_CHUNK, MaglevChunk, Pool, maglev_position};
+use bluegreen_common::{
+    MAGLEV_CHUNK, MaglevChunk, Pool, PoolBackend, ServiceState, maglev_position,
+};
 
 use super::PinnedMaps;
 use crate::{
@@ -10,6 +12,36 @@ use crate::{
 };
 
 impl PinnedMaps {
+    /// The arenas as `live` uses them, the counter slots of its pools'
+    /// backends included.
+    pub fn arenas<'a>(
+        &self,
+        live: impl IntoIterator<Item = &'a ServiceState> + Clone,
+    ) -> Result<Arenas> {
+        let mut arenas = Arenas::new(live.clone());
+        for state in live {
+            for pool in &state.pools {
+                for backend in self.pool_backends(pool)? {
+                    arenas.counters.reserve(backend.counter_slot);
+                }
+            }
+        }
+        Ok(arenas)
+    }
+
+    /// The counter slot for a backend new to its pool, its counters
+    /// zeroed (the slot may have been another backend's).
+    pub fn new_backend_counter(&mut self, arenas: &mut Arenas) -> Result<u32> {
+        let slot = arenas
+            .counters
+            .allocate()
+            .ok_or(Error::PoolSpaceExhausted {
+                what: "backend counters",
+            })?;
+        self.reset_backend_traffic(slot)?;
+        Ok(slot)
+    }
+
     /// Writes a pool's backends and lookup table into free space of the
     /// shared arrays (never over a live pool) and returns
     /// the pool to put in the service's state. `table` holds indices into
@@ -17,7 +49,7 @@ impl PinnedMaps {
     pub fn write_pool(
         &mut self,
         arenas: &mut Arenas,
-        backends: &[Endpoint],
+        backends: &[PoolBackend],
         table: &[u8],
     ) -> Result<Pool> {
         let size = u32::try_from(table.len()).expect("tables are small");
@@ -51,7 +83,7 @@ impl PinnedMaps {
     }
 
     /// A pool's backends, in pool order.
-    pub fn pool_backends(&self, pool: &Pool) -> Result<Vec<Endpoint>> {
+    pub fn pool_backends(&self, pool: &Pool) -> Result<Vec<PoolBackend>> {
         backend_run(pool)
             .map(|index| {
                 self.backends
@@ -63,7 +95,7 @@ impl PinnedMaps {
 
     /// The backend `pool`'s table gives a flow hash, as the kernel picks
     /// it for a new flow; `None` when no backend takes new flows.
-    pub(super) fn table_backend(&self, pool: &Pool, hash: u32) -> Result<Option<Endpoint>> {
+    pub(super) fn table_backend(&self, pool: &Pool, hash: u32) -> Result<Option<PoolBackend>> {
         let Some((chunk, at)) = maglev_position(pool, hash) else {
             return Ok(None);
         };

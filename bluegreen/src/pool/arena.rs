@@ -2,10 +2,14 @@
 //! `BG_BACKENDS` in entries): which runs the live services use, and where a
 //! new run fits. A changed pool is written to free space beside the live
 //! one, and the old run is freed only once the service points elsewhere.
+//! Backend counter slots are allocated one by one beside them.
 
-use std::{collections::BTreeMap, ops::Range};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ops::Range,
+};
 
-use bluegreen_common::{MAGLEV_CHUNK, Pool, ServiceState};
+use bluegreen_common::{MAGLEV_CHUNK, MAX_BACKEND_COUNTERS, Pool, ServiceState};
 
 /// The runs in use in an array of `capacity` elements.
 #[derive(Clone, Debug)]
@@ -68,18 +72,49 @@ pub fn backend_run(pool: &Pool) -> Range<u32> {
     pool.first_backend..pool.first_backend + pool.backend_count
 }
 
-/// The two arenas as the live services use them.
+/// The backend counter slots live pools' backends hold. A slot is freed
+/// only when the arenas are read afresh from the live pools, which every
+/// operation does: a backend that left one pool of an operation may still
+/// be in another, or in the same color's next pool.
+#[derive(Clone, Debug, Default)]
+pub struct CounterSlots {
+    used: BTreeSet<u32>,
+    /// No free slot below it: slots are never released, so each search
+    /// goes on from where the last one stopped.
+    searched_up_to: u32,
+}
+
+impl CounterSlots {
+    pub fn reserve(&mut self, slot: u32) {
+        self.used.insert(slot);
+    }
+
+    /// The lowest free slot, now marked as used; `None` when all are taken.
+    pub fn allocate(&mut self) -> Option<u32> {
+        let slot =
+            (self.searched_up_to..MAX_BACKEND_COUNTERS).find(|slot| !self.used.contains(slot))?;
+        self.used.insert(slot);
+        self.searched_up_to = slot + 1;
+        Some(slot)
+    }
+}
+
+/// The arenas as the live services use them.
 #[derive(Clone, Debug)]
 pub struct Arenas {
     pub tables: Arena,
     pub backends: Arena,
+    pub counters: CounterSlots,
 }
 
 impl Arenas {
+    /// The arenas with the live pools' runs reserved; their backends'
+    /// counter slots are the caller's to reserve (they are in the maps).
     pub fn new<'a>(live: impl IntoIterator<Item = &'a ServiceState>) -> Self {
         let mut arenas = Arenas {
             tables: Arena::new(bluegreen_common::MAGLEV_CHUNKS),
             backends: Arena::new(bluegreen_common::MAX_BACKENDS),
+            counters: CounterSlots::default(),
         };
         for state in live {
             for pool in &state.pools {
@@ -139,5 +174,18 @@ mod tests {
         assert_eq!(arenas.backends.allocate(1), Some(3..4));
         arenas.release(&state.pools[0]);
         assert_eq!(arenas.tables.allocate(2), Some(0..2));
+    }
+
+    #[test]
+    fn counter_slots_go_to_the_lowest_free_one() {
+        let mut slots = CounterSlots::default();
+        slots.reserve(0);
+        slots.reserve(2);
+        assert_eq!(slots.allocate(), Some(1));
+        assert_eq!(slots.allocate(), Some(3));
+        for _ in 4..MAX_BACKEND_COUNTERS {
+            assert!(slots.allocate().is_some());
+        }
+        assert_eq!(slots.allocate(), None, "every slot is taken");
     }
 }

@@ -5,9 +5,9 @@
 pub mod arena;
 pub mod maglev;
 
-use std::net::SocketAddr;
+use std::{collections::HashMap, net::SocketAddr};
 
-use bluegreen_common::Pool;
+use bluegreen_common::{Pool, PoolBackend};
 
 use crate::{endpoint::to_wire, error::Result, pinned::PinnedMaps};
 use arena::Arenas;
@@ -16,7 +16,8 @@ use arena::Arenas;
 /// drained backend: it keeps its flows and gets no new one) and returns
 /// it. The table keeps the size of `live`, the color's current pool, while
 /// that is still at least 100 entries per backend: with the same size, a
-/// backend leaving moves only the flows it had.
+/// backend leaving moves only the flows it had. A backend already in
+/// `live` keeps its counter slot, so its counters run on.
 pub fn write(
     maps: &mut PinnedMaps,
     arenas: &mut Arenas,
@@ -25,6 +26,27 @@ pub fn write(
 ) -> Result<Pool> {
     let size = maglev::table_size_keeping(live.map(|pool| pool.table_size), backends.len());
     let table = maglev::build(backends, size);
-    let endpoints: Vec<_> = backends.iter().map(|(addr, _)| to_wire(*addr)).collect();
-    maps.write_pool(arenas, &endpoints, &table)
+    let kept: HashMap<_, _> = match live {
+        Some(live) => maps
+            .pool_backends(live)?
+            .into_iter()
+            .map(|backend| (backend.endpoint, backend.counter_slot))
+            .collect(),
+        None => HashMap::new(),
+    };
+    let members = backends
+        .iter()
+        .map(|(addr, _)| {
+            let endpoint = to_wire(*addr);
+            let counter_slot = match kept.get(&endpoint) {
+                Some(&slot) => slot,
+                None => maps.new_backend_counter(arenas)?,
+            };
+            Ok(PoolBackend {
+                endpoint,
+                counter_slot,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    maps.write_pool(arenas, &members, &table)
 }
