@@ -163,12 +163,16 @@ pub fn print_status(report: &StatusReport) {
                     status.closing_flows
                 );
                 for backend in status.backends.iter().filter(|_| pool) {
-                    let load = backend.load_weight.map_or(String::new(), |tenths| {
-                        format!(
-                            " (under load {})",
-                            f64::from(tenths) / f64::from(load::SCALE)
-                        )
-                    });
+                    let load = match (backend.load_weight, backend.load_unreadable) {
+                        (_, true) => " (load unreadable: weight kept)".to_owned(),
+                        (Some(tenths), false) => {
+                            format!(
+                                " (under load {})",
+                                f64::from(tenths) / f64::from(load::SCALE)
+                            )
+                        }
+                        (None, false) => String::new(),
+                    };
                     println!(
                         "          {:<24} packets {:>10}  bytes {:>12}  new flows {:>8}  active flows {:>6}  weight {}{load}  {}{}",
                         backend.addr,

@@ -154,4 +154,30 @@ fn new_connections_avoid_the_replica_with_the_deeper_queue() {
         "{metrics:#?}"
     );
     assert_at_most_a_quarter(&split(&fixture), "blue-2");
+    let unreadable = |fixture: &Fixture| {
+        fixture.service_status()["blue"]["backends"][0]["load_unreadable"] == true
+    };
+    wait_status(&fixture, "status shows blue-2's load unreadable", || {
+        unreadable(&fixture)
+    });
+    let human = fixture.bluegreen.ok(&["status"]);
+    assert!(human.contains("load unreadable: weight kept"), "{human}");
+
+    replicas[0].set_metrics(QUEUED);
+    wait_status(&fixture, "status shows blue-2's load read again", || {
+        !unreadable(&fixture)
+    });
+}
+
+/// Polls `status` until `done` holds, at most [`WEIGHT_DEADLINE`].
+fn wait_status(fixture: &Fixture, what: &str, done: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < WEIGHT_DEADLINE,
+            "not {what} after {WEIGHT_DEADLINE:?}: {}",
+            fixture.service_status()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -36,6 +36,11 @@ pub struct BackendSpec {
     /// a `backend` command keeps the split until the daemon's next scrape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_weight: Option<u32>,
+    /// Runtime state set by the daemon: its last scrape of the backend's
+    /// load failed, so `load_weight` is the last one it could read. In the
+    /// state file so that `status` shows it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub load_unreadable: bool,
 }
 
 fn default_weight() -> u32 {
@@ -50,6 +55,7 @@ impl BackendSpec {
             drained: false,
             unhealthy: false,
             load_weight: None,
+            load_unreadable: false,
         }
     }
 
@@ -145,11 +151,17 @@ impl PoolSpec {
     }
 
     /// The pool with each backend's load weight set to what `load_weight`
-    /// gives it (`None`: its operator weight alone).
-    pub fn with_load(&self, load_weight: impl Fn(&BackendSpec) -> Option<u32>) -> PoolSpec {
+    /// gives it (`None`: its operator weight alone), and marked unreadable
+    /// if `unreadable` says its load could not be read.
+    pub fn with_load(
+        &self,
+        load_weight: impl Fn(&BackendSpec) -> Option<u32>,
+        unreadable: impl Fn(&BackendSpec) -> bool,
+    ) -> PoolSpec {
         let mut pool = self.clone();
         for backend in &mut pool.0 {
             backend.load_weight = load_weight(backend);
+            backend.load_unreadable = unreadable(backend);
         }
         pool
     }
@@ -187,6 +199,7 @@ impl PoolSpec {
             backend.drained = known.is_some_and(|known| known.drained);
             backend.unhealthy = known.is_some_and(|known| known.unhealthy);
             backend.load_weight = known.and_then(|known| known.load_weight);
+            backend.load_unreadable = known.is_some_and(|known| known.load_unreadable);
         }
     }
 
@@ -276,6 +289,9 @@ impl fmt::Display for PoolSpec {
             }
             if let Some(load_weight) = backend.load_weight {
                 write!(f, " (load weight {load_weight}/{})", load::SCALE)?;
+            }
+            if backend.load_unreadable {
+                f.write_str(" (load unreadable)")?;
             }
         }
         Ok(())

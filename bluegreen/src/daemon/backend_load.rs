@@ -83,12 +83,19 @@ pub(super) async fn watch_load(host: Host, name: String, observations: Shared) {
                     wanted.insert(backend.addr, weight);
                 }
             }
-            // The interface lock only when the table must change.
+            let unreadable: BTreeSet<SocketAddr> = failing
+                .iter()
+                .filter(|(of, _)| *of == color)
+                .map(|(_, addr)| *addr)
+                .collect();
+            // The interface lock only when the table must change, or
+            // whether a backend's load can be read (for `status`).
             let material = pool.backends().iter().any(|backend| {
                 changed_materially(backend.weight, current(backend), wanted[&backend.addr])
+                    || backend.load_unreadable != unreadable.contains(&backend.addr)
             });
             let table = if material {
-                apply(&host, &name, color, wanted).await
+                apply(&host, &name, color, wanted, unreadable).await
             } else {
                 None
             };
@@ -112,19 +119,24 @@ pub(super) async fn watch_load(host: Host, name: String, observations: Shared) {
     }
 }
 
-/// Rebuilds `color`'s table with the `wanted` load weights; the pool
-/// written, or `None` when nothing was (already so, or it failed: logged).
+/// Rebuilds `color`'s table with the `wanted` load weights, and records
+/// which backends' loads are `unreadable`; the pool written, or `None` when
+/// nothing was (already so, or it failed: logged).
 async fn apply(
     host: &Host,
     name: &str,
     color: Color,
     wanted: BTreeMap<SocketAddr, u32>,
+    unreadable: BTreeSet<SocketAddr>,
 ) -> Option<PoolSpec> {
     let (host, service) = (host.clone(), name.to_owned());
     let applied = tokio::task::spawn_blocking(move || {
         host.apply_runtime(&service, color, |pool| {
             // A backend added since the scrape keeps what it has.
-            pool.with_load(|backend| wanted.get(&backend.addr).copied().or(backend.load_weight))
+            pool.with_load(
+                |backend| wanted.get(&backend.addr).copied().or(backend.load_weight),
+                |backend| unreadable.contains(&backend.addr),
+            )
         })
     })
     .await;

@@ -78,25 +78,30 @@ impl Host {
         Ok((open.name().to_owned(), old))
     }
 
-    /// Writes `pool` as `color`'s pool beside the live one, keeping the
-    /// live table's size (so only the flows of a backend that changed
-    /// move), records it and flips the service to it with [`Host::commit`].
+    /// Writes `pool` as `color`'s pool beside the live one when its table
+    /// changes, keeping the live table's size (so only the flows of a
+    /// backend that changed move), records it and flips the service to it
+    /// with [`Host::commit`].
     pub(super) fn replace_pool(
         &self,
         open: &mut OpenService,
         color: Color,
         pool: PoolSpec,
     ) -> Result<Duration> {
-        let services = open.maps.services()?;
-        let mut arenas = open.maps.arenas(services.values())?;
-        let live_pool = *open.live.pool(color.wire());
         let mut updated = open.live;
-        updated.pools[usize::from(color.wire())] = pool::write(
-            &mut open.maps,
-            &mut arenas,
-            &pool.weighted(),
-            Some(&live_pool),
-        )?;
+        // What the table does not hold (a load that could not be read) is
+        // only recorded.
+        if pool.weighted() != open.pool(color).weighted() {
+            let services = open.maps.services()?;
+            let mut arenas = open.maps.arenas(services.values())?;
+            let live_pool = *open.live.pool(color.wire());
+            updated.pools[usize::from(color.wire())] = pool::write(
+                &mut open.maps,
+                &mut arenas,
+                &pool.weighted(),
+                Some(&live_pool),
+            )?;
+        }
         open.backends[usize::from(color.wire())] = pool.addrs().collect();
         *open.record_mut().spec.backends_mut(color) = pool;
         self.commit(open, updated)

@@ -131,7 +131,7 @@ pub(super) fn reconcile_services(
                     *pool = pool.with_health(|_| false);
                 }
                 if !weighed {
-                    *pool = pool.with_load(|_| None);
+                    *pool = pool.with_load(|_| None, |_| false);
                 }
             }
         }

@@ -204,6 +204,9 @@ pub struct BackendStatus {
     /// The weight the daemon gives it under load, in tenths of `weight`
     /// (`[service.load]`); absent when load does not steer the pool.
     pub load_weight: Option<u32>,
+    /// The daemon's last scrape of its load failed: `load_weight` is the
+    /// last one it read.
+    pub load_unreadable: bool,
     /// `active` or `draining` (drained: no new flows).
     pub state: &'static str,
     /// `unhealthy` while the daemon keeps it out of the table for failing
@@ -254,6 +257,7 @@ fn interface_status(
                         addr: backend.addr.to_string(),
                         weight: backend.weight,
                         load_weight: backend.load_weight,
+                        load_unreadable: backend.load_unreadable,
                         state: if backend.drained {
                             "draining"
                         } else {

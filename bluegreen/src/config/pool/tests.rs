@@ -218,8 +218,10 @@ fn load_weights_are_runtime_state_in_tenths_beside_the_operators_weights() {
         [2, 1, 1],
         "no load weight: the operator's as before"
     );
-    let mut weighed =
-        pool.with_load(|backend| (backend.addr.port() == 80 && backend.weight == 2).then_some(3));
+    let mut weighed = pool.with_load(
+        |backend| (backend.addr.port() == 80 && backend.weight == 2).then_some(3),
+        |backend| backend.weight == 2,
+    );
     weighed.backends_mut()[2].drained = true;
     let weights: Vec<u32> = weighed
         .weighted()
@@ -239,7 +241,16 @@ fn load_weights_are_runtime_state_in_tenths_beside_the_operators_weights() {
     let mut reloaded = pool.clone();
     reloaded.keep_runtime_state(&weighed);
     assert_eq!(reloaded.backends()[0].load_weight, Some(3));
-    let lifted = reloaded.with_load(|_| None);
+    assert!(
+        reloaded.backends()[0].load_unreadable,
+        "a reload keeps that its load could not be read"
+    );
+    assert_eq!(
+        reloaded.to_string(),
+        "10.1.0.2:80 (weight 2) (load weight 3/10) (load unreadable), 10.1.0.3:80, 10.1.0.4:80 (drained)"
+    );
+    let lifted = reloaded.with_load(|_| None, |_| false);
+    assert!(!lifted.backends()[0].load_unreadable);
     assert_eq!(
         lifted.weighted(),
         [
