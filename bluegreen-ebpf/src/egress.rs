@@ -1,16 +1,18 @@
 //! TC egress: a backend's reply to a tracked flow leaves with the VIP as its
 //! source, so the client only ever sees the address it connected to.
 
-use core::mem::size_of;
-
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use bluegreen_common::{FAMILY_IPV4, FlowKey, IPPROTO_UDP, PassReason, checksum::address_delta};
+use bluegreen_common::{
+    FAMILY_IPV4, FlowKey, IPPROTO_UDP, PassReason,
+    checksum::{address_delta, apply_delta},
+};
 
 use crate::{
     maps::{BG_FLOWS, BG_REPLIES, settings},
+    packet,
     parse::{Direction, PacketBytes, parse},
 };
 
@@ -22,12 +24,10 @@ impl PacketBytes for SkbPacket<'_> {
     /// call that costs more than the rest of the program.
     #[inline(always)]
     fn read<T: Copy>(&self, offset: usize) -> Result<T, PassReason> {
-        let start = self.0.data();
-        if start + offset + size_of::<T>() <= self.0.data_end() {
-            // SAFETY: bounds checked just above; packet data has no alignment.
-            return Ok(unsafe { ((start + offset) as *const T).read_unaligned() });
+        match packet::read(self.0, offset) {
+            Ok(value) => Ok(value),
+            Err(_) => self.0.load(offset).map_err(|_| PassReason::Malformed),
         }
-        self.0.load(offset).map_err(|_| PassReason::Malformed)
     }
 }
 
@@ -55,32 +55,43 @@ pub fn try_egress(ctx: &TcContext) -> Result<(), PassReason> {
         return Err(PassReason::NotService);
     }
 
+    // Addresses, port and the IPv4 header checksum are written directly,
+    // which needs them in the linear part: ordinary replies have them
+    // there, any other is pulled in first.
+    let l4_check_at = headers.l4_checksum_offset();
+    let rewritten_end = l4_check_at + 2;
+    if ctx.data() + rewritten_end > ctx.data_end() {
+        ctx.pull_data(rewritten_end as u32)
+            .map_err(|_| PassReason::Malformed)?;
+    }
+    let delta = address_delta(&backend, &vip.addr, headers.addr_len());
+    if headers.family == FAMILY_IPV4 {
+        let ip_check: [u8; 2] = packet::read(ctx, headers.l3 + 10)?;
+        packet::write(ctx, headers.l3 + 10, apply_delta(ip_check, delta))?;
+        let [a, b, c, d, ..] = vip.addr;
+        packet::write(ctx, headers.src_addr_offset(), [a, b, c, d])?;
+    } else {
+        packet::write(ctx, headers.src_addr_offset(), vip.addr)?;
+    }
+    packet::write(ctx, headers.l4, vip.port)?;
+
+    // The transport checksum by helper: only the kernel knows whether the
+    // field holds a complete checksum or, for a reply sent from this host
+    // with checksum offload, a pseudo-header sum that the port does not
+    // enter.
     let mangled_zero = if headers.proto == IPPROTO_UDP {
         BPF_F_MARK_MANGLED_0 as u64
     } else {
         0
     };
-    let l4_check_at = headers.l4_checksum_offset();
-    let delta = address_delta(&backend, &vip.addr, headers.addr_len()) as u64;
     let failed = |_| PassReason::Malformed;
-    if headers.family == FAMILY_IPV4 {
-        let [a, b, c, d, ..] = vip.addr;
-        ctx.store(headers.src_addr_offset(), &[a, b, c, d], 0)
-            .map_err(failed)?;
-        ctx.l3_csum_replace(headers.l3 + 10, 0, delta, 0)
-            .map_err(failed)?;
-    } else {
-        ctx.store(headers.src_addr_offset(), &vip.addr, 0)
-            .map_err(failed)?;
-    }
     ctx.l4_csum_replace(
         l4_check_at,
         0,
-        delta,
+        delta as u64,
         BPF_F_PSEUDO_HDR as u64 | mangled_zero,
     )
     .map_err(failed)?;
-    ctx.store(headers.l4, &vip.port, 0).map_err(failed)?;
     ctx.l4_csum_replace(
         l4_check_at,
         u16::from_ne_bytes(backend_port) as u64,

@@ -1,8 +1,6 @@
 //! XDP ingress: client -> VIP packets are rewritten to the backend of the
 //! color their flow is pinned to.
 
-use core::mem::size_of;
-
 use aya_ebpf::{helpers::bpf_jiffies64, programs::XdpContext};
 use aya_log_ebpf::warn;
 use bluegreen_common::{
@@ -18,6 +16,7 @@ use crate::{
         BG_BACKEND_TRAFFIC, BG_FLOWS, BG_REPLIES, BG_SERVICES, BG_TRAFFIC, current_generation,
         in_preview, pool_backend, port_has_service, settings, vip_may_match,
     },
+    packet,
     parse::{Direction, Headers, PacketBytes, parse},
 };
 
@@ -25,19 +24,8 @@ struct XdpPacket<'a>(&'a XdpContext);
 
 impl XdpPacket<'_> {
     #[inline(always)]
-    fn at<T>(&self, offset: usize) -> Result<*mut T, PassReason> {
-        let start = self.0.data();
-        if start + offset + size_of::<T>() > self.0.data_end() {
-            return Err(PassReason::Malformed);
-        }
-        Ok((start + offset) as *mut T)
-    }
-
-    #[inline(always)]
     fn write<T>(&self, offset: usize, value: T) -> Result<(), PassReason> {
-        // SAFETY: `at` checked the bounds; packet data has no alignment.
-        unsafe { self.at::<T>(offset)?.write_unaligned(value) };
-        Ok(())
+        packet::write(self.0, offset, value)
     }
 
     #[inline(always)]
@@ -49,8 +37,7 @@ impl XdpPacket<'_> {
 impl PacketBytes for XdpPacket<'_> {
     #[inline(always)]
     fn read<T: Copy>(&self, offset: usize) -> Result<T, PassReason> {
-        // SAFETY: `at` checked the bounds; packet data has no alignment.
-        Ok(unsafe { self.at::<T>(offset)?.read_unaligned() })
+        packet::read(self.0, offset)
     }
 }
 
@@ -61,10 +48,13 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
     if !port_has_service(u16::from_be_bytes(vip_port)) {
         return Err(PassReason::NotService);
     }
-    let flow_key = headers.flow_key(&packet, Direction::ToServer)?;
-    if !vip_may_match(&flow_key.server, flow_key.server_port) {
+    // The destination alone before the whole key: most packets to a
+    // service port but another address leave here.
+    let vip = headers.read_addr(&packet, headers.dst_addr_offset())?;
+    if !vip_may_match(&vip, vip_port) {
         return Err(PassReason::NotService);
     }
+    let flow_key = headers.flow_key(&packet, Direction::ToServer)?;
     let tcp_flags: u8 = if headers.proto == IPPROTO_TCP {
         packet.read(headers.l4 + 13)?
     } else {

@@ -7,6 +7,7 @@
 mod egress;
 mod ingress;
 mod maps;
+mod packet;
 mod parse;
 mod runtime;
 

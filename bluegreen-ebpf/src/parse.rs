@@ -1,8 +1,8 @@
 //! Header parsing shared by the XDP and TC programs.
 //!
 //! Both programs walk the same headers; they differ only in how bytes are
-//! read (direct packet pointers in XDP, `bpf_skb_load_bytes` in TC), which
-//! [`PacketBytes`] hides.
+//! read (direct packet pointers in XDP; in TC too, with `bpf_skb_load_bytes`
+//! for bytes beyond the linear part), which [`PacketBytes`] hides.
 
 use bluegreen_common::{
     FAMILY_IPV4, FAMILY_IPV6, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason,
