@@ -86,7 +86,7 @@ pub fn vip_filter_bit(addr: &[u8; 16], port: [u8; 2]) -> u32 {
 pub mod map_names {
     pub const SERVICES: &str = "BG_SERVICES";
     pub const FLOWS: &str = "BG_FLOWS";
-    pub const REPLIES: &str = "BG_REPLIES";
+    pub const BACKEND_VIPS: &str = "BG_BACKEND_VIPS";
     pub const TRAFFIC: &str = "BG_TRAFFIC";
     pub const PASSED: &str = "BG_PASSED";
     pub const SETTINGS: &str = "BG_SETTINGS";
@@ -101,7 +101,7 @@ pub mod map_names {
     pub const ALL: [&str; 14] = [
         SERVICES,
         FLOWS,
-        REPLIES,
+        BACKEND_VIPS,
         TRAFFIC,
         PASSED,
         SETTINGS,
@@ -144,7 +144,33 @@ pub struct ServiceKey {
     pub family: u8,
 }
 
+/// Key of the backend-to-VIP map: a backend as its replies name it (the
+/// source of a reply), for the egress program to find the VIP to restore.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendKey {
+    pub addr: [u8; 16],
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Backends the backend-to-VIP map holds: every pool's, and those that
+/// left a pool but may still have flows (kept until their service goes).
+pub const MAX_BACKEND_VIPS: u32 = MAX_BACKENDS;
+
 impl FlowKey {
+    /// The backend a reply-direction key (client to backend) names.
+    #[inline(always)]
+    pub fn backend_key(&self) -> BackendKey {
+        BackendKey {
+            addr: self.server,
+            port: self.server_port,
+            proto: self.proto,
+            family: self.family,
+        }
+    }
+
     /// The service a client-to-VIP flow belongs to.
     #[inline(always)]
     pub fn service_key(&self) -> ServiceKey {
@@ -574,6 +600,7 @@ mod pod {
     // arrays, and spell out their padding, so every bit pattern is valid.
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::BackendKey {}
     unsafe impl aya::Pod for super::ServiceState {}
     unsafe impl aya::Pod for super::Pool {}
     unsafe impl aya::Pod for super::PoolBackend {}
@@ -596,6 +623,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<Endpoint>(), 20);
         assert_eq!(size_of::<ServiceKey>(), 20);
+        assert_eq!(size_of::<BackendKey>(), 20);
         assert_eq!(size_of::<Pool>(), 16);
         assert_eq!(size_of::<PoolBackend>(), 20 + 4);
         assert_eq!(size_of::<ServiceState>(), 2 * 16 + 4 + 4 + 4);

@@ -11,7 +11,7 @@ use bluegreen_common::{
 };
 
 use crate::{
-    maps::{BG_FLOWS, BG_REPLIES, settings},
+    maps::{BG_BACKEND_VIPS, BG_FLOWS, settings},
     packet,
     parse::{Direction, PacketBytes, parse},
 };
@@ -36,15 +36,17 @@ pub fn try_egress(ctx: &TcContext) -> Result<(), PassReason> {
     let headers = parse(&packet)?;
     let reply_key = headers.flow_key(&packet, Direction::ToClient)?;
     let (backend, backend_port) = (reply_key.server, reply_key.server_port);
-    // SAFETY: LRU values may be recycled under us; everything read from them
-    // is copied at once and re-checked against the flow entry below.
-    let vip = *unsafe { BG_REPLIES.get(reply_key) }.ok_or(PassReason::NotService)?;
+    // SAFETY: the map is not preallocated, so the element stays intact for
+    // the rest of this RCU section; the value is copied at once anyway.
+    let vip =
+        *unsafe { BG_BACKEND_VIPS.get(reply_key.backend_key()) }.ok_or(PassReason::NotService)?;
     let flow_key = FlowKey {
         server: vip.addr,
         server_port: vip.port,
         ..reply_key
     };
-    // SAFETY: as above, the entry is copied at once.
+    // SAFETY: LRU values may be recycled under us: the entry is copied at
+    // once and checked below.
     let flow = *unsafe { BG_FLOWS.get(flow_key) }.ok_or(PassReason::NotService)?;
     // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() };

@@ -13,8 +13,8 @@ use bluegreen_common::{
 
 use crate::{
     maps::{
-        BG_BACKEND_TRAFFIC, BG_FLOWS, BG_REPLIES, BG_SERVICES, BG_TRAFFIC, current_generation,
-        in_preview, pool_backend, port_has_service, settings, vip_may_match,
+        BG_BACKEND_TRAFFIC, BG_FLOWS, BG_SERVICES, BG_TRAFFIC, current_generation, in_preview,
+        pool_backend, port_has_service, settings, vip_may_match,
     },
     packet,
     parse::{Direction, Headers, PacketBytes, parse},
@@ -173,25 +173,12 @@ fn live_flow(key: &FlowKey, settings: &Settings, now: u64) -> Option<&'static mu
     settings.is_live(key.proto, entry, now).then_some(entry)
 }
 
-/// Writes the whole flow entry (atomically replacing any old one) and the
-/// reply-direction entry the egress program needs to restore the VIP.
+/// Writes the whole flow entry, atomically replacing any old one. Replies
+/// find it from their backend's VIP (`BG_BACKEND_VIPS`), so this is the
+/// only write a new flow makes.
 #[inline(always)]
 fn record_flow(ctx: &XdpContext, key: &FlowKey, entry: &FlowEntry) -> Result<(), PassReason> {
-    let reply_key = FlowKey {
-        client: key.client,
-        server: entry.backend.addr,
-        client_port: key.client_port,
-        server_port: entry.backend.port,
-        proto: key.proto,
-        family: key.family,
-        reserved: [0; 2],
-    };
-    let vip = Endpoint {
-        addr: key.server,
-        port: key.server_port,
-        reserved: [0; 2],
-    };
-    if BG_FLOWS.insert(key, entry, 0).is_err() || BG_REPLIES.insert(reply_key, vip, 0).is_err() {
+    if BG_FLOWS.insert(key, entry, 0).is_err() {
         warn!(ctx, "flow table update failed; packet passed unchanged");
         return Err(PassReason::FlowTableFull);
     }

@@ -7,11 +7,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use bluegreen_common::{
-    DEFAULT_FLOW_CAPACITY, Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAGLEV_CHUNKS,
-    MAX_BACKEND_COUNTERS, MAX_BACKENDS, MAX_PREVIEW_PREFIXES, MAX_SERVICES, MaglevChunk,
-    PREVIEW_FIXED_BITS, PassReason, Pool, PoolBackend, PreviewPrefix, ServiceKey, ServiceState,
-    Settings, SwitchCounters, TrafficCounters, VIP_FILTER_WORDS, bitmap_position, maglev_position,
-    vip_filter_bit,
+    BackendKey, DEFAULT_FLOW_CAPACITY, Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAGLEV_CHUNKS,
+    MAX_BACKEND_COUNTERS, MAX_BACKEND_VIPS, MAX_BACKENDS, MAX_PREVIEW_PREFIXES, MAX_SERVICES,
+    MaglevChunk, PREVIEW_FIXED_BITS, PassReason, Pool, PoolBackend, PreviewPrefix, ServiceKey,
+    ServiceState, Settings, SwitchCounters, TrafficCounters, VIP_FILTER_WORDS, bitmap_position,
+    maglev_position, vip_filter_bit,
 };
 
 /// Not preallocated: an update then swaps in a new element under RCU, so a
@@ -26,10 +26,12 @@ pub static BG_SERVICES: HashMap<ServiceKey, ServiceState> =
 #[map(name = "BG_FLOWS")]
 pub static BG_FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::pinned(DEFAULT_FLOW_CAPACITY, 0);
 
-/// Backend -> client direction of the same connections, keyed as the reply
-/// is addressed, giving the VIP to restore.
-#[map(name = "BG_REPLIES")]
-pub static BG_REPLIES: LruHashMap<FlowKey, Endpoint> = LruHashMap::pinned(DEFAULT_FLOW_CAPACITY, 0);
+/// Each backend's VIP, written by userspace with the pools: the egress
+/// program finds a reply's flow from it, so a new flow costs one flow-table
+/// write, not two.
+#[map(name = "BG_BACKEND_VIPS")]
+pub static BG_BACKEND_VIPS: HashMap<BackendKey, Endpoint> =
+    HashMap::pinned(MAX_BACKEND_VIPS, BPF_F_NO_PREALLOC);
 
 /// Indexed by [`bluegreen_common::traffic_index`].
 #[map(name = "BG_TRAFFIC")]

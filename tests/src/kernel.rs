@@ -25,8 +25,8 @@ use bluegreen::{
     pool,
 };
 use bluegreen_common::{
-    Endpoint, FlowEntry, FlowKey, MaglevChunk, PassReason, Pool, PoolBackend, ServiceKey,
-    ServiceState, Settings, Timeouts, TrafficCounters, map_names, program_names,
+    BackendKey, Endpoint, FlowEntry, FlowKey, MaglevChunk, PassReason, Pool, PoolBackend,
+    ServiceKey, ServiceState, Settings, Timeouts, TrafficCounters, map_names, program_names,
 };
 
 pub const XDP_PASS: u32 = 2;
@@ -125,9 +125,7 @@ impl TestDataplane {
         for name in map_names::ALL {
             loader.map_pin_path(name, pins.map(name));
         }
-        loader
-            .map_max_entries(map_names::FLOWS, capacity)
-            .map_max_entries(map_names::REPLIES, capacity);
+        loader.map_max_entries(map_names::FLOWS, capacity);
         let mut ebpf = loader
             .load(bluegreen::EBPF_OBJECT)
             .expect("cannot load bluegreen's eBPF object (are we root?)");
@@ -193,6 +191,7 @@ impl TestDataplane {
                 *pool = pool::write(
                     &mut self.maps,
                     &mut arenas,
+                    key,
                     &backends[color],
                     live.as_ref().map(|live| &live[color]),
                 )
@@ -261,24 +260,19 @@ impl TestDataplane {
             .collect()
     }
 
-    pub fn reply(&self, key: &FlowKey) -> Option<Endpoint> {
-        let replies: HashMap<_, FlowKey, Endpoint> = typed(self.map(map_names::REPLIES));
-        found(replies.get(key, 0), "reply")
+    /// The VIP the egress program restores on replies from `backend`.
+    pub fn backend_vip(&self, backend: &BackendKey) -> Option<Endpoint> {
+        let vips: HashMap<_, BackendKey, Endpoint> = typed(self.map(map_names::BACKEND_VIPS));
+        found(vips.get(backend, 0), "backend VIP")
     }
 
-    pub fn insert_reply(&mut self, key: FlowKey, vip: Endpoint) {
-        let mut replies: HashMap<_, FlowKey, Endpoint> = typed(self.map_mut(map_names::REPLIES));
-        replies
-            .insert(key, vip, 0)
-            .unwrap_or_else(|error| panic!("cannot insert reply {key:?}: {error}"));
-    }
-
-    pub fn replies(&self) -> Vec<(FlowKey, Endpoint)> {
-        let replies: HashMap<_, FlowKey, Endpoint> = typed(self.map(map_names::REPLIES));
-        replies
-            .iter()
-            .map(|item| item.expect("cannot iterate the reply table"))
-            .collect()
+    /// Makes `vip` the address replies from `backend` get back, as writing
+    /// a pool with it does.
+    pub fn insert_backend_vip(&mut self, backend: BackendKey, vip: Endpoint) {
+        let mut vips: HashMap<_, BackendKey, Endpoint> =
+            typed(self.map_mut(map_names::BACKEND_VIPS));
+        vips.insert(backend, vip, 0)
+            .unwrap_or_else(|error| panic!("cannot map {backend:?} to {vip:?}: {error}"));
     }
 
     /// Replaces one service's preview prefixes (the trie the ingress program
@@ -289,17 +283,12 @@ impl TestDataplane {
             .unwrap_or_else(|error| panic!("cannot write the preview prefixes: {error}"));
     }
 
-    /// Empties the flow and reply tables, so that the next case starts from
-    /// nothing but the services.
+    /// Empties the flow table, so that the next case starts from nothing
+    /// but the services.
     pub fn clear_flows(&mut self) {
         for (key, _) in self.flows() {
             let mut flows: HashMap<_, FlowKey, FlowEntry> = typed(self.map_mut(map_names::FLOWS));
             flows.remove(&key).expect("cannot remove a flow");
-        }
-        for (key, _) in self.replies() {
-            let mut replies: HashMap<_, FlowKey, Endpoint> =
-                typed(self.map_mut(map_names::REPLIES));
-            replies.remove(&key).expect("cannot remove a reply");
         }
     }
 
@@ -381,11 +370,6 @@ impl TestDataplane {
     /// 262,144 entries one syscall per entry takes seconds.
     pub fn insert_flows_batch(&mut self, keys: &[FlowKey], entries: &[FlowEntry]) {
         self.update_batch(map_names::FLOWS, keys, entries);
-    }
-
-    /// [`Self::insert_flows_batch`] for the reply table.
-    pub fn insert_replies_batch(&mut self, keys: &[FlowKey], vips: &[Endpoint]) {
-        self.update_batch(map_names::REPLIES, keys, vips);
     }
 
     /// Entries in the flow table, counted with `BPF_MAP_LOOKUP_BATCH` (an

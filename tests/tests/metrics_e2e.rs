@@ -7,12 +7,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::{HashMap, Map, MapData};
 use bluegreen::pinned::PinLayout;
-use bluegreen_common::map_names;
+use bluegreen_common::{BackendKey, Endpoint, map_names};
 use bluegreen_testbed::{
     fixture::{Fixture, blue_backend, config_text, green_backend, vip},
     metrics::{METRICS, metric, scrape},
     netns::SWITCH_IFACE,
+    packet::{PROTO_TCP, PROTO_UDP},
 };
 use serde_json::{Value, json};
 
@@ -301,11 +303,32 @@ fn a_second_daemon_on_the_interface_fails_fast_and_the_first_keeps_running() {
     );
 }
 
+/// How many backends the egress program restores a VIP for, by protocol
+/// (TCP, UDP).
+fn backend_vips(fixture: &Fixture) -> (usize, usize) {
+    let path =
+        PinLayout::new(&fixture.bluegreen.pin_dir, SWITCH_IFACE).map(map_names::BACKEND_VIPS);
+    let data = MapData::from_pin(&path).unwrap_or_else(|error| panic!("{path:?}: {error}"));
+    let vips: HashMap<_, BackendKey, Endpoint> =
+        HashMap::try_from(Map::from_map_data(data).expect("a map")).expect("a hash map");
+    let protos: Vec<u8> = vips
+        .keys()
+        .map(|key| key.expect("a backend key").proto)
+        .collect();
+    let count = |proto| protos.iter().filter(|&&seen| seen == proto).count();
+    (count(PROTO_TCP), count(PROTO_UDP))
+}
+
 #[test]
 fn up_names_the_services_it_removes() {
     let fixture = Fixture::new();
     let both = format!("{}{}", config_text("", ""), dns_service());
     fixture.up_with_config(&fixture.write_config(&both));
+    assert_eq!(
+        backend_vips(&fixture),
+        (2, 2),
+        "web's and dns's backends, the same addresses for two protocols"
+    );
 
     let output = fixture.up_with_config(&fixture.write_config(&config_text("", "")));
     assert!(
@@ -315,6 +338,11 @@ fn up_names_the_services_it_removes() {
         "{output}"
     );
     assert!(!output.contains("removed service web"), "{output}");
+    assert_eq!(
+        backend_vips(&fixture),
+        (2, 0),
+        "dns's backends are forgotten"
+    );
     // Nothing more is removed the next time.
     let output = fixture.up_with_config(&fixture.write_config(&config_text("", "")));
     assert!(!output.contains("removed"), "{output}");

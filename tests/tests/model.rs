@@ -64,32 +64,46 @@ fn address(ipv6: bool, v4: &str, v6: &str) -> IpAddr {
     (if ipv6 { v6 } else { v4 }).parse().unwrap()
 }
 
-fn blue(ipv6: bool, port: u16) -> SocketAddr {
+/// `base` moved on by `offset`, in the same family.
+fn offset_ip(base: IpAddr, offset: u32) -> IpAddr {
+    match base {
+        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) + offset).into()),
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) + u128::from(offset)).into()),
+    }
+}
+
+/// The first backend of a color of the service on `vip` and `port`: each
+/// service has its own (a backend serves one service), in a /24 (or /120)
+/// named after the VIP's last byte.
+fn first_backend(color: usize, vip: IpAddr, port: u16) -> SocketAddr {
+    let (v4, v6, port_base) = if color == 0 {
+        ("10.1.0.1", "fd00:1::1", 8000)
+    } else {
+        ("10.2.0.1", "fd00:2::1", 9000)
+    };
+    let last_byte = match vip {
+        IpAddr::V4(v4) => v4.octets()[3],
+        IpAddr::V6(v6) => v6.octets()[15],
+    };
+    let base = address(vip.is_ipv6(), v4, v6);
     SocketAddr::new(
-        address(ipv6, "10.0.1.1", "fd00:1::1"),
-        port.wrapping_add(8000),
+        offset_ip(base, u32::from(last_byte) << 8),
+        port.wrapping_add(port_base),
     )
 }
 
-fn green(ipv6: bool, port: u16) -> SocketAddr {
-    SocketAddr::new(
-        address(ipv6, "10.0.2.1", "fd00:2::1"),
-        port.wrapping_add(9000),
-    )
+fn blue(vip: IpAddr, port: u16) -> SocketAddr {
+    first_backend(0, vip, port)
+}
+
+fn green(vip: IpAddr, port: u16) -> SocketAddr {
+    first_backend(1, vip, port)
 }
 
 /// Replica `index` of a color's pool; replica 0 is [`blue`] or [`green`].
-fn replica(color: usize, ipv6: bool, port: u16, index: usize) -> SocketAddr {
-    let first = if color == 0 {
-        blue(ipv6, port)
-    } else {
-        green(ipv6, port)
-    };
-    let ip = match first.ip() {
-        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) + index as u32).into()),
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) + index as u128).into()),
-    };
-    SocketAddr::new(ip, first.port())
+fn replica(color: usize, vip: IpAddr, port: u16, index: usize) -> SocketAddr {
+    let first = first_backend(color, vip, port);
+    SocketAddr::new(offset_ip(first.ip(), index as u32), first.port())
 }
 
 fn retired(ipv6: bool) -> SocketAddr {
@@ -121,7 +135,7 @@ fn services(case: &Case) -> Vec<TestService> {
                     case.pools[color]
                         .iter()
                         .enumerate()
-                        .map(|(index, &weight)| (replica(color, ipv6, port, index), weight))
+                        .map(|(index, &weight)| (replica(color, vip, port, index), weight))
                         .collect()
                 });
                 services.push((service_key(SocketAddr::new(vip, port), proto), state, pools));
@@ -287,14 +301,13 @@ impl Case {
         dataplane: &TestDataplane,
     ) -> Option<FlowEntry> {
         let existing = self.existing.as_ref()?;
-        let ipv6 = self.frame.dst.is_ipv6();
-        let port = self.frame.dst.port();
+        let (vip, port) = (self.frame.dst.ip(), self.frame.dst.port());
         let backend = if existing.retired_backend {
-            retired(ipv6)
+            retired(vip.is_ipv6())
         } else if existing.color == 0 {
-            blue(ipv6, port)
+            blue(vip, port)
         } else {
-            green(ipv6, port)
+            green(vip, port)
         };
         let key = self.flow_key();
         // The dataplane records flows only for services, under their slot
@@ -387,7 +400,7 @@ prop_compose! {
         } else {
             format!("198.51.100.{}", client_index + 1)
         };
-        let dst_ip = if to_vip { vips(ipv6)[vip_index] } else { blue(ipv6, 0).ip() };
+        let dst_ip = if to_vip { vips(ipv6)[vip_index] } else { blue(vips(ipv6)[0], 0).ip() };
         let port = match (port_kind, transport) {
             (PortKind::OfTransport, Transport::Tcp { .. }) => *port_pick.get(&[80, 443]),
             (PortKind::OfTransport, Transport::Udp { .. }) => 53,
@@ -593,9 +606,9 @@ fn check(dataplane: &mut TestDataplane, case: &Case) -> Result<(), TestCaseError
                     ..key
                 };
                 prop_assert_eq!(
-                    dataplane.reply(&reply_key),
+                    dataplane.backend_vip(&reply_key.backend_key()),
                     Some(endpoint_of(&key)),
-                    "reply entry of a new flow"
+                    "the VIP a new flow's backend answers for"
                 );
             }
         }

@@ -415,6 +415,7 @@ for_each_family_and_protocol!(
     vlan_tagged_frames,
     other_ports_and_addresses_pass_unchanged,
     egress_restores_the_vip_for_tracked_flows,
+    egress_restores_the_vip_for_a_backend_that_left_its_pool,
     egress_ignores_untracked_replies,
     egress_ignores_the_old_backend_after_a_forced_switch,
     egress_ignores_expired_flows,
@@ -438,12 +439,15 @@ fn new_flow_goes_to_the_active_color(f: Setup) {
         "the entry names its service's slot"
     );
     assert_eq!(
-        dataplane.reply(&f.reply_key(f.blue)),
+        dataplane.backend_vip(&f.reply_key(f.blue).backend_key()),
         Some(endpoint(f.vip)),
-        "the reply entry restores the VIP"
+        "the backend's replies get the VIP back (written with its pool)"
     );
-    assert_eq!(dataplane.flows().len(), 1, "one flow entry");
-    assert_eq!(dataplane.replies().len(), 1, "one reply entry");
+    assert_eq!(
+        dataplane.flows().len(),
+        1,
+        "one flow entry, the only write of a new flow"
+    );
     assert_eq!(
         dataplane.traffic(f.slot, COLOR_BLUE),
         counters(1, input.len(), 1)
@@ -554,10 +558,11 @@ fn forced_switch_moves_flows_to_the_forced_color(f: Setup) {
     let (dataplane, first, ongoing) =
         open_then_switch(&f, 2, f.green, "old flow after a forced switch");
     f.assert_flow(&dataplane, f.green, COLOR_GREEN, 2, false);
-    assert_eq!(
-        dataplane.reply(&f.reply_key(f.green)),
-        Some(endpoint(f.vip)),
-        "the rebound flow has a reply entry for its new backend"
+    assert_restored(
+        &dataplane,
+        f.reply_from(f.green),
+        f.vip,
+        "reply from the rebound flow's new backend",
     );
     assert_eq!(
         dataplane.traffic(f.slot, COLOR_GREEN),
@@ -598,10 +603,11 @@ fn graceful_switch_after_a_forced_one_leaves_flows_where_it_sent_them(f: Setup) 
         "idle flow's next packet after a forced then a graceful switch",
     );
     f.assert_flow(&dataplane, f.green, COLOR_GREEN, 2, false);
-    assert_eq!(
-        dataplane.reply(&f.reply_key(f.green)),
-        Some(endpoint(f.vip)),
-        "the rebound flow has a reply entry for the forced color's backend"
+    assert_restored(
+        &dataplane,
+        f.reply_from(f.green),
+        f.vip,
+        "reply from the forced color's backend",
     );
     assert_steered(
         &dataplane,
@@ -934,6 +940,31 @@ fn egress_restores_the_vip_for_tracked_flows(f: Setup) {
     );
 }
 
+/// Written with a pool, a backend's VIP stays when it leaves: its
+/// established flows still reach it (the entry is authoritative) and their
+/// replies must still leave as the VIP.
+fn egress_restores_the_vip_for_a_backend_that_left_its_pool(f: Setup) {
+    let mut dataplane = f.dataplane(COLOR_BLUE);
+    assert_steered(&dataplane, f.to_vip(OPENING), f.blue, "first packet");
+    dataplane.insert_service(
+        service_key(f.vip, f.proto_number()),
+        f.state(COLOR_BLUE, 1, COLOR_BLUE),
+        [f.retired, f.green],
+    );
+    assert_steered(
+        &dataplane,
+        f.to_vip(ONGOING),
+        f.blue,
+        "packet of the flow on the backend that left",
+    );
+    assert_restored(
+        &dataplane,
+        f.reply_from(f.blue),
+        f.vip,
+        "reply from the backend that left",
+    );
+}
+
 fn egress_ignores_untracked_replies(f: Setup) {
     let dataplane = f.dataplane(COLOR_BLUE);
     let reply = f.reply_from(f.blue).build();
@@ -969,7 +1000,6 @@ fn egress_ignores_expired_flows(f: Setup) {
             seconds(STALE_SECS),
         ),
     );
-    dataplane.insert_reply(f.reply_key(f.blue), endpoint(f.vip));
     let reply = f.reply_from(f.blue).build();
     assert_egress(&dataplane, &reply, &reply, "reply of an expired flow");
 }

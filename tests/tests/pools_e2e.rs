@@ -272,6 +272,20 @@ fn config_pools_and_backend_commands_end_to_end() {
     fixture.up_with_config(&config);
     let (state, _) = pool_status(&fixture, "blue")[&blue[1].to_string()].clone();
     assert_eq!(state, "draining");
+
+    // A backend serves one service: its replies get that service's VIP.
+    let with_api = format!(
+        "{}\n[[service]]\nname = \"api\"\nvip = \"{}:81\"\nblue = \"{}\"\ngreen = \"{}\"\n",
+        std::fs::read_to_string(&config).expect("the config just written"),
+        vip().ip(),
+        replica(blue_backend(), 5),
+        replica(green_backend(), 5)
+    );
+    fixture.up_with_config(&fixture.write_config(&with_api));
+    refused(
+        &["backend", "add", "blue", &first, "--service", "api"],
+        "already a backend of service \"web\"",
+    );
 }
 
 #[test]

@@ -88,6 +88,13 @@ impl ServiceSpec {
     pub fn pool(&self, color: Color) -> Vec<(SocketAddr, u32)> {
         self.backends(color).weighted()
     }
+
+    /// Whether `backend` is in either color's pool.
+    pub fn serves(&self, backend: SocketAddr) -> bool {
+        Color::BOTH
+            .into_iter()
+            .any(|color| self.backends(color).get(backend).is_some())
+    }
 }
 
 /// The daemon's automatic rollback (off unless configured).

@@ -236,6 +236,23 @@ fn services(source: &Source, tables: &[RawService]) -> Result<Vec<ServiceSpec>> 
                 ),
             ));
         }
+        for color in Color::BOTH {
+            let shared = spec.backends(color).addrs().find_map(|addr| {
+                services
+                    .iter()
+                    .find(|other| other.proto == spec.proto && other.serves(addr))
+                    .map(|other| (addr, other))
+            });
+            if let Some((addr, other)) = shared {
+                return Err(table.error(
+                    color.into(),
+                    format!(
+                        "{addr} is already a backend of service {:?}: a backend serves one {} service (its replies are matched to their VIP by its address)",
+                        other.name, spec.proto
+                    ),
+                ));
+            }
+        }
         services.push(spec);
     }
     Ok(services)

@@ -90,6 +90,24 @@ fn errors_name_the_line_and_the_field() {
 }
 
 #[test]
+fn a_backend_serves_one_service_of_a_protocol() {
+    let third = |proto: &str, green: &str| {
+        format!(
+            "{GOOD}\n[[service]]\nname = \"rerank\"\nvip = \"10.0.0.9:8080\"\nproto = \"{proto}\"\nblue = \"10.1.0.9:8080\"\ngreen = {green}\n"
+        )
+    };
+    let (_, field, message) = config_error(&third("tcp", "[\"10.1.0.8:8080\", \"10.1.0.3:8080\"]"));
+    assert_eq!(field, "service[2].green");
+    assert!(
+        message.contains("10.1.0.3:8080 is already a backend of service \"chat\""),
+        "{message}"
+    );
+    let config = Config::parse(&third("udp", "\"10.1.0.3:8080\""), "test.toml")
+        .expect("a TCP and a UDP service may share a backend: replies name their protocol");
+    assert_eq!(config.services.len(), 3);
+}
+
+#[test]
 fn health_checks_and_auto_rollback_are_read_and_checked() {
     let with_health = GOOD.replace(
         "green = \"10.1.0.3:8080\"\n",

@@ -65,12 +65,7 @@ impl Host {
             });
         }
         validate_backend(&spec.name, spec.vip, color, backend)?;
-        if open.backends(color.other()).contains(&backend) {
-            return Err(Error::InvalidService {
-                service: spec.name.clone(),
-                message: format!("{backend} is already a {} backend", color.other()),
-            });
-        }
+        check_unused(&open, color, backend)?;
         let old = open.backend(color);
         if old != backend {
             self.replace_pool(&mut open, color, PoolSpec::one(backend))?;
@@ -98,6 +93,7 @@ impl Host {
             updated.pools[usize::from(color.wire())] = pool::write(
                 &mut open.maps,
                 &mut arenas,
+                &open.key,
                 &pool.weighted(),
                 Some(&live_pool),
             )?;
@@ -199,6 +195,32 @@ impl Host {
     }
 }
 
+/// Refuses `backend` for `color` if the other color or another service of
+/// the same protocol has it: a backend serves one service, whose VIP its
+/// replies get back.
+fn check_unused(open: &OpenService, color: Color, backend: SocketAddr) -> Result<()> {
+    let spec = &open.record().spec;
+    let taken_by = if open.backends(color.other()).contains(&backend) {
+        Some(format!("a {} backend", color.other()))
+    } else {
+        open.state
+            .services
+            .iter()
+            .map(|record| &record.spec)
+            .find(|other| {
+                other.name != spec.name && other.proto == spec.proto && other.serves(backend)
+            })
+            .map(|other| format!("a backend of service {:?}", other.name))
+    };
+    match taken_by {
+        Some(taken_by) => Err(Error::InvalidService {
+            service: spec.name.clone(),
+            message: format!("{backend} is already {taken_by}"),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The pool `action` leaves, checked; `None` when nothing changes.
 fn changed_pool(
     open: &OpenService,
@@ -219,12 +241,7 @@ fn changed_pool(
     match (action, position) {
         (BackendAction::Add { weight }, None) => {
             validate_backend(&spec.name, spec.vip, color, backend)?;
-            if open.backends(color.other()).contains(&backend) {
-                return Err(invalid(format!(
-                    "{backend} is already a {} backend",
-                    color.other()
-                )));
-            }
+            check_unused(open, color, backend)?;
             backends.push(BackendSpec {
                 weight: weight.unwrap_or(1),
                 ..BackendSpec::new(backend)

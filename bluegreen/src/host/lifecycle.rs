@@ -106,7 +106,6 @@ fn load_object(
     }
     loader
         .map_max_entries(map_names::FLOWS, flow_capacity)
-        .map_max_entries(map_names::REPLIES, flow_capacity)
         .override_global(aya_log::LEVEL, &log_level, false);
     let ebpf = loader
         .load(EBPF_OBJECT)

@@ -177,7 +177,7 @@ pub(super) fn reconcile_services(
                 .contains_key(key)
                 .then_some(&state.pools[usize::from(color.wire())]);
             pools[usize::from(color.wire())] =
-                pool::write(maps, &mut arenas, &spec.pool(color), live_pool)?;
+                pool::write(maps, &mut arenas, key, &spec.pool(color), live_pool)?;
         }
         // The old pools' space is not released for the rest of this
         // reconcile: a packet that read the service before the flip may

@@ -5,10 +5,10 @@ use std::mem::size_of;
 
 use aya::maps::{Map, MapData, MapInfo, MapType, lpm_trie::Key};
 use bluegreen_common::{
-    Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAGLEV_CHUNKS, MAX_BACKEND_COUNTERS, MAX_BACKENDS,
-    MAX_PREVIEW_PREFIXES, MAX_SERVICES, MaglevChunk, PassReason, PoolBackend, PreviewPrefix,
-    ServiceKey, ServiceState, Settings, SwitchCounters, TrafficCounters, VIP_FILTER_WORDS,
-    map_names,
+    BackendKey, Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAGLEV_CHUNKS, MAX_BACKEND_COUNTERS,
+    MAX_BACKEND_VIPS, MAX_BACKENDS, MAX_PREVIEW_PREFIXES, MAX_SERVICES, MaglevChunk, PassReason,
+    PoolBackend, PreviewPrefix, ServiceKey, ServiceState, Settings, SwitchCounters,
+    TrafficCounters, VIP_FILTER_WORDS, map_names,
 };
 
 use super::PinLayout;
@@ -41,11 +41,11 @@ fn expected_maps() -> [MapSpec; map_names::ALL.len()] {
             max_entries: None,
         },
         MapSpec {
-            name: map_names::REPLIES,
-            kind: MapType::LruHash,
-            key_size: size_of::<FlowKey>(),
+            name: map_names::BACKEND_VIPS,
+            kind: MapType::Hash,
+            key_size: size_of::<BackendKey>(),
             value_size: size_of::<Endpoint>(),
-            max_entries: None,
+            max_entries: Some(MAX_BACKEND_VIPS),
         },
         MapSpec {
             name: map_names::TRAFFIC,

@@ -1,5 +1,5 @@
-//! The flow and reply tables as userspace reads them, and the one change
-//! it makes to them: moving the flows of a backend that left its pool.
+//! The flow table as userspace reads it, and the one change it makes to
+//! it: moving the flows of a backend that left its pool.
 
 use bluegreen_common::{Endpoint, FlowEntry, FlowKey, Pool, PoolBackend, ServiceKey};
 
@@ -18,11 +18,12 @@ impl PinnedMaps {
     /// Moves the live flows of `service` that the kernel keeps on `gone`
     /// (flows of `color` recorded under `generation`; older ones follow a
     /// forced switch on their next packet anyway) to the backend `pool`
-    /// gives their hash, rewriting their reply entries too; returns how
-    /// many moved. The kernel never re-picks the backend of a flow it
-    /// knows, so without this they would keep reaching `gone`. With no
-    /// backend left to take them, their entries are deleted: their next
-    /// packet is then handled as a flow the table does not know.
+    /// gives their hash; returns how many moved. The kernel never re-picks
+    /// the backend of a flow it knows, so without this they would keep
+    /// reaching `gone`. With no backend left to take them, their entries
+    /// are deleted: their next packet is then handled as a flow the table
+    /// does not know. Replies of a moved flow find it as before: the new
+    /// backend answers for the same VIP.
     pub fn rebind_flows(
         &mut self,
         service: &ServiceKey,
@@ -51,45 +52,26 @@ impl PinnedMaps {
             if current.backend != *gone {
                 continue;
             }
-            let reply = |backend: &Endpoint| FlowKey {
-                server: backend.addr,
-                server_port: backend.port,
-                ..*key
-            };
-            // Already gone is fine: it may have been evicted meanwhile.
-            let _ = self.replies.remove(&reply(gone));
             match self.table_backend(pool, bluegreen_common::flow_hash(key))? {
+                // Only over the entry still there: never bring back one the
+                // table evicted in between.
                 Some(PoolBackend {
                     endpoint: backend,
                     counter_slot,
-                }) => {
-                    let vip = Endpoint {
-                        addr: key.server,
-                        port: key.server_port,
-                        reserved: [0; 2],
-                    };
-                    // The reply entry first: the moved flow's first answer
-                    // must already find its way back to the VIP.
-                    self.replies
-                        .insert(reply(&backend), vip, 0)
-                        .map_err(Error::ebpf(WRITE))?;
-                    // Only over the entry still there: never bring back one
-                    // the table evicted in between.
-                    match self.flows.insert(
-                        key,
-                        FlowEntry {
-                            backend,
-                            backend_counter_slot: counter_slot,
-                            ..current
-                        },
-                        BPF_EXIST,
-                    ) {
-                        Ok(()) => {}
-                        Err(MapError::SyscallError(error))
-                            if error.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                        Err(error) => return Err(Error::ebpf(WRITE)(error)),
-                    }
-                }
+                }) => match self.flows.insert(
+                    key,
+                    FlowEntry {
+                        backend,
+                        backend_counter_slot: counter_slot,
+                        ..current
+                    },
+                    BPF_EXIST,
+                ) {
+                    Ok(()) => {}
+                    Err(MapError::SyscallError(error))
+                        if error.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(error) => return Err(Error::ebpf(WRITE)(error)),
+                },
                 None => {
                     let _ = self.flows.remove(key);
                 }

@@ -8,9 +8,9 @@ use aya::maps::{
     Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
 };
 use bluegreen_common::{
-    ChangeCause, Endpoint, FlowEntry, FlowKey, MaglevChunk, PREVIEW_FIXED_BITS, PassReason,
-    PoolBackend, PreviewPrefix, ServiceKey, ServiceState, Settings, SwitchCounters, Timeouts,
-    TrafficCounters, bitmap_position, map_names, traffic_index, vip_filter_bit,
+    BackendKey, ChangeCause, Endpoint, FlowEntry, FlowKey, MaglevChunk, PREVIEW_FIXED_BITS,
+    PassReason, PoolBackend, PreviewPrefix, ServiceKey, ServiceState, Settings, SwitchCounters,
+    Timeouts, TrafficCounters, bitmap_position, map_names, traffic_index, vip_filter_bit,
 };
 
 use super::{PinLayout, contract::open_map};
@@ -25,7 +25,7 @@ pub(super) const BPF_EXIST: u64 = 2;
 pub struct PinnedMaps {
     services: HashMap<MapData, ServiceKey, ServiceState>,
     pub(super) flows: HashMap<MapData, FlowKey, FlowEntry>,
-    pub(super) replies: HashMap<MapData, FlowKey, Endpoint>,
+    backend_vips: HashMap<MapData, BackendKey, Endpoint>,
     traffic: PerCpuArray<MapData, TrafficCounters>,
     backend_traffic: PerCpuArray<MapData, TrafficCounters>,
     passed: PerCpuArray<MapData, u64>,
@@ -87,7 +87,7 @@ impl PinnedMaps {
         Ok(Self {
             services: open_map(layout, map_names::SERVICES)?,
             flows: open_map(layout, map_names::FLOWS)?,
-            replies: open_map(layout, map_names::REPLIES)?,
+            backend_vips: open_map(layout, map_names::BACKEND_VIPS)?,
             traffic: open_map(layout, map_names::TRAFFIC)?,
             backend_traffic: open_map(layout, map_names::BACKEND_TRAFFIC)?,
             passed: open_map(layout, map_names::PASSED)?,
@@ -142,15 +142,54 @@ impl PinnedMaps {
             .map_err(Error::ebpf("cannot write the services map"))
     }
 
-    /// Removes a service, its preview prefixes, and (by moving its
-    /// generation on) the fast path of its flows, which then find no
-    /// service and pass untouched.
+    /// Removes a service, its preview prefixes, its backends' VIP and (by
+    /// moving its generation on) the fast path of its flows, which then
+    /// find no service and pass untouched.
     pub fn remove_service(&mut self, key: &ServiceKey, state: &ServiceState) -> Result<()> {
         self.set_preview(state.counter_slot, &[])?;
         self.services
             .remove(key)
             .map_err(Error::ebpf("cannot remove a service"))?;
-        self.set_generation(state.counter_slot, state.generation.wrapping_add(1))
+        self.set_generation(state.counter_slot, state.generation.wrapping_add(1))?;
+        self.unmap_backends(key)
+    }
+
+    /// Names `service`'s VIP as the one `backends` answer for, so that the
+    /// egress program restores it on their replies.
+    pub(super) fn map_backends(
+        &mut self,
+        service: &ServiceKey,
+        backends: &[PoolBackend],
+    ) -> Result<()> {
+        let vip = vip_endpoint(service);
+        for backend in backends {
+            self.backend_vips
+                .insert(backend_key(service, &backend.endpoint), vip, 0)
+                .map_err(Error::ebpf("cannot write the backends' VIPs"))?;
+        }
+        Ok(())
+    }
+
+    /// Forgets every backend `service` ever had, those that left its pools
+    /// while they still had flows included.
+    fn unmap_backends(&mut self, service: &ServiceKey) -> Result<()> {
+        let vip = vip_endpoint(service);
+        let gone: Vec<BackendKey> = self
+            .backend_vips
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(key, answers_for)| {
+                *answers_for == vip && key.proto == service.proto && key.family == service.family
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in gone {
+            match self.backend_vips.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(Error::ebpf("cannot remove a backend's VIP")(error)),
+            }
+        }
+        Ok(())
     }
 
     /// The generation the fast path sees for a counter slot.
@@ -371,4 +410,21 @@ fn zero_traffic(map: &mut PerCpuArray<MapData, TrafficCounters>, index: u32) -> 
         .map_err(Error::ebpf("cannot size per-CPU counters"))?;
     map.set(index, zeros, 0)
         .map_err(Error::ebpf("cannot reset traffic counters"))
+}
+
+fn vip_endpoint(service: &ServiceKey) -> Endpoint {
+    Endpoint {
+        addr: service.vip,
+        port: service.port,
+        reserved: [0; 2],
+    }
+}
+
+fn backend_key(service: &ServiceKey, backend: &Endpoint) -> BackendKey {
+    BackendKey {
+        addr: backend.addr,
+        port: backend.port,
+        proto: service.proto,
+        family: service.family,
+    }
 }

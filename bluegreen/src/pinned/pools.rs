@@ -2,7 +2,7 @@
 //! tables, written beside the live ones (see [`Arenas`]).
 
 use bluegreen_common::{
-    MAGLEV_CHUNK, MaglevChunk, Pool, PoolBackend, ServiceState, maglev_position,
+    MAGLEV_CHUNK, MaglevChunk, Pool, PoolBackend, ServiceKey, ServiceState, maglev_position,
 };
 
 use super::PinnedMaps;
@@ -43,12 +43,14 @@ impl PinnedMaps {
     }
 
     /// Writes a pool's backends and lookup table into free space of the
-    /// shared arrays (never over a live pool) and returns
+    /// shared arrays (never over a live pool), names `service`'s VIP as
+    /// the backends' (see [`PinnedMaps::map_backends`]) and returns
     /// the pool to put in the service's state. `table` holds indices into
     /// `backends`; an empty table is a pool that takes no new flow.
     pub fn write_pool(
         &mut self,
         arenas: &mut Arenas,
+        service: &ServiceKey,
         backends: &[PoolBackend],
         table: &[u8],
     ) -> Result<Pool> {
@@ -74,6 +76,7 @@ impl PinnedMaps {
                 .set(index, chunk, 0)
                 .map_err(Error::ebpf("cannot write a pool's lookup table"))?;
         }
+        self.map_backends(service, backends)?;
         Ok(Pool {
             table_chunk: table_run.start,
             table_size: size,

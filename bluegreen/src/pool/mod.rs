@@ -7,7 +7,7 @@ pub mod maglev;
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use bluegreen_common::{Pool, PoolBackend};
+use bluegreen_common::{Pool, PoolBackend, ServiceKey};
 
 use crate::{endpoint::to_wire, error::Result, pinned::PinnedMaps};
 use arena::Arenas;
@@ -21,6 +21,7 @@ use arena::Arenas;
 pub fn write(
     maps: &mut PinnedMaps,
     arenas: &mut Arenas,
+    service: &ServiceKey,
     backends: &[(SocketAddr, u32)],
     live: Option<&Pool>,
 ) -> Result<Pool> {
@@ -48,5 +49,5 @@ pub fn write(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    maps.write_pool(arenas, &members, &table)
+    maps.write_pool(arenas, service, &members, &table)
 }

@@ -12,8 +12,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use bluegreen_common::{
-    COLOR_BLUE, Endpoint, FlowEntry, FlowKey, PassReason, ServiceState, TrafficCounters,
-    other_color,
+    COLOR_BLUE, FlowEntry, FlowKey, PassReason, ServiceState, TrafficCounters, other_color,
 };
 use serde::Serialize;
 
@@ -174,7 +173,7 @@ fn filler_service(index: u32) -> TestService {
 /// Flow `index` of another client of the benchmark's service. The index is
 /// scrambled by an odd multiplier (a bijection on u32), so keys are unique
 /// and spread over addresses and ports as real clients' would be.
-fn filler_flow(index: u32, now: u64) -> (FlowKey, FlowEntry, FlowKey, Endpoint) {
+fn filler_flow(index: u32, now: u64) -> (FlowKey, FlowEntry) {
     let scrambled = index.wrapping_mul(0x9e37_79b1);
     let [a, b, port_hi, port_lo] = scrambled.to_be_bytes();
     let client = v4(
@@ -189,12 +188,7 @@ fn filler_flow(index: u32, now: u64) -> (FlowKey, FlowEntry, FlowKey, Endpoint) 
         color,
         ..Default::default()
     };
-    (
-        flow_key(client, vip(), PROTO_TCP),
-        entry,
-        flow_key(client, backend, PROTO_TCP),
-        endpoint(vip()),
-    )
+    (flow_key(client, vip(), PROTO_TCP), entry)
 }
 
 /// The dataplane under test, with the no-op baselines next to it.
@@ -235,17 +229,14 @@ impl Bench {
         self.services = self.services.max(count);
     }
 
-    /// Inserts other clients' flows (and their reply entries) until
-    /// `target` have been inserted since the start.
+    /// Inserts other clients' flows until `target` have been inserted since
+    /// the start.
     fn fill_flows(&mut self, target: u32) {
         let now = now();
-        let fillers: Vec<_> = (self.flows_inserted..target)
+        let (keys, entries): (Vec<_>, Vec<_>) = (self.flows_inserted..target)
             .map(|index| filler_flow(index, now))
-            .collect();
-        let (keys, entries): (Vec<_>, Vec<_>) = fillers.iter().map(|f| (f.0, f.1)).unzip();
-        let (reply_keys, vips): (Vec<_>, Vec<_>) = fillers.iter().map(|f| (f.2, f.3)).unzip();
+            .unzip();
         self.dataplane.insert_flows_batch(&keys, &entries);
-        self.dataplane.insert_replies_batch(&reply_keys, &vips);
         self.flows_inserted = self.flows_inserted.max(target);
     }
 
@@ -281,8 +272,10 @@ impl Bench {
             };
             self.dataplane
                 .insert_flow(flow_key(client, server, PROTO_TCP), entry);
-            self.dataplane
-                .insert_reply(flow_key(client, backend, PROTO_TCP), endpoint(server));
+            self.dataplane.insert_backend_vip(
+                flow_key(client, backend, PROTO_TCP).backend_key(),
+                endpoint(server),
+            );
         }
     }
 
