@@ -388,8 +388,8 @@ impl TestDataplane {
     }
 
     /// A second descriptor of one of our maps, for the raw batch syscalls
-    /// aya does not wrap.
-    fn pinned_map(&self, name: &str) -> MapData {
+    /// aya does not wrap and for hand-assembled programs.
+    pub fn pinned_map(&self, name: &str) -> MapData {
         MapData::from_pin(self.pins.map(name))
             .unwrap_or_else(|error| panic!("cannot open the pinned {name}: {error}"))
     }

@@ -9,14 +9,18 @@
 //! and every run is checked, by counters or by replaying both frames, to
 //! have taken the path it is named after.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    os::fd::AsFd,
+};
 
 use bluegreen_common::{
-    COLOR_BLUE, FlowEntry, FlowKey, PassReason, ServiceState, TrafficCounters, other_color,
+    COLOR_BLUE, FlowEntry, FlowKey, PassReason, ServiceState, TrafficCounters, map_names,
+    other_color,
 };
 use serde::Serialize;
 
-use super::{Interrupted, check, noop::NoopProgram, stats::median};
+use super::{Interrupted, check, raw::RawProgram, stats::median};
 use crate::{
     kernel::{TC_ACT_OK, TestDataplane, TestService, endpoint, flow_key, now, service_key},
     netns::addr,
@@ -93,6 +97,12 @@ pub struct CaseFigures {
     /// of this configuration.
     pub baseline_ns: f64,
     pub ratio: f64,
+    /// The path's floor: a program doing only the map and helper calls the
+    /// path cannot avoid, on the same maps, run in the same rounds (median,
+    /// and its ratio to the no-op); none for the non-VIP paths, whose floor
+    /// is the no-op itself.
+    pub floor_ns: Option<f64>,
+    pub floor_ratio: Option<f64>,
     /// Every subject run, for the record.
     pub samples_ns: Vec<f64>,
 }
@@ -194,8 +204,10 @@ fn filler_flow(index: u32, now: u64) -> (FlowKey, FlowEntry) {
 /// The dataplane under test, with the no-op baselines next to it.
 struct Bench {
     dataplane: TestDataplane,
-    noop_xdp: NoopProgram,
-    noop_tc: NoopProgram,
+    noop_xdp: RawProgram,
+    noop_tc: RawProgram,
+    /// Each case's floor program, in [`Case::ALL`] order.
+    floors: Vec<Option<RawProgram>>,
     repeat: u32,
     flows_inserted: u32,
     services: u32,
@@ -212,10 +224,15 @@ impl Bench {
             ..Default::default()
         };
         dataplane.insert_service(service_key(vip(), PROTO_TCP), state, [vip(); 2]);
+        let floors = Case::ALL
+            .iter()
+            .map(|&case| floor(&dataplane, case))
+            .collect();
         Bench {
             dataplane,
-            noop_xdp: NoopProgram::xdp(),
-            noop_tc: NoopProgram::tc(),
+            noop_xdp: RawProgram::noop_xdp(),
+            noop_tc: RawProgram::noop_tc(),
+            floors,
             repeat: plan.repeat,
             flows_inserted: 0,
             services: 1,
@@ -299,6 +316,13 @@ impl Bench {
         nanos(noop.bench(frame, self.repeat))
     }
 
+    /// One run of `case`'s floor program, if it has one.
+    fn floor(&self, case: Case, frame: &[u8]) -> Option<f64> {
+        let index = Case::ALL.iter().position(|c| *c == case).expect("listed");
+        let program = self.floors[index].as_ref()?;
+        Some(nanos(program.bench(frame, self.repeat)))
+    }
+
     /// One subject run of `case`, checked to have taken its path.
     fn subject(&mut self, case: Case, frame: &[u8]) -> f64 {
         match case {
@@ -338,6 +362,45 @@ impl Bench {
 
     fn not_service(&self) -> u64 {
         self.dataplane.passed(PassReason::NotService)
+    }
+}
+
+/// The bytes of a map key or value, as the kernel reads them.
+fn bytes<T: aya::Pod>(value: &T) -> Vec<u8> {
+    // SAFETY: a `Pod` type has no padding and no invalid bit patterns, so
+    // all of its bytes are initialised and may be read as bytes.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+}
+
+/// `case`'s floor program on `dataplane`'s maps: the established flow's
+/// lookup, the new flow's write, a reply's two lookups and two checksum
+/// helpers (the reply frame is IPv4 over Ethernet: its TCP checksum is at
+/// byte 50).
+fn floor(dataplane: &TestDataplane, case: Case) -> Option<RawProgram> {
+    let flows = dataplane.pinned_map(map_names::FLOWS);
+    let flows = flows.fd().as_fd();
+    let key = |case| bytes(&flow_key(client(case), vip(), PROTO_TCP));
+    match case {
+        Case::OtherPort | Case::OtherAddress => None,
+        Case::Established => Some(RawProgram::lookup_floor(flows, &key(case))),
+        Case::NewFlow => {
+            let entry = FlowEntry {
+                last_seen: now(),
+                backend: endpoint(vip()),
+                color: COLOR_BLUE,
+                ..Default::default()
+            };
+            Some(RawProgram::update_floor(flows, &key(case), &bytes(&entry)))
+        }
+        Case::Reply => {
+            let vips = dataplane.pinned_map(map_names::BACKEND_VIPS);
+            let backend = flow_key(client(case), blue(), PROTO_TCP).backend_key();
+            Some(RawProgram::reply_floor(
+                (vips.fd().as_fd(), &bytes(&backend)),
+                (flows, &key(case)),
+                50,
+            ))
+        }
     }
 }
 
@@ -406,10 +469,15 @@ fn measure(
     rounds: usize,
 ) -> Result<Vec<CaseFigures>, Interrupted> {
     let mut subjects: Vec<Vec<f64>> = vec![Vec::new(); frames.len()];
+    let mut floors: Vec<Vec<f64>> = vec![Vec::new(); frames.len()];
     let (mut xdp_baselines, mut tc_baselines) = (Vec::new(), Vec::new());
     for round in 0..rounds * CHEAP_CASE_ROUNDS {
         check()?;
-        for ((case, frame), samples) in frames.iter().zip(subjects.iter_mut()) {
+        for (((case, frame), samples), floor_samples) in frames
+            .iter()
+            .zip(subjects.iter_mut())
+            .zip(floors.iter_mut())
+        {
             if round >= rounds * case.round_weight() {
                 continue;
             }
@@ -420,20 +488,25 @@ fn measure(
                 xdp_baselines.push(baseline);
             }
             samples.push(bench.subject(*case, frame));
+            floor_samples.extend(bench.floor(*case, frame));
         }
     }
     let (xdp, tc) = (median(&xdp_baselines), median(&tc_baselines));
     Ok(frames
         .iter()
         .zip(subjects)
-        .map(|((case, _), samples_ns)| {
+        .zip(floors)
+        .map(|(((case, _), samples_ns), floor_samples)| {
             let baseline_ns = if case.is_tc() { tc } else { xdp };
             let ns = median(&samples_ns);
+            let floor_ns = (!floor_samples.is_empty()).then(|| median(&floor_samples));
             CaseFigures {
                 case: *case,
                 ns,
                 baseline_ns,
                 ratio: ns / baseline_ns,
+                floor_ns,
+                floor_ratio: floor_ns.map(|floor| floor / baseline_ns),
                 samples_ns,
             }
         })

@@ -15,7 +15,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::{Interrupted, backend::FastBackend, check, noop::NoopProgram};
+use super::{Interrupted, backend::FastBackend, check, raw::RawProgram};
 use crate::{
     cli::{self, Bluegreen},
     http,
@@ -144,7 +144,7 @@ impl Lab {
         let switch = &self.topology.switch;
         // The link holds the program; the pin only hands it to ip.
         let pin = std::path::PathBuf::from(format!("/sys/fs/bpf/{}-noop", switch.name()));
-        NoopProgram::xdp()
+        RawProgram::noop_xdp()
             .pin(&pin)
             .unwrap_or_else(|error| panic!("cannot pin the no-op program: {error}"));
         let pinned = pin.to_str().expect("utf-8 path");

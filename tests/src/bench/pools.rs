@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::{
     Interrupted, check,
-    noop::NoopProgram,
+    raw::RawProgram,
     report::{Target, at_most},
     stats::median,
 };
@@ -78,7 +78,7 @@ fn service(blue: Vec<(SocketAddr, u32)>) -> TestService {
 /// of one SYN rewrites the frame onto itself and takes the new-flow path
 /// (see `kernel_cost`); the table still spreads over `size` backends.
 fn new_flow_costs(plan: &PoolsPlan) -> Result<Vec<NewFlowCost>, Interrupted> {
-    let noop = NoopProgram::xdp();
+    let noop = RawProgram::noop_xdp();
     let client = SocketAddr::new(Ipv4Addr::new(10, 200, 1, 2).into(), 40100);
     let syn = Frame::tcp(client, VIP, TCP_SYN)
         .payload(b"bluegreen")

@@ -231,7 +231,11 @@ fn kernel_table(report: &KernelReport) -> String {
          {}-byte TCP frame; flow table of {} entries. \
          ns per packet as the kernel times it, and in parentheses the ratio to a no-op program \
          of the same type (`r0 = verdict; exit`, same frame, run before every measurement; \
-         no-op XDP {:.0} ns, no-op TC {:.0} ns in the first configuration).\n",
+         no-op XDP {:.0} ns, no-op TC {:.0} ns in the first configuration). \
+         \"floor\": the same ratio for a hand-assembled program that makes only the map and \
+         helper calls the path cannot avoid, on the same maps, in the same rounds \
+         (established: the flow lookup; new flow: the flow write; TC: the two lookups that \
+         find the flow and the two transport checksum helpers).\n",
         report.repeat,
         report.rounds,
         report.frame_bytes,
@@ -253,7 +257,14 @@ fn kernel_table(report: &KernelReport) -> String {
             configuration.fill_percent, configuration.flows_in_table, configuration.services
         );
         for case in &configuration.cases {
-            let _ = write!(out, " {:.0} ns ({:.2}x) |", case.ns, case.ratio);
+            let _ = match case.floor_ratio {
+                Some(floor) => write!(
+                    out,
+                    " {:.0} ns ({:.2}x; floor {floor:.2}x) |",
+                    case.ns, case.ratio
+                ),
+                None => write!(out, " {:.0} ns ({:.2}x) |", case.ns, case.ratio),
+            };
         }
         out += "\n";
     }
@@ -275,6 +286,14 @@ fn worst_ratio(report: &KernelReport, case: Case) -> f64 {
         .iter()
         .map(|c| c.ratio)
         .fold(f64::NAN, f64::max)
+}
+
+/// The worst floor ratio of a case, if it has a floor program.
+fn worst_floor(report: &KernelReport, case: Case) -> Option<f64> {
+    ratios_of(report, case)
+        .iter()
+        .filter_map(|c| c.floor_ratio)
+        .reduce(f64::max)
 }
 
 /// The largest relative change of a case's ratio to baseline between the
@@ -325,16 +344,27 @@ fn kernel_targets(report: &KernelReport) -> Vec<Target> {
     let mut targets = Vec::new();
     for (case, limit) in [
         (Case::OtherPort, 1.15),
-        (Case::OtherAddress, 1.15),
-        (Case::Established, 1.6),
+        (Case::OtherAddress, 1.25),
+        (Case::Established, 2.5),
+        (Case::NewFlow, 10.0),
+        (Case::Reply, 5.0),
     ] {
         let worst = worst_ratio(report, case);
         targets.push(at_most(
-            format!("{}: ratio to no-op XDP (worst cell)", case.label()),
+            format!("{}: ratio to the no-op (worst cell)", case.label()),
             limit,
             worst,
             "x",
         ));
+        // Whether the target is reachable at all on this machine.
+        if let Some(floor) = worst_floor(report, case) {
+            targets.push(at_most(
+                format!("{}: its floor's ratio (worst cell)", case.label()),
+                limit,
+                floor,
+                "x",
+            ));
+        }
     }
     for case in Case::ALL {
         for (by_services, axis) in [(true, "1 -> 10,000 services"), (false, "1 % -> 100 % fill")] {
