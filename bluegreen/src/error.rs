@@ -146,6 +146,32 @@ pub enum Error {
         "bluegreen is not attached to {iface} ({detail}), so a change would not reach clients: run `bluegreen up --iface {iface} ...` to attach again (colors are kept)"
     )]
     NotAttached { iface: String, detail: String },
+    #[error("{action}: {source} (is etcd running and reachable there?)")]
+    Etcd {
+        action: String,
+        #[source]
+        source: Box<etcd_client::Error>,
+    },
+    #[error(
+        "etcd key {key} holds something this bluegreen cannot read ({reason}): check what wrote it"
+    )]
+    FleetData { key: String, reason: String },
+    #[error(
+        "a fleet change of {service} is already in progress ({holder}): wait for it to finish (see `bluegreen fleet status`), then run the command again"
+    )]
+    FleetBusy { service: String, holder: String },
+    #[error(
+        "another fleet change of {service} landed first: check `bluegreen fleet status`, then run the command again"
+    )]
+    FleetRaced { service: String },
+    #[error(
+        "service {service} is managed by the fleet (host {host} of {prefix}): use `bluegreen fleet switch` or `bluegreen fleet rollback`; in an emergency, --local-override changes this host alone (the fleet is told)"
+    )]
+    FleetManaged {
+        service: String,
+        host: String,
+        prefix: String,
+    },
     #[error("{action}: {source}")]
     Io {
         action: String,
@@ -166,6 +192,14 @@ impl Error {
     pub fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let action = action.into();
         move |source| Error::Io { action, source }
+    }
+
+    pub fn etcd(action: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> Error {
+        let action = action.into();
+        move |source| Error::Etcd {
+            action,
+            source: Box::new(source),
+        }
     }
 
     /// Wraps an eBPF-side failure; a permission refusal anywhere in its
