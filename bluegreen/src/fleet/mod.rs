@@ -21,9 +21,15 @@ pub mod client;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use bluegreen_common::ChangeCause;
 use serde::{Deserialize, Serialize};
 
-use crate::{endpoint::Color, health::Health};
+use crate::{
+    endpoint::Color,
+    error::Result,
+    health::Health,
+    host::{Host, SwitchOptions, SwitchOutcome, SwitchTarget},
+};
 
 /// Version of the JSON documents under `PREFIX/v1/` and of
 /// `fleet status --json`.
@@ -88,6 +94,18 @@ pub struct DesiredState {
 }
 
 impl DesiredState {
+    /// Every new flow to `color`, as if it had always been so.
+    pub fn initial(color: Color) -> DesiredState {
+        DesiredState {
+            color,
+            weight: 100,
+            force_epoch: 0,
+            previous: color,
+            by: String::new(),
+            at_unix_ms: 0,
+        }
+    }
+
     /// The color serving every new flow, or the one still active under a
     /// weighted split.
     pub fn serving(&self) -> Color {
@@ -141,6 +159,56 @@ impl DesiredState {
         let back = DesiredState::next(self, target, 100, force, by, at_unix_ms);
         (back.color != self.color || self.weight < 100).then_some(back)
     }
+}
+
+/// How a host with `active` and `weight` percent of new flows to the idle
+/// color reads: `blue`, or `blue, 10% to green`.
+pub fn describe(active: Color, weight: u8) -> String {
+    match weight {
+        0 => active.to_string(),
+        _ => format!("{active}, {weight}% to {}", active.other()),
+    }
+}
+
+impl std::fmt::Display for DesiredState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.weight {
+            100 => write!(f, "{}", self.color),
+            weight => write!(f, "{}, {weight}% to {}", self.color.other(), self.color),
+        }
+    }
+}
+
+/// Brings one local service to `desired` through the same health-gated
+/// switch (or weighted shift) as the CLI; `force` moves established flows
+/// too. `None` when the service is already there and nothing is forced.
+pub fn apply(
+    host: &Host,
+    service: &str,
+    desired: &DesiredState,
+    force: bool,
+) -> Result<Option<SwitchOutcome>> {
+    let view = host.service_view(Some(service))?;
+    if desired.is_met_by(view.active, view.record.weight) && !force {
+        return Ok(None);
+    }
+    let outcome = if desired.weight == 100 {
+        let options = SwitchOptions {
+            force,
+            check: true,
+            cause: ChangeCause::Operator,
+        };
+        host.switch(Some(service), SwitchTarget::Color(desired.color), options)?
+    } else {
+        host.shift(
+            Some(service),
+            desired.color,
+            desired.weight,
+            true,
+            ChangeCause::Operator,
+        )?
+    };
+    Ok(Some(outcome))
 }
 
 /// One host's record: what its daemon applied, per service.
@@ -253,14 +321,7 @@ pub fn common_state(service: &str, hosts: &[HostRecord]) -> Result<DesiredState,
         .collect();
     let distinct: BTreeSet<(Color, u8)> = states.values().copied().collect();
     match distinct.into_iter().collect::<Vec<_>>()[..] {
-        [(color, 0)] => Ok(DesiredState {
-            color,
-            weight: 100,
-            force_epoch: 0,
-            previous: color,
-            by: String::new(),
-            at_unix_ms: 0,
-        }),
+        [(color, 0)] => Ok(DesiredState::initial(color)),
         [] => Err(format!("no live host serves {service}")),
         _ => Err(states
             .iter()
