@@ -23,8 +23,6 @@ use serde_json::json;
 
 use super::args::{FleetAction, FleetChangeArgs, FleetConnection, FleetStatusArgs};
 
-/// How often a waiting command reads the hosts' records.
-const POLL: Duration = Duration::from_millis(50);
 /// The change marker's lease: if the command dies, another operator can go
 /// ahead this long after.
 const CHANGE_TTL_SECS: i64 = 10;
@@ -122,7 +120,8 @@ fn pick_service(wanted: Option<&str>, hosts: &[HostRecord]) -> anyhow::Result<St
 
 /// Who runs this command, for the change marker and the desired state.
 fn operator() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "someone".to_owned());
+    // SAFETY: getuid has no preconditions.
+    let user = std::env::var("USER").unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }));
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .unwrap_or_else(|_| "unknown".to_owned());
@@ -164,7 +163,7 @@ async fn change(
         .await?;
     let waiting = fleet::progress(&service, -1, &hosts);
     println!(
-        "{service}: fleet {verb} to {desired} written (revision {}); waiting for {} live hosts",
+        "{service}: fleet {verb} to {desired} written (revision {}); waiting for the live hosts ({})",
         change.revision,
         waiting.pending.len()
     );
@@ -241,9 +240,11 @@ fn failures(progress: &Progress, timed_out: bool, timeout: Duration) -> Vec<Stri
     failures
 }
 
-/// Polls the live hosts until each has acted on `revision` of `service`,
-/// until the first refusal if `stop_on_refusal`, or until `timeout` (then
-/// true: the pending hosts timed out). Prints each host as it acts.
+/// Follows the live hosts until each has acted on `revision` of
+/// `service`, until the first refusal if `stop_on_refusal`, or until
+/// `timeout` (then true: the pending hosts timed out). Prints each host as
+/// it acts. Every change of a host record (an update, or a lease expiring)
+/// wakes it, so it sees convergence as soon as etcd does.
 async fn wait(
     client: &mut FleetClient,
     service: &str,
@@ -252,7 +253,10 @@ async fn wait(
     stop_on_refusal: bool,
 ) -> anyhow::Result<(Progress, bool)> {
     let started = Instant::now();
-    let deadline = started + timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Watching from before the first read: no change slips in between.
+    let hosts_dir = client.keys.hosts();
+    let mut changes = client.watch(&hosts_dir, None).await?;
     let mut shown = BTreeSet::new();
     loop {
         // Held by this command's marker, so only a write that bypassed
@@ -279,10 +283,12 @@ async fn wait(
         if progress.is_settled() || (stop_on_refusal && !progress.refused.is_empty()) {
             return Ok((progress, false));
         }
-        if Instant::now() >= deadline {
-            return Ok((progress, true));
+        match tokio::time::timeout_at(deadline, changes.message()).await {
+            Err(_) => return Ok((progress, true)),
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => bail!("etcd ended the watch of {hosts_dir}"),
+            Ok(Err(error)) => return Err(bluegreen::Error::etcd(format!("cannot watch {hosts_dir}"))(error).into()),
         }
-        tokio::time::sleep(POLL).await;
     }
 }
 

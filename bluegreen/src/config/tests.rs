@@ -148,6 +148,25 @@ fn the_packaged_example_config_is_valid() {
     assert_eq!(config.interface.as_deref(), Some("eth0"));
     assert_eq!(config.services.len(), 2);
     assert_eq!(config.services[0].green.backends().len(), 2);
+    assert_eq!(config.fleet, None, "the fleet example is commented out");
+
+    // Uncommented as the comment suggests, the fleet example is valid too.
+    let text = std::fs::read_to_string(path).expect("read the example");
+    let mut in_fleet = false;
+    let uncommented: Vec<&str> = text
+        .lines()
+        .map(|line| {
+            in_fleet = (in_fleet || line == "# [fleet]") && !line.is_empty();
+            if in_fleet { line.trim_start_matches("# ") } else { line }
+        })
+        .collect();
+    let fleet = Config::parse(&uncommented.join("\n"), "example")
+        .expect("the fleet example")
+        .fleet
+        .expect("[fleet]");
+    assert_eq!(fleet.host, "web-1");
+    assert_eq!(fleet.endpoints.len(), 2);
+    assert!(fleet.tls.cert.is_some() && fleet.tls.key.is_some());
 }
 
 #[test]

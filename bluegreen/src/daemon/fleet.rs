@@ -159,7 +159,8 @@ impl Agent {
         if let Some(ready) = ready.take() {
             let _ = ready.send(());
         }
-        let mut watch = client.watch_services(revision + 1).await?;
+        let services = client.keys.services();
+        let mut watch = client.watch(&services, Some(revision + 1)).await?;
         let mut renew = tokio::time::interval(Duration::from_millis(ttl as u64 * 1000 / 3));
         let mut refresh = tokio::time::interval(REFRESH);
         loop {

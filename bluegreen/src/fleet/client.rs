@@ -305,18 +305,15 @@ impl FleetClient {
         Ok(())
     }
 
-    /// Watches every desired state from `revision` on.
-    pub async fn watch_services(&mut self, revision: i64) -> Result<WatchStream> {
-        let dir = self.keys.services();
+    /// Watches every key below `dir` (one of [`Keys`]'s directories), from
+    /// `revision` on or, with `None`, from now.
+    pub async fn watch(&mut self, dir: &str, revision: Option<i64>) -> Result<WatchStream> {
+        let mut options = WatchOptions::new().with_prefix();
+        if let Some(revision) = revision {
+            options = options.with_start_revision(revision);
+        }
         self.client
-            .watch(
-                dir.as_str(),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(revision),
-                ),
-            )
+            .watch(dir, Some(options))
             .await
             .map_err(Error::etcd(format!("cannot watch {dir} in etcd")))
     }
