@@ -107,7 +107,14 @@ impl Etcd {
         let url = etcd_url();
         self.namespace
             .command("etcdctl")
-            .args(["--endpoints", &url, "--dial-timeout", "1s", "get", "health-probe"])
+            .args([
+                "--endpoints",
+                &url,
+                "--dial-timeout",
+                "1s",
+                "get",
+                "health-probe",
+            ])
             .env("ETCDCTL_API", "3")
             .output()
             .is_ok_and(|output| output.status.success())
@@ -145,7 +152,11 @@ impl FleetHost {
     /// Starts the daemon (metrics on [`METRICS`] in its switch namespace)
     /// and waits until `status` answers.
     pub fn start_daemon(&mut self) {
-        assert!(self.daemon.is_none(), "{}: daemon already running", self.name);
+        assert!(
+            self.daemon.is_none(),
+            "{}: daemon already running",
+            self.name
+        );
         self.daemon = Some(
             self.fixture
                 .start_daemon(&self.config, &[&format!("--metrics={METRICS}")]),
@@ -218,7 +229,10 @@ impl FleetBed {
 
     /// `bluegreen fleet ARGS --etcd URL` from etcd's namespace.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut command = self.etcd.namespace.command(binary().to_str().expect("utf-8"));
+        let mut command = self
+            .etcd
+            .namespace
+            .command(binary().to_str().expect("utf-8"));
         command
             .arg("fleet")
             .args(args)
@@ -299,7 +313,13 @@ fn wire_to_etcd(etcd: &Namespace, switch: &Namespace, index: usize) {
     let (near, far) = (format!("e{index}"), "f0");
     veth(etcd, &near, switch, far);
     let subnet = 160 + index;
-    etcd.ip(&["addr", "add", &format!("10.200.{subnet}.1/24"), "dev", &near]);
+    etcd.ip(&[
+        "addr",
+        "add",
+        &format!("10.200.{subnet}.1/24"),
+        "dev",
+        &near,
+    ]);
     etcd.ip(&["link", "set", &near, "up"]);
     switch.ip(&["addr", "add", &format!("10.200.{subnet}.2/24"), "dev", far]);
     switch.ip(&["link", "set", far, "up"]);

@@ -43,7 +43,11 @@ fn a_fleet_switch_reaches_every_host_and_status_shows_them() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("converged in"), "{}", run.stdout);
     for host in ["h1", "h2", "h3"] {
-        assert!(run.stdout.contains(&format!("  {host}: applied")), "{}", run.stdout);
+        assert!(
+            run.stdout.contains(&format!("  {host}: applied")),
+            "{}",
+            run.stdout
+        );
     }
     // Applied means switched: every host serves green at once.
     for host in &bed.hosts {
@@ -52,9 +56,17 @@ fn a_fleet_switch_reaches_every_host_and_status_shows_them() {
     eprintln!("fleet switch of 3 hosts converged in {elapsed:?}");
 
     let status = bed.status();
-    let revision = status["services"]["web"]["revision"].as_i64().expect("revision");
-    assert_eq!(status["services"]["web"]["desired"]["color"], "green", "{status}");
-    assert!(status["services"]["web"]["change_in_progress"].is_null(), "{status}");
+    let revision = status["services"]["web"]["revision"]
+        .as_i64()
+        .expect("revision");
+    assert_eq!(
+        status["services"]["web"]["desired"]["color"], "green",
+        "{status}"
+    );
+    assert!(
+        status["services"]["web"]["change_in_progress"].is_null(),
+        "{status}"
+    );
     let hosts = applied(&bed);
     assert_eq!(hosts.len(), 3, "{status}");
     for (host, web) in hosts {
@@ -81,7 +93,11 @@ fn a_fleet_switch_reaches_every_host_and_status_shows_them() {
     // command; an override goes through and the fleet sees the drift.
     let local = bed.hosts[0].fixture.bluegreen.run(&["switch", "green"]);
     assert_ne!(local.code, 0, "{local:?}");
-    assert!(local.stderr.contains("bluegreen fleet switch"), "{}", local.stderr);
+    assert!(
+        local.stderr.contains("bluegreen fleet switch"),
+        "{}",
+        local.stderr
+    );
     assert_eq!(bed.hosts[0].get(), "blue");
     bed.hosts[0]
         .fixture
@@ -94,7 +110,10 @@ fn a_fleet_switch_reaches_every_host_and_status_shows_them() {
         if web["drift"].is_string() && web["in_sync"] == false {
             break;
         }
-        assert!(Instant::now() < deadline, "h1's drift never reported: {web}");
+        assert!(
+            Instant::now() < deadline,
+            "h1's drift never reported: {web}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -108,15 +127,26 @@ fn a_host_that_refuses_undoes_the_switch_everywhere() {
     let run = bed.fleet(&["switch", "green", "--timeout", TIMEOUT]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("h3 refused"), "{}", run.stderr);
-    assert!(run.stderr.contains("failed its health check"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("failed its health check"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("was undone"), "{}", run.stderr);
-    assert!(run.stderr.contains("every live host is back on blue"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("every live host is back on blue"),
+        "{}",
+        run.stderr
+    );
     assert!(!run.stderr.contains("h1 refused"), "{}", run.stderr);
     for host in &bed.hosts {
         assert_eq!(host.get(), "blue", "{}", host.name);
     }
     let status = bed.status();
-    assert_eq!(status["services"]["web"]["desired"]["color"], "blue", "{status}");
+    assert_eq!(
+        status["services"]["web"]["desired"]["color"], "blue",
+        "{status}"
+    );
     for (host, web) in applied(&bed) {
         assert_eq!(web["color"], "blue", "{host}: {web}");
         assert_eq!(web["in_sync"], true, "{host}: {web}");
@@ -131,7 +161,12 @@ fn a_host_that_refuses_undoes_the_switch_everywhere() {
     assert_eq!(bed.hosts[1].get(), "green");
     assert_eq!(bed.hosts[2].get(), "blue");
     let (host, web) = applied(&bed).remove(2);
-    assert!(web["last_error"].as_str().is_some_and(|error| error.contains("health check")), "{host}: {web}");
+    assert!(
+        web["last_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("health check")),
+        "{host}: {web}"
+    );
 }
 
 #[test]
@@ -162,7 +197,11 @@ fn without_etcd_traffic_stays_and_the_fleet_resumes_when_it_returns() {
     for host in &bed.hosts {
         let deadline = Instant::now() + Duration::from_secs(20);
         while metric(&scrape(&host.fixture), "bluegreen_fleet_connected") != 1.0 {
-            assert!(Instant::now() < deadline, "{}: never reconnected", host.name);
+            assert!(
+                Instant::now() < deadline,
+                "{}: never reconnected",
+                host.name
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -225,9 +264,20 @@ fn of_two_concurrent_fleet_switches_one_wins_and_the_other_fails_cleanly() {
 
     assert_eq!(first.code, 0, "{first:?}");
     assert_eq!(second.code, 1, "{second:?}");
-    assert!(second.stderr.contains("already in progress"), "{}", second.stderr);
-    assert!(second.stdout.is_empty(), "the loser wrote nothing: {}", second.stdout);
+    assert!(
+        second.stderr.contains("already in progress"),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        second.stdout.is_empty(),
+        "the loser wrote nothing: {}",
+        second.stdout
+    );
     bed.wait_serving(&all(&bed), "green", Duration::from_secs(10));
     let status = bed.status();
-    assert_eq!(status["services"]["web"]["desired"]["color"], "green", "{status}");
+    assert_eq!(
+        status["services"]["web"]["desired"]["color"], "green",
+        "{status}"
+    );
 }

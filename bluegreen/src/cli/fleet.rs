@@ -10,8 +10,8 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use bluegreen::{
     clock::unix_now_ms,
-    endpoint::Color,
     config::{Config, DEFAULT_FLEET_PREFIX, FleetTls, validate_fleet_prefix},
+    endpoint::Color,
     fleet::{
         self, DesiredState, FLEET_SCHEMA_VERSION, HostRecord, Progress,
         client::{Change, FleetClient},
@@ -73,7 +73,10 @@ async fn connect(connection: &FleetConnection) -> anyhow::Result<FleetClient> {
     let (endpoints, prefix, tls) = if connection.etcd.is_empty() {
         let path = &connection.config;
         let config = Config::load(path).with_context(|| {
-            format!("no --etcd given, so the endpoints come from {}", path.display())
+            format!(
+                "no --etcd given, so the endpoints come from {}",
+                path.display()
+            )
         })?;
         let Some(fleet) = config.fleet else {
             bail!(
@@ -121,7 +124,8 @@ fn pick_service(wanted: Option<&str>, hosts: &[HostRecord]) -> anyhow::Result<St
 /// Who runs this command, for the change marker and the desired state.
 fn operator() -> String {
     // SAFETY: getuid has no preconditions.
-    let user = std::env::var("USER").unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }));
+    let user =
+        std::env::var("USER").unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }));
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .unwrap_or_else(|_| "unknown".to_owned());
@@ -185,8 +189,14 @@ async fn drive(
 ) -> anyhow::Result<ExitCode> {
     let service = change.service.clone();
     let timeout = Duration::from_secs(args.timeout);
-    let (progress, timed_out) =
-        wait(client, &service, change.revision, timeout, !args.best_effort).await?;
+    let (progress, timed_out) = wait(
+        client,
+        &service,
+        change.revision,
+        timeout,
+        !args.best_effort,
+    )
+    .await?;
     if progress.is_converged() {
         println!(
             "{service}: every live host ({}) applied {desired}: converged in {:.3} s",
@@ -287,7 +297,11 @@ async fn wait(
             Err(_) => return Ok((progress, true)),
             Ok(Ok(Some(_))) => {}
             Ok(Ok(None)) => bail!("etcd ended the watch of {hosts_dir}"),
-            Ok(Err(error)) => return Err(bluegreen::Error::etcd(format!("cannot watch {hosts_dir}"))(error).into()),
+            Ok(Err(error)) => {
+                return Err(
+                    bluegreen::Error::etcd(format!("cannot watch {hosts_dir}"))(error).into(),
+                );
+            }
         }
     }
 }

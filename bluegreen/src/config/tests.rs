@@ -157,7 +157,11 @@ fn the_packaged_example_config_is_valid() {
         .lines()
         .map(|line| {
             in_fleet = (in_fleet || line == "# [fleet]") && !line.is_empty();
-            if in_fleet { line.trim_start_matches("# ") } else { line }
+            if in_fleet {
+                line.trim_start_matches("# ")
+            } else {
+                line
+            }
         })
         .collect();
     let fleet = Config::parse(&uncommented.join("\n"), "example")

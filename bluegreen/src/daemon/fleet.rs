@@ -74,7 +74,10 @@ pub(super) async fn start(
     store
         .save_fleet(&iface, &marker)
         .context("cannot write the fleet marker")?;
-    observations.lock().expect("observations lock").fleet_connected = Some(false);
+    observations
+        .lock()
+        .expect("observations lock")
+        .fleet_connected = Some(false);
     let tracked = services
         .into_iter()
         .map(|name| {
@@ -140,7 +143,8 @@ impl Agent {
         ready: &mut Option<oneshot::Sender<()>>,
     ) -> anyhow::Result<std::convert::Infallible> {
         let config = &self.config;
-        let mut client = FleetClient::connect(&config.endpoints, &config.prefix, &config.tls).await?;
+        let mut client =
+            FleetClient::connect(&config.endpoints, &config.prefix, &config.tls).await?;
         let ttl = config.lease_ttl_secs as i64;
         let lease = client.grant(ttl).await?;
         let (mut keeper, mut renewals) = client.keep_alive(lease).await?;
@@ -286,7 +290,12 @@ impl Agent {
                 }
                 _ => None,
             };
-            let before = (applied.color, applied.weight, applied.health, &applied.drift);
+            let before = (
+                applied.color,
+                applied.weight,
+                applied.health,
+                &applied.drift,
+            );
             if before != (view.active, view.record.weight, health, &drift) {
                 if drift.is_some() && applied.drift.is_none() {
                     log::warn!("fleet: {name}: {}", drift.as_deref().unwrap_or_default());

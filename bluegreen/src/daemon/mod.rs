@@ -58,7 +58,10 @@ async fn join_fleet(
     let iface = running.request.iface.clone();
     let Some(config) = running.fleet.clone() else {
         store.remove_fleet(&iface)?;
-        observations.lock().expect("observations lock").fleet_connected = None;
+        observations
+            .lock()
+            .expect("observations lock")
+            .fleet_connected = None;
         return Ok(None);
     };
     let services = running

@@ -65,9 +65,7 @@ pub fn run(plan: &FleetPlan) -> Result<FleetReport, Interrupted> {
         for round in 0..plan.rounds {
             check()?;
             let color = if round % 2 == 0 { "green" } else { "blue" };
-            local_samples.push(timed("switch", || {
-                local.bluegreen.run(&["switch", color])
-            }));
+            local_samples.push(timed("switch", || local.bluegreen.run(&["switch", color])));
             assert_eq!(local.get(), color, "the local switch took effect");
             fleet_samples.push(timed("fleet switch", || {
                 bed.fleet(&["switch", color, "--timeout", "30"])

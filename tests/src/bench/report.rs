@@ -8,9 +8,9 @@ use serde::Serialize;
 
 use super::{
     chart,
+    fleet::{self, FleetReport},
     kernel_cost::{Case, CaseFigures, KernelReport},
     lab::Dataplane,
-    fleet::{self, FleetReport},
     pools::{self, PoolsReport},
     switch_time::SwitchReport,
     throughput::ThroughputReport,
