@@ -146,12 +146,10 @@ pub enum Error {
         "bluegreen is not attached to {iface} ({detail}), so a change would not reach clients: run `bluegreen up --iface {iface} ...` to attach again (colors are kept)"
     )]
     NotAttached { iface: String, detail: String },
-    #[error("{action}: {source} (is etcd running and reachable there?)")]
-    Etcd {
-        action: String,
-        #[source]
-        source: Box<etcd_client::Error>,
-    },
+    /// etcd's error reduced to what happened (gRPC's own rendering of it
+    /// runs to several lines of debug output).
+    #[error("{action}: {reason} (is etcd running and reachable there?)")]
+    Etcd { action: String, reason: String },
     #[error(
         "etcd key {key} holds something this bluegreen cannot read ({reason}): check what wrote it"
     )]
@@ -196,9 +194,30 @@ impl Error {
 
     pub fn etcd(action: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> Error {
         let action = action.into();
-        move |source| Error::Etcd {
-            action,
-            source: Box::new(source),
+        move |error| {
+            // The gRPC status's message, then its innermost cause (say,
+            // "Connection refused"), which says the most.
+            let mut reason = match &error {
+                etcd_client::Error::GRpcStatus(status) => status.message().to_owned(),
+                other => other.to_string(),
+            };
+            let mut cause: Option<&(dyn std::error::Error + 'static)> =
+                std::error::Error::source(&error);
+            let mut innermost = None;
+            while let Some(next) = cause {
+                innermost = Some(next);
+                cause = next.source();
+            }
+            if let Some(innermost) = innermost.map(ToString::to_string)
+                && !reason.contains(&innermost)
+            {
+                reason = if reason.is_empty() {
+                    innermost
+                } else {
+                    format!("{reason}: {innermost}")
+                };
+            }
+            Error::Etcd { action, reason }
         }
     }
 

@@ -274,7 +274,10 @@ impl StateStore {
 
     /// Removes the marker: the daemon runs without `[fleet]` now.
     pub fn remove_fleet(&self, iface: &str) -> Result<()> {
-        self.remove_names(&[format!("{iface}.fleet.json")])
+        self.remove_names(&[
+            format!("{iface}.fleet.json"),
+            format!(".{iface}.fleet.json.tmp"),
+        ])
     }
 
     /// Replaces the file `name` atomically (see [`StateStore::save`]); one
@@ -310,7 +313,13 @@ impl StateStore {
         // The lock file stays: unlinking it while held would let a command
         // already waiting lock the old file while a new one creates and
         // locks another, and both would run at once.
-        self.remove_names(&[format!("{iface}.json"), format!(".{iface}.json.tmp")])
+        // The fleet marker goes too: a `down` interface follows no fleet.
+        self.remove_names(&[
+            format!("{iface}.json"),
+            format!(".{iface}.json.tmp"),
+            format!("{iface}.fleet.json"),
+            format!(".{iface}.fleet.json.tmp"),
+        ])
     }
 
     fn remove_names(&self, names: &[String]) -> Result<()> {
