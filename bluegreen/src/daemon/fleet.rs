@@ -211,17 +211,19 @@ impl Agent {
             return;
         }
         let first = tracked.desired.is_none();
-        let force = desired.force_epoch > tracked.applied.force_epoch;
         let applied = {
             let (host, name, wanted) = (self.host.clone(), name.to_owned(), desired.clone());
+            let before = tracked.applied.clone();
             tokio::task::spawn_blocking(move || {
                 let met = host
                     .service_view(Some(&name))
                     .is_ok_and(|view| wanted.is_met_by(view.active, view.record.weight));
-                // A restarted daemon whose service already has the forced
-                // color does not cut its connections over again.
-                let force = force && !(first && met);
-                fleet::apply(&host, &name, &wanted, force)
+                fleet::apply(
+                    &host,
+                    &name,
+                    &wanted,
+                    before.must_force(&wanted, first, met),
+                )
             })
             .await
         };
@@ -277,19 +279,9 @@ impl Agent {
                 }
             };
             let applied = &mut tracked.applied;
-            let drift = match &tracked.desired {
-                Some((desired, revision))
-                    if applied.revision == *revision
-                        && applied.refused.is_none()
-                        && !desired.is_met_by(view.active, view.record.weight) =>
-                {
-                    Some(format!(
-                        "serving {} while the fleet wants {desired} (a local --local-override or the daemon's automatic rollback)",
-                        describe(view.active, view.record.weight)
-                    ))
-                }
-                _ => None,
-            };
+            let drift = tracked.desired.as_ref().and_then(|(desired, revision)| {
+                applied.drift(desired, *revision, view.active, view.record.weight)
+            });
             let before = (
                 applied.color,
                 applied.weight,

@@ -258,6 +258,37 @@ impl Default for ColorHealth {
     }
 }
 
+impl AppliedService {
+    /// Why the live state (`active`, `weight`) differs from `desired` at
+    /// `revision` although this host applied it: someone changed the host
+    /// alone since. `None` when it matches, or when the revision was not
+    /// applied (not yet, or refused: that is reported as such).
+    pub fn drift(
+        &self,
+        desired: &DesiredState,
+        revision: i64,
+        active: Color,
+        weight: u8,
+    ) -> Option<String> {
+        let applied = self.revision == revision && self.refused.is_none();
+        (applied && !desired.is_met_by(active, weight)).then(|| {
+            format!(
+                "serving {} while the fleet wants {desired} (a local --local-override or the daemon's automatic rollback)",
+                describe(active, weight)
+            )
+        })
+    }
+
+    /// Whether applying `desired` moves established flows: its force epoch
+    /// is above the last one applied, except for a daemon that just started
+    /// (`first`) and finds the service already `met`: it forced that color
+    /// before it stopped, and cutting connections over again would only
+    /// hurt.
+    pub fn must_force(&self, desired: &DesiredState, first: bool, met: bool) -> bool {
+        desired.force_epoch > self.force_epoch && !(first && met)
+    }
+}
+
 /// Where the live hosts stand with one desired-state revision of one
 /// service. Hosts that do not serve the service are not in it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -148,3 +148,52 @@ fn host_records_round_trip_through_json() {
     assert_eq!(serde_json::from_str::<HostRecord>(&text).unwrap(), host);
     assert_eq!(served_services(&[host]), BTreeSet::from(["web".to_owned()]));
 }
+
+#[test]
+fn drift_is_a_live_state_the_applied_revision_does_not_explain() {
+    let green = desired(Color::Green, 100, Color::Blue);
+    let host = record("h1", &[("web", Color::Green, 0, 7, None)]);
+    let applied = &host.services["web"];
+    assert_eq!(applied.drift(&green, 7, Color::Green, 0), None);
+    let drift = applied
+        .drift(&green, 7, Color::Blue, 0)
+        .expect("overridden");
+    assert!(
+        drift.starts_with("serving blue while the fleet wants green"),
+        "{drift}"
+    );
+    assert_eq!(
+        applied.drift(&green, 8, Color::Blue, 0),
+        None,
+        "not applied yet"
+    );
+    let refused = record("h1", &[("web", Color::Blue, 0, 7, Some("green failed"))]);
+    assert_eq!(
+        refused.services["web"].drift(&green, 7, Color::Blue, 0),
+        None
+    );
+}
+
+#[test]
+fn a_force_is_applied_once_and_not_again_after_a_restart() {
+    let host = record("h1", &[("web", Color::Blue, 0, 7, None)]);
+    let applied = &host.services["web"];
+    let forced = DesiredState {
+        force_epoch: 1,
+        ..desired(Color::Green, 100, Color::Blue)
+    };
+    assert!(applied.must_force(&forced, false, false));
+    assert!(
+        applied.must_force(&forced, true, false),
+        "restarted, not there yet"
+    );
+    assert!(
+        !applied.must_force(&forced, true, true),
+        "restarted, already green"
+    );
+    let done = AppliedService {
+        force_epoch: 1,
+        ..applied.clone()
+    };
+    assert!(!done.must_force(&forced, false, false));
+}
