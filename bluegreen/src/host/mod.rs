@@ -219,6 +219,9 @@ impl Host {
     /// The fleet daemon's marker when the named service (or the only one)
     /// follows a fleet: a local change of it must be an explicit override.
     pub fn fleet_marker(&self, service: Option<&str>) -> Result<Option<FleetMarker>> {
+        if !self.state.has_fleet_markers()? {
+            return Ok(None);
+        }
         let open = self.open_service(service, Lock::None)?;
         let marker = self.state.load_fleet(&open.state.interface)?;
         Ok(marker.filter(|marker| marker.services.iter().any(|name| name == open.name())))

@@ -266,6 +266,26 @@ impl StateStore {
             .transpose()
     }
 
+    /// Whether any interface has a fleet marker: a cheap look at the
+    /// directory, so that a host outside any fleet pays nothing more per
+    /// `switch`.
+    pub fn has_fleet_markers(&self) -> Result<bool> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => {
+                return Err(Error::io(format!("cannot list {}", self.dir.display()))(
+                    error,
+                ));
+            }
+        };
+        Ok(entries.flatten().any(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(".fleet.json") && !name.starts_with('.')
+        }))
+    }
+
     /// Written by the fleet daemon (its only writer), atomically.
     pub fn save_fleet(&self, iface: &str, marker: &FleetMarker) -> Result<()> {
         let text = serde_json::to_string_pretty(marker).expect("marker serialises") + "\n";
