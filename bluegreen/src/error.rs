@@ -146,6 +146,30 @@ pub enum Error {
         "bluegreen is not attached to {iface} ({detail}), so a change would not reach clients: run `bluegreen up --iface {iface} ...` to attach again (colors are kept)"
     )]
     NotAttached { iface: String, detail: String },
+    /// etcd's error reduced to what happened (gRPC's own rendering of it
+    /// runs to several lines of debug output).
+    #[error("{action}: {reason} (is etcd running and reachable there?)")]
+    Etcd { action: String, reason: String },
+    #[error(
+        "etcd key {key} holds something this bluegreen cannot read ({reason}): check what wrote it"
+    )]
+    FleetData { key: String, reason: String },
+    #[error(
+        "a fleet change of {service} is already in progress ({holder}): wait for it to finish (see `bluegreen fleet status`), then run the command again"
+    )]
+    FleetBusy { service: String, holder: String },
+    #[error(
+        "another fleet change of {service} landed first: check `bluegreen fleet status`, then run the command again"
+    )]
+    FleetRaced { service: String },
+    #[error(
+        "service {service} is managed by the fleet (host {host} of {prefix}): use `bluegreen fleet switch` or `bluegreen fleet rollback`; in an emergency, --local-override changes this host alone (the fleet is told)"
+    )]
+    FleetManaged {
+        service: String,
+        host: String,
+        prefix: String,
+    },
     #[error("{action}: {source}")]
     Io {
         action: String,
@@ -166,6 +190,35 @@ impl Error {
     pub fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let action = action.into();
         move |source| Error::Io { action, source }
+    }
+
+    pub fn etcd(action: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> Error {
+        let action = action.into();
+        move |error| {
+            // The gRPC status's message, then its innermost cause (say,
+            // "Connection refused"), which says the most.
+            let mut reason = match &error {
+                etcd_client::Error::GRpcStatus(status) => status.message().to_owned(),
+                other => other.to_string(),
+            };
+            let mut cause: Option<&(dyn std::error::Error + 'static)> =
+                std::error::Error::source(&error);
+            let mut innermost = None;
+            while let Some(next) = cause {
+                innermost = Some(next);
+                cause = next.source();
+            }
+            if let Some(innermost) = innermost.map(ToString::to_string)
+                && !reason.contains(&innermost)
+            {
+                reason = if reason.is_empty() {
+                    innermost
+                } else {
+                    format!("{reason}: {innermost}")
+                };
+            }
+            Error::Etcd { action, reason }
+        }
     }
 
     /// Wraps an eBPF-side failure; a permission refusal anywhere in its

@@ -9,6 +9,7 @@ pub mod config;
 mod dirs;
 pub mod endpoint;
 pub mod error;
+pub mod fleet;
 pub mod health;
 pub mod host;
 pub mod load;

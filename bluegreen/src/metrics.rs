@@ -278,6 +278,15 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
                 .inc_by(*count);
         }
     }
+    if let Some(connected) = observations.fleet_connected {
+        let gauge = Gauge::<i64>::default();
+        registry.register(
+            "bluegreen_fleet_connected",
+            "1 while the daemon follows the fleet through etcd, 0 while etcd is unreachable (traffic keeps its last applied state)",
+            gauge.clone(),
+        );
+        gauge.set(i64::from(connected));
+    }
     let mut body = String::new();
     encode(&mut body, &registry).expect("writing to a String cannot fail");
     body

@@ -20,6 +20,9 @@ pub struct Observations {
     /// (service, color, backend) -> its load, for services with
     /// `[service.load]`.
     pub load: BTreeMap<(String, Color, SocketAddr), BackendLoad>,
+    /// Whether the fleet agent holds a session with etcd; `None` without
+    /// `[fleet]`.
+    pub fleet_connected: Option<bool>,
 }
 
 /// What the daemon's load watcher last saw of one backend.

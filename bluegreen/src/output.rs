@@ -118,6 +118,22 @@ pub fn print_status(report: &StatusReport) {
                 interface.interface
             );
         }
+        if let Some(fleet) = &interface.fleet {
+            let state = if fleet.connected {
+                "connected".to_owned()
+            } else {
+                format!(
+                    "NOT connected to etcd ({}); traffic keeps its last applied state",
+                    fleet.last_error.as_deref().unwrap_or("not yet")
+                )
+            };
+            println!(
+                "  fleet: host {} of {} at {}: {state}",
+                fleet.host,
+                fleet.prefix,
+                fleet.endpoints.join(",")
+            );
+        }
         for service in &interface.services {
             println!(
                 "  {} {} {}: active {} (previous {}, generation {})",

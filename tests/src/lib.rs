@@ -12,10 +12,13 @@
 //! - [`fixture`]: the end-to-end tests' standard setup (topology, backends,
 //!   a bluegreen instance and service "web") and its client helpers.
 //! - [`metrics`]: scraping a test daemon's metrics endpoint.
+//! - [`fleet`]: a real etcd and several hosts, each a fixture with its own
+//!   daemon, for the fleet's tests and benchmark.
 
 pub mod bench;
 pub mod cli;
 pub mod fixture;
+pub mod fleet;
 pub mod http;
 pub mod kernel;
 pub mod metrics;

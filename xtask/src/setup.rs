@@ -10,8 +10,10 @@ use crate::cmd;
 
 /// Debian packages: LLVM 22 for bpf-linker, the tools the end-to-end
 /// tests, demo and benchmarks drive, dpkg-dev for cargo-deb (it runs
-/// dpkg-shlibdeps for `$auto` dependencies, and strip), and prometheus for
-/// the `promtool` that checks the shipped alert rules.
+/// dpkg-shlibdeps for `$auto` dependencies, and strip), prometheus for
+/// the `promtool` that checks the shipped alert rules, etcd (server and
+/// etcdctl) for the fleet's tests and benchmark, and protoc, which the
+/// etcd-client crate's build script needs.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "iproute2",
@@ -23,6 +25,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3",
     "dpkg-dev",
     "prometheus",
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
 ];
 
 /// bpf-linker must link against the same LLVM major as `llvm-22-dev`.

@@ -171,6 +171,20 @@ asks for it, and serves Prometheus metrics on /metrics when --metrics is given.
 SIGHUP reloads the config (backends, checks and timeouts; active colors are kept).
 SIGTERM exits WITHOUT detaching: traffic keeps flowing while the service restarts.")]
     Daemon(DaemonArgs),
+    /// Switch, roll back or inspect a service on every host of a fleet (etcd).
+    #[command(after_help = "Examples:
+  bluegreen fleet switch green --etcd http://10.0.0.5:2379      # every host, all or nothing
+  bluegreen fleet switch green --weight 10 --timeout 60
+  bluegreen fleet rollback --service chat
+  bluegreen fleet status --json
+
+Each host's daemon (with [fleet] in its config) follows the desired state in etcd and
+applies it through the same health-gated switch as `bluegreen switch`. The endpoints come
+from --etcd or from the config file's [fleet] section.")]
+    Fleet {
+        #[command(subcommand)]
+        action: FleetAction,
+    },
     /// Print a shell completion script.
     #[command(after_help = "Examples:
   bluegreen completions bash > /etc/bash_completion.d/bluegreen
@@ -255,6 +269,9 @@ pub(crate) struct ShiftArgs {
     pub interval: Duration,
     #[arg(long)]
     pub service: Option<String>,
+    /// Shift a fleet-managed service on this host alone (see `switch`).
+    #[arg(long)]
+    pub local_override: bool,
 }
 
 #[derive(Subcommand)]
@@ -310,6 +327,104 @@ pub(crate) struct RollbackArgs {
     pub change: ChangeArgs,
 }
 
+#[derive(Subcommand)]
+pub(crate) enum FleetAction {
+    /// Move a service to a color on every live host, all or nothing.
+    #[command(after_help = "Examples:
+  bluegreen fleet switch green --etcd http://10.0.0.5:2379,http://10.0.0.6:2379
+  bluegreen fleet switch green --service chat --timeout 120
+  bluegreen fleet switch green --weight 10          # 10 % of new flows to green everywhere
+  bluegreen fleet switch green --best-effort        # keep the hosts that made it
+
+Writes the desired state in one etcd transaction (refused if another fleet change of the
+service is in progress or landed since it was read), then waits until every live host
+has applied it, printing each host as it does. If a host refuses (the color fails its
+local health check) or does not apply it within --timeout, the previous desired state is
+restored on every host and the command exits 1 naming each host and why; --best-effort
+keeps the partial result instead (and still exits 1). A host whose daemon is down (its
+lease expired) is not waited for: it converges when its daemon comes back.")]
+    Switch(FleetSwitchArgs),
+    /// Return a service to the color that served it before, on every live host.
+    #[command(after_help = "Examples:
+  bluegreen fleet rollback
+  bluegreen fleet rollback --service chat --force
+
+Like `fleet switch` to the previous color (ending a weighted split), all or nothing.")]
+    Rollback(FleetRollbackArgs),
+    /// Show every live host's applied state of every service against the desired one.
+    #[command(after_help = "Examples:
+  bluegreen fleet status
+  bluegreen fleet status --json | jq '.hosts[] | {host, services}'
+
+LAG is how many etcd revisions a host's applied state is behind the desired one (0: in
+sync); a host refusing the desired state shows why under LAST ERROR.")]
+    Status(FleetStatusArgs),
+}
+
+/// Where the fleet's etcd is.
+#[derive(Args)]
+pub(crate) struct FleetConnection {
+    /// etcd's client URLs, comma-separated (default: the config's [fleet]
+    /// endpoints).
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Config file whose [fleet] section gives the endpoints, prefix and TLS
+    /// files when --etcd is not given.
+    #[arg(long, default_value = "/etc/bluegreen/bluegreen.toml")]
+    pub config: PathBuf,
+    /// The fleet's key prefix in etcd (default: the config's, or /bluegreen).
+    #[arg(long)]
+    pub prefix: Option<String>,
+}
+
+/// What `fleet switch` and `fleet rollback` share.
+#[derive(Args)]
+pub(crate) struct FleetChangeArgs {
+    /// Needed when the hosts serve more than one service.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Move established flows too, on every host.
+    #[arg(long)]
+    pub force: bool,
+    /// How long every live host has to apply the change (and, after a
+    /// failure, to return).
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+    /// Keep what the hosts that could apply the change applied, instead of
+    /// restoring the previous state everywhere.
+    #[arg(long)]
+    pub best_effort: bool,
+    #[command(flatten)]
+    pub connection: FleetConnection,
+}
+
+#[derive(Args)]
+pub(crate) struct FleetSwitchArgs {
+    #[arg(value_parser = color_parser())]
+    pub color: Color,
+    /// Send only this percentage of new flows to the color on every host; 100
+    /// is a full switch.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100), conflicts_with = "force")]
+    pub weight: Option<u8>,
+    #[command(flatten)]
+    pub change: FleetChangeArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct FleetRollbackArgs {
+    #[command(flatten)]
+    pub change: FleetChangeArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct FleetStatusArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connection: FleetConnection,
+}
+
 /// What `switch` and `rollback` share: both change the active color.
 #[derive(Args)]
 pub(crate) struct ChangeArgs {
@@ -323,6 +438,10 @@ pub(crate) struct ChangeArgs {
     /// refuses a TCP connection).
     #[arg(long)]
     pub skip_check: bool,
+    /// Change a fleet-managed service on this host alone (an emergency: the
+    /// fleet reports the host as drifted until the next fleet change).
+    #[arg(long)]
+    pub local_override: bool,
 }
 
 #[derive(Args)]

@@ -17,9 +17,35 @@ use clap::CommandFactory;
 
 use super::{
     args::{self, BackendArgs, BackendVerb, ChangeArgs, Command, PreviewAction, UpArgs},
-    shift, watch,
+    fleet, shift, watch,
 };
 use crate::output::{print_backend, print_preview, print_status, print_switch, print_up};
+
+/// Refuses a local change of a service that follows a fleet unless the
+/// operator asked for an override, which is then logged (the daemon
+/// reports the drift to the fleet).
+fn guard_fleet(host: &Host, service: Option<&str>, local_override: bool) -> anyhow::Result<()> {
+    let Some(marker) = host.fleet_marker(service)? else {
+        return Ok(());
+    };
+    if !local_override {
+        let name = match service {
+            Some(name) => name.to_owned(),
+            None => host.service_view(None)?.record.spec.name,
+        };
+        return Err(bluegreen::Error::FleetManaged {
+            service: name,
+            host: marker.host,
+            prefix: marker.prefix,
+        }
+        .into());
+    }
+    log::warn!(
+        "local override of a fleet-managed service on host {}: the fleet reports this host as drifted until the next fleet change",
+        marker.host
+    );
+    Ok(())
+}
 
 fn switch_options(change: &ChangeArgs) -> SwitchOptions {
     if change.skip_check {
@@ -41,6 +67,11 @@ pub fn run(host: &Host, state_dir: &Path, command: Command) -> anyhow::Result<Ex
             print_up(&outcome);
         }
         Command::Switch(args) => {
+            guard_fleet(
+                host,
+                args.change.service.as_deref(),
+                args.change.local_override,
+            )?;
             let options = switch_options(&args.change);
             let service = args.change.service.as_deref();
             let outcome = match args.weight {
@@ -54,9 +85,17 @@ pub fn run(host: &Host, state_dir: &Path, command: Command) -> anyhow::Result<Ex
                 return wait_drain(host, &outcome, Duration::from_secs(seconds));
             }
         }
-        Command::Shift(args) => return shift::run(host, &args),
+        Command::Shift(args) => {
+            guard_fleet(host, args.service.as_deref(), args.local_override)?;
+            return shift::run(host, &args);
+        }
         Command::Preview { action } => preview(host, action)?,
         Command::Rollback(args) => {
+            guard_fleet(
+                host,
+                args.change.service.as_deref(),
+                args.change.local_override,
+            )?;
             let outcome = host.switch(
                 args.change.service.as_deref(),
                 SwitchTarget::Previous,
@@ -112,6 +151,7 @@ pub fn run(host: &Host, state_dir: &Path, command: Command) -> anyhow::Result<Ex
                 args.metrics,
             ))?;
         }
+        Command::Fleet { action } => return fleet::run(action),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

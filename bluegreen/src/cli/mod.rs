@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod commands;
+mod fleet;
 mod shift;
 mod watch;
 

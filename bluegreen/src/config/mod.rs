@@ -7,11 +7,16 @@ mod parse;
 mod pool;
 mod validate;
 
-use std::{net::SocketAddr, path::Path, str::FromStr};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
 
 use bluegreen_common::Timeouts;
 use serde::{Deserialize, Serialize};
 
+pub use parse::{validate_fleet_name, validate_fleet_prefix};
 pub use pool::{BackendSpec, PoolSpec, WEIGHTS};
 pub use validate::{FieldError, ServiceField, validate_backend, validate_pool};
 
@@ -125,12 +130,40 @@ impl Default for DataplaneOptions {
     }
 }
 
+/// `[fleet]`: how this host joins a fleet coordinated through etcd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// etcd's client URLs (`http://` or `https://`).
+    pub endpoints: Vec<String>,
+    /// This host's name in the fleet (default: the hostname).
+    pub host: String,
+    /// Where the fleet's keys live in etcd (default `/bluegreen`).
+    pub prefix: String,
+    /// How long the host stays listed after its daemon stops renewing.
+    pub lease_ttl_secs: u64,
+    pub tls: FleetTls,
+}
+
+/// TLS files for etcd; all `None` means plain connections (or the system's
+/// roots for an `https://` endpoint).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+pub const DEFAULT_FLEET_PREFIX: &str = "/bluegreen";
+pub const DEFAULT_LEASE_TTL_SECS: u64 = 10;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub interface: Option<String>,
     pub xdp_mode: XdpModeArg,
     pub dataplane: DataplaneOptions,
     pub services: Vec<ServiceSpec>,
+    /// `None`: a single host, as without etcd.
+    pub fleet: Option<FleetConfig>,
 }
 
 impl Config {

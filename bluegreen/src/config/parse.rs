@@ -5,6 +5,7 @@
 use std::{
     fmt::Display,
     ops::{Range, RangeInclusive},
+    path::PathBuf,
 };
 
 use bluegreen_common::{MAX_SERVICES, Timeouts};
@@ -12,9 +13,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    AutoRollback, Config, DataplaneOptions, MAX_FLOW_CAPACITY, MIN_FLOW_CAPACITY, ServiceSpec,
-    XdpModeArg, pool,
-    validate::{ServiceField, validate_name},
+    AutoRollback, Config, DEFAULT_FLEET_PREFIX, DEFAULT_LEASE_TTL_SECS, DataplaneOptions,
+    FleetConfig, FleetTls, MAX_FLOW_CAPACITY, MIN_FLOW_CAPACITY, ServiceSpec, XdpModeArg, pool,
+    validate::{ServiceField, is_label, validate_name},
 };
 use crate::{
     endpoint::{Color, parse_endpoint},
@@ -29,6 +30,7 @@ struct RawConfig {
     interface: Option<Spanned<String>>,
     xdp_mode: Option<Spanned<String>>,
     dataplane: Option<RawDataplane>,
+    fleet: Option<RawFleet>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
 }
@@ -40,6 +42,18 @@ struct RawDataplane {
     tcp_idle_timeout_secs: Option<Spanned<u64>>,
     tcp_closing_timeout_secs: Option<Spanned<u64>>,
     udp_idle_timeout_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    endpoints: Spanned<Vec<String>>,
+    host: Option<Spanned<String>>,
+    prefix: Option<Spanned<String>>,
+    lease_ttl_secs: Option<Spanned<u64>>,
+    ca: Option<Spanned<PathBuf>>,
+    cert: Option<Spanned<PathBuf>>,
+    key: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize)]
@@ -137,12 +151,127 @@ pub(super) fn config(text: &str, file: &str) -> Result<Config> {
         None => DataplaneOptions::default(),
         Some(dataplane) => dataplane.options(&source)?,
     };
+    let fleet = raw
+        .fleet
+        .as_ref()
+        .map(|fleet| fleet.settings(&source))
+        .transpose()?;
     Ok(Config {
         interface: raw.interface.map(Spanned::into_inner),
         xdp_mode: xdp_mode.unwrap_or_default(),
         dataplane,
         services: services(&source, &raw.services)?,
+        fleet,
     })
+}
+
+/// A fleet host's name: what `PREFIX/v1/hosts/NAME` and `fleet status`
+/// show.
+pub fn validate_fleet_name(name: &str) -> Result<(), String> {
+    if is_label(name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not 1 to 64 letters, digits, '-', '_' and '.'"
+        ))
+    }
+}
+
+/// The fleet's key prefix: an absolute etcd key path without a trailing
+/// slash, so that `PREFIX/v1/...` has one separator each.
+pub fn validate_fleet_prefix(prefix: &str) -> Result<(), String> {
+    let parts_ok = prefix
+        .strip_prefix('/')
+        .is_some_and(|rest| rest.split('/').all(is_label));
+    if parts_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{prefix:?} is not a key path like /bluegreen or /prod/bluegreen (no trailing slash)"
+        ))
+    }
+}
+
+/// The default fleet host name: the kernel's hostname.
+fn hostname() -> Result<String, String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_err(|error| format!("cannot read the hostname ({error}): set host = \"NAME\""))?;
+    let name = name.trim().to_owned();
+    validate_fleet_name(&name)
+        .map_err(|error| format!("the hostname {error}: set host = \"NAME\""))?;
+    Ok(name)
+}
+
+/// 1 s to 1 hour.
+const LEASE_TTL_SECS: RangeInclusive<u64> = 1..=3600;
+
+impl RawFleet {
+    /// `[fleet]`: endpoints required, everything else defaulted.
+    fn settings(&self, source: &Source) -> Result<FleetConfig> {
+        let endpoints = source.read(&self.endpoints, "fleet.endpoints", |endpoints| {
+            if endpoints.is_empty() {
+                return Err(
+                    "no endpoint: list etcd's client URLs, e.g. [\"http://10.0.0.5:2379\"]"
+                        .to_owned(),
+                );
+            }
+            match endpoints
+                .iter()
+                .find(|url| !(url.starts_with("http://") || url.starts_with("https://")))
+            {
+                Some(url) => Err(format!("{url:?} is not an http:// or https:// URL")),
+                None => Ok(endpoints.clone()),
+            }
+        })?;
+        let host = match &self.host {
+            Some(host) => source.read(host, "fleet.host", |name| {
+                validate_fleet_name(name).map(|()| name.clone())
+            })?,
+            None => hostname()
+                .map_err(|error| source.error(self.endpoints.span(), "fleet.host", error))?,
+        };
+        let prefix = source
+            .read_opt(&self.prefix, "fleet.prefix", |prefix| {
+                validate_fleet_prefix(prefix).map(|()| prefix.clone())
+            })?
+            .unwrap_or_else(|| DEFAULT_FLEET_PREFIX.to_owned());
+        let lease_ttl_secs = source
+            .read_opt(&self.lease_ttl_secs, "fleet.lease_ttl_secs", |&ttl| {
+                if LEASE_TTL_SECS.contains(&ttl) {
+                    Ok(ttl)
+                } else {
+                    Err(format!("{ttl} s is outside 1 ..= 3600 s"))
+                }
+            })?
+            .unwrap_or(DEFAULT_LEASE_TTL_SECS);
+        let tls = FleetTls {
+            ca: self.ca.as_ref().map(|ca| ca.get_ref().clone()),
+            cert: self.cert.as_ref().map(|cert| cert.get_ref().clone()),
+            key: self.key.as_ref().map(|key| key.get_ref().clone()),
+        };
+        // A certificate without its key (or the reverse) cannot
+        // authenticate: refused here rather than at the first connection.
+        if tls.cert.is_some() != tls.key.is_some() {
+            let span = self
+                .cert
+                .as_ref()
+                .or(self.key.as_ref())
+                .map(Spanned::span)
+                .unwrap_or_else(|| self.endpoints.span());
+            return Err(source.error(
+                span,
+                "fleet.cert",
+                "cert and key go together (the client certificate and its private key)",
+            ));
+        }
+        Ok(FleetConfig {
+            endpoints,
+            host,
+            prefix,
+            lease_ttl_secs,
+            tls,
+        })
+    }
 }
 
 /// From 1 s to 7 days.

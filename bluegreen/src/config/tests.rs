@@ -166,6 +166,29 @@ fn the_packaged_example_config_is_valid() {
     assert_eq!(config.interface.as_deref(), Some("eth0"));
     assert_eq!(config.services.len(), 2);
     assert_eq!(config.services[0].green.backends().len(), 2);
+    assert_eq!(config.fleet, None, "the fleet example is commented out");
+
+    // Uncommented as the comment suggests, the fleet example is valid too.
+    let text = std::fs::read_to_string(path).expect("read the example");
+    let mut in_fleet = false;
+    let uncommented: Vec<&str> = text
+        .lines()
+        .map(|line| {
+            in_fleet = (in_fleet || line == "# [fleet]") && !line.is_empty();
+            if in_fleet {
+                line.trim_start_matches("# ")
+            } else {
+                line
+            }
+        })
+        .collect();
+    let fleet = Config::parse(&uncommented.join("\n"), "example")
+        .expect("the fleet example")
+        .fleet
+        .expect("[fleet]");
+    assert_eq!(fleet.host, "web-1");
+    assert_eq!(fleet.endpoints.len(), 2);
+    assert!(fleet.tls.cert.is_some() && fleet.tls.key.is_some());
 }
 
 #[test]
@@ -359,5 +382,70 @@ fn load_sections_take_defaults_and_bad_ones_are_named() {
             "{table}: expected {text:?} in {message}"
         );
         assert_eq!(message.lines().count(), 1, "{message}");
+    }
+}
+
+#[test]
+fn a_fleet_section_takes_defaults_and_without_one_the_host_stands_alone() {
+    assert_eq!(Config::parse(GOOD, "test.toml").unwrap().fleet, None);
+    let text =
+        format!("{GOOD}\n[fleet]\nendpoints = [\"http://10.0.0.5:2379\"]\nhost = \"web-1\"\n");
+    let fleet = Config::parse(&text, "test.toml").unwrap().fleet.unwrap();
+    assert_eq!(fleet.endpoints, ["http://10.0.0.5:2379"]);
+    assert_eq!(fleet.host, "web-1");
+    assert_eq!(fleet.prefix, DEFAULT_FLEET_PREFIX);
+    assert_eq!(fleet.lease_ttl_secs, DEFAULT_LEASE_TTL_SECS);
+    assert_eq!(fleet.tls, FleetTls::default());
+
+    let text = format!(
+        "{GOOD}\n[fleet]\nendpoints = [\"https://a:2379\", \"https://b:2379\"]\nhost = \"h\"\nprefix = \"/prod/bg\"\nlease_ttl_secs = 3\nca = \"/etc/ca.pem\"\ncert = \"/etc/c.pem\"\nkey = \"/etc/k.pem\"\n"
+    );
+    let fleet = Config::parse(&text, "test.toml").unwrap().fleet.unwrap();
+    assert_eq!(fleet.prefix, "/prod/bg");
+    assert_eq!(fleet.lease_ttl_secs, 3);
+    assert_eq!(fleet.tls.key.as_deref(), Some(Path::new("/etc/k.pem")));
+}
+
+#[test]
+fn bad_fleet_settings_are_named_on_their_line() {
+    let cases = [
+        ("endpoints = []", "fleet.endpoints", "no endpoint"),
+        (
+            "endpoints = [\"10.0.0.5:2379\"]",
+            "fleet.endpoints",
+            "not an http:// or https:// URL",
+        ),
+        (
+            "endpoints = [\"http://e:2379\"]\nhost = \"a/b\"",
+            "fleet.host",
+            "letters, digits",
+        ),
+        (
+            "endpoints = [\"http://e:2379\"]\nhost = \"h\"\nprefix = \"bg/\"",
+            "fleet.prefix",
+            "key path",
+        ),
+        (
+            "endpoints = [\"http://e:2379\"]\nhost = \"h\"\nlease_ttl_secs = 0",
+            "fleet.lease_ttl_secs",
+            "outside",
+        ),
+        (
+            "endpoints = [\"http://e:2379\"]\nhost = \"h\"\ncert = \"/c.pem\"",
+            "fleet.cert",
+            "go together",
+        ),
+    ];
+    for (body, field, message) in cases {
+        let text = format!("{GOOD}\n[fleet]\n{body}\n");
+        // After GOOD: a blank line, the header, then the keys.
+        let first = GOOD.lines().count() + 3;
+        let (line, got_field, got_message) = config_error(&text);
+        assert_eq!(got_field, field, "{body}");
+        assert!(got_message.contains(message), "{body}: {got_message}");
+        assert!(
+            (first..first + body.lines().count()).contains(&line),
+            "{body}: line {line}"
+        );
     }
 }

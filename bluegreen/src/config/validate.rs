@@ -184,16 +184,20 @@ fn check_same_family(vip: &SocketAddr, backend: &SocketAddr, what: &str) -> Resu
 }
 
 pub(super) fn validate_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() || name.len() > 64 {
-        return Err("a service name has 1 to 64 characters");
+    if is_label(name) {
+        Ok(())
+    } else {
+        Err("a service name has 1 to 64 letters, digits, '-', '_' and '.'")
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return Err("a service name uses only letters, digits, '-', '_' and '.'");
-    }
-    Ok(())
+}
+
+/// 1 to 64 letters, digits, '-', '_' and '.': safe as a service's or a
+/// fleet host's name, in a file name and in an etcd key alike.
+pub fn is_label(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// What an address is for: clients connect to a VIP, XDP forwards to a

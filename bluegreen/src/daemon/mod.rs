@@ -3,6 +3,7 @@
 
 mod backend_health;
 mod backend_load;
+mod fleet;
 mod lock;
 mod watch;
 
@@ -10,14 +11,22 @@ use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use anyhow::{Context as _, bail};
 use bluegreen::{
-    config::{Config, ServiceSpec},
+    config::{Config, FleetConfig, ServiceSpec},
     host::{Host, UpRequest},
+    state::StateStore,
 };
 use tokio::{signal::unix::SignalKind, task::JoinHandle};
 
 use crate::{observations::Shared, output::print_up};
 
-fn load_request(config_path: &Path) -> anyhow::Result<UpRequest> {
+/// What the daemon runs from its config file: the `up` and the fleet it
+/// joins, if any.
+struct Running {
+    request: UpRequest,
+    fleet: Option<FleetConfig>,
+}
+
+fn load_request(config_path: &Path) -> anyhow::Result<Running> {
     let config = Config::load(config_path)?;
     let Some(iface) = config.interface.clone() else {
         bail!(
@@ -25,12 +34,52 @@ fn load_request(config_path: &Path) -> anyhow::Result<UpRequest> {
             config_path.display()
         );
     };
-    Ok(UpRequest {
-        iface,
-        xdp_mode: config.xdp_mode,
-        dataplane: config.dataplane,
-        services: config.services,
+    Ok(Running {
+        request: UpRequest {
+            iface,
+            xdp_mode: config.xdp_mode,
+            dataplane: config.dataplane,
+            services: config.services,
+        },
+        fleet: config.fleet,
     })
+}
+
+/// Joins the fleet when `[fleet]` is set (once converged to its desired
+/// states); without it, removes a marker an earlier fleet daemon left, so
+/// that local switches work again.
+async fn join_fleet(
+    host: &Host,
+    state_dir: &Path,
+    running: &Running,
+    observations: &Shared,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
+    let store = StateStore::new(state_dir);
+    let iface = running.request.iface.clone();
+    let Some(config) = running.fleet.clone() else {
+        store.remove_fleet(&iface)?;
+        observations
+            .lock()
+            .expect("observations lock")
+            .fleet_connected = None;
+        return Ok(None);
+    };
+    let services = running
+        .request
+        .services
+        .iter()
+        .map(|spec| spec.name.clone())
+        .collect();
+    let task = fleet::start(
+        config,
+        host.clone(),
+        iface,
+        store,
+        services,
+        observations.clone(),
+    )
+    .await?;
+    Ok(Some(task))
 }
 
 pub async fn run(
@@ -39,9 +88,9 @@ pub async fn run(
     config_path: &Path,
     metrics: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
-    let mut request = load_request(config_path)?;
-    let _lock = lock::DaemonLock::take(state_dir, &request.iface)?;
-    let mut outcome = host.up(&request)?;
+    let mut running = load_request(config_path)?;
+    let _lock = lock::DaemonLock::take(state_dir, &running.request.iface)?;
+    let mut outcome = host.up(&running.request)?;
     print_up(&outcome);
     forward_ebpf_logs(&mut outcome.ebpf);
 
@@ -50,7 +99,8 @@ pub async fn run(
         crate::metrics::serve(host.clone(), observations.clone(), address).await?;
         log::info!("metrics on http://{address}/metrics");
     }
-    let mut checkers = start_checkers(host, &request.services, &observations);
+    let mut checkers = start_checkers(host, &running.request.services, &observations);
+    let mut fleet = join_fleet(host, state_dir, &running, &observations).await?;
 
     let mut hangup =
         tokio::signal::unix::signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
@@ -59,26 +109,35 @@ pub async fn run(
     let mut interrupt =
         tokio::signal::unix::signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    log::info!("daemon ready on {}", request.iface);
+    log::info!("daemon ready on {}", running.request.iface);
     loop {
         tokio::select! {
             _ = hangup.recv() => {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-                match reload(host, config_path, &request) {
+                match reload(host, config_path, &running.request) {
                     Ok(new) => {
                         for checker in checkers.drain(..) {
                             checker.abort();
                         }
-                        checkers = start_checkers(host, &new.services, &observations);
+                        checkers = start_checkers(host, &new.request.services, &observations);
                         observations
                             .lock()
                             .expect("observations lock")
-                            .retain_checked(|name| has(&new.services, name, |spec| spec.health.is_some()));
+                            .retain_checked(|name| has(&new.request.services, name, |spec| spec.health.is_some()));
                         observations
                             .lock()
                             .expect("observations lock")
-                            .retain_weighed(|name| has(&new.services, name, |spec| spec.load.is_some()));
-                        request = new;
+                            .retain_weighed(|name| has(&new.request.services, name, |spec| spec.load.is_some()));
+                        // The services or the fleet may have changed: the
+                        // agent starts over (and re-lists what it follows).
+                        if let Some(task) = fleet.take() {
+                            task.abort();
+                        }
+                        running = new;
+                        match join_fleet(host, state_dir, &running, &observations).await {
+                            Ok(task) => fleet = task,
+                            Err(error) => log::error!("fleet: cannot rejoin after the reload: {error:#}"),
+                        }
                     }
                     // A bad config must not take a running dataplane down.
                     Err(error) => log::error!("reload refused, keeping the running configuration: {error:#}"),
@@ -94,16 +153,16 @@ pub async fn run(
     Ok(())
 }
 
-fn reload(host: &Host, config_path: &Path, running: &UpRequest) -> anyhow::Result<UpRequest> {
+fn reload(host: &Host, config_path: &Path, running: &UpRequest) -> anyhow::Result<Running> {
     let new = load_request(config_path)?;
-    if new.iface != running.iface {
+    if new.request.iface != running.iface {
         bail!(
             "the interface changed ({} -> {}): restart the daemon to move",
             running.iface,
-            new.iface
+            new.request.iface
         );
     }
-    let (_, notes) = host.reload(&new)?;
+    let (_, notes) = host.reload(&new.request)?;
     log::info!("configuration reloaded");
     for note in notes {
         log::info!("{note}");

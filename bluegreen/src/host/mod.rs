@@ -38,7 +38,7 @@ use crate::{
     endpoint::{Color, from_wire, service_key},
     error::{Error, Result},
     pinned::{PinLayout, PinnedMaps, check_bpffs},
-    state::{InterfaceLock, InterfaceState, ServiceRecord, StateStore},
+    state::{FleetMarker, InterfaceLock, InterfaceState, ServiceRecord, StateStore},
 };
 use inventory::Inspected;
 
@@ -214,6 +214,17 @@ impl Host {
             live,
             backends,
         })
+    }
+
+    /// The fleet daemon's marker when the named service (or the only one)
+    /// follows a fleet: a local change of it must be an explicit override.
+    pub fn fleet_marker(&self, service: Option<&str>) -> Result<Option<FleetMarker>> {
+        if !self.state.has_fleet_markers()? {
+            return Ok(None);
+        }
+        let open = self.open_service(service, Lock::None)?;
+        let marker = self.state.load_fleet(&open.state.interface)?;
+        Ok(marker.filter(|marker| marker.services.iter().any(|name| name == open.name())))
     }
 
     /// See [`OpenService::view`].

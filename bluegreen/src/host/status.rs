@@ -19,7 +19,7 @@ use crate::{
     error::{Error, Result},
     health::Health,
     pinned::PinnedMaps,
-    state::InterfaceState,
+    state::{FleetMarker, InterfaceState},
 };
 
 impl Host {
@@ -74,7 +74,15 @@ impl Host {
             .iter()
             .map(|open| {
                 let attachment = self.attachment(&open.state.interface);
-                interface_status(open, &attachment, service)
+                // A damaged marker must not hide the dataplane's status.
+                let fleet = self
+                    .state
+                    .load_fleet(&open.state.interface)
+                    .unwrap_or_else(|error| {
+                        log::warn!("{error}");
+                        None
+                    });
+                interface_status(open, &attachment, service, fleet)
             })
             .collect::<Result<_>>()?;
         Ok(StatusReport {
@@ -157,6 +165,10 @@ pub struct InterfaceStatus {
     /// Packets the ingress program passed untouched, by reason.
     pub passed: BTreeMap<String, u64>,
     pub services: Vec<ServiceStatus>,
+    /// The fleet this interface's daemon follows, and whether it reaches
+    /// etcd (absent without `[fleet]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetMarker>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -225,6 +237,7 @@ fn interface_status(
     Inspected { state, maps, .. }: &Inspected,
     attachment: &Attachment,
     only: Option<&str>,
+    fleet: Option<FleetMarker>,
 ) -> Result<InterfaceStatus> {
     let flows = count_live_flows(maps)?;
     let mut services = Vec::new();
@@ -328,5 +341,6 @@ fn interface_status(
         flow_capacity: state.flow_capacity,
         passed,
         services,
+        fleet,
     })
 }

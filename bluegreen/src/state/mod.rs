@@ -77,6 +77,22 @@ impl InterfaceState {
     }
 }
 
+/// What a fleet daemon tells the commands on its host, in
+/// `<state-dir>/<iface>.fleet.json`: that the interface's services follow
+/// the fleet (so a local `switch` is refused), and whether etcd is
+/// reachable (for `status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetMarker {
+    pub host: String,
+    pub prefix: String,
+    pub endpoints: Vec<String>,
+    pub services: Vec<String>,
+    pub connected: bool,
+    /// When `connected` last changed (milliseconds since the epoch).
+    pub since_unix_ms: u64,
+    pub last_error: Option<String>,
+}
+
 /// The state directory (`--state-dir`), root-only: every file in it is
 /// opened relative to the checked directory and without following a
 /// symlink (see [`crate::dirs`]).
@@ -160,22 +176,45 @@ impl StateStore {
     /// damaged or foreign one is [`Error::CorruptState`], which callers
     /// that can rebuild the state from the maps pass over.
     pub fn load(&self, iface: &str) -> Result<Option<InterfaceState>> {
-        let Some(dir) = self.open_dir(false)? else {
+        let path = self.path(iface);
+        let Some(text) = self.read(&format!("{iface}.json"))? else {
             return Ok(None);
         };
-        let path = self.path(iface);
         let corrupt = |reason: String| Error::CorruptState {
             path: path.clone(),
             reason,
         };
+        let state: InterfaceState =
+            serde_json::from_str(&text).map_err(|error| corrupt(error.to_string()))?;
+        if state.version != STATE_VERSION {
+            return Err(corrupt(format!(
+                "version {} (this bluegreen writes {STATE_VERSION})",
+                state.version
+            )));
+        }
+        if state.interface != iface {
+            return Err(corrupt(format!(
+                "it describes interface {}",
+                state.interface
+            )));
+        }
+        Ok(Some(state))
+    }
+
+    /// The text of the file `name` of the directory: `None` if there is
+    /// none; [`Error::CorruptState`] if it is not a regular UTF-8 file of
+    /// at most 1 MiB.
+    fn read(&self, name: &str) -> Result<Option<String>> {
+        let Some(dir) = self.open_dir(false)? else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| Error::CorruptState {
+            path: self.dir.join(name),
+            reason,
+        };
         // Non-blocking, so that a FIFO in its place cannot hang the command.
         let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
-        let file = match dirs::openat(
-            Some(dir.as_fd()),
-            format!("{iface}.json").as_ref(),
-            flags,
-            0,
-        ) {
+        let file = match dirs::openat(Some(dir.as_fd()), name.as_ref(), flags, 0) {
             Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(error) if error.raw_os_error() == Some(libc::ELOOP) => {
@@ -200,34 +239,74 @@ impl StateStore {
         if bytes.len() > MAX_STATE_BYTES {
             return Err(corrupt("it is larger than 1 MiB".into()));
         }
-        let text = String::from_utf8(bytes).map_err(|_| corrupt("it is not UTF-8".into()))?;
-        let state: InterfaceState =
-            serde_json::from_str(&text).map_err(|error| corrupt(error.to_string()))?;
-        if state.version != STATE_VERSION {
-            return Err(corrupt(format!(
-                "version {} (this bluegreen writes {STATE_VERSION})",
-                state.version
-            )));
-        }
-        if state.interface != iface {
-            return Err(corrupt(format!(
-                "it describes interface {}",
-                state.interface
-            )));
-        }
-        Ok(Some(state))
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| corrupt("it is not UTF-8".into()))
     }
 
     /// Replaces the state file atomically: a crash leaves the old file or
     /// the new one, never a torn one. The caller holds the interface lock.
     pub fn save(&self, state: &InterfaceState) -> Result<()> {
-        let path = self.path(&state.interface);
+        let text = serde_json::to_string_pretty(state).expect("state serialises") + "\n";
+        self.write(&format!("{}.json", state.interface), &text)
+    }
+
+    /// What the fleet daemon of `iface` last told the commands on this
+    /// host (see [`FleetMarker`]); `None` when the interface is not in a
+    /// fleet.
+    pub fn load_fleet(&self, iface: &str) -> Result<Option<FleetMarker>> {
+        let name = format!("{iface}.fleet.json");
+        self.read(&name)?
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|error| Error::CorruptState {
+                    path: self.dir.join(&name),
+                    reason: error.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Whether any interface has a fleet marker: a cheap look at the
+    /// directory, so that a host outside any fleet pays nothing more per
+    /// `switch`.
+    pub fn has_fleet_markers(&self) -> Result<bool> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => {
+                return Err(Error::io(format!("cannot list {}", self.dir.display()))(
+                    error,
+                ));
+            }
+        };
+        Ok(entries.flatten().any(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(".fleet.json") && !name.starts_with('.')
+        }))
+    }
+
+    /// Written by the fleet daemon (its only writer), atomically.
+    pub fn save_fleet(&self, iface: &str, marker: &FleetMarker) -> Result<()> {
+        let text = serde_json::to_string_pretty(marker).expect("marker serialises") + "\n";
+        self.write(&format!("{iface}.fleet.json"), &text)
+    }
+
+    /// Removes the marker: the daemon runs without `[fleet]` now.
+    pub fn remove_fleet(&self, iface: &str) -> Result<()> {
+        self.remove_names(&[
+            format!("{iface}.fleet.json"),
+            format!(".{iface}.fleet.json.tmp"),
+        ])
+    }
+
+    /// Replaces the file `name` atomically (see [`StateStore::save`]); one
+    /// writer at a time per name.
+    fn write(&self, name: &str, text: &str) -> Result<()> {
+        let path = self.dir.join(name);
         let failed = || Error::io(format!("cannot write state file {}", path.display()));
         let dir = self.open_dir(true)?.expect("created");
-        let name = format!("{}.json", state.interface);
-        // One temporary name per interface is enough: writers hold the lock.
         let temporary = format!(".{name}.tmp");
-        let text = serde_json::to_string_pretty(state).expect("state serialises") + "\n";
         let write = || -> io::Result<()> {
             // Whatever is in the way (a crash's leftover, a planted link)
             // goes first; O_EXCL and O_NOFOLLOW then guarantee a new file.
@@ -251,16 +330,26 @@ impl StateStore {
     }
 
     pub fn remove(&self, iface: &str) -> Result<()> {
-        let Some(dir) = self.open_dir(false)? else {
-            return Ok(());
-        };
         // The lock file stays: unlinking it while held would let a command
         // already waiting lock the old file while a new one creates and
         // locks another, and both would run at once.
-        for name in [format!("{iface}.json"), format!(".{iface}.json.tmp")] {
+        // The fleet marker goes too: a `down` interface follows no fleet.
+        self.remove_names(&[
+            format!("{iface}.json"),
+            format!(".{iface}.json.tmp"),
+            format!("{iface}.fleet.json"),
+            format!(".{iface}.fleet.json.tmp"),
+        ])
+    }
+
+    fn remove_names(&self, names: &[String]) -> Result<()> {
+        let Some(dir) = self.open_dir(false)? else {
+            return Ok(());
+        };
+        for name in names {
             dirs::remove_in(dir.as_fd(), name.as_ref()).map_err(Error::io(format!(
                 "cannot remove {}",
-                self.dir.join(&name).display()
+                self.dir.join(name).display()
             )))?;
         }
         Ok(())

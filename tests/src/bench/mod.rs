@@ -1,11 +1,12 @@
 //! `cargo xtask bench`: per-packet cost in the kernel, throughput and
 //! latency end to end, and switch time, each against a baseline measured
 //! in the same run; and a timeline of who answers through a switch, a
-//! rollback and a weighted shift, drawn as a chart; and what pools of
-//! backends cost.
+//! rollback and a weighted shift, drawn as a chart; what pools of
+//! backends cost; and how long a fleet of hosts takes to converge.
 
 pub mod backend;
 pub mod chart;
+pub mod fleet;
 pub mod kernel_cost;
 pub mod lab;
 pub mod pools;

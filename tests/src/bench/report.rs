@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::{
     chart,
+    fleet::{self, FleetReport},
     kernel_cost::{Case, CaseFigures, KernelReport},
     lab::Dataplane,
     pools::{self, PoolsReport},
@@ -130,6 +131,7 @@ pub struct Report {
     pub switch_time: Option<SwitchReport>,
     pub timeline: Option<TimelineReport>,
     pub pools: Option<PoolsReport>,
+    pub fleet: Option<FleetReport>,
     pub targets: Vec<Target>,
 }
 
@@ -178,6 +180,9 @@ impl Report {
         }
         if let Some(pools) = &self.pools {
             out += &pools::table(pools);
+        }
+        if let Some(fleet) = &self.fleet {
+            out += &fleet::table(fleet);
         }
         out += &targets_table(&self.targets);
         out

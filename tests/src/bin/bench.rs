@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: bluegreen against baselines measured in the same
 //! run: per-packet cost in the kernel, throughput and latency end to end,
 //! and switch time; then a timeline of who answers through a switch, a
-//! rollback and a weighted shift; and what pools of backends cost. Prints markdown, writes JSON and the
+//! rollback and a weighted shift; what pools of backends cost; and how long
+//! a fleet of 1, 3 and 10 hosts takes to converge. Prints markdown, writes JSON and the
 //! timeline's SVG chart to `target/bench/`, fails if the timeline broke the
 //! commands' promises, and removes everything it created, also on Ctrl-C or
 //! failure.
@@ -13,6 +14,7 @@ use std::{
 
 use bluegreen_testbed::bench::{
     self, Interrupted,
+    fleet::{self, FleetPlan},
     kernel_cost::{self, KernelPlan},
     lab::Lab,
     pools::{self, PoolsPlan},
@@ -22,7 +24,7 @@ use bluegreen_testbed::bench::{
     timeline::{self, TimelinePlan},
 };
 
-const USAGE: &str = "usage: bench [--quick] [--only kernel|throughput|switch|timeline|pools]
+const USAGE: &str = "usage: bench [--quick] [--only kernel|throughput|switch|timeline|pools|fleet]
 
   --quick   a smoke run: fewer repeats and rounds, 1 s wrk runs, 1 s
             timeline phases (~35 s)
@@ -35,6 +37,7 @@ enum Part {
     Switch,
     Timeline,
     Pools,
+    Fleet,
 }
 
 struct Options {
@@ -59,9 +62,10 @@ impl Options {
                         Some("switch") => Part::Switch,
                         Some("timeline") => Part::Timeline,
                         Some("pools") => Part::Pools,
+                        Some("fleet") => Part::Fleet,
                         other => {
                             return Err(format!(
-                                "--only takes kernel|throughput|switch|timeline|pools, not {other:?}"
+                                "--only takes kernel|throughput|switch|timeline|pools|fleet, not {other:?}"
                             ));
                         }
                     })
@@ -112,6 +116,13 @@ impl Options {
         }
     }
 
+    fn fleet_plan(&self) -> FleetPlan {
+        FleetPlan {
+            host_counts: vec![1, 3, 10],
+            rounds: if self.quick { 3 } else { 10 },
+        }
+    }
+
     fn timeline_plan(&self) -> TimelinePlan {
         TimelinePlan {
             phase: Duration::from_secs(if self.quick { 1 } else { 3 }),
@@ -150,6 +161,10 @@ fn measure(options: &Options, report: &mut Report) -> Result<(), Interrupted> {
         eprintln!("bench: part 5, pools");
         report.pools = Some(pools::run(&options.pools_plan())?);
     }
+    if options.runs(Part::Fleet) {
+        eprintln!("bench: part 6, fleet convergence");
+        report.fleet = Some(fleet::run(&options.fleet_plan())?);
+    }
     Ok(())
 }
 
@@ -177,6 +192,7 @@ fn main() -> ExitCode {
         switch_time: None,
         timeline: None,
         pools: None,
+        fleet: None,
         targets: Vec::new(),
     };
     if measure(&options, &mut report).is_err() {

@@ -165,7 +165,7 @@ fn each_rule_names_its_field() {
                 ..good.clone()
             },
             ServiceField::Name,
-            "only letters",
+            "letters, digits",
         ),
         (
             ServiceSpec {

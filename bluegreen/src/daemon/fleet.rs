@@ -1,0 +1,336 @@
+//! The daemon's part in a fleet: keep this host's record in etcd under a
+//! lease, follow every desired state, apply each through the same
+//! health-gated switch as the CLI, and report what happened.
+//!
+//! A session lists the desired states, applies them, publishes the record
+//! and then watches from the listed revision, so no update is missed; any
+//! failure (etcd gone, lease lost, watch cancelled) ends the session, and
+//! the next one starts over with a fresh list. Between sessions nothing
+//! changes locally: traffic keeps the last applied state.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context as _, bail};
+use bluegreen::{
+    clock::unix_now_ms,
+    config::FleetConfig,
+    endpoint::Color,
+    fleet::{
+        self, AppliedService, ColorHealth, DesiredState, FLEET_SCHEMA_VERSION, HostRecord,
+        client::FleetClient, describe,
+    },
+    health::Health,
+    host::Host,
+    state::{FleetMarker, StateStore},
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+use crate::observations::Shared;
+
+/// Retries after a failed session: from the first to the last, doubling.
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+const LAST_RETRY: Duration = Duration::from_secs(5);
+/// How often the live colors and health are compared with the record.
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// One service as the agent follows it.
+struct Tracked {
+    /// The last desired state seen, and its revision.
+    desired: Option<(DesiredState, i64)>,
+    applied: AppliedService,
+}
+
+struct Agent {
+    config: FleetConfig,
+    host: Host,
+    iface: String,
+    store: StateStore,
+    observations: Shared,
+    services: BTreeMap<String, Tracked>,
+    marker: FleetMarker,
+}
+
+/// Starts the agent and waits until it has converged to the fleet's desired
+/// states (or failed its first attempt, so that an unreachable etcd cannot
+/// keep the daemon from serving: it keeps retrying in the background).
+pub(super) async fn start(
+    config: FleetConfig,
+    host: Host,
+    iface: String,
+    store: StateStore,
+    services: Vec<String>,
+    observations: Shared,
+) -> anyhow::Result<JoinHandle<()>> {
+    let marker = FleetMarker {
+        host: config.host.clone(),
+        prefix: config.prefix.clone(),
+        endpoints: config.endpoints.clone(),
+        services: services.clone(),
+        connected: false,
+        since_unix_ms: unix_now_ms(),
+        last_error: None,
+    };
+    // Before anything else: from now on a local switch is refused.
+    store
+        .save_fleet(&iface, &marker)
+        .context("cannot write the fleet marker")?;
+    observations
+        .lock()
+        .expect("observations lock")
+        .fleet_connected = Some(false);
+    let tracked = services
+        .into_iter()
+        .map(|name| {
+            let applied = AppliedService {
+                color: Color::Blue,
+                weight: 0,
+                force_epoch: 0,
+                revision: 0,
+                refused: None,
+                health: ColorHealth::default(),
+                last_error: None,
+                drift: None,
+            };
+            (
+                name,
+                Tracked {
+                    desired: None,
+                    applied,
+                },
+            )
+        })
+        .collect();
+    let mut agent = Agent {
+        config,
+        host,
+        iface,
+        store,
+        observations,
+        services: tracked,
+        marker,
+    };
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let task = tokio::spawn(async move { agent.run(ready_tx).await });
+    let _ = ready_rx.await;
+    Ok(task)
+}
+
+impl Agent {
+    async fn run(&mut self, ready: oneshot::Sender<()>) {
+        let mut ready = Some(ready);
+        let mut retry = FIRST_RETRY;
+        loop {
+            let Err(error) = self.session(&mut ready).await;
+            let message = format!("{error:#}");
+            if self.marker.connected {
+                retry = FIRST_RETRY;
+            }
+            log::warn!(
+                "fleet: etcd session ended ({message}); traffic keeps its last applied state, retrying in {retry:?}"
+            );
+            self.set_connected(false, Some(message));
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(());
+            }
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(LAST_RETRY);
+        }
+    }
+
+    /// Connects, converges, registers and follows until something fails.
+    async fn session(
+        &mut self,
+        ready: &mut Option<oneshot::Sender<()>>,
+    ) -> anyhow::Result<std::convert::Infallible> {
+        let config = &self.config;
+        let mut client =
+            FleetClient::connect(&config.endpoints, &config.prefix, &config.tls).await?;
+        let ttl = config.lease_ttl_secs as i64;
+        let lease = client.grant(ttl).await?;
+        let (mut keeper, mut renewals) = client.keep_alive(lease).await?;
+        let (desired, revision) = client.list_desired().await?;
+        for (name, (state, at)) in desired {
+            self.follow(&name, state, at).await;
+        }
+        self.refresh().await;
+        client.put_host(&self.record(), lease).await?;
+        self.set_connected(true, None);
+        log::info!(
+            "fleet: host {} registered in {} (lease {ttl} s), following from revision {revision}",
+            self.config.host,
+            self.config.prefix
+        );
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(());
+        }
+        let services = client.keys.services();
+        let mut watch = client.watch(&services, Some(revision + 1)).await?;
+        let mut renew = tokio::time::interval(Duration::from_millis(ttl as u64 * 1000 / 3));
+        let mut refresh = tokio::time::interval(REFRESH);
+        loop {
+            tokio::select! {
+                _ = renew.tick() => {
+                    keeper.keep_alive().await.context("cannot renew the lease")?;
+                    match renewals.message().await.context("cannot renew the lease")? {
+                        Some(renewal) if renewal.ttl() > 0 => {}
+                        _ => bail!("the lease expired: etcd dropped this host's record"),
+                    }
+                }
+                message = watch.message() => {
+                    let Some(response) = message.context("the watch failed")? else {
+                        bail!("etcd ended the watch");
+                    };
+                    if response.canceled() {
+                        bail!("etcd cancelled the watch: {}", response.cancel_reason());
+                    }
+                    for event in response.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        if let Some((name, state)) = client.watched(kv)? {
+                            self.follow(&name, state, kv.mod_revision()).await;
+                        }
+                    }
+                    self.refresh().await;
+                    client.put_host(&self.record(), lease).await?;
+                }
+                _ = refresh.tick() => {
+                    if self.refresh().await {
+                        client.put_host(&self.record(), lease).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies a desired state of a service this host serves, and records
+    /// the outcome (a refusal included) against its revision.
+    async fn follow(&mut self, name: &str, desired: DesiredState, revision: i64) {
+        let Some(tracked) = self.services.get_mut(name) else {
+            return;
+        };
+        if tracked.applied.revision == revision && tracked.desired.is_some() {
+            return;
+        }
+        let first = tracked.desired.is_none();
+        let applied = {
+            let (host, name, wanted) = (self.host.clone(), name.to_owned(), desired.clone());
+            let before = tracked.applied.clone();
+            tokio::task::spawn_blocking(move || {
+                let met = host
+                    .service_view(Some(&name))
+                    .is_ok_and(|view| wanted.is_met_by(view.active, view.record.weight));
+                fleet::apply(
+                    &host,
+                    &name,
+                    &wanted,
+                    before.must_force(&wanted, first, met),
+                )
+            })
+            .await
+        };
+        let applied_state = &mut tracked.applied;
+        applied_state.revision = revision;
+        match applied {
+            Ok(Ok(outcome)) => {
+                if let Some(outcome) = outcome {
+                    log::info!(
+                        "fleet: {name}: applied revision {revision}: {desired} (was {})",
+                        describe(outcome.from, outcome.weight_before)
+                    );
+                }
+                applied_state.force_epoch = desired.force_epoch;
+                applied_state.refused = None;
+                applied_state.last_error = None;
+            }
+            Ok(Err(error)) => {
+                log::warn!("fleet: {name}: refused revision {revision} ({desired}): {error}");
+                applied_state.refused = Some(error.to_string());
+                applied_state.last_error = Some(error.to_string());
+            }
+            Err(error) => {
+                applied_state.refused = Some(format!("the apply task failed: {error}"));
+                applied_state.last_error = applied_state.refused.clone();
+            }
+        }
+        tracked.desired = Some((desired, revision));
+    }
+
+    /// Reads each service's live colors and health into its record; true
+    /// when something changed.
+    async fn refresh(&mut self) -> bool {
+        let mut changed = false;
+        for (name, tracked) in &mut self.services {
+            let view = {
+                let (host, name) = (self.host.clone(), name.clone());
+                tokio::task::spawn_blocking(move || host.service_view(Some(&name))).await
+            };
+            let Ok(Ok(view)) = view else { continue };
+            let health = {
+                let observations = self.observations.lock().expect("observations lock");
+                let of = |color| {
+                    observations
+                        .health
+                        .get(&(name.clone(), color))
+                        .copied()
+                        .unwrap_or(Health::Unknown)
+                };
+                ColorHealth {
+                    blue: of(Color::Blue),
+                    green: of(Color::Green),
+                }
+            };
+            let applied = &mut tracked.applied;
+            let drift = tracked.desired.as_ref().and_then(|(desired, revision)| {
+                applied.drift(desired, *revision, view.active, view.record.weight)
+            });
+            let before = (
+                applied.color,
+                applied.weight,
+                applied.health,
+                &applied.drift,
+            );
+            if before != (view.active, view.record.weight, health, &drift) {
+                if drift.is_some() && applied.drift.is_none() {
+                    log::warn!("fleet: {name}: {}", drift.as_deref().unwrap_or_default());
+                }
+                applied.color = view.active;
+                applied.weight = view.record.weight;
+                applied.health = health;
+                applied.drift = drift;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    fn record(&self) -> HostRecord {
+        HostRecord {
+            schema_version: FLEET_SCHEMA_VERSION,
+            host: self.config.host.clone(),
+            services: self
+                .services
+                .iter()
+                .map(|(name, tracked)| (name.clone(), tracked.applied.clone()))
+                .collect(),
+            updated_unix_ms: unix_now_ms(),
+        }
+    }
+
+    /// Shows the connection in the metrics, the log and the marker that
+    /// `status` reads.
+    fn set_connected(&mut self, connected: bool, error: Option<String>) {
+        self.observations
+            .lock()
+            .expect("observations lock")
+            .fleet_connected = Some(connected);
+        if self.marker.connected != connected || self.marker.last_error != error {
+            if connected != self.marker.connected {
+                self.marker.since_unix_ms = unix_now_ms();
+            }
+            self.marker.connected = connected;
+            self.marker.last_error = error;
+            if let Err(error) = self.store.save_fleet(&self.iface, &self.marker) {
+                log::warn!("fleet: cannot update the fleet marker: {error}");
+            }
+        }
+    }
+}
