@@ -14,6 +14,7 @@ pub mod host;
 pub mod load;
 pub mod pinned;
 pub mod pool;
+mod sockdiag;
 pub mod state;
 mod sys;
 

@@ -225,6 +225,18 @@ pub(crate) struct UpArgs {
     /// Health check run before `switch` moves traffic: tcp or http:/PATH.
     #[arg(long, value_name = "tcp|http:/PATH", conflicts_with = "config")]
     pub check: Option<Probe>,
+    /// Leave processes on this host alone: only packets arriving on
+    /// --iface are steered. By default a local process (in the network
+    /// namespace `up` runs in) that connects or sends to a VIP is sent to
+    /// a backend of the active color at connect time, and sees the VIP as
+    /// its peer (config: `local = false`).
+    #[arg(long, conflicts_with = "cgroup")]
+    pub no_local: bool,
+    /// The cgroup v2 directory whose processes (and its descendants') are
+    /// steered when they connect to a VIP; default: the cgroup v2 root
+    /// from the mount table, i.e. every process (config: `cgroup = "..."`).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
 }
 
 #[derive(Args)]

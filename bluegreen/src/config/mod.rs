@@ -7,7 +7,11 @@ mod parse;
 mod pool;
 mod validate;
 
-use std::{net::SocketAddr, path::Path, str::FromStr};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
 
 use bluegreen_common::Timeouts;
 use serde::{Deserialize, Serialize};
@@ -118,10 +122,29 @@ impl Default for DataplaneOptions {
     }
 }
 
+/// Whether, and through which cgroup, processes on this host that connect
+/// to a VIP are steered too.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalClients {
+    Off,
+    /// Attached to this cgroup v2 directory (its processes and those of
+    /// its descendants), or to the cgroup v2 root of the mount table.
+    On {
+        cgroup: Option<PathBuf>,
+    },
+}
+
+impl Default for LocalClients {
+    fn default() -> Self {
+        Self::On { cgroup: None }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub interface: Option<String>,
     pub xdp_mode: XdpModeArg,
+    pub local: LocalClients,
     pub dataplane: DataplaneOptions,
     pub services: Vec<ServiceSpec>,
 }

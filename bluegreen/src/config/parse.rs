@@ -5,6 +5,7 @@
 use std::{
     fmt::Display,
     ops::{Range, RangeInclusive},
+    path::PathBuf,
 };
 
 use bluegreen_common::{MAX_SERVICES, Timeouts};
@@ -12,8 +13,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    AutoRollback, Config, DataplaneOptions, MAX_FLOW_CAPACITY, MIN_FLOW_CAPACITY, ServiceSpec,
-    XdpModeArg, pool,
+    AutoRollback, Config, DataplaneOptions, LocalClients, MAX_FLOW_CAPACITY, MIN_FLOW_CAPACITY,
+    ServiceSpec, XdpModeArg, pool,
     validate::{ServiceField, validate_name},
 };
 use crate::{
@@ -28,6 +29,8 @@ use crate::{
 struct RawConfig {
     interface: Option<Spanned<String>>,
     xdp_mode: Option<Spanned<String>>,
+    local: Option<Spanned<bool>>,
+    cgroup: Option<Spanned<String>>,
     dataplane: Option<RawDataplane>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
@@ -137,9 +140,26 @@ pub(super) fn config(text: &str, file: &str) -> Result<Config> {
         None => DataplaneOptions::default(),
         Some(dataplane) => dataplane.options(&source)?,
     };
+    let enabled = raw.local.as_ref().is_none_or(|local| *local.get_ref());
+    let local = match (&raw.cgroup, enabled) {
+        (Some(cgroup), false) => {
+            return Err(source.error(
+                cgroup.span(),
+                "cgroup",
+                "local = false steers no local client: remove cgroup or set local = true",
+            ));
+        }
+        (cgroup, true) => LocalClients::On {
+            cgroup: cgroup
+                .as_ref()
+                .map(|cgroup| PathBuf::from(cgroup.get_ref())),
+        },
+        (None, false) => LocalClients::Off,
+    };
     Ok(Config {
         interface: raw.interface.map(Spanned::into_inner),
         xdp_mode: xdp_mode.unwrap_or_default(),
+        local,
         dataplane,
         services: services(&source, &raw.services)?,
     })

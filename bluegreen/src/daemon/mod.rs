@@ -30,6 +30,7 @@ fn load_request(config_path: &Path) -> anyhow::Result<UpRequest> {
         xdp_mode: config.xdp_mode,
         dataplane: config.dataplane,
         services: config.services,
+        local: config.local,
     })
 }
 

@@ -15,6 +15,7 @@
 mod backends;
 pub mod inventory;
 pub mod lifecycle;
+mod local;
 mod programs;
 mod rebuild;
 mod reconcile;

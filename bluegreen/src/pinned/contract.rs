@@ -5,9 +5,10 @@ use std::mem::size_of;
 
 use aya::maps::{Map, MapData, MapInfo, MapType, lpm_trie::Key};
 use bluegreen_common::{
-    Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAGLEV_CHUNKS, MAX_BACKENDS, MAX_PREVIEW_PREFIXES,
-    MAX_SERVICES, MaglevChunk, PassReason, PreviewPrefix, ServiceKey, ServiceState, Settings,
-    SwitchCounters, TrafficCounters, VIP_FILTER_WORDS, map_names,
+    Endpoint, FILTER_WORDS, FlowEntry, FlowKey, LOCAL_SOCKET_CAPACITY, LocalSettings, LocalSocket,
+    LocalSocketKey, MAGLEV_CHUNKS, MAX_BACKENDS, MAX_PREVIEW_PREFIXES, MAX_SERVICES, MaglevChunk,
+    PassReason, PreviewPrefix, ServiceKey, ServiceState, Settings, SwitchCounters, TrafficCounters,
+    VIP_FILTER_WORDS, map_names,
 };
 
 use super::PinLayout;
@@ -23,7 +24,7 @@ struct MapSpec {
     max_entries: Option<u32>,
 }
 
-fn expected_maps() -> [MapSpec; 13] {
+fn expected_maps() -> [MapSpec; 15] {
     [
         MapSpec {
             name: map_names::SERVICES,
@@ -115,6 +116,20 @@ fn expected_maps() -> [MapSpec; 13] {
             key_size: size_of::<u32>(),
             value_size: size_of::<SwitchCounters>(),
             max_entries: Some(MAX_SERVICES),
+        },
+        MapSpec {
+            name: map_names::LOCAL,
+            kind: MapType::Array,
+            key_size: size_of::<u32>(),
+            value_size: size_of::<LocalSettings>(),
+            max_entries: Some(1),
+        },
+        MapSpec {
+            name: map_names::LOCAL_SOCKETS,
+            kind: MapType::LruHash,
+            key_size: size_of::<LocalSocketKey>(),
+            value_size: size_of::<LocalSocket>(),
+            max_entries: Some(LOCAL_SOCKET_CAPACITY),
         },
     ]
 }

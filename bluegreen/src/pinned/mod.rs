@@ -20,7 +20,7 @@ use aya::{
         loaded_programs,
     },
 };
-use bluegreen_common::{LAYOUT_VERSION, map_names};
+use bluegreen_common::{LAYOUT_VERSION, map_names, program_names};
 
 pub use contract::check_pinned_maps;
 pub use maps::{PinnedMaps, Put, preview_key};
@@ -74,9 +74,19 @@ impl PinLayout {
         [self.xdp_link(), self.tc_link()]
     }
 
+    /// The cgroup link of the local-client program `program` (one of
+    /// [`program_names::LOCAL`]).
+    pub fn local_link(&self, program: &str) -> PathBuf {
+        let hook = program.strip_prefix("bluegreen_").unwrap_or(program);
+        self.dir().join(format!("link_{hook}"))
+    }
+
     /// Whether anything of this instance is pinned: its maps or its links.
     pub fn has_pins(&self) -> bool {
         self.links().iter().any(|link| link.exists())
+            || program_names::LOCAL
+                .iter()
+                .any(|program| self.local_link(program).exists())
             || map_names::ALL.iter().any(|name| self.map(name).exists())
     }
 
