@@ -4,7 +4,9 @@
 use bluegreen::{
     endpoint::Color,
     health::Health,
-    host::{BackendAction, BackendOutcome, Checked, StatusReport, SwitchOutcome, UpOutcome},
+    host::{
+        BackendAction, BackendOutcome, Checked, LocalReset, StatusReport, SwitchOutcome, UpOutcome,
+    },
 };
 
 pub fn print_up(outcome: &UpOutcome) {
@@ -67,6 +69,7 @@ pub fn print_switch(outcome: &SwitchOutcome) {
         weight,
         active_changed,
         checked,
+        local_reset,
         ..
     } = outcome;
     match checked {
@@ -93,6 +96,16 @@ pub fn print_switch(outcome: &SwitchOutcome) {
         println!(
             "{service}: {from} -> {to} in {elapsed:.0?} (forced: every flow follows {to} now)"
         );
+        match local_reset {
+            LocalReset::Reset(0) | LocalReset::NotApplicable => {}
+            LocalReset::Reset(count) => println!(
+                "  {count} local connections to {} reset: their applications reconnect to {to}",
+                to.other()
+            ),
+            LocalReset::Elsewhere => println!(
+                "  local connections were not reset: they live in the network namespace `up` ran in; run the switch there"
+            ),
+        }
     } else {
         println!(
             "{service}: {from} -> {to} in {elapsed:.0?} (graceful: established flows finish on {from})"
@@ -153,8 +166,12 @@ pub fn print_status(report: &StatusReport) {
                 } else {
                     status.backend.clone()
                 };
+                let local = status
+                    .local_connections
+                    .map(|count| format!("  local connections {count:>5}"))
+                    .unwrap_or_default();
                 println!(
-                    "   {marker}{color:<5} {backend:<24} packets {:>10}  bytes {:>12}  new flows {:>8}  active flows {:>6} (+{} closing)",
+                    "   {marker}{color:<5} {backend:<24} packets {:>10}  bytes {:>12}  new flows {:>8}  active flows {:>6} (+{} closing){local}",
                     status.packets,
                     status.bytes,
                     status.new_flows,

@@ -192,3 +192,66 @@ fn no_local_leaves_local_clients_alone() {
     });
     assert!(refused.is_err(), "--no-local detached the programs again");
 }
+
+/// Local connections of the standard service per `status --json`.
+fn local_connections(fixture: &Fixture) -> [u64; 2] {
+    let service = fixture.service_status();
+    ["blue", "green"].map(|color| {
+        service[color]["local_connections"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{color} local_connections in {service}"))
+    })
+}
+
+#[test]
+fn a_local_keep_alive_connection_stays_through_a_graceful_switch_and_is_reset_by_a_forced_one() {
+    let fixture = Fixture::new();
+    fixture.up();
+    let mut kept = inside(&fixture.topology.switch, || {
+        KeepAlive::connect(vip(), TIMEOUT).expect("local keep-alive connect")
+    });
+    assert_eq!(kept.get().expect("first request"), "blue");
+    assert_eq!(local_connections(&fixture), [1, 0], "counted on blue");
+
+    fixture.bluegreen.ok(&["switch", "green"]);
+    assert_eq!(
+        kept.get().expect("request after a graceful switch"),
+        "blue",
+        "a graceful switch leaves the local connection on blue"
+    );
+    assert_eq!(local_connections(&fixture), [1, 0]);
+    // --wait-drain counts it: blue is not drained while it is open.
+    let waited = fixture
+        .bluegreen
+        .run(&["switch", "green", "--wait-drain=1"]);
+    assert_eq!(
+        waited.code, 3,
+        "blue still has the local connection: {waited:?}"
+    );
+    let mut fresh = inside(&fixture.topology.switch, || {
+        KeepAlive::connect(vip(), TIMEOUT).expect("local keep-alive connect")
+    });
+    assert_eq!(fresh.get().expect("new connection"), "green");
+    assert_eq!(local_connections(&fixture), [1, 1]);
+
+    let forced = fixture.bluegreen.ok(&["switch", "green", "--force"]);
+    assert!(
+        forced.contains("1 local connections to blue reset"),
+        "{forced}"
+    );
+    let after = kept.get();
+    assert!(
+        after.is_err(),
+        "the forced switch reset the local connection to blue, got {after:?}"
+    );
+    assert_eq!(
+        fresh.get().expect("the green connection is untouched"),
+        "green"
+    );
+    assert_eq!(local_connections(&fixture), [0, 1]);
+    let reconnected = inside(&fixture.topology.switch, || http::get(vip(), TIMEOUT));
+    assert_eq!(reconnected.expect("reconnect"), "green");
+    drop(fresh);
+    let drained = fixture.bluegreen.ok(&["switch", "blue", "--wait-drain=10"]);
+    assert!(drained.contains("drained"), "{drained}");
+}

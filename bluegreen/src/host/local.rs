@@ -5,6 +5,7 @@
 
 use std::{
     fs::File,
+    net::SocketAddr,
     os::{fd::AsFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
@@ -253,22 +254,50 @@ pub(super) struct LocalConnection {
     pub entry: LocalSocket,
 }
 
-/// The local connections of this instance, from this network namespace's
-/// sockets; `None` when local clients are not steered, or when this
-/// process runs in another network namespace than `up` did (it cannot see
-/// those sockets).
-pub(super) fn local_connections(maps: &PinnedMaps) -> Result<Option<Vec<LocalConnection>>> {
+/// The local connections of an instance, as far as this process sees.
+pub(super) enum LocalSockets {
+    /// Local clients are not steered (`--no-local`).
+    Off,
+    /// Steered in another network namespace than this process's: its
+    /// sockets cannot be listed from here.
+    Elsewhere,
+    Here(Vec<LocalConnection>),
+}
+
+impl LocalSockets {
+    /// Local connections of a service (by counter slot) per color; `None`
+    /// unless they can be seen from here.
+    pub fn count_by_color(&self, counter_slot: u32) -> Option<[u64; 2]> {
+        let Self::Here(connections) = self else {
+            return None;
+        };
+        let mut counts = [0; 2];
+        for connection in connections {
+            if connection.entry.counter_slot == counter_slot {
+                counts[usize::from(connection.entry.color & 1)] += 1;
+            }
+        }
+        Some(counts)
+    }
+}
+
+/// The local connections of this instance: this network namespace's
+/// connected sockets whose cookie and peer the programs recorded.
+pub(super) fn local_sockets(maps: &PinnedMaps) -> Result<LocalSockets> {
     let settings = maps.local_settings()?;
+    if settings.netns_cookie == 0 {
+        return Ok(LocalSockets::Off);
+    }
     let here =
         sys::netns_cookie().map_err(Error::io("cannot read this network namespace's cookie"))?;
-    if settings.netns_cookie == 0 || settings.netns_cookie != here {
-        return Ok(None);
+    if settings.netns_cookie != here {
+        return Ok(LocalSockets::Elsewhere);
     }
     let sockets =
         sockdiag::peer_sockets().map_err(Error::io("cannot list this namespace's sockets"))?;
     let mut found = Vec::new();
     for socket in sockets {
-        let backend = to_wire(std::net::SocketAddr::new(socket.peer, socket.peer_port));
+        let backend = to_wire(SocketAddr::new(socket.peer, socket.peer_port));
         let key = LocalSocketKey {
             cookie: socket.cookie,
             backend: backend.addr,
@@ -279,32 +308,34 @@ pub(super) fn local_connections(maps: &PinnedMaps) -> Result<Option<Vec<LocalCon
             found.push(LocalConnection { socket, entry });
         }
     }
-    Ok(Some(found))
+    Ok(LocalSockets::Here(found))
 }
 
-/// Local connections of a service (by counter slot) per color.
-pub(super) fn count_by_color(connections: &[LocalConnection], counter_slot: u32) -> [u64; 2] {
-    let mut counts = [0; 2];
-    for connection in connections {
-        if connection.entry.counter_slot == counter_slot {
-            counts[usize::from(connection.entry.color & 1)] += 1;
-        }
-    }
-    counts
+/// What a forced switch did to local connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalReset {
+    /// Nothing to reset: a graceful change, or local clients not steered.
+    NotApplicable,
+    /// This many connections to the other color were reset.
+    Reset(u64),
+    /// Local clients are steered in another network namespace: run the
+    /// command there to reset them.
+    Elsewhere,
 }
 
 /// Resets every local connection of the service that is not on `keep`:
 /// what a forced switch does to them (the packet path moves remote
 /// flows; a local socket's backend is fixed at connect time, so the
-/// application must reconnect). Returns how many were reset, or `None`
-/// if they cannot be seen from here (see [`local_connections`]).
+/// application must reconnect, and does so to `keep`).
 pub(super) fn reset_other_colors(
     maps: &PinnedMaps,
     counter_slot: u32,
     keep: u8,
-) -> Result<Option<u64>> {
-    let Some(connections) = local_connections(maps)? else {
-        return Ok(None);
+) -> Result<LocalReset> {
+    let connections = match local_sockets(maps)? {
+        LocalSockets::Off => return Ok(LocalReset::NotApplicable),
+        LocalSockets::Elsewhere => return Ok(LocalReset::Elsewhere),
+        LocalSockets::Here(connections) => connections,
     };
     let mut reset = 0;
     for connection in connections {
@@ -313,11 +344,11 @@ pub(super) fn reset_other_colors(
         }
         sockdiag::destroy(&connection.socket).map_err(Error::io(format!(
             "cannot reset the local connection to {}",
-            std::net::SocketAddr::new(connection.socket.peer, connection.socket.peer_port)
+            SocketAddr::new(connection.socket.peer, connection.socket.peer_port)
         )))?;
         reset += 1;
     }
-    Ok(Some(reset))
+    Ok(LocalReset::Reset(reset))
 }
 
 #[cfg(test)]
