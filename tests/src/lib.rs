@@ -12,8 +12,10 @@
 //! - [`fixture`]: the end-to-end tests' standard setup (topology, backends,
 //!   a bluegreen instance and service "web") and its client helpers.
 //! - [`metrics`]: scraping a test daemon's metrics endpoint.
+//! - [`cgroup`]: a throwaway cgroup v2 directory and what is attached to it.
 
 pub mod bench;
+pub mod cgroup;
 pub mod cli;
 pub mod fixture;
 pub mod http;

@@ -7,13 +7,14 @@
 
 use std::{
     net::{SocketAddr, TcpStream},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bluegreen_testbed::{
-    fixture::{BACKEND_PORT, Fixture, TIMEOUT, vip},
+    cgroup::TestCgroup,
+    fixture::{BACKEND_PORT, Fixture, TIMEOUT, up_args, vip},
     http::{self, Backend, KeepAlive},
-    netns::{Namespace, addr},
+    netns::{Namespace, SWITCH_IFACE, addr},
 };
 
 fn v6(address: &str, port: u16) -> SocketAddr {
@@ -33,10 +34,7 @@ fn config(fixture: &Fixture) -> String {
     };
     let v4 = |address: &str, port: u16| SocketAddr::new(address.parse().expect("literal"), port);
     let text = [
-        format!(
-            "interface = \"{}\"\n\n",
-            bluegreen_testbed::netns::SWITCH_IFACE
-        ),
+        format!("interface = \"{}\"\n\n", SWITCH_IFACE),
         service(
             "web",
             "tcp",
@@ -254,4 +252,105 @@ fn a_local_keep_alive_connection_stays_through_a_graceful_switch_and_is_reset_by
     drop(fresh);
     let drained = fixture.bluegreen.ok(&["switch", "blue", "--wait-drain=10"]);
     assert!(drained.contains("drained"), "{drained}");
+}
+
+/// The local-client link pins of the fixture's instance that exist.
+fn local_link_pins(fixture: &Fixture) -> u32 {
+    let dir = fixture.bluegreen.interface_pins();
+    [
+        "connect4",
+        "connect6",
+        "sendmsg4",
+        "sendmsg6",
+        "recvmsg4",
+        "recvmsg6",
+        "getpeername4",
+        "getpeername6",
+    ]
+    .iter()
+    .filter(|hook| dir.join(format!("link_{hook}")).exists())
+    .count() as u32
+}
+
+#[test]
+fn up_attaches_one_program_per_hook_a_hot_upgrade_replaces_them_in_place_and_down_leaves_no_cgroup_attachment()
+ {
+    let fixture = Fixture::new();
+    let cgroup = TestCgroup::create(&format!("{}-local", fixture.topology.prefix));
+    let path = cgroup.path().to_str().expect("utf-8 path").to_owned();
+    let out = fixture.up_with(&["--cgroup", &path]);
+    assert!(out.contains(&path), "up names the cgroup: {out}");
+    assert_eq!(cgroup.attached_programs(), 8, "one program per hook");
+    assert_eq!(local_link_pins(&fixture), 8);
+    // A second `up` (a hot upgrade) swaps the programs behind the links.
+    fixture.up_with(&["--cgroup", &path]);
+    assert_eq!(cgroup.attached_programs(), 8, "replaced, not added");
+    fixture.bluegreen.ok(&["down", "--iface", SWITCH_IFACE]);
+    assert_eq!(cgroup.attached_programs(), 0, "down detached them");
+    assert_eq!(local_link_pins(&fixture), 0);
+}
+
+#[test]
+fn a_bad_cgroup_fails_up_before_anything_is_attached() {
+    let fixture = Fixture::new();
+    let run = fixture.bluegreen.run(
+        &{
+            let mut args = up_args();
+            args.extend(["--cgroup".to_owned(), "/proc".to_owned()]);
+            args
+        }
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>(),
+    );
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("not a cgroup v2 directory"), "{run:?}");
+    assert!(
+        fixture.bluegreen.pins().is_empty(),
+        "a failed first `up` leaves no pin: {:?}",
+        fixture.bluegreen.pins()
+    );
+}
+
+#[test]
+fn a_crash_of_the_cli_mid_up_leaves_nothing_half_attached() {
+    let fixture = Fixture::new();
+    let cgroup = TestCgroup::create(&format!("{}-crash", fixture.topology.prefix));
+    let path = cgroup.path().to_str().expect("utf-8 path").to_owned();
+    let mut args = up_args();
+    args.extend(["--cgroup".to_owned(), path.clone()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    for delay_ms in [0, 5, 10, 20, 40, 80, 160, 320] {
+        let mut up = fixture.bluegreen.spawn(&args);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        up.kill().expect("kill -9 the CLI");
+        up.wait().expect("reap the CLI");
+        // Every program still attached is one `down` can find: links are
+        // pinned only once all are attached, and a killed process's
+        // unpinned links go with its descriptors (released asynchronously).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cgroup.attached_programs() != local_link_pins(&fixture) {
+            assert!(
+                Instant::now() < deadline,
+                "after a kill at {delay_ms} ms: {} programs attached, {} pinned",
+                cgroup.attached_programs(),
+                local_link_pins(&fixture)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The next `up` repairs whatever the crash left, and `down`
+        // removes it all.
+        fixture.bluegreen.ok(&args);
+        assert_eq!(
+            cgroup.attached_programs(),
+            8,
+            "after a kill at {delay_ms} ms"
+        );
+        fixture.bluegreen.ok(&["down", "--iface", SWITCH_IFACE]);
+        assert_eq!(
+            cgroup.attached_programs(),
+            0,
+            "after a kill at {delay_ms} ms"
+        );
+    }
 }
