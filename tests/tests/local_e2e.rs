@@ -13,7 +13,7 @@ use std::{
 use bluegreen_testbed::{
     cgroup::TestCgroup,
     fixture::{BACKEND_PORT, Fixture, TIMEOUT, up_args, vip},
-    http::{self, Backend, KeepAlive},
+    http::{self, Backend, KeepAlive, Load},
     netns::{Namespace, SWITCH_IFACE, addr},
 };
 
@@ -353,4 +353,61 @@ fn a_crash_of_the_cli_mid_up_leaves_nothing_half_attached() {
             "after a kill at {delay_ms} ms"
         );
     }
+}
+
+/// The inference-host layout: both colors' backends on the switch host
+/// itself (blue on :8001, green on :8002) behind a VIP that is the host's
+/// own address (:8000), for remote and local clients alike.
+#[test]
+fn local_backends_serve_remote_and_local_clients_through_50_switches_under_load() {
+    let fixture = Fixture::new();
+    let host = addr::SWITCH_CLIENT_SIDE_V4;
+    let _blue = Backend::start(&fixture.topology.switch, 8001, "local-blue");
+    let _green = Backend::start(&fixture.topology.switch, 8002, "local-green");
+    let config = fixture.write_config(&format!(
+        "interface = \"{SWITCH_IFACE}\"\n\n[[service]]\nname = \"model\"\nvip = \"{host}:8000\"\nblue = \"{host}:8001\"\ngreen = \"{host}:8002\"\n"
+    ));
+    fixture.up_with_config(&config);
+    let target: SocketAddr = format!("{host}:8000").parse().expect("literal");
+
+    let deadline = Duration::from_secs(90);
+    let remote = Load::start(&fixture.topology.client, target, 2, 1_000_000, deadline);
+    let local = Load::start(&fixture.topology.switch, target, 2, 1_000_000, deadline);
+    for switch in 0..50 {
+        let color = if switch % 2 == 0 { "green" } else { "blue" };
+        fixture.bluegreen.ok(&["switch", color]);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (remote, local) = (remote.finish(true), local.finish(true));
+    for (clients, report) in [("remote", &remote), ("local", &local)] {
+        assert!(
+            report.failures.is_empty(),
+            "{clients} clients: {} of {} requests failed: {:?}",
+            report.failures.len(),
+            report.succeeded() + report.failures.len() as u64,
+            &report.failures[..report.failures.len().min(5)]
+        );
+        for color in ["local-blue", "local-green"] {
+            assert!(
+                report.served_by.get(color).copied().unwrap_or(0) > 0,
+                "{clients} clients were never served by {color}: {report:?}"
+            );
+        }
+        assert!(
+            report.succeeded() >= 200,
+            "{clients} clients: the load kept going through the switches: {report:?}"
+        );
+        assert!(
+            report.served_by.len() == 2,
+            "{clients} clients reached only the two local backends: {report:?}"
+        );
+    }
+    // After the last switch (to blue), new connections of both kinds go
+    // to blue.
+    let remote_get = inside(&fixture.topology.client, move || http::get(target, TIMEOUT));
+    assert_eq!(remote_get.expect("a remote request"), "local-blue");
+    assert_eq!(
+        local_get(&fixture, target),
+        ("local-blue".to_owned(), target)
+    );
 }
