@@ -105,6 +105,10 @@ pub fn print_switch(outcome: &SwitchOutcome) {
             LocalReset::Elsewhere => println!(
                 "  local connections were not reset: they live in the network namespace `up` ran in; run the switch there"
             ),
+            LocalReset::Failed(reason) => println!(
+                "  local connections to {} were not reset ({reason}): they stay there until they close",
+                to.other()
+            ),
         }
     } else {
         println!(

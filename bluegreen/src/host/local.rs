@@ -312,7 +312,7 @@ pub(super) fn local_sockets(maps: &PinnedMaps) -> Result<LocalSockets> {
 }
 
 /// What a forced switch did to local connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LocalReset {
     /// Nothing to reset: a graceful change, or local clients not steered.
     NotApplicable,
@@ -321,6 +321,10 @@ pub enum LocalReset {
     /// Local clients are steered in another network namespace: run the
     /// command there to reset them.
     Elsewhere,
+    /// Listing or resetting them failed (a kernel without
+    /// `CONFIG_INET_DIAG_DESTROY`, say): they stay on the old color until
+    /// they close.
+    Failed(String),
 }
 
 /// Resets every local connection of the service that is not on `keep`:

@@ -266,12 +266,8 @@ impl Host {
         let local_reset = if changed && options.force {
             // The switch is live: a reset that fails is reported, not
             // undone.
-            reset_other_colors(&open.maps, after.counter_slot, after.forced_color()).unwrap_or_else(
-                |error| {
-                    log::warn!("{}: {error}", open.name());
-                    LocalReset::NotApplicable
-                },
-            )
+            reset_other_colors(&open.maps, after.counter_slot, after.forced_color())
+                .unwrap_or_else(|error| LocalReset::Failed(error.to_string()))
         } else {
             LocalReset::NotApplicable
         };
