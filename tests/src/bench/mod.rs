@@ -8,6 +8,7 @@ pub mod backend;
 pub mod chart;
 pub mod kernel_cost;
 pub mod lab;
+pub mod local;
 pub mod noop;
 pub mod pools;
 pub mod report;

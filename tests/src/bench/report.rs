@@ -10,6 +10,7 @@ use super::{
     chart,
     kernel_cost::{Case, CaseFigures, KernelReport},
     lab::Dataplane,
+    local::{self, LocalReport},
     pools::{self, PoolsReport},
     switch_time::SwitchReport,
     throughput::ThroughputReport,
@@ -130,6 +131,7 @@ pub struct Report {
     pub switch_time: Option<SwitchReport>,
     pub timeline: Option<TimelineReport>,
     pub pools: Option<PoolsReport>,
+    pub local: Option<LocalReport>,
     pub targets: Vec<Target>,
 }
 
@@ -178,6 +180,9 @@ impl Report {
         }
         if let Some(pools) = &self.pools {
             out += &pools::table(pools);
+        }
+        if let Some(local) = &self.local {
+            out += &local::table(local);
         }
         out += &targets_table(&self.targets);
         out

@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: bluegreen against baselines measured in the same
 //! run: per-packet cost in the kernel, throughput and latency end to end,
 //! and switch time; then a timeline of who answers through a switch, a
-//! rollback and a weighted shift; and what pools of backends cost. Prints markdown, writes JSON and the
+//! rollback and a weighted shift; what pools of backends cost; and what
+//! host-local clients pay to connect through a VIP. Prints markdown, writes JSON and the
 //! timeline's SVG chart to `target/bench/`, fails if the timeline broke the
 //! commands' promises, and removes everything it created, also on Ctrl-C or
 //! failure.
@@ -15,6 +16,7 @@ use bluegreen_testbed::bench::{
     self, Interrupted,
     kernel_cost::{self, KernelPlan},
     lab::Lab,
+    local::{self, LocalPlan},
     pools::{self, PoolsPlan},
     report::{Machine, Report},
     switch_time::{self, SwitchPlan},
@@ -22,7 +24,7 @@ use bluegreen_testbed::bench::{
     timeline::{self, TimelinePlan},
 };
 
-const USAGE: &str = "usage: bench [--quick] [--only kernel|throughput|switch|timeline|pools]
+const USAGE: &str = "usage: bench [--quick] [--only kernel|throughput|switch|timeline|pools|local]
 
   --quick   a smoke run: fewer repeats and rounds, 1 s wrk runs, 1 s
             timeline phases (~35 s)
@@ -35,6 +37,7 @@ enum Part {
     Switch,
     Timeline,
     Pools,
+    Local,
 }
 
 struct Options {
@@ -59,9 +62,10 @@ impl Options {
                         Some("switch") => Part::Switch,
                         Some("timeline") => Part::Timeline,
                         Some("pools") => Part::Pools,
+                        Some("local") => Part::Local,
                         other => {
                             return Err(format!(
-                                "--only takes kernel|throughput|switch|timeline|pools, not {other:?}"
+                                "--only takes kernel|throughput|switch|timeline|pools|local, not {other:?}"
                             ));
                         }
                     })
@@ -112,6 +116,13 @@ impl Options {
         }
     }
 
+    fn local_plan(&self) -> LocalPlan {
+        LocalPlan {
+            rounds: if self.quick { 1 } else { 5 },
+            seconds: if self.quick { 0.5 } else { 2.0 },
+        }
+    }
+
     fn timeline_plan(&self) -> TimelinePlan {
         TimelinePlan {
             phase: Duration::from_secs(if self.quick { 1 } else { 3 }),
@@ -150,6 +161,10 @@ fn measure(options: &Options, report: &mut Report) -> Result<(), Interrupted> {
         eprintln!("bench: part 5, pools");
         report.pools = Some(pools::run(&options.pools_plan())?);
     }
+    if options.runs(Part::Local) {
+        eprintln!("bench: part 6, host-local clients");
+        report.local = Some(local::run(&options.local_plan())?);
+    }
     Ok(())
 }
 
@@ -177,6 +192,7 @@ fn main() -> ExitCode {
         switch_time: None,
         timeline: None,
         pools: None,
+        local: None,
         targets: Vec::new(),
     };
     if measure(&options, &mut report).is_err() {
