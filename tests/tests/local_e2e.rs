@@ -180,6 +180,11 @@ fn no_local_leaves_local_clients_alone() {
         refused.is_err(),
         "nothing listens on the VIP in the switch namespace, so a connection that is not rewritten fails"
     );
+    let status = fixture.service_status();
+    assert!(
+        status["blue"]["local_connections"].is_null(),
+        "not counted when not steered: {status}"
+    );
     // Turned on by the next `up`, and off again.
     fixture.up();
     assert_eq!(local_get(&fixture, vip()).0, "blue");

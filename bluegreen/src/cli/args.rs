@@ -75,10 +75,16 @@ pub(crate) enum Command {
   bluegreen up --iface eth0 --config /etc/bluegreen/bluegreen.toml
   bluegreen up --iface eth0 --service chat --vip 10.0.0.1:8080 --blue 10.0.1.2:8080 --green 10.0.1.3:8080
   bluegreen up --iface eth0 --service dns --proto udp --vip [fd00::53]:53 --blue [fd00::2]:53 --green [fd00::3]:53
+  bluegreen up --iface eth0 --config bluegreen.toml --cgroup /sys/fs/cgroup/system.slice/gateway.service
+  bluegreen up --iface eth0 --config bluegreen.toml --no-local
 
 Running `up` again on the same interface replaces the programs atomically and keeps
 every map and flow (a hot upgrade). The services become exactly those given; each
-keeps its live active color.")]
+keeps its live active color.
+
+Processes on this host (in this network namespace) that connect to a VIP are steered
+too, at connect time, by the same rules: a graceful switch leaves their open
+connections alone, a forced one resets them so they reconnect to the new color.")]
     Up(UpArgs),
     /// Make a color active for new flows (established flows stay unless --force).
     #[command(after_help = "Examples:

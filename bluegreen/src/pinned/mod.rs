@@ -119,7 +119,8 @@ impl PinLayout {
     }
 
     /// Pins again, from the programs still attached through the pinned
-    /// links, every map whose pin is missing (removed by hand), so that
+    /// links (the cgroup ones too: only they use the local-client maps),
+    /// every map whose pin is missing (removed by hand), so that
     /// `up` goes on with the live maps and their contents rather than new
     /// empty ones. Returns the names pinned again.
     pub fn repin_maps_from_links(&self) -> Result<Vec<&'static str>> {
@@ -131,9 +132,11 @@ impl PinLayout {
         if missing.is_empty() {
             return Ok(Vec::new());
         }
+        let local_links = program_names::LOCAL.map(|program| self.local_link(program));
         let programs: BTreeSet<u32> = self
             .links()
             .iter()
+            .chain(&local_links)
             .filter_map(|link| PinnedLink::from_pin(link).ok())
             .filter_map(|link| FdLink::from(link).info().ok())
             .map(|info| info.program_id())
