@@ -18,6 +18,10 @@ use crate::maps::{
     vip_may_match,
 };
 
+/// Why a hook left an address alone: the socket is not one bluegreen
+/// steers (or, for the restoring hooks, was not sent anywhere by it).
+pub struct NotOurs;
+
 /// The address and port a hook sees (the destination of a connect or
 /// send, the source of a received datagram, the peer of `getpeername`),
 /// as wire bytes.
@@ -55,22 +59,22 @@ fn set_user_endpoint(ctx: &SockAddrContext, family: u8, wire: &[u8; 16], port: [
 /// addressed to a service's VIP and port, goes to the backend a new flow
 /// from this host would get. Anything else passes untouched.
 #[inline(always)]
-pub fn try_redirect(ctx: &SockAddrContext, family: u8) -> Option<()> {
+pub fn try_redirect(ctx: &SockAddrContext, family: u8) -> Result<(), NotOurs> {
     // SAFETY: as in `user_endpoint`.
     let proto = unsafe { (*ctx.sock_addr).protocol } as u8;
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-        return None;
+        return Err(NotOurs);
     }
     let (vip, vip_port) = user_endpoint(ctx, family);
     if !port_has_service(u16::from_be_bytes(vip_port)) || !vip_may_match(&vip, vip_port) {
-        return None;
+        return Err(NotOurs);
     }
-    let local = BG_LOCAL.get(0)?;
+    let local = BG_LOCAL.get(0).ok_or(NotOurs)?;
     // SAFETY: a helper that only reads the context.
     if local.netns_cookie == 0
         || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != local.netns_cookie
     {
-        return None;
+        return Err(NotOurs);
     }
     let service_key = ServiceKey {
         vip,
@@ -80,7 +84,7 @@ pub fn try_redirect(ctx: &SockAddrContext, family: u8) -> Option<()> {
     };
     // SAFETY: not preallocated, so the element stays whole for this RCU
     // section (see the XDP path).
-    let service = unsafe { BG_SERVICES.get(service_key) }?;
+    let service = unsafe { BG_SERVICES.get(service_key) }.ok_or(NotOurs)?;
     // SAFETY: a helper that only reads the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let client = if family == FAMILY_IPV4 {
@@ -100,7 +104,7 @@ pub fn try_redirect(ctx: &SockAddrContext, family: u8) -> Option<()> {
     let color = new_flow_color(service, hash, || {
         in_preview(service.counter_slot, family, &client)
     });
-    let backend = pool_backend(service.pool(color), hash)?;
+    let backend = pool_backend(service.pool(color), hash).ok_or(NotOurs)?;
     let key = LocalSocketKey {
         cookie,
         backend: backend.addr,
@@ -117,19 +121,19 @@ pub fn try_redirect(ctx: &SockAddrContext, family: u8) -> Option<()> {
     // Without its entry the socket would still work, but show the backend
     // as its peer and escape counting and resets: it is better refused
     // the VIP (as before bluegreen) than half-managed.
-    BG_LOCAL_SOCKS.insert(key, socket, 0).ok()?;
+    BG_LOCAL_SOCKS.insert(key, socket, 0).map_err(|_| NotOurs)?;
     set_user_endpoint(ctx, family, &backend.addr, backend.port);
     if let Some(counters) = BG_TRAFFIC.get_ptr_mut(traffic_index(service.counter_slot, color)) {
         // SAFETY: per-CPU slot, so no other writer races this increment.
         unsafe { (*counters).new_flows += 1 };
     }
-    Some(())
+    Ok(())
 }
 
 /// getpeername and recvmsg: a backend's address, seen by a socket that was
 /// sent there through a VIP, reads as that VIP.
 #[inline(always)]
-pub fn try_restore(ctx: &SockAddrContext, family: u8) -> Option<()> {
+pub fn try_restore(ctx: &SockAddrContext, family: u8) -> Result<(), NotOurs> {
     let (backend, backend_port) = user_endpoint(ctx, family);
     // SAFETY: a helper that only reads the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -140,8 +144,8 @@ pub fn try_restore(ctx: &SockAddrContext, family: u8) -> Option<()> {
         reserved: [0; 6],
     };
     // SAFETY: LRU values may be recycled; the two fields are copied at once.
-    let socket = unsafe { BG_LOCAL_SOCKS.get(key) }?;
+    let socket = unsafe { BG_LOCAL_SOCKS.get(key) }.ok_or(NotOurs)?;
     let (vip, vip_port) = (socket.vip, socket.vip_port);
     set_user_endpoint(ctx, family, &vip, vip_port);
-    Some(())
+    Ok(())
 }

@@ -416,3 +416,39 @@ fn local_backends_serve_remote_and_local_clients_through_50_switches_under_load(
         ("local-blue".to_owned(), target)
     );
 }
+
+#[test]
+fn local_clients_follow_preview_prefixes_and_weighted_splits_like_remote_ones() {
+    let fixture = Fixture::new();
+    fixture.up();
+    // A local client counts as the interface's address for preview.
+    fixture.bluegreen.ok(&[
+        "preview",
+        "add",
+        &format!("{}/32", addr::SWITCH_CLIENT_SIDE_V4),
+    ]);
+    for _ in 0..5 {
+        assert_eq!(
+            local_get(&fixture, vip()).0,
+            "green",
+            "the host's own address is a preview client"
+        );
+    }
+    assert_eq!(fixture.get(), "blue", "a remote client is not");
+    fixture.bluegreen.ok(&[
+        "preview",
+        "remove",
+        &format!("{}/32", addr::SWITCH_CLIENT_SIDE_V4),
+    ]);
+    fixture.bluegreen.ok(&["switch", "green", "--weight", "50"]);
+    let mut green = 0;
+    for _ in 0..100 {
+        if local_get(&fixture, vip()).0 == "green" {
+            green += 1;
+        }
+    }
+    assert!(
+        (30..=70).contains(&green),
+        "{green} of 100 local connections went to green at weight 50"
+    );
+}
