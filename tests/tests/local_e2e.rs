@@ -7,12 +7,14 @@
 
 use std::{
     net::{SocketAddr, TcpStream},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use bluegreen_testbed::{
     cgroup::TestCgroup,
-    fixture::{BACKEND_PORT, Fixture, TIMEOUT, up_args, vip},
+    cli::Bluegreen,
+    fixture::{BACKEND_PORT, Fixture, TIMEOUT, blue_backend, green_backend, up_args, vip},
     http::{self, Backend, KeepAlive, Load},
     netns::{Namespace, SWITCH_IFACE, addr},
 };
@@ -278,7 +280,7 @@ fn local_link_pins(fixture: &Fixture) -> u32 {
 }
 
 #[test]
-fn up_attaches_one_program_per_hook_a_hot_upgrade_replaces_them_in_place_and_down_leaves_no_cgroup_attachment()
+fn up_attaches_one_program_per_hook_beside_others_a_hot_upgrade_replaces_them_in_place_and_down_leaves_no_cgroup_attachment()
  {
     let fixture = Fixture::new();
     let cgroup = TestCgroup::create(&format!("{}-local", fixture.topology.prefix));
@@ -290,6 +292,38 @@ fn up_attaches_one_program_per_hook_a_hot_upgrade_replaces_them_in_place_and_dow
     // A second `up` (a hot upgrade) swaps the programs behind the links.
     fixture.up_with(&["--cgroup", &path]);
     assert_eq!(cgroup.attached_programs(), 8, "replaced, not added");
+
+    // Another instance (on another interface, with pins of its own)
+    // attaches beside the first, and its `down` leaves the first's alone.
+    let second = Bluegreen {
+        namespace_path: fixture.topology.switch.path(),
+        // bpffs refuses names with a dot.
+        pin_dir: PathBuf::from(format!("{}-second", fixture.bluegreen.pin_dir.display())),
+        state_dir: PathBuf::from(format!("{}-second", fixture.bluegreen.state_dir.display())),
+    };
+    second.ok(&[
+        "up",
+        "--iface",
+        "sb",
+        "--service",
+        "other",
+        "--vip",
+        "10.200.100.2:80",
+        "--blue",
+        &blue_backend().to_string(),
+        "--green",
+        &green_backend().to_string(),
+        "--cgroup",
+        &path,
+    ]);
+    assert_eq!(
+        cgroup.attached_programs(),
+        16,
+        "added beside, not replacing"
+    );
+    second.ok(&["down", "--iface", "sb"]);
+    assert_eq!(cgroup.attached_programs(), 8, "the first instance's stay");
+
     fixture.bluegreen.ok(&["down", "--iface", SWITCH_IFACE]);
     assert_eq!(cgroup.attached_programs(), 0, "down detached them");
     assert_eq!(local_link_pins(&fixture), 0);
