@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::programs::links::{FdLink, PinnedLink};
 use bluegreen_testbed::{
     cgroup::TestCgroup,
     cli::Bluegreen,
@@ -329,26 +330,58 @@ fn up_attaches_one_program_per_hook_beside_others_a_hot_upgrade_replaces_them_in
     assert_eq!(local_link_pins(&fixture), 0);
 }
 
-#[test]
-fn a_bad_cgroup_fails_up_before_anything_is_attached() {
-    let fixture = Fixture::new();
-    let run = fixture.bluegreen.run(
-        &{
-            let mut args = up_args();
-            args.extend(["--cgroup".to_owned(), "/proc".to_owned()]);
-            args
-        }
+/// The program behind each of the instance's pinned links.
+fn linked_programs(fixture: &Fixture) -> Vec<u32> {
+    let mut links: Vec<PathBuf> = fixture
+        .bluegreen
+        .pins()
+        .into_iter()
+        .filter(|pin| {
+            pin.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("link_"))
+        })
+        .collect();
+    links.sort();
+    assert_eq!(links.len(), 10, "XDP, TC and eight cgroup links: {links:?}");
+    links
         .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>(),
-    );
-    assert_ne!(run.code, 0, "{run:?}");
-    assert!(run.stderr.contains("not a cgroup v2 directory"), "{run:?}");
+        .map(|link| {
+            let link = PinnedLink::from_pin(link).expect("open a pinned link");
+            FdLink::from(link).info().expect("link info").program_id()
+        })
+        .collect()
+}
+
+#[test]
+fn a_bad_cgroup_fails_up_before_anything_is_attached_or_changed() {
+    let fixture = Fixture::new();
+    let mut args = up_args();
+    args.extend(["--cgroup".to_owned(), "/proc".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let refused = |fixture: &Fixture| {
+        let run = fixture.bluegreen.run(&args);
+        assert_ne!(run.code, 0, "{run:?}");
+        assert!(run.stderr.contains("not a cgroup v2 directory"), "{run:?}");
+    };
+    refused(&fixture);
     assert!(
         fixture.bluegreen.pins().is_empty(),
         "a failed first `up` leaves no pin: {:?}",
         fixture.bluegreen.pins()
     );
+    // On a running instance: refused before the programs are replaced.
+    fixture.up();
+    let pins = fixture.bluegreen.pins();
+    let programs = linked_programs(&fixture);
+    refused(&fixture);
+    assert_eq!(fixture.bluegreen.pins(), pins, "nothing changed");
+    assert_eq!(
+        linked_programs(&fixture),
+        programs,
+        "no program was replaced behind its link"
+    );
+    assert_eq!(local_get(&fixture, vip()).0, "blue", "still steered");
 }
 
 #[test]

@@ -131,6 +131,7 @@ impl Host {
             service.validate()?;
         }
         let _lock = self.state.lock(&request.iface)?;
+        let local_target = local::prepare(&request.local, &request.iface)?;
         let layout = self.layout(&request.iface);
         // Before anything is created: hostile directories and pins of
         // another version are refused and left as they are.
@@ -211,7 +212,12 @@ impl Host {
                 kept
             }
         };
-        notes.extend(local::apply(&mut ebpf, &layout, &mut maps, &request.local)?);
+        notes.extend(local::apply(
+            &mut ebpf,
+            &layout,
+            &mut maps,
+            local_target.as_ref(),
+        )?);
 
         let state = InterfaceState {
             version: STATE_VERSION,

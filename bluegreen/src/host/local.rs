@@ -152,14 +152,55 @@ pub(super) fn remove_local_links(layout: &PinLayout) {
     }
 }
 
-/// What `up` did about local clients, for its notes.
+/// Where and for whom `up` steers local clients, found and checked
+/// before anything is attached, so that a bad `--cgroup` or a kernel
+/// without what is needed fails `up` with nothing changed.
+pub(super) struct LocalTarget {
+    path: PathBuf,
+    dir: File,
+    cgroup_id: u64,
+    settings: LocalSettings,
+}
+
+/// `None` for `--no-local`.
+pub(super) fn prepare(local: &LocalClients, iface: &str) -> Result<Option<LocalTarget>> {
+    let LocalClients::On { cgroup } = local else {
+        return Ok(None);
+    };
+    let (path, dir, cgroup_id) = open_cgroup(cgroup.as_deref())?;
+    let kernel = KernelVersion::current().map_err(Error::ebpf("cannot read the kernel version"))?;
+    if kernel < KernelVersion::new(5, 7, 0) {
+        return Err(Error::Cgroup {
+            path,
+            reason: format!(
+                "kernel {kernel:?} has no cgroup bpf_link (5.7 or later is needed); run with --no-local"
+            ),
+        });
+    }
+    let netns_cookie =
+        sys::netns_cookie().map_err(Error::io("cannot read this network namespace's cookie"))?;
+    let (source4, source6) = interface_sources(iface);
+    Ok(Some(LocalTarget {
+        path,
+        dir,
+        cgroup_id,
+        settings: LocalSettings {
+            netns_cookie,
+            source4,
+            source6,
+        },
+    }))
+}
+
+/// Attaches (or swaps in) the local-client programs for `target`, or
+/// detaches them for `--no-local`; returns a note for `up`'s output.
 pub(super) fn apply(
     ebpf: &mut Ebpf,
     layout: &PinLayout,
     maps: &mut PinnedMaps,
-    local: &LocalClients,
+    target: Option<&LocalTarget>,
 ) -> Result<Option<String>> {
-    let LocalClients::On { cgroup } = local else {
+    let Some(target) = target else {
         // Off before detaching: a hook still running meanwhile leaves
         // sockets alone.
         maps.set_local_settings(&LocalSettings::default())?;
@@ -169,19 +210,11 @@ pub(super) fn apply(
         remove_local_links(layout);
         return Ok(had_links.then(|| "local clients are no longer steered (--no-local)".to_owned()));
     };
-    let (source4, source6) = interface_sources(layout.iface());
-    let netns_cookie =
-        sys::netns_cookie().map_err(Error::io("cannot read this network namespace's cookie"))?;
-    let (path, dir, cgroup_id) = open_cgroup(cgroup.as_deref())?;
-    maps.set_local_settings(&LocalSettings {
-        netns_cookie,
-        source4,
-        source6,
-    })?;
-    attach(ebpf, layout, &dir, cgroup_id)?;
+    maps.set_local_settings(&target.settings)?;
+    attach(ebpf, layout, &target.dir, target.cgroup_id)?;
     Ok(Some(format!(
         "local clients in this network namespace are steered (cgroup {})",
-        path.display()
+        target.path.display()
     )))
 }
 
@@ -191,15 +224,6 @@ pub(super) fn apply(
 /// links are pinned only once all are attached: if one fails, dropping
 /// the others detaches them, and nothing is left half-attached.
 fn attach(ebpf: &mut Ebpf, layout: &PinLayout, cgroup: &File, cgroup_id: u64) -> Result<()> {
-    let kernel = KernelVersion::current().map_err(Error::ebpf("cannot read the kernel version"))?;
-    if kernel < KernelVersion::new(5, 7, 0) {
-        return Err(Error::Cgroup {
-            path: PathBuf::from("/proc/self/mounts"),
-            reason: format!(
-                "kernel {kernel:?} has no cgroup bpf_link (5.7 or later is needed); run with --no-local"
-            ),
-        });
-    }
     let mut fresh = Vec::new();
     for name in program_names::LOCAL {
         let program: &mut CgroupSockAddr = ebpf
@@ -228,8 +252,8 @@ fn attach(ebpf: &mut Ebpf, layout: &PinLayout, cgroup: &File, cgroup_id: u64) ->
         super::lifecycle::unpin_link(&pin);
         // The kernel refuses flags on a cgroup bpf_link and always adds it
         // beside the programs already there (BPF_F_ALLOW_MULTI); aya only
-        // falls back to a replacing BPF_PROG_ATTACH before 5.7, ruled out
-        // above.
+        // falls back to a replacing BPF_PROG_ATTACH before 5.7, which
+        // `prepare` refused.
         let id = program
             .attach(cgroup, CgroupAttachMode::Single)
             .map_err(Error::ebpf(format!("cannot attach {name} to the cgroup")))?;
