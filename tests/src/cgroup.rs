@@ -10,19 +10,6 @@ use std::{
 
 use crate::sys::{BPF_PROG_QUERY, bpf};
 
-/// The cgroup v2 mount point, from the mount table (hybrid systems mount
-/// it at /sys/fs/cgroup/unified).
-pub fn cgroup2_root() -> PathBuf {
-    let mounts = fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
-    mounts
-        .lines()
-        .find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
-        })
-        .expect("a cgroup v2 file system is mounted")
-}
-
 /// The attach types of the eight socket-address programs
 /// (`enum bpf_attach_type`): connect, sendmsg, recvmsg, getpeername, for
 /// IPv4 and IPv6.
@@ -48,7 +35,9 @@ pub struct TestCgroup {
 
 impl TestCgroup {
     pub fn create(name: &str) -> TestCgroup {
-        let path = cgroup2_root().join(name);
+        let path = bluegreen::host::cgroup2_root()
+            .expect("a cgroup v2 file system is mounted")
+            .join(name);
         fs::create_dir(&path)
             .unwrap_or_else(|error| panic!("cannot create cgroup {}: {error}", path.display()));
         TestCgroup { path }

@@ -30,7 +30,7 @@ const CGROUP2_SUPER_MAGIC: libc::c_long = 0x6367_7270;
 
 /// The first cgroup v2 mount in the mount table: `/sys/fs/cgroup` on a
 /// unified system, `/sys/fs/cgroup/unified` on a hybrid one.
-fn cgroup2_root() -> Result<PathBuf> {
+pub fn cgroup2_root() -> Result<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts")
         .map_err(Error::io("cannot read /proc/self/mounts"))?;
     mounts
