@@ -15,8 +15,11 @@ use aya::programs::links::{FdLink, PinnedLink};
 use bluegreen_testbed::{
     cgroup::TestCgroup,
     cli::Bluegreen,
-    fixture::{BACKEND_PORT, Fixture, TIMEOUT, blue_backend, green_backend, up_args, vip},
+    fixture::{
+        BACKEND_PORT, Fixture, TIMEOUT, blue_backend, config_text, green_backend, up_args, vip,
+    },
     http::{self, Backend, KeepAlive, Load},
+    metrics::{METRICS, metric, scrape},
     netns::{Namespace, SWITCH_IFACE, addr},
 };
 
@@ -518,4 +521,26 @@ fn local_clients_follow_preview_prefixes_and_weighted_splits_like_remote_ones() 
         (30..=70).contains(&green),
         "{green} of 100 local connections went to green at weight 50"
     );
+}
+
+#[test]
+fn the_daemon_exports_local_connections_per_color() {
+    let fixture = Fixture::new();
+    let config = fixture.write_config(&config_text("", ""));
+    let _daemon = fixture.start_daemon(&config, &["--metrics", METRICS]);
+    let mut kept = inside(&fixture.topology.switch, || {
+        KeepAlive::connect(vip(), TIMEOUT).expect("local keep-alive connect")
+    });
+    assert_eq!(kept.get().expect("request"), "blue");
+    let metrics = scrape(&fixture);
+    for (color, expected) in [("blue", 1.0), ("green", 0.0)] {
+        assert_eq!(
+            metric(
+                &metrics,
+                &format!("bluegreen_local_connections{{service=\"web\",color=\"{color}\"}}")
+            ),
+            expected,
+            "{color}"
+        );
+    }
 }
