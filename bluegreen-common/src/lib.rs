@@ -98,7 +98,9 @@ pub mod map_names {
     pub const BACKENDS: &str = "BG_BACKENDS";
     pub const SWITCHES: &str = "BG_SWITCHES";
     pub const BACKEND_TRAFFIC: &str = "BG_BACKEND_TRAFFIC";
-    pub const ALL: [&str; 14] = [
+    pub const LOCAL: &str = "BG_LOCAL";
+    pub const LOCAL_SOCKETS: &str = "BG_LOCAL_SOCKS";
+    pub const ALL: [&str; 16] = [
         SERVICES,
         FLOWS,
         BACKEND_VIPS,
@@ -113,6 +115,8 @@ pub mod map_names {
         BACKENDS,
         SWITCHES,
         BACKEND_TRAFFIC,
+        LOCAL,
+        LOCAL_SOCKETS,
     ];
 }
 
@@ -122,6 +126,26 @@ pub mod program_names {
     pub const EGRESS: &str = "bluegreen_egress";
     /// In its own object (`bluegreen-clock`): stores `bpf_jiffies64()`.
     pub const CLOCK: &str = "bluegreen_clock";
+    /// The cgroup socket-address programs for host-local clients, with the
+    /// attach point each is built for (one program per hook).
+    pub const CONNECT4: &str = "bluegreen_connect4";
+    pub const CONNECT6: &str = "bluegreen_connect6";
+    pub const SENDMSG4: &str = "bluegreen_sendmsg4";
+    pub const SENDMSG6: &str = "bluegreen_sendmsg6";
+    pub const RECVMSG4: &str = "bluegreen_recvmsg4";
+    pub const RECVMSG6: &str = "bluegreen_recvmsg6";
+    pub const GETPEERNAME4: &str = "bluegreen_getpeername4";
+    pub const GETPEERNAME6: &str = "bluegreen_getpeername6";
+    pub const LOCAL: [&str; 8] = [
+        CONNECT4,
+        CONNECT6,
+        SENDMSG4,
+        SENDMSG6,
+        RECVMSG4,
+        RECVMSG6,
+        GETPEERNAME4,
+        GETPEERNAME6,
+    ];
 }
 
 /// An address and port as they appear on the wire. IPv4 addresses occupy the
@@ -420,6 +444,60 @@ pub struct FlowEntry {
     pub backend_counter_slot: u32,
 }
 
+/// Capacity of the local-socket map: sockets of host-local clients that
+/// are (or were) connected to a backend through a VIP.
+pub const LOCAL_SOCKET_CAPACITY: u32 = 65_536;
+
+/// Value of `BG_LOCAL`, written by `up`: whose sockets the cgroup programs
+/// rewrite, and which address stands for a local client when preview
+/// prefixes are looked up (its source address is not chosen yet when it
+/// connects).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalSettings {
+    /// `SO_NETNS_COOKIE` of the network namespace `up` ran in; 0 turns
+    /// local rewriting off.
+    pub netns_cookie: u64,
+    /// The interface's IPv4 address (first four bytes) and IPv6 address.
+    pub source4: [u8; 16],
+    pub source6: [u8; 16],
+}
+
+/// Key of `BG_LOCAL_SOCKS`: a socket (its `bpf_get_socket_cookie`, which
+/// the kernel never reuses) and the backend it was sent to; one socket may
+/// reach several backends (unconnected UDP).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LocalSocketKey {
+    pub cookie: u64,
+    pub backend: [u8; 16],
+    pub backend_port: [u8; 2],
+    pub reserved: [u8; 6],
+}
+
+/// Value of `BG_LOCAL_SOCKS`: the VIP the socket asked for, to show it
+/// again as the peer, and the color and service it went to, so that
+/// userspace can count and reset local connections per color.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalSocket {
+    pub vip: [u8; 16],
+    pub vip_port: [u8; 2],
+    pub color: u8,
+    pub proto: u8,
+    pub counter_slot: u32,
+}
+
+/// The client port that stands in for a local socket's in the flow hash:
+/// connect runs before the kernel picks the port, so the socket's cookie
+/// (unique per socket) spreads sockets over the weighted split and the
+/// pool as ports spread remote flows.
+#[inline(always)]
+pub fn local_client_port(cookie: u64) -> [u8; 2] {
+    let folded = cookie ^ (cookie >> 16) ^ (cookie >> 32) ^ (cookie >> 48);
+    (folded as u16).to_be_bytes()
+}
+
 /// Flow lifetimes in seconds, as the operator configures them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
@@ -610,6 +688,9 @@ mod pod {
     unsafe impl aya::Pod for super::TrafficCounters {}
     unsafe impl aya::Pod for super::PreviewPrefix {}
     unsafe impl aya::Pod for super::SwitchCounters {}
+    unsafe impl aya::Pod for super::LocalSettings {}
+    unsafe impl aya::Pod for super::LocalSocketKey {}
+    unsafe impl aya::Pod for super::LocalSocket {}
 }
 
 #[cfg(test)]
@@ -632,6 +713,9 @@ mod tests {
         assert_eq!(size_of::<Settings>(), 32);
         assert_eq!(size_of::<TrafficCounters>(), 24);
         assert_eq!(size_of::<SwitchCounters>(), 2 * 3 * 8);
+        assert_eq!(size_of::<LocalSettings>(), 8 + 16 + 16);
+        assert_eq!(size_of::<LocalSocketKey>(), 8 + 16 + 2 + 6);
+        assert_eq!(size_of::<LocalSocket>(), 16 + 2 + 1 + 1 + 4);
         assert_eq!(
             size_of::<PreviewPrefix>() as u32 * 8,
             PREVIEW_FIXED_BITS + 128

@@ -7,7 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use bluegreen_common::{
-    BackendKey, DEFAULT_FLOW_CAPACITY, Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAGLEV_CHUNKS,
+    BackendKey, DEFAULT_FLOW_CAPACITY, Endpoint, FILTER_WORDS, FlowEntry, FlowKey,
+    LOCAL_SOCKET_CAPACITY, LocalSettings, LocalSocket, LocalSocketKey, MAGLEV_CHUNKS,
     MAX_BACKEND_COUNTERS, MAX_BACKEND_VIPS, MAX_BACKENDS, MAX_PREVIEW_PREFIXES, MAX_SERVICES,
     MaglevChunk, PREVIEW_FIXED_BITS, PassReason, Pool, PoolBackend, PreviewPrefix, ServiceKey,
     ServiceState, Settings, SwitchCounters, TrafficCounters, VIP_FILTER_WORDS, bitmap_position,
@@ -95,6 +96,19 @@ pub fn pool_backend(pool: &Pool, hash: u32) -> Option<PoolBackend> {
 /// the others (and again on the next `up` if its pin was removed).
 #[map(name = "BG_SWITCHES")]
 pub static BG_SWITCHES: Array<SwitchCounters> = Array::pinned(MAX_SERVICES, 0);
+
+/// Whose sockets the cgroup programs rewrite (see `LocalSettings`).
+#[map(name = "BG_LOCAL")]
+pub static BG_LOCAL: Array<LocalSettings> = Array::pinned(1, 0);
+
+/// Local sockets sent to a backend, keyed by socket and backend, giving
+/// the VIP to show in its place. An LRU hash keyed by the socket cookie
+/// rather than socket storage: userspace must read it (to count and reset
+/// local connections per color), and cookies are never reused, so an
+/// entry left by a closed socket is only evicted, never misread.
+#[map(name = "BG_LOCAL_SOCKS")]
+pub static BG_LOCAL_SOCKS: LruHashMap<LocalSocketKey, LocalSocket> =
+    LruHashMap::pinned(LOCAL_SOCKET_CAPACITY, 0);
 
 #[inline(always)]
 pub fn in_preview(counter_slot: u32, family: u8, client: &[u8; 16]) -> bool {

@@ -18,6 +18,8 @@ pub enum Error {
         "{path} is not on a BPF filesystem: mount one with `mount -t bpf bpf /sys/fs/bpf` or pass --pin-dir on bpffs"
     )]
     BpffsNotMounted { path: PathBuf },
+    #[error("cannot steer local clients through cgroup {path}: {reason}")]
+    Cgroup { path: PathBuf, reason: String },
     #[error("interface {name} does not exist: check `ip link` for its name")]
     InterfaceNotFound { name: String },
     #[error(

@@ -15,6 +15,7 @@ pub mod host;
 pub mod load;
 pub mod pinned;
 pub mod pool;
+mod sockdiag;
 pub mod state;
 mod sys;
 

@@ -107,6 +107,11 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
         "bluegreen_closing_flows",
         "Flows on a color that saw FIN or RST and are not expired yet",
     );
+    let local_connections = gauge_family(
+        &mut registry,
+        "bluegreen_local_connections",
+        "Connected sockets of host-local clients on a color (absent when local clients are not steered)",
+    );
     let active_color = gauge_family(&mut registry, "bluegreen_active", "1 for the active color");
     let share = gauge_family(
         &mut registry,
@@ -197,6 +202,9 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
                 closing_flows
                     .get_or_create(&labels)
                     .set(counts.closing_flows as i64);
+                if let Some(local) = counts.local_connections {
+                    local_connections.get_or_create(&labels).set(local as i64);
+                }
                 active_color
                     .get_or_create(&labels)
                     .set(i64::from(service.active == color));

@@ -4,7 +4,9 @@
 use bluegreen::{
     endpoint::Color,
     health::Health,
-    host::{BackendAction, BackendOutcome, Checked, StatusReport, SwitchOutcome, UpOutcome},
+    host::{
+        BackendAction, BackendOutcome, Checked, LocalReset, StatusReport, SwitchOutcome, UpOutcome,
+    },
     load,
 };
 
@@ -68,6 +70,7 @@ pub fn print_switch(outcome: &SwitchOutcome) {
         weight,
         active_changed,
         checked,
+        local_reset,
         ..
     } = outcome;
     match checked {
@@ -94,6 +97,20 @@ pub fn print_switch(outcome: &SwitchOutcome) {
         println!(
             "{service}: {from} -> {to} in {elapsed:.0?} (forced: every flow follows {to} now)"
         );
+        match local_reset {
+            LocalReset::Reset(0) | LocalReset::NotApplicable => {}
+            LocalReset::Reset(count) => println!(
+                "  {count} local connections to {} reset: their applications reconnect to {to}",
+                to.other()
+            ),
+            LocalReset::Elsewhere => println!(
+                "  local connections were not reset: they live in the network namespace `up` ran in; run the switch there"
+            ),
+            LocalReset::Failed(reason) => println!(
+                "  local connections to {} were not reset ({reason}): they stay there until they close",
+                to.other()
+            ),
+        }
     } else {
         println!(
             "{service}: {from} -> {to} in {elapsed:.0?} (graceful: established flows finish on {from})"
@@ -170,8 +187,12 @@ pub fn print_status(report: &StatusReport) {
                 } else {
                     status.backend.clone()
                 };
+                let local = status
+                    .local_connections
+                    .map(|count| format!("  local connections {count:>5}"))
+                    .unwrap_or_default();
                 println!(
-                    "   {marker}{color:<5} {backend:<24} packets {:>10}  bytes {:>12}  new flows {:>8}  active flows {:>6} (+{} closing)",
+                    "   {marker}{color:<5} {backend:<24} packets {:>10}  bytes {:>12}  new flows {:>8}  active flows {:>6} (+{} closing){local}",
                     status.packets,
                     status.bytes,
                     status.new_flows,

@@ -260,6 +260,11 @@ impl KeepAlive {
         self.get_path("/")
     }
 
+    /// The peer as the application sees it (`getpeername`).
+    pub fn peer(&self) -> io::Result<SocketAddr> {
+        self.reader.get_ref().peer_addr()
+    }
+
     pub fn get_path(&mut self, path: &str) -> io::Result<String> {
         write!(
             self.reader.get_mut(),
@@ -283,6 +288,23 @@ pub fn udp_request(target: SocketAddr, timeout: Duration) -> io::Result<String> 
     let mut buffer = [0u8; 64];
     let length = socket.recv(&mut buffer)?;
     String::from_utf8(buffer[..length].to_vec()).map_err(io::Error::other)
+}
+
+/// One exchange on an unconnected UDP socket (`sendto`, `recvfrom`):
+/// the body and the address the reply came from.
+pub fn udp_unconnected(target: SocketAddr, timeout: Duration) -> io::Result<(String, SocketAddr)> {
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let socket = UdpSocket::bind(bind)?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send_to(b"color?", target)?;
+    let mut buffer = [0u8; 64];
+    let (length, from) = socket.recv_from(&mut buffer)?;
+    let body = String::from_utf8(buffer[..length].to_vec()).map_err(io::Error::other)?;
+    Ok((body, from))
 }
 
 /// What a bounded load run saw.

@@ -14,8 +14,10 @@
 //! - [`metrics`]: scraping a test daemon's metrics endpoint.
 //! - [`fleet`]: a real etcd and several hosts, each a fixture with its own
 //!   daemon, for the fleet's tests and benchmark.
+//! - [`cgroup`]: a throwaway cgroup v2 directory and what is attached to it.
 
 pub mod bench;
+pub mod cgroup;
 pub mod cli;
 pub mod fixture;
 pub mod fleet;

@@ -14,6 +14,7 @@ use std::{
 pub const BPF_PROG_LOAD: libc::c_long = 5;
 pub const BPF_OBJ_PIN: libc::c_long = 6;
 pub const BPF_PROG_TEST_RUN: libc::c_long = 10;
+pub const BPF_PROG_QUERY: libc::c_long = 16;
 
 pub const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 pub const BPF_PROG_TYPE_XDP: u32 = 6;

@@ -75,10 +75,16 @@ pub(crate) enum Command {
   bluegreen up --iface eth0 --config /etc/bluegreen/bluegreen.toml
   bluegreen up --iface eth0 --service chat --vip 10.0.0.1:8080 --blue 10.0.1.2:8080 --green 10.0.1.3:8080
   bluegreen up --iface eth0 --service dns --proto udp --vip [fd00::53]:53 --blue [fd00::2]:53 --green [fd00::3]:53
+  bluegreen up --iface eth0 --config bluegreen.toml --cgroup /sys/fs/cgroup/system.slice/gateway.service
+  bluegreen up --iface eth0 --config bluegreen.toml --no-local
 
 Running `up` again on the same interface replaces the programs atomically and keeps
 every map and flow (a hot upgrade). The services become exactly those given; each
-keeps its live active color.")]
+keeps its live active color.
+
+Processes on this host (in this network namespace) that connect to a VIP are steered
+too, at connect time, by the same rules: a graceful switch leaves their open
+connections alone, a forced one resets them so they reconnect to the new color.")]
     Up(UpArgs),
     /// Make a color active for new flows (established flows stay unless --force).
     #[command(after_help = "Examples:
@@ -239,6 +245,18 @@ pub(crate) struct UpArgs {
     /// Health check run before `switch` moves traffic: tcp or http:/PATH.
     #[arg(long, value_name = "tcp|http:/PATH", conflicts_with = "config")]
     pub check: Option<Probe>,
+    /// Leave processes on this host alone: only packets arriving on
+    /// --iface are steered. By default a local process (in the network
+    /// namespace `up` runs in) that connects or sends to a VIP is sent to
+    /// a backend of the active color at connect time, and sees the VIP as
+    /// its peer (config: `local = false`).
+    #[arg(long, conflicts_with = "cgroup")]
+    pub no_local: bool,
+    /// The cgroup v2 directory whose processes (and its descendants') are
+    /// steered when they connect to a VIP; default: the cgroup v2 root
+    /// from the mount table, i.e. every process (config: `cgroup = "..."`).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
 }
 
 #[derive(Args)]

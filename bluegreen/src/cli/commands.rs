@@ -4,7 +4,7 @@ use std::{path::Path, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use bluegreen::{
-    config::{Config, DataplaneOptions, ServiceSpec, XdpModeArg},
+    config::{Config, DataplaneOptions, LocalClients, ServiceSpec, XdpModeArg},
     endpoint::Color,
     health::HealthCheck,
     host::{
@@ -170,7 +170,7 @@ pub fn run(host: &Host, state_dir: &Path, command: Command) -> anyhow::Result<Ex
 }
 
 fn up_request(args: UpArgs) -> anyhow::Result<UpRequest> {
-    let (xdp_mode, dataplane, mut services) = match &args.config {
+    let (xdp_mode, dataplane, local, mut services) = match &args.config {
         Some(path) => {
             let config = Config::load(path)?;
             if let Some(interface) = &config.interface
@@ -182,7 +182,12 @@ fn up_request(args: UpArgs) -> anyhow::Result<UpRequest> {
                     args.iface
                 );
             }
-            (config.xdp_mode, config.dataplane, config.services)
+            (
+                config.xdp_mode,
+                config.dataplane,
+                config.local,
+                config.services,
+            )
         }
         None => {
             let spec = ServiceSpec {
@@ -199,6 +204,7 @@ fn up_request(args: UpArgs) -> anyhow::Result<UpRequest> {
             (
                 XdpModeArg::default(),
                 DataplaneOptions::default(),
+                LocalClients::default(),
                 vec![spec],
             )
         }
@@ -208,11 +214,20 @@ fn up_request(args: UpArgs) -> anyhow::Result<UpRequest> {
             service.active = active;
         }
     }
+    // The command line wins over the file.
+    let local = match (args.no_local, args.cgroup) {
+        (true, _) => LocalClients::Off,
+        (false, Some(cgroup)) => LocalClients::On {
+            cgroup: Some(cgroup),
+        },
+        (false, None) => local,
+    };
     Ok(UpRequest {
         iface: args.iface,
         xdp_mode: args.xdp_mode.unwrap_or(xdp_mode),
         dataplane,
         services,
+        local,
     })
 }
 

@@ -156,10 +156,29 @@ pub struct FleetTls {
 pub const DEFAULT_FLEET_PREFIX: &str = "/bluegreen";
 pub const DEFAULT_LEASE_TTL_SECS: u64 = 10;
 
+/// Whether, and through which cgroup, processes on this host that connect
+/// to a VIP are steered too.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalClients {
+    Off,
+    /// Attached to this cgroup v2 directory (its processes and those of
+    /// its descendants), or to the cgroup v2 root of the mount table.
+    On {
+        cgroup: Option<PathBuf>,
+    },
+}
+
+impl Default for LocalClients {
+    fn default() -> Self {
+        Self::On { cgroup: None }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub interface: Option<String>,
     pub xdp_mode: XdpModeArg,
+    pub local: LocalClients,
     pub dataplane: DataplaneOptions,
     pub services: Vec<ServiceSpec>,
     /// `None`: a single host, as without etcd.

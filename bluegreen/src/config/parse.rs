@@ -14,7 +14,8 @@ use toml::Spanned;
 
 use super::{
     AutoRollback, Config, DEFAULT_FLEET_PREFIX, DEFAULT_LEASE_TTL_SECS, DataplaneOptions,
-    FleetConfig, FleetTls, MAX_FLOW_CAPACITY, MIN_FLOW_CAPACITY, ServiceSpec, XdpModeArg, pool,
+    FleetConfig, FleetTls, LocalClients, MAX_FLOW_CAPACITY, MIN_FLOW_CAPACITY, ServiceSpec,
+    XdpModeArg, pool,
     validate::{ServiceField, is_label, validate_name},
 };
 use crate::{
@@ -29,6 +30,8 @@ use crate::{
 struct RawConfig {
     interface: Option<Spanned<String>>,
     xdp_mode: Option<Spanned<String>>,
+    local: Option<Spanned<bool>>,
+    cgroup: Option<Spanned<String>>,
     dataplane: Option<RawDataplane>,
     fleet: Option<RawFleet>,
     #[serde(default, rename = "service")]
@@ -156,9 +159,26 @@ pub(super) fn config(text: &str, file: &str) -> Result<Config> {
         .as_ref()
         .map(|fleet| fleet.settings(&source))
         .transpose()?;
+    let enabled = raw.local.as_ref().is_none_or(|local| *local.get_ref());
+    let local = match (&raw.cgroup, enabled) {
+        (Some(cgroup), false) => {
+            return Err(source.error(
+                cgroup.span(),
+                "cgroup",
+                "local = false steers no local client: remove cgroup or set local = true",
+            ));
+        }
+        (cgroup, true) => LocalClients::On {
+            cgroup: cgroup
+                .as_ref()
+                .map(|cgroup| PathBuf::from(cgroup.get_ref())),
+        },
+        (None, false) => LocalClients::Off,
+    };
     Ok(Config {
         interface: raw.interface.map(Spanned::into_inner),
         xdp_mode: xdp_mode.unwrap_or_default(),
+        local,
         dataplane,
         services: services(&source, &raw.services)?,
         fleet,

@@ -60,6 +60,30 @@ fn a_valid_config_is_read_completely() {
 }
 
 #[test]
+fn local_clients_are_on_by_default_and_can_be_scoped_or_turned_off() {
+    let default = Config::parse(GOOD, "test.toml").unwrap();
+    assert_eq!(default.local, LocalClients::On { cgroup: None });
+    let scoped = Config::parse(
+        &format!("cgroup = \"/sys/fs/cgroup/gateway\"\n{GOOD}"),
+        "test.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        scoped.local,
+        LocalClients::On {
+            cgroup: Some(PathBuf::from("/sys/fs/cgroup/gateway"))
+        }
+    );
+    let off = Config::parse(&format!("local = false\n{GOOD}"), "test.toml").unwrap();
+    assert_eq!(off.local, LocalClients::Off);
+    let (line, field, message) = config_error(&format!(
+        "local = false\ncgroup = \"/sys/fs/cgroup\"\n{GOOD}"
+    ));
+    assert_eq!((line, field.as_str()), (2, "cgroup"));
+    assert!(message.contains("remove cgroup"), "{message}");
+}
+
+#[test]
 fn errors_name_the_line_and_the_field() {
     let mixed = GOOD.replace("green = \"10.1.0.3:8080\"", "green = \"[fd00::3]:8080\"");
     let (line, field, message) = config_error(&mixed);

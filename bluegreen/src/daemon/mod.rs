@@ -40,6 +40,7 @@ fn load_request(config_path: &Path) -> anyhow::Result<Running> {
             xdp_mode: config.xdp_mode,
             dataplane: config.dataplane,
             services: config.services,
+            local: config.local,
         },
         fleet: config.fleet,
     })

@@ -7,10 +7,10 @@ use std::{fs, path::Path};
 use aya::{Ebpf, EbpfLoader};
 use bluegreen_common::map_names;
 
-use super::{Host, inventory::ifindex, programs, reconcile::reconcile_services};
+use super::{Host, inventory::ifindex, local, programs, reconcile::reconcile_services};
 use crate::{
     EBPF_OBJECT,
-    config::{DataplaneOptions, ServiceSpec, XdpModeArg},
+    config::{DataplaneOptions, LocalClients, ServiceSpec, XdpModeArg},
     error::{Error, Result},
     pinned::{LinkState, PinLayout, PinnedMaps, check_pinned_maps},
     state::{InterfaceState, STATE_VERSION},
@@ -23,6 +23,7 @@ pub struct UpRequest {
     pub xdp_mode: XdpModeArg,
     pub dataplane: DataplaneOptions,
     pub services: Vec<ServiceSpec>,
+    pub local: LocalClients,
 }
 
 pub struct UpOutcome {
@@ -57,13 +58,14 @@ impl Drop for FreshInstanceGuard {
 
 /// Detaches the link pinned at `link` (if it is still attached to
 /// anything) and removes its pin.
-fn unpin_link(link: &Path) {
+pub(super) fn unpin_link(link: &Path) {
     let _ = crate::sys::detach_pinned_link(link);
     let _ = fs::remove_file(link);
 }
 
 fn remove_pins(layout: &PinLayout) {
     // Links first, so the programs are gone before the maps they use.
+    local::remove_local_links(layout);
     for link in [layout.tc_link(), layout.xdp_link()] {
         unpin_link(&link);
     }
@@ -128,6 +130,7 @@ impl Host {
             service.validate()?;
         }
         let _lock = self.state.lock(&request.iface)?;
+        let local_target = local::prepare(&request.local, &request.iface)?;
         let layout = self.layout(&request.iface);
         // Before anything is created: hostile directories and pins of
         // another version are refused and left as they are.
@@ -208,6 +211,12 @@ impl Host {
                 kept
             }
         };
+        notes.extend(local::apply(
+            &mut ebpf,
+            &layout,
+            &mut maps,
+            local_target.as_ref(),
+        )?);
 
         let state = InterfaceState {
             version: STATE_VERSION,

@@ -15,6 +15,7 @@
 mod backends;
 pub mod inventory;
 pub mod lifecycle;
+mod local;
 mod programs;
 mod rebuild;
 mod reconcile;
@@ -28,6 +29,7 @@ use bluegreen_common::{ServiceKey, ServiceState};
 pub use backends::{BackendAction, BackendOutcome};
 pub use inventory::Attachment;
 pub use lifecycle::{UpOutcome, UpRequest};
+pub use local::{LocalReset, cgroup2_root};
 pub use status::{
     BackendStatus, ColorStatus, InterfaceStatus, STATUS_SCHEMA_VERSION, ServiceStatus, StatusReport,
 };

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::{
     Host, Lock,
     inventory::{Attachment, Inspected},
+    local::{LocalSockets, local_sockets},
     locate,
 };
 use crate::{
@@ -24,12 +25,24 @@ use crate::{
 
 impl Host {
     /// Live flows per color of one service (closing ones included), judged
-    /// by the dataplane's own timeouts and clock.
+    /// by the dataplane's own timeouts and clock, plus its host-local
+    /// connections: "drained" means drained for every client.
     pub fn live_flows(&self, service: Option<&str>) -> Result<[u64; 2]> {
         let open = self.open_service(service, Lock::None)?;
         let counts = count_live_flows(&open.maps)?;
         let counts = counts.get(&open.key).cloned().unwrap_or_default();
-        Ok([0, 1].map(|color| counts.open[color] + counts.closing[color]))
+        let local = match local_sockets(&open.maps)? {
+            LocalSockets::Elsewhere => {
+                log::warn!(
+                    "{}: local connections are not counted: they live in the network namespace `up` ran in",
+                    open.name()
+                );
+                None
+            }
+            sockets => sockets.count_by_color(open.live.counter_slot),
+        }
+        .unwrap_or_default();
+        Ok([0, 1].map(|color| counts.open[color] + counts.closing[color] + local[color]))
     }
 
     /// Polls until `color` has no live flows on the service, calling
@@ -206,6 +219,10 @@ pub struct ColorStatus {
     pub active_flows: u64,
     /// Live flows that have (they expire after the closing timeout).
     pub closing_flows: u64,
+    /// Connected sockets of host-local clients on this color; null when
+    /// they cannot be seen (local clients not steered, or this command
+    /// runs in another network namespace than `up` did).
+    pub local_connections: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -240,6 +257,7 @@ fn interface_status(
     fleet: Option<FleetMarker>,
 ) -> Result<InterfaceStatus> {
     let flows = count_live_flows(maps)?;
+    let local = local_sockets(maps)?;
     let mut services = Vec::new();
     for record in &state.services {
         if only.is_some_and(|name| name != record.spec.name) {
@@ -303,6 +321,9 @@ fn interface_status(
                 new_flows: traffic.new_flows,
                 active_flows: flows.open[usize::from(color.wire())],
                 closing_flows: flows.closing[usize::from(color.wire())],
+                local_connections: local
+                    .count_by_color(live.counter_slot)
+                    .map(|counts| counts[usize::from(color.wire())]),
             })
         };
         let counted = maps.switch_counters(live.counter_slot)?;

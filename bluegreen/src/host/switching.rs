@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use bluegreen_common::{ChangeCause, SERVICE_HAS_PREVIEW, ServiceState};
 
-use super::{Host, Lock, OpenService};
+use super::{
+    Host, Lock, OpenService,
+    local::{LocalReset, reset_other_colors},
+};
 use crate::{
     clock::unix_now_ms,
     endpoint::{Cidr, Color, Proto},
@@ -56,6 +59,8 @@ pub struct SwitchOutcome {
     pub weight: u8,
     /// Whether the active color itself changed (not only a weight).
     pub active_changed: bool,
+    /// What a forced switch did to host-local connections.
+    pub local_reset: LocalReset,
 }
 
 /// How a color was found fit to take traffic.
@@ -258,6 +263,14 @@ impl Host {
         } else {
             Duration::ZERO
         };
+        let local_reset = if changed && options.force {
+            // The switch is live: a reset that fails is reported, not
+            // undone.
+            reset_other_colors(&open.maps, after.counter_slot, after.forced_color())
+                .unwrap_or_else(|error| LocalReset::Failed(error.to_string()))
+        } else {
+            LocalReset::NotApplicable
+        };
         Ok(SwitchOutcome {
             interface: open.state.interface.clone(),
             service: open.name().to_owned(),
@@ -270,6 +283,7 @@ impl Host {
             weight_before: before.weight,
             weight: after.weight,
             active_changed: before.active != after.active,
+            local_reset,
         })
     }
 

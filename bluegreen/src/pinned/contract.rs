@@ -5,10 +5,11 @@ use std::mem::size_of;
 
 use aya::maps::{Map, MapData, MapInfo, MapType, lpm_trie::Key};
 use bluegreen_common::{
-    BackendKey, Endpoint, FILTER_WORDS, FlowEntry, FlowKey, MAGLEV_CHUNKS, MAX_BACKEND_COUNTERS,
-    MAX_BACKEND_VIPS, MAX_BACKENDS, MAX_PREVIEW_PREFIXES, MAX_SERVICES, MaglevChunk, PassReason,
-    PoolBackend, PreviewPrefix, ServiceKey, ServiceState, Settings, SwitchCounters,
-    TrafficCounters, VIP_FILTER_WORDS, map_names,
+    BackendKey, Endpoint, FILTER_WORDS, FlowEntry, FlowKey, LOCAL_SOCKET_CAPACITY, LocalSettings,
+    LocalSocket, LocalSocketKey, MAGLEV_CHUNKS, MAX_BACKEND_COUNTERS, MAX_BACKEND_VIPS,
+    MAX_BACKENDS, MAX_PREVIEW_PREFIXES, MAX_SERVICES, MaglevChunk, PassReason, PoolBackend,
+    PreviewPrefix, ServiceKey, ServiceState, Settings, SwitchCounters, TrafficCounters,
+    VIP_FILTER_WORDS, map_names,
 };
 
 use super::PinLayout;
@@ -123,6 +124,20 @@ fn expected_maps() -> [MapSpec; map_names::ALL.len()] {
             key_size: size_of::<u32>(),
             value_size: size_of::<SwitchCounters>(),
             max_entries: Some(MAX_SERVICES),
+        },
+        MapSpec {
+            name: map_names::LOCAL,
+            kind: MapType::Array,
+            key_size: size_of::<u32>(),
+            value_size: size_of::<LocalSettings>(),
+            max_entries: Some(1),
+        },
+        MapSpec {
+            name: map_names::LOCAL_SOCKETS,
+            kind: MapType::LruHash,
+            key_size: size_of::<LocalSocketKey>(),
+            value_size: size_of::<LocalSocket>(),
+            max_entries: Some(LOCAL_SOCKET_CAPACITY),
         },
     ]
 }

@@ -8,9 +8,10 @@ use aya::maps::{
     Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
 };
 use bluegreen_common::{
-    BackendKey, ChangeCause, Endpoint, FlowEntry, FlowKey, MaglevChunk, PREVIEW_FIXED_BITS,
-    PassReason, PoolBackend, PreviewPrefix, ServiceKey, ServiceState, Settings, SwitchCounters,
-    Timeouts, TrafficCounters, bitmap_position, map_names, traffic_index, vip_filter_bit,
+    BackendKey, ChangeCause, Endpoint, FlowEntry, FlowKey, LocalSettings, LocalSocket,
+    LocalSocketKey, MaglevChunk, PREVIEW_FIXED_BITS, PassReason, PoolBackend, PreviewPrefix,
+    ServiceKey, ServiceState, Settings, SwitchCounters, Timeouts, TrafficCounters, bitmap_position,
+    map_names, traffic_index, vip_filter_bit,
 };
 
 use super::{PinLayout, contract::open_map};
@@ -40,6 +41,8 @@ pub struct PinnedMaps {
     /// so nothing can re-pin it, and switching must not depend on a
     /// counter; the next `up` creates it afresh.
     switches: Option<Array<MapData, SwitchCounters>>,
+    local: Array<MapData, LocalSettings>,
+    local_sockets: HashMap<MapData, LocalSocketKey, LocalSocket>,
 }
 
 /// Whether [`PinnedMaps::put_service`] may create the service or only
@@ -103,7 +106,33 @@ impl PinnedMaps {
             } else {
                 None
             },
+            local: open_map(layout, map_names::LOCAL)?,
+            local_sockets: open_map(layout, map_names::LOCAL_SOCKETS)?,
         })
+    }
+
+    pub fn local_settings(&self) -> Result<LocalSettings> {
+        self.local
+            .get(&0, 0)
+            .map_err(Error::ebpf("cannot read the local-client settings"))
+    }
+
+    /// Written before the cgroup programs attach; a zero netns cookie
+    /// turns them into no-ops (`--no-local`).
+    pub fn set_local_settings(&mut self, settings: &LocalSettings) -> Result<()> {
+        self.local
+            .set(0, settings, 0)
+            .map_err(Error::ebpf("cannot write the local-client settings"))
+    }
+
+    /// The local-socket entry of a socket and the backend it is connected
+    /// to, if the cgroup programs sent it there.
+    pub fn local_socket(&self, key: &LocalSocketKey) -> Result<Option<LocalSocket>> {
+        match self.local_sockets.get(key, 0) {
+            Ok(socket) => Ok(Some(socket)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(error) => Err(Error::ebpf("cannot read the local-socket map")(error)),
+        }
     }
 
     pub fn service(&self, key: &ServiceKey) -> Result<Option<ServiceState>> {

@@ -20,7 +20,7 @@ use aya::{
         loaded_programs,
     },
 };
-use bluegreen_common::{LAYOUT_VERSION, map_names};
+use bluegreen_common::{LAYOUT_VERSION, map_names, program_names};
 
 pub use contract::check_pinned_maps;
 pub use maps::{PinnedMaps, Put, preview_key};
@@ -74,9 +74,19 @@ impl PinLayout {
         [self.xdp_link(), self.tc_link()]
     }
 
+    /// The cgroup link of the local-client program `program` (one of
+    /// [`program_names::LOCAL`]).
+    pub fn local_link(&self, program: &str) -> PathBuf {
+        let hook = program.strip_prefix("bluegreen_").unwrap_or(program);
+        self.dir().join(format!("link_{hook}"))
+    }
+
     /// Whether anything of this instance is pinned: its maps or its links.
     pub fn has_pins(&self) -> bool {
         self.links().iter().any(|link| link.exists())
+            || program_names::LOCAL
+                .iter()
+                .any(|program| self.local_link(program).exists())
             || map_names::ALL.iter().any(|name| self.map(name).exists())
     }
 
@@ -109,7 +119,8 @@ impl PinLayout {
     }
 
     /// Pins again, from the programs still attached through the pinned
-    /// links, every map whose pin is missing (removed by hand), so that
+    /// links (the cgroup ones too: only they use the local-client maps),
+    /// every map whose pin is missing (removed by hand), so that
     /// `up` goes on with the live maps and their contents rather than new
     /// empty ones. Returns the names pinned again.
     pub fn repin_maps_from_links(&self) -> Result<Vec<&'static str>> {
@@ -121,9 +132,11 @@ impl PinLayout {
         if missing.is_empty() {
             return Ok(Vec::new());
         }
+        let local_links = program_names::LOCAL.map(|program| self.local_link(program));
         let programs: BTreeSet<u32> = self
             .links()
             .iter()
+            .chain(&local_links)
             .filter_map(|link| PinnedLink::from_pin(link).ok())
             .filter_map(|link| FdLink::from(link).info().ok())
             .map(|info| info.program_id())

@@ -9,6 +9,7 @@ pub mod chart;
 pub mod fleet;
 pub mod kernel_cost;
 pub mod lab;
+pub mod local;
 pub mod pools;
 pub mod raw;
 pub mod report;

@@ -11,6 +11,7 @@ use super::{
     fleet::{self, FleetReport},
     kernel_cost::{Case, CaseFigures, KernelReport},
     lab::Dataplane,
+    local::{self, LocalReport},
     pools::{self, PoolsReport},
     switch_time::SwitchReport,
     throughput::ThroughputReport,
@@ -132,6 +133,7 @@ pub struct Report {
     pub timeline: Option<TimelineReport>,
     pub pools: Option<PoolsReport>,
     pub fleet: Option<FleetReport>,
+    pub local: Option<LocalReport>,
     pub targets: Vec<Target>,
 }
 
@@ -183,6 +185,9 @@ impl Report {
         }
         if let Some(fleet) = &self.fleet {
             out += &fleet::table(fleet);
+        }
+        if let Some(local) = &self.local {
+            out += &local::table(local);
         }
         out += &targets_table(&self.targets);
         out

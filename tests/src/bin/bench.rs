@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: bluegreen against baselines measured in the same
 //! run: per-packet cost in the kernel, throughput and latency end to end,
 //! and switch time; then a timeline of who answers through a switch, a
-//! rollback and a weighted shift; what pools of backends cost; and how long
-//! a fleet of 1, 3 and 10 hosts takes to converge. Prints markdown, writes JSON and the
+//! rollback and a weighted shift; what pools of backends cost; how long a
+//! fleet of 1, 3 and 10 hosts takes to converge; and what host-local
+//! clients pay to connect through a VIP. Prints markdown, writes JSON and the
 //! timeline's SVG chart to `target/bench/`, fails if the timeline broke the
 //! commands' promises, and removes everything it created, also on Ctrl-C or
 //! failure.
@@ -17,6 +18,7 @@ use bluegreen_testbed::bench::{
     fleet::{self, FleetPlan},
     kernel_cost::{self, KernelPlan},
     lab::Lab,
+    local::{self, LocalPlan},
     pools::{self, PoolsPlan},
     report::{Machine, Report},
     switch_time::{self, SwitchPlan},
@@ -24,7 +26,8 @@ use bluegreen_testbed::bench::{
     timeline::{self, TimelinePlan},
 };
 
-const USAGE: &str = "usage: bench [--quick] [--only kernel|throughput|switch|timeline|pools|fleet]
+const USAGE: &str =
+    "usage: bench [--quick] [--only kernel|throughput|switch|timeline|pools|fleet|local]
 
   --quick   a smoke run: fewer repeats and rounds, 1 s wrk runs, 1 s
             timeline phases (~35 s)
@@ -38,6 +41,7 @@ enum Part {
     Timeline,
     Pools,
     Fleet,
+    Local,
 }
 
 struct Options {
@@ -63,9 +67,10 @@ impl Options {
                         Some("timeline") => Part::Timeline,
                         Some("pools") => Part::Pools,
                         Some("fleet") => Part::Fleet,
+                        Some("local") => Part::Local,
                         other => {
                             return Err(format!(
-                                "--only takes kernel|throughput|switch|timeline|pools|fleet, not {other:?}"
+                                "--only takes kernel|throughput|switch|timeline|pools|fleet|local, not {other:?}"
                             ));
                         }
                     })
@@ -123,6 +128,13 @@ impl Options {
         }
     }
 
+    fn local_plan(&self) -> LocalPlan {
+        LocalPlan {
+            rounds: if self.quick { 1 } else { 5 },
+            seconds: if self.quick { 0.5 } else { 2.0 },
+        }
+    }
+
     fn timeline_plan(&self) -> TimelinePlan {
         TimelinePlan {
             phase: Duration::from_secs(if self.quick { 1 } else { 3 }),
@@ -165,6 +177,10 @@ fn measure(options: &Options, report: &mut Report) -> Result<(), Interrupted> {
         eprintln!("bench: part 6, fleet convergence");
         report.fleet = Some(fleet::run(&options.fleet_plan())?);
     }
+    if options.runs(Part::Local) {
+        eprintln!("bench: part 7, host-local clients");
+        report.local = Some(local::run(&options.local_plan())?);
+    }
     Ok(())
 }
 
@@ -193,6 +209,7 @@ fn main() -> ExitCode {
         timeline: None,
         pools: None,
         fleet: None,
+        local: None,
         targets: Vec::new(),
     };
     if measure(&options, &mut report).is_err() {
