@@ -274,8 +274,9 @@ impl KeepAlive {
     }
 }
 
-/// One UDP request/response exchange from a fresh socket.
-pub fn udp_request(target: SocketAddr, timeout: Duration) -> io::Result<String> {
+/// A fresh UDP socket of `target`'s family on any port, its reads bounded
+/// by `timeout`.
+fn udp_socket(target: SocketAddr, timeout: Duration) -> io::Result<UdpSocket> {
     let bind: SocketAddr = if target.is_ipv4() {
         "0.0.0.0:0".parse().expect("literal")
     } else {
@@ -283,6 +284,12 @@ pub fn udp_request(target: SocketAddr, timeout: Duration) -> io::Result<String> 
     };
     let socket = UdpSocket::bind(bind)?;
     socket.set_read_timeout(Some(timeout))?;
+    Ok(socket)
+}
+
+/// One UDP request/response exchange from a fresh socket.
+pub fn udp_request(target: SocketAddr, timeout: Duration) -> io::Result<String> {
+    let socket = udp_socket(target, timeout)?;
     socket.connect(target)?;
     socket.send(b"color?")?;
     let mut buffer = [0u8; 64];
@@ -293,13 +300,7 @@ pub fn udp_request(target: SocketAddr, timeout: Duration) -> io::Result<String> 
 /// One exchange on an unconnected UDP socket (`sendto`, `recvfrom`):
 /// the body and the address the reply came from.
 pub fn udp_unconnected(target: SocketAddr, timeout: Duration) -> io::Result<(String, SocketAddr)> {
-    let bind: SocketAddr = if target.is_ipv4() {
-        "0.0.0.0:0".parse().expect("literal")
-    } else {
-        "[::]:0".parse().expect("literal")
-    };
-    let socket = UdpSocket::bind(bind)?;
-    socket.set_read_timeout(Some(timeout))?;
+    let socket = udp_socket(target, timeout)?;
     socket.send_to(b"color?", target)?;
     let mut buffer = [0u8; 64];
     let (length, from) = socket.recv_from(&mut buffer)?;
