@@ -9,8 +9,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use bluegreen_common::{
-    FAMILY_IPV4, FlowKey, IPPROTO_TCP, IPPROTO_UDP, LocalSocket, LocalSocketKey, ServiceKey,
-    flow_hash, local_client_port, new_flow_color, traffic_index,
+    FAMILY_IPV4, FlowKey, IPPROTO_TCP, IPPROTO_UDP, LocalSettings, LocalSocket, LocalSocketKey,
+    ServiceKey, flow_hash, local_client_port, new_flow_color, traffic_index,
 };
 
 use crate::maps::{
@@ -55,6 +55,20 @@ fn set_user_endpoint(ctx: &SockAddrContext, family: u8, wire: &[u8; 16], port: [
     addr.user_port = u32::from(u16::from_ne_bytes(port));
 }
 
+/// Local rewriting's settings, if it is on and `ctx`'s socket lives in the
+/// network namespace `up` ran in: no socket elsewhere is ever touched.
+#[inline(always)]
+fn ours(ctx: &SockAddrContext) -> Result<&'static LocalSettings, NotOurs> {
+    let local = BG_LOCAL.get(0).ok_or(NotOurs)?;
+    // SAFETY: a helper that only reads the context.
+    if local.netns_cookie == 0
+        || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != local.netns_cookie
+    {
+        return Err(NotOurs);
+    }
+    Ok(local)
+}
+
 /// connect and unconnected sendmsg: a socket of the namespace `up` ran in,
 /// addressed to a service's VIP and port, goes to the backend a new flow
 /// from this host would get. Anything else passes untouched.
@@ -69,13 +83,7 @@ pub fn try_redirect(ctx: &SockAddrContext, family: u8) -> Result<(), NotOurs> {
     if !port_has_service(u16::from_be_bytes(vip_port)) || !vip_may_match(&vip, vip_port) {
         return Err(NotOurs);
     }
-    let local = BG_LOCAL.get(0).ok_or(NotOurs)?;
-    // SAFETY: a helper that only reads the context.
-    if local.netns_cookie == 0
-        || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != local.netns_cookie
-    {
-        return Err(NotOurs);
-    }
+    let local = ours(ctx)?;
     let service_key = ServiceKey {
         vip,
         port: vip_port,
@@ -122,8 +130,14 @@ pub fn try_redirect(ctx: &SockAddrContext, family: u8) -> Result<(), NotOurs> {
     // Without its entry the socket would still work, but show the backend
     // as its peer and escape counting and resets: it is better refused
     // the VIP (as before bluegreen) than half-managed.
+    // An unconnected UDP socket comes through here with every datagram:
+    // only its first to a backend is a new flow.
+    let known = BG_LOCAL_SOCKS.get_ptr(key).is_some();
     BG_LOCAL_SOCKS.insert(key, socket, 0).map_err(|_| NotOurs)?;
     set_user_endpoint(ctx, family, &backend.addr, backend.port);
+    if known {
+        return Ok(());
+    }
     // A new flow of its color and of its backend, as the pool's counters
     // add up to the color's.
     if let Some(counters) = BG_TRAFFIC.get_ptr_mut(traffic_index(service.counter_slot, color)) {
@@ -141,6 +155,7 @@ pub fn try_redirect(ctx: &SockAddrContext, family: u8) -> Result<(), NotOurs> {
 /// sent there through a VIP, reads as that VIP.
 #[inline(always)]
 pub fn try_restore(ctx: &SockAddrContext, family: u8) -> Result<(), NotOurs> {
+    ours(ctx)?;
     let (backend, backend_port) = user_endpoint(ctx, family);
     // SAFETY: a helper that only reads the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };

@@ -169,6 +169,35 @@ fn a_host_that_refuses_undoes_the_switch_everywhere() {
     );
 }
 
+/// The canary flow: a split first, then the full switch. When a host
+/// refuses the full switch, the others must return to the split, which
+/// changes their active color back.
+#[test]
+fn a_refused_full_switch_returns_every_host_to_the_split() {
+    let mut bed = FleetBed::new(3);
+    bed.start();
+    let run = bed.fleet(&["switch", "green", "--weight", "10", "--timeout", TIMEOUT]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let split = |bed: &FleetBed| {
+        for (host, web) in applied(bed) {
+            assert_eq!(
+                (&web["color"], &web["weight"]),
+                (&"blue".into(), &10.into()),
+                "{host}: {web}"
+            );
+            assert_eq!(web["in_sync"], true, "{host}: {web}");
+        }
+    };
+    split(&bed);
+
+    bed.hosts[2].fixture.stop_green();
+    let run = bed.fleet(&["switch", "green", "--timeout", TIMEOUT]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("h3 refused"), "{}", run.stderr);
+    assert!(run.stderr.contains("was undone"), "{}", run.stderr);
+    split(&bed);
+}
+
 #[test]
 fn without_etcd_traffic_stays_and_the_fleet_resumes_when_it_returns() {
     let mut bed = FleetBed::new(3);

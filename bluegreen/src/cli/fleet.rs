@@ -189,14 +189,33 @@ async fn drive(
 ) -> anyhow::Result<ExitCode> {
     let service = change.service.clone();
     let timeout = Duration::from_secs(args.timeout);
-    let (progress, timed_out) = wait(
+    let waited = wait(
         client,
         &service,
         change.revision,
         timeout,
         !args.best_effort,
     )
-    .await?;
+    .await;
+    let (progress, timed_out) = match waited {
+        Ok(waited) => waited,
+        // Some hosts may have applied it: undo rather than leave a mix,
+        // unless a partial result was asked for.
+        Err(error) if !args.best_effort => {
+            println!("{service}: lost track of the hosts ({error:#}); restoring {before}");
+            match client.replace(change, before).await {
+                Ok(()) => bail!(
+                    "{service}: the change to {desired} was undone (restoring {before}) after waiting for the hosts failed: {error:#}; check `bluegreen fleet status`"
+                ),
+                Err(undo) => bail!(
+                    "{service}: the change to {desired} is NOT undone: waiting for the hosts failed ({error:#}) and restoring {before} failed too ({undo:#}); check `bluegreen fleet status` and run the command again"
+                ),
+            }
+        }
+        Err(error) => bail!(
+            "{service}: {desired} is written (--best-effort keeps it) but waiting for the hosts failed: {error:#}; check `bluegreen fleet status`"
+        ),
+    };
     if progress.is_converged() {
         println!(
             "{service}: every live host ({}) applied {desired}: converged in {:.3} s",

@@ -41,12 +41,17 @@ pub struct Change {
     lease: i64,
     /// The revision of the desired state this change last wrote.
     pub revision: i64,
-    keeper: JoinHandle<()>,
+    /// Renews the marker's lease; `None` if renewing could not start (the
+    /// marker then expires with its lease, which only lets another change
+    /// start sooner).
+    keeper: Option<JoinHandle<()>>,
 }
 
 impl Drop for Change {
     fn drop(&mut self) {
-        self.keeper.abort();
+        if let Some(keeper) = &self.keeper {
+            keeper.abort();
+        }
     }
 }
 
@@ -212,7 +217,17 @@ impl FleetClient {
             });
         }
         let revision = response.header().map_or(0, |header| header.revision());
-        let keeper = self.keep_lease(lease, ttl_secs).await?;
+        // The desired state is written: from here on the change must be
+        // followed through (waited for, or undone), renewed marker or not.
+        let keeper = match self.keep_lease(lease, ttl_secs).await {
+            Ok(keeper) => Some(keeper),
+            Err(error) => {
+                log::warn!(
+                    "{service}: cannot renew the change marker's lease ({error}); it expires in {ttl_secs} s"
+                );
+                None
+            }
+        };
         Ok(Change {
             service: service.to_owned(),
             lease,

@@ -200,11 +200,13 @@ pub fn apply(
         };
         host.switch(Some(service), SwitchTarget::Color(desired.color), options)?
     } else {
-        host.shift(
+        // Not `shift`, which only moves the idle color's share: a host that
+        // took a full switch returns to a split by changing its active
+        // color back too.
+        host.set_split(
             Some(service),
-            desired.color,
+            desired.serving(),
             desired.weight,
-            true,
             ChangeCause::Operator,
         )?
     };

@@ -365,18 +365,30 @@ pub(super) fn reset_other_colors(
         LocalSockets::Elsewhere => return Ok(LocalReset::Elsewhere),
         LocalSockets::Here(connections) => connections,
     };
-    let mut reset = 0;
+    // One that cannot be reset (closed meanwhile, say) must not spare the
+    // others.
+    let (mut reset, mut failed, mut first_error) = (0, 0, None);
     for connection in connections {
         if connection.entry.counter_slot != counter_slot || connection.entry.color == keep {
             continue;
         }
-        sockdiag::destroy(&connection.socket).map_err(Error::io(format!(
-            "cannot reset the local connection to {}",
-            SocketAddr::new(connection.socket.peer, connection.socket.peer_port)
-        )))?;
-        reset += 1;
+        match sockdiag::destroy(&connection.socket) {
+            Ok(()) => reset += 1,
+            Err(error) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| {
+                    format!(
+                        "cannot reset the local connection to {}: {error}",
+                        SocketAddr::new(connection.socket.peer, connection.socket.peer_port)
+                    )
+                });
+            }
+        }
     }
-    Ok(LocalReset::Reset(reset))
+    Ok(match first_error {
+        None => LocalReset::Reset(reset),
+        Some(error) => LocalReset::Failed(format!("{reset} reset, {failed} not ({error})")),
+    })
 }
 
 #[cfg(test)]

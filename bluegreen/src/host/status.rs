@@ -257,7 +257,15 @@ fn interface_status(
     fleet: Option<FleetMarker>,
 ) -> Result<InterfaceStatus> {
     let flows = count_live_flows(maps)?;
-    let local = local_sockets(maps)?;
+    // Status and the metrics go on without them (`local_connections` is
+    // then null); `--wait-drain` does not (see `live_flows`).
+    let local = local_sockets(maps).unwrap_or_else(|error| {
+        log::warn!(
+            "{}: local connections are not counted: {error}",
+            state.interface
+        );
+        LocalSockets::Off
+    });
     let mut services = Vec::new();
     for record in &state.services {
         if only.is_some_and(|name| name != record.spec.name) {

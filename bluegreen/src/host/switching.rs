@@ -225,6 +225,41 @@ impl Host {
         })
     }
 
+    /// Makes `active` the active color with `weight` percent (below 100)
+    /// of new flows to the other one, in one health-gated commit, whatever
+    /// the service serves now: what a fleet needs to bring a host that went
+    /// all the way back to a split. A graceful change: established flows
+    /// keep their color.
+    pub fn set_split(
+        &self,
+        service: Option<&str>,
+        active: Color,
+        weight: u8,
+        cause: ChangeCause,
+    ) -> Result<SwitchOutcome> {
+        if weight >= 100 {
+            return Err(Error::InvalidWeight(weight));
+        }
+        let options = SwitchOptions {
+            force: false,
+            check: true,
+            cause,
+        };
+        self.change_colors(service, options, false, |_, live| {
+            let previous = if live.active == active.wire() {
+                live.previous
+            } else {
+                live.active
+            };
+            Ok(ServiceState {
+                active: active.wire(),
+                previous,
+                weight,
+                ..*live
+            })
+        })
+    }
+
     /// Applies `decide` (service name, live state -> wanted state) under the
     /// interface lock, health-checking the color that gains traffic first
     /// if asked, and counts the change (as a rollback if `rollback`).

@@ -191,10 +191,59 @@ impl PinnedMaps {
         backends: &[PoolBackend],
     ) -> Result<()> {
         let vip = vip_endpoint(service);
+        let mut pruned = false;
         for backend in backends {
-            self.backend_vips
-                .insert(backend_key(service, &backend.endpoint), vip, 0)
-                .map_err(Error::ebpf("cannot write the backends' VIPs"))?;
+            let key = backend_key(service, &backend.endpoint);
+            loop {
+                match self.backend_vips.insert(key, vip, 0) {
+                    Ok(()) => break,
+                    // Full of backends that left their pools: forget those
+                    // no flow uses any more, once, and try again.
+                    Err(MapError::SyscallError(error))
+                        if !pruned && error.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                    {
+                        self.prune_backend_vips()?;
+                        pruned = true;
+                    }
+                    Err(error) => {
+                        return Err(Error::ebpf("cannot write the backends' VIPs")(error));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the VIP of every backend that is in no live pool and that no
+    /// flow uses: what a long-lived service whose backends come and go
+    /// leaves behind.
+    fn prune_backend_vips(&mut self) -> Result<()> {
+        let mut needed = std::collections::BTreeSet::new();
+        for (service, state) in self.services()? {
+            for pool in &state.pools {
+                for backend in self.pool_backends(pool)? {
+                    needed.insert(backend_key(&service, &backend.endpoint));
+                }
+            }
+        }
+        for (key, entry) in self.flows() {
+            needed.insert(backend_key(&key.service_key(), &entry.backend));
+        }
+        let stale: Vec<BackendKey> = self
+            .backend_vips
+            .keys()
+            .filter_map(|key| key.ok())
+            .filter(|key| !needed.contains(key))
+            .collect();
+        log::info!(
+            "the backends' VIP map is full: forgetting {} backend(s) no pool or flow uses",
+            stale.len()
+        );
+        for key in stale {
+            match self.backend_vips.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(Error::ebpf("cannot remove a backend's VIP")(error)),
+            }
         }
         Ok(())
     }
