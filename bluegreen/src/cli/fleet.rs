@@ -283,9 +283,11 @@ async fn wait(
 ) -> anyhow::Result<(Progress, bool)> {
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
-    // Watching from before the first read: no change slips in between.
+    // Watching from just after the desired state was written, not from
+    // whenever the watch happens to start: a host that answers before the
+    // watch is in place is still seen.
     let hosts_dir = client.keys.hosts();
-    let mut changes = client.watch(&hosts_dir, None).await?;
+    let mut changes = client.watch(&hosts_dir, Some(revision + 1)).await?;
     let mut shown = BTreeSet::new();
     loop {
         // Held by this command's marker, so only a write that bypassed

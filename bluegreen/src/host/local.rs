@@ -248,8 +248,6 @@ fn attach(ebpf: &mut Ebpf, layout: &PinLayout, cgroup: &File, cgroup_id: u64) ->
                 .map_err(Error::io(format!("cannot replace {name} in place")))?;
             continue;
         }
-        // Attached elsewhere (another cgroup, or one that was removed).
-        super::lifecycle::unpin_link(&pin);
         // The kernel refuses flags on a cgroup bpf_link and always adds it
         // beside the programs already there (BPF_F_ALLOW_MULTI); aya only
         // falls back to a replacing BPF_PROG_ATTACH before 5.7, which
@@ -265,7 +263,11 @@ fn attach(ebpf: &mut Ebpf, layout: &PinLayout, cgroup: &File, cgroup_id: u64) ->
         ))?;
         fresh.push((link, pin));
     }
+    // All attached: only now does a link attached elsewhere (another
+    // cgroup, or one that was removed) let go, so a failure above leaves the
+    // old hooks in place.
     for (link, pin) in fresh {
+        super::lifecycle::unpin_link(&pin);
         link.pin(&pin)
             .map_err(Error::ebpf(format!("cannot pin {}", pin.display())))?;
     }
