@@ -408,8 +408,9 @@ pub struct PreviewPrefix {
 
 pub const PREVIEW_FIXED_BITS: u32 = 64;
 
-/// Key of the flow table (client to VIP) and of the reply table (client to
-/// backend): the connection as the client, or the backend, sees it.
+/// Key of the flow table (client to VIP), and how the egress program reads
+/// a reply (client to backend): the connection as the client, or the
+/// backend, sees it.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {

@@ -635,7 +635,7 @@ fn check(dataplane: &mut TestDataplane, case: &Case) -> Result<(), TestCaseError
     Ok(())
 }
 
-/// The VIP side of a flow key, as the reply table stores it.
+/// The VIP side of a flow key, as the backend-to-VIP map stores it.
 fn endpoint_of(key: &FlowKey) -> Endpoint {
     Endpoint {
         addr: key.server,

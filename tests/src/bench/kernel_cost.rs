@@ -42,7 +42,7 @@ pub enum Case {
     OtherPort,
     /// The VIP's port, another address: rejected by the services lookup.
     OtherAddress,
-    /// A SYN to the VIP: a new flow recorded in both tables.
+    /// A SYN to the VIP: a new flow recorded in the flow table.
     NewFlow,
     /// An ACK of a flow in the table: the common case.
     Established,
