@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, time::Duration};
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
-    LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
-    WatchStream,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp, TxnResponse,
+    WatchOptions, WatchStream,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::task::JoinHandle;
@@ -148,6 +148,14 @@ impl FleetClient {
         Ok((services, revision))
     }
 
+    /// Runs `txn`, which writes `key` (named in the error).
+    async fn write(&mut self, key: &str, txn: Txn) -> Result<TxnResponse> {
+        self.client
+            .txn(txn)
+            .await
+            .map_err(Error::etcd(format!("cannot write {key} to etcd")))
+    }
+
     /// The live hosts' records (a host whose lease expired has none).
     pub async fn hosts(&mut self) -> Result<Vec<HostRecord>> {
         let (kvs, _) = self.get_prefix(&self.keys.hosts()).await?;
@@ -198,11 +206,7 @@ impl FleetClient {
                     Some(PutOptions::new().with_lease(lease)),
                 ),
             ]);
-        let response = self
-            .client
-            .txn(txn)
-            .await
-            .map_err(Error::etcd(format!("cannot write {key} to etcd")))?;
+        let response = self.write(&key, txn).await?;
         if !response.succeeded() {
             let _ = self.client.lease_revoke(lease).await;
             let changes = self.changes().await?;
@@ -247,11 +251,7 @@ impl FleetClient {
                 change.revision,
             )])
             .and_then([TxnOp::put(key.as_str(), encode(desired), None)]);
-        let response = self
-            .client
-            .txn(txn)
-            .await
-            .map_err(Error::etcd(format!("cannot write {key} to etcd")))?;
+        let response = self.write(&key, txn).await?;
         if !response.succeeded() {
             return Err(Error::FleetRaced {
                 service: change.service.clone(),
