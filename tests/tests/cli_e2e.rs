@@ -143,20 +143,26 @@ fn wait_drain_waits_for_the_old_color_and_times_out_with_exit_code_3() {
 fn no_request_fails_while_switching_back_and_forth() {
     let fixture = Fixture::new();
     fixture.up();
-    let load = fixture.load(4, 2000, Duration::from_secs(90));
-    let mut switches = 0;
-    while switches < 50 && !load.is_finished() {
+    // Far more requests than 50 switches take, however fast the machine
+    // serves them: the load is stopped once the switches are done.
+    let load = fixture.load(4, 100_000, Duration::from_secs(90));
+    for switches in 0..50 {
+        assert!(
+            !load.is_finished(),
+            "the load ended after {switches} switches, before the 50th"
+        );
         let color = if switches % 2 == 0 { "green" } else { "blue" };
         fixture.bluegreen.ok(&["switch", color]);
-        switches += 1;
         std::thread::sleep(Duration::from_millis(20));
     }
-    let report = load.finish(false);
-    assert_eq!(
-        switches, 50,
-        "the load ended before 50 switches: {report:?}"
+    let report = load.finish(true);
+    assert!(
+        report.failures.is_empty(),
+        "{} of {} requests failed: {report:?}",
+        report.failures.len(),
+        report.succeeded() + report.failures.len() as u64
     );
-    report.assert_all_served(2000);
+    assert!(report.succeeded() >= 200, "too little load: {report:?}");
     assert!(
         report.served_by.get("blue").is_some_and(|count| *count > 0),
         "{report:?}"
