@@ -22,7 +22,7 @@ use aya::{
 };
 use bluegreen::{
     pinned::{PinLayout, PinnedMaps, Put},
-    pool,
+    pool::{self, arena::Arenas},
 };
 use bluegreen_common::{
     BackendKey, Endpoint, FlowEntry, FlowKey, MaglevChunk, PassReason, Pool, PoolBackend,
@@ -173,16 +173,13 @@ impl TestDataplane {
     /// 0 is drained), with one prefilter update at the end. A pool keeps
     /// its table size as in the product (see `bluegreen::pool::write`).
     pub fn insert_services(&mut self, services: &[TestService]) -> Vec<ServiceState> {
-        // As each product operation does: the space and counter slots the
-        // live pools use, read afresh, and none released before the end.
+        // As each product operation does: the space the live pools use,
+        // read afresh, and none released before the end.
         let live = self
             .maps
             .services()
             .unwrap_or_else(|error| panic!("cannot read the services: {error}"));
-        let mut arenas = self
-            .maps
-            .arenas(live.values())
-            .unwrap_or_else(|error| panic!("cannot read the pools' space: {error}"));
+        let mut arenas = Arenas::new(live.values());
         let mut written = Vec::with_capacity(services.len());
         for (key, state, backends) in services {
             let live = self.services.get(key).copied();

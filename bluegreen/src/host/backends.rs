@@ -14,7 +14,7 @@ use crate::{
     config::{BackendSpec, PoolSpec, validate_backend, validate_pool},
     endpoint::{Color, to_wire},
     error::{Error, Result},
-    pool,
+    pool::{self, arena::Arenas},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +88,7 @@ impl Host {
         // only recorded.
         if pool.weighted() != open.pool(color).weighted() {
             let services = open.maps.services()?;
-            let mut arenas = open.maps.arenas(services.values())?;
+            let mut arenas = Arenas::new(services.values());
             let live_pool = *open.live.pool(color.wire());
             updated.pools[usize::from(color.wire())] = pool::write(
                 &mut open.maps,

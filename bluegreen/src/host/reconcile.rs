@@ -11,7 +11,7 @@ use crate::{
     endpoint::{Cidr, Color, service_key, vip_and_proto},
     error::Result,
     pinned::{PinnedMaps, Put},
-    pool,
+    pool::{self, arena::Arenas},
     state::{InterfaceState, ServiceRecord},
 };
 
@@ -109,7 +109,7 @@ pub(super) fn reconcile_services(
         .collect();
     let mut free_slots = (0..MAX_SERVICES).filter(|slot| !kept_slots.contains(slot));
 
-    let mut arenas = maps.arenas(live.values())?;
+    let mut arenas = Arenas::new(live.values());
     let mut records = Vec::with_capacity(specs.len());
     for (spec, key) in specs.iter().zip(&wanted) {
         let remembered = previous

@@ -1,43 +1,34 @@
 //! The pools' shared arrays: their backends and their packed lookup
 //! tables, written beside the live ones (see [`Arenas`]).
 
-use bluegreen_common::{
-    MAGLEV_CHUNK, MaglevChunk, Pool, PoolBackend, ServiceKey, ServiceState, maglev_position,
-};
+use bluegreen_common::{MAGLEV_CHUNK, MaglevChunk, Pool, PoolBackend, ServiceKey, maglev_position};
 
 use super::PinnedMaps;
 use crate::{
     error::{Error, Result},
-    pool::arena::{Arenas, backend_run},
+    pool::arena::{Arenas, CounterSlots, backend_run},
 };
 
 impl PinnedMaps {
-    /// The arenas as `live` uses them, the counter slots of its pools'
-    /// backends included.
-    pub fn arenas<'a>(
-        &self,
-        live: impl IntoIterator<Item = &'a ServiceState> + Clone,
-    ) -> Result<Arenas> {
-        let mut arenas = Arenas::new(live.clone());
-        for state in live {
-            for pool in &state.pools {
-                for backend in self.pool_backends(pool)? {
-                    arenas.counters.reserve(backend.counter_slot);
-                }
-            }
-        }
-        Ok(arenas)
-    }
-
     /// The counter slot for a backend new to its pool, its counters
-    /// zeroed (the slot may have been another backend's).
+    /// zeroed (the slot may have been another backend's). The first one an
+    /// operation needs reads which slots the live pools' backends hold.
     pub fn new_backend_counter(&mut self, arenas: &mut Arenas) -> Result<u32> {
-        let slot = arenas
-            .counters
-            .allocate()
-            .ok_or(Error::PoolSpaceExhausted {
-                what: "backend counters",
-            })?;
+        let counters = match &mut arenas.counters {
+            Some(counters) => counters,
+            None => {
+                let mut counters = CounterSlots::default();
+                for pool in &arenas.live_pools {
+                    for backend in self.pool_backends(pool)? {
+                        counters.reserve(backend.counter_slot);
+                    }
+                }
+                arenas.counters.insert(counters)
+            }
+        };
+        let slot = counters.allocate().ok_or(Error::PoolSpaceExhausted {
+            what: "backend counters",
+        })?;
         self.reset_backend_traffic(slot)?;
         Ok(slot)
     }

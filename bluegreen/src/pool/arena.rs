@@ -104,22 +104,29 @@ impl CounterSlots {
 pub struct Arenas {
     pub tables: Arena,
     pub backends: Arena,
-    pub counters: CounterSlots,
+    /// `None` until a backend new to its pool needs a slot: the slots in use
+    /// are in the maps (each live pool's backends name theirs), and most
+    /// operations (a switch of weights, a drain, a health change) add no
+    /// backend, so they never read them.
+    pub counters: Option<CounterSlots>,
+    /// The pools whose backends' slots `counters` must hold.
+    pub live_pools: Vec<Pool>,
 }
 
 impl Arenas {
-    /// The arenas with the live pools' runs reserved; their backends'
-    /// counter slots are the caller's to reserve (they are in the maps).
+    /// The arenas with the live pools' runs reserved.
     pub fn new<'a>(live: impl IntoIterator<Item = &'a ServiceState>) -> Self {
         let mut arenas = Arenas {
             tables: Arena::new(bluegreen_common::MAGLEV_CHUNKS),
             backends: Arena::new(bluegreen_common::MAX_BACKENDS),
-            counters: CounterSlots::default(),
+            counters: None,
+            live_pools: Vec::new(),
         };
         for state in live {
             for pool in &state.pools {
                 arenas.tables.reserve(table_run(pool));
                 arenas.backends.reserve(backend_run(pool));
+                arenas.live_pools.push(*pool);
             }
         }
         arenas
