@@ -29,6 +29,33 @@ green = "[fd00::3]:9000"
 active = "green"
 "#;
 
+/// [`GOOD`] with a `[service.SECTION]` table of `table` for its first
+/// service, whose header lands on line 14.
+fn with_section(section: &str, table: &str) -> String {
+    GOOD.replace(
+        "green = \"10.1.0.3:8080\"\n",
+        &format!("green = \"10.1.0.3:8080\"\n\n[service.{section}]\n{table}"),
+    )
+}
+
+/// Each `[service.SECTION]` table of `cases` is refused in one line naming
+/// the section, with the text its case gives.
+fn assert_section_errors(section: &str, cases: &[(&str, &str)]) {
+    for (table, text) in cases {
+        let (line, field, message) = config_error(&with_section(section, table));
+        assert_eq!(
+            (line, field.as_str()),
+            (15, format!("service[0].{section}").as_str()),
+            "{table}: {message}"
+        );
+        assert!(
+            message.contains(text),
+            "{table}: expected {text:?} in {message}"
+        );
+        assert_eq!(message.lines().count(), 1, "{message}");
+    }
+}
+
 fn config_error(text: &str) -> (usize, String, String) {
     match Config::parse(text, "test.toml") {
         Err(Error::Config {
@@ -308,10 +335,7 @@ fn each_service_error_points_at_the_key_it_is_about() {
     assert_eq!((line, field.as_str()), (12, "service[0].blue"), "{message}");
     assert!(message.contains("cannot be the VIP itself"), "{message}");
 
-    let rollback_only = GOOD.replace(
-        "green = \"10.1.0.3:8080\"\n",
-        "green = \"10.1.0.3:8080\"\n\n[service.auto_rollback]\nmode = \"forced\"\n",
-    );
+    let rollback_only = with_section("auto_rollback", "mode = \"forced\"\n");
     let (line, field, message) = config_error(&rollback_only);
     assert_eq!(
         (line, field.as_str()),
@@ -322,13 +346,11 @@ fn each_service_error_points_at_the_key_it_is_about() {
 
 #[test]
 fn unsafe_health_checks_are_refused() {
-    let with_health = |table: &str| {
-        GOOD.replace(
-            "green = \"10.1.0.3:8080\"\n",
-            &format!("green = \"10.1.0.3:8080\"\n\n[service.health]\n{table}"),
-        )
-    };
-    let config = Config::parse(&with_health("kind = \"tcp\"\nport = 9100\n"), "test.toml").unwrap();
+    let config = Config::parse(
+        &with_section("health", "kind = \"tcp\"\nport = 9100\n"),
+        "test.toml",
+    )
+    .unwrap();
     let health = config.services[0].health.as_ref().expect("health");
     assert_eq!(health.port, Some(9100));
 
@@ -344,29 +366,12 @@ fn unsafe_health_checks_are_refused() {
         ),
         ("kind = \"http\"\npath = \"/h\\tx\"\n", "control character"),
     ];
-    for (table, text) in cases {
-        let (line, field, message) = config_error(&with_health(table));
-        assert_eq!(
-            (line, field.as_str()),
-            (15, "service[0].health"),
-            "{table}: {message}"
-        );
-        assert!(
-            message.contains(text),
-            "{table}: expected {text:?} in {message}"
-        );
-        assert_eq!(message.lines().count(), 1, "{message}");
-    }
+    assert_section_errors("health", &cases);
 }
 
 #[test]
 fn load_sections_take_defaults_and_bad_ones_are_named() {
-    let with_load = |table: &str| {
-        GOOD.replace(
-            "green = \"10.1.0.3:8080\"\n",
-            &format!("green = \"10.1.0.3:8080\"\n\n[service.load]\n{table}"),
-        )
-    };
+    let with_load = |table: &str| with_section("load", table);
     let config = Config::parse(&with_load(""), "test.toml").unwrap();
     assert_eq!(config.services[0].load, Some(LoadCheck::default()));
     assert_eq!(config.services[1].load, None);
@@ -385,7 +390,7 @@ fn load_sections_take_defaults_and_bad_ones_are_named() {
         })
     );
 
-    for (table, text) in [
+    let cases = [
         (
             "interval_ms = 60001\n",
             "interval_ms 60001 is outside 100..=60000",
@@ -394,19 +399,8 @@ fn load_sections_take_defaults_and_bad_ones_are_named() {
         ("metric = \"a-b\"\n", "metric \"a-b\""),
         ("path = \"metrics\"\n", "path"),
         ("port = 0\n", "port 0"),
-    ] {
-        let (line, field, message) = config_error(&with_load(table));
-        assert_eq!(
-            (line, field.as_str()),
-            (15, "service[0].load"),
-            "{table}: {message}"
-        );
-        assert!(
-            message.contains(text),
-            "{table}: expected {text:?} in {message}"
-        );
-        assert_eq!(message.lines().count(), 1, "{message}");
-    }
+    ];
+    assert_section_errors("load", &cases);
 }
 
 #[test]
