@@ -19,6 +19,11 @@ use crate::{
 struct SkbPacket<'a>(&'a TcContext);
 
 impl PacketBytes for SkbPacket<'_> {
+    #[inline(always)]
+    fn linear(&self) -> &impl packet::LinearData {
+        self.0
+    }
+
     /// Direct packet access when the bytes are in the linear part (headers
     /// of ordinary replies are); `bpf_skb_load_bytes` otherwise, a helper
     /// call that costs more than the rest of the program.

@@ -17,7 +17,7 @@ use crate::{
         pool_backend, port_has_service, settings, vip_may_match,
     },
     packet,
-    parse::{Direction, Headers, PacketBytes, parse},
+    parse::{Direction, Headers, PacketBytes, parse_any, plain_ipv4},
 };
 
 struct XdpPacket<'a>(&'a XdpContext);
@@ -36,6 +36,11 @@ impl XdpPacket<'_> {
 
 impl PacketBytes for XdpPacket<'_> {
     #[inline(always)]
+    fn linear(&self) -> &impl packet::LinearData {
+        self.0
+    }
+
+    #[inline(always)]
     fn read<T: Copy>(&self, offset: usize) -> Result<T, PassReason> {
         packet::read(self.0, offset)
     }
@@ -43,18 +48,31 @@ impl PacketBytes for XdpPacket<'_> {
 
 pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
     let packet = XdpPacket(ctx);
-    let headers = parse(&packet)?;
-    let vip_port: [u8; 2] = packet.read(headers.l4 + 2)?;
-    if !port_has_service(u16::from_be_bytes(vip_port)) {
+    let plain = plain_ipv4(ctx);
+    let (headers, vip_port) = match &plain {
+        Some(plain) => (plain.headers, plain.destination_port),
+        None => {
+            let headers = parse_any(&packet)?;
+            let vip_port: [u8; 2] = packet.read(headers.l4 + 2)?;
+            (headers, u16::from_be_bytes(vip_port))
+        }
+    };
+    if !port_has_service(vip_port) {
         return Err(PassReason::NotService);
     }
     // The destination alone before the whole key: most packets to a
     // service port but another address leave here.
-    let vip = headers.read_addr(&packet, headers.dst_addr_offset())?;
-    if !vip_may_match(&vip, vip_port) {
+    let vip = match &plain {
+        Some(plain) => plain.destination(),
+        None => headers.read_addr(&packet, headers.dst_addr_offset())?,
+    };
+    if !vip_may_match(&vip, vip_port.to_be_bytes()) {
         return Err(PassReason::NotService);
     }
-    let flow_key = headers.flow_key(&packet, Direction::ToServer)?;
+    let flow_key = match &plain {
+        Some(plain) => plain.flow_key(Direction::ToServer),
+        None => headers.flow_key(&packet, Direction::ToServer)?,
+    };
     let tcp_flags: u8 = if headers.proto == IPPROTO_TCP {
         packet.read(headers.l4 + 13)?
     } else {

@@ -510,7 +510,7 @@ pub fn service_key(vip: SocketAddr, proto: u8) -> ServiceKey {
 
 /// `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_LOOKUP_BATCH`, which aya 0.14 does not
 /// expose.
-mod batch {
+pub mod batch {
     use std::{io, os::fd::AsRawFd, os::fd::BorrowedFd};
 
     use crate::sys::bpf;

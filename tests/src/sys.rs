@@ -1,7 +1,8 @@
 //! Raw `bpf()` calls the test bed needs and aya does not offer: loading a
 //! hand-assembled program (the benchmarks' no-op baselines, so that nothing
 //! of bluegreen nor of aya's loader is in them), running one with
-//! `BPF_PROG_TEST_RUN`, pinning it, and batch map operations.
+//! `BPF_PROG_TEST_RUN`, pinning it, creating a plain map, and batch map
+//! operations.
 
 use std::{
     ffi::CString,
@@ -11,10 +12,13 @@ use std::{
     path::Path,
 };
 
+pub const BPF_MAP_CREATE: libc::c_long = 0;
 pub const BPF_PROG_LOAD: libc::c_long = 5;
 pub const BPF_OBJ_PIN: libc::c_long = 6;
 pub const BPF_PROG_TEST_RUN: libc::c_long = 10;
 pub const BPF_PROG_QUERY: libc::c_long = 16;
+
+pub const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 
 pub const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 pub const BPF_PROG_TYPE_XDP: u32 = 6;
@@ -45,6 +49,36 @@ pub const fn instruction(code: u8, dst: u8, src: u8, offset: i16, immediate: i32
         | ((dst as u64 | ((src as u64) << 4)) << 8)
         | ((offset as u16 as u64) << 16)
         | ((immediate as u32 as u64) << 32)
+}
+
+/// `union bpf_attr`, the `BPF_MAP_CREATE` member (its first fields).
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// Creates an anonymous map, closed with its descriptor.
+pub fn create_map(
+    map_type: u32,
+    key_size: usize,
+    value_size: usize,
+    max_entries: u32,
+) -> io::Result<OwnedFd> {
+    let mut attr = MapCreateAttr {
+        map_type,
+        key_size: key_size as u32,
+        value_size: value_size as u32,
+        max_entries,
+        ..Default::default()
+    };
+    let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: BPF_MAP_CREATE returned a new descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
 
 #[repr(C)]

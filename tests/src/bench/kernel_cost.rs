@@ -11,7 +11,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    os::fd::AsFd,
+    os::fd::{AsFd, OwnedFd},
 };
 
 use bluegreen_common::{
@@ -22,9 +22,10 @@ use serde::Serialize;
 
 use super::{Interrupted, check, raw::RawProgram, stats::median};
 use crate::{
-    kernel::{TC_ACT_OK, TestDataplane, TestService, endpoint, flow_key, now, service_key},
+    kernel::{TC_ACT_OK, TestDataplane, TestService, batch, endpoint, flow_key, now, service_key},
     netns::addr,
     packet::{Frame, PROTO_TCP, TCP_ACK, TCP_SYN},
+    sys::{BPF_MAP_TYPE_LRU_HASH, create_map},
 };
 
 pub struct KernelPlan {
@@ -96,13 +97,19 @@ pub struct CaseFigures {
     /// The no-op program of the same type, median over every baseline run
     /// of this configuration.
     pub baseline_ns: f64,
+    /// The median over the rounds of each run's ratio to the no-op run
+    /// just before it (see `measure`).
     pub ratio: f64,
-    /// The path's floor: a program doing only the map and helper calls the
-    /// path cannot avoid, on the same maps, run in the same rounds (median,
-    /// and its ratio to the no-op); none for the non-VIP paths, whose floor
-    /// is the no-op itself.
-    pub floor_ns: Option<f64>,
-    pub floor_ratio: Option<f64>,
+    /// The path's floor: a program doing only the packet reads and the map
+    /// and helper calls the path cannot avoid, on the same maps, run in the
+    /// same rounds (median, and its ratio to the no-op, taken as `ratio`
+    /// is).
+    pub floor_ns: f64,
+    pub floor_ratio: f64,
+    /// The floor again on a table keyed as an IPv4-only flow table would be
+    /// (see `Ipv4KeyTable`); for the established and new-flow cases.
+    pub ipv4_key_floor_ns: Option<f64>,
+    pub ipv4_key_floor_ratio: Option<f64>,
     /// Every subject run, for the record.
     pub samples_ns: Vec<f64>,
 }
@@ -207,7 +214,8 @@ struct Bench {
     noop_xdp: RawProgram,
     noop_tc: RawProgram,
     /// Each case's floor program, in [`Case::ALL`] order.
-    floors: Vec<Option<RawProgram>>,
+    floors: Vec<RawProgram>,
+    ipv4_keys: Ipv4KeyTable,
     repeat: u32,
     flows_inserted: u32,
     services: u32,
@@ -233,6 +241,7 @@ impl Bench {
             noop_xdp: RawProgram::noop_xdp(),
             noop_tc: RawProgram::noop_tc(),
             floors,
+            ipv4_keys: Ipv4KeyTable::new(plan.flow_capacity),
             repeat: plan.repeat,
             flows_inserted: 0,
             services: 1,
@@ -254,6 +263,7 @@ impl Bench {
             .map(|index| filler_flow(index, now))
             .unzip();
         self.dataplane.insert_flows_batch(&keys, &entries);
+        self.ipv4_keys.insert(&keys, &entries);
         self.flows_inserted = self.flows_inserted.max(target);
     }
 
@@ -316,10 +326,15 @@ impl Bench {
         nanos(noop.bench(frame, self.repeat))
     }
 
-    /// One run of `case`'s floor program, if it has one.
-    fn floor(&self, case: Case, frame: &[u8]) -> Option<f64> {
+    /// One run of `case`'s floor program.
+    fn floor(&self, case: Case, frame: &[u8]) -> f64 {
         let index = Case::ALL.iter().position(|c| *c == case).expect("listed");
-        let program = self.floors[index].as_ref()?;
+        nanos(self.floors[index].bench(frame, self.repeat))
+    }
+
+    /// One run of `case`'s floor on the IPv4-key table, if it has one.
+    fn ipv4_key_floor(&self, case: Case, frame: &[u8]) -> Option<f64> {
+        let program = self.ipv4_keys.floor(case)?;
         Some(nanos(program.bench(frame, self.repeat)))
     }
 
@@ -372,40 +387,127 @@ fn bytes<T: aya::Pod>(value: &T) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
 }
 
-/// `case`'s floor program on `dataplane`'s maps: the established flow's
-/// lookup, the new flow's write, a reply's two lookups and two checksum
-/// helpers (the reply frame is IPv4 over Ethernet: its TCP checksum is at
-/// byte 50).
-fn floor(dataplane: &TestDataplane, case: Case) -> Option<RawProgram> {
+/// `case`'s floor program on `dataplane`'s maps: the port bitmap's test
+/// (and the address filter's), the established flow's lookup, the new
+/// flow's write, a reply's two lookups and two checksum helpers (the reply
+/// frame is IPv4 over Ethernet: its TCP checksum is at byte 50).
+fn floor(dataplane: &TestDataplane, case: Case) -> RawProgram {
     let flows = dataplane.pinned_map(map_names::FLOWS);
     let flows = flows.fd().as_fd();
     let key = |case| bytes(&flow_key(client(case), vip(), PROTO_TCP));
+    let ports = dataplane.pinned_map(map_names::VIP_PORTS);
+    let addresses = dataplane.pinned_map(map_names::VIP_FILTER);
     match case {
-        Case::OtherPort | Case::OtherAddress => None,
-        Case::Established => Some(RawProgram::lookup_floor(flows, &key(case))),
-        Case::NewFlow => {
-            let entry = FlowEntry {
-                last_seen: now(),
-                backend: endpoint(vip()),
-                color: COLOR_BLUE,
-                ..Default::default()
-            };
-            Some(RawProgram::update_floor(flows, &key(case), &bytes(&entry)))
+        Case::OtherPort => RawProgram::prefilter_floor(ports.fd().as_fd(), None),
+        Case::OtherAddress => {
+            RawProgram::prefilter_floor(ports.fd().as_fd(), Some(addresses.fd().as_fd()))
         }
+        Case::Established => RawProgram::lookup_floor(flows, &key(case)),
+        Case::NewFlow => RawProgram::update_floor(flows, &key(case), &bytes(&bench_entry())),
         Case::Reply => {
             let vips = dataplane.pinned_map(map_names::BACKEND_VIPS);
             let backend = flow_key(client(case), blue(), PROTO_TCP).backend_key();
-            Some(RawProgram::reply_floor(
+            RawProgram::reply_floor(
                 (vips.fd().as_fd(), &bytes(&backend)),
                 (flows, &key(case)),
                 50,
-            ))
+            )
         }
     }
 }
 
-/// Runs the whole matrix. Fill levels only grow (flows are never removed),
-/// and service counts cycle within each fill level.
+/// The entry the new-flow floors write.
+fn bench_entry() -> FlowEntry {
+    FlowEntry {
+        last_seen: now(),
+        backend: endpoint(vip()),
+        color: COLOR_BLUE,
+        ..Default::default()
+    }
+}
+
+/// A flow key as a table of IPv4 flows only could have it: 16 bytes, where
+/// [`FlowKey`], which holds either family, has 40.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Ipv4FlowKey {
+    client: [u8; 4],
+    server: [u8; 4],
+    client_port: [u8; 2],
+    server_port: [u8; 2],
+    proto: u8,
+    reserved: [u8; 3],
+}
+
+// SAFETY: plain bytes without padding.
+unsafe impl aya::Pod for Ipv4FlowKey {}
+
+impl Ipv4FlowKey {
+    fn of(key: &FlowKey) -> Ipv4FlowKey {
+        let [a, b, c, d, ..] = key.client;
+        let [e, f, g, h, ..] = key.server;
+        Ipv4FlowKey {
+            client: [a, b, c, d],
+            server: [e, f, g, h],
+            client_port: key.client_port,
+            server_port: key.server_port,
+            proto: key.proto,
+            reserved: [0; 3],
+        }
+    }
+}
+
+/// An LRU table like the flow table, filled with the same flows, but keyed
+/// by [`Ipv4FlowKey`]: the established and new-flow floors again on it
+/// show what a second, IPv4-only flow table would save on the one map call
+/// each of those paths cannot avoid.
+struct Ipv4KeyTable {
+    map: OwnedFd,
+    /// The established case's lookup and the new-flow case's write.
+    floors: [RawProgram; 2],
+}
+
+impl Ipv4KeyTable {
+    fn new(capacity: u32) -> Ipv4KeyTable {
+        let map = create_map(
+            BPF_MAP_TYPE_LRU_HASH,
+            size_of::<Ipv4FlowKey>(),
+            size_of::<FlowEntry>(),
+            capacity,
+        )
+        .unwrap_or_else(|error| panic!("BPF_MAP_CREATE of the IPv4-key table: {error}"));
+        let key = |case| bytes(&Ipv4FlowKey::of(&flow_key(client(case), vip(), PROTO_TCP)));
+        let floors = [
+            RawProgram::lookup_floor(map.as_fd(), &key(Case::Established)),
+            RawProgram::update_floor(map.as_fd(), &key(Case::NewFlow), &bytes(&bench_entry())),
+        ];
+        Ipv4KeyTable { map, floors }
+    }
+
+    /// Inserts `flows`, then the established case's flow (again: the LRU
+    /// may have evicted it), as the benchmark's flow table holds them.
+    fn insert(&self, flows: &[FlowKey], entries: &[FlowEntry]) {
+        let mut keys: Vec<Ipv4FlowKey> = flows.iter().map(Ipv4FlowKey::of).collect();
+        let mut entries = entries.to_vec();
+        keys.push(Ipv4FlowKey::of(&flow_key(
+            client(Case::Established),
+            vip(),
+            PROTO_TCP,
+        )));
+        entries.push(bench_entry());
+        batch::update(self.map.as_fd(), &keys, &entries)
+            .unwrap_or_else(|error| panic!("BPF_MAP_UPDATE_BATCH on the IPv4-key table: {error}"));
+    }
+
+    fn floor(&self, case: Case) -> Option<&RawProgram> {
+        match case {
+            Case::Established => Some(&self.floors[0]),
+            Case::NewFlow => Some(&self.floors[1]),
+            _ => None,
+        }
+    }
+}
+
 /// Runs the whole matrix: one dataplane per service count, built from
 /// nothing, then filled level by level. Neither services nor flows are ever
 /// removed, so no configuration inherits state (a prefilter bit, a
@@ -460,24 +562,21 @@ fn progress(configuration: &Configuration) -> String {
     )
 }
 
-/// Rounds of every case, each subject run right after a run of the no-op
-/// program of its type, so that a slow phase of the machine hits baselines
-/// and subjects alike.
+/// Rounds of every case, each subject (and floor) run right after a run of
+/// the no-op program of its type. Ratios are taken within each such pair,
+/// then the median over the rounds: this machine drifts between slow and
+/// fast phases that last longer than a pair but shorter than a round, so a
+/// subject is compared with the baseline of its own phase.
 fn measure(
     bench: &mut Bench,
     frames: &[(Case, Vec<u8>)],
     rounds: usize,
 ) -> Result<Vec<CaseFigures>, Interrupted> {
-    let mut subjects: Vec<Vec<f64>> = vec![Vec::new(); frames.len()];
-    let mut floors: Vec<Vec<f64>> = vec![Vec::new(); frames.len()];
+    let mut runs: Vec<CaseRuns> = frames.iter().map(|_| CaseRuns::default()).collect();
     let (mut xdp_baselines, mut tc_baselines) = (Vec::new(), Vec::new());
     for round in 0..rounds * CHEAP_CASE_ROUNDS {
         check()?;
-        for (((case, frame), samples), floor_samples) in frames
-            .iter()
-            .zip(subjects.iter_mut())
-            .zip(floors.iter_mut())
-        {
+        for ((case, frame), runs) in frames.iter().zip(runs.iter_mut()) {
             if round >= rounds * case.round_weight() {
                 continue;
             }
@@ -487,28 +586,53 @@ fn measure(
             } else {
                 xdp_baselines.push(baseline);
             }
-            samples.push(bench.subject(*case, frame));
-            floor_samples.extend(bench.floor(*case, frame));
+            runs.subject.push((bench.subject(*case, frame), baseline));
+            let floor = bench.floor(*case, frame);
+            runs.floor.push((floor, bench.baseline(*case, frame)));
+            if let Some(floor) = bench.ipv4_key_floor(*case, frame) {
+                runs.ipv4_key_floor
+                    .push((floor, bench.baseline(*case, frame)));
+            }
         }
     }
     let (xdp, tc) = (median(&xdp_baselines), median(&tc_baselines));
     Ok(frames
         .iter()
-        .zip(subjects)
-        .zip(floors)
-        .map(|(((case, _), samples_ns), floor_samples)| {
-            let baseline_ns = if case.is_tc() { tc } else { xdp };
-            let ns = median(&samples_ns);
-            let floor_ns = (!floor_samples.is_empty()).then(|| median(&floor_samples));
+        .zip(runs)
+        .map(|((case, _), runs)| {
+            let (ns, ratio) = figures(&runs.subject).expect("every round runs the subject");
+            let (floor_ns, floor_ratio) = figures(&runs.floor).expect("every case has a floor");
+            let ipv4_key_floor = figures(&runs.ipv4_key_floor);
             CaseFigures {
                 case: *case,
                 ns,
-                baseline_ns,
-                ratio: ns / baseline_ns,
+                baseline_ns: if case.is_tc() { tc } else { xdp },
+                ratio,
                 floor_ns,
-                floor_ratio: floor_ns.map(|floor| floor / baseline_ns),
-                samples_ns,
+                floor_ratio,
+                ipv4_key_floor_ns: ipv4_key_floor.map(|(ns, _)| ns),
+                ipv4_key_floor_ratio: ipv4_key_floor.map(|(_, ratio)| ratio),
+                samples_ns: runs.subject.iter().map(|(ns, _)| *ns).collect(),
             }
         })
         .collect())
+}
+
+/// One case's runs in one configuration: (ns, the baseline run just before).
+#[derive(Default)]
+struct CaseRuns {
+    subject: Vec<(f64, f64)>,
+    floor: Vec<(f64, f64)>,
+    ipv4_key_floor: Vec<(f64, f64)>,
+}
+
+/// The median ns and the median ratio to the paired baseline, if there
+/// were runs.
+fn figures(runs: &[(f64, f64)]) -> Option<(f64, f64)> {
+    if runs.is_empty() {
+        return None;
+    }
+    let ns: Vec<f64> = runs.iter().map(|(ns, _)| *ns).collect();
+    let ratios: Vec<f64> = runs.iter().map(|(ns, baseline)| ns / baseline).collect();
+    Some((median(&ns), median(&ratios)))
 }

@@ -14,6 +14,8 @@ use std::{
     time::Duration,
 };
 
+use bluegreen_common::VIP_FILTER_WORDS;
+
 use crate::sys::{
     BPF_PROG_TYPE_SCHED_CLS, BPF_PROG_TYPE_XDP, instruction, load_program, object_pin, test_run,
 };
@@ -28,6 +30,7 @@ const R3: u8 = 3;
 const R4: u8 = 4;
 const R5: u8 = 5;
 const R6: u8 = 6;
+const R7: u8 = 7;
 const R10: u8 = 10;
 const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_FUNC_MAP_UPDATE_ELEM: i32 = 2;
@@ -51,6 +54,15 @@ fn stack_pointer(dst: u8, offset: i16) -> [u64; 2] {
         instruction(0x07, dst, 0, 0, i32::from(offset)),
     ]
 }
+
+/// `dst = *(size *)(src + offset)` (BPF_LDX | BPF_MEM), `size` 0x00 (32
+/// bits), 0x08 (16) or 0x18 (64).
+fn load(size: u8, dst: u8, src: u8, offset: i16) -> u64 {
+    instruction(0x61 | size, dst, src, offset, 0)
+}
+
+const WORD: u8 = 0x00;
+const HALF: u8 = 0x08;
 
 /// `dst = map` (BPF_LD | BPF_IMM | BPF_DW with BPF_PSEUDO_MAP_FD).
 fn load_map(dst: u8, map: BorrowedFd) -> [u64; 2] {
@@ -93,6 +105,20 @@ fn lookup(map: BorrowedFd, key: &[u8], offset: i16) -> Vec<u64> {
     program
 }
 
+/// `bpf_map_lookup_elem(map, &index)` on an array, `index` in `register`,
+/// then a load of the element's first word if there is one: what testing a
+/// bit of a bitmap costs.
+fn test_word(map: BorrowedFd, register: u8, offset: i16) -> Vec<u64> {
+    let mut program = vec![instruction(0x63, R10, register, offset, 0)];
+    program.extend(load_map(R1, map));
+    program.extend(stack_pointer(R2, offset));
+    program.push(call(BPF_FUNC_MAP_LOOKUP_ELEM));
+    // if r0 == 0 skip the load (BPF_JMP | BPF_JEQ | BPF_K).
+    program.push(instruction(0x15, 0, 0, 1, 0));
+    program.push(load(WORD, R3, 0, 0));
+    program
+}
+
 /// A loaded program, unloaded when dropped.
 pub struct RawProgram {
     fd: OwnedFd,
@@ -113,6 +139,45 @@ impl RawProgram {
             &exit_with(TC_ACT_OK),
             "bench_noop_tc",
         )
+    }
+
+    /// XDP, on an untagged IPv4 frame: what a packet for no service cannot
+    /// avoid in a design with many services: reading its destination port
+    /// and testing that port's bit in `ports` (bluegreen's port bitmap);
+    /// with `addresses`, also reading its destination address and testing
+    /// a bit it selects there (no hash: a floor, not a filter).
+    pub fn prefilter_floor(ports: BorrowedFd, addresses: Option<BorrowedFd>) -> RawProgram {
+        // struct xdp_md: data at 0, data_end at 4.
+        let mut program = vec![
+            load(WORD, R2, R1, 4),
+            load(WORD, R1, R1, 0),
+            mov_reg(R3, R1),
+            instruction(0x07, R3, 0, 0, 38),
+        ];
+        let bounds_check = program.len();
+        // if r3 > r2 goto exit (BPF_JMP | BPF_JGT | BPF_X); patched below.
+        program.push(instruction(0x2d, R3, R2, 0, 0));
+        program.extend([
+            load(HALF, R6, R1, 36),
+            load(WORD, R7, R1, 30),
+            // r6 = be16 r6 (BPF_ALU | BPF_END | BPF_TO_BE), then r6 >>= 5.
+            instruction(0xdc, R6, 0, 0, 16),
+            instruction(0x77, R6, 0, 0, 5),
+        ]);
+        program.extend(test_word(ports, R6, -4));
+        if let Some(addresses) = addresses {
+            let mask = VIP_FILTER_WORDS as i32 - 1;
+            program.push(instruction(0x57, R7, 0, 0, mask));
+            program.extend(test_word(addresses, R7, -8));
+        }
+        let skip = program.len() - bounds_check - 1;
+        program[bounds_check] = instruction(0x2d, R3, R2, skip as i16, 0);
+        program.extend(exit_with(XDP_PASS));
+        let name = match addresses {
+            Some(_) => "bench_floor_vip",
+            None => "bench_floor_port",
+        };
+        Self::load(BPF_PROG_TYPE_XDP, &program, name)
     }
 
     /// XDP: one lookup of `key` in `map`, what a packet of an established
