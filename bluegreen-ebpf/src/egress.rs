@@ -13,17 +13,12 @@ use bluegreen_common::{
 use crate::{
     maps::{BG_BACKEND_VIPS, BG_FLOWS, settings},
     packet,
-    parse::{Direction, PacketBytes, parse},
+    parse::{Direction, PacketBytes, parse_any, plain_ipv4},
 };
 
 struct SkbPacket<'a>(&'a TcContext);
 
 impl PacketBytes for SkbPacket<'_> {
-    #[inline(always)]
-    fn linear(&self) -> &impl packet::LinearData {
-        self.0
-    }
-
     /// Direct packet access when the bytes are in the linear part (headers
     /// of ordinary replies are); `bpf_skb_load_bytes` otherwise, a helper
     /// call that costs more than the rest of the program.
@@ -38,8 +33,13 @@ impl PacketBytes for SkbPacket<'_> {
 
 pub fn try_egress(ctx: &TcContext) -> Result<(), PassReason> {
     let packet = SkbPacket(ctx);
-    let headers = parse(&packet)?;
-    let reply_key = headers.flow_key(&packet, Direction::ToClient)?;
+    let (headers, reply_key) = match plain_ipv4(ctx) {
+        Some(plain) => (plain.headers, plain.flow_key(Direction::ToClient)),
+        None => {
+            let headers = parse_any(&packet)?;
+            (headers, headers.flow_key(&packet, Direction::ToClient)?)
+        }
+    };
     let (backend, backend_port) = (reply_key.server, reply_key.server_port);
     // SAFETY: the map is not preallocated, so the element stays intact for
     // the rest of this RCU section; the value is copied at once anyway.
@@ -71,15 +71,19 @@ pub fn try_egress(ctx: &TcContext) -> Result<(), PassReason> {
         ctx.pull_data(rewritten_end as u32)
             .map_err(|_| PassReason::Malformed)?;
     }
-    let delta = address_delta(&backend, &vip.addr, headers.addr_len());
-    if headers.family == FAMILY_IPV4 {
+    // Each family with its own constant length, so that the checksum
+    // delta is unrolled rather than looped over.
+    let delta = if headers.family == FAMILY_IPV4 {
+        let delta = address_delta(&backend, &vip.addr, 4);
         let ip_check: [u8; 2] = packet::read(ctx, headers.l3 + 10)?;
         packet::write(ctx, headers.l3 + 10, apply_delta(ip_check, delta))?;
         let [a, b, c, d, ..] = vip.addr;
         packet::write(ctx, headers.src_addr_offset(), [a, b, c, d])?;
+        delta
     } else {
         packet::write(ctx, headers.src_addr_offset(), vip.addr)?;
-    }
+        address_delta(&backend, &vip.addr, 16)
+    };
     packet::write(ctx, headers.l4, vip.port)?;
 
     // The transport checksum by helper: only the kernel knows whether the

@@ -36,11 +36,6 @@ impl XdpPacket<'_> {
 
 impl PacketBytes for XdpPacket<'_> {
     #[inline(always)]
-    fn linear(&self) -> &impl packet::LinearData {
-        self.0
-    }
-
-    #[inline(always)]
     fn read<T: Copy>(&self, offset: usize) -> Result<T, PassReason> {
         packet::read(self.0, offset)
     }
@@ -210,24 +205,29 @@ fn rewrite_destination(
     key: &FlowKey,
     backend: &Endpoint,
 ) -> Result<(), PassReason> {
-    let addr_len = headers.addr_len();
-    let delta = address_delta(&key.server, &backend.addr, addr_len);
+    // Read before anything is written: a packet is rewritten whole or not
+    // at all.
     let l4_check_at = headers.l4_checksum_offset();
     let l4_check: [u8; 2] = packet.read(l4_check_at)?;
+    // Each family with its own constant length, so that the checksum
+    // delta is unrolled rather than looped over.
+    let delta = if headers.family == FAMILY_IPV4 {
+        let delta = address_delta(&key.server, &backend.addr, 4);
+        let ip_check: [u8; 2] = packet.read(headers.l3 + 10)?;
+        packet.write(headers.l3 + 10, apply_delta(ip_check, delta))?;
+        let [a, b, c, d, ..] = backend.addr;
+        packet.write(headers.dst_addr_offset(), [a, b, c, d])?;
+        delta
+    } else {
+        packet.write(headers.dst_addr_offset(), backend.addr)?;
+        address_delta(&key.server, &backend.addr, 16)
+    };
     let l4_delta = delta + port_delta(key.server_port, backend.port);
     let l4_check = if headers.proto == IPPROTO_UDP {
         apply_udp_delta(l4_check, l4_delta)
     } else {
         apply_delta(l4_check, l4_delta)
     };
-    if headers.family == FAMILY_IPV4 {
-        let ip_check: [u8; 2] = packet.read(headers.l3 + 10)?;
-        packet.write(headers.l3 + 10, apply_delta(ip_check, delta))?;
-        let [a, b, c, d, ..] = backend.addr;
-        packet.write(headers.dst_addr_offset(), [a, b, c, d])?;
-    } else {
-        packet.write(headers.dst_addr_offset(), backend.addr)?;
-    }
     packet.write(headers.l4 + 2, backend.port)?;
     packet.write(l4_check_at, l4_check)
 }

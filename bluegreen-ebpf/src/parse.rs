@@ -15,9 +15,6 @@ use bluegreen_common::{
 use crate::packet::{self, LinearData};
 
 pub trait PacketBytes {
-    /// The context, for what is read straight from its linear data.
-    fn linear(&self) -> &impl LinearData;
-
     /// Reads a `T` at `offset`, failing if the packet is too short.
     fn read<T: Copy>(&self, offset: usize) -> Result<T, PassReason>;
 }
@@ -119,16 +116,6 @@ impl Headers {
 fn read_be16<P: PacketBytes>(packet: &P, offset: usize) -> Result<u16, PassReason> {
     let bytes: [u8; 2] = packet.read(offset)?;
     Ok(u16::from_be_bytes(bytes))
-}
-
-/// Parses Ethernet (with at most one 802.1Q tag), IPv4 or IPv6 and requires
-/// a complete minimal TCP or UDP header.
-#[inline(always)]
-pub fn parse<P: PacketBytes>(packet: &P) -> Result<Headers, PassReason> {
-    match plain_ipv4(packet.linear()) {
-        Some(plain) => Ok(plain.headers),
-        None => parse_any(packet),
-    }
 }
 
 /// A packet [`plain_ipv4`] recognised: its headers sit at fixed offsets,
@@ -245,8 +232,9 @@ pub fn plain_ipv4(ctx: &impl LinearData) -> Option<PlainIpv4> {
     })
 }
 
-/// The general parser, for any frame: VLAN tags, IPv4 options, IPv6 and
-/// its extension headers.
+/// Parses Ethernet (with at most one 802.1Q tag), IPv4 or IPv6 and requires
+/// a complete minimal TCP or UDP header: any frame, where [`plain_ipv4`]
+/// takes only the common one.
 #[inline(always)]
 pub fn parse_any<P: PacketBytes>(packet: &P) -> Result<Headers, PassReason> {
     let mut ethertype = read_be16(packet, 12)?;
