@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use bluegreen_common::{
-    FAMILY_IPV4, FlowKey, IPPROTO_UDP, PassReason,
+    Endpoint, FAMILY_IPV4, IPPROTO_UDP, PassReason,
     checksum::{address_delta, apply_delta},
 };
 
@@ -42,14 +42,13 @@ pub fn try_egress(ctx: &TcContext) -> Result<(), PassReason> {
     };
     let (backend, backend_port) = (reply_key.server, reply_key.server_port);
     // SAFETY: the map is not preallocated, so the element stays intact for
-    // the rest of this RCU section; the value is copied at once anyway.
-    let vip =
-        *unsafe { BG_BACKEND_VIPS.get(reply_key.backend_key()) }.ok_or(PassReason::NotService)?;
-    let flow_key = FlowKey {
-        server: vip.addr,
-        server_port: vip.port,
-        ..reply_key
-    };
+    // the rest of this RCU section. Not copied: LLVM would copy it byte by
+    // byte.
+    let vip: &Endpoint =
+        unsafe { BG_BACKEND_VIPS.get(reply_key.backend_key()) }.ok_or(PassReason::NotService)?;
+    let mut flow_key = reply_key;
+    flow_key.server = vip.addr;
+    flow_key.server_port = vip.port;
     // SAFETY: LRU values may be recycled under us: the entry is copied at
     // once and checked below.
     let flow = *unsafe { BG_FLOWS.get(flow_key) }.ok_or(PassReason::NotService)?;
