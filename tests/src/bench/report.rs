@@ -304,13 +304,12 @@ fn worst_ratio(report: &KernelReport, case: Case) -> f64 {
         .fold(f64::NAN, f64::max)
 }
 
+/// Picks one of a cell's floor ratios, if the cell has that floor.
+type FloorOf = fn(&CaseFigures) -> Option<f64>;
+
 /// The worst of a case's floor ratios, `floor` picking one per cell;
 /// none if the case has no such floor.
-fn worst_floor(
-    report: &KernelReport,
-    case: Case,
-    floor: impl Fn(&CaseFigures) -> Option<f64>,
-) -> Option<f64> {
+fn worst_floor(report: &KernelReport, case: Case, floor: FloorOf) -> Option<f64> {
     ratios_of(report, case)
         .iter()
         .filter_map(|c| floor(c))
@@ -379,7 +378,7 @@ fn kernel_targets(report: &KernelReport) -> Vec<Target> {
         ));
         // Whether the target is reachable at all on this machine, with
         // bluegreen's flow key and with the shortest IPv4 one.
-        let floors: [(&str, fn(&CaseFigures) -> Option<f64>); 2] = [
+        let floors: [(&str, FloorOf); 2] = [
             ("its floor's ratio", |c| Some(c.floor_ratio)),
             ("its floor's ratio with a 16-byte key", |c| {
                 c.ipv4_key_floor_ratio
