@@ -74,16 +74,23 @@ pub fn try_egress(ctx: &TcContext) -> Result<(), PassReason> {
     // delta is unrolled rather than looped over.
     let delta = if headers.family == FAMILY_IPV4 {
         let delta = address_delta(&backend, &vip.addr, 4);
-        let ip_check: [u8; 2] = packet::read(ctx, headers.l3 + 10)?;
-        packet::write(ctx, headers.l3 + 10, apply_delta(ip_check, delta))?;
-        let [a, b, c, d, ..] = vip.addr;
-        packet::write(ctx, headers.src_addr_offset(), [a, b, c, d])?;
+        let ip_check = packet::read_field(ctx, headers.l3 + 10)?;
+        packet::write_fields(ctx, headers.l3 + 10, [apply_delta(ip_check, delta)])?;
+        packet::write_fields::<2>(
+            ctx,
+            headers.src_addr_offset(),
+            packet::address_fields(&vip.addr),
+        )?;
         delta
     } else {
-        packet::write(ctx, headers.src_addr_offset(), vip.addr)?;
+        packet::write_fields::<8>(
+            ctx,
+            headers.src_addr_offset(),
+            packet::address_fields(&vip.addr),
+        )?;
         address_delta(&backend, &vip.addr, 16)
     };
-    packet::write(ctx, headers.l4, vip.port)?;
+    packet::write_fields(ctx, headers.l4, [vip.port])?;
 
     // The transport checksum by helper: only the kernel knows whether the
     // field holds a complete checksum or, for a reply sent from this host

@@ -24,11 +24,6 @@ struct XdpPacket<'a>(&'a XdpContext);
 
 impl XdpPacket<'_> {
     #[inline(always)]
-    fn write<T>(&self, offset: usize, value: T) -> Result<(), PassReason> {
-        packet::write(self.0, offset, value)
-    }
-
-    #[inline(always)]
     fn len(&self) -> u64 {
         (self.0.data_end() - self.0.data()) as u64
     }
@@ -205,21 +200,29 @@ fn rewrite_destination(
     key: &FlowKey,
     backend: &Endpoint,
 ) -> Result<(), PassReason> {
+    let ctx = packet.0;
     // Read before anything is written: a packet is rewritten whole or not
     // at all.
     let l4_check_at = headers.l4_checksum_offset();
-    let l4_check: [u8; 2] = packet.read(l4_check_at)?;
+    let l4_check = packet::read_field(ctx, l4_check_at)?;
     // Each family with its own constant length, so that the checksum
     // delta is unrolled rather than looped over.
     let delta = if headers.family == FAMILY_IPV4 {
         let delta = address_delta(&key.server, &backend.addr, 4);
-        let ip_check: [u8; 2] = packet.read(headers.l3 + 10)?;
-        packet.write(headers.l3 + 10, apply_delta(ip_check, delta))?;
-        let [a, b, c, d, ..] = backend.addr;
-        packet.write(headers.dst_addr_offset(), [a, b, c, d])?;
+        let ip_check = packet::read_field(ctx, headers.l3 + 10)?;
+        packet::write_fields(ctx, headers.l3 + 10, [apply_delta(ip_check, delta)])?;
+        packet::write_fields::<2>(
+            ctx,
+            headers.dst_addr_offset(),
+            packet::address_fields(&backend.addr),
+        )?;
         delta
     } else {
-        packet.write(headers.dst_addr_offset(), backend.addr)?;
+        packet::write_fields::<8>(
+            ctx,
+            headers.dst_addr_offset(),
+            packet::address_fields(&backend.addr),
+        )?;
         address_delta(&key.server, &backend.addr, 16)
     };
     let l4_delta = delta + port_delta(key.server_port, backend.port);
@@ -228,6 +231,6 @@ fn rewrite_destination(
     } else {
         apply_delta(l4_check, l4_delta)
     };
-    packet.write(headers.l4 + 2, backend.port)?;
-    packet.write(l4_check_at, l4_check)
+    packet::write_fields(ctx, headers.l4 + 2, [backend.port])?;
+    packet::write_fields(ctx, l4_check_at, [l4_check])
 }

@@ -52,9 +52,35 @@ pub fn read<T: Copy>(ctx: &impl LinearData, offset: usize) -> Result<T, PassReas
     Ok(unsafe { at::<T>(ctx, offset)?.read_unaligned() })
 }
 
+/// A 16-bit header field, read whole. Every field read or rewritten 16 bits
+/// at a time sits at an even offset, and packet data starts at an even
+/// address (drivers align the IP header so, NET_IP_ALIGN, and the
+/// verifier's alignment model assumes it), so the load is aligned; read as
+/// a `[u8; 2]`, LLVM would load it byte by byte.
 #[inline(always)]
-pub fn write<T>(ctx: &impl LinearData, offset: usize, value: T) -> Result<(), PassReason> {
-    // SAFETY: `at` checked the bounds; packet data has no alignment.
-    unsafe { at::<T>(ctx, offset)?.write_unaligned(value) };
+pub fn read_field(ctx: &impl LinearData, offset: usize) -> Result<[u8; 2], PassReason> {
+    // SAFETY: `at` checked the bounds; aligned, as above.
+    Ok(unsafe { at::<u16>(ctx, offset)?.read() }.to_ne_bytes())
+}
+
+/// Writes `words` from an even `offset` on, one 16-bit store each (see
+/// [`read_field`]).
+#[inline(always)]
+pub fn write_fields<const N: usize>(
+    ctx: &impl LinearData,
+    offset: usize,
+    words: [[u8; 2]; N],
+) -> Result<(), PassReason> {
+    let fields = at::<[u16; N]>(ctx, offset)?;
+    for (index, word) in words.iter().enumerate() {
+        // SAFETY: `at` checked the bounds of all N; aligned, as above.
+        unsafe { (*fields)[index] = u16::from_ne_bytes(*word) };
+    }
     Ok(())
+}
+
+/// The first `N` 16-bit words of an address in the map layout.
+#[inline(always)]
+pub fn address_fields<const N: usize>(addr: &[u8; 16]) -> [[u8; 2]; N] {
+    core::array::from_fn(|index| [addr[2 * index], addr[2 * index + 1]])
 }

@@ -200,9 +200,8 @@ pub fn plain_ipv4(ctx: &impl LinearData) -> Option<PlainIpv4> {
     const VERSION_IHL: usize = 14;
     const FRAGMENT: usize = (14 + 6) / 2;
     const PROTO: usize = 14 + 9;
-    // Whole 16-bit fields are loaded at once: they are at even offsets and
-    // the data starts at an even address. Drivers align the IP header so
-    // (NET_IP_ALIGN), and the verifier's own alignment model assumes it.
+    // Whole 16-bit fields are loaded at once: aligned, see
+    // `packet::read_field`.
     let words = packet::at::<[u16; PLAIN_WORDS]>(ctx, 0).ok()?;
     let bytes = words.cast::<u8>();
     // SAFETY: `at` checked that all 54 bytes are there; every u16 of the
