@@ -5,10 +5,7 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use bluegreen_common::{
-    Endpoint, FAMILY_IPV4, IPPROTO_UDP, PassReason,
-    checksum::{address_delta, apply_delta},
-};
+use bluegreen_common::{Endpoint, IPPROTO_UDP, PassReason};
 
 use crate::{
     maps::{BG_BACKEND_VIPS, BG_FLOWS, settings},
@@ -70,26 +67,13 @@ pub fn try_egress(ctx: &TcContext) -> Result<(), PassReason> {
         ctx.pull_data(rewritten_end as u32)
             .map_err(|_| PassReason::Malformed)?;
     }
-    // Each family with its own constant length, so that the checksum
-    // delta is unrolled rather than looped over.
-    let delta = if headers.family == FAMILY_IPV4 {
-        let delta = address_delta(&backend, &vip.addr, 4);
-        let ip_check = packet::read_field(ctx, headers.l3 + 10)?;
-        packet::write_fields(ctx, headers.l3 + 10, [apply_delta(ip_check, delta)])?;
-        packet::write_fields::<2>(
-            ctx,
-            headers.src_addr_offset(),
-            packet::address_fields(&vip.addr),
-        )?;
-        delta
-    } else {
-        packet::write_fields::<8>(
-            ctx,
-            headers.src_addr_offset(),
-            packet::address_fields(&vip.addr),
-        )?;
-        address_delta(&backend, &vip.addr, 16)
-    };
+    let delta = packet::rewrite_address(
+        ctx,
+        &headers,
+        headers.src_addr_offset(),
+        &backend,
+        &vip.addr,
+    )?;
     packet::write_fields(ctx, headers.l4, [vip.port])?;
 
     // The transport checksum by helper: only the kernel knows whether the

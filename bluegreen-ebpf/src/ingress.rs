@@ -4,9 +4,8 @@
 use aya_ebpf::{helpers::bpf_jiffies64, programs::XdpContext};
 use aya_log_ebpf::warn;
 use bluegreen_common::{
-    Endpoint, FAMILY_IPV4, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason, Settings,
-    TrafficCounters,
-    checksum::{address_delta, apply_delta, apply_udp_delta, port_delta},
+    Endpoint, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason, Settings, TrafficCounters,
+    checksum::{apply_delta, apply_udp_delta, port_delta},
     flow_hash, new_flow_color, traffic_index,
     wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -205,26 +204,13 @@ fn rewrite_destination(
     // at all.
     let l4_check_at = headers.l4_checksum_offset();
     let l4_check = packet::read_field(ctx, l4_check_at)?;
-    // Each family with its own constant length, so that the checksum
-    // delta is unrolled rather than looped over.
-    let delta = if headers.family == FAMILY_IPV4 {
-        let delta = address_delta(&key.server, &backend.addr, 4);
-        let ip_check = packet::read_field(ctx, headers.l3 + 10)?;
-        packet::write_fields(ctx, headers.l3 + 10, [apply_delta(ip_check, delta)])?;
-        packet::write_fields::<2>(
-            ctx,
-            headers.dst_addr_offset(),
-            packet::address_fields(&backend.addr),
-        )?;
-        delta
-    } else {
-        packet::write_fields::<8>(
-            ctx,
-            headers.dst_addr_offset(),
-            packet::address_fields(&backend.addr),
-        )?;
-        address_delta(&key.server, &backend.addr, 16)
-    };
+    let delta = packet::rewrite_address(
+        ctx,
+        headers,
+        headers.dst_addr_offset(),
+        &key.server,
+        &backend.addr,
+    )?;
     let l4_delta = delta + port_delta(key.server_port, backend.port);
     let l4_check = if headers.proto == IPPROTO_UDP {
         apply_udp_delta(l4_check, l4_delta)
