@@ -11,9 +11,10 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    os::fd::{AsFd, OwnedFd},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
 };
 
+use aya::maps::MapData;
 use bluegreen_common::{
     COLOR_BLUE, FlowEntry, FlowKey, PassReason, ServiceState, TrafficCounters, map_names,
     other_color,
@@ -236,12 +237,13 @@ impl Bench {
             .iter()
             .map(|&case| floor(&dataplane, case))
             .collect();
+        let ipv4_keys = Ipv4KeyTable::new(plan.flow_capacity, &dataplane);
         Bench {
             dataplane,
             noop_xdp: RawProgram::noop_xdp(),
             noop_tc: RawProgram::noop_tc(),
             floors,
-            ipv4_keys: Ipv4KeyTable::new(plan.flow_capacity),
+            ipv4_keys,
             repeat: plan.repeat,
             flows_inserted: 0,
             services: 1,
@@ -389,7 +391,7 @@ fn bytes<T: aya::Pod>(value: &T) -> Vec<u8> {
 
 /// `case`'s floor program on `dataplane`'s maps: the port bitmap's test
 /// (and the address filter's), the established flow's lookup, the new
-/// flow's write, a reply's two lookups and two checksum helpers (the reply
+/// flow's service lookup and write, a reply's two lookups and two checksum helpers (the reply
 /// frame is IPv4 over Ethernet: its TCP checksum is at byte 50).
 fn floor(dataplane: &TestDataplane, case: Case) -> RawProgram {
     let flows = dataplane.pinned_map(map_names::FLOWS);
@@ -403,7 +405,12 @@ fn floor(dataplane: &TestDataplane, case: Case) -> RawProgram {
             RawProgram::prefilter_floor(ports.fd().as_fd(), Some(addresses.fd().as_fd()))
         }
         Case::Established => RawProgram::lookup_floor(flows, &key(case)),
-        Case::NewFlow => RawProgram::update_floor(flows, &key(case), &bytes(&bench_entry())),
+        Case::NewFlow => RawProgram::new_flow_floor(
+            service(dataplane).as_ref(),
+            flows,
+            &key(case),
+            &bytes(&bench_entry()),
+        ),
         Case::Reply => {
             let vips = dataplane.pinned_map(map_names::BACKEND_VIPS);
             let backend = flow_key(client(case), blue(), PROTO_TCP).backend_key();
@@ -413,6 +420,26 @@ fn floor(dataplane: &TestDataplane, case: Case) -> RawProgram {
                 50,
             )
         }
+    }
+}
+
+/// The services map and the benchmark's service key, for the new-flow
+/// floors' lookup.
+struct ServiceLookup {
+    services: MapData,
+    key: Vec<u8>,
+}
+
+impl ServiceLookup {
+    fn as_ref(&self) -> (BorrowedFd<'_>, &[u8]) {
+        (self.services.fd().as_fd(), &self.key)
+    }
+}
+
+fn service(dataplane: &TestDataplane) -> ServiceLookup {
+    ServiceLookup {
+        services: dataplane.pinned_map(map_names::SERVICES),
+        key: bytes(&service_key(vip(), PROTO_TCP)),
     }
 }
 
@@ -459,16 +486,16 @@ impl Ipv4FlowKey {
 
 /// An LRU table like the flow table, filled with the same flows, but keyed
 /// by [`Ipv4FlowKey`]: the established and new-flow floors again on it
-/// show what a second, IPv4-only flow table would save on the one map call
-/// each of those paths cannot avoid.
+/// show what a second, IPv4-only flow table would save on the flow-table
+/// call each of those paths cannot avoid.
 struct Ipv4KeyTable {
     map: OwnedFd,
-    /// The established case's lookup and the new-flow case's write.
+    /// The established case's floor and the new-flow case's.
     floors: [RawProgram; 2],
 }
 
 impl Ipv4KeyTable {
-    fn new(capacity: u32) -> Ipv4KeyTable {
+    fn new(capacity: u32, dataplane: &TestDataplane) -> Ipv4KeyTable {
         let map = create_map(
             BPF_MAP_TYPE_LRU_HASH,
             size_of::<Ipv4FlowKey>(),
@@ -479,7 +506,12 @@ impl Ipv4KeyTable {
         let key = |case| bytes(&Ipv4FlowKey::of(&flow_key(client(case), vip(), PROTO_TCP)));
         let floors = [
             RawProgram::lookup_floor(map.as_fd(), &key(Case::Established)),
-            RawProgram::update_floor(map.as_fd(), &key(Case::NewFlow), &bytes(&bench_entry())),
+            RawProgram::new_flow_floor(
+                service(dataplane).as_ref(),
+                map.as_fd(),
+                &key(Case::NewFlow),
+                &bytes(&bench_entry()),
+            ),
         ];
         Ipv4KeyTable { map, floors }
     }

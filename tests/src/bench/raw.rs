@@ -188,20 +188,28 @@ impl RawProgram {
         Self::load(BPF_PROG_TYPE_XDP, &program, "bench_floor_get")
     }
 
-    /// XDP: one update of `key` with `value` in `map`, what a new flow
-    /// cannot avoid (recording it).
-    pub fn update_floor(map: BorrowedFd, key: &[u8], value: &[u8]) -> RawProgram {
-        let key_at = -(key.len() as i16);
+    /// XDP: what a new flow cannot avoid: finding its service (a lookup of
+    /// `service_key` in `services`: its color and pools), then recording
+    /// the flow (an update of `key` with `value` in `flows`).
+    pub fn new_flow_floor(
+        (services, service_key): (BorrowedFd, &[u8]),
+        flows: BorrowedFd,
+        key: &[u8],
+        value: &[u8],
+    ) -> RawProgram {
+        let service_at = -(service_key.len() as i16);
+        let key_at = service_at - key.len() as i16;
         let value_at = key_at - value.len() as i16;
-        let mut program = store_bytes(key_at, key);
+        let mut program = lookup(services, service_key, service_at);
+        program.extend(store_bytes(key_at, key));
         program.extend(store_bytes(value_at, value));
-        program.extend(load_map(R1, map));
+        program.extend(load_map(R1, flows));
         program.extend(stack_pointer(R2, key_at));
         program.extend(stack_pointer(R3, value_at));
         program.push(mov_imm(R4, 0));
         program.push(call(BPF_FUNC_MAP_UPDATE_ELEM));
         program.extend(exit_with(XDP_PASS));
-        Self::load(BPF_PROG_TYPE_XDP, &program, "bench_floor_put")
+        Self::load(BPF_PROG_TYPE_XDP, &program, "bench_floor_new")
     }
 
     /// TC: what a reply cannot avoid: the two lookups that find its flow

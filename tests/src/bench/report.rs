@@ -247,7 +247,7 @@ fn kernel_table(report: &KernelReport) -> String {
          reads and the map and helper calls the path cannot avoid, on the same maps, in the \
          same rounds (other port: read the port, test its bit in the port bitmap; other \
          address: also read the address and test a bit of the address filter; established: \
-         the flow lookup; new flow: the flow write; TC: the two lookups that find the flow \
+         the flow lookup; new flow: the service lookup and the flow write; TC: the two lookups that find the flow \
          and the two transport checksum helpers). \"16-byte key\": the established and new-flow \
          floors again on an LRU table of the same size and fill keyed by an IPv4-only flow \
          key (16 bytes; bluegreen's, for both families, has 40).\n",
