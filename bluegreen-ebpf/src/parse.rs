@@ -157,8 +157,9 @@ impl PlainIpv4 {
     }
 
     /// What [`Headers::flow_key`] would read, put together from whole
-    /// words: LLVM would build it byte by byte from byte arrays (a few dozen
-    /// instructions more on every packet to a service).
+    /// words: from byte arrays, LLVM builds it byte by byte, spilling each
+    /// byte to the stack (about 250 instructions more on every packet to a
+    /// service, in BENCHMARKS.md's second performance pass).
     #[inline(always)]
     pub fn flow_key(&self, direction: Direction) -> FlowKey {
         let (source, destination) = (
@@ -191,9 +192,8 @@ const _: () = assert!(cfg!(target_endian = "little"));
 /// Untagged IPv4 without options, not a fragment, TCP or UDP, with at least
 /// a minimal TCP header's worth of bytes: most packets a host sees. They
 /// are judged with one bounds check and loads at fixed offsets, a few dozen
-/// instructions fewer than [`parse_any`] needs, which is most of what a
-/// packet that is not for a service costs. Finds exactly what `parse_any`
-/// would; any other packet is left to it.
+/// instructions fewer than [`parse_any`] needs. Finds exactly what
+/// `parse_any` would; any other packet is left to it.
 #[inline(always)]
 pub fn plain_ipv4(ctx: &impl LinearData) -> Option<PlainIpv4> {
     const ETHERTYPE: usize = 12 / 2;
