@@ -12,8 +12,8 @@ use bluegreen_common::{
 
 use crate::{
     maps::{
-        BG_BACKEND_TRAFFIC, BG_FLOWS, BG_SERVICES, BG_TRAFFIC, current_generation, in_preview,
-        pool_backend, port_has_service, settings, vip_may_match,
+        BG_FLOWS, BG_SERVICES, count_traffic, current_generation, in_preview, pool_backend,
+        port_has_service, settings, vip_may_match,
     },
     packet,
     parse::{Direction, Headers, PacketBytes, parse_any, plain_ipv4},
@@ -148,25 +148,16 @@ fn forward(
 /// Counts the packet for its flow's color and for its backend.
 #[inline(always)]
 fn count(packet: &XdpPacket, entry: &FlowEntry, new_flow: bool) {
-    let bytes = packet.len();
-    let color_slot = traffic_index(u32::from(entry.counter_slot), entry.color);
-    if let Some(counters) = BG_TRAFFIC.get_ptr_mut(color_slot) {
-        add(counters, bytes, new_flow);
-    }
-    if let Some(counters) = BG_BACKEND_TRAFFIC.get_ptr_mut(entry.backend_counter_slot) {
-        add(counters, bytes, new_flow);
-    }
-}
-
-#[inline(always)]
-fn add(counters: *mut TrafficCounters, bytes: u64, new_flow: bool) {
-    // SAFETY: a per-CPU map value, so no other writer races these
-    // increments.
-    unsafe {
-        (*counters).packets += 1;
-        (*counters).bytes += bytes;
-        (*counters).new_flows += new_flow as u64;
-    }
+    let packets = TrafficCounters {
+        packets: 1,
+        bytes: packet.len(),
+        new_flows: new_flow as u64,
+    };
+    count_traffic(
+        traffic_index(u32::from(entry.counter_slot), entry.color),
+        entry.backend_counter_slot,
+        packets,
+    );
 }
 
 /// The live flow entry for this packet, if any; a stale one counts as none.

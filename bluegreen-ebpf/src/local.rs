@@ -10,12 +10,12 @@ use aya_ebpf::{
 };
 use bluegreen_common::{
     FAMILY_IPV4, FlowKey, IPPROTO_TCP, IPPROTO_UDP, LocalSettings, LocalSocket, LocalSocketKey,
-    ServiceKey, flow_hash, local_client_port, new_flow_color, traffic_index,
+    ServiceKey, TrafficCounters, flow_hash, local_client_port, new_flow_color, traffic_index,
 };
 
 use crate::maps::{
-    BG_BACKEND_TRAFFIC, BG_LOCAL, BG_LOCAL_SOCKS, BG_SERVICES, BG_TRAFFIC, in_preview,
-    pool_backend, port_has_service, vip_may_match,
+    BG_LOCAL, BG_LOCAL_SOCKS, BG_SERVICES, count_traffic, in_preview, pool_backend,
+    port_has_service, vip_may_match,
 };
 
 /// Why a hook left an address alone: the socket is not one bluegreen
@@ -138,16 +138,16 @@ pub fn try_redirect(ctx: &SockAddrContext, family: u8) -> Result<(), NotOurs> {
     if known {
         return Ok(());
     }
-    // A new flow of its color and of its backend, as the pool's counters
-    // add up to the color's.
-    if let Some(counters) = BG_TRAFFIC.get_ptr_mut(traffic_index(service.counter_slot, color)) {
-        // SAFETY: per-CPU slot, so no other writer races this increment.
-        unsafe { (*counters).new_flows += 1 };
-    }
-    if let Some(counters) = BG_BACKEND_TRAFFIC.get_ptr_mut(member.counter_slot) {
-        // SAFETY: as above.
-        unsafe { (*counters).new_flows += 1 };
-    }
+    // A new flow of its color and of its backend; its packets go straight
+    // to the backend and are counted nowhere.
+    count_traffic(
+        traffic_index(service.counter_slot, color),
+        member.counter_slot,
+        TrafficCounters {
+            new_flows: 1,
+            ..TrafficCounters::default()
+        },
+    );
     Ok(())
 }
 

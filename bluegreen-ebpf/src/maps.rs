@@ -124,6 +124,28 @@ pub fn in_preview(counter_slot: u32, family: u8, client: &[u8; 16]) -> bool {
     BG_PREVIEW.get(key).is_some()
 }
 
+/// Adds `traffic` to a color's counters (at `color_index`, see
+/// `traffic_index`) and to its backend's (at `backend_slot`): every packet
+/// and new flow counts for both, so a pool's backends add up to the color.
+#[inline(always)]
+pub fn count_traffic(color_index: u32, backend_slot: u32, traffic: TrafficCounters) {
+    add_traffic(BG_TRAFFIC.get_ptr_mut(color_index), traffic);
+    add_traffic(BG_BACKEND_TRAFFIC.get_ptr_mut(backend_slot), traffic);
+}
+
+#[inline(always)]
+fn add_traffic(counters: Option<*mut TrafficCounters>, traffic: TrafficCounters) {
+    if let Some(counters) = counters {
+        // SAFETY: a per-CPU map value, so no other writer races these
+        // increments.
+        unsafe {
+            (*counters).packets += traffic.packets;
+            (*counters).bytes += traffic.bytes;
+            (*counters).new_flows += traffic.new_flows;
+        }
+    }
+}
+
 #[inline(always)]
 pub fn count_passed(reason: PassReason) {
     if let Some(counter) = BG_PASSED.get_ptr_mut(reason as u32) {
