@@ -12,8 +12,10 @@ use crate::cmd;
 /// tests, demo and benchmarks drive, dpkg-dev for cargo-deb (it runs
 /// dpkg-shlibdeps for `$auto` dependencies, and strip), prometheus for
 /// the `promtool` that checks the shipped alert rules, etcd (server and
-/// etcdctl) for the fleet's tests and benchmark, and protoc, which the
-/// etcd-client crate's build script needs.
+/// etcdctl) for the fleet's tests and benchmark, and protoc with the
+/// well-known types it imports (libprotobuf-dev: apt installs it only as a
+/// recommendation, which setup skips), which the etcd-client crate's build
+/// script needs.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "iproute2",
@@ -28,6 +30,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "etcd-server",
     "etcd-client",
     "protobuf-compiler",
+    "libprotobuf-dev",
 ];
 
 /// bpf-linker must link against the same LLVM major as `llvm-22-dev`.
