@@ -10,7 +10,7 @@ use bluegreen_common::{Endpoint, IPPROTO_UDP, PassReason};
 use crate::{
     maps::{BG_BACKEND_VIPS, BG_FLOWS, settings},
     packet,
-    parse::{Direction, PacketBytes, parse_any, plain_ipv4},
+    parse::{AnyFrame, Direction, PacketBytes, Parsed, plain_ipv4},
 };
 
 struct SkbPacket<'a>(&'a TcContext);
@@ -29,14 +29,16 @@ impl PacketBytes for SkbPacket<'_> {
 }
 
 pub fn try_egress(ctx: &TcContext) -> Result<(), PassReason> {
-    let packet = SkbPacket(ctx);
-    let (headers, reply_key) = match plain_ipv4(ctx) {
-        Some(plain) => (plain.headers, plain.flow_key(Direction::ToClient)),
-        None => {
-            let headers = parse_any(&packet)?;
-            (headers, headers.flow_key(&packet, Direction::ToClient)?)
-        }
-    };
+    match plain_ipv4(ctx) {
+        Some(plain) => restore_vip(ctx, &plain),
+        None => restore_vip(ctx, &AnyFrame::parse(&SkbPacket(ctx))?),
+    }
+}
+
+#[inline(always)]
+fn restore_vip(ctx: &TcContext, frame: &impl Parsed) -> Result<(), PassReason> {
+    let headers = frame.headers();
+    let reply_key = frame.flow_key(Direction::ToClient)?;
     let (backend, backend_port) = (reply_key.server, reply_key.server_port);
     // SAFETY: the map is not preallocated, so the element stays intact for
     // the rest of this RCU section. Not copied: LLVM would copy it byte by

@@ -16,7 +16,7 @@ use crate::{
         port_has_service, settings, vip_may_match,
     },
     packet,
-    parse::{Direction, Headers, PacketBytes, parse_any, plain_ipv4},
+    parse::{AnyFrame, Direction, Headers, PacketBytes, Parsed, plain_ipv4},
 };
 
 struct XdpPacket<'a>(&'a XdpContext);
@@ -37,31 +37,26 @@ impl PacketBytes for XdpPacket<'_> {
 
 pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
     let packet = XdpPacket(ctx);
-    let plain = plain_ipv4(ctx);
-    let (headers, vip_port) = match &plain {
-        Some(plain) => (plain.headers, plain.destination_port),
-        None => {
-            let headers = parse_any(&packet)?;
-            let vip_port: [u8; 2] = packet.read(headers.l4 + 2)?;
-            (headers, u16::from_be_bytes(vip_port))
-        }
-    };
+    match plain_ipv4(ctx) {
+        Some(plain) => steer(&packet, &plain),
+        None => steer(&packet, &AnyFrame::parse(&packet)?),
+    }
+}
+
+#[inline(always)]
+fn steer(packet: &XdpPacket, frame: &impl Parsed) -> Result<(), PassReason> {
+    let ctx = packet.0;
+    let headers = frame.headers();
+    let vip_port = frame.destination_port()?;
     if !port_has_service(vip_port) {
         return Err(PassReason::NotService);
     }
     // The destination alone before the whole key: most packets to a
     // service port but another address leave here.
-    let vip = match &plain {
-        Some(plain) => plain.destination(),
-        None => headers.read_addr(&packet, headers.dst_addr_offset())?,
-    };
-    if !vip_may_match(&vip, vip_port.to_be_bytes()) {
+    if !vip_may_match(&frame.destination()?, vip_port.to_be_bytes()) {
         return Err(PassReason::NotService);
     }
-    let flow_key = match &plain {
-        Some(plain) => plain.flow_key(Direction::ToServer),
-        None => headers.flow_key(&packet, Direction::ToServer)?,
-    };
+    let flow_key = frame.flow_key(Direction::ToServer)?;
     let tcp_flags: u8 = if headers.proto == IPPROTO_TCP {
         packet.read(headers.l4 + 13)?
     } else {
@@ -82,7 +77,7 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
     if let Some(entry) = &mut known
         && current_generation(entry.counter_slot) == Some(entry.generation)
     {
-        return forward(&packet, &headers, &flow_key, entry, now, closing);
+        return forward(packet, &headers, &flow_key, entry, now, closing);
     }
 
     // SAFETY: the services map is not preallocated, so the element stays
@@ -97,7 +92,7 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
         // The generations mirror runs ahead of the services map while a
         // forced switch is written (it goes first): the flow stays put.
         Some(entry) if entry.generation == service.generation => {
-            return forward(&packet, &headers, &flow_key, entry, now, closing);
+            return forward(packet, &headers, &flow_key, entry, now, closing);
         }
         // A forced switch since the flow started: it moves where the force
         // sent it, even if a graceful switch has changed the active color
@@ -121,8 +116,8 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<(), PassReason> {
         backend_counter_slot: backend.counter_slot,
     };
     record_flow(ctx, &flow_key, &entry)?;
-    rewrite_destination(&packet, &headers, &flow_key, &entry.backend)?;
-    count(&packet, &entry, new_flow);
+    rewrite_destination(packet, &headers, &flow_key, &entry.backend)?;
+    count(packet, &entry, new_flow);
     Ok(())
 }
 

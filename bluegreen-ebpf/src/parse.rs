@@ -112,6 +112,59 @@ impl Headers {
     }
 }
 
+/// A TCP or UDP packet whose headers were found, and the fields both
+/// programs read from it: [`PlainIpv4`] has them at fixed offsets,
+/// [`AnyFrame`] wherever [`parse_any`] found them. The programs are
+/// generic over it, so that each kind gets its own copy of their paths,
+/// with the plain one's offsets and family known at compile time.
+pub trait Parsed {
+    fn headers(&self) -> Headers;
+    fn destination_port(&self) -> Result<u16, PassReason>;
+    /// The destination address in the map layout (see
+    /// `Headers::read_addr`).
+    fn destination(&self) -> Result<[u8; 16], PassReason>;
+    fn flow_key(&self, direction: Direction) -> Result<FlowKey, PassReason>;
+}
+
+/// Any frame [`parse_any`] accepts, read through its packet.
+pub struct AnyFrame<'a, P> {
+    headers: Headers,
+    packet: &'a P,
+}
+
+impl<'a, P: PacketBytes> AnyFrame<'a, P> {
+    #[inline(always)]
+    pub fn parse(packet: &'a P) -> Result<Self, PassReason> {
+        Ok(Self {
+            headers: parse_any(packet)?,
+            packet,
+        })
+    }
+}
+
+impl<P: PacketBytes> Parsed for AnyFrame<'_, P> {
+    #[inline(always)]
+    fn headers(&self) -> Headers {
+        self.headers
+    }
+
+    #[inline(always)]
+    fn destination_port(&self) -> Result<u16, PassReason> {
+        read_be16(self.packet, self.headers.l4 + 2)
+    }
+
+    #[inline(always)]
+    fn destination(&self) -> Result<[u8; 16], PassReason> {
+        self.headers
+            .read_addr(self.packet, self.headers.dst_addr_offset())
+    }
+
+    #[inline(always)]
+    fn flow_key(&self, direction: Direction) -> Result<FlowKey, PassReason> {
+        self.headers.flow_key(self.packet, direction)
+    }
+}
+
 #[inline(always)]
 fn read_be16<P: PacketBytes>(packet: &P, offset: usize) -> Result<u16, PassReason> {
     let bytes: [u8; 2] = packet.read(offset)?;
@@ -121,8 +174,8 @@ fn read_be16<P: PacketBytes>(packet: &P, offset: usize) -> Result<u16, PassReaso
 /// A packet [`plain_ipv4`] recognised: its headers sit at fixed offsets,
 /// so the fields the hot paths need are read as whole 16-bit words.
 pub struct PlainIpv4 {
-    pub headers: Headers,
-    pub destination_port: u16,
+    headers: Headers,
+    destination_port: u16,
     /// The first 54 bytes of the frame, checked to be there.
     words: *const [u16; PLAIN_WORDS],
 }
@@ -148,12 +201,25 @@ impl PlainIpv4 {
     fn address(&self, index: usize) -> u64 {
         u64::from(self.word(index)) | u64::from(self.word(index + 1)) << 16
     }
+}
 
-    /// The destination address in the map layout (see `Headers::read_addr`).
+impl Parsed for PlainIpv4 {
     #[inline(always)]
-    pub fn destination(&self) -> [u8; 16] {
+    fn headers(&self) -> Headers {
+        self.headers
+    }
+
+    #[inline(always)]
+    fn destination_port(&self) -> Result<u16, PassReason> {
+        Ok(self.destination_port)
+    }
+
+    #[inline(always)]
+    fn destination(&self) -> Result<[u8; 16], PassReason> {
         // SAFETY: two u64s are sixteen initialised bytes.
-        unsafe { core::mem::transmute([self.address(DESTINATION_ADDRESS), 0u64]) }
+        Ok(unsafe {
+            core::mem::transmute::<[u64; 2], [u8; 16]>([self.address(DESTINATION_ADDRESS), 0u64])
+        })
     }
 
     /// What [`Headers::flow_key`] would read, put together from whole
@@ -161,7 +227,7 @@ impl PlainIpv4 {
     /// byte to the stack (about 250 instructions more on every packet to a
     /// service, in BENCHMARKS.md's second performance pass).
     #[inline(always)]
-    pub fn flow_key(&self, direction: Direction) -> FlowKey {
+    fn flow_key(&self, direction: Direction) -> Result<FlowKey, PassReason> {
         let (source, destination) = (
             self.address(SOURCE_ADDRESS),
             self.address(DESTINATION_ADDRESS),
@@ -181,7 +247,7 @@ impl PlainIpv4 {
         // SAFETY: `FlowKey` is 40 bytes of byte arrays and bytes, aligned
         // to 8, without padding: any five u64s are a valid one. Little
         // endian (asserted below), so each u64's low bytes come first.
-        unsafe { core::mem::transmute::<[u64; 5], FlowKey>([client, 0, server, 0, tail]) }
+        Ok(unsafe { core::mem::transmute::<[u64; 5], FlowKey>([client, 0, server, 0, tail]) })
     }
 }
 
@@ -235,7 +301,7 @@ pub fn plain_ipv4(ctx: &impl LinearData) -> Option<PlainIpv4> {
 /// a complete minimal TCP or UDP header: any frame, where [`plain_ipv4`]
 /// takes only the common one.
 #[inline(always)]
-pub fn parse_any<P: PacketBytes>(packet: &P) -> Result<Headers, PassReason> {
+fn parse_any<P: PacketBytes>(packet: &P) -> Result<Headers, PassReason> {
     let mut ethertype = read_be16(packet, 12)?;
     let mut l3 = 14;
     if ethertype == ETH_P_8021Q {
