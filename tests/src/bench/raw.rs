@@ -31,6 +31,7 @@ const R4: u8 = 4;
 const R5: u8 = 5;
 const R6: u8 = 6;
 const R7: u8 = 7;
+const R8: u8 = 8;
 const R10: u8 = 10;
 const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_FUNC_MAP_UPDATE_ELEM: i32 = 2;
@@ -55,14 +56,15 @@ fn stack_pointer(dst: u8, offset: i16) -> [u64; 2] {
     ]
 }
 
-/// `dst = *(size *)(src + offset)` (BPF_LDX | BPF_MEM), `size` 0x00 (32
-/// bits), 0x08 (16) or 0x18 (64).
+/// `dst = *(size *)(src + offset)` (BPF_LDX | BPF_MEM), `size` one of
+/// the constants below.
 fn load(size: u8, dst: u8, src: u8, offset: i16) -> u64 {
     instruction(0x61 | size, dst, src, offset, 0)
 }
 
 const WORD: u8 = 0x00;
 const HALF: u8 = 0x08;
+const BYTE: u8 = 0x10;
 
 /// `dst = map` (BPF_LD | BPF_IMM | BPF_DW with BPF_PSEUDO_MAP_FD).
 fn load_map(dst: u8, map: BorrowedFd) -> [u64; 2] {
@@ -119,6 +121,64 @@ fn test_word(map: BorrowedFd, register: u8, offset: i16) -> Vec<u64> {
     program
 }
 
+/// A jump that leaves the program (BPF_JMP `code` of `register` against
+/// `value`): its offset is filled in by [`leave_with`].
+fn leave_if(code: u8, register: u8, value: i32) -> u64 {
+    instruction(code, register, 0, LEAVE, value)
+}
+
+/// The offset [`leave_if`] marks its jumps with; no real jump here goes
+/// that far back.
+const LEAVE: i16 = i16::MIN;
+
+/// `program`, then `return verdict`, with every [`leave_if`] jump aimed at
+/// that return.
+fn leave_with(mut program: Vec<u64>, verdict: i32) -> Vec<u64> {
+    let end = program.len();
+    for (at, instruction) in program.iter_mut().enumerate() {
+        if (*instruction >> 16) as u16 == LEAVE as u16 {
+            let offset = (end - at - 1) as u16;
+            *instruction = *instruction & !(0xffff << 16) | u64::from(offset) << 16;
+        }
+    }
+    program.extend(exit_with(verdict));
+    program
+}
+
+/// The checks an XDP program must make before it may read an IPv4 TCP or
+/// UDP frame's ports at fixed offsets: 54 bytes there, IPv4 without
+/// options, not a fragment, TCP or UDP; any other frame leaves. After
+/// them, r6 points at the frame and r8 holds its protocol.
+fn plain_ipv4_checks() -> Vec<u64> {
+    // struct xdp_md: data at 0, data_end at 4.
+    vec![
+        load(WORD, R6, R1, 0),
+        load(WORD, R7, R1, 4),
+        mov_reg(R3, R6),
+        instruction(0x07, R3, 0, 0, 54),
+        // if r3 > r7 (BPF_JMP | BPF_JGT | BPF_X).
+        instruction(0x2d, R3, R7, LEAVE, 0),
+        load(HALF, R3, R6, 12),
+        // The ethertype as loaded, little-endian: 0x0800 in network order.
+        leave_if(0x55, R3, 0x0008),
+        load(BYTE, R3, R6, 14),
+        leave_if(0x55, R3, 0x45),
+        load(HALF, R3, R6, 20),
+        // The fragment offset and "more fragments", as loaded.
+        instruction(0x57, R3, 0, 0, 0xff3f),
+        leave_if(0x55, R3, 0),
+        load(BYTE, R8, R6, 23),
+        // TCP goes on; then anything but UDP leaves (BPF_JEQ, BPF_JNE).
+        instruction(0x15, R8, 0, 1, 6),
+        leave_if(0x55, R8, 17),
+    ]
+}
+
+/// `*(size *)(dst + offset) = src` (BPF_STX | BPF_MEM).
+fn store(size: u8, dst: u8, offset: i16, src: u8) -> u64 {
+    instruction(0x63 | size, dst, src, offset, 0)
+}
+
 /// A loaded program, unloaded when dropped.
 pub struct RawProgram {
     fd: OwnedFd,
@@ -142,42 +202,64 @@ impl RawProgram {
     }
 
     /// XDP, on an untagged IPv4 frame: what a packet for no service cannot
-    /// avoid in a design with many services: reading its destination port
-    /// and testing that port's bit in `ports` (bluegreen's port bitmap);
-    /// with `addresses`, also reading its destination address and testing
-    /// a bit it selects there (no hash: a floor, not a filter).
+    /// avoid in a design with many services: the frame checks (see
+    /// [`plain_ipv4_checks`]), reading its destination port and testing
+    /// that port's bit in `ports` (bluegreen's port bitmap); with
+    /// `addresses`, also reading its destination address and testing a bit
+    /// it selects there (no hash: a floor, not a filter).
     pub fn prefilter_floor(ports: BorrowedFd, addresses: Option<BorrowedFd>) -> RawProgram {
-        // struct xdp_md: data at 0, data_end at 4.
-        let mut program = vec![
-            load(WORD, R2, R1, 4),
-            load(WORD, R1, R1, 0),
-            mov_reg(R3, R1),
-            instruction(0x07, R3, 0, 0, 38),
-        ];
-        let bounds_check = program.len();
-        // if r3 > r2 goto exit (BPF_JMP | BPF_JGT | BPF_X); patched below.
-        program.push(instruction(0x2d, R3, R2, 0, 0));
+        let mut program = plain_ipv4_checks();
         program.extend([
-            load(HALF, R6, R1, 36),
-            load(WORD, R7, R1, 30),
-            // r6 = be16 r6 (BPF_ALU | BPF_END | BPF_TO_BE), then r6 >>= 5.
-            instruction(0xdc, R6, 0, 0, 16),
-            instruction(0x77, R6, 0, 0, 5),
+            load(HALF, R7, R6, 36),
+            load(WORD, R8, R6, 30),
+            // r7 = be16 r7 (BPF_ALU | BPF_END | BPF_TO_BE), then r7 >>= 5.
+            instruction(0xdc, R7, 0, 0, 16),
+            instruction(0x77, R7, 0, 0, 5),
         ]);
-        program.extend(test_word(ports, R6, -4));
+        program.extend(test_word(ports, R7, -4));
         if let Some(addresses) = addresses {
             let mask = VIP_FILTER_WORDS as i32 - 1;
-            program.push(instruction(0x57, R7, 0, 0, mask));
-            program.extend(test_word(addresses, R7, -8));
+            program.push(instruction(0x57, R8, 0, 0, mask));
+            program.extend(test_word(addresses, R8, -8));
         }
-        let skip = program.len() - bounds_check - 1;
-        program[bounds_check] = instruction(0x2d, R3, R2, skip as i16, 0);
-        program.extend(exit_with(XDP_PASS));
         let name = match addresses {
             Some(_) => "bench_floor_vip",
             None => "bench_floor_port",
         };
-        Self::load(BPF_PROG_TYPE_XDP, &program, name)
+        Self::load(BPF_PROG_TYPE_XDP, &leave_with(program, XDP_PASS), name)
+    }
+
+    /// XDP: a whole established-flow path as an IPv4-only design could do
+    /// it at the least: the frame checks (see [`plain_ipv4_checks`]), its
+    /// 16-byte flow key (client and server address and port, protocol)
+    /// copied from the frame, the lookup in `flows`, and the backend's
+    /// address and port, read at `backend` and `backend + 16` in the value,
+    /// written over the destination's. No checksum arithmetic: the floor
+    /// leaves out what it can, so a path above it is above it for certain.
+    pub fn established_path_floor(flows: BorrowedFd, backend: i16) -> RawProgram {
+        let mut program = plain_ipv4_checks();
+        // The frame's addresses and ports (bytes 26 to 38) are the key's
+        // first twelve bytes, in its order; the protocol, then zeros, its
+        // last four.
+        for (at, from) in [(-16, 26), (-12, 30), (-8, 34)] {
+            program.extend([load(WORD, R3, R6, from), store(WORD, R10, at, R3)]);
+        }
+        program.push(store(WORD, R10, -4, R8));
+        program.extend(load_map(R1, flows));
+        program.extend(stack_pointer(R2, -16));
+        program.push(call(BPF_FUNC_MAP_LOOKUP_ELEM));
+        program.push(leave_if(0x15, 0, 0));
+        program.extend([
+            load(WORD, R3, 0, backend),
+            store(WORD, R6, 30, R3),
+            load(HALF, R3, 0, backend + 16),
+            store(HALF, R6, 36, R3),
+        ]);
+        Self::load(
+            BPF_PROG_TYPE_XDP,
+            &leave_with(program, XDP_PASS),
+            "bench_floor_path",
+        )
     }
 
     /// XDP: one lookup of `key` in `map`, what a packet of an established
@@ -256,6 +338,20 @@ impl RawProgram {
     /// pinned PATH` can attach it.
     pub fn pin(&self, path: &Path) -> io::Result<()> {
         object_pin(self.fd.as_fd(), path)
+    }
+
+    /// Runs the program once on `frame`: the frame as it leaves.
+    pub fn run_once(&self, frame: &[u8]) -> Vec<u8> {
+        let mut output = vec![0; frame.len()];
+        let outcome = test_run(self.fd.as_fd(), frame, Some(&mut output), 1)
+            .unwrap_or_else(|error| panic!("BPF_PROG_TEST_RUN of {}: {error}", self.name));
+        assert_eq!(
+            outcome.return_value, self.expected_return,
+            "{} returned something else",
+            self.name
+        );
+        output.truncate(outcome.output_len);
+        output
     }
 
     /// Runs the program `repeat` times on `frame`; the kernel's average.

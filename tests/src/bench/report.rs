@@ -245,12 +245,16 @@ fn kernel_table(report: &KernelReport) -> String {
          Ratios are medians of each run's ratio to the no-op run just before it. \
          \"floor\": the same ratio for a hand-assembled program that makes only the packet \
          reads and the map and helper calls the path cannot avoid, on the same maps, in the \
-         same rounds (other port: read the port, test its bit in the port bitmap; other \
-         address: also read the address and test a bit of the address filter; established: \
-         the flow lookup; new flow: the service lookup and the flow write; TC: the two lookups that find the flow \
-         and the two transport checksum helpers). \"16-byte key\": the established and new-flow \
-         floors again on an LRU table of the same size and fill keyed by an IPv4-only flow \
-         key (16 bytes; bluegreen's, for both families, has 40).\n",
+         same rounds (other port: the frame checks a port read needs (length, IPv4 without \
+         options, not a fragment, TCP or UDP), read the port, test its bit in the port bitmap; \
+         other address: also read the address and test a bit of the address filter; \
+         established: the flow lookup; new flow: the service lookup and the flow write; TC: \
+         the two lookups that find the flow and the two transport checksum helpers). \
+         \"16-byte key\", on an LRU table of the same size and fill keyed by an IPv4-only \
+         flow key (16 bytes; bluegreen's, for both families, has 40): for a new flow, its \
+         floor again; for an established flow, its whole path at the least (the frame checks, \
+         the key read from the frame, the lookup, the backend's address and port written; no \
+         checksum arithmetic).\n",
         report.repeat,
         report.rounds,
         report.frame_bytes,
@@ -377,7 +381,8 @@ fn kernel_targets(report: &KernelReport) -> Vec<Target> {
             "x",
         ));
         // Whether the target is reachable at all on this machine, with
-        // bluegreen's flow key and with the shortest IPv4 one.
+        // bluegreen's flow key and with the shortest IPv4 one (for an
+        // established flow, the whole path with it).
         let floors: [(&str, FloorOf); 2] = [
             ("its floor's ratio", |c| Some(c.floor_ratio)),
             ("its floor's ratio with a 16-byte key", |c| {
