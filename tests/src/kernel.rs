@@ -9,7 +9,7 @@ use std::{
     collections::BTreeMap,
     fs,
     net::{IpAddr, SocketAddr},
-    os::fd::AsFd,
+    os::fd::{AsFd, BorrowedFd},
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
@@ -389,6 +389,12 @@ impl TestDataplane {
     pub fn pinned_map(&self, name: &str) -> MapData {
         MapData::from_pin(self.pins.map(name))
             .unwrap_or_else(|error| panic!("cannot open the pinned {name}: {error}"))
+    }
+
+    /// The egress program's descriptor if `tc`, else the ingress one's.
+    pub fn program_fd(&self, tc: bool) -> BorrowedFd<'_> {
+        let fd = if tc { self.tc().fd() } else { self.xdp().fd() };
+        fd.expect("a loaded program has a descriptor").as_fd()
     }
 
     fn tc(&self) -> &SchedClassifier {

@@ -1,8 +1,8 @@
 //! Raw `bpf()` calls the test bed needs and aya does not offer: loading a
 //! hand-assembled program (the benchmarks' no-op baselines, so that nothing
 //! of bluegreen nor of aya's loader is in them), running one with
-//! `BPF_PROG_TEST_RUN`, pinning it, creating a plain map, and batch map
-//! operations.
+//! `BPF_PROG_TEST_RUN`, pinning it, creating a plain map, batch map
+//! operations, and the kernel's run-time statistics of a program.
 
 use std::{
     ffi::CString,
@@ -16,7 +16,9 @@ pub const BPF_MAP_CREATE: libc::c_long = 0;
 pub const BPF_PROG_LOAD: libc::c_long = 5;
 pub const BPF_OBJ_PIN: libc::c_long = 6;
 pub const BPF_PROG_TEST_RUN: libc::c_long = 10;
+pub const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 pub const BPF_PROG_QUERY: libc::c_long = 16;
+pub const BPF_ENABLE_STATS: libc::c_long = 32;
 
 pub const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 
@@ -188,4 +190,61 @@ pub fn object_pin(object: BorrowedFd, path: &Path) -> io::Result<()> {
         ..Default::default()
     };
     bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// `union bpf_attr`, the `BPF_ENABLE_STATS` member.
+#[repr(C)]
+struct EnableStatsAttr {
+    stats_type: u32,
+}
+
+const BPF_STATS_RUN_TIME: u32 = 0;
+
+/// Turns on the kernel's run-time statistics of every BPF program (time
+/// spent inside it and runs, see [`run_time`]) for as long as the returned
+/// descriptor is open: closing it, or the process ending, turns them off
+/// again. While on, every run also pays for reading the clock twice.
+pub fn enable_run_time_stats() -> io::Result<OwnedFd> {
+    let mut attr = EnableStatsAttr {
+        stats_type: BPF_STATS_RUN_TIME,
+    };
+    let fd = bpf(BPF_ENABLE_STATS, &mut attr)?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `union bpf_attr`, the `BPF_OBJ_GET_INFO_BY_FD` member.
+#[repr(C)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// `struct bpf_prog_info` up to `run_cnt`, as 8-byte words: `run_time_ns`
+/// is at byte 192 and `run_cnt` at 200 (include/uapi/linux/bpf.h).
+const PROG_INFO_WORDS: usize = 26;
+const RUN_TIME_NS_WORD: usize = 192 / 8;
+const RUN_CNT_WORD: usize = 200 / 8;
+
+/// A program's run-time statistics: nanoseconds spent inside it, and runs,
+/// counted while [`enable_run_time_stats`] was on.
+#[derive(Clone, Copy, Debug)]
+pub struct RunTime {
+    pub ns: u64,
+    pub runs: u64,
+}
+
+pub fn run_time(program: BorrowedFd) -> io::Result<RunTime> {
+    let mut info = [0u64; PROG_INFO_WORDS];
+    let mut attr = InfoAttr {
+        bpf_fd: program.as_raw_fd() as u32,
+        info_len: size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(RunTime {
+        ns: info[RUN_TIME_NS_WORD],
+        runs: info[RUN_CNT_WORD],
+    })
 }

@@ -26,7 +26,7 @@ use crate::{
     kernel::{TC_ACT_OK, TestDataplane, TestService, batch, endpoint, flow_key, now, service_key},
     netns::addr,
     packet::{Frame, PROTO_TCP, TCP_ACK, TCP_SYN},
-    sys::{BPF_MAP_TYPE_LRU_HASH, create_map},
+    sys::{BPF_MAP_TYPE_LRU_HASH, create_map, enable_run_time_stats, run_time},
 };
 
 pub struct KernelPlan {
@@ -112,6 +112,11 @@ pub struct CaseFigures {
     /// path whole at the least.
     pub ipv4_key_floor_ns: Option<f64>,
     pub ipv4_key_floor_ratio: Option<f64>,
+    /// Inside the program, over the no-op (see `measure`): the path, its
+    /// floor, and its floor on the IPv4-key table.
+    pub over_noop_ns: f64,
+    pub floor_over_noop_ns: f64,
+    pub ipv4_key_floor_over_noop_ns: Option<f64>,
     /// Every subject run, for the record.
     pub samples_ns: Vec<f64>,
 }
@@ -320,41 +325,49 @@ impl Bench {
     }
 
     /// One run of the no-op program of `case`'s type.
-    fn baseline(&self, case: Case, frame: &[u8]) -> f64 {
+    fn baseline(&self, case: Case, frame: &[u8], meter: Meter) -> f64 {
         let noop = if case.is_tc() {
             &self.noop_tc
         } else {
             &self.noop_xdp
         };
-        nanos(noop.bench(frame, self.repeat))
+        self.run_raw(noop, frame, meter)
     }
 
     /// One run of `case`'s floor program.
-    fn floor(&self, case: Case, frame: &[u8]) -> f64 {
+    fn floor(&self, case: Case, frame: &[u8], meter: Meter) -> f64 {
         let index = Case::ALL.iter().position(|c| *c == case).expect("listed");
-        nanos(self.floors[index].bench(frame, self.repeat))
+        self.run_raw(&self.floors[index], frame, meter)
     }
 
     /// One run of `case`'s floor on the IPv4-key table, if it has one.
-    fn ipv4_key_floor(&self, case: Case, frame: &[u8]) -> Option<f64> {
+    fn ipv4_key_floor(&self, case: Case, frame: &[u8], meter: Meter) -> Option<f64> {
         let program = self.ipv4_keys.floor(case)?;
-        Some(nanos(program.bench(frame, self.repeat)))
+        Some(self.run_raw(program, frame, meter))
+    }
+
+    fn run_raw(&self, program: &RawProgram, frame: &[u8], meter: Meter) -> f64 {
+        meter.time(program.fd(), self.repeat, || {
+            nanos(program.bench(frame, self.repeat))
+        })
     }
 
     /// One subject run of `case`, checked to have taken its path.
-    fn subject(&mut self, case: Case, frame: &[u8]) -> f64 {
+    fn subject(&mut self, case: Case, frame: &[u8], meter: Meter) -> f64 {
         match case {
             Case::Established => self.ensure_established(),
             Case::Reply => self.refresh_mirror(),
             _ => {}
         }
         let (traffic, not_service) = (self.traffic(), self.not_service());
-        let repeat = self.repeat;
-        let time = if case.is_tc() {
-            self.dataplane.bench_tc(frame, repeat)
-        } else {
-            self.dataplane.bench_xdp(frame, repeat)
-        };
+        let (repeat, dataplane) = (self.repeat, &self.dataplane);
+        let time = meter.time(dataplane.program_fd(case.is_tc()), repeat, || {
+            nanos(if case.is_tc() {
+                dataplane.bench_tc(frame, repeat)
+            } else {
+                dataplane.bench_xdp(frame, repeat)
+            })
+        });
         let traffic_after = self.traffic();
         let packets = traffic_after.packets - traffic.packets;
         let new_flows = traffic_after.new_flows - traffic.new_flows;
@@ -375,7 +388,7 @@ impl Bench {
         if case.is_tc() {
             self.verify_mirror(frame);
         }
-        nanos(time)
+        time
     }
 
     fn not_service(&self) -> u64 {
@@ -625,47 +638,71 @@ fn progress(configuration: &Configuration) -> String {
     )
 }
 
+/// How a run is timed.
+#[derive(Clone, Copy)]
+enum Meter {
+    /// `BPF_PROG_TEST_RUN`'s own timer: the whole run, in whole ns.
+    KernelTimer,
+    /// The kernel's run-time statistics: the time inside the program
+    /// alone, to a fraction of a ns. They must be on (see
+    /// `sys::enable_run_time_stats`).
+    InsideProgram,
+}
+
+impl Meter {
+    /// The time per run of `run`, `repeat` runs of `program` that return
+    /// the kernel timer's figure.
+    fn time(self, program: BorrowedFd, repeat: u32, run: impl FnOnce() -> f64) -> f64 {
+        match self {
+            Meter::KernelTimer => run(),
+            Meter::InsideProgram => {
+                let read = || {
+                    run_time(program)
+                        .unwrap_or_else(|error| panic!("BPF_OBJ_GET_INFO_BY_FD: {error}"))
+                };
+                let before = read();
+                run();
+                let after = read();
+                assert_eq!(
+                    after.runs - before.runs,
+                    u64::from(repeat),
+                    "the run-time statistics counted another number of runs"
+                );
+                (after.ns - before.ns) as f64 / f64::from(repeat)
+            }
+        }
+    }
+}
+
 /// Rounds of every case, each subject (and floor) run right after a run of
 /// the no-op program of its type. Ratios are taken within each such pair,
 /// then the median over the rounds: this machine drifts between slow and
 /// fast phases that last longer than a pair but shorter than a round, so a
 /// subject is compared with the baseline of its own phase.
+///
+/// Then the same rounds again, timed inside the programs: what each costs
+/// over the no-op, to a fraction of a ns (the kernel timer's whole ns is a
+/// sixth of a no-op on a machine where that costs 6 ns). The two are kept
+/// apart because the statistics' clock reads add to every run the kernel
+/// timer sees.
 fn measure(
     bench: &mut Bench,
     frames: &[(Case, Vec<u8>)],
     rounds: usize,
 ) -> Result<Vec<CaseFigures>, Interrupted> {
-    let mut runs: Vec<CaseRuns> = frames.iter().map(|_| CaseRuns::default()).collect();
-    let (mut xdp_baselines, mut tc_baselines) = (Vec::new(), Vec::new());
-    for round in 0..rounds * CHEAP_CASE_ROUNDS {
-        check()?;
-        for ((case, frame), runs) in frames.iter().zip(runs.iter_mut()) {
-            if round >= rounds * case.round_weight() {
-                continue;
-            }
-            let baseline = bench.baseline(*case, frame);
-            if case.is_tc() {
-                tc_baselines.push(baseline);
-            } else {
-                xdp_baselines.push(baseline);
-            }
-            runs.subject.push((bench.subject(*case, frame), baseline));
-            let floor = bench.floor(*case, frame);
-            runs.floor.push((floor, bench.baseline(*case, frame)));
-            if let Some(floor) = bench.ipv4_key_floor(*case, frame) {
-                runs.ipv4_key_floor
-                    .push((floor, bench.baseline(*case, frame)));
-            }
-        }
-    }
-    let (xdp, tc) = (median(&xdp_baselines), median(&tc_baselines));
+    let (timed, xdp, tc) = paired_runs(bench, frames, rounds, Meter::KernelTimer)?;
+    let inside = {
+        let _stats = enable_run_time_stats()
+            .unwrap_or_else(|error| panic!("BPF_ENABLE_STATS (run time): {error}"));
+        paired_runs(bench, frames, rounds, Meter::InsideProgram)?.0
+    };
     Ok(frames
         .iter()
-        .zip(runs)
-        .map(|((case, _), runs)| {
-            let (ns, ratio) = figures(&runs.subject).expect("every round runs the subject");
-            let (floor_ns, floor_ratio) = figures(&runs.floor).expect("every case has a floor");
-            let ipv4_key_floor = figures(&runs.ipv4_key_floor);
+        .zip(timed.into_iter().zip(inside))
+        .map(|((case, _), (timed, inside))| {
+            let (ns, ratio) = figures(&timed.subject).expect("every round runs the subject");
+            let (floor_ns, floor_ratio) = figures(&timed.floor).expect("every case has a floor");
+            let ipv4_key_floor = figures(&timed.ipv4_key_floor);
             CaseFigures {
                 case: *case,
                 ns,
@@ -675,10 +712,49 @@ fn measure(
                 floor_ratio,
                 ipv4_key_floor_ns: ipv4_key_floor.map(|(ns, _)| ns),
                 ipv4_key_floor_ratio: ipv4_key_floor.map(|(_, ratio)| ratio),
-                samples_ns: runs.subject.iter().map(|(ns, _)| *ns).collect(),
+                over_noop_ns: over_noop(&inside.subject).expect("every round runs the subject"),
+                floor_over_noop_ns: over_noop(&inside.floor).expect("every case has a floor"),
+                ipv4_key_floor_over_noop_ns: over_noop(&inside.ipv4_key_floor),
+                samples_ns: timed.subject.iter().map(|(ns, _)| *ns).collect(),
             }
         })
         .collect())
+}
+
+/// Every case's runs, each paired with the no-op run just before it, and
+/// the medians of the XDP and TC no-op runs.
+fn paired_runs(
+    bench: &mut Bench,
+    frames: &[(Case, Vec<u8>)],
+    rounds: usize,
+    meter: Meter,
+) -> Result<(Vec<CaseRuns>, f64, f64), Interrupted> {
+    let mut runs: Vec<CaseRuns> = frames.iter().map(|_| CaseRuns::default()).collect();
+    let (mut xdp_baselines, mut tc_baselines) = (Vec::new(), Vec::new());
+    for round in 0..rounds * CHEAP_CASE_ROUNDS {
+        check()?;
+        for ((case, frame), runs) in frames.iter().zip(runs.iter_mut()) {
+            if round >= rounds * case.round_weight() {
+                continue;
+            }
+            let baseline = bench.baseline(*case, frame, meter);
+            if case.is_tc() {
+                tc_baselines.push(baseline);
+            } else {
+                xdp_baselines.push(baseline);
+            }
+            runs.subject
+                .push((bench.subject(*case, frame, meter), baseline));
+            let floor = bench.floor(*case, frame, meter);
+            runs.floor
+                .push((floor, bench.baseline(*case, frame, meter)));
+            if let Some(floor) = bench.ipv4_key_floor(*case, frame, meter) {
+                runs.ipv4_key_floor
+                    .push((floor, bench.baseline(*case, frame, meter)));
+            }
+        }
+    }
+    Ok((runs, median(&xdp_baselines), median(&tc_baselines)))
 }
 
 /// One case's runs in one configuration: (ns, the baseline run just before).
@@ -687,6 +763,13 @@ struct CaseRuns {
     subject: Vec<(f64, f64)>,
     floor: Vec<(f64, f64)>,
     ipv4_key_floor: Vec<(f64, f64)>,
+}
+
+/// The median over the runs of each one's ns over its paired baseline, if
+/// there were runs.
+fn over_noop(runs: &[(f64, f64)]) -> Option<f64> {
+    let over: Vec<f64> = runs.iter().map(|(ns, baseline)| ns - baseline).collect();
+    (!over.is_empty()).then(|| median(&over))
 }
 
 /// The median ns and the median ratio to the paired baseline, if there

@@ -340,6 +340,10 @@ impl RawProgram {
         object_pin(self.fd.as_fd(), path)
     }
 
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
     /// Runs the program once on `frame`: the frame as it leaves.
     pub fn run_once(&self, frame: &[u8]) -> Vec<u8> {
         let mut output = vec![0; frame.len()];
