@@ -106,6 +106,13 @@ impl Counts {
         }
     }
 
+    fn of(&self, color: Color) -> u64 {
+        match color {
+            Color::Blue => self.blue,
+            Color::Green => self.green,
+        }
+    }
+
     pub fn answered(&self) -> u64 {
         self.blue + self.green
     }
@@ -144,6 +151,61 @@ pub struct Phase {
     /// blue: a graceful switch leaves established connections where they
     /// are.
     pub keep_alive: Counts,
+    /// After a full switch or a rollback, the earliest new connection that
+    /// still reached the color the command left: when it began tells an
+    /// ordering edge (within a millisecond of the return) from a
+    /// dataplane that kept steering there, and how long it took tells a
+    /// retransmitted handshake.
+    pub first_stray: Option<Stray>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Stray {
+    pub after_return_ms: f64,
+    pub took_ms: f64,
+}
+
+impl Phase {
+    fn new(command: String, at_ms: f64, took_ms: f64, green_percent: u8) -> Phase {
+        Phase {
+            command,
+            at_ms,
+            took_ms,
+            green_percent,
+            new_connections: Counts::default(),
+            during_command: Counts::default(),
+            keep_alive: Counts::default(),
+            first_stray: None,
+        }
+    }
+
+    /// The color no new connection may take once the command returned, if
+    /// the command leaves one color no share.
+    fn stray_color(&self) -> Option<Color> {
+        match self.green_percent {
+            0 => Some(Color::Green),
+            100 => Some(Color::Blue),
+            _ => None,
+        }
+    }
+
+    /// Counts a new connection begun after the command returned.
+    fn add_new_connection(&mut self, sample: &Sample) {
+        self.new_connections.add(sample.color);
+        if sample.color.is_none() || sample.color != self.stray_color() {
+            return;
+        }
+        let stray = Stray {
+            after_return_ms: millis(sample.began) - (self.at_ms + self.took_ms),
+            took_ms: millis(sample.took),
+        };
+        if self
+            .first_stray
+            .is_none_or(|first| stray.after_return_ms < first.after_return_ms)
+        {
+            self.first_stray = Some(stray);
+        }
+    }
 }
 
 /// Per-bucket counts, by the time each request began.
@@ -230,16 +292,22 @@ impl TimelineReport {
                     new.answered()
                 ));
             }
-            let stray = match phase.green_percent {
-                0 => Some(("green", new.green)),
-                100 => Some(("blue", new.blue)),
-                _ => None,
-            };
-            match stray {
-                Some((color, count)) if count > 0 => {
-                    problems.push(format!("{name}: {count} new connections reached {color}"))
+            match phase.stray_color() {
+                Some(color) => {
+                    let count = new.of(color);
+                    if count > 0 {
+                        let first = phase.first_stray.map_or_else(String::new, |first| {
+                            format!(
+                                " (the first began {:.2} ms after it returned and took {:.1} ms)",
+                                first.after_return_ms, first.took_ms
+                            )
+                        });
+                        problems.push(format!(
+                            "{name}: {count} new connections reached {}{first}",
+                            color.name()
+                        ));
+                    }
                 }
-                Some(_) => {}
                 None => {
                     let share = new.green_percent();
                     if (share - f64::from(phase.green_percent)).abs() > WEIGHT_TOLERANCE {
@@ -279,12 +347,20 @@ impl Color {
             _ => None,
         }
     }
+
+    fn name(self) -> &'static str {
+        match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        }
+    }
 }
 
-/// One request: when it began (since the load began) and who answered
-/// (None: it failed).
+/// One request: when it began (since the load began), how long it took,
+/// and who answered (None: it failed).
 struct Sample {
     began: Duration,
+    took: Duration,
     color: Option<Color>,
 }
 
@@ -292,28 +368,17 @@ pub fn run(lab: &Lab, plan: &TimelinePlan) -> Result<TimelineReport, Interrupted
     let active = lab.activate(DATAPLANE);
     let total = plan.phase * (STEPS.len() as u32 + 1);
     let load = Load::start(lab, plan, total);
-    let mut phases = vec![Phase {
-        command: String::new(),
-        at_ms: 0.0,
-        took_ms: 0.0,
-        green_percent: 0,
-        new_connections: Counts::default(),
-        during_command: Counts::default(),
-        keep_alive: Counts::default(),
-    }];
+    let mut phases = vec![Phase::new(String::new(), 0.0, 0.0, 0)];
     for (number, step) in (1u32..).zip(&STEPS) {
         wait_until(load.began + plan.phase * number)?;
         let spawned = Instant::now();
         active.bluegreen_command(step.args).run()?;
-        phases.push(Phase {
-            command: step.args.join(" "),
-            at_ms: millis(spawned - load.began),
-            took_ms: millis(spawned.elapsed()),
-            green_percent: step.green_percent,
-            new_connections: Counts::default(),
-            during_command: Counts::default(),
-            keep_alive: Counts::default(),
-        });
+        phases.push(Phase::new(
+            step.args.join(" "),
+            millis(spawned - load.began),
+            millis(spawned.elapsed()),
+            step.green_percent,
+        ));
     }
     wait_until(load.began + total)?;
     let (new, keep_alive) = load.finish();
@@ -337,7 +402,7 @@ pub fn run(lab: &Lab, plan: &TimelinePlan) -> Result<TimelineReport, Interrupted
         if millis(sample.began) < phase.at_ms + phase.took_ms {
             phase.during_command.add(sample.color);
         } else {
-            phase.new_connections.add(sample.color);
+            phase.add_new_connection(sample);
         }
     }
     for sample in &keep_alive {
@@ -493,6 +558,7 @@ impl Pacer {
             let color = request();
             samples.push(Sample {
                 began: began - self.began,
+                took: began.elapsed(),
                 color,
             });
             self.next = (self.next + self.pace).max(Instant::now());
@@ -515,14 +581,11 @@ pub(super) mod tests {
 
     fn phase(command: &str, green_percent: u8, new: Counts) -> Phase {
         Phase {
-            command: command.to_owned(),
-            at_ms: 0.0,
-            took_ms: 5.0,
-            green_percent,
             new_connections: new,
             // Either color is right while the command runs.
             during_command: counts(1, 1, 0),
             keep_alive: counts(30, 0, 0),
+            ..Phase::new(command.to_owned(), 0.0, 5.0, green_percent)
         }
     }
 
@@ -579,10 +642,46 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn a_stray_connection_is_reported_with_the_earliest_one_timed() {
+        let mut rollback = phase("rollback", 0, Counts::default());
+        rollback.at_ms = 1000.0;
+        let sample = |ms, took_ms, color| Sample {
+            began: Duration::from_millis(ms),
+            took: Duration::from_millis(took_ms),
+            color: Some(color),
+        };
+        for s in [
+            sample(1007, 1, Color::Blue),
+            sample(1030, 2, Color::Green),
+            sample(1012, 1500, Color::Green),
+            sample(1040, 1, Color::Blue),
+        ] {
+            rollback.add_new_connection(&s);
+        }
+        rollback.new_connections.blue += 100;
+        assert_eq!(rollback.new_connections, counts(102, 2, 0));
+        assert_eq!(
+            rollback.first_stray,
+            Some(Stray {
+                after_return_ms: 7.0,
+                took_ms: 1500.0
+            })
+        );
+        let mut phases = good();
+        phases[2] = rollback;
+        assert_eq!(
+            report(phases).problems(),
+            ["after `rollback`: 2 new connections reached green \
+              (the first began 7.00 ms after it returned and took 1500.0 ms)"]
+        );
+    }
+
+    #[test]
     fn samples_land_in_their_bucket_and_phase() {
         let mut buckets = Buckets::new(3);
         let sample = |ms, color| Sample {
             began: Duration::from_millis(ms),
+            took: Duration::from_millis(1),
             color,
         };
         for s in [
