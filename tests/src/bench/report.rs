@@ -565,10 +565,10 @@ fn timeline_table(timeline: &TimelineReport) -> String {
          {}, through the VIP: {} clients in the client namespace each open a new connection every \
          {:.0} ms and make one request on it; {} keep-alive connections, opened on blue before \
          the first command, make one request every {:.0} ms each. A command every {:.1} s. \
-         Requests are counted by when they began; those begun while a command ran may take \
-         either color. \
+         Requests are counted by when they began; new connections under way while a command \
+         ran (begun meanwhile, or begun before and not yet answered) may take either color. \
          Chart: `target/bench/timeline.svg`; per-{:.0}-ms counts in the JSON.\n\n\
-         | from | command | took | new connections after it returned (blue / green) | green share (expected) | begun while it ran (blue / green) | keep-alive requests (blue / green) | failed |\n\
+         | from | command | took | new connections after it returned (blue / green) | green share (expected) | under way while it ran (blue / green) | keep-alive requests (blue / green) | failed |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- |",
         timeline.dataplane.label(),
         timeline.clients,

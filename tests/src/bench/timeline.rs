@@ -145,7 +145,10 @@ pub struct Phase {
     pub green_percent: u8,
     /// New connections begun after the command returned.
     pub new_connections: Counts,
-    /// New connections begun while the command ran.
+    /// New connections under way while the command ran: begun meanwhile,
+    /// or begun before it and not yet answered. Their SYN left at some
+    /// moment between their start and their answer (a client thread can
+    /// wait for a CPU between the two), so either color is right for them.
     pub during_command: Counts,
     /// Requests on the keep-alive connections, all of which must reach
     /// blue: a graceful switch leaves established connections where they
@@ -187,6 +190,12 @@ impl Phase {
             100 => Some(Color::Blue),
             _ => None,
         }
+    }
+
+    /// Whether `sample` was under way at some moment while the command ran.
+    fn command_overlaps(&self, sample: &Sample) -> bool {
+        let began = millis(sample.began);
+        began < self.at_ms + self.took_ms && began + millis(sample.took) >= self.at_ms
     }
 
     /// Counts a new connection begun after the command returned.
@@ -398,11 +407,13 @@ pub fn run(lab: &Lab, plan: &TimelinePlan) -> Result<TimelineReport, Interrupted
     };
     for sample in &new {
         report.new_connections.add(sample);
-        let phase = phase_of(&mut report.phases, sample);
-        if millis(sample.began) < phase.at_ms + phase.took_ms {
-            phase.during_command.add(sample.color);
-        } else {
-            phase.add_new_connection(sample);
+        match report
+            .phases
+            .iter_mut()
+            .find(|phase| phase.command_overlaps(sample))
+        {
+            Some(phase) => phase.during_command.add(sample.color),
+            None => phase_of(&mut report.phases, sample).add_new_connection(sample),
         }
     }
     for sample in &keep_alive {
@@ -674,6 +685,21 @@ pub(super) mod tests {
             ["after `rollback`: 2 new connections reached green \
               (the first began 7.00 ms after it returned and took 1500.0 ms)"]
         );
+    }
+
+    #[test]
+    fn a_connection_still_under_way_when_a_command_starts_may_take_either_color() {
+        let mut switch = phase("switch green", 100, Counts::default());
+        (switch.at_ms, switch.took_ms) = (3000.0, 7.0);
+        let sample = |ms, took_ms| Sample {
+            began: Duration::from_millis(ms),
+            took: Duration::from_millis(took_ms),
+            color: Some(Color::Green),
+        };
+        assert!(switch.command_overlaps(&sample(2998, 12)));
+        assert!(switch.command_overlaps(&sample(3003, 1)));
+        assert!(!switch.command_overlaps(&sample(2998, 1)));
+        assert!(!switch.command_overlaps(&sample(3007, 1)));
     }
 
     #[test]
