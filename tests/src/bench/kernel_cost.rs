@@ -498,8 +498,9 @@ impl Ipv4FlowKey {
     }
 }
 
-fn established_key() -> Ipv4FlowKey {
-    Ipv4FlowKey::of(&flow_key(client(Case::Established), vip(), PROTO_TCP))
+/// `case`'s flow, keyed for the IPv4-key table.
+fn ipv4_key(case: Case) -> Ipv4FlowKey {
+    Ipv4FlowKey::of(&flow_key(client(case), vip(), PROTO_TCP))
 }
 
 /// An LRU table like the flow table, filled with the same flows, but keyed
@@ -523,7 +524,6 @@ impl Ipv4KeyTable {
             capacity,
         )
         .unwrap_or_else(|error| panic!("BPF_MAP_CREATE of the IPv4-key table: {error}"));
-        let key = |case| bytes(&Ipv4FlowKey::of(&flow_key(client(case), vip(), PROTO_TCP)));
         let floors = [
             RawProgram::established_path_floor(
                 map.as_fd(),
@@ -532,7 +532,7 @@ impl Ipv4KeyTable {
             RawProgram::new_flow_floor(
                 service(dataplane).as_ref(),
                 map.as_fd(),
-                &key(Case::NewFlow),
+                &bytes(&ipv4_key(Case::NewFlow)),
                 &bytes(&bench_entry()),
             ),
         ];
@@ -544,7 +544,7 @@ impl Ipv4KeyTable {
     fn insert(&self, flows: &[FlowKey], entries: &[FlowEntry]) {
         let mut keys: Vec<Ipv4FlowKey> = flows.iter().map(Ipv4FlowKey::of).collect();
         let mut entries = entries.to_vec();
-        keys.push(established_key());
+        keys.push(ipv4_key(Case::Established));
         entries.push(bench_entry());
         self.update(&keys, &entries);
         self.check_established_path();
@@ -558,10 +558,10 @@ impl Ipv4KeyTable {
             backend: endpoint(blue()),
             ..bench_entry()
         };
-        self.update(&[established_key()], &[moved]);
+        self.update(&[ipv4_key(Case::Established)], &[moved]);
         let frame = frame(Case::Established);
         let left = self.floors[0].run_once(&frame);
-        self.update(&[established_key()], &[bench_entry()]);
+        self.update(&[ipv4_key(Case::Established)], &[bench_entry()]);
         let blue = endpoint(blue());
         assert_eq!(
             (&left[30..34], &left[36..38]),

@@ -17,7 +17,8 @@ use std::{
 use bluegreen_common::VIP_FILTER_WORDS;
 
 use crate::sys::{
-    BPF_PROG_TYPE_SCHED_CLS, BPF_PROG_TYPE_XDP, instruction, load_program, object_pin, test_run,
+    BPF_PROG_TYPE_SCHED_CLS, BPF_PROG_TYPE_XDP, TestRunOutcome, instruction, load_program,
+    object_pin, test_run,
 };
 
 const XDP_PASS: i32 = 2;
@@ -347,26 +348,26 @@ impl RawProgram {
     /// Runs the program once on `frame`: the frame as it leaves.
     pub fn run_once(&self, frame: &[u8]) -> Vec<u8> {
         let mut output = vec![0; frame.len()];
-        let outcome = test_run(self.fd.as_fd(), frame, Some(&mut output), 1)
-            .unwrap_or_else(|error| panic!("BPF_PROG_TEST_RUN of {}: {error}", self.name));
-        assert_eq!(
-            outcome.return_value, self.expected_return,
-            "{} returned something else",
-            self.name
-        );
+        let outcome = self.test_run(frame, Some(&mut output), 1);
         output.truncate(outcome.output_len);
         output
     }
 
     /// Runs the program `repeat` times on `frame`; the kernel's average.
     pub fn bench(&self, frame: &[u8], repeat: u32) -> Duration {
-        let outcome = test_run(self.fd.as_fd(), frame, None, repeat)
+        let outcome = self.test_run(frame, None, repeat);
+        Duration::from_nanos(u64::from(outcome.duration_ns))
+    }
+
+    /// `BPF_PROG_TEST_RUN`, checked to have returned the program's verdict.
+    fn test_run(&self, frame: &[u8], output: Option<&mut [u8]>, repeat: u32) -> TestRunOutcome {
+        let outcome = test_run(self.fd.as_fd(), frame, output, repeat)
             .unwrap_or_else(|error| panic!("BPF_PROG_TEST_RUN of {}: {error}", self.name));
         assert_eq!(
             outcome.return_value, self.expected_return,
             "{} returned something else",
             self.name
         );
-        Duration::from_nanos(u64::from(outcome.duration_ns))
+        outcome
     }
 }
