@@ -8,8 +8,12 @@
 use crate::checksum::{address_delta, apply_delta, apply_udp_delta, port_delta};
 use crate::wire::*;
 use crate::{
-    FAMILY_IPV4, FAMILY_IPV6, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason, Pool,
-    PoolBackend, ServiceKey, ServiceState, Settings, flow_hash, maglev_position, new_flow_color,
+    counters::PassReason,
+    endpoint::{FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP},
+    flows::{FlowEntry, FlowKey, Settings, flow_hash},
+    pools::{Pool, PoolBackend, maglev_position},
+    rules::new_flow_color,
+    services::{ServiceKey, ServiceState},
 };
 
 /// What the ingress program does with one packet.
@@ -208,7 +212,7 @@ pub fn ingress(packet: &mut [u8], tables: &impl Tables, settings: &Settings, now
             };
             FlowEntry {
                 last_seen: 0,
-                backend: backend.endpoint,
+                backend: backend.flow_endpoint(),
                 generation: state.generation,
                 color,
                 closing: known.map_or(0, |entry| entry.closing),

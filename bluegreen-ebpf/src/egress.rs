@@ -2,15 +2,16 @@
 //! source, so the client only ever sees the address it connected to.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{BPF_EXIST, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use bluegreen_common::{Endpoint, IPPROTO_UDP, PassReason};
+use bluegreen_common::{Endpoint, FlowEntry, IPPROTO_TCP, IPPROTO_UDP, PassReason, wire::TCP_RST};
 
 use crate::{
     maps::{BG_BACKEND_VIPS, BG_FLOWS, settings},
     packet,
     parse::{AnyFrame, Direction, PacketBytes, Parsed, plain_ipv4},
+    rewrite::rewrite_address,
 };
 
 struct SkbPacket<'a>(&'a TcContext);
@@ -69,7 +70,15 @@ fn restore_vip(ctx: &TcContext, frame: &impl Parsed) -> Result<(), PassReason> {
         ctx.pull_data(rewritten_end as u32)
             .map_err(|_| PassReason::Malformed)?;
     }
-    let delta = packet::rewrite_address(
+    // A backend's reset (of an open connection, or answering a SYN to a
+    // port with no listener) ends the flow as surely as the client's: left
+    // open, it would count as live until the idle timeout and hold up
+    // every drain. The flags share a 16-bit word with the data offset;
+    // read before anything is rewritten, so that a packet never leaves
+    // half-rewritten.
+    let reset =
+        headers.proto == IPPROTO_TCP && packet::read_field(ctx, headers.l4 + 12)?[1] & TCP_RST != 0;
+    let delta = rewrite_address(
         ctx,
         &headers,
         headers.src_addr_offset(),
@@ -77,6 +86,14 @@ fn restore_vip(ctx: &TcContext, frame: &impl Parsed) -> Result<(), PassReason> {
         &vip.addr,
     )?;
     packet::write_fields(ctx, headers.l4, [vip.port])?;
+    if reset {
+        // The copy checked above, written back whole and only over an
+        // entry still there: through a pointer, a slot the LRU recycled
+        // meanwhile would mark another flow. A lost race costs a refresh
+        // of `last_seen` at most; a failed write leaves the flow as it was.
+        let closing = FlowEntry { closing: 1, ..flow };
+        let _ = BG_FLOWS.insert(flow_key, closing, BPF_EXIST as u64);
+    }
 
     // The transport checksum by helper: only the kernel knows whether the
     // field holds a complete checksum or, for a reply sent from this host

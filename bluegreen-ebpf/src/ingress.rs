@@ -17,6 +17,7 @@ use crate::{
     },
     packet,
     parse::{AnyFrame, Direction, Headers, PacketBytes, Parsed, plain_ipv4},
+    rewrite::rewrite_address,
 };
 
 struct XdpPacket<'a>(&'a XdpContext);
@@ -108,7 +109,7 @@ fn steer(packet: &XdpPacket, frame: &impl Parsed) -> Result<(), PassReason> {
     let backend = pool_backend(service.pool(color), hash).ok_or(PassReason::NoBackend)?;
     let entry = FlowEntry {
         last_seen: now,
-        backend: backend.endpoint,
+        backend: backend.flow_endpoint(),
         generation: service.generation,
         color,
         closing: closing_before | closing as u8,
@@ -190,7 +191,7 @@ fn rewrite_destination(
     // at all.
     let l4_check_at = headers.l4_checksum_offset();
     let l4_check = packet::read_field(ctx, l4_check_at)?;
-    let delta = packet::rewrite_address(
+    let delta = rewrite_address(
         ctx,
         headers,
         headers.dst_addr_offset(),

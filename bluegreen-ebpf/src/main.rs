@@ -11,6 +11,7 @@ mod local;
 mod maps;
 mod packet;
 mod parse;
+mod rewrite;
 mod runtime;
 
 use aya_ebpf::{

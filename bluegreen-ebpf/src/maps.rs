@@ -1,4 +1,4 @@
-//! The maps both programs share with userspace. All are pinned by name so
+//! The maps the programs share with userspace. All are pinned by name so
 //! that a new loader, or a second CLI process, finds the live ones.
 
 use aya_ebpf::{

@@ -224,8 +224,8 @@ impl Parsed for PlainIpv4 {
 
     /// What [`Headers::flow_key`] would read, put together from whole
     /// words: from byte arrays, LLVM builds it byte by byte, spilling each
-    /// byte to the stack (about 250 instructions more on every packet to a
-    /// service, in BENCHMARKS.md's second performance pass).
+    /// byte to the stack, on every packet to a service (BENCHMARKS.md has
+    /// the count).
     #[inline(always)]
     fn flow_key(&self, direction: Direction) -> Result<FlowKey, PassReason> {
         let (source, destination) = (

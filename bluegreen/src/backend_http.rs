@@ -1,5 +1,6 @@
-//! Asking every backend of a pool something at once, and the one plain
-//! HTTP GET both health probes and load scrapes send.
+//! Asking every backend of a pool something at once, the one plain HTTP
+//! GET both health probes and load scrapes send, and the warm-up's
+//! requests, sent the same way.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -34,14 +35,8 @@ pub(crate) fn http_get(
     path: &str,
     timeout: Duration,
 ) -> Result<String, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into();
     let url = format!("http://{target}{path}");
-    let mut response = agent
+    let mut response = agent(timeout)
         .get(&url)
         .call()
         .map_err(|error| format!("HTTP GET {url}: {error}"))?;
@@ -53,4 +48,45 @@ pub(crate) fn http_get(
         .body_mut()
         .read_to_string()
         .map_err(|error| format!("HTTP GET {url}: {error}"))
+}
+
+/// The agent every request here goes through: no redirects (a backend
+/// answers for itself), one deadline for the whole exchange, and any
+/// status returned rather than turned into an error.
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into()
+}
+
+/// One HTTP request of `method` to `path` on `target`, with `body` as
+/// JSON when given; returns the status once the answer is read whole.
+pub(crate) fn http_status(
+    target: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<u16, String> {
+    let url = format!("http://{target}{path}");
+    let failed = |error: &dyn std::fmt::Display| format!("HTTP {method} {url}: {error}");
+    let request = ureq::http::Request::builder().method(method).uri(&url);
+    let answer = match body {
+        Some(body) => request
+            .header("Content-Type", "application/json")
+            .body(body.to_owned())
+            .map(|request| agent(timeout).run(request)),
+        None => request.body(()).map(|request| agent(timeout).run(request)),
+    };
+    let mut response = answer
+        .map_err(|error| failed(&error))?
+        .map_err(|error| failed(&error))?;
+    response
+        .body_mut()
+        .read_to_vec()
+        .map_err(|error| failed(&error))?;
+    Ok(response.status().as_u16())
 }

@@ -13,7 +13,24 @@ use bluegreen_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+/// Text that is not a color, protocol, address or prefix. Apart from the
+/// crate's `Error` (which wraps it), so that the types every module uses
+/// depend on nothing of the crate.
+#[derive(Debug, thiserror::Error)]
+pub enum AddressError {
+    #[error(
+        "invalid address {input:?}: {reason} (expected ADDR:PORT, e.g. 10.0.0.1:8080 or [fd00::1]:8080)"
+    )]
+    InvalidEndpoint { input: String, reason: &'static str },
+    #[error(
+        "invalid prefix {input:?}: {reason} (expected ADDR/LEN, e.g. 10.0.0.0/24 or fd00::/64)"
+    )]
+    InvalidCidr { input: String, reason: String },
+    #[error("unknown color {0:?}: use blue or green")]
+    UnknownColor(String),
+    #[error("unknown protocol {0:?}: use tcp or udp")]
+    UnknownProtocol(String),
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -58,13 +75,13 @@ impl fmt::Display for Color {
 }
 
 impl FromStr for Color {
-    type Err = Error;
+    type Err = AddressError;
 
-    fn from_str(input: &str) -> Result<Self, Error> {
+    fn from_str(input: &str) -> Result<Self, AddressError> {
         match input {
             "blue" => Ok(Color::Blue),
             "green" => Ok(Color::Green),
-            _ => Err(Error::UnknownColor(input.to_owned())),
+            _ => Err(AddressError::UnknownColor(input.to_owned())),
         }
     }
 }
@@ -96,21 +113,21 @@ impl fmt::Display for Proto {
 }
 
 impl FromStr for Proto {
-    type Err = Error;
+    type Err = AddressError;
 
-    fn from_str(input: &str) -> Result<Self, Error> {
+    fn from_str(input: &str) -> Result<Self, AddressError> {
         match input {
             "tcp" => Ok(Proto::Tcp),
             "udp" => Ok(Proto::Udp),
-            _ => Err(Error::UnknownProtocol(input.to_owned())),
+            _ => Err(AddressError::UnknownProtocol(input.to_owned())),
         }
     }
 }
 
 /// Parses `ADDR:PORT` or `[ADDR6]:PORT`, refusing port 0 and the unspecified
 /// address, which can never be a real VIP or backend.
-pub fn parse_endpoint(input: &str) -> Result<SocketAddr, Error> {
-    let invalid = |reason| Error::InvalidEndpoint {
+pub fn parse_endpoint(input: &str) -> Result<SocketAddr, AddressError> {
+    let invalid = |reason| AddressError::InvalidEndpoint {
         input: input.to_owned(),
         reason,
     };
@@ -140,10 +157,10 @@ pub struct Cidr {
 }
 
 impl FromStr for Cidr {
-    type Err = Error;
+    type Err = AddressError;
 
-    fn from_str(input: &str) -> Result<Cidr, Error> {
-        let invalid = |reason: String| Error::InvalidCidr {
+    fn from_str(input: &str) -> Result<Cidr, AddressError> {
+        let invalid = |reason: String| AddressError::InvalidCidr {
             input: input.to_owned(),
             reason,
         };
@@ -292,7 +309,7 @@ mod tests {
     #[test]
     fn bad_endpoints_say_what_is_wrong() {
         let reason = |input| match parse_endpoint(input) {
-            Err(Error::InvalidEndpoint { reason, .. }) => reason,
+            Err(AddressError::InvalidEndpoint { reason, .. }) => reason,
             other => panic!("{input}: expected InvalidEndpoint, got {other:?}"),
         };
         assert_eq!(reason("10.0.0.1"), "the port is missing");

@@ -1,6 +1,9 @@
 use std::{net::SocketAddr, path::PathBuf};
 
-use crate::endpoint::Color;
+use crate::{
+    endpoint::{AddressError, Color, Proto},
+    verify::Gate,
+};
 
 /// Everything that can go wrong in bluegreen's library. Each message is one
 /// line that says what to do about it.
@@ -18,14 +21,12 @@ pub enum Error {
         "{path} is not on a BPF filesystem: mount one with `mount -t bpf bpf /sys/fs/bpf` or pass --pin-dir on bpffs"
     )]
     BpffsNotMounted { path: PathBuf },
+    #[error(transparent)]
+    Address(#[from] AddressError),
     #[error("cannot steer local clients through cgroup {path}: {reason}")]
     Cgroup { path: PathBuf, reason: String },
     #[error("interface {name} does not exist: check `ip link` for its name")]
     InterfaceNotFound { name: String },
-    #[error(
-        "invalid address {input:?}: {reason} (expected ADDR:PORT, e.g. 10.0.0.1:8080 or [fd00::1]:8080)"
-    )]
-    InvalidEndpoint { input: String, reason: &'static str },
     #[error(
         "{what} {addr} is {family}, but the VIP {vip} is not: a service's VIP and backends must share one address family"
     )]
@@ -35,14 +36,8 @@ pub enum Error {
         vip: String,
         family: &'static str,
     },
-    #[error(
-        "invalid prefix {input:?}: {reason} (expected ADDR/LEN, e.g. 10.0.0.0/24 or fd00::/64)"
-    )]
-    InvalidCidr { input: String, reason: String },
     #[error("invalid weight {0}: use 0 to 100 (the share of new flows for the color)")]
     InvalidWeight(u8),
-    #[error("unknown color {0:?}: use blue or green")]
-    UnknownColor(String),
     #[error("invalid health check {0:?}: use tcp or http:/PATH (e.g. http:/healthz)")]
     InvalidCheck(String),
     #[error(
@@ -56,8 +51,39 @@ pub enum Error {
         reason: String,
         active: Color,
     },
-    #[error("unknown protocol {0:?}: use tcp or udp")]
-    UnknownProtocol(String),
+    #[error(
+        "service {service}: {color} failed its {gate} gate ({detail}){}; traffic stays on {active}: fix {color} or pass --skip-check",
+        log.as_ref().map(|log| format!("; full output in {}", log.display())).unwrap_or_default()
+    )]
+    GateFailed {
+        service: String,
+        color: Color,
+        gate: Gate,
+        detail: String,
+        /// Where the gate's whole output is.
+        log: Option<PathBuf>,
+        /// Its last lines, for the operator to read first.
+        tail: Vec<String>,
+        active: Color,
+    },
+    #[error(
+        "service {service}: {backend} failed its health check ({reason}); {color}'s pool is unchanged: start it first, or pass --skip-check"
+    )]
+    BackendCheckFailed {
+        service: String,
+        color: Color,
+        backend: SocketAddr,
+        reason: String,
+    },
+    #[error(
+        "service {service}: {vip}/{proto} is already served on {iface}: a VIP belongs to one interface (replies and host-local clients would follow only one); take it off {iface} first (its config without it, or `bluegreen down --iface {iface}`)"
+    )]
+    VipServedElsewhere {
+        service: String,
+        vip: SocketAddr,
+        proto: Proto,
+        iface: String,
+    },
     #[error("no service named {name:?}; known services: {}", known.join(", "))]
     UnknownService { name: String, known: Vec<String> },
     #[error("several services are up ({}): pick one with --service NAME", known.join(", "))]
@@ -152,10 +178,17 @@ pub enum Error {
     /// runs to several lines of debug output).
     #[error("{action}: {reason} (is etcd running and reachable there?)")]
     Etcd { action: String, reason: String },
+    /// A TLS file, or the handshake with etcd, says what is wrong.
+    #[error("etcd TLS: {reason}")]
+    FleetTls { reason: String },
     #[error(
-        "etcd key {key} holds something this bluegreen cannot read ({reason}): check what wrote it"
+        "fleet host name {host} is registered by another running daemon ({owner}, etcd lease {lease:x}): give each host its own name with `host = \"...\"` in [fleet] (it defaults to the hostname); see `bluegreen fleet status`"
     )]
-    FleetData { key: String, reason: String },
+    FleetHostTaken {
+        host: String,
+        lease: i64,
+        owner: String,
+    },
     #[error(
         "a fleet change of {service} is already in progress ({holder}): wait for it to finish (see `bluegreen fleet status`), then run the command again"
     )]

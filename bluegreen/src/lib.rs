@@ -15,12 +15,15 @@ pub mod host;
 pub mod load;
 pub mod pinned;
 pub mod pool;
+pub mod shift;
 mod sockdiag;
 pub mod state;
 mod sys;
+pub mod verify;
 
 pub use error::{Error, Result};
 
-/// The compiled eBPF object (both programs and their maps), embedded at
+/// The compiled eBPF object (the XDP, TC and cgroup programs and their
+/// maps), embedded at
 /// build time by `build.rs`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bluegreen"));

@@ -13,7 +13,7 @@ use std::{
 use crate::{
     cli::Bluegreen,
     http::{self, Backend, KeepAlive, Load},
-    netns::{Namespace, SWITCH_IFACE, Topology, addr},
+    netns::{Namespace, SWITCH_IFACE, Topology, addr, veth},
 };
 
 /// Connect, read and write timeout of every client request.
@@ -133,6 +133,16 @@ impl Fixture {
             .flatten()
         {
             backend.set_metrics(text);
+        }
+    }
+
+    /// The standard backend of `color`, to read what it was asked; `None`
+    /// for green while it is stopped.
+    pub fn backend(&self, color: &str) -> Option<&Backend> {
+        match color {
+            "blue" => Some(&self.blue),
+            "green" => self.green.as_ref(),
+            other => panic!("no color {other:?}"),
         }
     }
 
@@ -260,6 +270,11 @@ impl Daemon {
         unsafe { libc::kill(child.id() as i32, signal) };
     }
 
+    /// Its process id (`nsenter` execs the daemon: the same process).
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().expect("daemon running").id()
+    }
+
     /// SIGTERM; returns how the daemon exited.
     pub fn terminate(mut self) -> ExitStatus {
         let mut child = self.0.take().expect("daemon running");
@@ -280,4 +295,71 @@ impl Drop for Daemon {
 fn sigterm(child: &Child) {
     // SAFETY: signalling a child we spawned and have not reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+}
+
+/// Interfaces up beside the switch interface, for costs that must not grow
+/// with their number: veth pairs inside the switch namespace (`oN`, its
+/// peer `pN`), each with a service of its own (`other-N` on
+/// `10.200.(100+N).1:80`, the standard backends) that no test sends
+/// traffic to. Taken down and deleted on drop, also when a test fails.
+pub struct OtherInterfaces<'a> {
+    bluegreen: &'a Bluegreen,
+    switch: &'a Namespace,
+    names: Vec<String>,
+}
+
+impl<'a> OtherInterfaces<'a> {
+    /// `count` of them (at most 99), up. Their names sort before
+    /// [`SWITCH_IFACE`]: finding its services passes them all.
+    pub fn up(bluegreen: &'a Bluegreen, switch: &'a Namespace, count: u8) -> Self {
+        assert!(
+            count < 100,
+            "{count} interfaces: their VIPs would leave the test range"
+        );
+        let mut others = OtherInterfaces {
+            bluegreen,
+            switch,
+            names: Vec::new(),
+        };
+        for n in 1..=count {
+            let (name, peer) = (format!("o{n}"), format!("p{n}"));
+            veth(switch, &name, switch, &peer);
+            others.names.push(name.clone());
+            for device in [&name, &peer] {
+                switch.ip(&["link", "set", device, "up"]);
+            }
+            let vip = format!("10.200.{}.1:80", 100 + u16::from(n));
+            bluegreen.ok(&[
+                "-q",
+                "up",
+                "--iface",
+                &name,
+                "--service",
+                &format!("other-{n}"),
+                "--vip",
+                &vip,
+                "--blue",
+                &blue_backend().to_string(),
+                "--green",
+                &green_backend().to_string(),
+                "--no-local",
+            ]);
+        }
+        others
+    }
+}
+
+impl Drop for OtherInterfaces<'_> {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = self
+                .bluegreen
+                .command(&["-q", "down", "--iface", name])
+                .output();
+            // Deleting one end deletes the pair.
+            let _ = Command::new("ip")
+                .args(["-n", self.switch.name(), "link", "delete", name])
+                .output();
+        }
+    }
 }

@@ -25,6 +25,17 @@ pub struct Backend {
     pub served: Arc<AtomicU64>,
     /// What `GET /metrics` answers (empty until a test sets it).
     metrics: Arc<Mutex<String>>,
+    /// Every HTTP request answered, `/metrics` aside, counted by what it
+    /// asked.
+    requests: Arc<Mutex<BTreeMap<Request, u64>>>,
+}
+
+/// An HTTP request as a backend saw it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub body: String,
 }
 
 impl Backend {
@@ -34,11 +45,13 @@ impl Backend {
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
         let metrics = Arc::new(Mutex::new(String::new()));
+        let requests = Arc::new(Mutex::new(BTreeMap::new()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let http = {
             let answers = Answers {
                 body: body.to_owned(),
                 metrics: metrics.clone(),
+                requests: requests.clone(),
             };
             let (stop, served, ready) = (stop.clone(), served.clone(), ready_tx.clone());
             namespace.spawn(move || {
@@ -75,7 +88,14 @@ impl Backend {
             threads: vec![http, udp],
             served,
             metrics,
+            requests,
         }
+    }
+
+    /// The HTTP requests answered so far (`/metrics` aside), by method,
+    /// path and body.
+    pub fn requests(&self) -> BTreeMap<Request, u64> {
+        self.requests.lock().expect("requests lock").clone()
     }
 
     /// Replaces what `GET /metrics` answers from now on (a backend that
@@ -90,6 +110,7 @@ impl Backend {
 struct Answers {
     body: String,
     metrics: Arc<Mutex<String>>,
+    requests: Arc<Mutex<BTreeMap<Request, u64>>>,
 }
 
 impl Drop for Backend {
@@ -141,6 +162,12 @@ fn serve_connection(
     let mut in_headers = false;
     let mut close_requested = false;
     let mut wants_metrics = false;
+    let mut request = Request {
+        method: String::new(),
+        path: String::new(),
+        body: String::new(),
+    };
+    let mut length = 0;
     while !stop.load(Ordering::Relaxed) {
         line.clear();
         match reader.read_line(&mut line) {
@@ -157,15 +184,27 @@ fn serve_connection(
             Err(error) => return Err(error),
         }
         if !in_headers {
-            in_headers = line.starts_with("GET ");
-            wants_metrics = line.starts_with("GET /metrics ");
+            let mut words = line.split(' ');
+            let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            in_headers = !method.is_empty() && line.ends_with(" HTTP/1.1\r\n");
+            wants_metrics = method == "GET" && path == "/metrics";
+            request.method = method.to_owned();
+            request.path = path.to_owned();
             close_requested = false;
+            length = 0;
         } else if line == "\r\n" {
             in_headers = false;
+            request.body = read_body(&mut reader, length, stop)?;
             let body = if wants_metrics {
                 answers.metrics.lock().expect("metrics lock").clone()
             } else {
                 served.fetch_add(1, Ordering::Relaxed);
+                *answers
+                    .requests
+                    .lock()
+                    .expect("requests lock")
+                    .entry(request.clone())
+                    .or_default() += 1;
                 answers.body.clone()
             };
             let connection = if close_requested {
@@ -185,11 +224,37 @@ fn serve_connection(
             if close_requested {
                 return Ok(());
             }
+        } else if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().unwrap_or(0);
         } else if line.eq_ignore_ascii_case("connection: close\r\n") {
             close_requested = true;
         }
     }
     Ok(())
+}
+
+/// A request's body of `length` bytes, which may arrive after its headers
+/// (the reads time out every [`POLL`] to notice `stop`).
+fn read_body(
+    reader: &mut BufReader<TcpStream>,
+    length: usize,
+    stop: &AtomicBool,
+) -> io::Result<String> {
+    let mut body = vec![0; length];
+    let mut filled = 0;
+    while filled < length && !stop.load(Ordering::Relaxed) {
+        match reader.read(&mut body[filled..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(read) => filled += read,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(String::from_utf8_lossy(&body[..filled]).into_owned())
 }
 
 fn read_response(reader: &mut BufReader<TcpStream>) -> io::Result<String> {

@@ -21,8 +21,10 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use bluegreen::{
+    config::{BackendSpec, PoolSpec},
+    host::write_pool,
     pinned::{PinLayout, PinnedMaps, Put},
-    pool::{self, arena::Arenas},
+    pool::arena::Arenas,
 };
 use bluegreen_common::{
     BackendKey, Endpoint, FlowEntry, FlowKey, MaglevChunk, PassReason, Pool, PoolBackend,
@@ -114,7 +116,7 @@ pub struct TestDataplane {
 }
 
 impl TestDataplane {
-    /// Loads both programs with the default timeouts in force.
+    /// Loads the XDP and TC programs with the default timeouts in force.
     pub fn new() -> Self {
         Self::with_flow_capacity(TEST_FLOW_CAPACITY)
     }
@@ -185,11 +187,11 @@ impl TestDataplane {
             let live = self.services.get(key).copied();
             let mut pools = [Pool::default(); 2];
             for (color, pool) in pools.iter_mut().enumerate() {
-                *pool = pool::write(
+                *pool = write_pool(
                     &mut self.maps,
                     &mut arenas,
                     key,
-                    &backends[color],
+                    &pool_spec(&backends[color]),
                     live.as_ref().map(|live| &live[color]),
                 )
                 .unwrap_or_else(|error| panic!("cannot write a pool of {key:?}: {error}"));
@@ -233,7 +235,7 @@ impl TestDataplane {
             .pool_backends(&pool)
             .unwrap_or_else(|error| panic!("cannot read a pool of {service:?}: {error}"))
             .into_iter()
-            .find(|member| member.endpoint == endpoint(backend))
+            .find(|member| member.flow_endpoint() == endpoint(backend))
             .map(|member| member.counter_slot)
     }
 
@@ -596,4 +598,19 @@ pub mod batch {
             }
         }
     }
+}
+
+/// A pool of (address, weight) as the product holds it: weight 0 is a
+/// drained backend.
+fn pool_spec(backends: &[(SocketAddr, u32)]) -> PoolSpec {
+    PoolSpec::new(
+        backends
+            .iter()
+            .map(|&(addr, weight)| BackendSpec {
+                weight: weight.max(1),
+                drained: weight == 0,
+                ..BackendSpec::new(addr)
+            })
+            .collect(),
+    )
 }

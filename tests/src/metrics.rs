@@ -11,6 +11,31 @@ use crate::{
 /// Where the tests' daemons serve metrics (`--metrics=127.0.0.1:9464`).
 pub const METRICS: &str = "127.0.0.1:9464";
 
+/// Waits (at most 10 s) until a daemon just started serves its metrics:
+/// `status` answers before its endpoint listens.
+pub fn wait_for_endpoint(fixture: &Fixture) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let listening = fixture
+            .topology
+            .switch
+            .spawn(|| {
+                std::net::TcpStream::connect_timeout(&METRICS.parse().expect("literal"), TIMEOUT)
+                    .is_ok()
+            })
+            .join()
+            .expect("connect thread");
+        if listening {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon serves no metrics on {METRICS} after 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// The daemon's OpenMetrics text.
 pub fn scrape_text(fixture: &Fixture) -> String {
     let text = fixture

@@ -357,20 +357,38 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "{stderr}"
     );
 
-    let unprivileged = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(bluegreen_testbed::cli::binary())
-        .args([
-            "--pin-dir",
-            fixture.bluegreen.pin_dir.to_str().expect("utf-8"),
-            "switch",
-            "green",
-        ])
-        .output()
-        .expect("run setpriv");
-    assert_eq!(unprivileged.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&unprivileged.stderr);
-    assert!(stderr.contains("must run as root"), "{stderr}");
+    // Not root: every command says so, before it reads a directory that
+    // only root may list (the instance's state directory is one).
+    let (pin_dir, state_dir) = (
+        fixture.bluegreen.pin_dir.to_str().expect("utf-8"),
+        fixture.bluegreen.state_dir.to_str().expect("utf-8"),
+    );
+    let standard_up = up_args();
+    let commands: [&[&str]; 10] = [
+        &["switch", "green"],
+        &["rollback"],
+        &["verify", "green"],
+        &["shift", "green", "--steps", "50", "--interval", "1s"],
+        &["status"],
+        &["status", "--service", "web"],
+        &["preview", "list"],
+        &["backend", "drain", "green", &green],
+        &["down", "--iface", SWITCH_IFACE],
+        &strs(&standard_up),
+    ];
+    for args in commands {
+        let unprivileged = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bluegreen_testbed::cli::binary())
+            .args(["--pin-dir", pin_dir, "--state-dir", state_dir])
+            .args(args)
+            .output()
+            .expect("run setpriv");
+        let stderr = String::from_utf8_lossy(&unprivileged.stderr);
+        assert_eq!(unprivileged.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("must run as root"), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+    }
     assert_eq!(fixture.bluegreen.active(), "blue");
 
     // Every message above is a single line.
@@ -722,4 +740,90 @@ fn status_watch_shows_live_rates_per_color() {
             .is_some_and(|line| line.contains(" 0.0 "))
     });
     assert!(green_idle, "green got nothing: {output}");
+}
+
+/// `bluegreen status | head`: a reader that hung up ends the command
+/// quietly, with the shell's code for SIGPIPE, never with a panic's
+/// backtrace.
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let fixture = Fixture::new();
+    fixture.up();
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["status", "--watch", "1", "--count", "1"],
+        &["man"],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let output = fixture
+            .bluegreen
+            .command(args)
+            .stdout(writer)
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run bluegreen {args:?}: {error}"));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.is_empty(),
+            "bluegreen {args:?} into a closed pipe wrote to stderr: {stderr}"
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(128 + libc::SIGPIPE),
+            "bluegreen {args:?} into a closed pipe: {:?}",
+            output.status
+        );
+    }
+}
+
+/// A VIP belongs to one interface: `up` of a second interface with a
+/// service on a VIP the first serves is refused before anything is loaded
+/// (host-local clients and replies would follow only one of them); a
+/// service of its own on the same interface is no conflict.
+#[test]
+fn the_same_vip_on_a_second_interface_is_refused() {
+    let fixture = Fixture::new();
+    fixture.up();
+    let second = "s9";
+    fixture
+        .topology
+        .switch
+        .ip(&["link", "add", second, "type", "veth", "peer", "name", "s9p"]);
+    for device in [second, "s9p"] {
+        fixture.topology.switch.ip(&["link", "set", device, "up"]);
+    }
+    let on_second = |name: &str, vip: &str| {
+        [
+            "up",
+            "--iface",
+            second,
+            "--service",
+            name,
+            "--vip",
+            vip,
+            "--blue",
+            "10.200.2.2:8090",
+            "--green",
+            "10.200.3.2:8090",
+        ]
+        .map(str::to_owned)
+    };
+    refused(
+        &fixture,
+        &on_second("again", &vip().to_string()),
+        1,
+        &format!("service again: {}/tcp is already served on s0", vip()),
+    );
+    assert!(
+        !fixture
+            .bluegreen
+            .pin_dir
+            .join(layout_dir(LAYOUT_VERSION))
+            .join(second)
+            .exists(),
+        "a refused up left pins for {second}"
+    );
+    // The interface that serves it may apply it again.
+    fixture.up();
 }

@@ -3,7 +3,7 @@
 //! per interface, and the messages of `up`, `status` and failed commands.
 
 use std::{
-    process::{Child, Command, Output},
+    process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -11,8 +11,9 @@ use aya::maps::{HashMap, Map, MapData};
 use bluegreen::pinned::PinLayout;
 use bluegreen_common::{BackendKey, Endpoint, map_names};
 use bluegreen_testbed::{
+    cli::binary,
     fixture::{Fixture, blue_backend, config_text, green_backend, vip},
-    metrics::{METRICS, metric, scrape},
+    metrics::{METRICS, metric, scrape, wait_for_endpoint},
     netns::SWITCH_IFACE,
     packet::{PROTO_TCP, PROTO_UDP},
 };
@@ -39,11 +40,11 @@ fn counts(fixture: &Fixture, index: usize) -> (Value, Value) {
 }
 
 fn switches(operator: u64, shift: u64, auto_rollback: u64) -> Value {
-    json!({"operator": operator, "shift": shift, "auto_rollback": auto_rollback})
+    json!({"operator": operator, "shift": shift, "auto_rollback": auto_rollback, "fleet": 0})
 }
 
 fn rollbacks(operator: u64, shift: u64, unhealthy: u64) -> Value {
-    json!({"operator": operator, "shift": shift, "unhealthy": unhealthy})
+    json!({"operator": operator, "shift": shift, "unhealthy": unhealthy, "fleet": 0})
 }
 
 #[test]
@@ -78,12 +79,39 @@ fn every_switch_and_rollback_is_counted_whoever_makes_it() {
     assert_eq!(sample("switches", "operator"), 5.0);
     assert_eq!(sample("switches", "shift"), 1.0);
     assert_eq!(sample("rollbacks", "operator"), 2.0);
-    // A series appears at its first count, as the alerts expect.
-    assert!(
-        !metrics.keys().any(|name| name.contains("auto_rollback")
-            || name.contains("cause=\"unhealthy\"")
-            || name.starts_with("bluegreen_rollbacks_total{service=\"web\",cause=\"shift\"")),
-        "{metrics:#?}"
+    // Causes never counted are there at 0, so increase() sees their first.
+    assert_eq!(sample("switches", "auto_rollback"), 0.0);
+    assert_eq!(sample("rollbacks", "shift"), 0.0);
+    assert_eq!(sample("rollbacks", "unhealthy"), 0.0);
+}
+
+/// Prometheus's instrumentation guidance: a series a dashboard or alert
+/// uses exists from the start, so `increase()` counts the first event and
+/// panels show 0 rather than "no data".
+#[test]
+fn switch_series_exist_at_zero_before_the_first_switch() {
+    let fixture = Fixture::new();
+    fixture.up();
+    let config = fixture.write_config(&config_text("", ""));
+    let _daemon = fixture.start_daemon(&config, &["--metrics", METRICS]);
+    wait_for_endpoint(&fixture);
+    let metrics = scrape(&fixture);
+    for (name, causes) in [
+        ("switches", ["operator", "shift", "auto_rollback", "fleet"]),
+        ("rollbacks", ["operator", "shift", "unhealthy", "fleet"]),
+    ] {
+        for cause in causes {
+            let series = format!("bluegreen_{name}_total{{service=\"web\",cause=\"{cause}\"}}");
+            assert_eq!(metric(&metrics, &series), 0.0, "{series}");
+        }
+    }
+    assert_eq!(
+        metric(
+            &metrics,
+            "bluegreen_last_switch_timestamp_seconds{service=\"web\"}"
+        ),
+        0.0,
+        "no switch yet"
     );
 }
 
@@ -161,6 +189,64 @@ fn switching_works_without_the_counters_pin_and_up_creates_them_again() {
     );
     fixture.bluegreen.ok(&["rollback"]);
     assert_eq!(counts(&fixture, 0), (switches(1, 0, 0), rollbacks(1, 0, 0)));
+}
+
+/// A version before the `fleet` cause pinned switch counters of three
+/// causes: commands run uncounted beside them, and `up` carries their
+/// counts over to today's layout instead of refusing the pins.
+#[test]
+fn switch_counters_of_an_older_layout_are_carried_over_by_up() {
+    let fixture = Fixture::new();
+    fixture.up();
+    let slot = u32::try_from(counter_slot(&fixture, "web")).expect("a small slot");
+    let counters =
+        PinLayout::new(&fixture.bluegreen.pin_dir, SWITCH_IFACE).map(map_names::SWITCHES);
+    std::fs::remove_file(&counters).expect("unpin today's counters");
+    let path = counters.to_str().expect("utf-8");
+    let entries = bluegreen_common::MAX_SERVICES.to_string();
+    bluegreen_testbed::netns::run(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            path,
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "48",
+            "entries",
+            &entries,
+            "name",
+            "BG_SWITCHES",
+        ],
+    );
+    // Switches by operator, shift, auto_rollback; then rollbacks alike.
+    let older: [u64; 6] = [4, 1, 2, 3, 0, 1];
+    let key: Vec<String> = slot.to_le_bytes().iter().map(u8::to_string).collect();
+    let value: Vec<String> = older
+        .iter()
+        .flat_map(|count| count.to_le_bytes())
+        .map(|byte| byte.to_string())
+        .collect();
+    let mut update = vec!["map", "update", "pinned", path, "key"];
+    update.extend(key.iter().map(String::as_str));
+    update.push("value");
+    update.extend(value.iter().map(String::as_str));
+    bluegreen_testbed::netns::run("bpftool", &update);
+
+    fixture.bluegreen.ok(&["switch", "green"]);
+    assert_eq!(counts(&fixture, 0).0, switches(0, 0, 0), "run uncounted");
+
+    let output = fixture.up();
+    assert!(
+        output.contains("switch counters of 1 service(s) carried over"),
+        "{output}"
+    );
+    assert_eq!(counts(&fixture, 0), (switches(4, 1, 2), rollbacks(3, 0, 1)));
+    fixture.bluegreen.ok(&["rollback"]);
+    assert_eq!(counts(&fixture, 0), (switches(5, 1, 2), rollbacks(4, 0, 1)));
 }
 
 /// Whether the daemon serves a health sample for `color` of "web".
@@ -290,6 +376,43 @@ fn a_second_daemon_on_the_interface_fails_fast_and_the_first_keeps_running() {
     );
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(took < Duration::from_secs(5), "exited after {took:?}");
+
+    // The same instance (pins) named with another state directory: the
+    // instance's own lock refuses it before it loads anything.
+    let links_before = fixture.bluegreen.pins();
+    let third = ChildGuard(Some(
+        Command::new("nsenter")
+            .arg(format!(
+                "--net={}",
+                fixture.bluegreen.namespace_path.display()
+            ))
+            .arg(binary())
+            .arg("--pin-dir")
+            .arg(&fixture.bluegreen.pin_dir)
+            .arg("--state-dir")
+            .arg(fixture.bluegreen.state_dir.join("elsewhere"))
+            .args(["daemon", "--config", &config])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start a daemon with another state directory"),
+    ));
+    let output = third.wait(Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "another bluegreen daemon is running on s0 (it holds the pin directory {}",
+            fixture.bluegreen.interface_pins().display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("hot upgrade")
+            && !String::from_utf8_lossy(&output.stdout).contains("up on"),
+        "it loaded something: {stderr}"
+    );
+    assert_eq!(fixture.bluegreen.pins(), links_before, "the pins changed");
 
     // The first one still serves, and its lock does not block a switch.
     fixture.bluegreen.ok(&["switch", "green"]);

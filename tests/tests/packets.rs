@@ -1,6 +1,7 @@
-//! Fixture tests of both programs through `BPF_PROG_TEST_RUN`: a frame goes
-//! in, and the exact frame that must come out is built independently with
-//! the fixture builder (never by bluegreen's own code). Needs root.
+//! Fixture tests of the XDP and TC programs through `BPF_PROG_TEST_RUN`: a
+//! frame goes in, and the exact frame that must come out is built
+//! independently with the fixture builder (never by bluegreen's own code).
+//! Needs root.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -421,7 +422,11 @@ for_each_family_and_protocol!(
     egress_ignores_expired_flows,
 );
 
-for_each_family!(Tcp: fin_and_rst_mark_the_flow_closing, closing_flows_expire_sooner);
+for_each_family!(Tcp:
+    fin_and_rst_mark_the_flow_closing,
+    a_reset_from_the_backend_marks_the_flow_closing,
+    closing_flows_expire_sooner,
+);
 
 fn new_flow_goes_to_the_active_color(f: Setup) {
     let dataplane = f.dataplane(COLOR_BLUE);
@@ -799,6 +804,30 @@ fn fin_and_rst_mark_the_flow_closing(f: Setup) {
     assert_steered(&dataplane, reset.to_vip(TCP_SYN), f.green, "SYN");
     assert_steered(&dataplane, reset.to_vip(TCP_RST), f.green, "RST");
     reset.assert_flow(&dataplane, f.green, COLOR_GREEN, 2, true);
+}
+
+/// A backend's RST ends its connection as surely as the client's: an open
+/// one it resets, or a connect it refuses, must not stay live for the idle
+/// timeout and hold up a drain. The reply still leaves as the VIP.
+fn a_reset_from_the_backend_marks_the_flow_closing(f: Setup) {
+    let dataplane = f.dataplane(COLOR_BLUE);
+    assert_steered(&dataplane, f.to_vip(TCP_SYN), f.blue, "SYN");
+    assert_restored(&dataplane, f.reply_from(f.blue), f.vip, "SYN-ACK");
+    assert_steered(&dataplane, f.to_vip(TCP_ACK), f.blue, "ACK");
+    f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
+    // A FIN from the backend half-closes: the client may still send.
+    let fin = f.frame(f.blue, f.client, TCP_FIN | TCP_ACK);
+    assert_restored(&dataplane, fin, f.vip, "the backend's FIN");
+    f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, false);
+    let reset = f.frame(f.blue, f.client, TCP_RST | TCP_ACK);
+    assert_restored(&dataplane, reset, f.vip, "the backend's RST");
+    f.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, true);
+
+    let refused = f.other_client();
+    assert_steered(&dataplane, refused.to_vip(TCP_SYN), f.blue, "SYN");
+    let answer = refused.frame(f.blue, refused.client, TCP_RST | TCP_ACK);
+    assert_restored(&dataplane, answer, f.vip, "RST answering the SYN");
+    refused.assert_flow(&dataplane, f.blue, COLOR_BLUE, 1, true);
 }
 
 fn closing_flows_expire_sooner(f: Setup) {

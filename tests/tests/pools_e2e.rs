@@ -335,3 +335,110 @@ fn a_switch_needs_min_healthy_replicas_of_the_pool() {
     let served = load(&fixture, 200);
     assert_eq!(served.len(), 2, "{served:?}");
 }
+
+/// Connections their backend resets (`ss -K` on its host) are over: they
+/// stop counting as open at once, so a drain does not wait an idle
+/// timeout for them and `backend remove` moves none. A backend with no
+/// listener is refused by `backend add` unless `--skip-check`, and the
+/// connects it then refuses never count as open.
+#[test]
+fn reset_and_refused_connections_never_count_as_open() {
+    let fixture = Fixture::new();
+    let _replicas = start_replicas(&fixture.topology.blue, "blue", 1);
+    let blue = up_blue_pool(&fixture, 1);
+    let mut open: Vec<KeepAlive> = (0..3).map(|_| keep_alive_on(&fixture, "blue-2")).collect();
+    let open_on = |backend: SocketAddr| pool_status(&fixture, "blue")[&backend.to_string()].1;
+    assert_eq!(
+        open_on(blue[1]),
+        3,
+        "three keep-alive connections on blue-2"
+    );
+
+    let filter = format!("( sport = :{} )", blue[1].port());
+    let killed = fixture
+        .topology
+        .blue
+        .exec("ss", &["-K", "-t", "state", "established", &filter]);
+    assert!(killed.status.success(), "ss -K: {killed:?}");
+    for connection in &mut open {
+        let after = connection.get();
+        assert!(
+            after.is_err(),
+            "served after its backend reset it: {after:?}"
+        );
+    }
+    assert_eq!(open_on(blue[1]), 0, "reset connections still count as open");
+    let status = fixture.service_status();
+    assert_eq!(status["blue"]["active_flows"], 0, "{status}");
+    let out = fixture
+        .bluegreen
+        .ok(&["backend", "remove", "blue", &blue[1].to_string()]);
+    assert!(out.contains("0 open connection(s) moved"), "{out}");
+
+    // Nothing listens on the next replica's port.
+    let dead = replica(blue_backend(), 2).to_string();
+    let refused = fixture.bluegreen.run(&["backend", "add", "blue", &dead]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("failed its health check")
+            && refused.stderr.contains("--skip-check"),
+        "{refused:?}"
+    );
+    let pool = pool_status(&fixture, "blue");
+    assert!(
+        !pool.contains_key(&dead),
+        "a refused add changed the pool: {pool:?}"
+    );
+
+    fixture
+        .bluegreen
+        .ok(&["backend", "add", "blue", &dead, "--skip-check"]);
+    let report: LoadReport = fixture.load(2, 40, LOAD_DEADLINE).finish(false);
+    let failed = 40 - report.succeeded();
+    assert!(
+        failed > 0,
+        "no connection reached the dead backend: {report:?}"
+    );
+    let status = fixture.service_status();
+    assert_eq!(
+        status["blue"]["active_flows"], 0,
+        "{failed} refused connects count as open: {status}"
+    );
+}
+
+/// The maps record each backend's drain beside its address: a state file
+/// lost or damaged and rebuilt from them keeps the drain, so the next pool
+/// change does not undrain it silently and `undrain` still has work.
+#[test]
+fn a_drain_survives_a_state_file_rebuilt_from_the_maps() {
+    let fixture = Fixture::new();
+    let _replicas = start_replicas(&fixture.topology.blue, "blue", 3);
+    let blue = up_blue_pool(&fixture, 2);
+    let drained = blue[1].to_string();
+    fixture
+        .bluegreen
+        .ok(&["backend", "drain", "blue", &drained]);
+
+    std::fs::write(fixture.bluegreen.state_file(), "{ damaged").expect("damage the state file");
+    let status = fixture.bluegreen.run(&["status"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    assert!(
+        status.stderr.contains("rewrote it from the maps"),
+        "{status:?}"
+    );
+    assert_eq!(pool_status(&fixture, "blue")[&drained].0, "draining");
+
+    let added = replica(blue_backend(), 3).to_string();
+    fixture.bluegreen.ok(&["backend", "add", "blue", &added]);
+    let pool = pool_status(&fixture, "blue");
+    assert_eq!(pool[&drained].0, "draining", "{pool:?}");
+    let served = load(&fixture, 120);
+    eprintln!("120 new connections with blue-2 drained after a rebuild: {served:?}");
+    assert_eq!(served.get("blue-2"), None, "{served:?}");
+    assert!(served.get("blue-4").copied().unwrap_or(0) > 0, "{served:?}");
+
+    let out = fixture
+        .bluegreen
+        .ok(&["backend", "undrain", "blue", &drained]);
+    assert!(out.contains("takes new flows again"), "{out}");
+}

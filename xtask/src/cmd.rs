@@ -85,14 +85,23 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("could not start `{}`", display(cmd)))?;
+    succeeded(status, display(cmd))
+}
+
+/// Waits for a child started with `spawn`; an error names `command` and
+/// its status, as [`run`] does.
+pub fn finish(mut child: std::process::Child, command: &str) -> Result<()> {
+    let status = child
+        .wait()
+        .with_context(|| format!("could not wait for `{command}`"))?;
+    succeeded(status, command.to_owned())
+}
+
+fn succeeded(status: ExitStatus, command: String) -> Result<()> {
     if status.success() {
         Ok(())
     } else {
-        Err(Failed {
-            command: display(cmd),
-            status,
-        }
-        .into())
+        Err(Failed { command, status }.into())
     }
 }
 

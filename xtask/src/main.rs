@@ -17,8 +17,10 @@ use clap::{Parser, Subcommand};
     bin_name = "cargo xtask",
     about = "Build, test, lint, package, demo and benchmark bluegreen",
     long_about = "Build, test, lint, package, demo and benchmark bluegreen.\n\n\
-        Every command except `setup` first runs `setup`, which is silent when \
-        nothing is missing. Commands that need setup must run as root."
+        Every command first installs what it needs and is missing (silent \
+        when nothing is), so it must run as root: the demo only the eBPF \
+        toolchain and what building the binary needs, `test`, `bench`, \
+        `lint` and `package` add their own tools. `setup` installs them all."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,8 +29,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what is missing: Debian packages, nightly with rust-src,
-    /// clippy and rustfmt, bpf-linker, cargo-deb; mount bpffs. Needs root.
+    /// Install everything any command needs and is missing: Debian
+    /// packages, nightly with rust-src, clippy and rustfmt, bpf-linker,
+    /// cargo-deb; mount bpffs. Needs root.
     Setup,
     /// Build the bluegreen loader and CLI (debug), embedding the eBPF object.
     Build,
@@ -62,7 +65,7 @@ enum Task {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Task::Setup => setup::setup(),
+        Task::Setup => setup::setup(setup::Purpose::Everything),
         Task::Build => tasks::build(),
         Task::Test { args } => tasks::test(&args),
         Task::Demo { args } => tasks::demo(&args),

@@ -8,46 +8,135 @@ use anyhow::{Context, Result, bail};
 
 use crate::cmd;
 
-/// Debian packages: LLVM 22 for bpf-linker, the tools the end-to-end
-/// tests, demo and benchmarks drive, dpkg-dev for cargo-deb (it runs
-/// dpkg-shlibdeps for `$auto` dependencies, and strip), prometheus for
-/// the `promtool` that checks the shipped alert rules, etcd (server and
-/// etcdctl) for the fleet's tests and benchmark, and protoc with the
-/// well-known types it imports (libprotobuf-dev: apt installs it only as a
-/// recommendation, which setup skips), which the etcd-client crate's build
-/// script needs.
-const DEBIAN_PACKAGES: &[&str] = &[
-    "llvm-22-dev",
-    "iproute2",
-    "ethtool",
+/// What a command is about to do, which decides what it must install:
+/// each command installs only what it uses, so the demo on a fresh
+/// machine does not wait for the test and benchmark tools.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Build the bluegreen binary (and the test bed that drives it).
+    Build,
+    /// Build, then run the demo in network namespaces.
+    Demo,
+    /// Format and clippy checks of every crate.
+    Lint,
+    /// Build the .deb.
+    Package,
+    /// Build, package, then run the whole test suite.
+    Test,
+    /// Build in release mode and run the benchmarks.
+    Bench,
+    /// `cargo xtask setup`: everything any command needs.
+    Everything,
+}
+
+/// LLVM 22 for bpf-linker, and protoc with the well-known types it
+/// imports (libprotobuf-dev: apt installs it only as a recommendation,
+/// which setup skips), which the etcd-client crate's build script needs.
+const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "protobuf-compiler", "libprotobuf-dev"];
+
+/// The demo's namespaces, veth pairs and checksum-offload switch.
+const NETWORK_PACKAGES: &[&str] = &["iproute2", "ethtool"];
+
+/// dpkg-dev for cargo-deb (it runs dpkg-shlibdeps for `$auto`
+/// dependencies, and strip).
+const PACKAGE_PACKAGES: &[&str] = &["dpkg-dev"];
+
+/// bpftool reads attachments in the end-to-end tests, prometheus brings
+/// the `promtool` that checks the shipped alert rules (and a server the
+/// tests scrape through), etcd (server and etcdctl) runs the fleet's
+/// tests, openssl makes their TLS certificates, strace counts the pins a
+/// command opens.
+const TEST_PACKAGES: &[&str] = &[
     "bpftool",
-    "nftables",
-    "wrk",
-    "curl",
-    "python3",
-    "dpkg-dev",
     "prometheus",
     "etcd-server",
     "etcd-client",
-    "protobuf-compiler",
-    "libprotobuf-dev",
+    "openssl",
+    "strace",
 ];
+
+/// The benchmarks' baselines (nftables DNAT), load generator (wrk),
+/// attachment checks (bpftool) and fleet part (etcd, and openssl for its
+/// TLS certificates).
+const BENCH_PACKAGES: &[&str] = &[
+    "bpftool",
+    "nftables",
+    "wrk",
+    "etcd-server",
+    "etcd-client",
+    "openssl",
+];
+
+impl Purpose {
+    fn debian_packages(self) -> Vec<&'static str> {
+        let groups: &[&[&str]] = match self {
+            Self::Build => &[BUILD_PACKAGES],
+            Self::Demo => &[BUILD_PACKAGES, NETWORK_PACKAGES],
+            Self::Lint => &[BUILD_PACKAGES],
+            Self::Package => &[BUILD_PACKAGES, PACKAGE_PACKAGES],
+            Self::Test => &[
+                BUILD_PACKAGES,
+                NETWORK_PACKAGES,
+                PACKAGE_PACKAGES,
+                TEST_PACKAGES,
+            ],
+            Self::Bench => &[BUILD_PACKAGES, NETWORK_PACKAGES, BENCH_PACKAGES],
+            Self::Everything => &[
+                BUILD_PACKAGES,
+                NETWORK_PACKAGES,
+                PACKAGE_PACKAGES,
+                TEST_PACKAGES,
+                BENCH_PACKAGES,
+            ],
+        };
+        let mut packages: Vec<&str> = groups
+            .iter()
+            .flat_map(|group| group.iter().copied())
+            .collect();
+        packages.sort_unstable();
+        packages.dedup();
+        packages
+    }
+
+    fn needs_cargo_deb(self) -> bool {
+        matches!(self, Self::Package | Self::Test | Self::Everything)
+    }
+
+    fn needs_lint_components(self) -> bool {
+        matches!(self, Self::Lint | Self::Everything)
+    }
+
+    fn needs_bpffs(self) -> bool {
+        !matches!(self, Self::Build | Self::Lint | Self::Package)
+    }
+}
 
 /// bpf-linker must link against the same LLVM major as `llvm-22-dev`.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 const BPFFS: &str = "/sys/fs/bpf";
 
-pub fn setup() -> Result<()> {
+/// Installs what `purpose` needs and is missing; silent when nothing is.
+pub fn setup(purpose: Purpose) -> Result<()> {
     ensure_root()?;
-    ensure_debian_packages()?;
-    // Stable lints and formats the workspace; nightly builds the eBPF
-    // crate with `-Z build-std=core`, which needs rust-src.
-    ensure_toolchain("stable", &["clippy", "rustfmt"])?;
-    ensure_toolchain("nightly", &["rust-src", "clippy"])?;
+    ensure_debian_packages(&purpose.debian_packages())?;
+    // Nightly builds the eBPF crate with `-Z build-std=core`, which needs
+    // rust-src; stable lints and formats the workspace, nightly lints the
+    // eBPF crate.
+    if purpose.needs_lint_components() {
+        ensure_toolchain("stable", &["clippy", "rustfmt"])?;
+        ensure_toolchain("nightly", &["rust-src", "clippy"])?;
+    } else {
+        ensure_toolchain("nightly", &["rust-src"])?;
+    }
     ensure_bpf_linker()?;
-    ensure_cargo_deb()?;
-    ensure_bpffs()
+    if purpose.needs_cargo_deb() {
+        ensure_cargo_deb()?;
+    }
+    if purpose.needs_bpffs() {
+        ensure_bpffs()?;
+    }
+    Ok(())
 }
 
 fn announce(step: &str) {
@@ -70,8 +159,8 @@ fn is_installed(package: &str) -> bool {
         .is_some_and(|status| status.contains("install ok installed"))
 }
 
-fn ensure_debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|package| !is_installed(package))
@@ -181,6 +270,12 @@ fn ensure_bpf_linker() -> Result<()> {
     cmd::run(
         cmd::new("cargo")
             .env("LLVM_PREFIX", LLVM_PREFIX)
+            // Its own code is glue around LLVM (the system library, built
+            // optimised): unoptimised and without debug info it links the
+            // programs as well, and builds in half the time, which a fresh
+            // machine's first command waits for.
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+            .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "0")
             .args(["install", "bpf-linker", "--locked", "--force"])
             .args(["--no-default-features", "--features", "llvm-22"]),
     )
@@ -207,4 +302,54 @@ fn ensure_bpffs() -> Result<()> {
     }
     announce(&format!("mounting bpffs at {BPFFS}"));
     cmd::run(cmd::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_installs_only_what_building_and_its_namespaces_need() {
+        assert_eq!(
+            Purpose::Demo.debian_packages(),
+            [
+                "ethtool",
+                "iproute2",
+                "libprotobuf-dev",
+                "llvm-22-dev",
+                "protobuf-compiler"
+            ]
+        );
+        assert!(!Purpose::Demo.needs_cargo_deb());
+        assert!(!Purpose::Demo.needs_lint_components());
+    }
+
+    #[test]
+    fn setup_installs_what_every_command_needs() {
+        let everything = Purpose::Everything.debian_packages();
+        for purpose in [
+            Purpose::Build,
+            Purpose::Demo,
+            Purpose::Lint,
+            Purpose::Package,
+            Purpose::Test,
+            Purpose::Bench,
+        ] {
+            for package in purpose.debian_packages() {
+                assert!(everything.contains(&package), "{package}");
+            }
+            assert!(!purpose.needs_cargo_deb() || Purpose::Everything.needs_cargo_deb());
+        }
+        for tool in [
+            "prometheus",
+            "etcd-server",
+            "openssl",
+            "strace",
+            "wrk",
+            "nftables",
+        ] {
+            assert!(everything.contains(&tool), "{tool}");
+            assert!(!Purpose::Demo.debian_packages().contains(&tool), "{tool}");
+        }
+    }
 }

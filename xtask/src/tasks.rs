@@ -3,10 +3,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cmd, setup::setup};
+use crate::cmd;
+use crate::setup::{Purpose, setup};
 
 /// The workspace root: this crate lives in `<root>/xtask`. `parent()`
 /// rather than a `..` component keeps the paths we print and export tidy.
@@ -38,12 +40,16 @@ fn cargo(args: &[&str]) -> Command {
 }
 
 pub fn build() -> Result<()> {
-    setup()?;
+    setup(Purpose::Build)?;
+    build_debug()
+}
+
+fn build_debug() -> Result<()> {
     cmd::run(&mut cargo(&["build", "-p", "bluegreen"]))
 }
 
 pub fn test(args: &[String]) -> Result<()> {
-    setup()?;
+    setup(Purpose::Test)?;
     cmd::run(&mut cargo(&["build", "-p", "bluegreen", "--bins"]))?;
     // The packaging tests inspect a real release .deb; building it here
     // once keeps a release build out of the test binaries.
@@ -59,7 +65,7 @@ pub fn test(args: &[String]) -> Result<()> {
 }
 
 pub fn package() -> Result<()> {
-    setup()?;
+    setup(Purpose::Package)?;
     let deb = build_package()?;
     println!("{}", deb.display());
     Ok(())
@@ -109,17 +115,53 @@ fn write_generated_assets(binary: &Path, dir: &Path) -> Result<()> {
     )
 }
 
+/// Runs the demo and says where its time went, so a slow first run on a
+/// fresh machine shows whether installing, building or the demo was slow.
 pub fn demo(args: &[String]) -> Result<()> {
-    build()?;
-    cmd::run(
+    let started = Instant::now();
+    // The crates download while apt installs: on a fresh machine both wait
+    // on the network, not on the two cores the build needs.
+    let fetch = cargo(&["fetch", "--quiet"])
+        .stdin(Stdio::null())
+        .spawn()
+        .context("could not start `cargo fetch`")?;
+    let installed = setup(Purpose::Demo);
+    let fetched = cmd::finish(fetch, "cargo fetch");
+    installed?;
+    fetched?;
+    let installed = Instant::now();
+    // One cargo for both binaries, so the test bed's own dependencies
+    // build beside bluegreen's.
+    cmd::run(&mut cargo(&[
+        "build",
+        "-p",
+        "bluegreen",
+        "-p",
+        "bluegreen-testbed",
+        "--bin",
+        "bluegreen",
+        "--bin",
+        "demo",
+    ]))?;
+    let built = Instant::now();
+    let result = cmd::run(
         cargo(&["run", "-p", "bluegreen-testbed", "--bin", "demo", "--"])
             .args(args)
             .env("BLUEGREEN_BIN", bluegreen_bin("debug")),
-    )
+    );
+    let ran = Instant::now();
+    eprintln!(
+        "xtask: demo took {:.0?} in all: install {:.0?}, build {:.0?}, run {:.0?}",
+        ran - started,
+        installed - started,
+        built - installed,
+        ran - built
+    );
+    result
 }
 
 pub fn bench(args: &[String]) -> Result<()> {
-    setup()?;
+    setup(Purpose::Bench)?;
     cmd::run(&mut cargo(&["build", "--release", "-p", "bluegreen"]))?;
     cmd::run(
         cargo(&[
@@ -139,7 +181,7 @@ pub fn bench(args: &[String]) -> Result<()> {
 /// Runs every check even after one fails, so a single run reports all
 /// findings; fails if any did.
 pub fn lint() -> Result<()> {
-    setup()?;
+    setup(Purpose::Lint)?;
     let checks = [
         cargo(&["fmt", "--all", "--", "--check"]),
         cargo(&[

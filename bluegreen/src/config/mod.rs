@@ -16,8 +16,10 @@ use std::{
 use bluegreen_common::Timeouts;
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+pub(crate) use crate::pool::test_backend;
+pub use crate::pool::{BackendSpec, PoolSpec, WEIGHTS};
 pub use parse::{validate_fleet_name, validate_fleet_prefix};
-pub use pool::{BackendSpec, PoolSpec, WEIGHTS};
 pub use validate::{FieldError, ServiceField, validate_backend, validate_pool};
 
 use crate::{
@@ -25,27 +27,28 @@ use crate::{
     error::{Error, Result},
     health::HealthCheck,
     load::LoadCheck,
+    verify::{CommandGate, Warmup},
 };
 
 /// How XDP is attached: `auto` lets the kernel use the driver's native hook
 /// when it has one and fall back to the generic (skb) hook otherwise.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum XdpModeArg {
+pub enum RequestedXdpMode {
     #[default]
     Auto,
     Native,
     Skb,
 }
 
-impl FromStr for XdpModeArg {
+impl FromStr for RequestedXdpMode {
     type Err = Error;
 
     fn from_str(input: &str) -> Result<Self, Error> {
         match input {
-            "auto" => Ok(XdpModeArg::Auto),
-            "native" => Ok(XdpModeArg::Native),
-            "skb" => Ok(XdpModeArg::Skb),
+            "auto" => Ok(RequestedXdpMode::Auto),
+            "native" => Ok(RequestedXdpMode::Native),
+            "skb" => Ok(RequestedXdpMode::Skb),
             _ => Err(Error::UnknownXdpMode(input.to_owned())),
         }
     }
@@ -71,6 +74,12 @@ pub struct ServiceSpec {
     /// Whether the daemon weighs backends by their queue depth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<LoadCheck>,
+    /// Commands that must pass against a color before traffic moves to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<CommandGate>,
+    /// Requests sent to every backend of a color before traffic moves to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<Warmup>,
 }
 
 impl ServiceSpec {
@@ -81,17 +90,19 @@ impl ServiceSpec {
         }
     }
 
+    /// The release gates it configures.
+    pub fn gates(&self) -> crate::verify::Gates<'_> {
+        crate::verify::Gates {
+            commands: self.verify.as_ref(),
+            warmup: self.warmup.as_ref(),
+        }
+    }
+
     pub fn backends_mut(&mut self, color: Color) -> &mut PoolSpec {
         match color {
             Color::Blue => &mut self.blue,
             Color::Green => &mut self.green,
         }
-    }
-
-    /// A color's backends with their weights, as its pool is built from
-    /// (a drained backend has weight 0).
-    pub fn pool(&self, color: Color) -> Vec<(SocketAddr, u32)> {
-        self.backends(color).weighted()
     }
 
     /// Whether `backend` is in either color's pool.
@@ -177,7 +188,7 @@ impl Default for LocalClients {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub interface: Option<String>,
-    pub xdp_mode: XdpModeArg,
+    pub xdp_mode: RequestedXdpMode,
     pub local: LocalClients,
     pub dataplane: DataplaneOptions,
     pub services: Vec<ServiceSpec>,
@@ -195,6 +206,17 @@ impl Config {
     /// Parses and validates `text`; `file` names it in error messages.
     pub fn parse(text: &str, file: &str) -> Result<Config> {
         parse::config(text, file)
+    }
+}
+
+impl FleetConfig {
+    /// The `[fleet]` section of the config at `path`, the rest unread: an
+    /// operator's machine runs fleet commands with a config that describes
+    /// no service.
+    pub fn load(path: &Path) -> Result<Option<FleetConfig>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(Error::io(format!("cannot read config {}", path.display())))?;
+        parse::fleet_only(&text, &path.display().to_string())
     }
 }
 

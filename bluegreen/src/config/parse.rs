@@ -14,8 +14,8 @@ use toml::Spanned;
 
 use super::{
     AutoRollback, Config, DEFAULT_FLEET_PREFIX, DEFAULT_LEASE_TTL_SECS, DataplaneOptions,
-    FleetConfig, FleetTls, LocalClients, MAX_FLOW_CAPACITY, MIN_FLOW_CAPACITY, ServiceSpec,
-    XdpModeArg, pool,
+    FleetConfig, FleetTls, LocalClients, MAX_FLOW_CAPACITY, MIN_FLOW_CAPACITY, RequestedXdpMode,
+    ServiceSpec, pool,
     validate::{ServiceField, is_label, validate_name},
 };
 use crate::{
@@ -23,6 +23,7 @@ use crate::{
     error::{Error, Result},
     health::{HealthCheck, Probe},
     load::LoadCheck,
+    verify::{CommandGate, Method, Warmup},
 };
 
 #[derive(Deserialize)]
@@ -71,6 +72,26 @@ struct RawService {
     health: Option<Spanned<RawHealth>>,
     auto_rollback: Option<Spanned<RawAutoRollback>>,
     load: Option<Spanned<RawLoad>>,
+    verify: Option<Spanned<RawVerify>>,
+    warmup: Option<Spanned<RawWarmup>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVerify {
+    commands: Vec<Vec<String>>,
+    timeout_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWarmup {
+    requests: u32,
+    method: Option<String>,
+    path: String,
+    body: Option<String>,
+    expect_status: Option<u16>,
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -148,7 +169,7 @@ pub(super) fn config(text: &str, file: &str) -> Result<Config> {
     let source = Source { text, file };
     let raw: RawConfig = toml::from_str(text)
         .map_err(|error| source.error(error.span().unwrap_or(0..0), "toml", error.message()))?;
-    let xdp_mode: Option<XdpModeArg> =
+    let xdp_mode: Option<RequestedXdpMode> =
         source.read_opt(&raw.xdp_mode, "xdp_mode", |mode| mode.parse())?;
     let dataplane = match &raw.dataplane {
         None => DataplaneOptions::default(),
@@ -183,6 +204,24 @@ pub(super) fn config(text: &str, file: &str) -> Result<Config> {
         services: services(&source, &raw.services)?,
         fleet,
     })
+}
+
+/// A file read for its `[fleet]` alone: the other tables are a host's
+/// business, not the fleet commands'.
+#[derive(Deserialize)]
+struct RawFleetOnly {
+    fleet: Option<RawFleet>,
+}
+
+/// The `[fleet]` section of a file that may hold nothing else.
+pub(super) fn fleet_only(text: &str, file: &str) -> Result<Option<FleetConfig>> {
+    let source = Source { text, file };
+    let raw: RawFleetOnly = toml::from_str(text)
+        .map_err(|error| source.error(error.span().unwrap_or(0..0), "toml", error.message()))?;
+    raw.fleet
+        .as_ref()
+        .map(|fleet| fleet.settings(&source))
+        .transpose()
 }
 
 /// A fleet host's name: what `PREFIX/v1/hosts/NAME` and `fleet status`
@@ -438,6 +477,8 @@ impl ServiceTable<'_> {
                 RawAutoRollback::settings,
             )?,
             load: self.read_opt(ServiceField::Load, &raw.load, RawLoad::check)?,
+            verify: self.read_opt(ServiceField::Verify, &raw.verify, RawVerify::gate)?,
+            warmup: self.read_opt(ServiceField::Warmup, &raw.warmup, RawWarmup::gate)?,
         };
         spec.validate()
             .map_err(|invalid| self.error(invalid.field, invalid.error))?;
@@ -485,6 +526,8 @@ impl ServiceTable<'_> {
             ServiceField::Health => or_name(raw.health.as_ref().map(Spanned::span)),
             ServiceField::AutoRollback => or_name(raw.auto_rollback.as_ref().map(Spanned::span)),
             ServiceField::Load => or_name(raw.load.as_ref().map(Spanned::span)),
+            ServiceField::Verify => or_name(raw.verify.as_ref().map(Spanned::span)),
+            ServiceField::Warmup => or_name(raw.warmup.as_ref().map(Spanned::span)),
         }
     }
 }
@@ -529,6 +572,36 @@ impl RawLoad {
         };
         check.validate()?;
         Ok(check)
+    }
+}
+
+impl RawVerify {
+    /// `[service.verify]`: the commands, and a 600 s timeout unless told.
+    fn gate(&self) -> Result<CommandGate, String> {
+        let gate = CommandGate {
+            commands: self.commands.clone(),
+            timeout_secs: self
+                .timeout_secs
+                .unwrap_or(CommandGate::DEFAULT_TIMEOUT_SECS),
+        };
+        gate.validate()?;
+        Ok(gate)
+    }
+}
+
+impl RawWarmup {
+    /// `[service.warmup]`: a GET expecting 200 unless told otherwise.
+    fn gate(&self) -> Result<Warmup, String> {
+        let warmup = Warmup {
+            requests: self.requests,
+            method: self.method.as_deref().unwrap_or("GET").parse::<Method>()?,
+            path: self.path.clone(),
+            body: self.body.clone(),
+            expect_status: self.expect_status.unwrap_or(Warmup::DEFAULT_EXPECT_STATUS),
+            timeout_ms: self.timeout_ms.unwrap_or(Warmup::DEFAULT_TIMEOUT_MS),
+        };
+        warmup.validate()?;
+        Ok(warmup)
     }
 }
 

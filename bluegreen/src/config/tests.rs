@@ -4,7 +4,11 @@
 use std::path::Path;
 
 use super::*;
-use crate::{health::Probe, load::LoadCheck};
+use crate::{
+    health::Probe,
+    load::LoadCheck,
+    verify::{CommandGate, Method, Warmup},
+};
 
 const GOOD: &str = r#"
 interface = "eth0"
@@ -72,7 +76,7 @@ fn config_error(text: &str) -> (usize, String, String) {
 fn a_valid_config_is_read_completely() {
     let config = Config::parse(GOOD, "test.toml").unwrap();
     assert_eq!(config.interface.as_deref(), Some("eth0"));
-    assert_eq!(config.xdp_mode, XdpModeArg::Native);
+    assert_eq!(config.xdp_mode, RequestedXdpMode::Native);
     assert_eq!(config.dataplane.flow_capacity, 4096);
     assert_eq!(config.dataplane.timeouts.udp_idle_secs, 5);
     assert_eq!(
@@ -245,13 +249,13 @@ fn the_packaged_example_config_is_valid() {
 #[test]
 fn xdp_modes_parse_from_their_names() {
     for (name, mode) in [
-        ("auto", XdpModeArg::Auto),
-        ("native", XdpModeArg::Native),
-        ("skb", XdpModeArg::Skb),
+        ("auto", RequestedXdpMode::Auto),
+        ("native", RequestedXdpMode::Native),
+        ("skb", RequestedXdpMode::Skb),
     ] {
-        assert_eq!(name.parse::<XdpModeArg>().unwrap(), mode, "{name}");
+        assert_eq!(name.parse::<RequestedXdpMode>().unwrap(), mode, "{name}");
     }
-    let error = "fast".parse::<XdpModeArg>().unwrap_err().to_string();
+    let error = "fast".parse::<RequestedXdpMode>().unwrap_err().to_string();
     assert_eq!(error, "unknown XDP mode \"fast\": use auto, native or skb");
 
     let (line, field, message) =
@@ -404,6 +408,107 @@ fn load_sections_take_defaults_and_bad_ones_are_named() {
 }
 
 #[test]
+fn verify_sections_take_a_default_timeout_and_bad_ones_are_named() {
+    let text = with_section(
+        "verify",
+        "commands = [[\"/opt/evals/run.sh\", \"--quick\"]]\n",
+    );
+    let config = Config::parse(&text, "test.toml").unwrap();
+    assert_eq!(
+        config.services[0].verify,
+        Some(CommandGate {
+            commands: vec![vec!["/opt/evals/run.sh".to_owned(), "--quick".to_owned()]],
+            timeout_secs: CommandGate::DEFAULT_TIMEOUT_SECS,
+        })
+    );
+    assert_eq!(config.services[1].verify, None);
+
+    let cases = [
+        ("commands = []\n", "commands is empty"),
+        ("commands = [[]]\n", "commands[0] is empty"),
+        ("commands = [[\"\"]]\n", "empty program name"),
+        (
+            "commands = [[\"/bin/true\"]]\ntimeout_secs = 0\n",
+            "timeout_secs 0 is outside",
+        ),
+    ];
+    assert_section_errors("verify", &cases);
+
+    let (line, field, message) = config_error(&with_section(
+        "verify",
+        "commands = [[\"/bin/true\"]]\ntimeout = 5\n",
+    ));
+    assert_eq!((line, field.as_str()), (17, "toml"));
+    assert!(message.contains("unknown field `timeout`"), "{message}");
+}
+
+#[test]
+fn warmup_sections_take_defaults_and_bad_ones_are_named() {
+    let text = with_section(
+        "warmup",
+        "requests = 20\nmethod = \"POST\"\npath = \"/v1/completions\"\nbody = '{\"model\": \"m\"}'\n",
+    );
+    let config = Config::parse(&text, "test.toml").unwrap();
+    assert_eq!(
+        config.services[0].warmup,
+        Some(Warmup {
+            requests: 20,
+            method: Method::Post,
+            path: "/v1/completions".to_owned(),
+            body: Some("{\"model\": \"m\"}".to_owned()),
+            expect_status: 200,
+            timeout_ms: Warmup::DEFAULT_TIMEOUT_MS,
+        })
+    );
+    let text = with_section(
+        "warmup",
+        "requests = 1\npath = \"/\"\nexpect_status = 204\n",
+    );
+    let warmup = Config::parse(&text, "test.toml").unwrap().services[0]
+        .warmup
+        .clone()
+        .unwrap();
+    assert_eq!((warmup.method, warmup.expect_status), (Method::Get, 204));
+
+    let cases = [
+        (
+            "requests = 0\npath = \"/\"\n",
+            "requests 0 is outside 1..=10000",
+        ),
+        ("requests = 10001\npath = \"/\"\n", "requests 10001"),
+        ("requests = 1\npath = \"v1\"\n", "must start with '/'"),
+        (
+            "requests = 1\npath = \"/\"\nmethod = \"DELETE\"\n",
+            "method \"DELETE\" is not GET, POST or PUT",
+        ),
+        (
+            "requests = 1\npath = \"/\"\nexpect_status = 600\n",
+            "expect_status 600 is outside 100..=599",
+        ),
+        (
+            "requests = 1\npath = \"/\"\nbody = \"x\"\n",
+            "a GET carries no body",
+        ),
+    ];
+    assert_section_errors("warmup", &cases);
+
+    let (line, field, message) = config_error(&with_section(
+        "warmup",
+        "requests = 1\npath = \"/\"\nheaders = 1\n",
+    ));
+    assert_eq!((line, field.as_str()), (18, "toml"));
+    assert!(message.contains("unknown field `headers`"), "{message}");
+
+    let udp = format!("{GOOD}\n[service.warmup]\nrequests = 1\npath = \"/\"\n");
+    let (_, field, message) = config_error(&udp);
+    assert_eq!(field, "service[1].warmup");
+    assert!(
+        message.contains("a UDP service does not answer"),
+        "{message}"
+    );
+}
+
+#[test]
 fn a_fleet_section_takes_defaults_and_without_one_the_host_stands_alone() {
     assert_eq!(Config::parse(GOOD, "test.toml").unwrap().fleet, None);
     let text =
@@ -466,4 +571,47 @@ fn bad_fleet_settings_are_named_on_their_line() {
             "{body}: line {line}"
         );
     }
+}
+
+#[test]
+fn the_fleet_section_is_read_alone_from_a_file_without_services() {
+    /// Removes the directory however the test ends.
+    struct TempDir(PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let dir = TempDir(std::env::temp_dir().join(format!("bg-fleet-only-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).expect("temp dir");
+    let path = dir.0.join("operator.toml");
+    std::fs::write(
+        &path,
+        "[fleet]\nendpoints = [\"https://10.0.0.5:2379\"]\nhost = \"desk\"\nca = \"/etc/ca.pem\"\n",
+    )
+    .expect("write");
+    let fleet = FleetConfig::load(&path).expect("a [fleet] alone is enough");
+    assert_eq!(
+        fleet.map(|fleet| (fleet.endpoints, fleet.tls.ca)),
+        Some((
+            vec!["https://10.0.0.5:2379".to_owned()],
+            Some(PathBuf::from("/etc/ca.pem"))
+        ))
+    );
+    // A host's whole config gives its [fleet] too; its mistakes are still
+    // named with their line.
+    std::fs::write(
+        &path,
+        format!("{GOOD}\n[fleet]\nendpoints = [\"http://e:2379\"]\n"),
+    )
+    .expect("write");
+    assert!(FleetConfig::load(&path).expect("a host's config").is_some());
+    std::fs::write(&path, "[fleet]\nendpoints = [\"e:2379\"]\n").expect("write");
+    let error = FleetConfig::load(&path).expect_err("not a URL").to_string();
+    assert!(
+        error.contains("operator.toml:2: fleet.endpoints"),
+        "{error}"
+    );
+    std::fs::write(&path, "interface = \"eth0\"\n").expect("write");
+    assert_eq!(FleetConfig::load(&path).expect("no [fleet]"), None);
 }

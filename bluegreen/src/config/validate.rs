@@ -9,7 +9,7 @@ use std::{
 
 use super::{PoolSpec, ServiceSpec};
 use crate::{
-    endpoint::{Color, family_name},
+    endpoint::{Color, Proto, family_name},
     error::{Error, Result},
 };
 
@@ -25,6 +25,8 @@ pub enum ServiceField {
     Health,
     AutoRollback,
     Load,
+    Verify,
+    Warmup,
 }
 
 impl From<Color> for ServiceField {
@@ -48,6 +50,8 @@ impl fmt::Display for ServiceField {
             ServiceField::Health => "health",
             ServiceField::AutoRollback => "auto_rollback",
             ServiceField::Load => "load",
+            ServiceField::Verify => "verify",
+            ServiceField::Warmup => "warmup",
         })
     }
 }
@@ -119,6 +123,22 @@ impl ServiceSpec {
                 ServiceField::AutoRollback,
                 "auto_rollback needs a health check: add a [service.health] table".to_owned(),
             ));
+        }
+        if let Some(verify) = &self.verify {
+            verify
+                .validate()
+                .map_err(|message| invalid(ServiceField::Verify, format!("verify: {message}")))?;
+        }
+        if let Some(warmup) = &self.warmup {
+            warmup
+                .validate()
+                .map_err(|message| invalid(ServiceField::Warmup, format!("warmup: {message}")))?;
+            if self.proto == Proto::Udp {
+                return Err(invalid(
+                    ServiceField::Warmup,
+                    "warmup sends HTTP requests, which a UDP service does not answer: remove [service.warmup]".to_owned(),
+                ));
+            }
         }
         if let Some(shared) = self
             .green

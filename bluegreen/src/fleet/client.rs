@@ -5,14 +5,13 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
-    LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp, TxnResponse,
-    WatchOptions, WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, LeaseKeepAliveStream,
+    LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions, WatchStream,
 };
-use serde::{Serialize, de::DeserializeOwned};
+use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use super::{DesiredState, HostRecord, Keys};
+use super::{Conflict, DesiredState, HostRecord, Hosts, Keys, read_desired, read_document, tls};
 use crate::{
     config::FleetTls,
     error::{Error, Result},
@@ -26,6 +25,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// within seconds instead of waiting for TCP to give up.
 const PING_INTERVAL: Duration = Duration::from_secs(1);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a daemon looks again at a host name another lease holds.
+const REGISTER_POLL: Duration = Duration::from_millis(250);
+const REGISTER_ATTEMPTS: usize = 3;
+/// How long `fleet status` shows a refused claim of a host name after the
+/// last attempt.
+const CONFLICT_TTL_SECS: i64 = 300;
 
 /// A connection to the fleet's etcd.
 pub struct FleetClient {
@@ -55,22 +60,32 @@ impl Drop for Change {
     }
 }
 
-fn read_pem(path: &std::path::Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(Error::io(format!(
-        "cannot read the etcd TLS file {}",
-        path.display()
-    )))
-}
-
-fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T> {
-    serde_json::from_slice(kv.value()).map_err(|error| Error::FleetData {
-        key: String::from_utf8_lossy(kv.key()).into_owned(),
-        reason: error.to_string(),
-    })
-}
-
 fn encode(value: &impl Serialize) -> String {
     serde_json::to_string(value).expect("fleet documents serialise")
+}
+
+/// A desired state read from etcd, or why it cannot be applied.
+pub type Desired = std::result::Result<DesiredState, String>;
+
+fn key_of(kv: &KeyValue) -> String {
+    String::from_utf8_lossy(kv.key()).into_owned()
+}
+
+/// Whether a host record is free for the daemon whose lease before this
+/// one was `previous`.
+fn is_ours(kv: &KeyValue, previous: Option<i64>) -> bool {
+    kv.lease() == 0 || Some(kv.lease()) == previous
+}
+
+fn taken(host: &str, kv: &KeyValue) -> Error {
+    let owner = read_document::<HostRecord>(kv.value())
+        .map(|held| held.owner)
+        .unwrap_or_else(|reason| format!("a record this bluegreen cannot read: {reason}"));
+    Error::FleetHostTaken {
+        host: host.to_owned(),
+        lease: kv.lease(),
+        owner,
+    }
 }
 
 /// The name at the end of a key below `dir`.
@@ -79,33 +94,48 @@ fn name_below<'a>(kv: &'a KeyValue, dir: &str) -> Option<&'a str> {
 }
 
 impl FleetClient {
-    /// Connects to the first of `endpoints` that answers.
+    /// Connects to the first of `endpoints` that answers. Over TLS, the
+    /// files are checked first and one request is made at once, so that a
+    /// TLS problem is named here rather than as a failed request later.
     pub async fn connect(endpoints: &[String], prefix: &str, tls: &FleetTls) -> Result<Self> {
+        let tls = tls::load(tls)?;
         let mut options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(PING_INTERVAL, PING_TIMEOUT)
             .with_keep_alive_while_idle(true);
-        if tls.ca.is_some() || tls.cert.is_some() {
-            let mut config = TlsOptions::new();
-            if let Some(ca) = &tls.ca {
-                config = config.ca_certificate(Certificate::from_pem(read_pem(ca)?));
-            }
-            if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-                config = config.identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
-            }
-            options = options.with_tls(config);
+        if let Some(tls) = &tls {
+            options = options.with_tls(tls.options.clone());
         }
+        let explain = |error| match &tls {
+            Some(tls) => tls.explain(error),
+            None => error,
+        };
+        let action = format!("cannot connect to etcd at {}", endpoints.join(","));
         let client = Client::connect(endpoints, Some(options))
             .await
-            .map_err(Error::etcd(format!(
-                "cannot connect to etcd at {}",
-                endpoints.join(",")
-            )))?;
-        Ok(FleetClient {
+            .map_err(|error| explain(Error::etcd(action.as_str())(error)))?;
+        let mut connected = FleetClient {
             client,
             keys: Keys::new(prefix),
-        })
+        };
+        if tls.is_some() {
+            let services = connected.keys.services();
+            connected
+                .client
+                .get(
+                    services.as_str(),
+                    Some(
+                        GetOptions::new()
+                            .with_prefix()
+                            .with_keys_only()
+                            .with_limit(1),
+                    ),
+                )
+                .await
+                .map_err(|error| explain(Error::etcd(action.as_str())(error)))?;
+        }
+        Ok(connected)
     }
 
     async fn get_prefix(&mut self, dir: &str) -> Result<(Vec<KeyValue>, i64)> {
@@ -118,33 +148,37 @@ impl FleetClient {
         Ok((response.take_kvs(), revision))
     }
 
-    /// A service's desired state and its revision; `None` before the first
-    /// fleet change.
-    pub async fn desired(&mut self, service: &str) -> Result<Option<(DesiredState, i64)>> {
+    /// A service's desired state (or why it cannot be read) and its
+    /// revision; `None` before the first fleet change.
+    pub async fn desired(&mut self, service: &str) -> Result<Option<(Desired, i64)>> {
         let key = self.keys.service(service);
         let response = self
             .client
             .get(key.as_str(), None)
             .await
             .map_err(Error::etcd(format!("cannot read {key} from etcd")))?;
-        response
+        Ok(response
             .kvs()
             .first()
-            .map(|kv| Ok((decode(kv)?, kv.mod_revision())))
-            .transpose()
+            .map(|kv| (read_desired(kv.value()), kv.mod_revision())))
     }
 
-    /// Every service's desired state with its revision, and the revision of
-    /// the read (a watch from the next one misses nothing).
-    pub async fn list_desired(&mut self) -> Result<(BTreeMap<String, (DesiredState, i64)>, i64)> {
+    /// Every service's desired state (or why it cannot be read) with its
+    /// revision, and the revision of the read (a watch from the next one
+    /// misses nothing).
+    pub async fn list_desired(&mut self) -> Result<(BTreeMap<String, (Desired, i64)>, i64)> {
         let dir = self.keys.services();
         let (kvs, revision) = self.get_prefix(&dir).await?;
-        let mut services = BTreeMap::new();
-        for kv in &kvs {
-            if let Some(name) = name_below(kv, &dir) {
-                services.insert(name.to_owned(), (decode(kv)?, kv.mod_revision()));
-            }
-        }
+        let services = kvs
+            .iter()
+            .filter_map(|kv| {
+                let name = name_below(kv, &dir)?;
+                Some((
+                    name.to_owned(),
+                    (read_desired(kv.value()), kv.mod_revision()),
+                ))
+            })
+            .collect();
         Ok((services, revision))
     }
 
@@ -156,10 +190,28 @@ impl FleetClient {
             .map_err(Error::etcd(format!("cannot write {key} to etcd")))
     }
 
-    /// The live hosts' records (a host whose lease expired has none).
-    pub async fn hosts(&mut self) -> Result<Vec<HostRecord>> {
-        let (kvs, _) = self.get_prefix(&self.keys.hosts()).await?;
-        kvs.iter().map(decode).collect()
+    /// The live hosts' records (a host whose lease expired has none), and
+    /// the records that are not a live host's.
+    pub async fn hosts(&mut self) -> Result<Hosts> {
+        let dir = self.keys.hosts();
+        let (kvs, _) = self.get_prefix(&dir).await?;
+        let mut hosts = Hosts::default();
+        for kv in &kvs {
+            if let Some(name) = name_below(kv, &dir) {
+                hosts.add(&key_of(kv), name, kv.lease(), kv.value());
+            }
+        }
+        Ok(hosts)
+    }
+
+    /// The daemons that refused to start over a host name another held:
+    /// each report, or why it cannot be read.
+    pub async fn conflicts(&mut self) -> Result<Vec<(String, Result<Conflict, String>)>> {
+        let (kvs, _) = self.get_prefix(&self.keys.conflicts()).await?;
+        Ok(kvs
+            .iter()
+            .map(|kv| (key_of(kv), read_document(kv.value())))
+            .collect())
     }
 
     /// The changes in progress: service -> who runs it.
@@ -306,13 +358,100 @@ impl FleetClient {
             .map_err(Error::etcd("cannot renew the etcd lease"))
     }
 
-    /// Publishes a daemon's record under its lease.
-    pub async fn put_host(&mut self, record: &HostRecord, lease: i64) -> Result<()> {
+    /// Waits, up to `patience`, until the name `host` is free for this
+    /// daemon: no record, or one attached to no lease or to `previous`
+    /// (this daemon's lease before it reconnected). A record under another
+    /// live lease is another daemon's, or that of this one before it
+    /// crashed, which expires within its TTL: after `patience`, the name
+    /// is refused with [`Error::FleetHostTaken`].
+    pub async fn await_name(
+        &mut self,
+        host: &str,
+        previous: Option<i64>,
+        patience: Duration,
+    ) -> Result<()> {
+        let key = self.keys.host(host);
+        let deadline = tokio::time::Instant::now() + patience;
+        // Bounded by the deadline.
+        loop {
+            let response = self
+                .client
+                .get(key.as_str(), None)
+                .await
+                .map_err(Error::etcd(format!("cannot read {key} from etcd")))?;
+            match response.kvs().first() {
+                Some(kv) if !is_ours(kv, previous) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(taken(host, kv));
+                    }
+                }
+                _ => return Ok(()),
+            }
+            tokio::time::sleep(REGISTER_POLL).await;
+        }
+    }
+
+    /// Publishes a daemon's record under its `lease`, provided the name is
+    /// this daemon's (see [`FleetClient::await_name`]; a record without a
+    /// lease was written by hand, and attaching it again is what makes it
+    /// expire). Returns the revision of the write.
+    pub async fn register(
+        &mut self,
+        record: &HostRecord,
+        lease: i64,
+        previous: Option<i64>,
+    ) -> Result<i64> {
         let key = self.keys.host(&record.host);
+        let mut when = Compare::lease(key.as_str(), CompareOp::Equal, lease);
+        // Each attempt fails only if the record changed since the last
+        // one: a few in a row mean someone keeps rewriting it.
+        for _ in 0..REGISTER_ATTEMPTS {
+            let txn = Txn::new()
+                .when([when])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    encode(record),
+                    Some(PutOptions::new().with_lease(lease)),
+                )])
+                .or_else([TxnOp::get(key.as_str(), None)]);
+            let response = self.write(&key, txn).await?;
+            if response.succeeded() {
+                return Ok(response.header().map_or(0, |header| header.revision()));
+            }
+            let found = response.op_responses().into_iter().find_map(|op| match op {
+                TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
+                _ => None,
+            });
+            when = match found {
+                None => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                Some(kv) if is_ours(&kv, previous) => {
+                    Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision())
+                }
+                Some(kv) => return Err(taken(&record.host, &kv)),
+            };
+        }
+        Err(Error::Etcd {
+            action: format!("cannot write {key} to etcd"),
+            reason: format!("it changed under each of {REGISTER_ATTEMPTS} attempts"),
+        })
+    }
+
+    /// Leaves `conflict` in `conflicts/HOST` for `fleet status`, under a
+    /// lease of its own so that it goes once the claimant stops retrying.
+    pub async fn report_conflict(&mut self, conflict: &Conflict) -> Result<()> {
+        let lease = self
+            .client
+            .lease_grant(CONFLICT_TTL_SECS, None)
+            .await
+            .map_err(Error::etcd(
+                "cannot take an etcd lease for the conflict report",
+            ))?
+            .id();
+        let key = self.keys.conflict(&conflict.host);
         self.client
             .put(
                 key.as_str(),
-                encode(record),
+                encode(conflict),
                 Some(PutOptions::new().with_lease(lease)),
             )
             .await
@@ -333,15 +472,21 @@ impl FleetClient {
             .map_err(Error::etcd(format!("cannot watch {dir} in etcd")))
     }
 
-    /// A watched key's service name and desired state (`None` for a
-    /// deleted one).
-    pub fn watched(&self, kv: &KeyValue) -> Result<Option<(String, DesiredState)>> {
-        let Some(name) = name_below(kv, &self.keys.services()) else {
-            return Ok(None);
-        };
+    /// Watches the one key `key` from `revision` on.
+    pub async fn watch_key(&mut self, key: &str, revision: i64) -> Result<WatchStream> {
+        self.client
+            .watch(key, Some(WatchOptions::new().with_start_revision(revision)))
+            .await
+            .map_err(Error::etcd(format!("cannot watch {key} in etcd")))
+    }
+
+    /// A watched key's service name and desired state, or why it cannot be
+    /// read (`None` for a deleted one).
+    pub fn watched(&self, kv: &KeyValue) -> Option<(String, Desired)> {
+        let name = name_below(kv, &self.keys.services())?;
         if kv.value().is_empty() {
-            return Ok(None);
+            return None;
         }
-        Ok(Some((name.to_owned(), decode(kv)?)))
+        Some((name.to_owned(), read_desired(kv.value())))
     }
 }

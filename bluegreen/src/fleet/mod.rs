@@ -12,17 +12,26 @@
 //!   disappears after the lease's TTL and is then no longer waited for.
 //! - `PREFIX/v1/changes/NAME`: held (under the command's own lease) by the
 //!   one `fleet switch` or `rollback` of that service in progress.
+//! - `PREFIX/v1/conflicts/HOST`: written by a daemon that found its host
+//!   name registered by another live daemon and refused to start, so that
+//!   `fleet status` shows it.
+//!
+//! Anything in etcd may have been written by hand: a key this bluegreen
+//! cannot read is reported and skipped, never allowed to stop the rest of
+//! the fleet.
 //!
 //! This module holds the types, the keys and the decisions (who applied,
 //! who refused, what to restore), as pure functions; [`client`] talks to
 //! etcd.
 
+pub mod change;
 pub mod client;
+pub mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use bluegreen_common::ChangeCause;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{
     endpoint::Color,
@@ -72,16 +81,98 @@ impl Keys {
     pub fn change(&self, service: &str) -> String {
         self.changes() + service
     }
+
+    pub fn conflicts(&self) -> String {
+        format!("{}conflicts/", self.prefix)
+    }
+
+    pub fn conflict(&self, host: &str) -> String {
+        self.conflicts() + host
+    }
+}
+
+/// Reads one fleet document, refusing one that a newer bluegreen wrote
+/// (its fields may mean something this one would get wrong).
+pub fn read_document<T: DeserializeOwned>(value: &[u8]) -> Result<T, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(value).map_err(|error| format!("not JSON: {error}"))?;
+    if let Some(version) = value
+        .get("schema_version")
+        .and_then(serde_json::Value::as_u64)
+        && version > u64::from(FLEET_SCHEMA_VERSION)
+    {
+        return Err(format!(
+            "schema version {version}, newer than this bluegreen's {FLEET_SCHEMA_VERSION}: upgrade bluegreen here"
+        ));
+    }
+    serde_json::from_value(value).map_err(|error| error.to_string())
+}
+
+/// A desired state as read from etcd: a document, and a weight a host can
+/// apply.
+pub fn read_desired(value: &[u8]) -> Result<DesiredState, String> {
+    let desired: DesiredState = read_document(value)?;
+    if desired.target_share > 100 {
+        return Err(format!(
+            "weight {} is above 100 (the percentage of new flows to {})",
+            desired.target_share, desired.target
+        ));
+    }
+    Ok(desired)
+}
+
+/// A key below the prefix left out of the fleet, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Ignored {
+    pub key: String,
+    pub reason: String,
+}
+
+/// The records below `hosts/`: the live hosts, and the records that are
+/// not one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hosts {
+    pub live: Vec<HostRecord>,
+    pub ignored: Vec<Ignored>,
+}
+
+impl Hosts {
+    /// Sorts the record at `hosts/NAME`, attached to `lease` (0: none).
+    /// Only a readable record under a lease is a live host: a record
+    /// without one never expires, so a host counted by it would be waited
+    /// for forever after its daemon is gone.
+    pub fn add(&mut self, key: &str, name: &str, lease: i64, value: &[u8]) {
+        let record = match read_document::<HostRecord>(value) {
+            Ok(_) if lease == 0 => Err(
+                "not attached to a lease, so it would never expire (written by hand?): not counted as a live host; its daemon attaches it again, or delete it".to_owned(),
+            ),
+            Ok(record) if record.host != name => Err(format!(
+                "holds the record of host {:?}: not counted as a live host",
+                record.host
+            )),
+            other => other,
+        };
+        match record {
+            Ok(record) => self.live.push(record),
+            Err(reason) => self.ignored.push(Ignored {
+                key: key.to_owned(),
+                reason,
+            }),
+        }
+    }
 }
 
 /// What the fleet wants of one service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredState {
     /// The color new flows go to...
-    pub color: Color,
-    /// ...in this percentage: 100 is a full switch; less is a weighted
-    /// split where the rest stay on the other color (which stays active).
-    pub weight: u8,
+    #[serde(rename = "color")]
+    pub target: Color,
+    /// ...and the percentage of them it gets: 100 is a full switch; less
+    /// is a weighted split where the rest stay on the other color (which
+    /// stays active).
+    #[serde(rename = "weight")]
+    pub target_share: u8,
     /// Raised by every `--force`: a host moves established flows when the
     /// epoch is above the one it last applied.
     pub force_epoch: u64,
@@ -97,8 +188,8 @@ impl DesiredState {
     /// Every new flow to `color`, as if it had always been so.
     pub fn initial(color: Color) -> DesiredState {
         DesiredState {
-            color,
-            weight: 100,
+            target: color,
+            target_share: 100,
             force_epoch: 0,
             previous: color,
             by: String::new(),
@@ -109,21 +200,21 @@ impl DesiredState {
     /// The color serving every new flow, or the one still active under a
     /// weighted split.
     pub fn serving(&self) -> Color {
-        if self.weight == 100 {
-            self.color
+        if self.target_share == 100 {
+            self.target
         } else {
-            self.color.other()
+            self.target.other()
         }
     }
 
-    /// Whether a host whose live state is `active` with `weight` percent
-    /// of new flows to the idle color (the dataplane's terms) is in this
-    /// desired state.
-    pub fn is_met_by(&self, active: Color, weight: u8) -> bool {
-        if self.weight == 100 {
-            active == self.color && weight == 0
+    /// Whether a host whose live state is `active` with `idle_share`
+    /// percent of new flows to the idle color (the dataplane's terms) is in
+    /// this desired state.
+    pub fn is_met_by(&self, active: Color, idle_share: u8) -> bool {
+        if self.target_share == 100 {
+            active == self.target && idle_share == 0
         } else {
-            active == self.color.other() && weight == self.weight
+            active == self.target.other() && idle_share == self.target_share
         }
     }
 
@@ -131,15 +222,15 @@ impl DesiredState {
     /// one in etcd, or the fleet's common state when there is none yet).
     pub fn next(
         current: &DesiredState,
-        color: Color,
-        weight: u8,
+        target: Color,
+        target_share: u8,
         force: bool,
         by: String,
         at_unix_ms: u64,
     ) -> DesiredState {
         DesiredState {
-            color,
-            weight,
+            target,
+            target_share,
             force_epoch: current.force_epoch + u64::from(force),
             previous: current.serving(),
             by,
@@ -151,30 +242,30 @@ impl DesiredState {
     /// served them all before (ending a weighted split, whose active color
     /// never changed).
     pub fn rollback(&self, force: bool, by: String, at_unix_ms: u64) -> Option<DesiredState> {
-        let target = if self.weight < 100 {
+        let target = if self.target_share < 100 {
             self.serving()
         } else {
             self.previous
         };
         let back = DesiredState::next(self, target, 100, force, by, at_unix_ms);
-        (back.color != self.color || self.weight < 100).then_some(back)
+        (back.target != self.target || self.target_share < 100).then_some(back)
     }
 }
 
-/// How a host with `active` and `weight` percent of new flows to the idle
-/// color reads: `blue`, or `blue, 10% to green`.
-pub fn describe(active: Color, weight: u8) -> String {
-    match weight {
+/// How a host with `active` and `idle_share` percent of new flows to the
+/// idle color reads: `blue`, or `blue, 10% to green`.
+pub fn describe(active: Color, idle_share: u8) -> String {
+    match idle_share {
         0 => active.to_string(),
-        _ => format!("{active}, {weight}% to {}", active.other()),
+        _ => format!("{active}, {idle_share}% to {}", active.other()),
     }
 }
 
 impl std::fmt::Display for DesiredState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.weight {
-            100 => write!(f, "{}", self.color),
-            weight => write!(f, "{}, {weight}% to {}", self.color.other(), self.color),
+        match self.target_share {
+            100 => write!(f, "{}", self.target),
+            share => write!(f, "{}, {share}% to {}", self.target.other(), self.target),
         }
     }
 }
@@ -192,13 +283,14 @@ pub fn apply(
     if desired.is_met_by(view.active, view.record.weight) && !force {
         return Ok(None);
     }
-    let outcome = if desired.weight == 100 {
+    let outcome = if desired.target_share == 100 {
         let options = SwitchOptions {
             force,
             check: true,
-            cause: ChangeCause::Operator,
+            gates: false,
+            cause: ChangeCause::Fleet,
         };
-        host.switch(Some(service), SwitchTarget::Color(desired.color), options)?
+        host.switch(Some(service), SwitchTarget::Color(desired.target), options)?
     } else {
         // Not `shift`, which only moves the idle color's share: a host that
         // took a full switch returns to a split by changing its active
@@ -206,8 +298,8 @@ pub fn apply(
         host.set_split(
             Some(service),
             desired.serving(),
-            desired.weight,
-            ChangeCause::Operator,
+            desired.target_share,
+            ChangeCause::Fleet,
         )?
     };
     Ok(Some(outcome))
@@ -218,16 +310,37 @@ pub fn apply(
 pub struct HostRecord {
     pub schema_version: u32,
     pub host: String,
+    /// The daemon that holds the name (`pid N on MACHINE`), named to a
+    /// second daemon that claims it.
+    #[serde(default)]
+    pub owner: String,
     pub services: BTreeMap<String, AppliedService>,
     pub updated_unix_ms: u64,
+}
+
+/// A daemon that refused to start because its host name was registered by
+/// another live daemon (`PREFIX/v1/conflicts/HOST`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    pub schema_version: u32,
+    pub host: String,
+    /// The daemon that refused to start.
+    pub claimant: String,
+    /// The one holding the name, and its lease.
+    pub holder: String,
+    pub holder_lease: i64,
+    pub at_unix_ms: u64,
 }
 
 /// One service on one host, as its daemon last saw and applied it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppliedService {
-    /// The live active color and the idle color's share of new flows.
-    pub color: Color,
-    pub weight: u8,
+    /// The live active color...
+    #[serde(rename = "color")]
+    pub active: Color,
+    /// ...and the percentage of new flows the idle color gets.
+    #[serde(rename = "weight")]
+    pub idle_share: u8,
     /// The last `--force` epoch applied.
     pub force_epoch: u64,
     /// The desired-state revision the daemon last acted on (0: none yet).
@@ -261,22 +374,22 @@ impl Default for ColorHealth {
 }
 
 impl AppliedService {
-    /// Why the live state (`active`, `weight`) differs from `desired` at
-    /// `revision` although this host applied it: someone changed the host
-    /// alone since. `None` when it matches, or when the revision was not
-    /// applied (not yet, or refused: that is reported as such).
+    /// Why the live state (`active`, `idle_share`) differs from `desired`
+    /// at `revision` although this host applied it: someone changed the
+    /// host alone since. `None` when it matches, or when the revision was
+    /// not applied (not yet, or refused: that is reported as such).
     pub fn drift(
         &self,
         desired: &DesiredState,
         revision: i64,
         active: Color,
-        weight: u8,
+        idle_share: u8,
     ) -> Option<String> {
         let applied = self.revision == revision && self.refused.is_none();
-        (applied && !desired.is_met_by(active, weight)).then(|| {
+        (applied && !desired.is_met_by(active, idle_share)).then(|| {
             format!(
                 "serving {} while the fleet wants {desired} (a local --local-override or the daemon's automatic rollback)",
-                describe(active, weight)
+                describe(active, idle_share)
             )
         })
     }
@@ -332,6 +445,17 @@ pub fn progress(service: &str, revision: i64, hosts: &[HostRecord]) -> Progress 
     progress
 }
 
+/// The highest force epoch any live host applied for `service`: where the
+/// epochs of a desired state made up from the hosts must start.
+pub fn applied_force_epoch(service: &str, hosts: &[HostRecord]) -> u64 {
+    hosts
+        .iter()
+        .filter_map(|record| record.services.get(service))
+        .map(|applied| applied.force_epoch)
+        .max()
+        .unwrap_or(0)
+}
+
 /// Every service some live host serves.
 pub fn served_services(hosts: &[HostRecord]) -> BTreeSet<String> {
     hosts
@@ -349,7 +473,7 @@ pub fn common_state(service: &str, hosts: &[HostRecord]) -> Result<DesiredState,
         .iter()
         .filter_map(|record| {
             let applied = record.services.get(service)?;
-            Some((record.host.as_str(), (applied.color, applied.weight)))
+            Some((record.host.as_str(), (applied.active, applied.idle_share)))
         })
         .collect();
     let distinct: BTreeSet<(Color, u8)> = states.values().copied().collect();

@@ -3,10 +3,10 @@
 
 use super::*;
 
-fn desired(color: Color, weight: u8, previous: Color) -> DesiredState {
+fn desired(target: Color, target_share: u8, previous: Color) -> DesiredState {
     DesiredState {
-        color,
-        weight,
+        target,
+        target_share,
         force_epoch: 0,
         previous,
         by: "ops@desk".to_owned(),
@@ -18,14 +18,15 @@ fn record(host: &str, services: &[(&str, Color, u8, i64, Option<&str>)]) -> Host
     HostRecord {
         schema_version: FLEET_SCHEMA_VERSION,
         host: host.to_owned(),
+        owner: "pid 1 on test".to_owned(),
         services: services
             .iter()
-            .map(|&(name, color, weight, revision, refused)| {
+            .map(|&(name, active, idle_share, revision, refused)| {
                 (
                     name.to_owned(),
                     AppliedService {
-                        color,
-                        weight,
+                        active,
+                        idle_share,
                         force_epoch: 0,
                         revision,
                         refused: refused.map(str::to_owned),
@@ -96,13 +97,13 @@ fn rollback_returns_to_the_previous_color_or_ends_a_split() {
     let green = desired(Color::Green, 100, Color::Blue);
     let back = green.rollback(false, "a".into(), 2).expect("green -> blue");
     assert_eq!(
-        (back.color, back.weight, back.previous),
+        (back.target, back.target_share, back.previous),
         (Color::Blue, 100, Color::Green)
     );
 
     let split = desired(Color::Green, 10, Color::Blue);
     let ended = split.rollback(false, "a".into(), 2).expect("split ended");
-    assert_eq!((ended.color, ended.weight), (Color::Blue, 100));
+    assert_eq!((ended.target, ended.target_share), (Color::Blue, 100));
 
     let never_switched = desired(Color::Blue, 100, Color::Blue);
     assert_eq!(never_switched.rollback(false, "a".into(), 2), None);
@@ -126,7 +127,7 @@ fn a_first_change_restores_the_state_every_host_agrees_on() {
         record("h2", &[("web", Color::Blue, 0, 0, None)]),
     ];
     let common = common_state("web", &agree).expect("all blue");
-    assert_eq!((common.color, common.weight), (Color::Blue, 100));
+    assert_eq!((common.target, common.target_share), (Color::Blue, 100));
 
     let disagree = [
         record("h1", &[("web", Color::Blue, 0, 0, None)]),
@@ -196,4 +197,107 @@ fn a_force_is_applied_once_and_not_again_after_a_restart() {
         ..applied.clone()
     };
     assert!(!done.must_force(&forced, false, false));
+}
+
+#[test]
+fn only_a_readable_record_under_a_lease_and_its_own_name_is_a_live_host() {
+    let valid =
+        serde_json::to_vec(&record("h1", &[("web", Color::Blue, 0, 4, None)])).expect("serialises");
+    let mut hosts = Hosts::default();
+    hosts.add("/p/v1/hosts/h1", "h1", 7, &valid);
+    hosts.add("/p/v1/hosts/ghost", "ghost", 0, &valid);
+    hosts.add("/p/v1/hosts/h2", "h2", 8, &valid);
+    hosts.add("/p/v1/hosts/evil", "evil", 9, b"{{{garbage");
+    hosts.add(
+        "/p/v1/hosts/h3",
+        "h3",
+        0,
+        br#"{"schema_version":1,"host":"h3","services":{"web":{"color":"blue"}}}"#,
+    );
+    assert_eq!(
+        hosts
+            .live
+            .iter()
+            .map(|record| record.host.as_str())
+            .collect::<Vec<_>>(),
+        ["h1"]
+    );
+    let ignored: Vec<(&str, &str)> = hosts
+        .ignored
+        .iter()
+        .map(|ignored| (ignored.key.as_str(), ignored.reason.as_str()))
+        .collect();
+    assert_eq!(ignored.len(), 4, "{ignored:?}");
+    assert!(
+        ignored[0].1.contains("not attached to a lease"),
+        "{ignored:?}"
+    );
+    assert!(
+        ignored[1].1.contains("holds the record of host \"h1\""),
+        "{ignored:?}"
+    );
+    assert!(ignored[2].1.contains("not JSON"), "{ignored:?}");
+    // Unreadable says why, lease or not.
+    assert!(
+        ignored[3].1.contains("missing field `weight`"),
+        "{ignored:?}"
+    );
+}
+
+#[test]
+fn a_desired_state_is_refused_for_what_is_wrong_with_it() {
+    let good = serde_json::to_vec(&desired(Color::Green, 10, Color::Blue)).expect("serialises");
+    assert_eq!(
+        read_desired(&good),
+        Ok(desired(Color::Green, 10, Color::Blue))
+    );
+    let with = |field: &str, value: serde_json::Value| {
+        let mut document: serde_json::Value = serde_json::from_slice(&good).expect("JSON");
+        document[field] = value;
+        read_desired(&serde_json::to_vec(&document).expect("serialises"))
+    };
+    let refused = |result: Result<DesiredState, String>, expected: &str| {
+        let reason = result.expect_err("refused");
+        assert!(reason.contains(expected), "{reason}");
+    };
+    refused(with("color", "purple".into()), "purple");
+    refused(with("weight", 200.into()), "weight 200 is above 100");
+    refused(with("weight", 1000.into()), "1000");
+    refused(with("schema_version", 2.into()), "schema version 2");
+    refused(read_desired(b"not json"), "not JSON");
+    // The schema version the writer gave is named even when the rest
+    // would not parse.
+    refused(read_desired(br#"{"schema_version":9}"#), "schema version 9");
+    assert!(with("schema_version", 1.into()).is_ok());
+}
+
+#[test]
+fn a_host_that_drifted_after_applying_has_acted_on_the_revision() {
+    let mut drifted = record("h2", &[("web", Color::Blue, 0, 7, None)]);
+    drifted.services.get_mut("web").expect("web").drift =
+        Some("serving blue while the fleet wants green".to_owned());
+    let hosts = [record("h1", &[("web", Color::Green, 0, 7, None)]), drifted];
+    // The change was applied everywhere: the drift (a local override since)
+    // is for `fleet status` to show, not a failure of the change.
+    let progress = progress("web", 7, &hosts);
+    assert_eq!(progress.applied, ["h1", "h2"]);
+    assert!(progress.is_converged());
+}
+
+#[test]
+fn a_made_up_state_starts_its_force_epochs_where_the_hosts_are() {
+    let mut forced = record("h2", &[("web", Color::Green, 0, 7, None)]);
+    forced.services.get_mut("web").expect("web").force_epoch = 3;
+    let hosts = [record("h1", &[("web", Color::Green, 0, 7, None)]), forced];
+    assert_eq!(applied_force_epoch("web", &hosts), 3);
+    assert_eq!(applied_force_epoch("chat", &hosts), 0, "no host serves it");
+    // The next --force then reaches every host.
+    let mut before = common_state("web", &hosts).expect("they agree");
+    before.force_epoch = before.force_epoch.max(applied_force_epoch("web", &hosts));
+    let next = DesiredState::next(&before, Color::Blue, 100, true, "ops".to_owned(), 2);
+    assert!(
+        hosts
+            .iter()
+            .all(|record| record.services["web"].must_force(&next, false, false))
+    );
 }

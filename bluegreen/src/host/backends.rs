@@ -7,13 +7,14 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use bluegreen_common::SERVICE_HAS_PREVIEW;
+use bluegreen_common::{Pool, SERVICE_HAS_PREVIEW, ServiceKey};
 
 use super::{Host, Lock, OpenService};
 use crate::{
     config::{BackendSpec, PoolSpec, validate_backend, validate_pool},
     endpoint::{Color, to_wire},
     error::{Error, Result},
+    pinned::PinnedMaps,
     pool::{self, arena::Arenas},
 };
 
@@ -41,6 +42,24 @@ pub struct BackendOutcome {
     pub changed: bool,
     /// Established flows moved off a removed backend.
     pub rebound: u64,
+}
+
+/// Plans `spec` as `service`'s pool beside `live`, the color's current
+/// pool (see [`pool::plan`]), writes it and returns it, for the caller to
+/// flip the service to.
+pub fn write_pool(
+    maps: &mut PinnedMaps,
+    arenas: &mut Arenas,
+    service: &ServiceKey,
+    spec: &PoolSpec,
+    live: Option<&Pool>,
+) -> Result<Pool> {
+    let live_backends = live.map(|pool| maps.pool_backends(pool)).transpose()?;
+    let write = pool::plan(arenas, spec, live.zip(live_backends.as_deref()), |pools| {
+        maps.backend_counter_slots(pools)
+    })?;
+    maps.write_pool(service, &write)?;
+    Ok(write.pool)
 }
 
 impl Host {
@@ -84,17 +103,17 @@ impl Host {
         pool: PoolSpec,
     ) -> Result<Duration> {
         let mut updated = open.live;
-        // What the table does not hold (a load that could not be read) is
-        // only recorded.
-        if pool.weighted() != open.pool(color).weighted() {
+        // What the maps do not hold (a load that could not be read) is
+        // only recorded in the state file.
+        if pool.wire() != open.pool(color).wire() {
             let services = open.maps.services()?;
             let mut arenas = Arenas::new(services.values());
             let live_pool = *open.live.pool(color.wire());
-            updated.pools[usize::from(color.wire())] = pool::write(
+            updated.pools[usize::from(color.wire())] = write_pool(
                 &mut open.maps,
                 &mut arenas,
                 &open.key,
-                &pool.weighted(),
+                &pool,
                 Some(&live_pool),
             )?;
         }
@@ -130,7 +149,10 @@ impl Host {
 
     /// Applies `action` to `backend` in `color`'s pool. Leaving the active
     /// color without a backend that takes new flows is refused unless
-    /// `force`: its new flows would then pass to the VIP untouched.
+    /// `force`: its new flows would then pass to the VIP untouched. With
+    /// `check`, a backend that is to take new flows (added or undrained)
+    /// must first pass the check a switch makes, so its share of new
+    /// connections is not refused.
     pub fn change_backend(
         &self,
         service: Option<&str>,
@@ -138,6 +160,7 @@ impl Host {
         backend: SocketAddr,
         action: BackendAction,
         force: bool,
+        check: bool,
     ) -> Result<BackendOutcome> {
         let mut open = self.open_service(service, Lock::Exclusive)?;
         let before = open.pool(color);
@@ -171,6 +194,20 @@ impl Host {
                 "{backend} is the last backend of {role} taking new flows: \
                  new flows would reach no backend; add or undrain another first, or pass --force"
             )));
+        }
+        let admitted = matches!(action, BackendAction::Add { .. } | BackendAction::Undrain);
+        if check
+            && admitted
+            && let Some((probe, _)) = open.admission_check()
+        {
+            probe
+                .probe(backend)
+                .map_err(|reason| Error::BackendCheckFailed {
+                    service: open.name().to_owned(),
+                    color,
+                    backend,
+                    reason,
+                })?;
         }
         self.replace_pool(&mut open, color, pool.clone())?;
         let rebound = if action == BackendAction::Remove {

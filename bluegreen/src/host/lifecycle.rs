@@ -2,7 +2,7 @@
 //! whatever of that is missing), applying a new configuration to it, and
 //! taking it down.
 
-use std::{fs, path::Path};
+use std::fs;
 
 use aya::{Ebpf, EbpfLoader};
 use bluegreen_common::map_names;
@@ -10,9 +10,10 @@ use bluegreen_common::map_names;
 use super::{Host, inventory::ifindex, local, programs, reconcile::reconcile_services};
 use crate::{
     EBPF_OBJECT,
-    config::{DataplaneOptions, LocalClients, ServiceSpec, XdpModeArg},
+    config::{DataplaneOptions, LocalClients, RequestedXdpMode, ServiceSpec},
+    endpoint::service_key,
     error::{Error, Result},
-    pinned::{LinkState, PinLayout, PinnedMaps, check_pinned_maps},
+    pinned::{LinkState, PinLayout, PinnedMaps, check_pinned_maps, pinned_interfaces, unpin_link},
     state::{InterfaceState, STATE_VERSION},
 };
 
@@ -20,7 +21,7 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct UpRequest {
     pub iface: String,
-    pub xdp_mode: XdpModeArg,
+    pub xdp_mode: RequestedXdpMode,
     pub dataplane: DataplaneOptions,
     pub services: Vec<ServiceSpec>,
     pub local: LocalClients,
@@ -56,13 +57,6 @@ impl Drop for FreshInstanceGuard {
     }
 }
 
-/// Detaches the link pinned at `link` (if it is still attached to
-/// anything) and removes its pin.
-pub(super) fn unpin_link(link: &Path) {
-    let _ = crate::sys::detach_pinned_link(link);
-    let _ = fs::remove_file(link);
-}
-
 fn remove_pins(layout: &PinLayout) {
     // Links first, so the programs are gone before the maps they use.
     local::remove_local_links(layout);
@@ -72,6 +66,7 @@ fn remove_pins(layout: &PinLayout) {
     for name in map_names::ALL {
         let _ = fs::remove_file(layout.map(name));
     }
+    let _ = fs::remove_file(layout.older_switch_counters());
     let dir = layout.dir();
     let _ = fs::remove_dir(&dir);
     // Parents only go when empty: other interfaces may still be up.
@@ -116,6 +111,38 @@ fn load_object(
 }
 
 impl Host {
+    /// A VIP belongs to one interface: served on two, its replies and its
+    /// host-local clients would follow only one of them. Checked against
+    /// the services map of every other interface that is up; one that
+    /// cannot be read is passed over with a warning (`status` shows why).
+    fn refuse_vips_served_elsewhere(&self, request: &UpRequest) -> Result<()> {
+        for iface in pinned_interfaces(&self.pin_dir)? {
+            if iface == request.iface {
+                continue;
+            }
+            let served = match PinnedMaps::services_of(&self.layout(&iface)) {
+                Ok(served) => served,
+                Err(error) => {
+                    log::warn!("cannot tell which VIPs {iface} serves: {error}");
+                    continue;
+                }
+            };
+            if let Some(spec) = request
+                .services
+                .iter()
+                .find(|spec| served.contains(&service_key(spec.vip, spec.proto)))
+            {
+                return Err(Error::VipServedElsewhere {
+                    service: spec.name.clone(),
+                    vip: spec.vip,
+                    proto: spec.proto,
+                    iface,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Loads and attaches the programs on `request.iface`, or, if they are
     /// already there, replaces them atomically and keeps every map (a hot
     /// upgrade), then makes the services map match `request.services`.
@@ -129,6 +156,8 @@ impl Host {
         for service in &request.services {
             service.validate()?;
         }
+        let _every_instance = self.layout(&request.iface).lock_every_instance()?;
+        self.refuse_vips_served_elsewhere(request)?;
         let _lock = self.state.lock(&request.iface)?;
         let local_target = local::prepare(&request.local, &request.iface)?;
         let layout = self.layout(&request.iface);
@@ -143,6 +172,7 @@ impl Host {
                 "{name} was not pinned: pinned again from the running programs, contents kept"
             ));
         }
+        layout.set_older_switch_counters_aside()?;
         let pinned_capacity = check_pinned_maps(&layout)?;
         let hot_upgrade = pinned_capacity.is_some();
 
@@ -154,6 +184,11 @@ impl Host {
         let (mut ebpf, flow_capacity) = load_object(&layout, request, pinned_capacity, &mut notes)?;
 
         let mut maps = PinnedMaps::open(&layout)?;
+        if let Some(carried) = maps.carry_older_switch_counters(&layout)? {
+            notes.push(format!(
+                "switch counters of {carried} service(s) carried over to this version's layout, which counts fleet changes apart"
+            ));
+        }
         maps.set_timeouts(&request.dataplane.timeouts)?;
         // The file, not the maps: after a reboot it is all that remembers
         // the colors. A damaged one is passed over; the live maps win
@@ -201,7 +236,7 @@ impl Host {
                     .as_ref()
                     .map(|state| state.xdp_mode.clone())
                     .unwrap_or_else(|| "unknown".to_owned());
-                if request.xdp_mode != XdpModeArg::Auto
+                if request.xdp_mode != RequestedXdpMode::Auto
                     && kept != programs::mode_name(request.xdp_mode)
                 {
                     notes.push(format!(
@@ -245,6 +280,8 @@ impl Host {
         for service in &request.services {
             service.validate()?;
         }
+        let _every_instance = self.layout(&request.iface).lock_every_instance()?;
+        self.refuse_vips_served_elsewhere(request)?;
         let _lock = self.state.lock(&request.iface)?;
         let super::inventory::Inspected {
             mut state,
@@ -262,7 +299,8 @@ impl Host {
         Ok((state, notes))
     }
 
-    /// Detaches both programs and removes the interface's pins and state.
+    /// Detaches every program (XDP, TC and the local clients' cgroup hooks)
+    /// and removes the interface's pins and state.
     pub fn down(&self, iface: &str) -> Result<()> {
         self.preflight()?;
         let _lock = self.state.lock(iface)?;

@@ -148,7 +148,7 @@ fn interface_sources(iface: &str) -> ([u8; 16], [u8; 16]) {
 /// Detaches the cgroup links and removes their pins.
 pub(super) fn remove_local_links(layout: &PinLayout) {
     for program in program_names::LOCAL {
-        super::lifecycle::unpin_link(&layout.local_link(program));
+        crate::pinned::unpin_link(&layout.local_link(program));
     }
 }
 
@@ -267,7 +267,7 @@ fn attach(ebpf: &mut Ebpf, layout: &PinLayout, cgroup: &File, cgroup_id: u64) ->
     // cgroup, or one that was removed) let go, so a failure above leaves the
     // old hooks in place.
     for (link, pin) in fresh {
-        super::lifecycle::unpin_link(&pin);
+        crate::pinned::unpin_link(&pin);
         link.pin(&pin)
             .map_err(Error::ebpf(format!("cannot pin {}", pin.display())))?;
     }

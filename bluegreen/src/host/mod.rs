@@ -2,17 +2,24 @@
 //! bpffs and its state files, and every operation on them, one file per
 //! family:
 //!
+//! - this file: finding a service (its interface from the state files,
+//!   then only that interface's maps) and opening it;
 //! - [`lifecycle`]: `up` (with hot upgrade and repair), `reload`, `down`;
 //! - [`inventory`]: what is up, each interface's state as its maps hold
-//!   it (`rebuild`), and whether its programs are attached;
-//! - `programs`: loading, attaching and replacing the eBPF programs;
+//!   it (`rebuild`, which repairs a missing, damaged or stale state file),
+//!   and whether its programs are attached;
+//! - `programs`: loading, attaching and replacing the XDP and TC programs;
+//! - `local`: the host-local clients' cgroup hooks and their sockets;
 //! - `reconcile`: making the services map match a configuration;
 //! - [`switching`]: switch, rollback, weighted shift, preview;
-//! - `backends`: set-backend, and adding, removing, draining a backend of
-//!   a pool;
+//! - `gates`: the release gates before a switch or rollback, and alone;
+//! - `backends`: set-backend; adding, removing, draining a backend of a
+//!   pool; the daemon's runtime exclusions and load weights; writing a
+//!   planned pool ([`write_pool`]);
 //! - [`status`]: the status report, live flow counts, waiting for a drain.
 
 mod backends;
+mod gates;
 pub mod inventory;
 pub mod lifecycle;
 mod local;
@@ -26,7 +33,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use bluegreen_common::{ServiceKey, ServiceState};
 
-pub use backends::{BackendAction, BackendOutcome};
+pub use backends::{BackendAction, BackendOutcome, write_pool};
 pub use inventory::Attachment;
 pub use lifecycle::{UpOutcome, UpRequest};
 pub use local::{LocalReset, cgroup2_root};
@@ -49,6 +56,9 @@ use inventory::Inspected;
 pub struct Host {
     pin_dir: PathBuf,
     state: StateStore,
+    /// The one interface services are looked for on (see
+    /// [`Host::on_interface`]); `None`: every interface that is up.
+    scope: Option<String>,
 }
 
 /// Whether [`Host::open_service`] takes the interface lock.
@@ -148,6 +158,18 @@ impl Host {
         Self {
             pin_dir: pin_dir.into(),
             state: StateStore::new(state_dir),
+            scope: None,
+        }
+    }
+
+    /// This host with its services looked for on `iface` alone: a daemon
+    /// serves the services of its own interface, and finding them there
+    /// costs it nothing per tick whatever else is up. `status` of every
+    /// interface still reports them all.
+    pub fn on_interface(&self, iface: &str) -> Self {
+        Self {
+            scope: Some(iface.to_owned()),
+            ..self.clone()
         }
     }
 
@@ -166,34 +188,74 @@ impl Host {
     /// the lock is held (another command may have just changed it), and
     /// only while its programs are attached (a change would reach no
     /// client otherwise).
+    ///
+    /// Only the service's interface is opened: the state files say where a
+    /// named service is, and that interface's maps confirm it (its read
+    /// compares file and maps and rewrites a file that disagrees). A file
+    /// that is missing, damaged or stale settles nothing, and then every
+    /// interface's maps are searched, as they are when several interfaces
+    /// are up and no service is named.
     pub fn open_service(&self, service: Option<&str>, lock: Lock) -> Result<OpenService> {
         self.preflight()?;
+        if let Some(iface) = &self.scope {
+            return self.open_on(iface, service, lock);
+        }
+        if let Some(iface) = self.interface_of(service)? {
+            match self.open_on(&iface, service, lock) {
+                Ok(open) => return Ok(open),
+                // The maps have the last word, also on what went wrong.
+                Err(error) => log::debug!("{iface}: {error}: searching every interface's maps"),
+            }
+        }
+        let (iface, name) = self.locate_in_maps(service)?;
+        self.open_on(&iface, Some(&name), lock)
+    }
+
+    /// The interface to try first for `service`, without opening a map:
+    /// the only one up when no service is named, else the first whose
+    /// state file names it. `None` when that settles nothing.
+    fn interface_of(&self, service: Option<&str>) -> Result<Option<String>> {
+        let interfaces = self.up_interfaces()?;
+        let Some(wanted) = service else {
+            return Ok(match interfaces.as_slice() {
+                [only] => Some(only.clone()),
+                _ => None,
+            });
+        };
+        // An unreadable file names nothing; the maps are searched then.
+        Ok(interfaces.into_iter().find(|iface| {
+            self.state
+                .load(iface)
+                .is_ok_and(|file| file.is_some_and(|file| file.service(wanted).is_some()))
+        }))
+    }
+
+    /// Finds the named service (or the only one) in every interface's
+    /// maps, as [`Host::open_interface`] reads them: its interface and name.
+    fn locate_in_maps(&self, service: Option<&str>) -> Result<(String, String)> {
         let (interfaces, first_error) = self.open_interfaces()?;
         let states: Vec<&InterfaceState> = interfaces.iter().map(|open| &open.state).collect();
         // An interface that could not be opened may be the one asked for.
-        let (iface, name) =
-            locate(&states, service).map_err(|not_found| first_error.unwrap_or(not_found))?;
-        drop(interfaces);
+        locate(&states, service).map_err(|not_found| first_error.unwrap_or(not_found))
+    }
+
+    /// Opens `service` (or the only one) on `iface` alone; see
+    /// [`Host::open_service`].
+    fn open_on(&self, iface: &str, service: Option<&str>, lock: Lock) -> Result<OpenService> {
         let lock = match lock {
-            Lock::Exclusive => Some(self.state.lock(&iface)?),
+            Lock::Exclusive => Some(self.state.lock(iface)?),
             Lock::None => None,
         };
-        let Inspected { state, maps, .. } = self.open_interface(&iface, lock.is_some())?;
+        let Inspected { state, maps, .. } = self.open_interface(iface, lock.is_some())?;
+        let (_, name) = locate(&[&state], service)?;
         if lock.is_some() {
-            self.attachment(&iface).require(&iface)?;
+            self.attachment(iface).require(iface)?;
         }
         let index = state
             .services
             .iter()
             .position(|record| record.spec.name == name)
-            .ok_or_else(|| Error::UnknownService {
-                name: name.clone(),
-                known: state
-                    .services
-                    .iter()
-                    .map(|record| record.spec.name.clone())
-                    .collect(),
-            })?;
+            .expect("located in this state");
         let spec = &state.services[index].spec;
         let key = service_key(spec.vip, spec.proto);
         let live = maps
@@ -218,15 +280,21 @@ impl Host {
         })
     }
 
-    /// The fleet daemon's marker when the named service (or the only one)
-    /// follows a fleet: a local change of it must be an explicit override.
-    pub fn fleet_marker(&self, service: Option<&str>) -> Result<Option<FleetMarker>> {
+    /// The service's name and its fleet daemon's marker when the named
+    /// service (or the only one) follows a fleet: a local change of it
+    /// must be an explicit override.
+    pub fn fleet_marker(&self, service: Option<&str>) -> Result<Option<(String, FleetMarker)>> {
+        // Root first: the state directory cannot be listed without it, and
+        // every command says the same thing to a user who is not root.
+        self.preflight()?;
         if !self.state.has_fleet_markers()? {
             return Ok(None);
         }
         let open = self.open_service(service, Lock::None)?;
         let marker = self.state.load_fleet(&open.state.interface)?;
-        Ok(marker.filter(|marker| marker.services.iter().any(|name| name == open.name())))
+        Ok(marker
+            .filter(|marker| marker.services.iter().any(|name| name == open.name()))
+            .map(|marker| (open.name().to_owned(), marker)))
     }
 
     /// See [`OpenService::view`].
@@ -313,6 +381,8 @@ mod tests {
                         health: None,
                         auto_rollback: None,
                         load: None,
+                        verify: None,
+                        warmup: None,
                     },
                     previous: Color::Blue,
                     counter_slot: 0,

@@ -1,4 +1,4 @@
-//! The two eBPF programs: verified, attached through pinned links, and
+//! The XDP and TC programs: verified, attached through pinned links, and
 //! replaced in place on a hot upgrade (or attached afresh where a link was
 //! lost).
 
@@ -16,21 +16,21 @@ use aya::{
 use bluegreen_common::program_names;
 
 use crate::{
-    config::XdpModeArg,
+    config::RequestedXdpMode,
     error::{Error, Result},
     pinned::{LinkState, PinLayout},
 };
 
 /// How the state file and `status` name a mode.
-pub(super) fn mode_name(mode: XdpModeArg) -> &'static str {
+pub(super) fn mode_name(mode: RequestedXdpMode) -> &'static str {
     match mode {
-        XdpModeArg::Auto => "auto",
-        XdpModeArg::Native => "native",
-        XdpModeArg::Skb => "skb",
+        RequestedXdpMode::Auto => "auto",
+        RequestedXdpMode::Native => "native",
+        RequestedXdpMode::Skb => "skb",
     }
 }
 
-/// Both programs, loaded into the kernel (verified).
+/// The XDP and TC programs, loaded into the kernel (verified).
 fn load(ebpf: &mut Ebpf) -> Result<(&mut Xdp, &mut SchedClassifier)> {
     let mut xdp = None;
     let mut tc = None;
@@ -76,16 +76,20 @@ where
 /// Attaches XDP in `mode` and returns the mode it is attached in: `auto`
 /// tries the driver's hook first and falls back to the generic one, so the
 /// answer comes from what the kernel accepted.
-fn attach_xdp(xdp: &mut Xdp, layout: &PinLayout, mode: XdpModeArg) -> Result<XdpModeArg> {
+fn attach_xdp(
+    xdp: &mut Xdp,
+    layout: &PinLayout,
+    mode: RequestedXdpMode,
+) -> Result<RequestedXdpMode> {
     let iface = layout.iface();
-    let attempts: &[XdpModeArg] = match mode {
-        XdpModeArg::Auto => &[XdpModeArg::Native, XdpModeArg::Skb],
+    let attempts: &[RequestedXdpMode] = match mode {
+        RequestedXdpMode::Auto => &[RequestedXdpMode::Native, RequestedXdpMode::Skb],
         chosen => &[chosen][..],
     };
     let mut last_error = None;
     for &attempt in attempts {
         let flags = match attempt {
-            XdpModeArg::Native => XdpMode::Driver,
+            RequestedXdpMode::Native => XdpMode::Driver,
             _ => XdpMode::Skb,
         };
         match xdp.attach(iface, flags) {
@@ -134,16 +138,16 @@ fn pinned(path: PathBuf) -> Result<FdLink> {
         )))
 }
 
-/// Loads both programs, then, for each, swaps it in behind its pinned link
-/// where that link is attached (one `bpf_link_update`: packets keep
-/// flowing through either the old or the new program), or attaches it
+/// Loads the XDP and TC programs, then, for each, swaps it in behind its
+/// pinned link where that link is attached (one `bpf_link_update`: packets
+/// keep flowing through either the old or the new program), or attaches it
 /// afresh, pinning its link beside the maps so it stays attached when this
 /// process exits. A severed link's pin must be gone first. Returns the XDP
 /// mode when XDP was attached afresh.
 pub(super) fn install(
     ebpf: &mut Ebpf,
     layout: &PinLayout,
-    mode: XdpModeArg,
+    mode: RequestedXdpMode,
     [xdp_link, tc_link]: [LinkState; 2],
 ) -> Result<Option<&'static str>> {
     let (xdp, tc) = load(ebpf)?;

@@ -1,8 +1,8 @@
 //! An interface's state as its maps hold it.
 //!
 //! The maps hold every service's colors, weight, backends, slot and
-//! preview prefixes; only the state file holds names, health checks and
-//! switch times. A missing, damaged or outdated state file therefore never
+//! preview prefixes; only the state file holds names, health checks, release
+//! gates and switch times. A missing, damaged or outdated state file therefore never
 //! blocks a command: the state is rebuilt from the maps, keeping from the
 //! file what it knows of each live service (by VIP and protocol). A live
 //! service the file does not know is named by its VIP and protocol until
@@ -10,12 +10,13 @@
 
 use std::{collections::BTreeMap, net::SocketAddr};
 
-use bluegreen_common::{ServiceKey, ServiceState, Timeouts};
+use bluegreen_common::{BACKEND_LOADED, BACKEND_RECORDED, ServiceKey, ServiceState, Timeouts};
 
 use crate::{
-    config::{BackendSpec, PoolSpec, ServiceSpec, XdpModeArg},
+    config::{BackendSpec, PoolSpec, RequestedXdpMode, ServiceSpec},
     endpoint::{Cidr, Color, from_wire, service_key, vip_and_proto},
     error::Result,
+    load,
     pinned::{PinLayout, PinnedMaps, flow_capacity},
     state::{InterfaceState, STATE_VERSION, ServiceRecord, placeholder_name},
 };
@@ -24,10 +25,28 @@ use crate::{
 pub(super) struct Dataplane {
     previews: BTreeMap<u32, Vec<Cidr>>,
     /// Each (counter slot, color)'s backends, from its live pool.
-    backends: BTreeMap<(u32, Color), Vec<SocketAddr>>,
+    backends: BTreeMap<(u32, Color), Vec<LiveBackend>>,
     flow_capacity: u32,
     /// `None` before any loader wrote them.
     timeouts: Option<Timeouts>,
+}
+
+/// A backend as `BG_BACKENDS` holds it.
+#[derive(Clone, Debug)]
+struct LiveBackend {
+    addr: SocketAddr,
+    /// See `PoolBackend`.
+    record: [u8; 2],
+    /// Its entries in the pool's lookup table; only read for a pool with a
+    /// load-weighted backend, whose load weights they tell.
+    table_entries: u32,
+}
+
+impl LiveBackend {
+    fn loaded(&self) -> bool {
+        let flags = self.record[0];
+        flags & BACKEND_RECORDED != 0 && flags & BACKEND_LOADED != 0
+    }
 }
 
 pub(super) fn read_dataplane(layout: &PinLayout, maps: &PinnedMaps) -> Result<Dataplane> {
@@ -36,11 +55,22 @@ pub(super) fn read_dataplane(layout: &PinLayout, maps: &PinnedMaps) -> Result<Da
     for (key, state) in maps.services()? {
         previews.insert(state.counter_slot, maps.preview(state.counter_slot)?);
         for color in Color::BOTH {
-            let pool = maps.pool_backends(state.pool(color.wire()))?;
-            let addrs = pool
+            let pool = state.pool(color.wire());
+            let mut live: Vec<LiveBackend> = maps
+                .pool_backends(pool)?
                 .iter()
-                .map(|backend| from_wire(key.family, &backend.endpoint));
-            backends.insert((state.counter_slot, color), addrs.collect());
+                .map(|backend| LiveBackend {
+                    addr: from_wire(key.family, &backend.endpoint),
+                    record: backend.endpoint.reserved,
+                    table_entries: 0,
+                })
+                .collect();
+            if live.iter().any(LiveBackend::loaded) {
+                for (backend, entries) in live.iter_mut().zip(maps.table_entries(pool)?) {
+                    backend.table_entries = entries;
+                }
+            }
+            backends.insert((state.counter_slot, color), live);
         }
     }
     let settings = maps.settings()?;
@@ -77,19 +107,20 @@ pub(super) fn state_from_maps(
             let (vip, proto) = vip_and_proto(key);
             let known = known(key);
             let remembered = known.map(|(_, record)| record);
-            // Weights and drained flags live in the file alone; a backend
-            // it does not know gets the default weight.
             let pool = |color: Color| {
                 let live = dataplane
                     .backends
                     .get(&(state.counter_slot, color))
                     .filter(|backends| !backends.is_empty())
                     .cloned()
-                    .unwrap_or_else(|| vec![SocketAddr::new(vip.ip(), 0)]);
-                match remembered {
-                    Some(record) => record.spec.backends(color).aligned(&live),
-                    None => PoolSpec::new(live.into_iter().map(BackendSpec::new).collect()),
-                }
+                    .unwrap_or_else(|| {
+                        vec![LiveBackend {
+                            addr: SocketAddr::new(vip.ip(), 0),
+                            record: [0; 2],
+                            table_entries: 0,
+                        }]
+                    });
+                rebuilt_pool(&live, remembered.map(|record| record.spec.backends(color)))
             };
             let record = ServiceRecord {
                 spec: ServiceSpec {
@@ -105,6 +136,8 @@ pub(super) fn state_from_maps(
                     health: remembered.and_then(|record| record.spec.health.clone()),
                     auto_rollback: remembered.and_then(|record| record.spec.auto_rollback),
                     load: remembered.and_then(|record| record.spec.load.clone()),
+                    verify: remembered.and_then(|record| record.spec.verify.clone()),
+                    warmup: remembered.and_then(|record| record.spec.warmup.clone()),
                 },
                 previous: Color::from_wire(state.previous),
                 counter_slot: state.counter_slot,
@@ -134,7 +167,7 @@ pub(super) fn state_from_maps(
         version: STATE_VERSION,
         interface: iface.to_owned(),
         xdp_mode: file.map_or_else(|| "unknown".to_owned(), |file| file.xdp_mode.clone()),
-        requested_xdp_mode: file.map_or(XdpModeArg::Auto, |file| file.requested_xdp_mode),
+        requested_xdp_mode: file.map_or(RequestedXdpMode::Auto, |file| file.requested_xdp_mode),
         flow_capacity: dataplane.flow_capacity,
         tcp_idle_timeout_secs: timeouts.tcp_idle_secs,
         tcp_closing_timeout_secs: timeouts.tcp_closing_secs,
@@ -143,10 +176,75 @@ pub(super) fn state_from_maps(
     }
 }
 
+/// A pool as the maps hold it: each backend's weight and runtime flags
+/// from its record, so a drain, a health exclusion or a load weight
+/// outlives a lost state file; what the maps do not record (a backend an
+/// older version wrote, a load weight's exact value) from `known`, the
+/// state file's pool, when it has it.
+fn rebuilt_pool(live: &[LiveBackend], known: Option<&PoolSpec>) -> PoolSpec {
+    let mut backends: Vec<BackendSpec> = live
+        .iter()
+        .map(|backend| {
+            let known = known.and_then(|pool| pool.get(backend.addr));
+            BackendSpec::from_wire_record(backend.addr, backend.record, known)
+                .or_else(|| known.copied())
+                .unwrap_or_else(|| BackendSpec::new(backend.addr))
+        })
+        .collect();
+    estimate_load_weights(&mut backends, live);
+    PoolSpec::new(backends)
+}
+
+/// Gives each backend the maps mark load-weighted, but whose weight only a
+/// lost state file held, the load weight its share of the lookup table
+/// implies: the table was built from it. An estimate until the daemon's
+/// next scrape measures it again. The scale comes from the backends whose
+/// table weight is known; when none is, the least loaded backend is taken
+/// to run at its full weight (a load weight never exceeds it).
+fn estimate_load_weights(backends: &mut [BackendSpec], live: &[LiveBackend]) {
+    let unknown: Vec<usize> = (0..backends.len())
+        .filter(|&index| live[index].loaded() && backends[index].load_weight.is_none())
+        .collect();
+    if unknown.is_empty() {
+        return;
+    }
+    let full = |backend: &BackendSpec| backend.weight * load::SCALE;
+    let (known_weight, known_entries) = (0..backends.len())
+        .filter(|index| !unknown.contains(index) && backends[*index].effective_weight() > 0)
+        .map(|index| {
+            let backend = &backends[index];
+            let weight = backend.load_weight.unwrap_or_else(|| full(backend));
+            (u64::from(weight), u64::from(live[index].table_entries))
+        })
+        .fold((0, 0), |(weight, entries), (w, e)| {
+            (weight + w, entries + e)
+        });
+    let per_entry = if known_entries > 0 {
+        known_weight as f64 / known_entries as f64
+    } else {
+        unknown
+            .iter()
+            .filter(|&&index| live[index].table_entries > 0)
+            .map(|&index| f64::from(full(&backends[index])) / f64::from(live[index].table_entries))
+            .fold(f64::INFINITY, f64::min)
+    };
+    for index in unknown {
+        let backend = &mut backends[index];
+        let implied = f64::from(live[index].table_entries) * per_entry;
+        let implied = if implied.is_finite() {
+            implied.round() as u32
+        } else {
+            0
+        };
+        backend.load_weight = Some(implied.clamp(backend.weight, full(backend)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
+        config::test_backend as spec,
         endpoint::Proto,
         health::{HealthCheck, Probe},
     };
@@ -163,6 +261,8 @@ mod tests {
                 health: Some(HealthCheck::new(Probe::Tcp)),
                 auto_rollback: None,
                 load: None,
+                verify: None,
+                warmup: None,
             },
             previous: active,
             counter_slot: 0,
@@ -177,7 +277,7 @@ mod tests {
             version: STATE_VERSION,
             interface: "veth0".to_owned(),
             xdp_mode: "native".to_owned(),
-            requested_xdp_mode: XdpModeArg::Native,
+            requested_xdp_mode: RequestedXdpMode::Native,
             flow_capacity: 4096,
             tcp_idle_timeout_secs: 3600,
             tcp_closing_timeout_secs: 10,
@@ -197,17 +297,126 @@ mod tests {
         (service_key(vip.parse().expect("literal"), proto), state)
     }
 
+    /// A backend as a version that recorded nothing wrote it.
+    fn unrecorded(addr: &str) -> LiveBackend {
+        LiveBackend {
+            addr: addr.parse().expect("literal"),
+            record: [0; 2],
+            table_entries: 0,
+        }
+    }
+
+    fn recorded(addr: &str, spec: BackendSpec, table_entries: u32) -> LiveBackend {
+        LiveBackend {
+            addr: addr.parse().expect("literal"),
+            record: spec.wire_record(),
+            table_entries,
+        }
+    }
+
+    #[test]
+    fn a_lost_state_file_keeps_every_runtime_flag_the_maps_record() {
+        let drained = BackendSpec {
+            drained: true,
+            ..spec("10.1.0.2:80", 3)
+        };
+        let unhealthy = BackendSpec {
+            unhealthy: true,
+            ..spec("10.1.0.3:80", 1)
+        };
+        let live = [
+            recorded("10.1.0.2:80", drained, 0),
+            recorded("10.1.0.3:80", unhealthy, 0),
+            recorded("10.1.0.4:80", spec("10.1.0.4:80", 7), 0),
+        ];
+        let pool = rebuilt_pool(&live, None);
+        assert_eq!(
+            pool.backends(),
+            [drained, unhealthy, spec("10.1.0.4:80", 7)]
+        );
+
+        // A stale file (from before the drain) loses to the maps, and
+        // lends what they do not record.
+        let stale = PoolSpec::new(vec![
+            BackendSpec {
+                load_unreadable: true,
+                ..spec("10.1.0.2:80", 3)
+            },
+            spec("10.1.0.3:80", 1),
+            spec("10.1.0.4:80", 7),
+        ]);
+        let pool = rebuilt_pool(&live, Some(&stale));
+        assert_eq!(
+            pool.backends()[0],
+            drained,
+            "the drain outlives the stale file"
+        );
+        assert_eq!(pool.backends()[1], unhealthy);
+
+        // An older writer recorded nothing: the file's word, or defaults.
+        let old = [unrecorded("10.1.0.2:80")];
+        let pool = rebuilt_pool(&old, Some(&stale));
+        assert_eq!(pool.backends()[0], stale.backends()[0]);
+        assert_eq!(
+            rebuilt_pool(&old, None).backends(),
+            [spec("10.1.0.2:80", 1)]
+        );
+    }
+
+    #[test]
+    fn load_weights_come_back_from_the_table_shares() {
+        let loaded = |addr: &str, weight: u32, load_weight: u32| BackendSpec {
+            load_weight: Some(load_weight),
+            ..spec(addr, weight)
+        };
+        // Table weights 10 (unloaded, weight 1 at full scale), 4 and 20
+        // over 34 units: a 1,700-entry table gives 500, 200 and 1,000.
+        let live = [
+            recorded("10.1.0.2:80", spec("10.1.0.2:80", 1), 500),
+            recorded("10.1.0.3:80", loaded("10.1.0.3:80", 1, 4), 200),
+            recorded("10.1.0.4:80", loaded("10.1.0.4:80", 2, 20), 1000),
+        ];
+        let pool = rebuilt_pool(&live, None);
+        let weights: Vec<_> = pool.backends().iter().map(|b| b.load_weight).collect();
+        assert_eq!(weights, [None, Some(4), Some(20)]);
+        assert_eq!(
+            pool.weighted().iter().map(|(_, w)| *w).collect::<Vec<_>>(),
+            [10, 4, 20],
+            "the table is built from the same weights again"
+        );
+
+        // Every backend loaded: the least loaded one (2 of weight 2's full
+        // 20, per entry) sets the scale; the other's 400 entries give 8.
+        let live = [
+            recorded("10.1.0.3:80", loaded("10.1.0.3:80", 1, 8), 400),
+            recorded("10.1.0.4:80", loaded("10.1.0.4:80", 2, 20), 1000),
+        ];
+        let pool = rebuilt_pool(&live, None);
+        let weights: Vec<_> = pool.backends().iter().map(|b| b.load_weight).collect();
+        assert_eq!(weights, [Some(8), Some(20)]);
+
+        // The file's exact value wins over an estimate; a drained loaded
+        // backend (no entries) stays at its floor, its operator weight.
+        let file = PoolSpec::new(vec![loaded("10.1.0.3:80", 1, 7), spec("10.1.0.4:80", 2)]);
+        let drained = BackendSpec {
+            drained: true,
+            ..loaded("10.1.0.4:80", 2, 20)
+        };
+        let live = [
+            recorded("10.1.0.3:80", loaded("10.1.0.3:80", 1, 7), 1000),
+            recorded("10.1.0.4:80", drained, 0),
+        ];
+        let pool = rebuilt_pool(&live, Some(&file));
+        assert_eq!(pool.backends()[0].load_weight, Some(7));
+        assert_eq!(pool.backends()[1].load_weight, Some(2));
+        assert!(pool.backends()[1].drained);
+    }
+
     /// Slot 3's pools as `live` describes them, and `previews`.
     fn dataplane(previews: &[(u32, &str)]) -> Dataplane {
         let backends = BTreeMap::from([
-            (
-                (3, Color::Blue),
-                vec!["10.1.0.2:80".parse().expect("literal")],
-            ),
-            (
-                (3, Color::Green),
-                vec!["10.1.0.9:80".parse().expect("literal")],
-            ),
+            ((3, Color::Blue), vec![unrecorded("10.1.0.2:80")]),
+            ((3, Color::Green), vec![unrecorded("10.1.0.9:80")]),
         ]);
         let mut by_slot: BTreeMap<u32, Vec<Cidr>> = BTreeMap::new();
         for (slot, prefix) in previews {

@@ -6,12 +6,13 @@ use std::collections::BTreeSet;
 
 use bluegreen_common::{MAX_SERVICES, SERVICE_HAS_PREVIEW, ServiceKey, ServiceState};
 
+use super::backends::write_pool;
 use crate::{
     config::ServiceSpec,
     endpoint::{Cidr, Color, service_key, vip_and_proto},
     error::Result,
     pinned::{PinnedMaps, Put},
-    pool::{self, arena::Arenas},
+    pool::arena::Arenas,
     state::{InterfaceState, ServiceRecord},
 };
 
@@ -78,7 +79,7 @@ fn desired_state(
         .preview
         .iter()
         .map(|prefix| prefix.parse())
-        .collect::<Result<_>>()?;
+        .collect::<std::result::Result<_, _>>()?;
     let fresh = Desired::Fresh {
         active: record.spec.active,
         previous: record.previous,
@@ -177,7 +178,7 @@ pub(super) fn reconcile_services(
                 .contains_key(key)
                 .then_some(&state.pools[usize::from(color.wire())]);
             pools[usize::from(color.wire())] =
-                pool::write(maps, &mut arenas, key, &spec.pool(color), live_pool)?;
+                write_pool(maps, &mut arenas, key, spec.backends(color), live_pool)?;
         }
         // The old pools' space is not released for the rest of this
         // reconcile: a packet that read the service before the flip may
@@ -246,6 +247,8 @@ mod tests {
             health: None,
             auto_rollback: None,
             load: None,
+            verify: None,
+            warmup: None,
         }
     }
 

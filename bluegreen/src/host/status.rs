@@ -11,9 +11,8 @@ use serde::Serialize;
 
 use super::{
     Host, Lock,
-    inventory::{Attachment, Inspected},
+    inventory::Attachment,
     local::{LocalSockets, local_sockets},
-    locate,
 };
 use crate::{
     endpoint::{Color, from_wire, service_key},
@@ -69,35 +68,42 @@ impl Host {
     }
 
     /// Every interface that is up, its state read from the maps (see
-    /// [`super::inventory`]), and whether its programs are attached.
+    /// [`super::inventory`]), and whether its programs are attached; for
+    /// one service, its interface alone (found as [`Host::open_service`]
+    /// finds it).
     pub fn status(&self, service: Option<&str>) -> Result<StatusReport> {
         self.preflight()?;
-        let (opened, first_error) = self.open_interfaces()?;
-        if let Some(error) = first_error {
-            return Err(error);
-        }
-        let states: Vec<&InterfaceState> = opened.iter().map(|open| &open.state).collect();
-        if let Some(wanted) = service {
-            locate(&states, Some(wanted))?;
-        }
-        if opened.is_empty() {
-            return Err(Error::NothingUp);
-        }
-        let interfaces = opened
-            .iter()
-            .map(|open| {
-                let attachment = self.attachment(&open.state.interface);
-                // A damaged marker must not hide the dataplane's status.
-                let fleet = self
-                    .state
-                    .load_fleet(&open.state.interface)
-                    .unwrap_or_else(|error| {
-                        log::warn!("{error}");
-                        None
-                    });
-                interface_status(open, &attachment, service, fleet)
-            })
-            .collect::<Result<_>>()?;
+        let report = |state: &InterfaceState, maps: &PinnedMaps, only: Option<&str>| {
+            let attachment = self.attachment(&state.interface);
+            // A damaged marker must not hide the dataplane's status.
+            let fleet = self
+                .state
+                .load_fleet(&state.interface)
+                .unwrap_or_else(|error| {
+                    log::warn!("{error}");
+                    None
+                });
+            interface_status(state, maps, &attachment, only, fleet)
+        };
+        let interfaces = match service {
+            Some(_) => {
+                let open = self.open_service(service, Lock::None)?;
+                vec![report(&open.state, &open.maps, Some(open.name()))?]
+            }
+            None => {
+                let (opened, first_error) = self.open_interfaces()?;
+                if let Some(error) = first_error {
+                    return Err(error);
+                }
+                if opened.is_empty() {
+                    return Err(Error::NothingUp);
+                }
+                opened
+                    .iter()
+                    .map(|open| report(&open.state, &open.maps, None))
+                    .collect::<Result<_>>()?
+            }
+        };
         Ok(StatusReport {
             schema_version: STATUS_SCHEMA_VERSION,
             interfaces,
@@ -251,7 +257,8 @@ pub struct BackendStatus {
 }
 
 fn interface_status(
-    Inspected { state, maps, .. }: &Inspected,
+    state: &InterfaceState,
+    maps: &PinnedMaps,
     attachment: &Attachment,
     only: Option<&str>,
     fleet: Option<FleetMarker>,

@@ -18,6 +18,7 @@ use crate::{
     error::{Error, Result},
     health::{HealthCheck, Probe},
     pinned::Put,
+    verify::VerifyReport,
 };
 
 /// Where a switch goes.
@@ -35,6 +36,11 @@ pub struct SwitchOptions {
     /// Probe the color that gains traffic with the service's health check
     /// first, and refuse the switch if it fails.
     pub check: bool,
+    /// Whether the service's release gates (commands, warm-up) apply: an
+    /// operator's switch or rollback. They run, before the health check,
+    /// only when `check` is set too; without it they are skipped with a
+    /// warning that names them.
+    pub gates: bool,
     /// Who asks: the change is counted under it.
     pub cause: ChangeCause,
 }
@@ -52,6 +58,8 @@ pub struct SwitchOutcome {
     pub changed: bool,
     /// How `to` was found fit before the switch (`None`: not checked).
     pub checked: Option<Checked>,
+    /// What the release gates found (`None`: none ran).
+    pub gates: Option<VerifyReport>,
     /// How long the map update took (zero when nothing changed).
     pub elapsed: Duration,
     /// Share of new flows for the idle color, before and after.
@@ -75,7 +83,7 @@ pub enum Checked {
 
 /// The color new flows move away from and the one they move to, between
 /// two states of a service.
-fn traffic_direction(before: &ServiceState, after: &ServiceState) -> (Color, Color) {
+pub(super) fn traffic_direction(before: &ServiceState, after: &ServiceState) -> (Color, Color) {
     let active_before = Color::from_wire(before.active);
     let active_after = Color::from_wire(after.active);
     if active_before == active_after && before.weight > after.weight {
@@ -89,16 +97,28 @@ fn traffic_direction(before: &ServiceState, after: &ServiceState) -> (Color, Col
 }
 
 impl OpenService {
+    /// The probe a backend must pass before new flows may reach it: the
+    /// service's health check or, for a TCP service without one, a TCP
+    /// connect. `None` for a UDP service without a check, which has no
+    /// handshake to try.
+    pub(super) fn admission_check(&self) -> Option<(HealthCheck, Checked)> {
+        let spec = &self.record().spec;
+        match &spec.health {
+            Some(check) => Some((check.clone(), Checked::HealthCheck)),
+            None if spec.proto == Proto::Tcp => {
+                Some((HealthCheck::new(Probe::Tcp), Checked::Connect))
+            }
+            None => None,
+        }
+    }
+
     /// Probes `color` with the service's health check or, for a TCP
     /// service without one, a TCP connect: a switch must never send new
     /// flows to a port nothing listens on. `None` for a UDP service without
     /// a check, which has no handshake to try.
     fn check_color(&self, color: Color) -> Result<Option<Checked>> {
-        let spec = &self.record().spec;
-        let (check, checked) = match &spec.health {
-            Some(check) => (check.clone(), Checked::HealthCheck),
-            None if spec.proto == Proto::Tcp => (HealthCheck::new(Probe::Tcp), Checked::Connect),
-            None => return Ok(None),
+        let Some((check, checked)) = self.admission_check() else {
+            return Ok(None);
         };
         let pool = self.pool(color);
         check
@@ -191,22 +211,20 @@ impl Host {
 
     /// Sends `weight` percent of new flows to `color`, which must be the
     /// idle color; 100 is a full (graceful) switch. Established flows keep
-    /// their color as always.
+    /// their color as always, whatever `options.force` says.
     pub fn shift(
         &self,
         service: Option<&str>,
         color: Color,
         weight: u8,
-        check: bool,
-        cause: ChangeCause,
+        options: SwitchOptions,
     ) -> Result<SwitchOutcome> {
         if weight > 100 {
             return Err(Error::InvalidWeight(weight));
         }
         let options = SwitchOptions {
             force: false,
-            check,
-            cause,
+            ..options
         };
         if weight == 100 {
             return self.switch(service, SwitchTarget::Color(color), options);
@@ -243,6 +261,7 @@ impl Host {
         let options = SwitchOptions {
             force: false,
             check: true,
+            gates: false,
             cause,
         };
         self.change_colors(service, options, false, |_, live| {
@@ -261,20 +280,46 @@ impl Host {
     }
 
     /// Applies `decide` (service name, live state -> wanted state) under the
-    /// interface lock, health-checking the color that gains traffic first
-    /// if asked, and counts the change (as a rollback if `rollback`).
+    /// interface lock, running the release gates (before the lock, see
+    /// `gates.rs`) and the health check of the color that gains traffic
+    /// first if asked, and counts the change (as a rollback if `rollback`).
     fn change_colors(
         &self,
         service: Option<&str>,
         options: SwitchOptions,
         rollback: bool,
-        decide: impl FnOnce(&str, &ServiceState) -> Result<ServiceState>,
+        decide: impl Fn(&str, &ServiceState) -> Result<ServiceState>,
     ) -> Result<SwitchOutcome> {
+        let run_gates = options.gates && options.check;
+        let gated = if run_gates {
+            self.gate_change(service, &decide)?
+        } else {
+            None
+        };
         let mut open = self.open_service(service, Lock::Exclusive)?;
         let before = open.live;
         let after = decide(open.name(), &before)?;
         let (from, to) = traffic_direction(&before, &after);
         let changed = after != before;
+        let gates = open.record().spec.gates();
+        if changed && !gates.is_empty() {
+            if run_gates && gated.as_ref().map(|(color, _)| *color) != Some(to) {
+                return Err(Error::InvalidService {
+                    service: open.name().to_owned(),
+                    message: format!(
+                        "another change landed while the release gates ran, and this one would now send traffic to {to}, which they did not judge: run the command again"
+                    ),
+                });
+            }
+            if options.gates && !options.check {
+                let names: Vec<String> = gates.names().iter().map(ToString::to_string).collect();
+                log::warn!(
+                    "{}: release gates skipped on request (--skip-check): {}",
+                    open.name(),
+                    names.join(", ")
+                );
+            }
+        }
         let checked = if changed && options.check {
             open.check_color(to)?
         } else {
@@ -314,6 +359,7 @@ impl Host {
             forced: options.force,
             changed,
             checked,
+            gates: gated.map(|(_, report)| report),
             elapsed,
             weight_before: before.weight,
             weight: after.weight,

@@ -37,9 +37,10 @@ pub struct PinnedMaps {
     preview: LpmTrie<MapData, PreviewPrefix, u8>,
     pub(super) maglev: Array<MapData, MaglevChunk>,
     pub(super) backends: Array<MapData, PoolBackend>,
-    /// `None` when its pin was removed by hand: no program uses the map,
-    /// so nothing can re-pin it, and switching must not depend on a
-    /// counter; the next `up` creates it afresh.
+    /// `None` when its pin was removed by hand (no program uses the map,
+    /// so nothing can re-pin it) or holds an older layout: switching must
+    /// not depend on a counter; the next `up` creates it afresh, or
+    /// carries the older one over.
     switches: Option<Array<MapData, SwitchCounters>>,
     local: Array<MapData, LocalSettings>,
     local_sockets: HashMap<MapData, LocalSocketKey, LocalSocket>,
@@ -101,7 +102,9 @@ impl PinnedMaps {
             preview: open_map(layout, map_names::PREVIEW)?,
             maglev: open_map(layout, map_names::MAGLEV)?,
             backends: open_map(layout, map_names::BACKENDS)?,
-            switches: if layout.map(map_names::SWITCHES).exists() {
+            switches: if layout.map(map_names::SWITCHES).exists()
+                && !layout.holds_older_switch_counters()
+            {
                 Some(open_map(layout, map_names::SWITCHES)?)
             } else {
                 None
@@ -141,6 +144,18 @@ impl PinnedMaps {
             Err(MapError::KeyNotFound) => Ok(None),
             Err(error) => Err(Error::ebpf("cannot read the services map")(error)),
         }
+    }
+
+    /// The services of the instance on `layout`, from its services map
+    /// alone: enough to tell which VIPs it serves without opening the
+    /// rest.
+    pub fn services_of(layout: &PinLayout) -> Result<Vec<ServiceKey>> {
+        let services: HashMap<MapData, ServiceKey, ServiceState> =
+            open_map(layout, map_names::SERVICES)?;
+        services
+            .keys()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(Error::ebpf("cannot read the services map"))
     }
 
     pub fn services(&self) -> Result<BTreeMap<ServiceKey, ServiceState>> {
@@ -453,7 +468,11 @@ impl PinnedMaps {
         self.set_switch_counters(counter_slot, counters)
     }
 
-    fn set_switch_counters(&mut self, counter_slot: u32, counters: SwitchCounters) -> Result<()> {
+    pub(super) fn set_switch_counters(
+        &mut self,
+        counter_slot: u32,
+        counters: SwitchCounters,
+    ) -> Result<()> {
         match &mut self.switches {
             Some(switches) => switches
                 .set(counter_slot, counters, 0)

@@ -2,6 +2,7 @@
 //! (this file), what a pinned map must look like to be ours
 //! ([`contract`]), and the only writer of the maps ([`PinnedMaps`]).
 
+mod carry;
 mod contract;
 mod flows;
 mod maps;
@@ -10,6 +11,7 @@ mod pools;
 use std::{
     collections::BTreeSet,
     ffi::CString,
+    os::fd::{AsRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -31,6 +33,35 @@ use crate::{
 };
 
 const BPF_FS_MAGIC: libc::c_long = 0xcafe4a11;
+
+/// An exclusive lock on a pin directory (created if missing), held until
+/// dropped or the process ends; see [`PinLayout::try_lock_instance`] and
+/// [`PinLayout::lock_every_instance`].
+pub struct DirLock {
+    _dir: OwnedFd,
+}
+
+impl DirLock {
+    /// `None` when another process holds it and `wait` is false.
+    fn take(dir: &Path, wait: bool) -> Result<Option<DirLock>> {
+        let fd = open_private_dir(dir, true)?.expect("created when missing");
+        let operation = if wait {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_EX | libc::LOCK_NB
+        };
+        // SAFETY: flock on a descriptor we own; released when it is closed,
+        // also when the process dies.
+        if unsafe { libc::flock(fd.as_raw_fd(), operation) } != 0 {
+            let error = std::io::Error::last_os_error();
+            if !wait && error.kind() == std::io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            return Err(Error::io(format!("cannot lock {}", dir.display()))(error));
+        }
+        Ok(Some(DirLock { _dir: fd }))
+    }
+}
 
 /// Where one interface's pins live: `<pin-dir>/v<layout>/<iface>/`.
 #[derive(Clone, Debug)]
@@ -102,6 +133,34 @@ impl PinLayout {
             }
         }
         Ok(true)
+    }
+
+    /// Locks the instance itself, its pin directory (created if missing),
+    /// for as long as the returned lock lives, or the process: a lock in
+    /// the state directory alone would let a daemon with another
+    /// `--state-dir` run beside the one that holds it. `None` while
+    /// another process holds it.
+    pub fn try_lock_instance(&self) -> Result<Option<DirLock>> {
+        self.open_dirs(true)?;
+        DirLock::take(&self.dir(), false)
+    }
+
+    /// Locks every instance of this layout's pin directory against the
+    /// others' `up` and reload, waiting for the holder: each checks that no
+    /// other interface serves its VIPs, and two on different interfaces
+    /// must not both pass before either has written its services. `None`
+    /// while no instance of this layout exists: creating the directory to
+    /// lock would leave it behind when the `up` fails, and with no
+    /// instance there is no VIP to collide with (two first `up`s at the
+    /// same moment aside).
+    pub fn lock_every_instance(&self) -> Result<Option<DirLock>> {
+        let root = self.root.join(format!("v{LAYOUT_VERSION}"));
+        if open_private_dir(&self.root, false)?.is_none()
+            || open_private_dir(&root, false)?.is_none()
+        {
+            return Ok(None);
+        }
+        DirLock::take(&root, true)
     }
 
     /// How the link pinned at `link` stands against the interface's index
@@ -225,6 +284,13 @@ pub fn pinned_interfaces(root: &Path) -> Result<Vec<String>> {
         .collect();
     names.sort();
     Ok(names)
+}
+
+/// Detaches the link pinned at `link` (if it is still attached to
+/// anything) and removes its pin.
+pub fn unpin_link(link: &Path) {
+    let _ = crate::sys::detach_pinned_link(link);
+    let _ = std::fs::remove_file(link);
 }
 
 /// The flow table's capacity, as pinned.

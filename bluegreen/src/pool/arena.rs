@@ -11,6 +11,8 @@ use std::{
 
 use bluegreen_common::{MAGLEV_CHUNK, MAX_BACKEND_COUNTERS, Pool, ServiceState};
 
+use crate::error::{Error, Result};
+
 /// The runs in use in an array of `capacity` elements.
 #[derive(Clone, Debug)]
 pub struct Arena {
@@ -130,6 +132,28 @@ impl Arenas {
             }
         }
         arenas
+    }
+
+    /// A counter slot for a backend new to its pool. The first one an
+    /// operation needs asks `slots_in_use` which slots the live pools'
+    /// backends hold (the maps know): most operations never need one.
+    pub fn new_counter_slot(
+        &mut self,
+        slots_in_use: &mut impl FnMut(&[Pool]) -> Result<Vec<u32>>,
+    ) -> Result<u32> {
+        let counters = match &mut self.counters {
+            Some(counters) => counters,
+            None => {
+                let mut counters = CounterSlots::default();
+                for slot in slots_in_use(&self.live_pools)? {
+                    counters.reserve(slot);
+                }
+                self.counters.insert(counters)
+            }
+        };
+        counters.allocate().ok_or(Error::PoolSpaceExhausted {
+            what: "backend counters",
+        })
     }
 
     /// Frees what `pool` used, once no service points to it any more.

@@ -13,7 +13,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{ServiceSpec, XdpModeArg},
+    config::{RequestedXdpMode, ServiceSpec},
     dirs,
     endpoint::{Color, Proto},
     error::{Error, Result},
@@ -63,7 +63,7 @@ pub struct InterfaceState {
     pub interface: String,
     /// The XDP mode the program was attached in (`native` or `skb`).
     pub xdp_mode: String,
-    pub requested_xdp_mode: XdpModeArg,
+    pub requested_xdp_mode: RequestedXdpMode,
     pub flow_capacity: u32,
     pub tcp_idle_timeout_secs: u64,
     pub tcp_closing_timeout_secs: u64,
@@ -327,6 +327,24 @@ impl StateStore {
             let _ = dirs::remove_in(dir.as_fd(), temporary.as_ref());
             failed()(error)
         })
+    }
+
+    /// A new file for a release gate's output, `verify/<name>` under the
+    /// state directory (root-only like the rest of it, never through a
+    /// planted symlink, never an existing file), open for writing and
+    /// reading back; and its path, for the operator. The files are kept:
+    /// they are the record of what each gate printed.
+    pub fn create_verify_log(&self, name: &str) -> Result<(PathBuf, File)> {
+        // The state directory is checked first: the `verify` directory's
+        // own check follows its parent's path.
+        self.open_dir(true)?;
+        let logs = self.dir.join("verify");
+        let dir = dirs::open_private_dir(&logs, true)?.expect("created");
+        let path = logs.join(name);
+        let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+        let file = dirs::openat(Some(dir.as_fd()), name.as_ref(), flags, 0o600)
+            .map_err(Error::io(format!("cannot create {}", path.display())))?;
+        Ok((path, File::from(file)))
     }
 
     pub fn remove(&self, iface: &str) -> Result<()> {

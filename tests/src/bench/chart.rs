@@ -7,7 +7,7 @@ use std::error::Error;
 use plotters::{coord::Shift, prelude::*, style::FontStyle};
 
 use super::{
-    report::Machine,
+    machine::Machine,
     timeline::{Buckets, Counts, TimelineReport},
 };
 

@@ -249,11 +249,12 @@ impl Active<'_> {
         }
     }
 
-    /// The command that makes `color` take new connections.
+    /// The command that makes `color` take new connections. bluegreen's
+    /// names the service: other interfaces may be up with theirs.
     pub fn switch_command(&self, color: &str) -> SwitchCommand {
         match self.dataplane {
             Dataplane::BluegreenNative | Dataplane::BluegreenGeneric => {
-                self.bluegreen_command(&["switch", color])
+                self.bluegreen_command(&["switch", color, "--service", "web"])
             }
             Dataplane::Nftables => SwitchCommand {
                 command: nft_command(&self.lab.topology.switch),

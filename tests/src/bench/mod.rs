@@ -10,11 +10,13 @@ pub mod fleet;
 pub mod kernel_cost;
 pub mod lab;
 pub mod local;
+pub mod machine;
 pub mod pools;
 pub mod raw;
 pub mod report;
 pub mod stats;
 pub mod switch_time;
+pub mod targets;
 pub mod throughput;
 pub mod timeline;
 

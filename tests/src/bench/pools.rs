@@ -17,8 +17,8 @@ use serde::Serialize;
 use super::{
     Interrupted, check,
     raw::RawProgram,
-    report::{Target, at_most},
     stats::median,
+    targets::{Target, at_most},
 };
 use crate::{
     kernel::{TestDataplane, TestService, service_key},

@@ -1,5 +1,7 @@
 //! Part 3: how long from the start of a switch command until a new
-//! connection is served by the new color, as a client sees it.
+//! connection is served by the new color, as a client sees it; for
+//! bluegreen with its interface alone and with 7 more interfaces up (a
+//! switch opens its own interface only, so the two must take as long).
 //!
 //! A prober in the client namespace opens new connections one after the
 //! other (see [`PROBE_PAUSE`]) and sends each one request. Which backend a
@@ -27,7 +29,7 @@ use super::{
     lab::{Dataplane, Lab},
     stats::{median, percentile},
 };
-use crate::netns::Namespace;
+use crate::{fixture::OtherInterfaces, netns::Namespace};
 
 pub struct SwitchPlan {
     /// Blocks of switches per peer; peers alternate between blocks.
@@ -40,6 +42,9 @@ pub struct SwitchPlan {
 #[derive(Clone, Debug, Serialize)]
 pub struct SwitchFigures {
     pub dataplane: Dataplane,
+    /// Interfaces bluegreen had up, the switched one included (1 for
+    /// nftables).
+    pub interfaces_up: u8,
     pub switches: usize,
     /// Switch start to the moment the client began (called `connect()`
     /// for) the first connection the new color served. The switch took
@@ -76,21 +81,31 @@ pub struct SwitchReport {
 /// every ~0.4 ms, the resolution reported as "probe interval".
 const PROBE_PAUSE: Duration = Duration::from_micros(200);
 
-const PEERS: [Dataplane; 2] = [Dataplane::BluegreenNative, Dataplane::Nftables];
+/// Each peer, with the interfaces bluegreen has up during its blocks.
+/// Quiet time after the other interfaces come up and after they go down:
+/// the kernel finishes what their flow tables and programs left it (freeing
+/// a table is deferred), so that no block pays for another's.
+const AFTER_OTHERS: Duration = Duration::from_secs(1);
+
+const PEERS: [(Dataplane, u8); 3] = [
+    (Dataplane::BluegreenNative, 1),
+    (Dataplane::BluegreenNative, 8),
+    (Dataplane::Nftables, 1),
+];
 
 pub fn run(lab: &Lab, plan: &SwitchPlan) -> Result<SwitchReport, Interrupted> {
     let mut measured: Vec<Measured> = PEERS.iter().map(|_| Measured::default()).collect();
     for _ in 0..plan.blocks {
-        for (peer, into) in PEERS.iter().zip(measured.iter_mut()) {
+        for (&(peer, interfaces_up), into) in PEERS.iter().zip(measured.iter_mut()) {
             check()?;
-            block(lab, *peer, plan, into)?;
+            block(lab, peer, interfaces_up, plan, into)?;
         }
     }
     Ok(SwitchReport {
         peers: PEERS
             .iter()
             .zip(measured)
-            .map(|(peer, measured)| measured.figures(*peer))
+            .map(|(&(peer, interfaces_up), measured)| measured.figures(peer, interfaces_up))
             .collect(),
     })
 }
@@ -106,9 +121,10 @@ struct Measured {
 }
 
 impl Measured {
-    fn figures(self, dataplane: Dataplane) -> SwitchFigures {
+    fn figures(self, dataplane: Dataplane, interfaces_up: u8) -> SwitchFigures {
         SwitchFigures {
             dataplane,
+            interfaces_up,
             switches: self.samples_us.len(),
             p50_us: median(&self.samples_us),
             p99_us: percentile(&self.samples_us, 99.0),
@@ -125,14 +141,22 @@ impl Measured {
     }
 }
 
-/// One block of switches through `peer`, alternating colors.
+/// One block of switches through `peer` with `interfaces_up` interfaces
+/// up, alternating colors.
 fn block(
     lab: &Lab,
     peer: Dataplane,
+    interfaces_up: u8,
     plan: &SwitchPlan,
     into: &mut Measured,
 ) -> Result<(), Interrupted> {
     let active = lab.activate(peer);
+    // Dropped before `active`: the others go down first.
+    let others = (interfaces_up > 1)
+        .then(|| OtherInterfaces::up(&lab.bluegreen, &lab.topology.switch, interfaces_up - 1));
+    if others.is_some() {
+        std::thread::sleep(AFTER_OTHERS);
+    }
     let prober = Prober::start(lab.client(), peer.target());
     let mut color = "blue";
     for _ in 0..plan.switches_per_block {
@@ -156,6 +180,10 @@ fn block(
         color = new;
     }
     let probes = prober.finish();
+    if let Some(others) = others {
+        drop(others);
+        std::thread::sleep(AFTER_OTHERS);
+    }
     into.failed += probes.iter().filter(|p| p.color.is_none()).count() as u64;
     into.probe_intervals_us.extend(
         probes

@@ -19,8 +19,9 @@ use bluegreen_testbed::bench::{
     kernel_cost::{self, KernelPlan},
     lab::Lab,
     local::{self, LocalPlan},
+    machine::Machine,
     pools::{self, PoolsPlan},
-    report::{Machine, Report},
+    report::Report,
     switch_time::{self, SwitchPlan},
     throughput::{self, ThroughputPlan},
     timeline::{self, TimelinePlan},
@@ -106,9 +107,11 @@ impl Options {
     }
 
     fn switch_plan(&self) -> SwitchPlan {
+        // Short blocks, many times over: the peers take turns often, so
+        // a change in the machine's other load reaches them all alike.
         SwitchPlan {
-            blocks: 2,
-            switches_per_block: if self.quick { 5 } else { 30 },
+            blocks: if self.quick { 2 } else { 6 },
+            switches_per_block: if self.quick { 5 } else { 10 },
             settle: Duration::from_millis(20),
         }
     }

@@ -2,7 +2,7 @@
 //! mistake is blamed.
 
 use crate::{
-    config::{BackendSpec, Config, PoolSpec},
+    config::{Config, PoolSpec},
     error::Error,
 };
 
@@ -31,12 +31,7 @@ fn refused(blue: &str, extra: &str) -> (usize, String, String) {
     }
 }
 
-fn backend(addr: &str, weight: u32) -> BackendSpec {
-    BackendSpec {
-        weight,
-        ..BackendSpec::new(addr.parse().expect("literal"))
-    }
-}
+use crate::pool::test_backend as backend;
 
 #[test]
 fn a_pool_is_one_address_a_list_or_a_list_of_tables() {

@@ -23,6 +23,8 @@ fn spec(vip: &str, blue: &str, green: &str) -> ServiceSpec {
         health: None,
         auto_rollback: None,
         load: None,
+        verify: None,
+        warmup: None,
     }
 }
 

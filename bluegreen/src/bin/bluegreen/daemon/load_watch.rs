@@ -5,16 +5,18 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
+    ops::ControlFlow,
+    time::Duration,
 };
 
 use bluegreen::{
     config::{BackendSpec, PoolSpec},
     endpoint::Color,
-    host::Host,
+    host::{Host, ServiceView},
     load::{self, LoadCheck, changed_materially},
 };
 
-use super::watch::next_view;
+use super::periodic::Watch;
 use crate::observations::Shared;
 
 /// The load weight `backend`'s table has now: its full share in load units
@@ -26,26 +28,45 @@ fn current(backend: &BackendSpec) -> u32 {
 /// Scrapes every backend of both colors of one service every interval,
 /// publishes queue depths and weights, and rebuilds a color's table when
 /// some backend's load weight should change materially. A failed scrape
-/// keeps that backend's weight. Runs until the service is gone or no
-/// longer asks for load weighing.
-pub(super) async fn watch_load(host: Host, name: String, observations: Shared) {
-    // Backends whose last scrape failed: logged once per failure streak.
-    let mut failing: BTreeSet<(Color, SocketAddr)> = BTreeSet::new();
-    let forget = || {
+/// keeps that backend's weight.
+#[derive(Default)]
+pub(super) struct LoadWatch {
+    /// Backends whose last scrape failed: logged once per failure streak.
+    failing: BTreeSet<(Color, SocketAddr)>,
+}
+
+impl Watch for LoadWatch {
+    type Settings = LoadCheck;
+
+    fn settings(view: &ServiceView) -> Option<LoadCheck> {
+        view.record.spec.load.clone()
+    }
+
+    fn interval(check: &LoadCheck) -> Duration {
+        check.interval()
+    }
+
+    fn forget(name: &str, observations: &Shared) {
         observations
             .lock()
             .expect("observations lock")
             .retain_weighed(|service| service != name);
-    };
-    while let Some(view) = next_view(&host, &name, &forget).await {
-        let Some(check) = view.record.spec.load.clone() else {
-            forget();
-            return;
-        };
+    }
+
+    async fn round(
+        &mut self,
+        host: &Host,
+        name: &str,
+        view: &ServiceView,
+        check: &LoadCheck,
+        observations: &Shared,
+    ) -> ControlFlow<()> {
+        let name = name.to_owned();
+        let failing = &mut self.failing;
         for color in Color::BOTH {
             let pool = view.pool(color).clone();
             let addrs: Vec<SocketAddr> = pool.addrs().collect();
-            let scraper: LoadCheck = check.clone();
+            let scraper = check.clone();
             let scrapes = tokio::task::spawn_blocking(move || scraper.scrape_each(&addrs))
                 .await
                 .unwrap_or_else(|error| vec![Err(error.to_string()); pool.backends().len()]);
@@ -95,7 +116,7 @@ pub(super) async fn watch_load(host: Host, name: String, observations: Shared) {
                     || backend.load_unreadable != unreadable.contains(&backend.addr)
             });
             let table = if material {
-                apply(&host, &name, color, wanted, unreadable).await
+                apply(host, &name, color, wanted, unreadable).await
             } else {
                 None
             };
@@ -115,7 +136,7 @@ pub(super) async fn watch_load(host: Host, name: String, observations: Shared) {
                 }
             }
         }
-        tokio::time::sleep(check.interval()).await;
+        ControlFlow::Continue(())
     }
 }
 

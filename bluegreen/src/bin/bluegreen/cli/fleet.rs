@@ -10,10 +10,11 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use bluegreen::{
     clock::unix_now_ms,
-    config::{Config, DEFAULT_FLEET_PREFIX, FleetTls, validate_fleet_prefix},
+    config::{DEFAULT_FLEET_PREFIX, FleetConfig, FleetTls, validate_fleet_prefix},
     endpoint::Color,
     fleet::{
-        self, DesiredState, FLEET_SCHEMA_VERSION, HostRecord, Progress,
+        self, DesiredState, FLEET_SCHEMA_VERSION, HostRecord, Ignored, Progress,
+        change::{FleetChange, Next, Outcome, Waited},
         client::{Change, FleetClient},
         describe,
     },
@@ -27,7 +28,7 @@ use super::args::{FleetAction, FleetChangeArgs, FleetConnection, FleetStatusArgs
 /// ahead this long after.
 const CHANGE_TTL_SECS: i64 = 10;
 
-pub fn run(action: FleetAction) -> anyhow::Result<ExitCode> {
+pub fn execute(action: FleetAction) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -38,7 +39,7 @@ pub fn run(action: FleetAction) -> anyhow::Result<ExitCode> {
                 let (color, weight) = (args.color, args.weight.unwrap_or(100));
                 let force = args.change.force;
                 change(args.change, "switch", move |current, by| {
-                    if weight < 100 && current.color == color && current.weight == 100 {
+                    if weight < 100 && current.target == color && current.target_share == 100 {
                         bail!(
                             "{color} already serves every new flow: a weight is the share of the color that is not ({})",
                             color.other()
@@ -69,16 +70,19 @@ pub fn run(action: FleetAction) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The endpoints, prefix and TLS files from the flags, or from the config's
+/// `[fleet]` for what the flags leave out (an operator's machine needs no
+/// config file when it gives --etcd).
 async fn connect(connection: &FleetConnection) -> anyhow::Result<FleetClient> {
-    let (endpoints, prefix, tls) = if connection.etcd.is_empty() {
+    let (endpoints, prefix, mut tls) = if connection.etcd.is_empty() {
         let path = &connection.config;
-        let config = Config::load(path).with_context(|| {
+        let fleet = FleetConfig::load(path).with_context(|| {
             format!(
                 "no --etcd given, so the endpoints come from {}",
                 path.display()
             )
         })?;
-        let Some(fleet) = config.fleet else {
+        let Some(fleet) = fleet else {
             bail!(
                 "no --etcd given and {} has no [fleet] section: pass --etcd URL[,URL]",
                 path.display()
@@ -100,6 +104,12 @@ async fn connect(connection: &FleetConnection) -> anyhow::Result<FleetClient> {
             .unwrap_or_else(|| DEFAULT_FLEET_PREFIX.to_owned());
         (connection.etcd.clone(), prefix, FleetTls::default())
     };
+    if connection.cacert.is_some() {
+        tls.ca = connection.cacert.clone();
+    }
+    if connection.cert.is_some() {
+        (tls.cert, tls.key) = (connection.cert.clone(), connection.key.clone());
+    }
     validate_fleet_prefix(&prefix).map_err(|error| anyhow!("the fleet prefix {error}"))?;
     Ok(FleetClient::connect(&endpoints, &prefix, &tls).await?)
 }
@@ -142,24 +152,53 @@ async fn change(
     let started = Instant::now();
     let mut client = connect(&args.connection).await?;
     let hosts = client.hosts().await?;
+    for ignored in &hosts.ignored {
+        eprintln!("warning: {}: {}", ignored.key, ignored.reason);
+    }
+    let hosts = hosts.live;
     let service = pick_service(args.service.as_deref(), &hosts)?;
-    let (before, read_revision) = match client.desired(&service).await? {
+    let (current, read_revision, unreadable) = match client.desired(&service).await? {
+        Some((Ok(current), revision)) => (Some(current), revision, false),
+        // The hosts refuse it and keep what they had: this change replaces
+        // it as if it were the first.
+        Some((Err(reason), revision)) => {
+            eprintln!(
+                "warning: {service}: the desired state in {} cannot be read ({reason}): replacing it",
+                client.keys.service(&service)
+            );
+            (None, revision, true)
+        }
+        None => (None, 0, false),
+    };
+    let mut before = match current {
         Some(current) => current,
         // The first fleet change of the service: what every host serves
         // now is what a failure restores.
         None => match fleet::common_state(&service, &hosts) {
-            Ok(common) => (common, 0),
+            Ok(common) => common,
             // Nothing is restored then; blue only stands in as the color a
             // later `fleet rollback` returns to.
             Err(reason) if args.best_effort => {
                 log::warn!("{service}: the hosts disagree ({reason}); nothing to restore");
-                (DesiredState::initial(Color::Blue), 0)
+                DesiredState::initial(Color::Blue)
             }
-            Err(reason) => bail!(
-                "{service} has no desired state in the fleet yet and the live hosts do not agree on one ({reason}): an all-or-nothing change needs a state to restore; pass --best-effort to set the first one anyway"
-            ),
+            Err(reason) => {
+                let known = if unreadable {
+                    "has a desired state this bluegreen cannot read"
+                } else {
+                    "has no desired state in the fleet yet"
+                };
+                bail!(
+                    "{service} {known} and the live hosts do not agree on one ({reason}): an all-or-nothing change needs a state to restore; pass --best-effort to set one anyway"
+                )
+            }
         },
     };
+    // A state made up from the hosts starts its force epochs where they
+    // are: from 0, a `--force` would not reach a host that applied one.
+    before.force_epoch = before
+        .force_epoch
+        .max(fleet::applied_force_epoch(&service, &hosts));
     let by = operator();
     let desired = next(&before, by.clone())?;
     let mut change = client
@@ -178,7 +217,8 @@ async fn change(
     outcome
 }
 
-/// The rest of [`change`], while the change marker is held.
+/// The rest of [`change`], while the change marker is held: waits for the
+/// hosts and does what [`FleetChange`] decides of it.
 async fn drive(
     client: &mut FleetClient,
     change: &mut Change,
@@ -187,94 +227,85 @@ async fn drive(
     args: &FleetChangeArgs,
     started: Instant,
 ) -> anyhow::Result<ExitCode> {
-    let service = change.service.clone();
-    let timeout = Duration::from_secs(args.timeout);
-    let waited = wait(
-        client,
-        &service,
-        change.revision,
-        timeout,
-        !args.best_effort,
-    )
-    .await;
-    let (progress, timed_out) = match waited {
-        Ok(waited) => waited,
-        // Some hosts may have applied it: undo rather than leave a mix,
-        // unless a partial result was asked for.
-        Err(error) if !args.best_effort => {
-            println!("{service}: lost track of the hosts ({error:#}); restoring {before}");
+    let fleet_change = FleetChange {
+        service: change.service.clone(),
+        before: before.clone(),
+        desired: desired.clone(),
+        best_effort: args.best_effort,
+        timeout: Duration::from_secs(args.timeout),
+    };
+    let waited = wait(client, change, fleet_change.timeout, !args.best_effort).await;
+    let outcome = match fleet_change.waited(waited) {
+        Next::Finish(outcome) => outcome,
+        Next::RestoreBlind { lost } => {
+            println!(
+                "{}: lost track of the hosts ({lost}); restoring {before}",
+                change.service
+            );
             match client.replace(change, before).await {
-                Ok(()) => bail!(
-                    "{service}: the change to {desired} was undone (restoring {before}) after waiting for the hosts failed: {error:#}; check `bluegreen fleet status`"
-                ),
-                Err(undo) => bail!(
-                    "{service}: the change to {desired} is NOT undone: waiting for the hosts failed ({error:#}) and restoring {before} failed too ({undo:#}); check `bluegreen fleet status` and run the command again"
+                Ok(()) => fleet_change.restored_blind(lost),
+                Err(undo) => fleet_change.restore_failed(
+                    format!("waiting for the hosts failed ({lost})"),
+                    format!("{undo:#}"),
                 ),
             }
         }
-        Err(error) => bail!(
-            "{service}: {desired} is written (--best-effort keeps it) but waiting for the hosts failed: {error:#}; check `bluegreen fleet status`"
-        ),
+        Next::Restore { failures } => {
+            println!("{}: restoring {before} on every live host", change.service);
+            match client.replace(change, before).await {
+                Ok(()) => {
+                    let back = wait(client, change, fleet_change.timeout, false).await;
+                    fleet_change.restored(failures, back)
+                }
+                Err(undo) => fleet_change.restore_failed(failures.join("; "), format!("{undo:#}")),
+            }
+        }
     };
-    if progress.is_converged() {
+    let report = fleet_change.report(&outcome);
+    if outcome.succeeded() {
         println!(
-            "{service}: every live host ({}) applied {desired}: converged in {:.3} s",
-            progress.applied.len(),
+            "{report}: converged in {:.3} s",
             started.elapsed().as_secs_f64()
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let failures = failures(&progress, timed_out, timeout);
-    if args.best_effort {
-        eprintln!(
-            "error: {service}: {} kept on the {} hosts that applied it (--best-effort); not on: {}",
-            desired,
-            progress.applied.len(),
-            failures.join("; ")
-        );
+    if matches!(outcome, Outcome::KeptInPart { .. }) {
+        eprintln!("error: {report}");
         return Ok(ExitCode::FAILURE);
     }
-    println!("{service}: restoring {before} on every live host");
-    client.replace(change, before).await?;
-    let (back, back_timed_out) = wait(client, &service, change.revision, timeout, false).await?;
-    let restored = if back.is_converged() {
-        format!("every live host is back on {before}")
-    } else {
-        format!(
-            "NOT every host is back on {before}: {}",
-            self::failures(&back, back_timed_out, timeout).join("; ")
-        )
-    };
-    bail!(
-        "{service}: the change to {desired} failed and was undone ({restored}): {}",
-        failures.join("; ")
-    )
+    bail!("{report}")
 }
 
-/// Each host that did not apply, and why.
-fn failures(progress: &Progress, timed_out: bool, timeout: Duration) -> Vec<String> {
-    let mut failures: Vec<String> = progress
-        .refused
-        .iter()
-        .map(|(host, reason)| format!("{host} refused: {reason}"))
-        .collect();
-    if timed_out {
-        failures.extend(
-            progress
-                .pending
-                .iter()
-                .map(|host| format!("{host} did not apply it within {} s", timeout.as_secs())),
-        );
-    }
-    failures
-}
-
-/// Follows the live hosts until each has acted on `revision` of
-/// `service`, until the first refusal if `stop_on_refusal`, or until
-/// `timeout` (then true: the pending hosts timed out). Prints each host as
-/// it acts. Every change of a host record (an update, or a lease expiring)
-/// wakes it, so it sees convergence as soon as etcd does.
+/// Follows the live hosts until each has acted on `change`'s revision,
+/// until the first refusal if `stop_on_refusal`, or until `timeout` (the
+/// pending hosts then timed out). Prints each host as it acts. Every
+/// change of a host record (an update, or a lease expiring) wakes it, so
+/// it sees convergence as soon as etcd does.
 async fn wait(
+    client: &mut FleetClient,
+    change: &Change,
+    timeout: Duration,
+    stop_on_refusal: bool,
+) -> Waited {
+    match follow(
+        client,
+        &change.service,
+        change.revision,
+        timeout,
+        stop_on_refusal,
+    )
+    .await
+    {
+        Ok((progress, timed_out)) => Waited::Settled {
+            progress,
+            timed_out,
+        },
+        Err(error) => Waited::Lost(format!("{error:#}")),
+    }
+}
+
+/// [`wait`], with its errors as they come.
+async fn follow(
     client: &mut FleetClient,
     service: &str,
     revision: i64,
@@ -298,7 +329,7 @@ async fn wait(
                 "{service}: its desired state changed under this command (written by something other than `bluegreen fleet`?): check `bluegreen fleet status`"
             ),
         }
-        let hosts = client.hosts().await?;
+        let hosts = client.hosts().await?.live;
         let progress = fleet::progress(service, revision, &hosts);
         let elapsed = started.elapsed().as_secs_f64();
         for host in &progress.applied {
@@ -330,18 +361,30 @@ async fn wait(
 async fn status(args: FleetStatusArgs) -> anyhow::Result<ExitCode> {
     let mut client = connect(&args.connection).await?;
     let (desired, _) = client.list_desired().await?;
-    let hosts = client.hosts().await?;
+    let fleet::Hosts {
+        live: hosts,
+        ignored,
+    } = client.hosts().await?;
     let changes = client.changes().await?;
+    let conflicts = client.conflicts().await?;
     let revision_of = |service: &str| desired.get(service).map_or(0, |(_, revision)| *revision);
     let services: BTreeMap<&String, serde_json::Value> = desired
         .iter()
         .map(|(name, (state, revision))| {
             let value = json!({
-                "desired": state,
+                "desired": state.as_ref().ok(),
+                "unreadable": state.as_ref().err(),
                 "revision": revision,
                 "change_in_progress": changes.get(name),
             });
             (name, value)
+        })
+        .collect();
+    let conflict_rows: Vec<serde_json::Value> = conflicts
+        .iter()
+        .map(|(key, conflict)| match conflict {
+            Ok(conflict) => json!({"key": key, "conflict": conflict}),
+            Err(reason) => json!({"key": key, "unreadable": reason}),
         })
         .collect();
     let host_rows: Vec<serde_json::Value> = hosts
@@ -365,6 +408,7 @@ async fn status(args: FleetStatusArgs) -> anyhow::Result<ExitCode> {
                 .collect();
             json!({
                 "host": record.host,
+                "owner": record.owner,
                 "updated_unix_ms": record.updated_unix_ms,
                 "services": services,
             })
@@ -375,6 +419,8 @@ async fn status(args: FleetStatusArgs) -> anyhow::Result<ExitCode> {
             "schema_version": FLEET_SCHEMA_VERSION,
             "services": services,
             "hosts": host_rows,
+            "ignored": ignored,
+            "conflicts": conflict_rows,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
@@ -384,10 +430,27 @@ async fn status(args: FleetStatusArgs) -> anyhow::Result<ExitCode> {
             .get(name)
             .map(|holder| format!("; change in progress by {holder}"))
             .unwrap_or_default();
-        println!(
-            "{name}: desired {state} (revision {revision}, by {}){busy}",
-            state.by
-        );
+        match state {
+            Ok(state) => println!(
+                "{name}: desired {state} (revision {revision}, by {}){busy}",
+                state.by
+            ),
+            Err(reason) => println!(
+                "{name}: desired state UNREADABLE (revision {revision}): {reason}; the hosts keep what they had{busy}"
+            ),
+        }
+    }
+    for Ignored { key, reason } in &ignored {
+        println!("ignored {key}: {reason}");
+    }
+    for (key, conflict) in &conflicts {
+        match conflict {
+            Ok(conflict) => println!(
+                "CONFLICT {key}: {} refused to start as host {}, which {} holds (lease {:x})",
+                conflict.claimant, conflict.host, conflict.holder, conflict.holder_lease
+            ),
+            Err(reason) => println!("CONFLICT {key}: (unreadable: {reason})"),
+        }
     }
     if hosts.is_empty() {
         println!("no live host (a host is listed while its daemon keeps its lease)");
@@ -418,7 +481,7 @@ async fn status(args: FleetStatusArgs) -> anyhow::Result<ExitCode> {
             rows.push([
                 record.host.clone(),
                 name.clone(),
-                describe(applied.color, applied.weight),
+                describe(applied.active, applied.idle_share),
                 health(applied.health.blue),
                 health(applied.health.green),
                 (revision_of(name) - applied.revision).max(0).to_string(),

@@ -2,10 +2,11 @@
 //! reloads and metrics, in the foreground for systemd.
 
 mod backend_health;
-mod backend_load;
 mod fleet;
+mod health_watch;
+mod load_watch;
 mod lock;
-mod watch;
+mod periodic;
 
 use std::{net::SocketAddr, path::Path, sync::Arc};
 
@@ -18,6 +19,9 @@ use bluegreen::{
 use tokio::{signal::unix::SignalKind, task::JoinHandle};
 
 use crate::{observations::Shared, output::print_up};
+use health_watch::HealthWatch;
+use load_watch::LoadWatch;
+use periodic::keep_watching;
 
 /// What the daemon runs from its config file: the `up` and the fleet it
 /// joins, if any.
@@ -59,10 +63,9 @@ async fn join_fleet(
     let iface = running.request.iface.clone();
     let Some(config) = running.fleet.clone() else {
         store.remove_fleet(&iface)?;
-        observations
-            .lock()
-            .expect("observations lock")
-            .fleet_connected = None;
+        let mut observations = observations.lock().expect("observations lock");
+        observations.fleet_connected = None;
+        observations.fleet_unreadable.clear();
         return Ok(None);
     };
     let services = running
@@ -83,14 +86,17 @@ async fn join_fleet(
     Ok(Some(task))
 }
 
-pub async fn run(
+pub async fn serve(
     host: &Host,
     state_dir: &Path,
     config_path: &Path,
     metrics: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let mut running = load_request(config_path)?;
-    let _lock = lock::DaemonLock::take(state_dir, &running.request.iface)?;
+    let _lock = lock::DaemonLock::take(host, state_dir, &running.request.iface)?;
+    // Its watchers and fleet agent act on its own interface's services
+    // (a reload cannot move it), and find them there at every tick.
+    let host = &host.on_interface(&running.request.iface);
     let mut outcome = host.up(&running.request)?;
     print_up(&outcome);
     forward_ebpf_logs(&mut outcome.ebpf);
@@ -187,17 +193,19 @@ fn start_checkers(
     for spec in services {
         let (host, name, observations) = (host.clone(), spec.name.clone(), observations.clone());
         if spec.health.is_some() {
-            checkers.push(tokio::spawn(watch::watch_service(
+            checkers.push(tokio::spawn(keep_watching(
                 host.clone(),
                 name.clone(),
                 observations.clone(),
+                HealthWatch::default(),
             )));
         }
         if spec.load.is_some() {
-            checkers.push(tokio::spawn(backend_load::watch_load(
+            checkers.push(tokio::spawn(keep_watching(
                 host,
                 name,
                 observations,
+                LoadWatch::default(),
             )));
         }
     }

@@ -4,7 +4,7 @@ use std::{path::Path, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use bluegreen::{
-    config::{Config, DataplaneOptions, LocalClients, ServiceSpec, XdpModeArg},
+    config::{Config, DataplaneOptions, LocalClients, RequestedXdpMode, ServiceSpec},
     endpoint::Color,
     health::HealthCheck,
     host::{
@@ -19,22 +19,20 @@ use super::{
     args::{self, BackendArgs, BackendVerb, ChangeArgs, Command, PreviewAction, UpArgs},
     fleet, shift, watch,
 };
-use crate::output::{print_backend, print_preview, print_status, print_switch, print_up};
+use crate::output::{
+    print_backend, print_preview, print_status, print_switch, print_up, print_verify,
+};
 
 /// Refuses a local change of a service that follows a fleet unless the
 /// operator asked for an override, which is then logged (the daemon
 /// reports the drift to the fleet).
 fn guard_fleet(host: &Host, service: Option<&str>, local_override: bool) -> anyhow::Result<()> {
-    let Some(marker) = host.fleet_marker(service)? else {
+    let Some((service, marker)) = host.fleet_marker(service)? else {
         return Ok(());
     };
     if !local_override {
-        let name = match service {
-            Some(name) => name.to_owned(),
-            None => host.service_view(None)?.record.spec.name,
-        };
         return Err(bluegreen::Error::FleetManaged {
-            service: name,
+            service,
             host: marker.host,
             prefix: marker.prefix,
         }
@@ -49,17 +47,34 @@ fn guard_fleet(host: &Host, service: Option<&str>, local_override: bool) -> anyh
 
 fn switch_options(change: &ChangeArgs) -> SwitchOptions {
     if change.skip_check {
+        // The library names the release gates it skips, if the service
+        // has any.
         log::warn!("health check skipped on request");
     }
     SwitchOptions {
         force: change.force,
         check: !change.skip_check,
+        gates: true,
         cause: ChangeCause::Operator,
     }
 }
 
+/// A change refused by a release gate: the last lines of what the gate
+/// printed go to stderr before the error line, which says where the rest
+/// is.
+fn show_gate_output(error: &bluegreen::Error) {
+    if let bluegreen::Error::GateFailed { gate, tail, .. } = error
+        && !tail.is_empty()
+    {
+        eprintln!("{gate} output (last {} lines):", tail.len());
+        for line in tail {
+            eprintln!("  {line}");
+        }
+    }
+}
+
 /// Runs `command`; `state_dir` is the one `host` keeps its state in.
-pub fn run(host: &Host, state_dir: &Path, command: Command) -> anyhow::Result<ExitCode> {
+pub fn execute(host: &Host, state_dir: &Path, command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Up(args) => {
             let request = up_request(args)?;
@@ -75,19 +90,25 @@ pub fn run(host: &Host, state_dir: &Path, command: Command) -> anyhow::Result<Ex
             let options = switch_options(&args.change);
             let service = args.change.service.as_deref();
             let outcome = match args.weight {
-                Some(weight) => {
-                    host.shift(service, args.color, weight, options.check, options.cause)?
-                }
-                None => host.switch(service, SwitchTarget::Color(args.color), options)?,
-            };
+                Some(weight) => host.shift(service, args.color, weight, options),
+                None => host.switch(service, SwitchTarget::Color(args.color), options),
+            }
+            .inspect_err(show_gate_output)?;
             print_switch(&outcome);
             if let Some(seconds) = args.wait_drain {
                 return wait_drain(host, &outcome, Duration::from_secs(seconds));
             }
         }
+        Command::Verify(args) => {
+            let report = host.verify(args.service.as_deref(), args.color)?;
+            print_verify(&report);
+            if !report.passed() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Shift(args) => {
             guard_fleet(host, args.service.as_deref(), args.local_override)?;
-            return shift::run(host, &args);
+            return shift::walk(host, &args);
         }
         Command::Preview { action } => preview(host, action)?,
         Command::Rollback(args) => {
@@ -96,16 +117,18 @@ pub fn run(host: &Host, state_dir: &Path, command: Command) -> anyhow::Result<Ex
                 args.change.service.as_deref(),
                 args.change.local_override,
             )?;
-            let outcome = host.switch(
-                args.change.service.as_deref(),
-                SwitchTarget::Previous,
-                switch_options(&args.change),
-            )?;
+            let outcome = host
+                .switch(
+                    args.change.service.as_deref(),
+                    SwitchTarget::Previous,
+                    switch_options(&args.change),
+                )
+                .inspect_err(show_gate_output)?;
             print_switch(&outcome);
         }
         Command::Status(args) => {
             if let Some(interval) = args.watch {
-                return watch::run(host, args.service.as_deref(), interval, args.count);
+                return watch::show_live(host, args.service.as_deref(), interval, args.count);
             }
             let report = match host.status(args.service.as_deref()) {
                 // A script that asks for JSON gets JSON: no interface is up.
@@ -144,14 +167,14 @@ pub fn run(host: &Host, state_dir: &Path, command: Command) -> anyhow::Result<Ex
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(crate::daemon::run(
+            runtime.block_on(crate::daemon::serve(
                 host,
                 state_dir,
                 &args.config,
                 args.metrics,
             ))?;
         }
-        Command::Fleet { action } => return fleet::run(action),
+        Command::Fleet { action } => return fleet::execute(action),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -200,9 +223,11 @@ fn up_request(args: UpArgs) -> anyhow::Result<UpRequest> {
                 health: args.check.clone().map(HealthCheck::new),
                 auto_rollback: None,
                 load: None,
+                verify: None,
+                warmup: None,
             };
             (
-                XdpModeArg::default(),
+                RequestedXdpMode::default(),
                 DataplaneOptions::default(),
                 LocalClients::default(),
                 vec![spec],
@@ -241,12 +266,16 @@ fn backend(host: &Host, args: BackendArgs) -> anyhow::Result<()> {
         BackendVerb::Drain => BackendAction::Drain,
         BackendVerb::Undrain => BackendAction::Undrain,
     };
+    if args.skip_check {
+        log::warn!("health check skipped on request");
+    }
     let outcome = host.change_backend(
         args.service.as_deref(),
         args.color,
         args.backend,
         action,
         args.force,
+        !args.skip_check,
     )?;
     print_backend(&outcome, args.backend, action);
     Ok(())

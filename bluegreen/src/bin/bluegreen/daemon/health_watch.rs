@@ -1,20 +1,22 @@
-//! The daemon's watch over one service: probe every backend of both
-//! colors, publish their health, keep unhealthy backends out of the tables,
-//! and roll back when the policy says so.
+//! The daemon's health watch over one service (`[service.health]`): probe
+//! every backend of both colors, publish their health, keep unhealthy
+//! backends out of the tables, and roll back when the policy says so.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, ops::ControlFlow, time::Duration};
 
 use bluegreen::{
-    Error,
     clock::unix_now_ms,
     config::AutoRollback,
     endpoint::Color,
-    health::{Health, HealthTracker},
+    health::{Health, HealthCheck, HealthTracker},
     host::{Host, ServiceView, SwitchOptions, SwitchTarget},
 };
 use bluegreen_common::ChangeCause;
 
-use super::backend_health::{BackendHealth, excluded};
+use super::{
+    backend_health::{BackendHealth, excluded},
+    periodic::Watch,
+};
 use crate::observations::Shared;
 
 /// Whether the daemon rolls a service back now (`now_ms`: Unix time in
@@ -40,62 +42,43 @@ fn should_roll_back(
         && within_window
 }
 
-/// Whether `error` says the service is no longer up (an `up` removed it, or
-/// a `down` took everything), rather than that its state could not be read
-/// this time.
-fn is_gone(error: &Error) -> bool {
-    matches!(
-        error,
-        Error::UnknownService { .. }
-            | Error::NothingUp
-            | Error::NotUpOn { .. }
-            | Error::ServiceNotLive { .. }
-    )
-}
-
-/// The service as it is now, for a watcher's next tick; `None` when the
-/// runtime is shutting down. A failed read is logged and retried a second
-/// later, after `forget` when the service is gone (so that its figures stop
-/// being reported while the watcher waits for it to come back).
-pub(super) async fn next_view(host: &Host, name: &str, forget: impl Fn()) -> Option<ServiceView> {
-    loop {
-        let view = {
-            let (host, name) = (host.clone(), name.to_owned());
-            tokio::task::spawn_blocking(move || host.service_view(Some(&name))).await
-        };
-        match view {
-            Ok(Ok(view)) => return Some(view),
-            Ok(Err(error)) => {
-                if is_gone(&error) {
-                    forget();
-                }
-                log::warn!("{name}: cannot read its state: {error}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(_) => return None,
-        }
-    }
-}
-
 /// Probes every backend of both colors of one service every interval,
 /// publishes their health, rebuilds a color's table when a backend turns
 /// unhealthy or healthy again, and rolls back when the active color turns
 /// unhealthy and the service asks for it.
-pub(super) async fn watch_service(host: Host, name: String, observations: Shared) {
-    let mut trackers: [HealthTracker; 2] = Default::default();
-    let mut backend_health = BackendHealth::default();
-    let forget = || {
+#[derive(Default)]
+pub(super) struct HealthWatch {
+    trackers: [HealthTracker; 2],
+    backend_health: BackendHealth,
+}
+
+impl Watch for HealthWatch {
+    type Settings = HealthCheck;
+
+    fn settings(view: &ServiceView) -> Option<HealthCheck> {
+        view.record.spec.health.clone()
+    }
+
+    fn interval(check: &HealthCheck) -> Duration {
+        check.interval()
+    }
+
+    fn forget(name: &str, observations: &Shared) {
         observations
             .lock()
             .expect("observations lock")
             .retain_checked(|service| service != name);
-    };
-    while let Some(view) = next_view(&host, &name, &forget).await {
-        // An `up` dropped the check.
-        let Some(check) = view.record.spec.health.clone() else {
-            forget();
-            return;
-        };
+    }
+
+    async fn round(
+        &mut self,
+        host: &Host,
+        name: &str,
+        view: &ServiceView,
+        check: &HealthCheck,
+        observations: &Shared,
+    ) -> ControlFlow<()> {
+        let name = name.to_owned();
         for color in Color::BOTH {
             let pool = view.pool(color).clone();
             let addrs: Vec<SocketAddr> = pool.addrs().collect();
@@ -113,9 +96,11 @@ pub(super) async fn watch_service(host: Host, name: String, observations: Shared
                 .map(|(backend, result)| (backend.addr, result.clone()))
                 .unzip();
             let result = check.judge_pool(&serving, &serving_results);
-            let states = backend_health.observe(&name, color, &check, &pool, results);
-            let tracker = &mut trackers[usize::from(color.wire())];
-            if let Some(state) = tracker.observe(&check, result) {
+            let states = self
+                .backend_health
+                .observe(&name, color, check, &pool, results);
+            let tracker = &mut self.trackers[usize::from(color.wire())];
+            if let Some(state) = tracker.observe(check, result) {
                 match state {
                     Health::Unhealthy => log::warn!(
                         "{name}: {color} ({pool}) is unhealthy: {}",
@@ -153,15 +138,15 @@ pub(super) async fn watch_service(host: Host, name: String, observations: Shared
                     Ok(Err(error)) => {
                         log::error!("{name}: cannot apply {color}'s backend health: {error}")
                     }
-                    Err(_) => return,
+                    Err(_) => return ControlFlow::Break(()),
                 }
             }
         }
 
         if let Some(policy) = view.record.spec.auto_rollback
-            && should_roll_back(&policy, &view, &trackers, unix_now_ms())
+            && should_roll_back(&policy, view, &self.trackers, unix_now_ms())
         {
-            let active = &trackers[usize::from(view.active.wire())];
+            let active = &self.trackers[usize::from(view.active.wire())];
             let reason = active.last_error.clone().unwrap_or_default();
             let rolled_back = {
                 let (host, name) = (host.clone(), name.clone());
@@ -170,6 +155,7 @@ pub(super) async fn watch_service(host: Host, name: String, observations: Shared
                     let options = SwitchOptions {
                         force: policy.force,
                         check: false,
+                        gates: false,
                         cause: ChangeCause::AutoRollback,
                     };
                     host.switch(Some(&name), SwitchTarget::Previous, options)
@@ -188,10 +174,10 @@ pub(super) async fn watch_service(host: Host, name: String, observations: Shared
                     );
                 }
                 Ok(Err(error)) => log::error!("{name}: automatic rollback failed: {error}"),
-                Err(_) => return,
+                Err(_) => return ControlFlow::Break(()),
             }
         }
-        tokio::time::sleep(check.interval()).await;
+        ControlFlow::Continue(())
     }
 }
 
@@ -218,6 +204,8 @@ mod tests {
             health: None,
             auto_rollback: None,
             load: None,
+            verify: None,
+            warmup: None,
         };
         ServiceView {
             active,

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use bluegreen::{
-    config::{PoolSpec, WEIGHTS, XdpModeArg},
+    config::{PoolSpec, RequestedXdpMode, WEIGHTS},
     endpoint::{Color, Proto, parse_endpoint},
     health::Probe,
 };
@@ -21,8 +21,9 @@ fn proto_parser() -> impl TypedValueParser<Value = Proto> {
     PossibleValuesParser::new(["tcp", "udp"]).try_map(|name| name.parse::<Proto>())
 }
 
-fn xdp_mode_parser() -> impl TypedValueParser<Value = XdpModeArg> {
-    PossibleValuesParser::new(["auto", "native", "skb"]).try_map(|name| name.parse::<XdpModeArg>())
+fn xdp_mode_parser() -> impl TypedValueParser<Value = RequestedXdpMode> {
+    PossibleValuesParser::new(["auto", "native", "skb"])
+        .try_map(|name| name.parse::<RequestedXdpMode>())
 }
 
 #[derive(Parser)]
@@ -96,8 +97,30 @@ connections alone, a forced one resets them so they reconnect to the new color."
 
 Before moving traffic, the color is checked: with the service's health check if it has
 one, otherwise (TCP services) with a TCP connect to its backend. A color that fails is
-refused and traffic stays where it is; --skip-check overrides.")]
+refused and traffic stays where it is. First, if the service has release gates
+([service.verify] commands, [service.warmup] requests), they run against the color
+and a failing one refuses the switch (see `bluegreen verify --help`). --skip-check
+overrides both, with a warning naming the gates it skips.")]
     Switch(SwitchArgs),
+    /// Run a service's release gates against a color now, changing nothing.
+    #[command(after_help = "Examples:
+  bluegreen verify green
+  bluegreen verify blue --service chat
+
+Runs what `switch` and `rollback` run before moving traffic to the color, in order,
+stopping at the first that fails: the [service.verify] commands, then the
+[service.warmup] requests to every backend of the color that takes new flows.
+Prints a report and exits 0 when every gate passes (or none is configured), 1 otherwise.
+
+Each command runs without a shell, in its own process group (killed whole at
+timeout_secs), with its output in <state-dir>/verify/SERVICE-COLOR-UNIXMS.log and
+these environment variables:
+  BLUEGREEN_SERVICE   the service's name
+  BLUEGREEN_COLOR     the color judged (blue or green)
+  BLUEGREEN_VIP       the service's VIP, ADDR:PORT
+  BLUEGREEN_PROTO     tcp or udp
+  BLUEGREEN_BACKENDS  the color's backends that take new flows, ADDR:PORT,ADDR:PORT...")]
+    Verify(VerifyArgs),
     /// Move new flows to a color in weighted steps, health-checked in between.
     #[command(after_help = "Examples:
   bluegreen shift green --steps 10,25,50,100 --interval 30s
@@ -125,7 +148,8 @@ After a switch the roles swap: preview clients then reach the color that became 
   bluegreen rollback --service chat --force
 
 Like a switch, a rollback first checks the color (its health check, or a TCP connect
-when none is configured) and refuses a color that fails; --skip-check overrides. During a weighted shift,
+when none is configured), after the release gates if the service has any, and refuses a
+color that fails; --skip-check overrides. During a weighted shift,
 rollback returns the weight to 0 (the active color never changed).")]
     Rollback(RollbackArgs),
     /// Show each service's colors, backends, counters and live flows.
@@ -241,7 +265,7 @@ pub(crate) struct UpArgs {
     pub active: Option<Color>,
     /// auto: native if the driver supports it, generic otherwise.
     #[arg(long, value_parser = xdp_mode_parser())]
-    pub xdp_mode: Option<XdpModeArg>,
+    pub xdp_mode: Option<RequestedXdpMode>,
     /// Health check run before `switch` moves traffic: tcp or http:/PATH.
     #[arg(long, value_name = "tcp|http:/PATH", conflicts_with = "config")]
     pub check: Option<Probe>,
@@ -393,6 +417,17 @@ pub(crate) struct FleetConnection {
     /// The fleet's key prefix in etcd (default: the config's, or /bluegreen).
     #[arg(long)]
     pub prefix: Option<String>,
+    /// CA certificate that signed etcd's server certificate (PEM), as
+    /// etcdctl's --cacert (default: the config's [fleet] ca).
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's client certificate
+    /// authentication, with --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 /// What `fleet switch` and `fleet rollback` share.
@@ -453,13 +488,22 @@ pub(crate) struct ChangeArgs {
     #[arg(long)]
     pub force: bool,
     /// Go ahead even if the color fails its health check (or, without one,
-    /// refuses a TCP connection).
+    /// refuses a TCP connection); skips the release gates too.
     #[arg(long)]
     pub skip_check: bool,
     /// Change a fleet-managed service on this host alone (an emergency: the
     /// fleet reports the host as drifted until the next fleet change).
     #[arg(long)]
     pub local_override: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct VerifyArgs {
+    #[arg(value_parser = color_parser())]
+    pub color: Color,
+    /// Needed when more than one service is up.
+    #[arg(long)]
+    pub service: Option<String>,
 }
 
 #[derive(Args)]
@@ -522,6 +566,10 @@ pub(crate) struct BackendArgs {
     /// Allow leaving the active color without a backend taking new flows.
     #[arg(long)]
     pub force: bool,
+    /// Add or undrain the backend even if it fails the service's health
+    /// check (or, without one, refuses a TCP connection).
+    #[arg(long)]
+    pub skip_check: bool,
 }
 
 #[derive(Args)]

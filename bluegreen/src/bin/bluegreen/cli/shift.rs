@@ -7,11 +7,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::bail;
 use bluegreen::{
     endpoint::Color,
     health::{Health, HealthTracker},
     host::{Host, SwitchOptions, SwitchTarget},
+    shift::{Failure, Next, Shift, Stopped},
 };
 use bluegreen_common::ChangeCause;
 
@@ -24,20 +24,18 @@ extern "C" fn on_interrupt(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
-pub fn run(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
-    if args.steps.windows(2).any(|pair| pair[0] >= pair[1]) {
-        bail!(
-            "--steps must increase, e.g. 10,25,50,100 (got {:?})",
-            args.steps
-        );
-    }
+pub fn walk(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
     let service = args.service.as_deref();
     let view = host.service_view(service)?;
     let name = view.record.spec.name.clone();
     let color = args.color;
-    if view.active == color && view.record.weight == 0 {
-        bail!("{name}: {color} is already active; shift moves traffic to the idle color");
-    }
+    let mut walk = Shift::new(
+        &name,
+        color,
+        view.active == color,
+        view.record.weight,
+        args.steps.clone(),
+    )?;
     let check = view.record.spec.health.clone();
     if check.is_none() {
         println!("{name}: no health check configured; steps are timed only");
@@ -46,31 +44,45 @@ pub fn run(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
     // SAFETY: the handler only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
 
-    let total = args.steps.len();
-    let mut current = view.record.weight;
-    for (index, &step) in args.steps.iter().enumerate() {
+    loop {
         if INTERRUPTED.load(Ordering::Relaxed) {
-            return Ok(stopped(&name, color, current, index, total));
+            return Ok(stopped(&name, color, walk.interrupted()));
         }
+        let (step, number, total) = match walk.next() {
+            Next::Step {
+                weight,
+                number,
+                total,
+            } => (weight, number, total),
+            Next::Hold { weight } => {
+                println!(
+                    "{name}: shift stopped at {weight}% as asked; `bluegreen switch {color}` finishes it, `bluegreen rollback` undoes it"
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+        };
         if let Some(check) = &check
             && let Err(reason) = check.probe_pool(&view.pool(color).serving())
         {
-            return roll_back(
+            return fail(
                 host,
                 &name,
-                current,
+                walk.check_failed(),
                 &format!("{color} failed its health check: {reason}"),
             );
         }
         // The steps probe the color themselves, every check interval.
-        let outcome = host.shift(Some(&name), color, step, false, ChangeCause::Shift)?;
-        current = step;
-        println!(
-            "step {}/{total}: {color} at {step}% of new flows",
-            index + 1
-        );
+        let options = SwitchOptions {
+            force: false,
+            check: false,
+            gates: false,
+            cause: ChangeCause::Shift,
+        };
+        let outcome = host.shift(Some(&name), color, step, options)?;
+        let complete = walk.applied();
+        println!("step {number}/{total}: {color} at {step}% of new flows");
         print_switch(&outcome);
-        if step == 100 {
+        if complete {
             println!("{name}: shift complete, {color} is active");
             return Ok(ExitCode::SUCCESS);
         }
@@ -79,7 +91,7 @@ pub fn run(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
         let mut next_probe = Instant::now();
         while Instant::now() < deadline {
             if INTERRUPTED.load(Ordering::Relaxed) {
-                return Ok(stopped(&name, color, current, index + 1, total));
+                return Ok(stopped(&name, color, walk.interrupted()));
             }
             if let Some(check) = &check
                 && Instant::now() >= next_probe
@@ -88,10 +100,10 @@ pub fn run(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
                 let result = check.probe_pool(&view.pool(color).serving());
                 if tracker.observe(check, result) == Some(Health::Unhealthy) {
                     let reason = tracker.last_error.clone().unwrap_or_default();
-                    return roll_back(
+                    return fail(
                         host,
                         &name,
-                        current,
+                        walk.check_failed(),
                         &format!("{color} turned unhealthy at {step}%: {reason}"),
                     );
                 }
@@ -99,35 +111,34 @@ pub fn run(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
             std::thread::sleep(Duration::from_millis(50).min(deadline - Instant::now()));
         }
     }
-    println!(
-        "{name}: shift stopped at {current}% as asked; `bluegreen switch {color}` finishes it, `bluegreen rollback` undoes it"
-    );
-    Ok(ExitCode::SUCCESS)
 }
 
-fn stopped(name: &str, color: Color, weight: u8, done: usize, total: usize) -> ExitCode {
+fn stopped(name: &str, color: Color, at: Stopped) -> ExitCode {
+    let Stopped {
+        weight,
+        done,
+        total,
+    } = at;
     println!(
         "{name}: interrupted after step {done}/{total}; {color} keeps {weight}% of new flows. `bluegreen switch {color}` finishes the shift, `bluegreen rollback` undoes it"
     );
     ExitCode::from(EXIT_INTERRUPTED)
 }
 
-/// Returns the shifted share (`weight`) to 0 after a failed check.
-fn roll_back(host: &Host, name: &str, weight: u8, reason: &str) -> anyhow::Result<ExitCode> {
-    if weight == 0 {
-        // Nothing to undo, and a rollback would move every new flow to the
-        // previous color: possibly the very one that just failed.
+/// Ends the walk after a failed check as [`Shift::check_failed`] decides.
+fn fail(host: &Host, name: &str, failure: Failure, reason: &str) -> anyhow::Result<ExitCode> {
+    let Failure::Retreat { from } = failure else {
         eprintln!("error: {name}: {reason}; nothing was shifted");
         return Ok(ExitCode::FAILURE);
-    }
-    // Back to where traffic was: no check stands in the way of a retreat.
+    };
     let options = SwitchOptions {
         force: false,
         check: false,
+        gates: false,
         cause: ChangeCause::Shift,
     };
     let outcome = host.switch(Some(name), SwitchTarget::Previous, options)?;
-    eprintln!("error: {name}: {reason}; rolled back");
+    eprintln!("error: {name}: {reason}; rolled back from {from}%");
     print_switch(&outcome);
     Ok(ExitCode::FAILURE)
 }

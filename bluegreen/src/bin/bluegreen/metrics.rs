@@ -167,17 +167,17 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
     let switches = counter_family(
         &mut registry,
         "bluegreen_switches",
-        "Changes of the active color, by cause: operator, shift, auto_rollback",
+        "Changes of the active color, by cause: operator, shift, auto_rollback, fleet",
     );
     let rollbacks = counter_family(
         &mut registry,
         "bluegreen_rollbacks",
-        "Rollbacks, by cause: operator, shift (a failed check), unhealthy (the daemon's automatic rollback)",
+        "Rollbacks, by cause: operator, shift (a failed check), unhealthy (the daemon's automatic rollback), fleet",
     );
     let last_switch = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     registry.register(
         "bluegreen_last_switch_timestamp_seconds",
-        "When the active color last changed (Unix time)",
+        "When the active color last changed (Unix time; 0 until its first change)",
         last_switch.clone(),
     );
     let passed = counter_family(
@@ -256,13 +256,13 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
                     }
                 }
             }
-            // A series appears at its first count, as the alerts and the
-            // dashboard expect.
+            // Every cause's series exists from the start, at 0: increase()
+            // then sees the first event, and panels show 0, not "no data".
             for (family, counts) in [
                 (&switches, &service.switches),
                 (&rollbacks, &service.rollbacks),
             ] {
-                for (cause, count) in counts.iter().filter(|(_, count)| **count > 0) {
+                for (cause, count) in counts {
                     family
                         .get_or_create(&vec![
                             ("service", service.name.clone()),
@@ -271,11 +271,9 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
                         .inc_by(*count);
                 }
             }
-            if let Some(at) = service.switched_at_unix_ms {
-                last_switch
-                    .get_or_create(&vec![("service", service.name.clone())])
-                    .set(at as f64 / 1000.0);
-            }
+            last_switch
+                .get_or_create(&vec![("service", service.name.clone())])
+                .set(service.switched_at_unix_ms.unwrap_or(0) as f64 / 1000.0);
         }
         for (reason, count) in &interface.passed {
             passed
@@ -294,6 +292,18 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
             gauge.clone(),
         );
         gauge.set(i64::from(connected));
+    }
+    if !observations.fleet_unreadable.is_empty() {
+        let unreadable = gauge_family(
+            &mut registry,
+            "bluegreen_fleet_desired_unreadable",
+            "1 while the service's desired state in etcd cannot be read by this host, which refuses it and keeps the last applied state (see LAST ERROR in `bluegreen fleet status`)",
+        );
+        for (service, refused) in &observations.fleet_unreadable {
+            unreadable
+                .get_or_create(&vec![("service", service.clone())])
+                .set(i64::from(*refused));
+        }
     }
     let mut body = String::new();
     encode(&mut body, &registry).expect("writing to a String cannot fail");

@@ -8,6 +8,7 @@ use bluegreen::{
         BackendAction, BackendOutcome, Checked, LocalReset, StatusReport, SwitchOutcome, UpOutcome,
     },
     load,
+    verify::VerifyReport,
 };
 
 pub fn print_up(outcome: &UpOutcome) {
@@ -71,8 +72,17 @@ pub fn print_switch(outcome: &SwitchOutcome) {
         active_changed,
         checked,
         local_reset,
+        gates,
         ..
     } = outcome;
+    if let Some(report) = gates {
+        for gate in &report.gates {
+            println!(
+                "{to} passed its {} gate in {:.1?}: {}",
+                gate.gate, gate.duration, gate.detail
+            );
+        }
+    }
     match checked {
         Some(Checked::HealthCheck) => println!("{to} passed its health check"),
         Some(Checked::Connect) => println!("{to} accepts connections (no health check configured)"),
@@ -115,6 +125,40 @@ pub fn print_switch(outcome: &SwitchOutcome) {
         println!(
             "{service}: {from} -> {to} in {elapsed:.0?} (graceful: established flows finish on {from})"
         );
+    }
+}
+
+/// `verify`: each gate run, its verdict and detail; a failed one with
+/// the last lines of its output and where the rest is.
+pub fn print_verify(report: &VerifyReport) {
+    let VerifyReport {
+        service,
+        color,
+        gates,
+    } = report;
+    if gates.is_empty() {
+        println!(
+            "{service}: no release gate configured ([service.verify], [service.warmup]): nothing to run against {color}"
+        );
+        return;
+    }
+    for gate in gates {
+        let verdict = if gate.passed { "passed" } else { "FAILED" };
+        println!(
+            "{service}: {color} {verdict} its {} gate in {:.1?}: {}",
+            gate.gate, gate.duration, gate.detail
+        );
+        if let Some(log) = &gate.log {
+            println!("  output: {}", log.display());
+        }
+        for line in &gate.tail {
+            println!("  | {line}");
+        }
+    }
+    if report.passed() {
+        println!("{service}: {color} passed every release gate");
+    } else {
+        println!("{service}: {color} would be refused by a switch");
     }
 }
 

@@ -7,6 +7,11 @@
 //! failure (etcd gone, lease lost, watch cancelled) ends the session, and
 //! the next one starts over with a fresh list. Between sessions nothing
 //! changes locally: traffic keeps the last applied state.
+//!
+//! The host's name is its own: the record is created only where no other
+//! live daemon's lease holds it, and a daemon that finds it taken at start
+//! refuses to start (two daemons under one name would each answer for the
+//! other, and a switch could count one host's success as both's).
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -16,13 +21,16 @@ use bluegreen::{
     config::FleetConfig,
     endpoint::Color,
     fleet::{
-        self, AppliedService, ColorHealth, DesiredState, FLEET_SCHEMA_VERSION, HostRecord,
-        client::FleetClient, describe,
+        self, AppliedService, ColorHealth, Conflict, DesiredState, FLEET_SCHEMA_VERSION,
+        HostRecord,
+        client::{Desired, FleetClient},
+        describe,
     },
     health::Health,
     host::Host,
     state::{FleetMarker, StateStore},
 };
+use etcd_client::EventType;
 use tokio::{sync::oneshot, task::JoinHandle};
 
 use crate::observations::Shared;
@@ -48,7 +56,16 @@ struct Agent {
     observations: Shared,
     services: BTreeMap<String, Tracked>,
     marker: FleetMarker,
+    /// The lease of the last session's record: after a reconnect, the
+    /// record still under it is this daemon's, not another's.
+    lease: Option<i64>,
+    /// This daemon, as the record names it to another claiming its name.
+    owner: String,
 }
+
+/// How the first session ended for [`start`]: registered (or failed in a
+/// way worth retrying), or refused because the host name is taken.
+type Started = Result<(), String>;
 
 /// Starts the agent and waits until it has converged to the fleet's desired
 /// states (or failed its first attempt, so that an unreachable etcd cannot
@@ -61,6 +78,9 @@ pub(super) async fn start(
     services: Vec<String>,
     observations: Shared,
 ) -> anyhow::Result<JoinHandle<()>> {
+    // Checked once here, where a mistake stops the daemon: the sessions'
+    // retries could not fix a missing or mismatched file.
+    fleet::tls::load(&config.tls).context("fleet")?;
     let marker = FleetMarker {
         host: config.host.clone(),
         prefix: config.prefix.clone(),
@@ -74,16 +94,17 @@ pub(super) async fn start(
     store
         .save_fleet(&iface, &marker)
         .context("cannot write the fleet marker")?;
-    observations
-        .lock()
-        .expect("observations lock")
-        .fleet_connected = Some(false);
+    {
+        let mut observations = observations.lock().expect("observations lock");
+        observations.fleet_connected = Some(false);
+        observations.fleet_unreadable = services.iter().map(|name| (name.clone(), false)).collect();
+    }
     let tracked = services
         .into_iter()
         .map(|name| {
             let applied = AppliedService {
-                color: Color::Blue,
-                weight: 0,
+                active: Color::Blue,
+                idle_share: 0,
                 force_epoch: 0,
                 revision: 0,
                 refused: None,
@@ -108,20 +129,41 @@ pub(super) async fn start(
         observations,
         services: tracked,
         marker,
+        lease: None,
+        owner: owner(),
     };
     let (ready_tx, ready_rx) = oneshot::channel();
-    let task = tokio::spawn(async move { agent.run(ready_tx).await });
-    let _ = ready_rx.await;
+    let task = tokio::spawn(async move { agent.keep_session(ready_tx).await });
+    if let Ok(Err(refused)) = ready_rx.await {
+        bail!("fleet: {refused}");
+    }
     Ok(task)
 }
 
+/// `pid N on MACHINE`.
+fn owner() -> String {
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "an unknown machine".to_owned());
+    format!("pid {} on {machine}", std::process::id())
+}
+
 impl Agent {
-    async fn run(&mut self, ready: oneshot::Sender<()>) {
+    async fn keep_session(&mut self, ready: oneshot::Sender<Started>) {
         let mut ready = Some(ready);
         let mut retry = FIRST_RETRY;
         loop {
             let Err(error) = self.session(&mut ready).await;
             let message = format!("{error:#}");
+            // Only at start: later, the name was this daemon's first, and
+            // it keeps trying to take it back.
+            if let Some(bluegreen::Error::FleetHostTaken { .. }) = error.downcast_ref()
+                && let Some(ready) = ready.take()
+            {
+                self.set_connected(false, Some(message.clone()));
+                let _ = ready.send(Err(message));
+                return;
+            }
             if self.marker.connected {
                 retry = FIRST_RETRY;
             }
@@ -130,7 +172,7 @@ impl Agent {
             );
             self.set_connected(false, Some(message));
             if let Some(ready) = ready.take() {
-                let _ = ready.send(());
+                let _ = ready.send(Ok(()));
             }
             tokio::time::sleep(retry).await;
             retry = (retry * 2).min(LAST_RETRY);
@@ -140,20 +182,43 @@ impl Agent {
     /// Connects, converges, registers and follows until something fails.
     async fn session(
         &mut self,
-        ready: &mut Option<oneshot::Sender<()>>,
+        ready: &mut Option<oneshot::Sender<Started>>,
     ) -> anyhow::Result<std::convert::Infallible> {
         let config = &self.config;
         let mut client =
             FleetClient::connect(&config.endpoints, &config.prefix, &config.tls).await?;
+        // A crashed daemon's record outlives it by one TTL: its restart
+        // waits that long before calling the name someone else's. The name
+        // is claimed before anything is applied: a daemon that refuses to
+        // start must not have moved traffic.
+        let patience = Duration::from_secs(config.lease_ttl_secs + 1);
+        let claimed = client.await_name(&config.host, self.lease, patience).await;
+        if let Err(bluegreen::Error::FleetHostTaken { lease, owner, .. }) = &claimed {
+            let conflict = Conflict {
+                schema_version: FLEET_SCHEMA_VERSION,
+                host: config.host.clone(),
+                claimant: self.owner.clone(),
+                holder: owner.clone(),
+                holder_lease: *lease,
+                at_unix_ms: unix_now_ms(),
+            };
+            if let Err(report) = client.report_conflict(&conflict).await {
+                log::warn!("fleet: cannot report the conflict: {report}");
+            }
+        }
+        claimed?;
         let ttl = config.lease_ttl_secs as i64;
         let lease = client.grant(ttl).await?;
         let (mut keeper, mut renewals) = client.keep_alive(lease).await?;
+        let previous = self.lease.replace(lease);
         let (desired, revision) = client.list_desired().await?;
+        self.refresh().await;
+        client.register(&self.record(), lease, previous).await?;
         for (name, (state, at)) in desired {
             self.follow(&name, state, at).await;
         }
         self.refresh().await;
-        client.put_host(&self.record(), lease).await?;
+        let registered = client.register(&self.record(), lease, None).await?;
         self.set_connected(true, None);
         log::info!(
             "fleet: host {} registered in {} (lease {ttl} s), following from revision {revision}",
@@ -161,10 +226,12 @@ impl Agent {
             self.config.prefix
         );
         if let Some(ready) = ready.take() {
-            let _ = ready.send(());
+            let _ = ready.send(Ok(()));
         }
         let services = client.keys.services();
         let mut watch = client.watch(&services, Some(revision + 1)).await?;
+        let own_key = client.keys.host(&self.config.host);
+        let mut own = client.watch_key(&own_key, registered + 1).await?;
         let mut renew = tokio::time::interval(Duration::from_millis(ttl as u64 * 1000 / 3));
         let mut refresh = tokio::time::interval(REFRESH);
         loop {
@@ -185,16 +252,35 @@ impl Agent {
                     }
                     for event in response.events() {
                         let Some(kv) = event.kv() else { continue };
-                        if let Some((name, state)) = client.watched(kv)? {
+                        if let Some((name, state)) = client.watched(kv) {
                             self.follow(&name, state, kv.mod_revision()).await;
                         }
                     }
                     self.refresh().await;
-                    client.put_host(&self.record(), lease).await?;
+                    client.register(&self.record(), lease, None).await?;
+                }
+                message = own.message() => {
+                    let Some(response) = message.context("the watch of this host's record failed")? else {
+                        bail!("etcd ended the watch of this host's record");
+                    };
+                    if response.canceled() {
+                        bail!("etcd cancelled the watch of this host's record: {}", response.cancel_reason());
+                    }
+                    // This daemon's own writes keep the lease; anything
+                    // else was written over it (by hand, say): a record
+                    // left without a lease would outlive this daemon.
+                    let foreign = response.events().iter().any(|event| {
+                        event.event_type() == EventType::Delete
+                            || event.kv().is_some_and(|kv| kv.lease() != lease)
+                    });
+                    if foreign {
+                        log::warn!("fleet: {own_key} was overwritten or deleted by someone else; writing it again under this daemon's lease");
+                        client.register(&self.record(), lease, None).await?;
+                    }
                 }
                 _ = refresh.tick() => {
                     if self.refresh().await {
-                        client.put_host(&self.record(), lease).await?;
+                        client.register(&self.record(), lease, None).await?;
                     }
                 }
             }
@@ -202,8 +288,30 @@ impl Agent {
     }
 
     /// Applies a desired state of a service this host serves, and records
-    /// the outcome (a refusal included) against its revision.
-    async fn follow(&mut self, name: &str, desired: DesiredState, revision: i64) {
+    /// the outcome (a refusal included) against its revision. One that
+    /// cannot be read is refused, for that service alone.
+    async fn follow(&mut self, name: &str, desired: Desired, revision: i64) {
+        let Some(tracked) = self.services.get_mut(name) else {
+            return;
+        };
+        let desired = match desired {
+            Ok(desired) => desired,
+            Err(reason) => {
+                let key = fleet::Keys::new(&self.config.prefix).service(name);
+                let error = format!(
+                    "cannot read the desired state in {key} (revision {revision}): {reason}; traffic keeps its last applied state"
+                );
+                if tracked.applied.revision != revision {
+                    log::warn!("fleet: {name}: {error}");
+                }
+                tracked.applied.revision = revision;
+                tracked.applied.refused = Some(error.clone());
+                tracked.applied.last_error = Some(error);
+                self.set_unreadable(name, true);
+                return;
+            }
+        };
+        self.set_unreadable(name, false);
         let Some(tracked) = self.services.get_mut(name) else {
             return;
         };
@@ -283,8 +391,8 @@ impl Agent {
                 applied.drift(desired, *revision, view.active, view.record.weight)
             });
             let before = (
-                applied.color,
-                applied.weight,
+                applied.active,
+                applied.idle_share,
                 applied.health,
                 &applied.drift,
             );
@@ -292,8 +400,8 @@ impl Agent {
                 if drift.is_some() && applied.drift.is_none() {
                     log::warn!("fleet: {name}: {}", drift.as_deref().unwrap_or_default());
                 }
-                applied.color = view.active;
-                applied.weight = view.record.weight;
+                applied.active = view.active;
+                applied.idle_share = view.record.weight;
                 applied.health = health;
                 applied.drift = drift;
                 changed = true;
@@ -306,6 +414,7 @@ impl Agent {
         HostRecord {
             schema_version: FLEET_SCHEMA_VERSION,
             host: self.config.host.clone(),
+            owner: self.owner.clone(),
             services: self
                 .services
                 .iter()
@@ -313,6 +422,16 @@ impl Agent {
                 .collect(),
             updated_unix_ms: unix_now_ms(),
         }
+    }
+
+    /// Shows in the metrics whether `service`'s desired state is one this
+    /// host cannot read.
+    fn set_unreadable(&self, service: &str, unreadable: bool) {
+        self.observations
+            .lock()
+            .expect("observations lock")
+            .fleet_unreadable
+            .insert(service.to_owned(), unreadable);
     }
 
     /// Shows the connection in the metrics, the log and the marker that

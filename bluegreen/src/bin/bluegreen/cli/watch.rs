@@ -11,7 +11,7 @@ use std::{
 
 use bluegreen::{
     endpoint::Color,
-    host::{ColorStatus, Host, ServiceStatus, StatusReport},
+    host::{ColorStatus, Host, ServiceStatus, ServiceView, StatusReport},
 };
 
 /// Counters of one service's color at one refresh: packets, new flows.
@@ -52,9 +52,10 @@ fn rate(before: u64, now: u64, elapsed: Duration) -> Option<f64> {
         .map(|delta| delta as f64 / elapsed.as_secs_f64().max(f64::EPSILON))
 }
 
-/// The health check's verdict on one color, when the service has one.
-fn health(host: &Host, service: &str, color: Color) -> String {
-    let Ok(view) = host.service_view(Some(service)) else {
+/// The health check's verdict on one color, when the service has one
+/// (`None`: its state could not be read).
+fn health(view: Option<&ServiceView>, color: Color) -> String {
+    let Some(view) = view else {
         return "?".to_owned();
     };
     match &view.record.spec.health {
@@ -74,7 +75,10 @@ fn frame(host: &Host, report: &StatusReport, previous: Option<(&Samples, Duratio
             interface.interface, interface.xdp_mode
         );
         text += "  service          color   packets/s  new flows/s  active flows  health\n";
+        // Each service is on the interface the report found it on.
+        let host = host.on_interface(&interface.interface);
         for service in &interface.services {
+            let view = host.service_view(Some(&service.name)).ok();
             for color in Color::BOTH {
                 let status = color_status(service, color);
                 let key = (interface.interface.clone(), service.name.clone(), color);
@@ -96,7 +100,7 @@ fn frame(host: &Host, report: &StatusReport, previous: Option<(&Samples, Duratio
                     "  {:<16} {marker}{color:<6} {packets:>10} {new_flows:>12} {:>13}  {}\n",
                     service.name,
                     status.active_flows + status.closing_flows,
-                    health(host, &service.name, color),
+                    health(view.as_ref(), color),
                 );
             }
         }
@@ -105,7 +109,7 @@ fn frame(host: &Host, report: &StatusReport, previous: Option<(&Samples, Duratio
 }
 
 /// Redraws the status every `interval` until Ctrl-C, or `count` times.
-pub fn run(
+pub fn show_live(
     host: &Host,
     service: Option<&str>,
     interval: Duration,

@@ -23,6 +23,9 @@ pub struct Observations {
     /// Whether the fleet agent holds a session with etcd; `None` without
     /// `[fleet]`.
     pub fleet_connected: Option<bool>,
+    /// Per fleet service: whether its desired state in etcd is one this
+    /// host cannot read (and so refuses).
+    pub fleet_unreadable: BTreeMap<String, bool>,
 }
 
 /// What the daemon's load watcher last saw of one backend.
