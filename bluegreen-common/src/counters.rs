@@ -40,16 +40,24 @@ pub enum ChangeCause {
     /// The daemon, applying a fleet change (`bluegreen fleet switch` or
     /// `rollback`, on every host at once).
     Fleet = 3,
+    /// The daemon, rolling back an active color that failed a metric
+    /// analysis in the window after its switch.
+    Analysis = 4,
 }
 
 impl ChangeCause {
-    pub const COUNT: usize = 4;
-    pub const ALL: [ChangeCause; Self::COUNT] =
-        [Self::Operator, Self::Shift, Self::AutoRollback, Self::Fleet];
-    /// Causes before `Fleet`: the switch counters of pins from a version
-    /// that had only these are carried over by `up` (see
-    /// [`SwitchCounters::from_older`]).
-    pub const OLDER_COUNT: usize = 3;
+    pub const COUNT: usize = 5;
+    pub const ALL: [ChangeCause; Self::COUNT] = [
+        Self::Operator,
+        Self::Shift,
+        Self::AutoRollback,
+        Self::Fleet,
+        Self::Analysis,
+    ];
+    /// The fewest causes an older version counted (those before `Fleet`):
+    /// switch counters pinned with this many or more, up to today's, are
+    /// carried over by `up` (see [`SwitchCounters::from_older`]).
+    pub const OLDEST_COUNT: usize = 3;
 
     /// Its name as the cause of a switch.
     pub fn switch_name(self) -> &'static str {
@@ -58,6 +66,7 @@ impl ChangeCause {
             Self::Shift => "shift",
             Self::AutoRollback => "auto_rollback",
             Self::Fleet => "fleet",
+            Self::Analysis => "analysis",
         }
     }
 
@@ -86,17 +95,25 @@ pub struct SwitchCounters {
     pub rollbacks: [u64; ChangeCause::COUNT],
 }
 
-/// `BG_SWITCHES` as a version with [`ChangeCause::OLDER_COUNT`] causes
-/// pinned it: each cause's switches, then each one's rollbacks.
-pub type OlderSwitchCounters = [u64; 2 * ChangeCause::OLDER_COUNT];
-
 impl SwitchCounters {
-    /// The counts of an older pin, the causes it did not have at 0.
-    pub fn from_older(older: &OlderSwitchCounters) -> SwitchCounters {
-        let (switches, rollbacks) = older.split_at(ChangeCause::OLDER_COUNT);
+    /// How many causes a `BG_SWITCHES` value of `value_size` bytes counts,
+    /// when it is the layout of an older version that `up` carries over:
+    /// each cause's switches, then each one's rollbacks.
+    pub fn older_causes(value_size: usize) -> Option<usize> {
+        let causes = value_size / (2 * core::mem::size_of::<u64>());
+        (value_size % (2 * core::mem::size_of::<u64>()) == 0
+            && (ChangeCause::OLDEST_COUNT..ChangeCause::COUNT).contains(&causes))
+        .then_some(causes)
+    }
+
+    /// The counts of an older pin's value (see
+    /// [`SwitchCounters::older_causes`]), the causes it did not have at 0.
+    pub fn from_older(older: &[u64]) -> SwitchCounters {
+        let causes = (older.len() / 2).min(ChangeCause::COUNT);
+        let (switches, rollbacks) = older.split_at(older.len() / 2);
         let mut counters = SwitchCounters::default();
-        counters.switches[..ChangeCause::OLDER_COUNT].copy_from_slice(switches);
-        counters.rollbacks[..ChangeCause::OLDER_COUNT].copy_from_slice(rollbacks);
+        counters.switches[..causes].copy_from_slice(&switches[..causes]);
+        counters.rollbacks[..causes].copy_from_slice(&rollbacks[..causes]);
         counters
     }
 
@@ -163,19 +180,33 @@ mod tests {
 
     #[test]
     fn older_switch_counters_keep_their_counts_by_cause() {
-        let older: OlderSwitchCounters = [5, 2, 1, 3, 0, 1];
-        let carried = SwitchCounters::from_older(&older);
-        assert_eq!(carried.switches, [5, 2, 1, 0]);
-        assert_eq!(carried.rollbacks, [3, 0, 1, 0]);
+        let before_fleet = SwitchCounters::from_older(&[5, 2, 1, 3, 0, 1]);
+        assert_eq!(before_fleet.switches, [5, 2, 1, 0, 0]);
+        assert_eq!(before_fleet.rollbacks, [3, 0, 1, 0, 0]);
+        let before_analysis = SwitchCounters::from_older(&[5, 2, 1, 7, 3, 0, 1, 6]);
+        assert_eq!(before_analysis.switches, [5, 2, 1, 7, 0]);
+        assert_eq!(before_analysis.rollbacks, [3, 0, 1, 6, 0]);
         assert_eq!(
-            ChangeCause::ALL[ChangeCause::OLDER_COUNT],
+            ChangeCause::ALL[ChangeCause::OLDEST_COUNT],
             ChangeCause::Fleet
         );
     }
 
     #[test]
+    fn only_fewer_causes_than_today_are_an_older_layout() {
+        assert_eq!(SwitchCounters::older_causes(48), Some(3));
+        assert_eq!(SwitchCounters::older_causes(64), Some(4));
+        assert_eq!(
+            SwitchCounters::older_causes(size_of::<SwitchCounters>()),
+            None
+        );
+        assert_eq!(SwitchCounters::older_causes(32), None);
+        assert_eq!(SwitchCounters::older_causes(50), None);
+    }
+
+    #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<TrafficCounters>(), 24);
-        assert_eq!(size_of::<SwitchCounters>(), 2 * 4 * 8);
+        assert_eq!(size_of::<SwitchCounters>(), 2 * ChangeCause::COUNT * 8);
     }
 }

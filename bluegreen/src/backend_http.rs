@@ -50,6 +50,27 @@ pub(crate) fn http_get(
         .map_err(|error| format!("HTTP GET {url}: {error}"))
 }
 
+/// One HTTP GET of `url` with `query` parameters, whatever its status:
+/// the status and the body, for an API that explains a refusal in it.
+pub(crate) fn http_get_answer(
+    url: &str,
+    query: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    let mut request = agent(timeout).get(url);
+    for (name, value) in query {
+        request = request.query(*name, *value);
+    }
+    let mut response = request
+        .call()
+        .map_err(|error| format!("HTTP GET {url}: {error}"))?;
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|error| format!("HTTP GET {url}: {error}"))?;
+    Ok((response.status().as_u16(), body))
+}
+
 /// The agent every request here goes through: no redirects (a backend
 /// answers for itself), one deadline for the whole exchange, and any
 /// status returned rather than turned into an error.

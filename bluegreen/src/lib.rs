@@ -9,6 +9,7 @@ pub mod config;
 mod dirs;
 pub mod endpoint;
 pub mod error;
+mod exposition;
 pub mod fleet;
 pub mod health;
 pub mod host;

@@ -10,7 +10,10 @@ use std::{net::SocketAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend_http::{each_backend, http_get};
+use crate::{
+    backend_http::{each_backend, http_get},
+    exposition,
+};
 
 /// Table weights under load are in tenths of the operator's weight, so a
 /// deeply queued backend can fall to a tenth of its share without ever
@@ -93,28 +96,16 @@ impl LoadCheck {
     }
 }
 
-/// Stands for ':' in metric names while parsing: the parser only takes
-/// `\w+` names, while the format (and vLLM's metrics) use colons.
-const COLON: &str = "__colon__";
-
 /// The sum of `metric`'s samples (any labels) in Prometheus text; an error
 /// when the text has none of them, so a backend that stopped exporting it
 /// is not taken for an idle one.
 pub fn queue_depth(text: &str, metric: &str) -> Result<f64, String> {
-    let lines = text.lines().map(|line| Ok(escape_name(line)));
-    let scrape = prometheus_parse::Scrape::parse(lines)
-        .map_err(|error| format!("cannot parse the metrics: {error}"))?;
-    let wanted = metric.replace(':', COLON);
-    let values: Vec<f64> = scrape
-        .samples
+    let samples =
+        exposition::samples(text).map_err(|error| format!("cannot parse the metrics: {error}"))?;
+    let values: Vec<f64> = samples
         .iter()
-        .filter(|sample| sample.metric == wanted)
-        .filter_map(|sample| match sample.value {
-            prometheus_parse::Value::Gauge(value)
-            | prometheus_parse::Value::Counter(value)
-            | prometheus_parse::Value::Untyped(value) => Some(value),
-            _ => None,
-        })
+        .filter(|sample| sample.name == metric)
+        .map(|sample| sample.value)
         .collect();
     if values.is_empty() {
         return Err(format!("no {metric} sample in the metrics"));
@@ -125,22 +116,6 @@ pub fn queue_depth(text: &str, metric: &str) -> Result<f64, String> {
     } else {
         Err(format!("{metric} is {depth}, not a queue depth"))
     }
-}
-
-/// `line` with the colons of its metric name (a sample's first token, or
-/// the third of a `# TYPE`/`# HELP` line) replaced, labels untouched.
-fn escape_name(line: &str) -> String {
-    let comment = ["# TYPE ", "# HELP "]
-        .into_iter()
-        .find(|prefix| line.starts_with(prefix));
-    let (head, rest) = match comment {
-        Some(prefix) => line.split_at(prefix.len()),
-        None => ("", line),
-    };
-    let end = rest
-        .find(|c: char| c == '{' || c.is_whitespace())
-        .unwrap_or(rest.len());
-    format!("{head}{}{}", rest[..end].replace(':', COLON), &rest[end..])
 }
 
 /// The table weight of a backend of operator `weight` with `queue`

@@ -101,7 +101,23 @@ impl Backend {
     /// Replaces what `GET /metrics` answers from now on (a backend that
     /// exports its load).
     pub fn set_metrics(&self, text: &str) {
-        *self.metrics.lock().expect("metrics lock") = text.to_owned();
+        self.metrics_writer().set(text);
+    }
+
+    /// A handle that sets what `GET /metrics` answers, for a thread that
+    /// keeps the figures moving.
+    pub fn metrics_writer(&self) -> MetricsWriter {
+        MetricsWriter(self.metrics.clone())
+    }
+}
+
+/// See [`Backend::metrics_writer`].
+#[derive(Clone)]
+pub struct MetricsWriter(Arc<Mutex<String>>);
+
+impl MetricsWriter {
+    pub fn set(&self, text: &str) {
+        *self.0.lock().expect("metrics lock") = text.to_owned();
     }
 }
 

@@ -12,6 +12,8 @@
 //! - [`fixture`]: the end-to-end tests' standard setup (topology, backends,
 //!   a bluegreen instance and service "web") and its client helpers.
 //! - [`metrics`]: scraping a test daemon's metrics endpoint.
+//! - [`model`]: backends' model-server metrics whose figures a test sets.
+//! - [`prometheus`]: a real Prometheus server scraping the test backends.
 //! - [`fleet`]: a real etcd and several hosts, each a fixture with its own
 //!   daemon, for the fleet's tests and benchmark.
 //! - [`cgroup`]: a throwaway cgroup v2 directory and what is attached to it.
@@ -24,6 +26,8 @@ pub mod fleet;
 pub mod http;
 pub mod kernel;
 pub mod metrics;
+pub mod model;
 pub mod netns;
 pub mod packet;
+pub mod prometheus;
 pub mod sys;

@@ -40,11 +40,11 @@ fn counts(fixture: &Fixture, index: usize) -> (Value, Value) {
 }
 
 fn switches(operator: u64, shift: u64, auto_rollback: u64) -> Value {
-    json!({"operator": operator, "shift": shift, "auto_rollback": auto_rollback, "fleet": 0})
+    json!({"operator": operator, "shift": shift, "auto_rollback": auto_rollback, "fleet": 0, "analysis": 0})
 }
 
 fn rollbacks(operator: u64, shift: u64, unhealthy: u64) -> Value {
-    json!({"operator": operator, "shift": shift, "unhealthy": unhealthy, "fleet": 0})
+    json!({"operator": operator, "shift": shift, "unhealthy": unhealthy, "fleet": 0, "analysis": 0})
 }
 
 #[test]
@@ -97,8 +97,14 @@ fn switch_series_exist_at_zero_before_the_first_switch() {
     wait_for_endpoint(&fixture);
     let metrics = scrape(&fixture);
     for (name, causes) in [
-        ("switches", ["operator", "shift", "auto_rollback", "fleet"]),
-        ("rollbacks", ["operator", "shift", "unhealthy", "fleet"]),
+        (
+            "switches",
+            ["operator", "shift", "auto_rollback", "fleet", "analysis"],
+        ),
+        (
+            "rollbacks",
+            ["operator", "shift", "unhealthy", "fleet", "analysis"],
+        ),
     ] {
         for cause in causes {
             let series = format!("bluegreen_{name}_total{{service=\"web\",cause=\"{cause}\"}}");
@@ -191,11 +197,22 @@ fn switching_works_without_the_counters_pin_and_up_creates_them_again() {
     assert_eq!(counts(&fixture, 0), (switches(1, 0, 0), rollbacks(1, 0, 0)));
 }
 
-/// A version before the `fleet` cause pinned switch counters of three
-/// causes: commands run uncounted beside them, and `up` carries their
-/// counts over to today's layout instead of refusing the pins.
+/// Versions before the `fleet` and the `analysis` causes pinned switch
+/// counters of three and four causes: commands run uncounted beside them,
+/// and `up` carries their counts over to today's layout instead of
+/// refusing the pins.
 #[test]
-fn switch_counters_of_an_older_layout_are_carried_over_by_up() {
+fn switch_counters_of_older_layouts_are_carried_over_by_up() {
+    // Switches by operator, shift, auto_rollback; then rollbacks alike.
+    carry_over(&[4, 1, 2, 3, 0, 1], [4, 1, 2, 0], [3, 0, 1, 0]);
+    // And before `analysis`, with `fleet`.
+    carry_over(&[4, 1, 2, 7, 3, 0, 1, 6], [4, 1, 2, 7], [3, 0, 1, 6]);
+}
+
+/// Pins switch counters of the older layout whose value is `older` in
+/// place of today's, and checks that `up` carries them over as the
+/// `switches` and `rollbacks` of operator, shift, the daemon and fleet.
+fn carry_over(older: &[u64], switched: [u64; 4], rolled_back: [u64; 4]) {
     let fixture = Fixture::new();
     fixture.up();
     let slot = u32::try_from(counter_slot(&fixture, "web")).expect("a small slot");
@@ -204,6 +221,7 @@ fn switch_counters_of_an_older_layout_are_carried_over_by_up() {
     std::fs::remove_file(&counters).expect("unpin today's counters");
     let path = counters.to_str().expect("utf-8");
     let entries = bluegreen_common::MAX_SERVICES.to_string();
+    let value_size = (older.len() * 8).to_string();
     bluegreen_testbed::netns::run(
         "bpftool",
         &[
@@ -215,15 +233,13 @@ fn switch_counters_of_an_older_layout_are_carried_over_by_up() {
             "key",
             "4",
             "value",
-            "48",
+            &value_size,
             "entries",
             &entries,
             "name",
             "BG_SWITCHES",
         ],
     );
-    // Switches by operator, shift, auto_rollback; then rollbacks alike.
-    let older: [u64; 6] = [4, 1, 2, 3, 0, 1];
     let key: Vec<String> = slot.to_le_bytes().iter().map(u8::to_string).collect();
     let value: Vec<String> = older
         .iter()
@@ -244,9 +260,35 @@ fn switch_counters_of_an_older_layout_are_carried_over_by_up() {
         output.contains("switch counters of 1 service(s) carried over"),
         "{output}"
     );
-    assert_eq!(counts(&fixture, 0), (switches(4, 1, 2), rollbacks(3, 0, 1)));
+    // `extra` operator changes since the carry.
+    let by_cause = |names: [&str; 4], mut counts: [u64; 4], extra: u64| {
+        counts[0] += extra;
+        let mut map = serde_json::Map::new();
+        for (name, count) in names.into_iter().zip(counts) {
+            map.insert(name.to_owned(), json!(count));
+        }
+        map.insert("analysis".to_owned(), json!(0));
+        Value::Object(map)
+    };
+    let switch_names = ["operator", "shift", "auto_rollback", "fleet"];
+    let rollback_names = ["operator", "shift", "unhealthy", "fleet"];
+    assert_eq!(
+        counts(&fixture, 0),
+        (
+            by_cause(switch_names, switched, 0),
+            by_cause(rollback_names, rolled_back, 0)
+        ),
+        "{older:?}"
+    );
     fixture.bluegreen.ok(&["rollback"]);
-    assert_eq!(counts(&fixture, 0), (switches(5, 1, 2), rollbacks(4, 0, 1)));
+    assert_eq!(
+        counts(&fixture, 0),
+        (
+            by_cause(switch_names, switched, 1),
+            by_cause(rollback_names, rolled_back, 1)
+        ),
+        "{older:?}"
+    );
 }
 
 /// Whether the daemon serves a health sample for `color` of "web".

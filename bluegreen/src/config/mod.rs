@@ -27,7 +27,7 @@ use crate::{
     error::{Error, Result},
     health::HealthCheck,
     load::LoadCheck,
-    verify::{CommandGate, Warmup},
+    verify::{Analysis, CommandGate, Warmup},
 };
 
 /// How XDP is attached: `auto` lets the kernel use the driver's native hook
@@ -80,6 +80,10 @@ pub struct ServiceSpec {
     /// Requests sent to every backend of a color before traffic moves to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup: Option<Warmup>,
+    /// Metric analyses judged before traffic moves, during `shift` steps
+    /// and, with `auto_rollback.analysis`, by the daemon after a switch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<Analysis>,
 }
 
 impl ServiceSpec {
@@ -95,6 +99,7 @@ impl ServiceSpec {
         crate::verify::Gates {
             commands: self.verify.as_ref(),
             warmup: self.warmup.as_ref(),
+            analyses: &self.analysis,
         }
     }
 
@@ -120,6 +125,20 @@ pub struct AutoRollback {
     pub window_secs: u64,
     /// Move established flows too (a forced rollback).
     pub force: bool,
+    /// Roll back when a metric analysis fails its `failure_limit` within
+    /// the window, as well as on health.
+    #[serde(default)]
+    pub analysis: bool,
+}
+
+impl AutoRollback {
+    /// Whether `now_ms` is within the window after a switch made at
+    /// `switched_at_ms` (Unix milliseconds; unknown: never, unless the
+    /// window is 0, which means at any time).
+    pub fn covers(&self, switched_at_ms: Option<u64>, now_ms: u64) -> bool {
+        self.window_secs == 0
+            || switched_at_ms.is_some_and(|at| now_ms.saturating_sub(at) <= self.window_secs * 1000)
+    }
 }
 
 pub const MIN_FLOW_CAPACITY: u32 = 1024;

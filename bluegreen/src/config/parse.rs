@@ -23,7 +23,9 @@ use crate::{
     error::{Error, Result},
     health::{HealthCheck, Probe},
     load::LoadCheck,
-    verify::{CommandGate, Method, Warmup},
+    verify::{
+        Analysis, CommandGate, Figure, Method, NoData, Source as AnalysisSource, Threshold, Warmup,
+    },
 };
 
 #[derive(Deserialize)]
@@ -74,6 +76,31 @@ struct RawService {
     load: Option<Spanned<RawLoad>>,
     verify: Option<Spanned<RawVerify>>,
     warmup: Option<Spanned<RawWarmup>>,
+    #[serde(default)]
+    analysis: Vec<Spanned<RawAnalysis>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnalysis {
+    name: String,
+    source: String,
+    prometheus: Option<String>,
+    query: Option<String>,
+    kind: Option<String>,
+    histogram: Option<String>,
+    quantile: Option<f64>,
+    counter: Option<String>,
+    status_label: Option<String>,
+    path: Option<String>,
+    port: Option<u16>,
+    min: Option<f64>,
+    max: Option<f64>,
+    max_ratio: Option<f64>,
+    window_secs: Option<u64>,
+    interval_secs: Option<u64>,
+    failure_limit: Option<u32>,
+    no_data: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -121,6 +148,7 @@ struct RawLoad {
 struct RawAutoRollback {
     window_secs: Option<u64>,
     mode: Option<String>,
+    analysis: Option<bool>,
 }
 
 /// The text being parsed, to turn a byte span into `file:line`.
@@ -479,6 +507,15 @@ impl ServiceTable<'_> {
             load: self.read_opt(ServiceField::Load, &raw.load, RawLoad::check)?,
             verify: self.read_opt(ServiceField::Verify, &raw.verify, RawVerify::gate)?,
             warmup: self.read_opt(ServiceField::Warmup, &raw.warmup, RawWarmup::gate)?,
+            analysis: raw
+                .analysis
+                .iter()
+                .enumerate()
+                .map(|(at, analysis)| {
+                    let key = format!("{}[{at}]", self.key(ServiceField::Analysis));
+                    self.source.read(analysis, key, RawAnalysis::analysis)
+                })
+                .collect::<Result<_>>()?,
         };
         spec.validate()
             .map_err(|invalid| self.error(invalid.field, invalid.error))?;
@@ -528,6 +565,7 @@ impl ServiceTable<'_> {
             ServiceField::Load => or_name(raw.load.as_ref().map(Spanned::span)),
             ServiceField::Verify => or_name(raw.verify.as_ref().map(Spanned::span)),
             ServiceField::Warmup => or_name(raw.warmup.as_ref().map(Spanned::span)),
+            ServiceField::Analysis => or_name(raw.analysis.first().map(Spanned::span)),
         }
     }
 }
@@ -616,6 +654,132 @@ impl RawAutoRollback {
         Ok(AutoRollback {
             window_secs: self.window_secs.unwrap_or(300),
             force,
+            analysis: self.analysis.unwrap_or(false),
         })
+    }
+}
+
+impl RawAnalysis {
+    /// A `[[service.analysis]]` table, defaults filled in: the backends'
+    /// own metrics with vLLM's names unless told otherwise.
+    fn analysis(&self) -> Result<Analysis, String> {
+        let backend_keys = [
+            ("kind", self.kind.is_some()),
+            ("histogram", self.histogram.is_some()),
+            ("quantile", self.quantile.is_some()),
+            ("counter", self.counter.is_some()),
+            ("status_label", self.status_label.is_some()),
+            ("path", self.path.is_some()),
+            ("port", self.port.is_some()),
+        ];
+        let source = match self.source.as_str() {
+            "prometheus" => {
+                if let Some((key, _)) = backend_keys.iter().find(|(_, given)| *given) {
+                    return Err(format!(
+                        "{key} is for source = \"backends\"; a prometheus analysis says everything in its query"
+                    ));
+                }
+                AnalysisSource::Prometheus {
+                    url: self
+                        .prometheus
+                        .clone()
+                        .ok_or("source = \"prometheus\" needs prometheus = \"http://HOST:9090\"")?,
+                    query: self
+                        .query
+                        .clone()
+                        .ok_or("source = \"prometheus\" needs a query")?,
+                }
+            }
+            "backends" => {
+                if self.prometheus.is_some() || self.query.is_some() {
+                    return Err("prometheus and query are for source = \"prometheus\"".to_owned());
+                }
+                AnalysisSource::Backends {
+                    figure: self.figure()?,
+                    path: self
+                        .path
+                        .clone()
+                        .unwrap_or_else(|| Analysis::DEFAULT_PATH.to_owned()),
+                    port: self.port,
+                }
+            }
+            other => {
+                return Err(format!(
+                    "source {other:?} is not \"backends\" (their own /metrics) or \"prometheus\""
+                ));
+            }
+        };
+        let no_data = match self.no_data.as_deref() {
+            None => None,
+            Some("pass") => Some(NoData::Pass),
+            Some("fail") => Some(NoData::Fail),
+            Some(other) => return Err(format!("no_data {other:?} is not \"pass\" or \"fail\"")),
+        };
+        let analysis = Analysis {
+            name: self.name.clone(),
+            source,
+            threshold: Threshold {
+                min: self.min,
+                max: self.max,
+                max_ratio: self.max_ratio,
+            },
+            window_secs: self.window_secs.unwrap_or(Analysis::DEFAULT_WINDOW_SECS),
+            interval_secs: self
+                .interval_secs
+                .unwrap_or(Analysis::DEFAULT_INTERVAL_SECS),
+            failure_limit: self
+                .failure_limit
+                .unwrap_or(Analysis::DEFAULT_FAILURE_LIMIT),
+            no_data,
+        };
+        analysis.validate()?;
+        Ok(analysis)
+    }
+
+    /// The backends' figure: `kind`, or the one its keys name.
+    fn figure(&self) -> Result<Figure, String> {
+        let quantile_keys = self.histogram.is_some() || self.quantile.is_some();
+        let error_keys = self.counter.is_some() || self.status_label.is_some();
+        let kind = match (self.kind.as_deref(), quantile_keys, error_keys) {
+            (Some(kind), _, _) => kind,
+            (None, true, false) => "quantile",
+            (None, false, true) => "error_ratio",
+            (None, true, true) => {
+                return Err("give histogram/quantile (a latency quantile) or counter/status_label (an error ratio), not both".to_owned());
+            }
+            (None, false, false) => {
+                return Err("say what to measure: kind = \"quantile\" (with histogram) or kind = \"error_ratio\" (with counter)".to_owned());
+            }
+        };
+        match kind {
+            "quantile" if !error_keys => Ok(Figure::Quantile {
+                histogram: self
+                    .histogram
+                    .clone()
+                    .unwrap_or_else(|| Figure::DEFAULT_HISTOGRAM.to_owned()),
+                quantile: self.quantile.unwrap_or(Figure::DEFAULT_QUANTILE),
+            }),
+            "error_ratio" if !quantile_keys => Ok(Figure::ErrorRatio {
+                counter: self
+                    .counter
+                    .clone()
+                    .unwrap_or_else(|| Figure::DEFAULT_COUNTER.to_owned()),
+                label: self
+                    .status_label
+                    .clone()
+                    .unwrap_or_else(|| Figure::DEFAULT_STATUS_LABEL.to_owned()),
+            }),
+            "quantile" | "error_ratio" => Err(format!(
+                "kind = {kind:?} takes {}",
+                if kind == "quantile" {
+                    "histogram and quantile"
+                } else {
+                    "counter and status_label"
+                }
+            )),
+            other => Err(format!(
+                "kind {other:?} is not \"quantile\" or \"error_ratio\""
+            )),
+        }
     }
 }

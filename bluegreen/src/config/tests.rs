@@ -7,7 +7,9 @@ use super::*;
 use crate::{
     health::Probe,
     load::LoadCheck,
-    verify::{CommandGate, Method, Warmup},
+    verify::{
+        Analysis, CommandGate, Figure, Method, NoData, Source as AnalysisSource, Threshold, Warmup,
+    },
 };
 
 const GOOD: &str = r#"
@@ -187,7 +189,8 @@ fn health_checks_and_auto_rollback_are_read_and_checked() {
         chat.auto_rollback,
         Some(AutoRollback {
             window_secs: 0,
-            force: true
+            force: true,
+            analysis: false,
         })
     );
 
@@ -614,4 +617,128 @@ fn the_fleet_section_is_read_alone_from_a_file_without_services() {
     );
     std::fs::write(&path, "interface = \"eth0\"\n").expect("write");
     assert_eq!(FleetConfig::load(&path).expect("no [fleet]"), None);
+}
+
+fn with_analyses(tables: &[&str]) -> String {
+    let tables: String = tables
+        .iter()
+        .map(|table| format!("\n[[service.analysis]]\n{table}"))
+        .collect();
+    GOOD.replace(
+        "green = \"10.1.0.3:8080\"\n",
+        &format!("green = \"10.1.0.3:8080\"\n{tables}"),
+    )
+}
+
+#[test]
+fn analyses_take_vllm_names_and_defaults_and_keep_their_order() {
+    let text = with_analyses(&[
+        "name = \"ttft-p95\"\nsource = \"backends\"\nhistogram = \"vllm:time_to_first_token_seconds\"\nquantile = 0.95\nmax_ratio = 1.5\nwindow_secs = 60\n",
+        "name = \"errors\"\nsource = \"backends\"\nkind = \"error_ratio\"\nmax = 0.01\nno_data = \"pass\"\n",
+        "name = \"p99\"\nsource = \"prometheus\"\nprometheus = \"http://127.0.0.1:9090\"\nquery = 'histogram_quantile(0.99, sum by (le) (rate(x_bucket{instance=~\"{{backends_regex}}\"}[1m])))'\nmax = 2.5\ninterval_secs = 5\nfailure_limit = 3\n",
+    ]);
+    let config = Config::parse(&text, "test.toml").unwrap();
+    let analyses = &config.services[0].analysis;
+    assert_eq!(
+        analyses[0],
+        Analysis {
+            name: "ttft-p95".to_owned(),
+            source: AnalysisSource::Backends {
+                figure: Figure::Quantile {
+                    histogram: "vllm:time_to_first_token_seconds".to_owned(),
+                    quantile: 0.95,
+                },
+                path: "/metrics".to_owned(),
+                port: None,
+            },
+            threshold: Threshold {
+                max_ratio: Some(1.5),
+                ..Threshold::default()
+            },
+            window_secs: 60,
+            interval_secs: Analysis::DEFAULT_INTERVAL_SECS,
+            failure_limit: Analysis::DEFAULT_FAILURE_LIMIT,
+            no_data: None,
+        }
+    );
+    assert_eq!(
+        analyses[1].source,
+        AnalysisSource::Backends {
+            figure: Figure::ErrorRatio {
+                counter: "http_requests_total".to_owned(),
+                label: "status".to_owned(),
+            },
+            path: "/metrics".to_owned(),
+            port: None,
+        }
+    );
+    assert_eq!(analyses[1].no_data, Some(NoData::Pass));
+    assert!(matches!(
+        &analyses[2].source,
+        AnalysisSource::Prometheus { url, query }
+            if url == "http://127.0.0.1:9090" && query.contains("{{backends_regex}}")
+    ));
+    assert_eq!(
+        (analyses[2].interval_secs, analyses[2].failure_limit),
+        (5, 3)
+    );
+    assert!(config.services[1].analysis.is_empty());
+}
+
+#[test]
+fn analyses_that_cannot_be_judged_are_refused_naming_the_table() {
+    let cases = [
+        (
+            "name = \"a\"\nsource = \"backends\"\nkind = \"quantile\"\n",
+            "give a threshold",
+        ),
+        (
+            "name = \"a\"\nsource = \"graphite\"\nmax = 1.0\n",
+            "source \"graphite\"",
+        ),
+        (
+            "name = \"a\"\nsource = \"backends\"\nmax = 1.0\n",
+            "say what to measure",
+        ),
+        (
+            "name = \"a\"\nsource = \"backends\"\nhistogram = \"h\"\ncounter = \"c\"\nmax = 1.0\n",
+            "not both",
+        ),
+        (
+            "name = \"a\"\nsource = \"prometheus\"\nquery = \"up\"\nmax = 1.0\n",
+            "needs prometheus = ",
+        ),
+        (
+            "name = \"a\"\nsource = \"prometheus\"\nprometheus = \"http://p:9090\"\nquery = \"up\"\nhistogram = \"h\"\nmax = 1.0\n",
+            "histogram is for source = \"backends\"",
+        ),
+        (
+            "name = \"a\"\nsource = \"backends\"\nkind = \"quantile\"\nquantile = 1.5\nmax = 1.0\n",
+            "quantile 1.5 is outside (0, 1)",
+        ),
+        (
+            "name = \"a\"\nsource = \"backends\"\nkind = \"error_ratio\"\nmax = 0.1\nno_data = \"maybe\"\n",
+            "no_data \"maybe\"",
+        ),
+    ];
+    for (table, wanted) in cases {
+        let (_, field, message) = config_error(&with_analyses(&[table]));
+        assert_eq!(field, "service[0].analysis[0]", "{table}: {message}");
+        assert!(
+            message.contains(wanted),
+            "{table}: wanted {wanted:?} in {message}"
+        );
+    }
+
+    let twice = "name = \"errors\"\nsource = \"backends\"\nkind = \"error_ratio\"\nmax = 0.1\n";
+    let (_, field, message) = config_error(&with_analyses(&[twice, twice]));
+    assert_eq!(field, "service[0].analysis", "{message}");
+    assert!(message.contains("already named \"errors\""), "{message}");
+
+    let (_, field, message) = config_error(&with_section("auto_rollback", "analysis = true\n"));
+    assert_eq!(field, "service[0].auto_rollback", "{message}");
+    assert!(
+        message.contains("needs a [[service.analysis]]"),
+        "{message}"
+    );
 }

@@ -27,6 +27,7 @@ pub enum ServiceField {
     Load,
     Verify,
     Warmup,
+    Analysis,
 }
 
 impl From<Color> for ServiceField {
@@ -52,6 +53,7 @@ impl fmt::Display for ServiceField {
             ServiceField::Load => "load",
             ServiceField::Verify => "verify",
             ServiceField::Warmup => "warmup",
+            ServiceField::Analysis => "analysis",
         })
     }
 }
@@ -118,11 +120,36 @@ impl ServiceSpec {
                 ));
             }
         }
-        if self.auto_rollback.is_some() && self.health.is_none() {
-            return Err(invalid(
-                ServiceField::AutoRollback,
-                "auto_rollback needs a health check: add a [service.health] table".to_owned(),
-            ));
+        if let Some(policy) = self.auto_rollback {
+            if policy.analysis && self.analysis.is_empty() {
+                return Err(invalid(
+                    ServiceField::AutoRollback,
+                    "auto_rollback: analysis = true needs a [[service.analysis]] table".to_owned(),
+                ));
+            }
+            if !policy.analysis && self.health.is_none() {
+                return Err(invalid(
+                    ServiceField::AutoRollback,
+                    "auto_rollback needs a health check: add a [service.health] table (or analysis = true with [[service.analysis]])".to_owned(),
+                ));
+            }
+        }
+        for (at, analysis) in self.analysis.iter().enumerate() {
+            analysis.validate().map_err(|message| {
+                invalid(ServiceField::Analysis, format!("analysis[{at}]: {message}"))
+            })?;
+            if self.analysis[..at]
+                .iter()
+                .any(|earlier| earlier.name == analysis.name)
+            {
+                return Err(invalid(
+                    ServiceField::Analysis,
+                    format!(
+                        "analysis[{at}]: another analysis is already named {:?}: give each its own name",
+                        analysis.name
+                    ),
+                ));
+            }
         }
         if let Some(verify) = &self.verify {
             verify

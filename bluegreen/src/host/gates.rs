@@ -17,21 +17,8 @@ use crate::{
     clock::unix_now_ms,
     endpoint::Color,
     error::{Error, Result},
-    verify::{Target, VerifyReport},
+    verify::VerifyReport,
 };
-
-impl OpenService {
-    fn gate_target(&self, color: Color) -> Target {
-        let spec = &self.record().spec;
-        Target {
-            service: spec.name.clone(),
-            color,
-            vip: spec.vip,
-            proto: spec.proto,
-            backends: self.pool(color).serving(),
-        }
-    }
-}
 
 impl Host {
     /// Runs every gate the service configures against `color` now,
@@ -43,7 +30,8 @@ impl Host {
     /// The gates of the `open` service against `color`, the service
     /// closed while they run.
     fn run_gates(&self, open: OpenService, color: Color) -> Result<VerifyReport> {
-        let target = open.gate_target(color);
+        let view = open.view();
+        let target = view.target(color, view.active);
         let spec = open.record().spec.clone();
         // The maps are not needed while the gates run.
         drop(open);

@@ -143,6 +143,21 @@ impl ServiceView {
     pub fn pool(&self, color: Color) -> &PoolSpec {
         &self.pools[usize::from(color.wire())]
     }
+
+    /// `color` as the gates and analyses judge it, compared with
+    /// `baseline`.
+    pub fn target(&self, color: Color, baseline: Color) -> crate::verify::Target {
+        let spec = &self.record.spec;
+        crate::verify::Target {
+            service: spec.name.clone(),
+            color,
+            vip: spec.vip,
+            proto: spec.proto,
+            backends: self.pool(color).serving(),
+            baseline,
+            baseline_backends: self.pool(baseline).serving(),
+        }
+    }
 }
 
 fn require_root() -> Result<()> {
@@ -383,6 +398,7 @@ mod tests {
                         load: None,
                         verify: None,
                         warmup: None,
+                        analysis: Vec::new(),
                     },
                     previous: Color::Blue,
                     counter_slot: 0,

@@ -138,6 +138,9 @@ pub(super) fn state_from_maps(
                     load: remembered.and_then(|record| record.spec.load.clone()),
                     verify: remembered.and_then(|record| record.spec.verify.clone()),
                     warmup: remembered.and_then(|record| record.spec.warmup.clone()),
+                    analysis: remembered
+                        .map(|record| record.spec.analysis.clone())
+                        .unwrap_or_default(),
                 },
                 previous: Color::from_wire(state.previous),
                 counter_slot: state.counter_slot,
@@ -263,6 +266,7 @@ mod tests {
                 load: None,
                 verify: None,
                 warmup: None,
+                analysis: Vec::new(),
             },
             previous: active,
             counter_slot: 0,

@@ -249,6 +249,7 @@ mod tests {
             load: None,
             verify: None,
             warmup: None,
+            analysis: Vec::new(),
         }
     }
 

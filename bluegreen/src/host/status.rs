@@ -20,6 +20,7 @@ use crate::{
     health::Health,
     pinned::PinnedMaps,
     state::{FleetMarker, InterfaceState},
+    verify::{AnalysesRecord, AnalysisStatus},
 };
 
 impl Host {
@@ -83,7 +84,11 @@ impl Host {
                     log::warn!("{error}");
                     None
                 });
-            interface_status(state, maps, &attachment, only, fleet)
+            let mut status = interface_status(state, maps, &attachment, only, fleet)?;
+            for service in &mut status.services {
+                service.analyses = self.analyses_of(state, &service.name);
+            }
+            Ok(status)
         };
         let interfaces = match service {
             Some(_) => {
@@ -108,6 +113,40 @@ impl Host {
             schema_version: STATUS_SCHEMA_VERSION,
             interfaces,
         })
+    }
+}
+
+impl Host {
+    /// Keeps what the daemon measured of `service`'s analyses for
+    /// `status`.
+    pub fn save_analyses(&self, service: &str, record: &AnalysesRecord) -> Result<()> {
+        self.state.save_analyses(service, record)
+    }
+
+    /// What the daemon last measured of the analyses `service` still
+    /// configures (a reload may have dropped some since). A record that
+    /// cannot be read shows none: `status` still shows the dataplane.
+    fn analyses_of(&self, state: &InterfaceState, service: &str) -> Vec<AnalysisStatus> {
+        let Some(configured) = state.service(service).map(|record| &record.spec.analysis) else {
+            return Vec::new();
+        };
+        if configured.is_empty() {
+            return Vec::new();
+        }
+        let record = self.state.load_analyses(service).unwrap_or_else(|error| {
+            log::warn!("{error}");
+            None
+        });
+        record
+            .map(|record| record.analyses)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|status| {
+                configured
+                    .iter()
+                    .any(|analysis| analysis.name == status.last.analysis)
+            })
+            .collect()
     }
 }
 
@@ -211,6 +250,9 @@ pub struct ServiceStatus {
     pub rollbacks: BTreeMap<&'static str, u64>,
     pub blue: ColorStatus,
     pub green: ColorStatus,
+    /// Each configured analysis as the daemon last measured it (empty
+    /// without a daemon measuring them).
+    pub analyses: Vec<AnalysisStatus>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -363,6 +405,7 @@ fn interface_status(
             rollbacks: by_cause(counted.rollbacks, ChangeCause::rollback_name),
             blue: color_status(Color::Blue)?,
             green: color_status(Color::Green)?,
+            analyses: Vec::new(),
         });
     }
     let mut passed = BTreeMap::new();

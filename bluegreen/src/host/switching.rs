@@ -45,7 +45,7 @@ pub struct SwitchOptions {
     pub cause: ChangeCause,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SwitchOutcome {
     pub interface: String,
     pub service: String,

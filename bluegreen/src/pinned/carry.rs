@@ -1,13 +1,11 @@
 //! Pinned maps whose layout grew without touching anything the programs
 //! read, carried over by `up` instead of refused: the switch counters,
-//! which gained a cause (`fleet`). The programs never read them, so `up`
+//! which gained causes (`fleet`, then `analysis`). The programs never read them, so `up`
 //! moves the older map aside, lets the load pin one of today's layout and
 //! fills it from the older one. Until then, commands run uncounted.
 
-use std::mem::size_of;
-
 use aya::maps::{Array, Map, MapData, MapInfo};
-use bluegreen_common::{OlderSwitchCounters, SwitchCounters, map_names};
+use bluegreen_common::{SwitchCounters, map_names};
 
 use super::{PinLayout, PinnedMaps};
 use crate::error::{Error, Result};
@@ -16,7 +14,7 @@ impl PinLayout {
     /// Whether the switch counters pinned here have an older layout.
     pub(super) fn holds_older_switch_counters(&self) -> bool {
         MapInfo::from_pin(self.map(map_names::SWITCHES))
-            .is_ok_and(|info| info.value_size() as usize == size_of::<OlderSwitchCounters>())
+            .is_ok_and(|info| SwitchCounters::older_causes(info.value_size() as usize).is_some())
     }
 
     /// Where older switch counters wait, beside today's, from the moment
@@ -60,7 +58,33 @@ impl PinnedMaps {
         }
         let cannot = || format!("cannot carry over {}", path.display());
         let data = MapData::from_pin(&path).map_err(Error::ebpf(cannot()))?;
-        let older: Array<MapData, OlderSwitchCounters> =
+        let value_size = data.info().map_err(Error::ebpf(cannot()))?.value_size() as usize;
+        let carried = match SwitchCounters::older_causes(value_size) {
+            // Each cause a version added is one more layout to read.
+            Some(3) => self.carry::<6>(data, cannot)?,
+            Some(4) => self.carry::<8>(data, cannot)?,
+            _ => {
+                return Err(Error::IncompatibleMap {
+                    path: path.clone(),
+                    detail: format!(
+                        "switch counters of {value_size} bytes, a layout this bluegreen cannot carry over"
+                    ),
+                    iface: layout.iface().to_owned(),
+                });
+            }
+        };
+        std::fs::remove_file(&path).map_err(Error::io(cannot()))?;
+        Ok(Some(carried))
+    }
+
+    /// Writes each service's counts of older switch counters whose values
+    /// are `COUNTS` numbers; how many services had any.
+    fn carry<const COUNTS: usize>(
+        &mut self,
+        data: MapData,
+        cannot: impl Fn() -> String,
+    ) -> Result<usize> {
+        let older: Array<MapData, [u64; COUNTS]> =
             Array::try_from(Map::Array(data)).map_err(Error::ebpf(cannot()))?;
         let mut carried = 0;
         for slot in 0..older.len() {
@@ -70,7 +94,6 @@ impl PinnedMaps {
                 carried += 1;
             }
         }
-        std::fs::remove_file(&path).map_err(Error::io(cannot()))?;
-        Ok(Some(carried))
+        Ok(carried)
     }
 }

@@ -17,6 +17,7 @@ use crate::{
     dirs,
     endpoint::{Color, Proto},
     error::{Error, Result},
+    verify::AnalysesRecord,
 };
 
 pub const STATE_VERSION: u32 = 1;
@@ -327,6 +328,26 @@ impl StateStore {
             let _ = dirs::remove_in(dir.as_fd(), temporary.as_ref());
             failed()(error)
         })
+    }
+
+    /// The daemon's last measurements of `service`'s analyses, replaced
+    /// atomically. Named with a ':', which no interface name can hold, so
+    /// that it is never taken for an interface's state file.
+    pub fn save_analyses(&self, service: &str, record: &AnalysesRecord) -> Result<()> {
+        let text = serde_json::to_string_pretty(record).expect("record serialises") + "\n";
+        self.write(&format!("analysis:{service}.json"), &text)
+    }
+
+    /// What [`StateStore::save_analyses`] last wrote; `None` when nothing
+    /// was, or it was written by a version whose record this one cannot
+    /// read (the daemon rewrites it at its next round).
+    pub fn load_analyses(&self, service: &str) -> Result<Option<AnalysesRecord>> {
+        let Some(text) = self.read(&format!("analysis:{service}.json"))? else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_str::<AnalysesRecord>(&text)
+            .ok()
+            .filter(|record| record.schema_version == AnalysesRecord::SCHEMA_VERSION))
     }
 
     /// A new file for a release gate's output, `verify/<name>` under the

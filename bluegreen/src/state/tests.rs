@@ -30,6 +30,7 @@ fn sample(iface: &str) -> InterfaceState {
                 load: None,
                 verify: None,
                 warmup: None,
+                analysis: Vec::new(),
             },
             previous: Color::Blue,
             counter_slot: 0,

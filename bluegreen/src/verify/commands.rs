@@ -89,6 +89,7 @@ impl CommandGate {
                 let count = self.commands.len();
                 format!("{count} of {count} commands exited 0")
             }),
+            measurement: None,
             tail: if passed {
                 Vec::new()
             } else {

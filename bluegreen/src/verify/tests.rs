@@ -44,6 +44,7 @@ fn a_report_fails_with_its_first_failing_gate() {
         detail: String::new(),
         log: None,
         tail: Vec::new(),
+        measurement: None,
     };
     let mut report = VerifyReport {
         service: "chat".to_owned(),

@@ -133,6 +133,7 @@ impl Warmup {
             detail,
             log: None,
             tail: Vec::new(),
+            measurement: None,
         }
     }
 

@@ -9,6 +9,7 @@ use bluegreen::{
     endpoint::Color,
     health::Health,
     host::{Host, StatusReport},
+    verify::Verdict,
 };
 use prometheus_client::{
     encoding::text::encode,
@@ -167,12 +168,12 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
     let switches = counter_family(
         &mut registry,
         "bluegreen_switches",
-        "Changes of the active color, by cause: operator, shift, auto_rollback, fleet",
+        "Changes of the active color, by cause: operator, shift, auto_rollback, fleet, analysis",
     );
     let rollbacks = counter_family(
         &mut registry,
         "bluegreen_rollbacks",
-        "Rollbacks, by cause: operator, shift (a failed check), unhealthy (the daemon's automatic rollback), fleet",
+        "Rollbacks, by cause: operator, shift (a failed check or analysis), unhealthy (the daemon's automatic rollback on health), fleet, analysis (the daemon's automatic rollback on a failed metric analysis)",
     );
     let last_switch = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     registry.register(
@@ -305,7 +306,95 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
                 .set(i64::from(*refused));
         }
     }
+    if !observations.analyses.is_empty() {
+        register_analyses(&mut registry, observations);
+    }
     let mut body = String::new();
     encode(&mut body, &registry).expect("writing to a String cannot fail");
     body
+}
+
+/// Each analysis's last measurement: the figures of both colors it
+/// compared, its threshold, its verdict and its failures since the last
+/// switch.
+fn register_analyses(registry: &mut Registry, observations: &Observations) {
+    let value = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    registry.register(
+        "bluegreen_analysis_value",
+        "The figure a metric analysis last measured for a color (the active one, and the previous one it is compared with)",
+        value.clone(),
+    );
+    let threshold = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    registry.register(
+        "bluegreen_analysis_threshold",
+        "A bound of a metric analysis: min, max, or max_ratio (of the active color's figure over the previous one's)",
+        threshold.clone(),
+    );
+    let verdict = gauge_family(
+        registry,
+        "bluegreen_analysis_verdict",
+        "A metric analysis's last verdict on the active color: 1 pass, 0 fail, -1 no data",
+    );
+    let failures = gauge_family(
+        registry,
+        "bluegreen_analysis_failures",
+        "Failed measurements of a metric analysis since the last switch (the daemon rolls back at its failure_limit with auto_rollback.analysis)",
+    );
+    let limit = gauge_family(
+        registry,
+        "bluegreen_analysis_failure_limit",
+        "The failed measurements at which a metric analysis fails",
+    );
+    for (service, statuses) in &observations.analyses {
+        for status in statuses {
+            let last = &status.last;
+            let labels = |extra: (&'static str, String)| {
+                vec![
+                    ("service", service.clone()),
+                    ("analysis", last.analysis.clone()),
+                    extra,
+                ]
+            };
+            let figures = [
+                (last.color, last.value),
+                (last.baseline, last.baseline_value),
+            ];
+            for (color, figure) in figures {
+                if let Some(figure) = figure.filter(|figure| figure.is_finite()) {
+                    value
+                        .get_or_create(&labels(("color", color.to_string())))
+                        .set(figure);
+                }
+            }
+            let bounds = [
+                ("min", last.threshold.min),
+                ("max", last.threshold.max),
+                ("max_ratio", last.threshold.max_ratio),
+            ];
+            for (bound, set) in bounds {
+                if let Some(set) = set {
+                    threshold
+                        .get_or_create(&labels(("bound", bound.to_owned())))
+                        .set(set);
+                }
+            }
+            verdict
+                .get_or_create(&labels(("color", last.color.to_string())))
+                .set(match last.verdict {
+                    Verdict::Pass => 1,
+                    Verdict::Fail => 0,
+                    Verdict::NoData => -1,
+                });
+            let plain = vec![
+                ("service", service.clone()),
+                ("analysis", last.analysis.clone()),
+            ];
+            failures
+                .get_or_create(&plain)
+                .set(i64::from(status.failures));
+            limit
+                .get_or_create(&plain)
+                .set(i64::from(status.failure_limit));
+        }
+    }
 }

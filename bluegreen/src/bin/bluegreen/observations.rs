@@ -9,7 +9,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use bluegreen::{endpoint::Color, health::Health};
+use bluegreen::{endpoint::Color, health::Health, verify::AnalysisStatus};
 
 #[derive(Default)]
 pub struct Observations {
@@ -26,6 +26,9 @@ pub struct Observations {
     /// Per fleet service: whether its desired state in etcd is one this
     /// host cannot read (and so refuses).
     pub fleet_unreadable: BTreeMap<String, bool>,
+    /// service -> its analyses as last measured, for services with
+    /// `[[service.analysis]]`.
+    pub analyses: BTreeMap<String, Vec<AnalysisStatus>>,
 }
 
 /// What the daemon's load watcher last saw of one backend.

@@ -2,6 +2,7 @@
 //! status table.
 
 use bluegreen::{
+    clock::unix_now_ms,
     endpoint::Color,
     health::Health,
     host::{
@@ -138,7 +139,7 @@ pub fn print_verify(report: &VerifyReport) {
     } = report;
     if gates.is_empty() {
         println!(
-            "{service}: no release gate configured ([service.verify], [service.warmup]): nothing to run against {color}"
+            "{service}: no release gate configured ([service.verify], [service.warmup], [[service.analysis]]): nothing to run against {color}"
         );
         return;
     }
@@ -270,6 +271,19 @@ pub fn print_status(report: &StatusReport) {
                         }
                     );
                 }
+            }
+            for analysis in &service.analyses {
+                let last = &analysis.last;
+                let age = unix_now_ms().saturating_sub(last.at_unix_ms) / 1000;
+                println!(
+                    "    analysis {}: {} {}: {} (failures {}/{}, measured {age} s ago)",
+                    last.analysis,
+                    last.color,
+                    last.verdict,
+                    last.detail,
+                    analysis.failures,
+                    analysis.failure_limit
+                );
             }
         }
         let passed: Vec<String> = interface

@@ -25,6 +25,7 @@ fn spec(vip: &str, blue: &str, green: &str) -> ServiceSpec {
         load: None,
         verify: None,
         warmup: None,
+        analysis: Vec::new(),
     }
 }
 
@@ -209,6 +210,7 @@ fn each_rule_names_its_field() {
                 auto_rollback: Some(AutoRollback {
                     window_secs: 0,
                     force: false,
+                    analysis: false,
                 }),
                 ..good.clone()
             },

@@ -225,6 +225,7 @@ fn up_request(args: UpArgs) -> anyhow::Result<UpRequest> {
                 load: None,
                 verify: None,
                 warmup: None,
+                analysis: Vec::new(),
             };
             (
                 RequestedXdpMode::default(),

@@ -8,10 +8,12 @@ use std::{
 };
 
 use bluegreen::{
+    clock::unix_now_ms,
     endpoint::Color,
     health::{Health, HealthTracker},
     host::{Host, SwitchOptions, SwitchTarget},
     shift::{Failure, Next, Shift, Stopped},
+    verify::{NoData, Watched},
 };
 use bluegreen_common::ChangeCause;
 
@@ -37,9 +39,14 @@ pub fn walk(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
         args.steps.clone(),
     )?;
     let check = view.record.spec.health.clone();
-    if check.is_none() {
-        println!("{name}: no health check configured; steps are timed only");
+    // A shift moves traffic as a switch does: no data fails, unless an
+    // analysis says otherwise.
+    let mut analyses = Watched::new(&view.record.spec.analysis, NoData::Fail);
+    if check.is_none() && analyses.is_empty() {
+        println!("{name}: no health check or analysis configured; steps are timed only");
     }
+    // The shifted color, compared with the one it takes flows from.
+    let target = view.target(color, view.active);
     let handler = on_interrupt as extern "C" fn(libc::c_int);
     // SAFETY: the handler only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
@@ -87,6 +94,7 @@ pub fn walk(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         let deadline = Instant::now() + args.interval;
+        analyses.restart(&target, unix_now_ms());
         let mut tracker = HealthTracker::default();
         let mut next_probe = Instant::now();
         while Instant::now() < deadline {
@@ -108,7 +116,17 @@ pub fn walk(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
-            std::thread::sleep(Duration::from_millis(50).min(deadline - Instant::now()));
+            if let Some(failed) = analyses.measure_due(&target, unix_now_ms()) {
+                return fail(
+                    host,
+                    &name,
+                    walk.check_failed(),
+                    &format!("{color} at {step}%: {failed}"),
+                );
+            }
+            std::thread::sleep(
+                Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())),
+            );
         }
     }
 }

@@ -31,15 +31,10 @@ fn should_roll_back(
 ) -> bool {
     let active = &trackers[usize::from(view.active.wire())];
     let fallback = &trackers[usize::from(view.previous.wire())];
-    let within_window = policy.window_secs == 0
-        || view
-            .record
-            .switched_at_unix_ms
-            .is_some_and(|at| now_ms.saturating_sub(at) <= policy.window_secs * 1000);
     active.state() == Health::Unhealthy
         && view.previous != view.active
         && fallback.state() != Health::Unhealthy
-        && within_window
+        && policy.covers(view.record.switched_at_unix_ms, now_ms)
 }
 
 /// Probes every backend of both colors of one service every interval,
@@ -206,6 +201,7 @@ mod tests {
             load: None,
             verify: None,
             warmup: None,
+            analysis: Vec::new(),
         };
         ServiceView {
             active,
@@ -243,6 +239,7 @@ mod tests {
     const ANY_TIME: AutoRollback = AutoRollback {
         window_secs: 0,
         force: false,
+        analysis: false,
     };
 
     #[test]
@@ -285,6 +282,7 @@ mod tests {
         let policy = AutoRollback {
             window_secs: 60,
             force: true,
+            analysis: false,
         };
         let green_after_blue = view(Color::Green, Color::Blue);
         let failing = trackers(true, false);

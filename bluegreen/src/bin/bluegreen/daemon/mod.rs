@@ -1,6 +1,7 @@
 //! `bluegreen daemon`: `up`, then health checks, automatic rollback, config
 //! reloads and metrics, in the foreground for systemd.
 
+mod analysis_watch;
 mod backend_health;
 mod fleet;
 mod health_watch;
@@ -19,6 +20,7 @@ use bluegreen::{
 use tokio::{signal::unix::SignalKind, task::JoinHandle};
 
 use crate::{observations::Shared, output::print_up};
+use analysis_watch::AnalysisWatch;
 use health_watch::HealthWatch;
 use load_watch::LoadWatch;
 use periodic::keep_watching;
@@ -135,6 +137,11 @@ pub async fn serve(
                             .lock()
                             .expect("observations lock")
                             .retain_weighed(|name| has(&new.request.services, name, |spec| spec.load.is_some()));
+                        observations
+                            .lock()
+                            .expect("observations lock")
+                            .analyses
+                            .retain(|name, _| has(&new.request.services, name, |spec| !spec.analysis.is_empty()));
                         // The services or the fleet may have changed: the
                         // agent starts over (and re-lists what it follows).
                         if let Some(task) = fleet.take() {
@@ -182,8 +189,8 @@ fn has(services: &[ServiceSpec], name: &str, like: impl Fn(&ServiceSpec) -> bool
     services.iter().any(|spec| spec.name == name && like(spec))
 }
 
-/// A health watcher per checked service and a load watcher per weighed
-/// one.
+/// A health watcher per checked service, a load watcher per weighed one
+/// and an analysis watcher per analysed one.
 fn start_checkers(
     host: &Host,
     services: &[ServiceSpec],
@@ -198,6 +205,14 @@ fn start_checkers(
                 name.clone(),
                 observations.clone(),
                 HealthWatch::default(),
+            )));
+        }
+        if !spec.analysis.is_empty() {
+            checkers.push(tokio::spawn(keep_watching(
+                host.clone(),
+                name.clone(),
+                observations.clone(),
+                AnalysisWatch::default(),
             )));
         }
         if spec.load.is_some() {
