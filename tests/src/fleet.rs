@@ -442,6 +442,18 @@ impl FleetHost {
         self.daemon.take().expect("daemon running").kill();
     }
 
+    /// Adds `tables` (TOML) to the host's service "web", for its next
+    /// daemon start.
+    pub fn add_service_tables(&self, tables: &str) {
+        let mut text = std::fs::read_to_string(&self.config).expect("read the host's config");
+        text.push_str(tables);
+        std::fs::write(&self.config, text).expect("write the host's config");
+    }
+
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.as_ref().expect("daemon running").pid()
+    }
+
     /// Sends `signal` to the daemon (SIGSTOP, SIGCONT...).
     pub fn signal_daemon(&self, signal: libc::c_int) {
         self.daemon.as_ref().expect("daemon running").signal(signal);

@@ -653,3 +653,51 @@ fn tls_mistakes_are_named_and_a_missing_key_stops_the_daemon_at_start() {
         "{refused:?}"
     );
 }
+
+/// A file the test removes however it ends.
+struct Marker(std::path::PathBuf);
+
+impl Drop for Marker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Each host runs its own release gates before it applies a fleet switch:
+/// one whose evaluation fails refuses, so the change is undone everywhere,
+/// and the way back runs no gate. The daemon starts the commands as its own
+/// children here (no systemd): under systemd they get a unit of their own.
+#[test]
+fn a_host_whose_release_gate_fails_refuses_and_the_undo_runs_no_gate() {
+    let mut bed = FleetBed::new(2);
+    let marker = Marker(std::env::temp_dir().join(format!("bg-fleet-gate-{}", std::process::id())));
+    bed.hosts[0].add_service_tables(&format!(
+        "\n[service.verify]\ncommands = [[\"/bin/sh\", \"-c\", \"echo $PPID $BLUEGREEN_COLOR >> {}\"]]\n",
+        marker.0.display()
+    ));
+    bed.hosts[1].add_service_tables(
+        "\n[service.verify]\ncommands = [[\"/bin/sh\", \"-c\", \"echo EVAL-FAILED-$((6*7)); exit 1\"]]\n",
+    );
+    bed.start();
+
+    let run = bed.fleet(&["switch", "green", "--timeout", TIMEOUT]);
+    assert_eq!(run.code, 1, "{run:?}");
+    for text in [
+        "h2 refused",
+        "green failed its commands gate",
+        "was undone",
+        "every live host is back on blue",
+    ] {
+        assert!(run.stderr.contains(text), "{text:?} in {}", run.stderr);
+    }
+    assert!(!run.stderr.contains("h1 refused"), "{}", run.stderr);
+    for host in &bed.hosts {
+        assert_eq!(host.get(), "blue", "{}", host.name);
+    }
+    let ran = std::fs::read_to_string(&marker.0).expect("h1's gate ran");
+    assert_eq!(
+        ran,
+        format!("{} green\n", bed.hosts[0].daemon_pid()),
+        "h1 gated green once, as the daemon's child, and went back to blue ungated"
+    );
+}

@@ -182,6 +182,11 @@ pub struct DesiredState {
     /// Who asked (user@host), for `fleet status`.
     pub by: String,
     pub at_unix_ms: u64,
+    /// Written back by a `fleet switch` that failed: the hosts return to
+    /// where they were without running the release gates, which would
+    /// keep the fleet split while they run (and could refuse the way back).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub undo: bool,
 }
 
 impl DesiredState {
@@ -194,6 +199,7 @@ impl DesiredState {
             previous: color,
             by: String::new(),
             at_unix_ms: 0,
+            undo: false,
         }
     }
 
@@ -235,6 +241,16 @@ impl DesiredState {
             previous: current.serving(),
             by,
             at_unix_ms,
+            undo: false,
+        }
+    }
+
+    /// This state written back to undo a failed change (see
+    /// [`DesiredState::undo`]).
+    pub fn as_undo(&self) -> DesiredState {
+        DesiredState {
+            undo: true,
+            ..self.clone()
         }
     }
 
@@ -270,9 +286,11 @@ impl std::fmt::Display for DesiredState {
     }
 }
 
-/// Brings one local service to `desired` through the same health-gated
-/// switch (or weighted shift) as the CLI; `force` moves established flows
-/// too. `None` when the service is already there and nothing is forced.
+/// Brings one local service to `desired` through the same health-checked
+/// and gated switch (or weighted shift) as the CLI: a failing release gate
+/// is this host's refusal, so the fleet's all-or-nothing holds. `force`
+/// moves established flows too. `None` when the service is already there
+/// and nothing is forced.
 pub fn apply(
     host: &Host,
     service: &str,
@@ -287,7 +305,7 @@ pub fn apply(
         let options = SwitchOptions {
             force,
             check: true,
-            gates: false,
+            gates: !desired.undo,
             cause: ChangeCause::Fleet,
         };
         host.switch(Some(service), SwitchTarget::Color(desired.target), options)?

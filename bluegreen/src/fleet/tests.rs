@@ -11,6 +11,7 @@ fn desired(target: Color, target_share: u8, previous: Color) -> DesiredState {
         previous,
         by: "ops@desk".to_owned(),
         at_unix_ms: 1,
+        undo: false,
     }
 }
 
@@ -300,4 +301,21 @@ fn a_made_up_state_starts_its_force_epochs_where_the_hosts_are() {
             .iter()
             .all(|record| record.services["web"].must_force(&next, false, false))
     );
+}
+
+#[test]
+fn an_undo_is_marked_in_etcd_and_the_next_change_is_not_one() {
+    let switched = desired(Color::Green, 100, Color::Blue);
+    let undo = switched.as_undo();
+    let text = serde_json::to_string(&undo).expect("serialises");
+    assert!(text.contains("\"undo\":true"), "{text}");
+    let plain = serde_json::to_string(&switched).expect("serialises");
+    assert!(
+        !plain.contains("undo"),
+        "older readers see no new key: {plain}"
+    );
+    let read: DesiredState = serde_json::from_str(&plain).expect("reads");
+    assert!(!read.undo);
+    let next = DesiredState::next(&undo, Color::Blue, 100, false, "ops@desk".to_owned(), 2);
+    assert!(!next.undo, "a new change runs the gates again");
 }

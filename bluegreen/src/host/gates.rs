@@ -35,7 +35,7 @@ impl Host {
         let spec = open.record().spec.clone();
         // The maps are not needed while the gates run.
         drop(open);
-        spec.gates().run(&target, || {
+        spec.gates().run(&target, self.launcher, || {
             self.state.create_verify_log(&format!(
                 "{}-{color}-{}.log",
                 target.service,

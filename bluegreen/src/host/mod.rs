@@ -48,6 +48,7 @@ use crate::{
     error::{Error, Result},
     pinned::{PinLayout, PinnedMaps, check_bpffs},
     state::{FleetMarker, InterfaceLock, InterfaceState, ServiceRecord, StateStore},
+    verify::Launcher,
 };
 use inventory::Inspected;
 
@@ -59,6 +60,9 @@ pub struct Host {
     /// The one interface services are looked for on (see
     /// [`Host::on_interface`]); `None`: every interface that is up.
     scope: Option<String>,
+    /// How the release gates' commands are started (see
+    /// [`Host::launching_commands_with`]).
+    launcher: Launcher,
 }
 
 /// Whether [`Host::open_service`] takes the interface lock.
@@ -174,6 +178,7 @@ impl Host {
             pin_dir: pin_dir.into(),
             state: StateStore::new(state_dir),
             scope: None,
+            launcher: Launcher::default(),
         }
     }
 
@@ -184,6 +189,15 @@ impl Host {
     pub fn on_interface(&self, iface: &str) -> Self {
         Self {
             scope: Some(iface.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    /// This host, starting the release gates' commands with `launcher`
+    /// (the daemon's: outside its sandbox when it runs under systemd).
+    pub fn launching_commands_with(&self, launcher: Launcher) -> Self {
+        Self {
+            launcher,
             ..self.clone()
         }
     }

@@ -23,6 +23,73 @@ pub struct CommandGate {
     pub timeout_secs: u64,
 }
 
+/// How the commands are started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Launcher {
+    /// A child of this process, in a process group of its own: what an
+    /// operator's `switch` or `verify` does, and the daemon outside
+    /// systemd.
+    #[default]
+    Child,
+    /// A transient systemd unit of its own (`systemd-run --wait
+    /// --collect`): for the daemon under systemd, whose sandbox
+    /// (`ProtectSystem=strict`, `MemoryDenyWriteExecute`, a narrow
+    /// capability set) a child would inherit, and in which an evaluation
+    /// built on a JIT, or one writing its report outside the allowed
+    /// paths, would fail.
+    SystemdRun,
+}
+
+impl Launcher {
+    /// [`Launcher::SystemdRun`] when this process runs as a systemd
+    /// service (systemd sets `INVOCATION_ID` for each) on a host booted
+    /// with systemd; [`Launcher::Child`] otherwise.
+    pub fn for_this_process() -> Launcher {
+        let under_systemd = std::env::var_os("INVOCATION_ID").is_some()
+            && std::path::Path::new("/run/systemd/system").is_dir();
+        if under_systemd {
+            Launcher::SystemdRun
+        } else {
+            Launcher::Child
+        }
+    }
+
+    /// The command that runs `argv` with the target in its environment.
+    fn command(
+        self,
+        argv: &[String],
+        env: &[(&str, String)],
+        unit: &str,
+        timeout_secs: u64,
+    ) -> Command {
+        match self {
+            Launcher::Child => {
+                let mut command = Command::new(&argv[0]);
+                command
+                    .args(&argv[1..])
+                    .envs(env.iter().map(|(name, value)| (name, value)));
+                command
+            }
+            Launcher::SystemdRun => {
+                let mut command = Command::new("systemd-run");
+                command
+                    .args(["--wait", "--collect", "--quiet", "--pipe"])
+                    .arg(format!("--unit={unit}"))
+                    // systemd stops the unit itself at the timeout: killing
+                    // systemd-run alone would leave it running.
+                    .arg(format!("--property=RuntimeMaxSec={timeout_secs}"))
+                    .args(
+                        env.iter()
+                            .map(|(name, value)| format!("--setenv={name}={value}")),
+                    )
+                    .arg("--")
+                    .args(argv);
+                command
+            }
+        }
+    }
+}
+
 /// Lines of output a refusal quotes; the rest is in the log.
 const TAIL_LINES: usize = 20;
 /// How much of the log's end is read for those lines.
@@ -68,13 +135,18 @@ impl CommandGate {
 
     /// Runs every command in order into `log`, stopping at the first that
     /// fails.
-    pub(super) fn run(&self, target: &Target, (path, mut log): (PathBuf, File)) -> GateReport {
+    pub(super) fn run(
+        &self,
+        target: &Target,
+        launcher: Launcher,
+        (path, mut log): (PathBuf, File),
+    ) -> GateReport {
         let started = Instant::now();
         let mut failure = None;
         for argv in &self.commands {
             let line = argv.join(" ");
             let _ = writeln!(log, "$ {line}");
-            if let Err(reason) = self.run_one(argv, target, &log) {
+            if let Err(reason) = self.run_one(argv, target, launcher, &log) {
                 let _ = writeln!(log, "bluegreen: {line}: {reason}");
                 failure = Some(format!("{line}: {reason}"));
                 break;
@@ -102,16 +174,30 @@ impl CommandGate {
     /// One command, in a process group of its own so that a timeout kills
     /// whatever it started too (a shell script's children would otherwise
     /// outlive it and keep the backends busy).
-    fn run_one(&self, argv: &[String], target: &Target, log: &File) -> Result<(), String> {
+    fn run_one(
+        &self,
+        argv: &[String],
+        target: &Target,
+        launcher: Launcher,
+        log: &File,
+    ) -> Result<(), String> {
         let output = |log: &File| log.try_clone().map_err(|error| error.to_string());
         let backends: Vec<String> = target.backends.iter().map(ToString::to_string).collect();
-        let mut child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .env("BLUEGREEN_SERVICE", &target.service)
-            .env("BLUEGREEN_COLOR", target.color.to_string())
-            .env("BLUEGREEN_VIP", target.vip.to_string())
-            .env("BLUEGREEN_PROTO", target.proto.to_string())
-            .env("BLUEGREEN_BACKENDS", backends.join(","))
+        let env = [
+            ("BLUEGREEN_SERVICE", target.service.clone()),
+            ("BLUEGREEN_COLOR", target.color.to_string()),
+            ("BLUEGREEN_VIP", target.vip.to_string()),
+            ("BLUEGREEN_PROTO", target.proto.to_string()),
+            ("BLUEGREEN_BACKENDS", backends.join(",")),
+        ];
+        let unit = format!(
+            "bluegreen-verify-{}-{}-{}",
+            target.service,
+            target.color,
+            crate::clock::unix_now_ms()
+        );
+        let mut child = launcher
+            .command(argv, &env, &unit, self.timeout_secs)
             .stdin(Stdio::null())
             .stdout(output(log)?)
             .stderr(output(log)?)
@@ -133,6 +219,9 @@ impl CommandGate {
             let now = Instant::now();
             if now >= deadline {
                 kill_group(child.id());
+                if launcher == Launcher::SystemdRun {
+                    stop_unit(&unit);
+                }
                 let _ = child.wait();
                 return Err(format!(
                     "timed out: killed at its {} s timeout",
@@ -142,6 +231,20 @@ impl CommandGate {
             std::thread::sleep(POLL.min(deadline - now));
         };
         describe(status)
+    }
+}
+
+/// Kills what a transient unit still runs (its own `RuntimeMaxSec` would,
+/// a moment later).
+fn stop_unit(unit: &str) {
+    let stopped = Command::new("systemctl")
+        .args(["kill", "--signal=SIGKILL", unit])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if let Err(error) = stopped {
+        log::warn!("cannot stop {unit} at its timeout: {error}");
     }
 }
 

@@ -20,7 +20,7 @@ pub use analysis::{
     AnalysesRecord, Analysis, AnalysisStatus, Analyzer, Failed, Figure, Measurement, NoData,
     PLACEHOLDERS, Source, Threshold, Verdict, Watched,
 };
-pub use commands::CommandGate;
+pub use commands::{CommandGate, Launcher};
 pub use warmup::{Method, Warmup};
 
 use crate::{
@@ -135,6 +135,7 @@ impl Gates<'_> {
     pub fn run<E>(
         &self,
         target: &Target,
+        launcher: Launcher,
         log: impl FnOnce() -> Result<(PathBuf, File), E>,
     ) -> Result<VerifyReport, E> {
         let mut report = VerifyReport {
@@ -156,7 +157,7 @@ impl Gates<'_> {
             analyzer.prime(target, unix_now_ms());
         }
         if let Some(gate) = self.commands {
-            report.gates.push(gate.run(target, log()?));
+            report.gates.push(gate.run(target, launcher, log()?));
             if !report.passed() {
                 return Ok(report);
             }

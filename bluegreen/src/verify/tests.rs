@@ -163,3 +163,44 @@ fn warmups_are_checked_field_by_field() {
         Err("method \"PATCH\" is not GET, POST or PUT".to_owned())
     );
 }
+
+#[test]
+fn under_systemd_a_command_runs_in_a_transient_unit_with_its_deadline_and_environment() {
+    let argv = ["/opt/evals/run.sh".to_owned(), "--quick".to_owned()];
+    let env = [("BLUEGREEN_COLOR", "green".to_owned())];
+    let shown = |command: &std::process::Command| {
+        let mut words = vec![command.get_program().to_string_lossy().into_owned()];
+        words.extend(
+            command
+                .get_args()
+                .map(|arg| arg.to_string_lossy().into_owned()),
+        );
+        words
+    };
+    let unit = Launcher::SystemdRun.command(&argv, &env, "bluegreen-verify-chat-green-1", 600);
+    assert_eq!(
+        shown(&unit),
+        [
+            "systemd-run",
+            "--wait",
+            "--collect",
+            "--quiet",
+            "--pipe",
+            "--unit=bluegreen-verify-chat-green-1",
+            "--property=RuntimeMaxSec=600",
+            "--setenv=BLUEGREEN_COLOR=green",
+            "--",
+            "/opt/evals/run.sh",
+            "--quick",
+        ]
+    );
+    let child = Launcher::Child.command(&argv, &env, "unused", 600);
+    assert_eq!(shown(&child), ["/opt/evals/run.sh", "--quick"]);
+    assert!(
+        child
+            .get_envs()
+            .any(|(name, value)| name == "BLUEGREEN_COLOR"
+                && value.is_some_and(|value| value == "green")),
+        "the environment goes to the child itself"
+    );
+}

@@ -242,7 +242,7 @@ async fn drive(
                 "{}: lost track of the hosts ({lost}); restoring {before}",
                 change.service
             );
-            match client.replace(change, before).await {
+            match client.replace(change, &before.as_undo()).await {
                 Ok(()) => fleet_change.restored_blind(lost),
                 Err(undo) => fleet_change.restore_failed(
                     format!("waiting for the hosts failed ({lost})"),
@@ -252,7 +252,7 @@ async fn drive(
         }
         Next::Restore { failures } => {
             println!("{}: restoring {before} on every live host", change.service);
-            match client.replace(change, before).await {
+            match client.replace(change, &before.as_undo()).await {
                 Ok(()) => {
                     let back = wait(client, change, fleet_change.timeout, false).await;
                     fleet_change.restored(failures, back)

@@ -16,6 +16,7 @@ use bluegreen::{
     config::{Config, FleetConfig, ServiceSpec},
     host::{Host, UpRequest},
     state::StateStore,
+    verify::Launcher,
 };
 use tokio::{signal::unix::SignalKind, task::JoinHandle};
 
@@ -98,7 +99,10 @@ pub async fn serve(
     let _lock = lock::DaemonLock::take(host, state_dir, &running.request.iface)?;
     // Its watchers and fleet agent act on its own interface's services
     // (a reload cannot move it), and find them there at every tick.
-    let host = &host.on_interface(&running.request.iface);
+    // Gate commands of a fleet change run outside the daemon's sandbox.
+    let host = &host
+        .on_interface(&running.request.iface)
+        .launching_commands_with(Launcher::for_this_process());
     let mut outcome = host.up(&running.request)?;
     print_up(&outcome);
     forward_ebpf_logs(&mut outcome.ebpf);
