@@ -55,7 +55,7 @@ impl Launcher {
     }
 
     /// The command that runs `argv` with the target in its environment.
-    fn command(
+    pub(super) fn command(
         self,
         argv: &[String],
         env: &[(&str, String)],
