@@ -247,6 +247,35 @@ fn the_packaged_example_config_is_valid() {
     assert_eq!(fleet.host, "web-1");
     assert_eq!(fleet.endpoints.len(), 2);
     assert!(fleet.tls.cert.is_some() && fleet.tls.key.is_some());
+    // So are the release gates, analyses and rollback on analysis: their
+    // TOML lines uncommented, the prose between them left alone.
+    let toml_line = |line: &str| {
+        line.starts_with('[')
+            || line
+                .split_once(" = ")
+                .is_some_and(|(key, _)| key.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+    };
+    let mut in_gates = false;
+    let uncommented: Vec<&str> = text
+        .lines()
+        .map(|line| {
+            in_gates = (in_gates || line == "# [service.verify]") && !line.is_empty();
+            match line.strip_prefix("# ") {
+                Some(toml) if in_gates && toml_line(toml) => toml,
+                _ => line,
+            }
+        })
+        .collect();
+    let gated = Config::parse(&uncommented.join("\n"), "example").expect("the gates example");
+    let service = &gated.services[0];
+    assert!(service.verify.is_some() && service.warmup.is_some());
+    let names: Vec<&str> = service
+        .analysis
+        .iter()
+        .map(|analysis| analysis.name.as_str())
+        .collect();
+    assert_eq!(names, ["ttft-p95", "errors"]);
+    assert!(service.auto_rollback.is_some_and(|policy| policy.analysis));
 }
 
 #[test]

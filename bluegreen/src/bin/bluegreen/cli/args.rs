@@ -109,7 +109,11 @@ overrides both, with a warning naming the gates it skips.")]
 
 Runs what `switch` and `rollback` run before moving traffic to the color, in order,
 stopping at the first that fails: the [service.verify] commands, then the
-[service.warmup] requests to every backend of the color that takes new flows.
+[service.warmup] requests to every backend of the color that takes new flows, then
+each [[service.analysis]] (a figure of the color's backends over its window, against
+min/max, or max_ratio over the live color's; \"no data\" fails unless no_data = \"pass\").
+An analysis of the backends' own metrics reads them first, before the commands, and
+measures once window_secs have passed, so the warm-up's requests count.
 Prints a report and exits 0 when every gate passes (or none is configured), 1 otherwise.
 
 Each command runs without a shell, in its own process group (killed whole at
@@ -121,13 +125,16 @@ these environment variables:
   BLUEGREEN_PROTO     tcp or udp
   BLUEGREEN_BACKENDS  the color's backends that take new flows, ADDR:PORT,ADDR:PORT...")]
     Verify(VerifyArgs),
-    /// Move new flows to a color in weighted steps, health-checked in between.
+    /// Move new flows to a color in weighted steps, checked in between.
     #[command(after_help = "Examples:
   bluegreen shift green --steps 10,25,50,100 --interval 30s
   bluegreen shift green --steps 5,100 --interval 2m --service chat
 
-Between steps the color's health check (if configured) runs every check interval;
-a failure rolls back (weight 0, every new flow to the active color) and exits 1.
+Between steps the color's health check (if configured) runs every check interval,
+and each [[service.analysis]] every interval_secs (the color against the active one;
+no data counts as a failure unless the analysis says no_data = \"pass\"). An unhealthy
+color, or an analysis failed failure_limit times, rolls back (weight 0, every new flow
+to the active color) and exits 1, naming the analysis, its figures and its threshold.
 Ctrl-C stops at the current step and says where it is.")]
     Shift(ShiftArgs),
     /// Send new flows from chosen client prefixes to the idle color.
