@@ -100,8 +100,9 @@ impl SwitchCounters {
     /// when it is the layout of an older version that `up` carries over:
     /// each cause's switches, then each one's rollbacks.
     pub fn older_causes(value_size: usize) -> Option<usize> {
-        let causes = value_size / (2 * core::mem::size_of::<u64>());
-        (value_size % (2 * core::mem::size_of::<u64>()) == 0
+        let per_cause = 2 * core::mem::size_of::<u64>();
+        let causes = value_size / per_cause;
+        (value_size.is_multiple_of(per_cause)
             && (ChangeCause::OLDEST_COUNT..ChangeCause::COUNT).contains(&causes))
         .then_some(causes)
     }

@@ -75,6 +75,16 @@ fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Label
     family
 }
 
+fn float_gauge_family(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+) -> Family<Labels, Gauge<f64, AtomicU64>> {
+    let family = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
 fn health_value(health: Health) -> i64 {
     match health {
         Health::Healthy => 1,
@@ -149,11 +159,10 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
         "bluegreen_backend_new_flows",
         "Flows started on one backend of a color's pool, since it joined the pool",
     );
-    let queue_depth = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-    registry.register(
+    let queue_depth = float_gauge_family(
+        &mut registry,
         "bluegreen_backend_queue_depth",
         "The queue depth a backend last reported ([service.load] metric)",
-        queue_depth.clone(),
     );
     let effective_weight = gauge_family(
         &mut registry,
@@ -175,11 +184,10 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
         "bluegreen_rollbacks",
         "Rollbacks, by cause: operator, shift (a failed check or analysis), unhealthy (the daemon's automatic rollback on health), fleet, analysis (the daemon's automatic rollback on a failed metric analysis)",
     );
-    let last_switch = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-    registry.register(
+    let last_switch = float_gauge_family(
+        &mut registry,
         "bluegreen_last_switch_timestamp_seconds",
         "When the active color last changed (Unix time; 0 until its first change)",
-        last_switch.clone(),
     );
     let passed = counter_family(
         &mut registry,
@@ -318,17 +326,15 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
 /// compared, its threshold, its verdict and its failures since the last
 /// switch.
 fn register_analyses(registry: &mut Registry, observations: &Observations) {
-    let value = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-    registry.register(
+    let value = float_gauge_family(
+        registry,
         "bluegreen_analysis_value",
         "The figure a metric analysis last measured for a color (the active one, and the previous one it is compared with)",
-        value.clone(),
     );
-    let threshold = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-    registry.register(
+    let threshold = float_gauge_family(
+        registry,
         "bluegreen_analysis_threshold",
         "A bound of a metric analysis: min, max, or max_ratio (of the active color's figure over the previous one's)",
-        threshold.clone(),
     );
     let verdict = gauge_family(
         registry,

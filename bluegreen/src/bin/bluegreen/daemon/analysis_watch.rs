@@ -182,39 +182,8 @@ impl Watch for AnalysisWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bluegreen::{config::ServiceSpec, endpoint::Color, endpoint::Proto, state::ServiceRecord};
-
-    const SWITCHED_AT_MS: u64 = 1_000_000;
-
-    fn view(active: Color, previous: Color) -> ServiceView {
-        let spec = ServiceSpec {
-            name: "chat".to_owned(),
-            vip: "10.0.0.1:80".parse().expect("literal"),
-            proto: Proto::Tcp,
-            blue: "10.1.0.2:80".parse().expect("literal"),
-            green: "10.1.0.3:80".parse().expect("literal"),
-            active,
-            health: None,
-            auto_rollback: None,
-            load: None,
-            verify: None,
-            warmup: None,
-            analysis: Vec::new(),
-        };
-        ServiceView {
-            active,
-            previous,
-            pools: [spec.blue.clone(), spec.green.clone()],
-            record: ServiceRecord {
-                spec,
-                previous,
-                counter_slot: 0,
-                switched_at_unix_ms: Some(SWITCHED_AT_MS),
-                weight: 0,
-                preview: Vec::new(),
-            },
-        }
-    }
+    use crate::daemon::test_views::{SWITCHED_AT_MS, view};
+    use bluegreen::endpoint::Color;
 
     const WITHIN_A_MINUTE: AutoRollback = AutoRollback {
         window_secs: 60,

@@ -8,6 +8,8 @@ mod health_watch;
 mod load_watch;
 mod lock;
 mod periodic;
+#[cfg(test)]
+mod test_views;
 
 use std::{net::SocketAddr, path::Path, sync::Arc};
 
