@@ -101,6 +101,19 @@ pub fn unix_now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// `HH:MM:SS UTC` of a wall-clock time in Unix milliseconds: when a color
+/// entered a state, or an action is due, for an operator's eye (the JSON
+/// has the number).
+pub fn utc_time_of_day(unix_ms: u64) -> String {
+    let seconds = unix_ms / 1000 % 86_400;
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

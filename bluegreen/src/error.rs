@@ -2,6 +2,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use crate::{
     endpoint::{AddressError, Color, Proto},
+    lifecycle::Phase,
     verify::Gate,
 };
 
@@ -65,6 +66,23 @@ pub enum Error {
         /// Its last lines, for the operator to read first.
         tail: Vec<String>,
         active: Color,
+    },
+    #[error(
+        "service {service}: {color} is {phase}{}: start it first (`bluegreen start {color} --service {service}`, or --start on this command)",
+        since(*since_unix_ms)
+    )]
+    ColorNotRunning {
+        service: String,
+        color: Color,
+        phase: Phase,
+        since_unix_ms: u64,
+    },
+    #[error("service {service}: {action} of {color} failed: {reason}; traffic stays where it was")]
+    LifecycleFailed {
+        service: String,
+        color: Color,
+        action: &'static str,
+        reason: String,
     },
     #[error(
         "service {service}: {backend} failed its health check ({reason}); {color}'s pool is unchanged: start it first, or pass --skip-check"
@@ -279,4 +297,13 @@ impl Error {
             }
         }
     }
+}
+
+/// ` since HH:MM:SS UTC` for a lifecycle phase entered at `unix_ms`
+/// (nothing when unknown).
+fn since(unix_ms: u64) -> String {
+    if unix_ms == 0 {
+        return String::new();
+    }
+    format!(" since {}", crate::clock::utc_time_of_day(unix_ms))
 }

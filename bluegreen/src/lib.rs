@@ -13,6 +13,7 @@ mod exposition;
 pub mod fleet;
 pub mod health;
 pub mod host;
+pub mod lifecycle;
 pub mod load;
 pub mod pinned;
 pub mod pool;

@@ -42,6 +42,20 @@ impl Backend {
     /// Serves HTTP on `[::]:port` (both families) and UDP on the same port,
     /// answering every request with `body`.
     pub fn start(namespace: &Namespace, port: u16, body: &str) -> Backend {
+        Backend::start_with(&|work| namespace.spawn(work), port, body)
+    }
+
+    /// [`Backend::start`] in this process's own network namespace (the
+    /// `backend` binary, which a test's lifecycle command starts).
+    pub fn start_here(port: u16, body: &str) -> Backend {
+        Backend::start_with(&|work| std::thread::spawn(work), port, body)
+    }
+
+    fn start_with(
+        spawn: &dyn Fn(Box<dyn FnOnce() + Send>) -> JoinHandle<()>,
+        port: u16,
+        body: &str,
+    ) -> Backend {
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
         let metrics = Arc::new(Mutex::new(String::new()));
@@ -54,18 +68,18 @@ impl Backend {
                 requests: requests.clone(),
             };
             let (stop, served, ready) = (stop.clone(), served.clone(), ready_tx.clone());
-            namespace.spawn(move || {
+            spawn(Box::new(move || {
                 let listener = TcpListener::bind(("::", port)).expect("bind HTTP backend");
                 listener
                     .set_nonblocking(true)
                     .expect("non-blocking listener");
                 ready.send(()).expect("signal ready");
                 accept_loop(listener, &stop, &served, &answers);
-            })
+            }))
         };
         let udp = {
             let (stop, served, body) = (stop.clone(), served.clone(), body.to_owned());
-            namespace.spawn(move || {
+            spawn(Box::new(move || {
                 let socket = UdpSocket::bind(("::", port)).expect("bind UDP backend");
                 socket.set_read_timeout(Some(POLL)).expect("UDP timeout");
                 ready_tx.send(()).expect("signal ready");
@@ -76,7 +90,7 @@ impl Backend {
                         let _ = socket.send_to(body.as_bytes(), peer);
                     }
                 }
-            })
+            }))
         };
         for _ in 0..2 {
             ready_rx

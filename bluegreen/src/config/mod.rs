@@ -26,6 +26,7 @@ use crate::{
     endpoint::{Color, Proto},
     error::{Error, Result},
     health::HealthCheck,
+    lifecycle::Lifecycle,
     load::LoadCheck,
     verify::{Analysis, CommandGate, Warmup},
 };
@@ -84,6 +85,10 @@ pub struct ServiceSpec {
     /// and, with `auto_rollback.analysis`, by the daemon after a switch.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub analysis: Vec<Analysis>,
+    /// How each color is started and stopped, and when the daemon stops
+    /// the idle one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
 }
 
 impl ServiceSpec {

@@ -22,6 +22,7 @@ use crate::{
     endpoint::{Color, parse_endpoint},
     error::{Error, Result},
     health::{HealthCheck, Probe},
+    lifecycle::Lifecycle,
     load::LoadCheck,
     verify::{
         Analysis, CommandGate, Figure, Method, NoData, Source as AnalysisSource, Threshold, Warmup,
@@ -78,6 +79,18 @@ struct RawService {
     warmup: Option<Spanned<RawWarmup>>,
     #[serde(default)]
     analysis: Vec<Spanned<RawAnalysis>>,
+    lifecycle: Option<Spanned<RawLifecycle>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLifecycle {
+    start: Vec<String>,
+    stop: Vec<String>,
+    start_timeout_secs: Option<u64>,
+    ready_timeout_secs: Option<u64>,
+    stop_timeout_secs: Option<u64>,
+    scale_down_after_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -516,6 +529,11 @@ impl ServiceTable<'_> {
                     self.source.read(analysis, key, RawAnalysis::analysis)
                 })
                 .collect::<Result<_>>()?,
+            lifecycle: self.read_opt(
+                ServiceField::Lifecycle,
+                &raw.lifecycle,
+                RawLifecycle::settings,
+            )?,
         };
         spec.validate()
             .map_err(|invalid| self.error(invalid.field, invalid.error))?;
@@ -566,6 +584,7 @@ impl ServiceTable<'_> {
             ServiceField::Verify => or_name(raw.verify.as_ref().map(Spanned::span)),
             ServiceField::Warmup => or_name(raw.warmup.as_ref().map(Spanned::span)),
             ServiceField::Analysis => or_name(raw.analysis.first().map(Spanned::span)),
+            ServiceField::Lifecycle => or_name(raw.lifecycle.as_ref().map(Spanned::span)),
         }
     }
 }
@@ -656,6 +675,29 @@ impl RawAutoRollback {
             force,
             analysis: self.analysis.unwrap_or(false),
         })
+    }
+}
+
+impl RawLifecycle {
+    /// `[service.lifecycle]`: the commands, default timeouts, and no
+    /// scale-down unless asked.
+    fn settings(&self) -> Result<Lifecycle, String> {
+        let lifecycle = Lifecycle {
+            start: self.start.clone(),
+            stop: self.stop.clone(),
+            start_timeout_secs: self
+                .start_timeout_secs
+                .unwrap_or(Lifecycle::DEFAULT_START_TIMEOUT_SECS),
+            ready_timeout_secs: self
+                .ready_timeout_secs
+                .unwrap_or(Lifecycle::DEFAULT_READY_TIMEOUT_SECS),
+            stop_timeout_secs: self
+                .stop_timeout_secs
+                .unwrap_or(Lifecycle::DEFAULT_STOP_TIMEOUT_SECS),
+            scale_down_after_secs: self.scale_down_after_secs,
+        };
+        lifecycle.validate()?;
+        Ok(lifecycle)
     }
 }
 

@@ -28,6 +28,7 @@ pub enum ServiceField {
     Verify,
     Warmup,
     Analysis,
+    Lifecycle,
 }
 
 impl From<Color> for ServiceField {
@@ -54,6 +55,7 @@ impl fmt::Display for ServiceField {
             ServiceField::Verify => "verify",
             ServiceField::Warmup => "warmup",
             ServiceField::Analysis => "analysis",
+            ServiceField::Lifecycle => "lifecycle",
         })
     }
 }

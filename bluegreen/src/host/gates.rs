@@ -64,7 +64,16 @@ impl Host {
         }
         let (_, to) = traffic_direction(&open.live, &after);
         let active = Color::from_wire(open.live.active);
-        let report = self.run_gates(open, to)?;
+        // Marked while the gates run, so that the daemon does not stop
+        // the color under them; a color not running is refused at once.
+        let name = open.name().to_owned();
+        drop(open);
+        self.mark_switching(&name, to, true)?;
+        let report = self.run_gates(self.open_service(Some(&name), Lock::None)?, to);
+        if let Err(error) = self.mark_switching(&name, to, false) {
+            log::warn!("{name}: cannot clear the switch in progress to {to}: {error}");
+        }
+        let report = report?;
         if let Some(failed) = report.failure() {
             return Err(Error::GateFailed {
                 service: report.service.clone(),

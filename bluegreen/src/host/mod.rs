@@ -19,6 +19,7 @@
 //! - [`status`]: the status report, live flow counts, waiting for a drain.
 
 mod backends;
+mod colors;
 mod gates;
 pub mod inventory;
 pub mod lifecycle;
@@ -34,6 +35,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use bluegreen_common::{ServiceKey, ServiceState};
 
 pub use backends::{BackendAction, BackendOutcome, write_pool};
+pub use colors::{ScaleDown, Started};
 pub use inventory::Attachment;
 pub use lifecycle::{UpOutcome, UpRequest};
 pub use local::{LocalReset, cgroup2_root};
@@ -413,6 +415,7 @@ mod tests {
                         verify: None,
                         warmup: None,
                         analysis: Vec::new(),
+                        lifecycle: None,
                     },
                     previous: Color::Blue,
                     counter_slot: 0,

@@ -141,6 +141,7 @@ pub(super) fn state_from_maps(
                     analysis: remembered
                         .map(|record| record.spec.analysis.clone())
                         .unwrap_or_default(),
+                    lifecycle: remembered.and_then(|record| record.spec.lifecycle.clone()),
                 },
                 previous: Color::from_wire(state.previous),
                 counter_slot: state.counter_slot,
@@ -267,6 +268,7 @@ mod tests {
                 verify: None,
                 warmup: None,
                 analysis: Vec::new(),
+                lifecycle: None,
             },
             previous: active,
             counter_slot: 0,

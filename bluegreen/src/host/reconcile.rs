@@ -250,6 +250,7 @@ mod tests {
             verify: None,
             warmup: None,
             analysis: Vec::new(),
+            lifecycle: None,
         }
     }
 

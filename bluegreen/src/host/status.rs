@@ -10,14 +10,17 @@ use bluegreen_common::{ChangeCause, PassReason, ServiceKey};
 use serde::Serialize;
 
 use super::{
-    Host, Lock,
+    Host, Lock, OpenService,
+    colors::alive,
     inventory::Attachment,
     local::{LocalSockets, local_sockets},
 };
 use crate::{
+    clock::unix_now_ms,
     endpoint::{Color, from_wire, service_key},
     error::{Error, Result},
     health::Health,
+    lifecycle::{Phase, Plan, Serving, plan},
     pinned::PinnedMaps,
     state::{FleetMarker, InterfaceState},
     verify::{AnalysesRecord, AnalysisStatus},
@@ -28,7 +31,11 @@ impl Host {
     /// by the dataplane's own timeouts and clock, plus its host-local
     /// connections: "drained" means drained for every client.
     pub fn live_flows(&self, service: Option<&str>) -> Result<[u64; 2]> {
-        let open = self.open_service(service, Lock::None)?;
+        self.live_flows_of(&self.open_service(service, Lock::None)?)
+    }
+
+    /// [`Host::live_flows`] of a service already open.
+    pub(super) fn live_flows_of(&self, open: &OpenService) -> Result<[u64; 2]> {
         let counts = count_live_flows(&open.maps)?;
         let counts = counts.get(&open.key).cloned().unwrap_or_default();
         let local = match local_sockets(&open.maps)? {
@@ -87,6 +94,7 @@ impl Host {
             let mut status = interface_status(state, maps, &attachment, only, fleet)?;
             for service in &mut status.services {
                 service.analyses = self.analyses_of(state, &service.name);
+                self.add_lifecycle(state, service);
             }
             Ok(status)
         };
@@ -117,6 +125,70 @@ impl Host {
 }
 
 impl Host {
+    /// Adds each color's lifecycle and the next planned action to
+    /// `service`, when it has `[service.lifecycle]`. A record that cannot
+    /// be read shows none: `status` still shows the dataplane.
+    fn add_lifecycle(&self, state: &InterfaceState, service: &mut ServiceStatus) {
+        let Some(settings) = state
+            .service(&service.name)
+            .and_then(|record| record.spec.lifecycle.as_ref())
+        else {
+            return;
+        };
+        let record = match self.state.load_lifecycle(&service.name) {
+            Ok(record) => record,
+            Err(error) => {
+                log::warn!("{error}");
+                return;
+            }
+        };
+        let idle = service.active.other();
+        let live_flows = |status: &ColorStatus| {
+            status.active_flows + status.closing_flows + status.local_connections.unwrap_or(0)
+        };
+        let serving = Serving {
+            active: service.active,
+            idle_share: service.weight,
+            has_preview: !service.preview.is_empty(),
+            switched_at_unix_ms: service.switched_at_unix_ms,
+            idle_flows: live_flows(service.color(idle)),
+        };
+        let next = plan(
+            settings.scale_down_after_secs,
+            &serving,
+            &record,
+            alive,
+            unix_now_ms(),
+        );
+        for color in Color::BOTH {
+            let lifecycle = record.color(color);
+            let draining = lifecycle.phase == Phase::Running
+                && color == idle
+                && serving.idle_flows > 0
+                && settings.scale_down_after_secs.is_some();
+            let status = service.color_mut(color);
+            status.lifecycle = Some(LifecycleStatus {
+                state: if draining {
+                    "draining"
+                } else {
+                    match lifecycle.phase {
+                        Phase::Running => "running",
+                        Phase::Starting => "starting",
+                        Phase::Stopping => "stopping",
+                        Phase::Stopped => "stopped",
+                    }
+                },
+                since_unix_ms: lifecycle.since_unix_ms,
+                held: lifecycle.held,
+                last_error: lifecycle.last_error.clone(),
+                starts: lifecycle.starts,
+                stops: lifecycle.stops,
+                failures: lifecycle.failures,
+            });
+        }
+        service.next_action = Some(next);
+    }
+
     /// Keeps what the daemon measured of `service`'s analyses for
     /// `status`.
     pub fn save_analyses(&self, service: &str, record: &AnalysesRecord) -> Result<()> {
@@ -253,6 +325,26 @@ pub struct ServiceStatus {
     /// Each configured analysis as the daemon last measured it (empty
     /// without a daemon measuring them).
     pub analyses: Vec<AnalysisStatus>,
+    /// What the daemon does about the idle color next (absent without
+    /// `[service.lifecycle]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_action: Option<Plan>,
+}
+
+impl ServiceStatus {
+    pub fn color(&self, color: Color) -> &ColorStatus {
+        match color {
+            Color::Blue => &self.blue,
+            Color::Green => &self.green,
+        }
+    }
+
+    fn color_mut(&mut self, color: Color) -> &mut ColorStatus {
+        match color {
+            Color::Blue => &mut self.blue,
+            Color::Green => &mut self.green,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -271,6 +363,24 @@ pub struct ColorStatus {
     /// they cannot be seen (local clients not steered, or this command
     /// runs in another network namespace than `up` did).
     pub local_connections: Option<u64>,
+    /// Where the color is in its lifecycle (absent without
+    /// `[service.lifecycle]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<LifecycleStatus>,
+}
+
+/// A color's lifecycle as `status` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct LifecycleStatus {
+    /// `running`, `starting`, `draining` (idle, running, with live flows,
+    /// due to be stopped once they end), `stopping` or `stopped`.
+    pub state: &'static str,
+    pub since_unix_ms: u64,
+    pub held: bool,
+    pub last_error: Option<String>,
+    pub starts: u64,
+    pub stops: u64,
+    pub failures: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -381,6 +491,7 @@ fn interface_status(
                 local_connections: local
                     .count_by_color(live.counter_slot)
                     .map(|counts| counts[usize::from(color.wire())]),
+                lifecycle: None,
             })
         };
         let counted = maps.switch_counters(live.counter_slot)?;
@@ -406,6 +517,7 @@ fn interface_status(
             blue: color_status(Color::Blue)?,
             green: color_status(Color::Green)?,
             analyses: Vec::new(),
+            next_action: None,
         });
     }
     let mut passed = BTreeMap::new();

@@ -320,6 +320,9 @@ impl Host {
                 );
             }
         }
+        if changed && to != Color::from_wire(before.active) || after.weight > before.weight {
+            self.require_running(&open, to)?;
+        }
         let checked = if changed && options.check {
             open.check_color(to)?
         } else {

@@ -17,6 +17,7 @@ use crate::{
     dirs,
     endpoint::{Color, Proto},
     error::{Error, Result},
+    lifecycle::LifecycleRecord,
     verify::AnalysesRecord,
 };
 
@@ -348,6 +349,39 @@ impl StateStore {
         Ok(serde_json::from_str::<AnalysesRecord>(&text)
             .ok()
             .filter(|record| record.schema_version == AnalysesRecord::SCHEMA_VERSION))
+    }
+
+    /// Both colors' lifecycle records of `service` (see
+    /// [`crate::lifecycle`]); the default (both running) when none was
+    /// written. A record of another schema version is refused, not
+    /// misread: a stopped color taken for a running one would be switched
+    /// to.
+    pub fn load_lifecycle(&self, service: &str) -> Result<LifecycleRecord> {
+        let name = format!("lifecycle:{service}.json");
+        let Some(text) = self.read(&name)? else {
+            return Ok(LifecycleRecord::new());
+        };
+        let corrupt = |reason: String| Error::CorruptState {
+            path: self.dir.join(&name),
+            reason,
+        };
+        let record: LifecycleRecord =
+            serde_json::from_str(&text).map_err(|error| corrupt(error.to_string()))?;
+        if record.schema_version != LifecycleRecord::SCHEMA_VERSION {
+            return Err(corrupt(format!(
+                "schema version {}, and this bluegreen reads {}",
+                record.schema_version,
+                LifecycleRecord::SCHEMA_VERSION
+            )));
+        }
+        Ok(record)
+    }
+
+    /// Replaces `service`'s lifecycle record atomically; the caller holds
+    /// the interface lock. Named with a ':', as the analyses' record.
+    pub fn save_lifecycle(&self, service: &str, record: &LifecycleRecord) -> Result<()> {
+        let text = serde_json::to_string_pretty(record).expect("record serialises") + "\n";
+        self.write(&format!("lifecycle:{service}.json"), &text)
     }
 
     /// A new file for a release gate's output, `verify/<name>` under the

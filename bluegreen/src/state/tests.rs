@@ -31,6 +31,7 @@ fn sample(iface: &str) -> InterfaceState {
                 verify: None,
                 warmup: None,
                 analysis: Vec::new(),
+                lifecycle: None,
             },
             previous: Color::Blue,
             counter_slot: 0,

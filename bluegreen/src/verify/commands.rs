@@ -171,9 +171,8 @@ impl CommandGate {
         }
     }
 
-    /// One command, in a process group of its own so that a timeout kills
-    /// whatever it started too (a shell script's children would otherwise
-    /// outlive it and keep the backends busy).
+    /// One command, with the target in its environment (see
+    /// [`run_command`]).
     fn run_one(
         &self,
         argv: &[String],
@@ -181,7 +180,6 @@ impl CommandGate {
         launcher: Launcher,
         log: &File,
     ) -> Result<(), String> {
-        let output = |log: &File| log.try_clone().map_err(|error| error.to_string());
         let backends: Vec<String> = target.backends.iter().map(ToString::to_string).collect();
         let env = [
             ("BLUEGREEN_SERVICE", target.service.clone()),
@@ -196,42 +194,54 @@ impl CommandGate {
             target.color,
             crate::clock::unix_now_ms()
         );
-        let mut child = launcher
-            .command(argv, &env, &unit, self.timeout_secs)
-            .stdin(Stdio::null())
-            .stdout(output(log)?)
-            .stderr(output(log)?)
-            .process_group(0)
-            .spawn()
-            .map_err(|error| format!("cannot start: {error}"))?;
-        let timeout = Duration::from_secs(self.timeout_secs);
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) => {}
-                Err(error) => {
-                    kill_group(child.id());
-                    let _ = child.wait();
-                    return Err(format!("cannot wait for it: {error}"));
-                }
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                kill_group(child.id());
-                if launcher == Launcher::SystemdRun {
-                    stop_unit(&unit);
-                }
-                let _ = child.wait();
-                return Err(format!(
-                    "timed out: killed at its {} s timeout",
-                    self.timeout_secs
-                ));
-            }
-            std::thread::sleep(POLL.min(deadline - now));
-        };
-        describe(status)
+        run_command(argv, &env, launcher, &unit, self.timeout_secs, log)
     }
+}
+
+/// Runs `argv` to its end with `env`, its output into `log`, started by
+/// `launcher` (as `unit` under systemd) in a process group of its own,
+/// so that a timeout kills whatever it started too (a shell script's
+/// children would otherwise outlive it). Its failure, said in a few words.
+pub(crate) fn run_command(
+    argv: &[String],
+    env: &[(&str, String)],
+    launcher: Launcher,
+    unit: &str,
+    timeout_secs: u64,
+    log: &File,
+) -> Result<(), String> {
+    let output = |log: &File| log.try_clone().map_err(|error| error.to_string());
+    let mut child = launcher
+        .command(argv, env, unit, timeout_secs)
+        .stdin(Stdio::null())
+        .stdout(output(log)?)
+        .stderr(output(log)?)
+        .process_group(0)
+        .spawn()
+        .map_err(|error| format!("cannot start: {error}"))?;
+    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(error) => {
+                kill_group(child.id());
+                let _ = child.wait();
+                return Err(format!("cannot wait for it: {error}"));
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            kill_group(child.id());
+            if launcher == Launcher::SystemdRun {
+                stop_unit(unit);
+            }
+            let _ = child.wait();
+            return Err(format!("timed out: killed at its {timeout_secs} s timeout"));
+        }
+        std::thread::sleep(POLL.min(deadline - now));
+    };
+    describe(status)
 }
 
 /// Kills what a transient unit still runs (its own `RuntimeMaxSec` would,

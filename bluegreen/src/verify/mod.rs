@@ -20,6 +20,7 @@ pub use analysis::{
     AnalysesRecord, Analysis, AnalysisStatus, Analyzer, Failed, Figure, Measurement, NoData,
     PLACEHOLDERS, Source, Threshold, Verdict, Watched,
 };
+pub(crate) use commands::run_command;
 pub use commands::{CommandGate, Launcher};
 pub use warmup::{Method, Warmup};
 

@@ -2,12 +2,13 @@
 //! status table.
 
 use bluegreen::{
-    clock::unix_now_ms,
+    clock::{unix_now_ms, utc_time_of_day},
     endpoint::Color,
     health::Health,
     host::{
         BackendAction, BackendOutcome, Checked, LocalReset, StatusReport, SwitchOutcome, UpOutcome,
     },
+    lifecycle::Plan,
     load,
     verify::VerifyReport,
 };
@@ -271,6 +272,40 @@ pub fn print_status(report: &StatusReport) {
                         }
                     );
                 }
+            }
+            for color in Color::BOTH {
+                if let Some(lifecycle) = &service.color(color).lifecycle {
+                    let since = match lifecycle.since_unix_ms {
+                        0 => String::new(),
+                        at => format!(" since {}", utc_time_of_day(at)),
+                    };
+                    println!(
+                        "    {color}: {}{since}{}{}",
+                        lifecycle.state,
+                        if lifecycle.held { ", held" } else { "" },
+                        lifecycle
+                            .last_error
+                            .as_ref()
+                            .map(|error| format!("; last error: {error}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            match &service.next_action {
+                Some(Plan::StopAt { color, at_unix_ms }) => println!(
+                    "    next: stop {color} once drained, from {}",
+                    utc_time_of_day(*at_unix_ms)
+                ),
+                Some(Plan::StopAfter { color, reason }) => {
+                    println!("    next: stop {color} later: {reason}")
+                }
+                Some(Plan::Stop { color } | Plan::ResumeStop { color }) => {
+                    println!("    next: stop {color} (due now: the daemon does it)")
+                }
+                Some(Plan::AbandonStart { color }) => {
+                    println!("    next: {color}'s interrupted start is counted stopped")
+                }
+                Some(Plan::None) | None => {}
             }
             for analysis in &service.analyses {
                 let last = &analysis.last;

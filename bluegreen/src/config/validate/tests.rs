@@ -26,6 +26,7 @@ fn spec(vip: &str, blue: &str, green: &str) -> ServiceSpec {
         verify: None,
         warmup: None,
         analysis: Vec::new(),
+        lifecycle: None,
     }
 }
 

@@ -102,6 +102,37 @@ refused and traffic stays where it is. First, if the service has release gates
 and a failing one refuses the switch (see `bluegreen verify --help`). --skip-check
 overrides both, with a warning naming the gates it skips.")]
     Switch(SwitchArgs),
+    /// Start a stopped color: its start command, then every backend ready.
+    #[command(after_help = "Examples:
+  bluegreen start green
+  bluegreen start green --service chat
+
+Runs the service's [service.lifecycle] start command (`{color}` and `{service}` filled
+in; BLUEGREEN_SERVICE, BLUEGREEN_COLOR and BLUEGREEN_BACKENDS in its environment; killed
+at start_timeout_secs), then waits until every backend of the color passes the health
+check (a TCP connect without one), showing which are still loading, for at most
+ready_timeout_secs. Then runs the release gates as `verify` does. Traffic never moves;
+a failure records the color stopped with why. A running color is left alone. The color
+gets a new scale-down window from now. `switch --start` and `rollback --start` do this
+first.")]
+    Start(LifecycleArgs),
+    /// Stop the idle color now, as the daemon's scale-down would.
+    #[command(after_help = "Examples:
+  bluegreen stop blue                 # after `switch green --wait-drain`
+  bluegreen stop green --service chat # a color that was never started
+
+Runs the [service.lifecycle] stop command (killed at stop_timeout_secs) and records the
+color stopped. Refused for the active color, one with a weighted share, preview
+prefixes, live flows or a switch in progress to it. A switch or rollback to a stopped
+color is refused until it is started (`bluegreen start`, or --start).")]
+    Stop(LifecycleArgs),
+    /// Keep a color up: the daemon never scales it down while held.
+    #[command(after_help = "Examples:
+  bluegreen hold blue            # during an investigation
+  bluegreen release blue         # the daemon may scale it down again")]
+    Hold(LifecycleArgs),
+    /// Let the daemon scale a held color down again.
+    Release(LifecycleArgs),
     /// Run a service's release gates against a color now, changing nothing.
     #[command(after_help = "Examples:
   bluegreen verify green
@@ -502,6 +533,19 @@ pub(crate) struct ChangeArgs {
     /// fleet reports the host as drifted until the next fleet change).
     #[arg(long)]
     pub local_override: bool,
+    /// Start the color first if it is stopped ([service.lifecycle]): its
+    /// start command, then every backend ready (see `bluegreen start`).
+    #[arg(long)]
+    pub start: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct LifecycleArgs {
+    #[arg(value_parser = color_parser())]
+    pub color: Color,
+    /// Needed when more than one service is up.
+    #[arg(long)]
+    pub service: Option<String>,
 }
 
 #[derive(Args)]

@@ -45,6 +45,36 @@ fn guard_fleet(host: &Host, service: Option<&str>, local_override: bool) -> anyh
     Ok(())
 }
 
+/// Starts `color` of the service if it is stopped, showing which
+/// backends are still loading (at most every 5 s).
+fn start(host: &Host, service: Option<&str>, color: Color) -> anyhow::Result<()> {
+    let mut shown = Duration::ZERO;
+    let started = host.start_color(service, color, |waiting, elapsed| {
+        if elapsed >= shown {
+            shown = elapsed + Duration::from_secs(5);
+            let names: Vec<String> = waiting
+                .iter()
+                .map(|(backend, reason)| format!("{backend} ({reason})"))
+                .collect();
+            println!(
+                "{color}: {:.0?} in, waiting for {}",
+                elapsed,
+                names.join(", ")
+            );
+        }
+    })?;
+    if started.ran {
+        println!(
+            "{}: {color} started in {:.1?} (command {:.1?}, backends ready {:.1?})",
+            started.service,
+            started.command + started.ready,
+            started.command,
+            started.ready
+        );
+    }
+    Ok(())
+}
+
 fn switch_options(change: &ChangeArgs) -> SwitchOptions {
     if change.skip_check {
         // The library names the release gates it skips, if the service
@@ -89,6 +119,9 @@ pub fn execute(host: &Host, state_dir: &Path, command: Command) -> anyhow::Resul
             )?;
             let options = switch_options(&args.change);
             let service = args.change.service.as_deref();
+            if args.change.start {
+                start(host, service, args.color)?;
+            }
             let outcome = match args.weight {
                 Some(weight) => host.shift(service, args.color, weight, options),
                 None => host.switch(service, SwitchTarget::Color(args.color), options),
@@ -117,14 +150,53 @@ pub fn execute(host: &Host, state_dir: &Path, command: Command) -> anyhow::Resul
                 args.change.service.as_deref(),
                 args.change.local_override,
             )?;
+            let service = args.change.service.as_deref();
+            if args.change.start {
+                let view = host.service_view(service)?;
+                // Undoing a weighted shift sends nothing to a new color.
+                if view.record.weight == 0 && view.previous != view.active {
+                    start(host, service, view.previous)?;
+                }
+            }
             let outcome = host
                 .switch(
-                    args.change.service.as_deref(),
+                    service,
                     SwitchTarget::Previous,
                     switch_options(&args.change),
                 )
                 .inspect_err(show_gate_output)?;
             print_switch(&outcome);
+        }
+        Command::Start(args) => {
+            start(host, args.service.as_deref(), args.color)?;
+            let report = host.verify(args.service.as_deref(), args.color)?;
+            if !report.gates.is_empty() {
+                print_verify(&report);
+            }
+            if !report.passed() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Stop(args) => {
+            let name = host.stop_color(args.service.as_deref(), args.color)?;
+            println!(
+                "{name}: {} is stopped; `bluegreen start {}` brings it back",
+                args.color, args.color
+            );
+        }
+        Command::Hold(args) => {
+            let name = host.hold(args.service.as_deref(), args.color, true)?;
+            println!(
+                "{name}: {} is held: the daemon will not scale it down until `bluegreen release {}`",
+                args.color, args.color
+            );
+        }
+        Command::Release(args) => {
+            let name = host.hold(args.service.as_deref(), args.color, false)?;
+            println!(
+                "{name}: {} is released: the daemon may scale it down once it is idle, drained and out of its window",
+                args.color
+            );
         }
         Command::Status(args) => {
             if let Some(interval) = args.watch {
@@ -226,6 +298,7 @@ fn up_request(args: UpArgs) -> anyhow::Result<UpRequest> {
                 verify: None,
                 warmup: None,
                 analysis: Vec::new(),
+                lifecycle: None,
             };
             (
                 RequestedXdpMode::default(),

@@ -5,6 +5,7 @@ mod analysis_watch;
 mod backend_health;
 mod fleet;
 mod health_watch;
+mod lifecycle_watch;
 mod load_watch;
 mod lock;
 mod periodic;
@@ -25,6 +26,7 @@ use tokio::{signal::unix::SignalKind, task::JoinHandle};
 use crate::{observations::Shared, output::print_up};
 use analysis_watch::AnalysisWatch;
 use health_watch::HealthWatch;
+use lifecycle_watch::LifecycleWatch;
 use load_watch::LoadWatch;
 use periodic::keep_watching;
 
@@ -195,8 +197,9 @@ fn has(services: &[ServiceSpec], name: &str, like: impl Fn(&ServiceSpec) -> bool
     services.iter().any(|spec| spec.name == name && like(spec))
 }
 
-/// A health watcher per checked service, a load watcher per weighed one
-/// and an analysis watcher per analysed one.
+/// A health watcher per checked service, a load watcher per weighed one,
+/// an analysis watcher per analysed one and a lifecycle watcher per one
+/// whose colors bluegreen starts and stops.
 fn start_checkers(
     host: &Host,
     services: &[ServiceSpec],
@@ -211,6 +214,14 @@ fn start_checkers(
                 name.clone(),
                 observations.clone(),
                 HealthWatch::default(),
+            )));
+        }
+        if spec.lifecycle.is_some() {
+            checkers.push(tokio::spawn(keep_watching(
+                host.clone(),
+                name.clone(),
+                observations.clone(),
+                LifecycleWatch::default(),
             )));
         }
         if !spec.analysis.is_empty() {

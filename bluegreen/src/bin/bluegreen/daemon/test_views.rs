@@ -26,6 +26,7 @@ pub(super) fn view(active: Color, previous: Color) -> ServiceView {
         verify: None,
         warmup: None,
         analysis: Vec::new(),
+        lifecycle: None,
     };
     ServiceView {
         active,

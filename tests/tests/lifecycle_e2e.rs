@@ -1,0 +1,325 @@
+//! The idle color's lifecycle through the real binary, with a real process
+//! as green's backend, started and killed by the configured commands (a
+//! script that also writes what it did to a marker file): a switch to a
+//! stopped color starts it first with no failed request, the daemon stops
+//! the idle color only once its window has passed and it has drained, a
+//! rollback after that needs --start, a held color stays up, a start that
+//! fails or hangs leaves traffic where it was, and a stop interrupted by a
+//! crash of the daemon is resumed.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use bluegreen_testbed::fixture::{BACKEND_PORT, Fixture, config_text};
+
+/// The files one test's lifecycle script works with, removed (and the
+/// processes it started killed, by the pids it recorded) on drop.
+struct Script {
+    dir: PathBuf,
+}
+
+impl Script {
+    /// Writes the script for `fixture`: on start it records the action,
+    /// then for green starts the `backend` binary in green's namespace
+    /// (for blue, whose backend runs in the test, only the record); on
+    /// stop it kills what it started. A file `fail` makes it exit 1, a file
+    /// `hang` makes it sleep a minute first.
+    fn new(fixture: &Fixture) -> Script {
+        let dir = std::env::temp_dir().join(format!(
+            "bg-lifecycle-{}-{}",
+            std::process::id(),
+            fixture.topology.green.name()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the script's directory");
+        let script = format!(
+            r#"#!/bin/sh
+dir={dir}
+action=$1
+echo "$action $BLUEGREEN_COLOR" >> $dir/marker
+if [ -e $dir/hang ]; then echo $$ >> $dir/hung; sleep 60; fi
+[ -e $dir/fail ] && exit 1
+if [ "$BLUEGREEN_COLOR" = green ]; then
+  case $action in
+    start) nsenter --net={green} {backend} {port} green 120 >/dev/null 2>&1 &
+           echo $! > $dir/green.pid ;;
+    stop) [ -e $dir/green.pid ] && kill $(cat $dir/green.pid); rm -f $dir/green.pid ;;
+  esac
+fi
+exit 0
+"#,
+            dir = dir.display(),
+            green = fixture.topology.green.path().display(),
+            backend = env!("CARGO_BIN_EXE_backend"),
+            port = BACKEND_PORT,
+        );
+        let path = dir.join("lifecycle.sh");
+        std::fs::write(&path, script).expect("write the script");
+        std::process::Command::new("chmod")
+            .args(["+x", path.to_str().expect("utf-8")])
+            .status()
+            .expect("chmod the script");
+        Script { dir }
+    }
+
+    /// The `[service.lifecycle]` table that runs it.
+    fn table(&self, extra: &str) -> String {
+        let script = self.dir.join("lifecycle.sh");
+        format!(
+            "\n[service.lifecycle]\nstart = [\"{0}\", \"start\"]\nstop = [\"{0}\", \"stop\"]\nready_timeout_secs = 10\n{extra}",
+            script.display()
+        )
+    }
+
+    /// What the script did, one `ACTION COLOR` per line.
+    fn actions(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("marker"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn set(&self, flag: &str, on: bool) {
+        let path = self.dir.join(flag);
+        if on {
+            std::fs::write(path, "").expect("set the script's flag");
+        } else {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    fn green_runs(&self) -> bool {
+        std::fs::read_to_string(self.dir.join("green.pid"))
+            .ok()
+            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{}", pid.trim())).exists())
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        for file in ["green.pid", "hung"] {
+            let pids = std::fs::read_to_string(self.dir.join(file)).unwrap_or_default();
+            for pid in pids
+                .lines()
+                .filter_map(|pid| pid.trim().parse::<i32>().ok())
+            {
+                // SAFETY: kill has no memory preconditions; these are
+                // processes this test's script started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One second of closing time, so that a closed connection stops counting
+/// as a live flow soon.
+const DATAPLANE: &str = "[dataplane]\ntcp_closing_timeout_secs = 1\n\n";
+
+fn lifecycle_of(fixture: &Fixture, color: &str) -> serde_json::Value {
+    fixture.service_status()[color]["lifecycle"].clone()
+}
+
+fn wait_until(what: &str, within: Duration, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_switch_to_a_stopped_color_is_refused_unless_it_starts_it_with_no_failed_request() {
+    let fixture = Fixture::blue_only();
+    let script = Script::new(&fixture);
+    let config = fixture.write_config(&config_text(DATAPLANE, &script.table("")));
+    fixture.up_with_config(&config);
+    fixture.bluegreen.ok(&["stop", "green"]);
+    assert_eq!(lifecycle_of(&fixture, "green")["state"], "stopped");
+
+    let run = fixture.bluegreen.run(&["switch", "green"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("green is stopped since")
+            && run.stderr.contains("bluegreen start green --service web"),
+        "{}",
+        run.stderr
+    );
+
+    let load = fixture.load(2, 100_000, Duration::from_secs(60));
+    let started = Instant::now();
+    let switched = fixture.bluegreen.ok(&["switch", "green", "--start"]);
+    let took = started.elapsed();
+    assert!(switched.contains("green started in"), "{switched}");
+    assert!(
+        script.green_runs(),
+        "the start command started green's backend"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let report = load.finish(true);
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(
+        report
+            .served_by
+            .get("green")
+            .is_some_and(|count| *count > 0),
+        "{report:?}"
+    );
+    assert_eq!(fixture.get(), "green");
+    assert_eq!(script.actions(), ["stop green", "start green"]);
+    let green = lifecycle_of(&fixture, "green");
+    assert_eq!(
+        (green["state"].as_str(), green["starts"].as_u64()),
+        (Some("running"), Some(1)),
+        "{green}"
+    );
+    assert!(took < Duration::from_secs(15), "{took:?}");
+}
+
+#[test]
+fn the_daemon_stops_the_idle_color_only_after_its_window_and_its_drain() {
+    let fixture = Fixture::blue_only();
+    let script = Script::new(&fixture);
+    let config = fixture.write_config(&config_text(
+        DATAPLANE,
+        &script.table("scale_down_after_secs = 3\n"),
+    ));
+    fixture.up_with_config(&config);
+    fixture.bluegreen.ok(&["stop", "green"]);
+    fixture.bluegreen.ok(&["start", "green"]);
+    let _daemon = fixture.start_daemon(&config, &[]);
+
+    // An open connection on blue holds its stop up past the window.
+    let mut kept = fixture.keep_alive();
+    assert_eq!(kept.get().expect("first request"), "blue");
+    let switched_at = Instant::now();
+    fixture.bluegreen.ok(&["switch", "green"]);
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        !script.actions().contains(&"stop blue".to_owned()),
+        "{:?}",
+        script.actions()
+    );
+    let status = fixture.service_status();
+    assert_eq!(status["blue"]["lifecycle"]["state"], "draining", "{status}");
+    assert_eq!(status["next_action"]["action"], "stop_after", "{status}");
+    assert_eq!(kept.get().expect("the kept connection still works"), "blue");
+
+    drop(kept);
+    wait_until("blue stopped once drained", Duration::from_secs(15), || {
+        lifecycle_of(&fixture, "blue")["state"] == "stopped"
+    });
+    assert!(switched_at.elapsed() >= Duration::from_secs(5));
+    assert_eq!(
+        script.actions().last().map(String::as_str),
+        Some("stop blue")
+    );
+
+    // After the window, a rollback needs blue started again.
+    let run = fixture.bluegreen.run(&["rollback"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("blue is stopped since"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(fixture.get(), "green");
+    let rolled_back = fixture.bluegreen.ok(&["rollback", "--start"]);
+    assert!(rolled_back.contains("blue started in"), "{rolled_back}");
+    assert_eq!(fixture.get(), "blue");
+
+    // A held green stays up past its window; released, it is stopped.
+    let rolled_back_at = Instant::now();
+    fixture.bluegreen.ok(&["hold", "green"]);
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(script.green_runs(), "held: {:?}", script.actions());
+    assert_eq!(lifecycle_of(&fixture, "green")["held"], true);
+    fixture.bluegreen.ok(&["release", "green"]);
+    wait_until(
+        "green stopped once released",
+        Duration::from_secs(10),
+        || !script.green_runs() && lifecycle_of(&fixture, "green")["state"] == "stopped",
+    );
+    assert!(rolled_back_at.elapsed() >= Duration::from_secs(3));
+    assert_eq!(fixture.get(), "blue");
+}
+
+#[test]
+fn a_start_that_fails_or_hangs_leaves_traffic_where_it_was() {
+    let fixture = Fixture::blue_only();
+    let script = Script::new(&fixture);
+    let config = fixture.write_config(&config_text(
+        DATAPLANE,
+        &script.table("start_timeout_secs = 1\n"),
+    ));
+    fixture.up_with_config(&config);
+    fixture.bluegreen.ok(&["stop", "green"]);
+
+    script.set("fail", true);
+    let run = fixture.bluegreen.run(&["switch", "green", "--start"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("start of green failed") && run.stderr.contains("exit status 1"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(fixture.get(), "blue");
+    let green = lifecycle_of(&fixture, "green");
+    assert_eq!(green["state"], "stopped", "{green}");
+    assert!(
+        green["last_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("exit status 1")),
+        "{green}"
+    );
+
+    script.set("fail", false);
+    script.set("hang", true);
+    let started = Instant::now();
+    let run = fixture.bluegreen.run(&["switch", "green", "--start"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("killed at its 1 s timeout"),
+        "{}",
+        run.stderr
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(fixture.get(), "blue");
+    assert_eq!(fixture.bluegreen.active(), "blue");
+}
+
+#[test]
+fn a_stop_interrupted_by_a_crash_of_the_daemon_is_resumed() {
+    let fixture = Fixture::blue_only();
+    let script = Script::new(&fixture);
+    let config = fixture.write_config(&config_text(
+        DATAPLANE,
+        &script.table("scale_down_after_secs = 1\nstop_timeout_secs = 120\n"),
+    ));
+    fixture.up_with_config(&config);
+    fixture.bluegreen.ok(&["stop", "green"]);
+    fixture.bluegreen.ok(&["switch", "green", "--start"]);
+
+    script.set("hang", true);
+    let daemon = fixture.start_daemon(&config, &[]);
+    wait_until("the daemon stopping blue", Duration::from_secs(15), || {
+        lifecycle_of(&fixture, "blue")["state"] == "stopping"
+    });
+    daemon.kill();
+    script.set("hang", false);
+
+    let _daemon = fixture.start_daemon(&config, &[]);
+    wait_until("blue's stop resumed", Duration::from_secs(15), || {
+        lifecycle_of(&fixture, "blue")["state"] == "stopped"
+    });
+    let stops = script
+        .actions()
+        .iter()
+        .filter(|action| *action == "stop blue")
+        .count();
+    assert_eq!(stops, 2, "{:?}", script.actions());
+    assert_eq!(fixture.get(), "green");
+}
