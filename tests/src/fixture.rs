@@ -126,16 +126,6 @@ impl Fixture {
         self.green = Some(Backend::start(&self.topology.green, BACKEND_PORT, "green"));
     }
 
-    /// What both backends (green while it runs) answer at `/metrics`.
-    pub fn set_backend_metrics(&self, text: &str) {
-        for backend in [Some(&self.blue), self.green.as_ref()]
-            .into_iter()
-            .flatten()
-        {
-            backend.set_metrics(text);
-        }
-    }
-
     /// The standard backend of `color`, to read what it was asked; `None`
     /// for green while it is stopped.
     pub fn backend(&self, color: &str) -> Option<&Backend> {

@@ -1,9 +1,10 @@
 //! Model servers' metrics whose values a test controls: each backend
 //! serves a steady stream of synthetic requests (20 every 50 ms) at a
 //! latency and an error share the test sets, and exports what vLLM would:
-//! a time-to-first-token histogram and request counters by status class.
-//! The figures grow as a real server's do, so a window's difference is
-//! what was served in it.
+//! a time-to-first-token histogram, request counters by status class, and
+//! its queue (always empty: every request is served within its tick). The
+//! figures grow as a real server's do, so a window's difference is what
+//! was served in it.
 
 use std::{
     fmt::Write as _,
@@ -83,7 +84,9 @@ impl Served {
              vllm:time_to_first_token_seconds_count{{{labels}}} {total}\n\
              # TYPE http_requests_total counter\n\
              http_requests_total{{handler=\"/v1/completions\",method=\"POST\",status=\"2xx\"}} {}\n\
-             http_requests_total{{handler=\"/v1/completions\",method=\"POST\",status=\"5xx\"}} {}",
+             http_requests_total{{handler=\"/v1/completions\",method=\"POST\",status=\"5xx\"}} {}\n\
+             # TYPE vllm:num_requests_waiting gauge\n\
+             vllm:num_requests_waiting{{{labels}}} 0",
             self.sum, self.ok, self.errors
         );
         text

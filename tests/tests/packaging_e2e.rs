@@ -12,6 +12,7 @@ use std::{
 use bluegreen_testbed::{
     fixture::{Fixture, config_text},
     metrics::{METRICS, scrape_text},
+    model::{ModelMetrics, Profile},
 };
 
 const DASHBOARD: &str = "grafana/bluegreen.json";
@@ -93,9 +94,11 @@ fn referenced_metrics(text: &str) -> BTreeSet<String> {
 }
 
 /// The names of the series a daemon serves once every family has samples:
-/// health checks and load on, an operator switch to green, then green dies
-/// and the daemon rolls back (switches, rollbacks and the switch time exist
-/// only after that; green's load scrapes fail from then on).
+/// health checks, load and a metric analysis on, an operator switch to
+/// green (which the analysis gates), then green dies and the daemon rolls
+/// back (switches, rollbacks and the switch time exist only after that;
+/// green's load scrapes fail from then on). The analysis families exist
+/// once the daemon has measured the active color.
 fn served_metrics() -> BTreeSet<String> {
     // Probes get the whole interval: a slow answer on a loaded machine must
     // not fail blue, or there is no rollback. Dead green is refused at once.
@@ -104,12 +107,14 @@ fn served_metrics() -> BTreeSet<String> {
     let config = fixture.write_config(&config_text(
         "",
         &format!(
-            "\n[service.health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = {interval_ms}\ntimeout_ms = {interval_ms}\nhealthy_threshold = 1\nunhealthy_threshold = 2\n\n[service.auto_rollback]\nwindow_secs = 60\n\n[service.load]\ninterval_ms = 200\n"
+            "\n[service.health]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = {interval_ms}\ntimeout_ms = {interval_ms}\nhealthy_threshold = 1\nunhealthy_threshold = 2\n\n[service.auto_rollback]\nwindow_secs = 60\n\n[service.load]\ninterval_ms = 200\n\n[[service.analysis]]\nname = \"ttft-p95\"\nsource = \"backends\"\nkind = \"quantile\"\nmax_ratio = 1.5\nwindow_secs = 1\ninterval_secs = 1\n"
         ),
     ));
-    fixture.set_backend_metrics(
-        "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting 0\n",
-    );
+    // Both colors serve alike, so the gate lets the switch through.
+    let writers = ["blue", "green"]
+        .map(|color| fixture.backend(color).expect("both run").metrics_writer())
+        .to_vec();
+    let _model = ModelMetrics::start(writers, Profile::new(0.15, 0));
     let _daemon = fixture.start_daemon(&config, &[&format!("--metrics={METRICS}")]);
     fixture.bluegreen.ok(&["switch", "green"]);
     // Let the daemon see the switch, and green healthy, before it dies.
@@ -122,12 +127,13 @@ fn served_metrics() -> BTreeSet<String> {
         let text = scrape_text(&fixture);
         if text.contains("\nbluegreen_rollbacks_total{")
             && text.contains("\nbluegreen_backend_load_scrape_errors_total{")
+            && text.contains("\nbluegreen_analysis_value{")
         {
             break text;
         }
         assert!(
             died.elapsed() < Duration::from_secs(10),
-            "no rollback counted within 10 s:\n{text}"
+            "no rollback counted or no analysis measured within 10 s:\n{text}"
         );
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -178,7 +184,7 @@ fn every_dashboard_query_is_promql_on_the_data_source_variable() {
         .iter()
         .map(|variable| variable["name"].as_str().expect("variable name"))
         .collect();
-    for name in ["datasource", "service", "interface"] {
+    for name in ["datasource", "service", "interface", "analysis"] {
         assert!(names.contains(&name), "no ${name} in {names:?}");
     }
     let panels = dashboard["panels"].as_array().expect("panels");
@@ -217,7 +223,8 @@ fn every_dashboard_query_is_promql_on_the_data_source_variable() {
             .replace("$__rate_interval", "1m")
             .replace("$instance", ".*")
             .replace("$service", ".*")
-            .replace("$interface", ".*");
+            .replace("$interface", ".*")
+            .replace("$analysis", ".*");
         // A JSON string is a YAML double-quoted scalar.
         let quoted = serde_json::to_string(&expr).expect("a string serializes");
         rules += &format!("      - record: dashboard_query_{index}\n        expr: {quoted}\n");
