@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bluegreen_testbed::fixture::{BACKEND_PORT, Fixture, config_text};
+use bluegreen_testbed::{
+    fixture::{BACKEND_PORT, Fixture, config_text},
+    metrics::{METRICS, scrape, wait_for_endpoint},
+};
 
 /// The files one test's lifecycle script works with, removed (and the
 /// processes it started killed, by the pids it recorded) on drop.
@@ -190,7 +193,8 @@ fn the_daemon_stops_the_idle_color_only_after_its_window_and_its_drain() {
     fixture.up_with_config(&config);
     fixture.bluegreen.ok(&["stop", "green"]);
     fixture.bluegreen.ok(&["start", "green"]);
-    let _daemon = fixture.start_daemon(&config, &[]);
+    let _daemon = fixture.start_daemon(&config, &[&format!("--metrics={METRICS}")]);
+    wait_for_endpoint(&fixture);
 
     // An open connection on blue holds its stop up past the window.
     let mut kept = fixture.keep_alive();

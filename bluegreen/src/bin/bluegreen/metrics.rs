@@ -314,12 +314,70 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
                 .set(i64::from(*refused));
         }
     }
+    register_lifecycles(&mut registry, status);
     if !observations.analyses.is_empty() {
         register_analyses(&mut registry, observations);
     }
     let mut body = String::new();
     encode(&mut body, &registry).expect("writing to a String cannot fail");
     body
+}
+
+/// Each color's lifecycle, for services with `[service.lifecycle]`: its
+/// state (every state's series, 1 for the current one, so a change shows
+/// as one going to 0), and its starts, stops and failures.
+fn register_lifecycles(registry: &mut Registry, status: &StatusReport) {
+    let colors: Vec<_> = status
+        .interfaces
+        .iter()
+        .flat_map(|interface| &interface.services)
+        .flat_map(|service| {
+            Color::BOTH.into_iter().filter_map(move |color| {
+                service
+                    .color(color)
+                    .lifecycle
+                    .as_ref()
+                    .map(|lifecycle| (&service.name, color, lifecycle))
+            })
+        })
+        .collect();
+    if colors.is_empty() {
+        return;
+    }
+    let state = gauge_family(
+        registry,
+        "bluegreen_lifecycle_state",
+        "1 for the lifecycle state a color is in ([service.lifecycle]): running, starting, draining, stopping, stopped",
+    );
+    let actions = counter_family(
+        registry,
+        "bluegreen_lifecycle_actions",
+        "Starts and stops of a color by bluegreen, and those that failed (action: start, stop, failed)",
+    );
+    for (service, color, lifecycle) in colors {
+        for name in ["running", "starting", "draining", "stopping", "stopped"] {
+            state
+                .get_or_create(&vec![
+                    ("service", service.clone()),
+                    ("color", color.to_string()),
+                    ("state", name.to_owned()),
+                ])
+                .set(i64::from(lifecycle.state == name));
+        }
+        for (action, count) in [
+            ("start", lifecycle.starts),
+            ("stop", lifecycle.stops),
+            ("failed", lifecycle.failures),
+        ] {
+            actions
+                .get_or_create(&vec![
+                    ("service", service.clone()),
+                    ("color", color.to_string()),
+                    ("action", action.to_owned()),
+                ])
+                .inc_by(count);
+        }
+    }
 }
 
 /// Each analysis's last measurement: the figures of both colors it
