@@ -701,3 +701,43 @@ fn a_host_whose_release_gate_fails_refuses_and_the_undo_runs_no_gate() {
         "h1 gated green once, as the daemon's child, and went back to blue ungated"
     );
 }
+
+/// Each host scales its own idle color down after a fleet switch, by the
+/// rules of one host, and `fleet status` shows where each color is.
+#[test]
+fn each_host_scales_its_idle_color_down_and_fleet_status_shows_it() {
+    let mut bed = FleetBed::new(2);
+    let marker =
+        Marker(std::env::temp_dir().join(format!("bg-fleet-lifecycle-{}", std::process::id())));
+    for host in &bed.hosts {
+        host.add_service_tables(&format!(
+            "\n[service.lifecycle]\nstart = [\"/bin/sh\", \"-c\", \"echo start $BLUEGREEN_COLOR >> {0}\"]\nstop = [\"/bin/sh\", \"-c\", \"echo {1} stop $BLUEGREEN_COLOR >> {0}\"]\nscale_down_after_secs = 1\n",
+            marker.0.display(),
+            host.name
+        ));
+    }
+    bed.start();
+    let run = bed.fleet(&["switch", "green", "--timeout", TIMEOUT]);
+    assert_eq!(run.code, 0, "{run:?}");
+    wait_status(&bed, "blue stopped on every host", |status| {
+        status["hosts"].as_array().is_some_and(|hosts| {
+            hosts.len() == 2
+                && hosts.iter().all(|host| {
+                    host["services"]["web"]["lifecycle"]
+                        == serde_json::json!({"blue": "stopped", "green": "running"})
+                })
+        })
+    });
+    let mut stops: Vec<String> = std::fs::read_to_string(&marker.0)
+        .expect("the stop commands ran")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    stops.sort();
+    assert_eq!(stops, ["h1 stop blue", "h2 stop blue"]);
+    let table = bed.fleet(&["status"]);
+    assert!(table.stdout.contains("stopped"), "{}", table.stdout);
+    for host in &bed.hosts {
+        assert_eq!(host.get(), "green", "{}", host.name);
+    }
+}

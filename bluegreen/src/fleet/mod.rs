@@ -38,6 +38,7 @@ use crate::{
     error::Result,
     health::Health,
     host::{Host, SwitchOptions, SwitchOutcome, SwitchTarget},
+    lifecycle::Phase,
 };
 
 /// Version of the JSON documents under `PREFIX/v1/` and of
@@ -374,6 +375,16 @@ pub struct AppliedService {
     /// emergency `switch --local-override`, or the daemon's automatic
     /// rollback.
     pub drift: Option<String>,
+    /// Each color's lifecycle phase, for a service with
+    /// `[service.lifecycle]` (older records have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<ColorPhases>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColorPhases {
+    pub blue: Phase,
+    pub green: Phase,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -34,6 +34,7 @@ fn record(host: &str, services: &[(&str, Color, u8, i64, Option<&str>)]) -> Host
                         health: ColorHealth::default(),
                         last_error: refused.map(str::to_owned),
                         drift: None,
+                        lifecycle: None,
                     },
                 )
             })

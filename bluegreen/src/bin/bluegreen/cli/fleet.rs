@@ -19,6 +19,7 @@ use bluegreen::{
         describe,
     },
     health::Health,
+    lifecycle::Phase,
 };
 use serde_json::json;
 
@@ -478,12 +479,19 @@ async fn status(args: FleetStatusArgs) -> anyhow::Result<ExitCode> {
                 .clone()
                 .or_else(|| applied.last_error.clone())
                 .unwrap_or_else(|| "-".to_owned());
+            // Health, and where the color is in its lifecycle when
+            // bluegreen starts and stops it.
+            let color = |health_of: Health, phase: Option<Phase>| match phase {
+                Some(phase) => format!("{}, {phase}", health(health_of)),
+                None => health(health_of),
+            };
+            let phases = applied.lifecycle;
             rows.push([
                 record.host.clone(),
                 name.clone(),
                 describe(applied.active, applied.idle_share),
-                health(applied.health.blue),
-                health(applied.health.green),
+                color(applied.health.blue, phases.map(|phases| phases.blue)),
+                color(applied.health.green, phases.map(|phases| phases.green)),
                 (revision_of(name) - applied.revision).max(0).to_string(),
                 error,
             ]);

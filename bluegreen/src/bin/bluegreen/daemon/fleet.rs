@@ -21,8 +21,8 @@ use bluegreen::{
     config::FleetConfig,
     endpoint::Color,
     fleet::{
-        self, AppliedService, ColorHealth, Conflict, DesiredState, FLEET_SCHEMA_VERSION,
-        HostRecord,
+        self, AppliedService, ColorHealth, ColorPhases, Conflict, DesiredState,
+        FLEET_SCHEMA_VERSION, HostRecord,
         client::{Desired, FleetClient},
         describe,
     },
@@ -111,6 +111,7 @@ pub(super) async fn start(
                 health: ColorHealth::default(),
                 last_error: None,
                 drift: None,
+                lifecycle: None,
             };
             (
                 name,
@@ -372,6 +373,18 @@ impl Agent {
                 tokio::task::spawn_blocking(move || host.service_view(Some(&name))).await
             };
             let Ok(Ok(view)) = view else { continue };
+            let lifecycle = if view.record.spec.lifecycle.is_some() {
+                let (host, name) = (self.host.clone(), name.clone());
+                match tokio::task::spawn_blocking(move || host.lifecycle(Some(&name))).await {
+                    Ok(Ok((_, record))) => Some(ColorPhases {
+                        blue: record.blue.phase,
+                        green: record.green.phase,
+                    }),
+                    _ => tracked.applied.lifecycle,
+                }
+            } else {
+                None
+            };
             let health = {
                 let observations = self.observations.lock().expect("observations lock");
                 let of = |color| {
@@ -395,8 +408,9 @@ impl Agent {
                 applied.idle_share,
                 applied.health,
                 &applied.drift,
+                applied.lifecycle,
             );
-            if before != (view.active, view.record.weight, health, &drift) {
+            if before != (view.active, view.record.weight, health, &drift, lifecycle) {
                 if drift.is_some() && applied.drift.is_none() {
                     log::warn!("fleet: {name}: {}", drift.as_deref().unwrap_or_default());
                 }
@@ -404,6 +418,7 @@ impl Agent {
                 applied.idle_share = view.record.weight;
                 applied.health = health;
                 applied.drift = drift;
+                applied.lifecycle = lifecycle;
                 changed = true;
             }
         }
