@@ -140,7 +140,17 @@ fn a_switch_to_a_stopped_color_is_refused_unless_it_starts_it_with_no_failed_req
     let script = Script::new(&fixture);
     let config = fixture.write_config(&config_text(DATAPLANE, &script.table("")));
     fixture.up_with_config(&config);
+    // Running as far as bluegreen knows, but nothing answers: a start runs
+    // the command.
+    assert_eq!(lifecycle_of(&fixture, "green")["state"], "running");
+    let started = fixture.bluegreen.ok(&["start", "green"]);
+    assert!(started.contains("green started in"), "{started}");
+    assert!(script.green_runs());
     fixture.bluegreen.ok(&["stop", "green"]);
+    assert!(
+        !script.green_runs(),
+        "the stop command killed green's backend"
+    );
     assert_eq!(lifecycle_of(&fixture, "green")["state"], "stopped");
 
     let run = fixture.bluegreen.run(&["switch", "green"]);
@@ -172,11 +182,14 @@ fn a_switch_to_a_stopped_color_is_refused_unless_it_starts_it_with_no_failed_req
         "{report:?}"
     );
     assert_eq!(fixture.get(), "green");
-    assert_eq!(script.actions(), ["stop green", "start green"]);
+    assert_eq!(
+        script.actions(),
+        ["start green", "stop green", "start green"]
+    );
     let green = lifecycle_of(&fixture, "green");
     assert_eq!(
         (green["state"].as_str(), green["starts"].as_u64()),
-        (Some("running"), Some(1)),
+        (Some("running"), Some(2)),
         "{green}"
     );
     assert!(took < Duration::from_secs(15), "{took:?}");

@@ -122,14 +122,11 @@ impl Host {
         })
     }
 
-    /// Marks (`Some`: this process) or clears the switch in progress to
-    /// `color`, so that the daemon does not stop it while the release
-    /// gates run. Fails when `color` is not running.
+    /// Marks (this process) or clears the switch in progress to `color`
+    /// of a service with a lifecycle, so that the daemon does not stop it
+    /// while the release gates run. Fails when `color` is not running.
     pub(super) fn mark_switching(&self, service: &str, color: Color, on: bool) -> Result<()> {
         self.change_lifecycle(Some(service), |open, record| {
-            if open.record().spec.lifecycle.is_none() {
-                return Ok(());
-            }
             if on {
                 self.require_running(open, color)?;
             }
@@ -141,9 +138,10 @@ impl Host {
     /// Starts `color` with the service's start command, then waits until
     /// every backend of the color that takes new flows passes the health
     /// check (a TCP connect without one), telling `waiting` which are not
-    /// ready yet and why. A color already running is left alone. On any
-    /// failure the color is recorded stopped, with why: traffic never
-    /// moved, and the next start runs the command again.
+    /// ready yet and why. A color recorded running whose backends answer
+    /// is left alone. On any failure the color is recorded stopped, with
+    /// why: traffic never moved, and the next start runs the command
+    /// again.
     pub fn start_color(
         &self,
         service: Option<&str>,
@@ -165,7 +163,9 @@ impl Host {
                         ),
                     });
                 }
-                Phase::Running => return Ok((name, None)),
+                // Up as far as bluegreen knows: started only if a backend
+                // does not answer (it was never started, or died).
+                Phase::Running if ready_now(open, color) => return Ok((name, None)),
                 _ => {}
             }
             *lifecycle = ColorLifecycle {
@@ -466,6 +466,14 @@ impl Host {
             idle_flows,
         })
     }
+}
+
+/// Whether every backend of `color` that takes new flows passes the
+/// admission check now (a UDP service without a health check has none to
+/// pass).
+fn ready_now(open: &OpenService, color: Color) -> bool {
+    open.admission_check()
+        .is_none_or(|(check, _)| check.probe_pool(&open.pool(color).serving()).is_ok())
 }
 
 /// Polls `backends` with `check` (a TCP connect without one) until every

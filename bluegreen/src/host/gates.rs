@@ -67,13 +67,17 @@ impl Host {
         // Marked while the gates run, so that the daemon does not stop
         // the color under them; a color not running is refused at once.
         let name = open.name().to_owned();
-        drop(open);
-        self.mark_switching(&name, to, true)?;
-        let report = self.run_gates(self.open_service(Some(&name), Lock::None)?, to);
-        if let Err(error) = self.mark_switching(&name, to, false) {
-            log::warn!("{name}: cannot clear the switch in progress to {to}: {error}");
-        }
-        let report = report?;
+        let report = if open.record().spec.lifecycle.is_some() {
+            drop(open);
+            self.mark_switching(&name, to, true)?;
+            let report = self.run_gates(self.open_service(Some(&name), Lock::None)?, to);
+            if let Err(error) = self.mark_switching(&name, to, false) {
+                log::warn!("{name}: cannot clear the switch in progress to {to}: {error}");
+            }
+            report?
+        } else {
+            self.run_gates(open, to)?
+        };
         if let Some(failed) = report.failure() {
             return Err(Error::GateFailed {
                 service: report.service.clone(),

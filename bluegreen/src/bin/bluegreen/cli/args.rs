@@ -112,9 +112,9 @@ in; BLUEGREEN_SERVICE, BLUEGREEN_COLOR and BLUEGREEN_BACKENDS in its environment
 at start_timeout_secs), then waits until every backend of the color passes the health
 check (a TCP connect without one), showing which are still loading, for at most
 ready_timeout_secs. Then runs the release gates as `verify` does. Traffic never moves;
-a failure records the color stopped with why. A running color is left alone. The color
-gets a new scale-down window from now. `switch --start` and `rollback --start` do this
-first.")]
+a failure records the color stopped with why. A color recorded running whose backends
+answer is left alone. A started color gets a new scale-down window from now.
+`switch --start` and `rollback --start` do this first.")]
     Start(LifecycleArgs),
     /// Stop the idle color now, as the daemon's scale-down would.
     #[command(after_help = "Examples:
