@@ -340,3 +340,38 @@ fn a_stop_interrupted_by_a_crash_of_the_daemon_is_resumed() {
     assert_eq!(stops, 2, "{:?}", script.actions());
     assert_eq!(fixture.get(), "green");
 }
+
+#[test]
+fn a_rollback_inside_the_window_is_instant_and_starts_nothing() {
+    let fixture = Fixture::blue_only();
+    let script = Script::new(&fixture);
+    let config = fixture.write_config(&config_text(
+        DATAPLANE,
+        &script.table("scale_down_after_secs = 30\n"),
+    ));
+    fixture.up_with_config(&config);
+    fixture.bluegreen.ok(&["start", "green"]);
+    let _daemon = fixture.start_daemon(&config, &[]);
+    fixture.bluegreen.ok(&["switch", "green"]);
+    assert_eq!(fixture.get(), "green");
+    let next = &fixture.service_status()["next_action"];
+    assert_eq!(
+        (next["action"].as_str(), next["color"].as_str()),
+        (Some("stop_at"), Some("blue")),
+        "{next}"
+    );
+
+    let started = Instant::now();
+    fixture.bluegreen.ok(&["rollback"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(fixture.get(), "blue");
+    assert_eq!(
+        script.actions(),
+        ["start green"],
+        "nothing stopped or started"
+    );
+}
