@@ -234,6 +234,27 @@ fn the_daemon_stops_the_idle_color_only_after_its_window_and_its_drain() {
         script.actions().last().map(String::as_str),
         Some("stop blue")
     );
+    let metrics = scrape(&fixture);
+    for (series, value) in [
+        (
+            "bluegreen_lifecycle_state{service=\"web\",color=\"blue\",state=\"stopped\"}",
+            1.0,
+        ),
+        (
+            "bluegreen_lifecycle_state{service=\"web\",color=\"blue\",state=\"running\"}",
+            0.0,
+        ),
+        (
+            "bluegreen_lifecycle_actions_total{service=\"web\",color=\"blue\",action=\"stop\"}",
+            1.0,
+        ),
+        (
+            "bluegreen_lifecycle_actions_total{service=\"web\",color=\"green\",action=\"start\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(metrics.get(series), Some(&value), "{series}: {metrics:?}");
+    }
 
     // After the window, a rollback needs blue started again.
     let run = fixture.bluegreen.run(&["rollback"]);
