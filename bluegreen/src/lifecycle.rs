@@ -9,7 +9,7 @@ use std::{fmt, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::endpoint::Color;
+use crate::{endpoint::Color, verify::validate_argv};
 
 /// `[service.lifecycle]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,20 +35,8 @@ impl Lifecycle {
     pub const DEFAULT_STOP_TIMEOUT_SECS: u64 = 120;
 
     pub fn validate(&self) -> Result<(), String> {
-        for (name, argv) in [("start", &self.start), ("stop", &self.stop)] {
-            match argv.first() {
-                None => return Err(format!("{name} is empty: give a program and its arguments")),
-                Some(program) if program.is_empty() => {
-                    return Err(format!("{name} has an empty program name"));
-                }
-                Some(_) => {}
-            }
-            if argv.iter().any(|arg| arg.contains('\0')) {
-                return Err(format!(
-                    "{name} has a NUL byte, which no argument can carry"
-                ));
-            }
-        }
+        validate_argv("start", &self.start)?;
+        validate_argv("stop", &self.stop)?;
         for (name, secs) in [
             ("start_timeout_secs", self.start_timeout_secs),
             ("ready_timeout_secs", self.ready_timeout_secs),

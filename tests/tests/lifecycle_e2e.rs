@@ -122,6 +122,17 @@ impl Drop for Script {
 /// as a live flow soon.
 const DATAPLANE: &str = "[dataplane]\ntcp_closing_timeout_secs = 1\n\n";
 
+/// Blue's backend running in the test, green's not started, and service
+/// "web" up with the script's lifecycle and `settings` (TOML lines); the
+/// config's path too, for a daemon.
+fn up_with_lifecycle(settings: &str) -> (Fixture, Script, String) {
+    let fixture = Fixture::blue_only();
+    let script = Script::new(&fixture);
+    let config = fixture.write_config(&config_text(DATAPLANE, &script.table(settings)));
+    fixture.up_with_config(&config);
+    (fixture, script, config)
+}
+
 fn lifecycle_of(fixture: &Fixture, color: &str) -> serde_json::Value {
     fixture.service_status()[color]["lifecycle"].clone()
 }
@@ -136,10 +147,7 @@ fn wait_until(what: &str, within: Duration, condition: impl Fn() -> bool) {
 
 #[test]
 fn a_switch_to_a_stopped_color_is_refused_unless_it_starts_it_with_no_failed_request() {
-    let fixture = Fixture::blue_only();
-    let script = Script::new(&fixture);
-    let config = fixture.write_config(&config_text(DATAPLANE, &script.table("")));
-    fixture.up_with_config(&config);
+    let (fixture, script, _) = up_with_lifecycle("");
     // Running as far as bluegreen knows, but nothing answers: a start runs
     // the command.
     assert_eq!(lifecycle_of(&fixture, "green")["state"], "running");
@@ -197,13 +205,7 @@ fn a_switch_to_a_stopped_color_is_refused_unless_it_starts_it_with_no_failed_req
 
 #[test]
 fn the_daemon_stops_the_idle_color_only_after_its_window_and_its_drain() {
-    let fixture = Fixture::blue_only();
-    let script = Script::new(&fixture);
-    let config = fixture.write_config(&config_text(
-        DATAPLANE,
-        &script.table("scale_down_after_secs = 3\n"),
-    ));
-    fixture.up_with_config(&config);
+    let (fixture, script, config) = up_with_lifecycle("scale_down_after_secs = 3\n");
     fixture.bluegreen.ok(&["stop", "green"]);
     fixture.bluegreen.ok(&["start", "green"]);
     let _daemon = fixture.start_daemon(&config, &[&format!("--metrics={METRICS}")]);
@@ -287,13 +289,7 @@ fn the_daemon_stops_the_idle_color_only_after_its_window_and_its_drain() {
 
 #[test]
 fn a_start_that_fails_or_hangs_leaves_traffic_where_it_was() {
-    let fixture = Fixture::blue_only();
-    let script = Script::new(&fixture);
-    let config = fixture.write_config(&config_text(
-        DATAPLANE,
-        &script.table("start_timeout_secs = 1\n"),
-    ));
-    fixture.up_with_config(&config);
+    let (fixture, script, _) = up_with_lifecycle("start_timeout_secs = 1\n");
     fixture.bluegreen.ok(&["stop", "green"]);
 
     script.set("fail", true);
@@ -331,13 +327,8 @@ fn a_start_that_fails_or_hangs_leaves_traffic_where_it_was() {
 
 #[test]
 fn a_stop_interrupted_by_a_crash_of_the_daemon_is_resumed() {
-    let fixture = Fixture::blue_only();
-    let script = Script::new(&fixture);
-    let config = fixture.write_config(&config_text(
-        DATAPLANE,
-        &script.table("scale_down_after_secs = 1\nstop_timeout_secs = 120\n"),
-    ));
-    fixture.up_with_config(&config);
+    let (fixture, script, config) =
+        up_with_lifecycle("scale_down_after_secs = 1\nstop_timeout_secs = 120\n");
     fixture.bluegreen.ok(&["stop", "green"]);
     fixture.bluegreen.ok(&["switch", "green", "--start"]);
 
@@ -364,13 +355,7 @@ fn a_stop_interrupted_by_a_crash_of_the_daemon_is_resumed() {
 
 #[test]
 fn a_rollback_inside_the_window_is_instant_and_starts_nothing() {
-    let fixture = Fixture::blue_only();
-    let script = Script::new(&fixture);
-    let config = fixture.write_config(&config_text(
-        DATAPLANE,
-        &script.table("scale_down_after_secs = 30\n"),
-    ));
-    fixture.up_with_config(&config);
+    let (fixture, script, config) = up_with_lifecycle("scale_down_after_secs = 30\n");
     fixture.bluegreen.ok(&["start", "green"]);
     let _daemon = fixture.start_daemon(&config, &[]);
     fixture.bluegreen.ok(&["switch", "green"]);

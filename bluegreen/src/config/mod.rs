@@ -92,6 +92,31 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
+    /// A service with nothing optional configured, blue active at first.
+    pub fn new(
+        name: String,
+        vip: SocketAddr,
+        proto: Proto,
+        blue: PoolSpec,
+        green: PoolSpec,
+    ) -> ServiceSpec {
+        ServiceSpec {
+            name,
+            vip,
+            proto,
+            blue,
+            green,
+            active: Color::Blue,
+            health: None,
+            auto_rollback: None,
+            load: None,
+            verify: None,
+            warmup: None,
+            analysis: Vec::new(),
+            lifecycle: None,
+        }
+    }
+
     pub fn backends(&self, color: Color) -> &PoolSpec {
         match color {
             Color::Blue => &self.blue,

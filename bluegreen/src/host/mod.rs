@@ -398,25 +398,17 @@ mod tests {
             services: names
                 .iter()
                 .map(|name| ServiceRecord {
-                    spec: ServiceSpec {
-                        name: if name.is_empty() {
+                    spec: ServiceSpec::new(
+                        if name.is_empty() {
                             placeholder_name(vip, Proto::Tcp)
                         } else {
                             (*name).to_owned()
                         },
                         vip,
-                        proto: Proto::Tcp,
-                        blue: "10.1.0.2:80".parse().expect("literal"),
-                        green: "10.1.0.3:80".parse().expect("literal"),
-                        active: Color::Blue,
-                        health: None,
-                        auto_rollback: None,
-                        load: None,
-                        verify: None,
-                        warmup: None,
-                        analysis: Vec::new(),
-                        lifecycle: None,
-                    },
+                        Proto::Tcp,
+                        "10.1.0.2:80".parse().expect("literal"),
+                        "10.1.0.3:80".parse().expect("literal"),
+                    ),
                     previous: Color::Blue,
                     counter_slot: 0,
                     switched_at_unix_ms: None,

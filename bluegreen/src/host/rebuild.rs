@@ -256,19 +256,15 @@ mod tests {
     fn record(name: &str, vip: &str, active: Color) -> ServiceRecord {
         ServiceRecord {
             spec: ServiceSpec {
-                name: name.to_owned(),
-                vip: vip.parse().expect("literal"),
-                proto: Proto::Tcp,
-                blue: "10.1.0.2:80".parse().expect("literal"),
-                green: "10.1.0.3:80".parse().expect("literal"),
                 active,
                 health: Some(HealthCheck::new(Probe::Tcp)),
-                auto_rollback: None,
-                load: None,
-                verify: None,
-                warmup: None,
-                analysis: Vec::new(),
-                lifecycle: None,
+                ..ServiceSpec::new(
+                    name.to_owned(),
+                    vip.parse().expect("literal"),
+                    Proto::Tcp,
+                    "10.1.0.2:80".parse().expect("literal"),
+                    "10.1.0.3:80".parse().expect("literal"),
+                )
             },
             previous: active,
             counter_slot: 0,

@@ -238,19 +238,14 @@ mod tests {
 
     fn spec(active: Color) -> ServiceSpec {
         ServiceSpec {
-            name: "chat".to_owned(),
-            vip: "10.0.0.1:80".parse().expect("literal"),
-            proto: Proto::Tcp,
-            blue: "10.1.0.2:80".parse().expect("literal"),
-            green: "10.1.0.3:80".parse().expect("literal"),
             active,
-            health: None,
-            auto_rollback: None,
-            load: None,
-            verify: None,
-            warmup: None,
-            analysis: Vec::new(),
-            lifecycle: None,
+            ..ServiceSpec::new(
+                "chat".to_owned(),
+                "10.0.0.1:80".parse().expect("literal"),
+                Proto::Tcp,
+                "10.1.0.2:80".parse().expect("literal"),
+                "10.1.0.3:80".parse().expect("literal"),
+            )
         }
     }
 

@@ -19,19 +19,14 @@ fn sample(iface: &str) -> InterfaceState {
         udp_idle_timeout_secs: 30,
         services: vec![ServiceRecord {
             spec: ServiceSpec {
-                name: "chat".to_owned(),
-                vip: "10.0.0.1:80".parse().unwrap(),
-                proto: Proto::Tcp,
-                blue: "10.1.0.2:80".parse().unwrap(),
-                green: "10.1.0.3:80".parse().unwrap(),
                 active: Color::Green,
-                health: None,
-                auto_rollback: None,
-                load: None,
-                verify: None,
-                warmup: None,
-                analysis: Vec::new(),
-                lifecycle: None,
+                ..ServiceSpec::new(
+                    "chat".to_owned(),
+                    "10.0.0.1:80".parse().unwrap(),
+                    Proto::Tcp,
+                    "10.1.0.2:80".parse().unwrap(),
+                    "10.1.0.3:80".parse().unwrap(),
+                )
             },
             previous: Color::Blue,
             counter_slot: 0,

@@ -97,6 +97,24 @@ const TAIL_BYTES: u64 = 64 * 1024;
 /// How often a running command is looked at.
 const POLL: Duration = Duration::from_millis(20);
 
+/// Checks a command given as an argv, named `name` in the message: a
+/// program, and no argument a process cannot be given.
+pub(crate) fn validate_argv(name: &str, argv: &[String]) -> Result<(), String> {
+    match argv.first() {
+        None => return Err(format!("{name} is empty: give a program")),
+        Some(program) if program.is_empty() => {
+            return Err(format!("{name} has an empty program name"));
+        }
+        Some(_) => {}
+    }
+    if argv.iter().any(|arg| arg.contains('\0')) {
+        return Err(format!(
+            "{name} has a NUL byte, which no argument can carry"
+        ));
+    }
+    Ok(())
+}
+
 impl CommandGate {
     pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
     /// A day: an evaluation longer than that is not a gate.
@@ -110,18 +128,7 @@ impl CommandGate {
             );
         }
         for (index, argv) in self.commands.iter().enumerate() {
-            match argv.first() {
-                None => return Err(format!("commands[{index}] is empty: give a program")),
-                Some(program) if program.is_empty() => {
-                    return Err(format!("commands[{index}] has an empty program name"));
-                }
-                Some(_) => {}
-            }
-            if argv.iter().any(|arg| arg.contains('\0')) {
-                return Err(format!(
-                    "commands[{index}] has a NUL byte, which no argument can carry"
-                ));
-            }
+            validate_argv(&format!("commands[{index}]"), argv)?;
         }
         if !(1..=Self::MAX_TIMEOUT_SECS).contains(&self.timeout_secs) {
             return Err(format!(

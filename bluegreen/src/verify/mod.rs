@@ -20,8 +20,8 @@ pub use analysis::{
     AnalysesRecord, Analysis, AnalysisStatus, Analyzer, Failed, Figure, Measurement, NoData,
     PLACEHOLDERS, Source, Threshold, Verdict, Watched,
 };
-pub(crate) use commands::run_command;
 pub use commands::{CommandGate, Launcher};
+pub(crate) use commands::{run_command, validate_argv};
 pub use warmup::{Method, Warmup};
 
 use crate::{

@@ -13,21 +13,13 @@ fn addr(text: &str) -> SocketAddr {
 }
 
 fn spec(vip: &str, blue: &str, green: &str) -> ServiceSpec {
-    ServiceSpec {
-        name: "web".to_owned(),
-        vip: addr(vip),
-        proto: Proto::Tcp,
-        blue: PoolSpec::one(addr(blue)),
-        green: PoolSpec::one(addr(green)),
-        active: Color::Blue,
-        health: None,
-        auto_rollback: None,
-        load: None,
-        verify: None,
-        warmup: None,
-        analysis: Vec::new(),
-        lifecycle: None,
-    }
+    ServiceSpec::new(
+        "web".to_owned(),
+        addr(vip),
+        Proto::Tcp,
+        PoolSpec::one(addr(blue)),
+        PoolSpec::one(addr(green)),
+    )
 }
 
 /// The field and one-line message of a spec that must be refused.

@@ -286,19 +286,14 @@ fn up_request(args: UpArgs) -> anyhow::Result<UpRequest> {
         }
         None => {
             let spec = ServiceSpec {
-                name: args.service.clone().expect("clap requires --service"),
-                vip: args.vip.expect("clap requires --vip"),
-                proto: args.proto,
-                blue: args.blue.expect("clap requires --blue"),
-                green: args.green.expect("clap requires --green"),
-                active: Color::Blue,
                 health: args.check.clone().map(HealthCheck::new),
-                auto_rollback: None,
-                load: None,
-                verify: None,
-                warmup: None,
-                analysis: Vec::new(),
-                lifecycle: None,
+                ..ServiceSpec::new(
+                    args.service.clone().expect("clap requires --service"),
+                    args.vip.expect("clap requires --vip"),
+                    args.proto,
+                    args.blue.expect("clap requires --blue"),
+                    args.green.expect("clap requires --green"),
+                )
             };
             (
                 RequestedXdpMode::default(),

@@ -14,19 +14,14 @@ pub(super) const SWITCHED_AT_MS: u64 = 1_000_000;
 /// (the same color: never switched), switched at [`SWITCHED_AT_MS`].
 pub(super) fn view(active: Color, previous: Color) -> ServiceView {
     let spec = ServiceSpec {
-        name: "chat".to_owned(),
-        vip: "10.0.0.1:80".parse().expect("literal"),
-        proto: Proto::Tcp,
-        blue: "10.1.0.2:80".parse().expect("literal"),
-        green: "10.1.0.3:80".parse().expect("literal"),
         active,
-        health: None,
-        auto_rollback: None,
-        load: None,
-        verify: None,
-        warmup: None,
-        analysis: Vec::new(),
-        lifecycle: None,
+        ..ServiceSpec::new(
+            "chat".to_owned(),
+            "10.0.0.1:80".parse().expect("literal"),
+            Proto::Tcp,
+            "10.1.0.2:80".parse().expect("literal"),
+            "10.1.0.3:80".parse().expect("literal"),
+        )
     };
     ServiceView {
         active,
