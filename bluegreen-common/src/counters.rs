@@ -101,7 +101,7 @@ impl SwitchCounters {
     /// each cause's switches, then each one's rollbacks.
     pub fn older_causes(value_size: usize) -> Option<usize> {
         let causes = value_size / (2 * core::mem::size_of::<u64>());
-        (value_size % (2 * core::mem::size_of::<u64>()) == 0
+        (value_size.is_multiple_of(2 * core::mem::size_of::<u64>())
             && (ChangeCause::OLDEST_COUNT..ChangeCause::COUNT).contains(&causes))
         .then_some(causes)
     }
