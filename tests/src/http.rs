@@ -125,13 +125,18 @@ impl Backend {
     }
 }
 
-/// See [`Backend::metrics_writer`].
-#[derive(Clone)]
+/// See [`Backend::metrics_writer`]; a server of its own may also read
+/// what the writer last set (the bench serves many ports from one).
+#[derive(Clone, Default)]
 pub struct MetricsWriter(Arc<Mutex<String>>);
 
 impl MetricsWriter {
     pub fn set(&self, text: &str) {
         *self.0.lock().expect("metrics lock") = text.to_owned();
+    }
+
+    pub fn text(&self) -> String {
+        self.0.lock().expect("metrics lock").clone()
     }
 }
 

@@ -266,11 +266,30 @@ impl Active<'_> {
         }
     }
 
-    /// `bluegreen -q ARGS` against this lab's instance, spawned directly
-    /// rather than through nsenter: a switch is timed from the spawn, and
-    /// nsenter would add an exec to it.
+    /// `bluegreen -q ARGS` against this lab's instance (see
+    /// [`SwitchCommand::bluegreen`]).
     pub fn bluegreen_command(&self, args: &[&str]) -> SwitchCommand {
-        let bluegreen = &self.lab.bluegreen;
+        SwitchCommand::bluegreen(&self.lab.bluegreen, &self.lab.topology.switch, args)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.lab.deactivate(self.dataplane);
+    }
+}
+
+/// A switch, ready to spawn.
+pub struct SwitchCommand {
+    command: Command,
+    input: Option<String>,
+}
+
+impl SwitchCommand {
+    /// `bluegreen -q ARGS` against `bluegreen`, spawned directly rather
+    /// than through nsenter: a switch is timed from the spawn, and nsenter
+    /// would add an exec to it.
+    pub fn bluegreen(bluegreen: &Bluegreen, switch: &Namespace, args: &[&str]) -> SwitchCommand {
         let mut command = Command::new(cli::binary());
         command
             .arg("--pin-dir")
@@ -284,7 +303,7 @@ impl Active<'_> {
         // connects to the color that gains traffic, which only the
         // topology can reach (the host would send 10.200.0.0/16 out of its
         // default route).
-        let namespace = File::open(self.lab.topology.switch.path())
+        let namespace = File::open(switch.path())
             .unwrap_or_else(|error| panic!("cannot open the switch namespace: {error}"));
         // SAFETY: between fork and exec the closure makes one syscall,
         // setns(2), on a descriptor it owns.
@@ -302,21 +321,7 @@ impl Active<'_> {
             input: None,
         }
     }
-}
 
-impl Drop for Active<'_> {
-    fn drop(&mut self) {
-        self.lab.deactivate(self.dataplane);
-    }
-}
-
-/// A switch, ready to spawn.
-pub struct SwitchCommand {
-    command: Command,
-    input: Option<String>,
-}
-
-impl SwitchCommand {
     /// Runs it to completion; panics if it fails, unless because of Ctrl-C
     /// (which reaches the child too).
     pub fn run(mut self) -> Result<(), Interrupted> {

@@ -2,8 +2,10 @@
 //! latency end to end, and switch time, each against a baseline measured
 //! in the same run; and a timeline of who answers through a switch, a
 //! rollback and a weighted shift, drawn as a chart; what pools of
-//! backends cost; and how long a fleet of hosts takes to converge.
+//! backends cost; how long a fleet of hosts takes to converge; and what
+//! metric analysis costs a switch and the daemon.
 
+pub mod analysis;
 pub mod backend;
 pub mod chart;
 pub mod fleet;
@@ -11,6 +13,7 @@ pub mod kernel_cost;
 pub mod lab;
 pub mod local;
 pub mod machine;
+pub mod metrics_ports;
 pub mod pools;
 pub mod raw;
 pub mod report;

@@ -7,6 +7,7 @@ use std::{fmt::Write as _, path::PathBuf};
 use serde::Serialize;
 
 use super::{
+    analysis::{self, AnalysisReport},
     chart,
     fleet::{self, FleetReport},
     kernel_cost::{Case, CaseFigures, KernelReport},
@@ -32,6 +33,7 @@ pub struct Report {
     pub pools: Option<PoolsReport>,
     pub fleet: Option<FleetReport>,
     pub local: Option<LocalReport>,
+    pub analysis: Option<AnalysisReport>,
     pub targets: Vec<Target>,
 }
 
@@ -86,6 +88,9 @@ impl Report {
         }
         if let Some(local) = &self.local {
             out += &local::table(local);
+        }
+        if let Some(analysis) = &self.analysis {
+            out += &analysis::table(analysis);
         }
         out += &targets_table(&self.targets);
         out

@@ -2,8 +2,9 @@
 //! run: per-packet cost in the kernel, throughput and latency end to end,
 //! and switch time; then a timeline of who answers through a switch, a
 //! rollback and a weighted shift; what pools of backends cost; how long a
-//! fleet of 1, 3 and 10 hosts takes to converge; and what host-local
-//! clients pay to connect through a VIP. Prints markdown, writes JSON and the
+//! fleet of 1, 3 and 10 hosts takes to converge; what host-local
+//! clients pay to connect through a VIP; and what metric analysis adds to
+//! a switch and costs the daemon. Prints markdown, writes JSON and the
 //! timeline's SVG chart to `target/bench/`, fails if the timeline broke the
 //! commands' promises, and removes everything it created, also on Ctrl-C or
 //! failure.
@@ -15,6 +16,7 @@ use std::{
 
 use bluegreen_testbed::bench::{
     self, Interrupted,
+    analysis::{self, AnalysisPlan},
     fleet::{self, FleetPlan},
     kernel_cost::{self, KernelPlan},
     lab::Lab,
@@ -28,10 +30,10 @@ use bluegreen_testbed::bench::{
 };
 
 const USAGE: &str =
-    "usage: bench [--quick] [--only kernel|throughput|switch|timeline|pools|fleet|local]
+    "usage: bench [--quick] [--only kernel|throughput|switch|timeline|pools|fleet|local|analysis]
 
   --quick   a smoke run: fewer repeats and rounds, 1 s wrk runs, 1 s
-            timeline phases (~35 s)
+            timeline phases (~35 s, and ~40 s more for the analysis part)
   --only    run one part only";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -43,6 +45,7 @@ enum Part {
     Pools,
     Fleet,
     Local,
+    Analysis,
 }
 
 struct Options {
@@ -69,9 +72,10 @@ impl Options {
                         Some("pools") => Part::Pools,
                         Some("fleet") => Part::Fleet,
                         Some("local") => Part::Local,
+                        Some("analysis") => Part::Analysis,
                         other => {
                             return Err(format!(
-                                "--only takes kernel|throughput|switch|timeline|pools|fleet|local, not {other:?}"
+                                "--only takes kernel|throughput|switch|timeline|pools|fleet|local|analysis, not {other:?}"
                             ));
                         }
                     })
@@ -138,6 +142,15 @@ impl Options {
         }
     }
 
+    fn analysis_plan(&self) -> AnalysisPlan {
+        AnalysisPlan {
+            rounds: if self.quick { 8 } else { 30 },
+            switches: if self.quick { 3 } else { 10 },
+            daemon_rounds: if self.quick { 1 } else { 2 },
+            daemon_period: Duration::from_secs(if self.quick { 8 } else { 10 }),
+        }
+    }
+
     fn timeline_plan(&self) -> TimelinePlan {
         TimelinePlan {
             phase: Duration::from_secs(if self.quick { 1 } else { 3 }),
@@ -184,6 +197,10 @@ fn measure(options: &Options, report: &mut Report) -> Result<(), Interrupted> {
         eprintln!("bench: part 7, host-local clients");
         report.local = Some(local::run(&options.local_plan())?);
     }
+    if options.runs(Part::Analysis) {
+        eprintln!("bench: part 8, metric analysis");
+        report.analysis = Some(analysis::run(&options.analysis_plan())?);
+    }
     Ok(())
 }
 
@@ -213,6 +230,7 @@ fn main() -> ExitCode {
         pools: None,
         fleet: None,
         local: None,
+        analysis: None,
         targets: Vec::new(),
     };
     if measure(&options, &mut report).is_err() {
