@@ -115,7 +115,7 @@ ready_timeout_secs. Then runs the release gates as `verify` does. Traffic never 
 a failure records the color stopped with why. A color recorded running whose backends
 answer is left alone. A started color gets a new scale-down window from now.
 `switch --start` and `rollback --start` do this first.")]
-    Start(LifecycleArgs),
+    Start(ColorArgs),
     /// Stop the idle color now, as the daemon's scale-down would.
     #[command(after_help = "Examples:
   bluegreen stop blue                 # after `switch green --wait-drain`
@@ -125,14 +125,14 @@ Runs the [service.lifecycle] stop command (killed at stop_timeout_secs) and reco
 color stopped. Refused for the active color, one with a weighted share, preview
 prefixes, live flows or a switch in progress to it. A switch or rollback to a stopped
 color is refused until it is started (`bluegreen start`, or --start).")]
-    Stop(LifecycleArgs),
+    Stop(ColorArgs),
     /// Keep a color up: the daemon never scales it down while held.
     #[command(after_help = "Examples:
   bluegreen hold blue            # during an investigation
   bluegreen release blue         # the daemon may scale it down again")]
-    Hold(LifecycleArgs),
+    Hold(ColorArgs),
     /// Let the daemon scale a held color down again.
-    Release(LifecycleArgs),
+    Release(ColorArgs),
     /// Run a service's release gates against a color now, changing nothing.
     #[command(after_help = "Examples:
   bluegreen verify green
@@ -155,7 +155,7 @@ these environment variables:
   BLUEGREEN_VIP       the service's VIP, ADDR:PORT
   BLUEGREEN_PROTO     tcp or udp
   BLUEGREEN_BACKENDS  the color's backends that take new flows, ADDR:PORT,ADDR:PORT...")]
-    Verify(VerifyArgs),
+    Verify(ColorArgs),
     /// Move new flows to a color in weighted steps, checked in between.
     #[command(after_help = "Examples:
   bluegreen shift green --steps 10,25,50,100 --interval 30s
@@ -539,17 +539,9 @@ pub(crate) struct ChangeArgs {
     pub start: bool,
 }
 
+/// A command about one color of one service.
 #[derive(Args)]
-pub(crate) struct LifecycleArgs {
-    #[arg(value_parser = color_parser())]
-    pub color: Color,
-    /// Needed when more than one service is up.
-    #[arg(long)]
-    pub service: Option<String>,
-}
-
-#[derive(Args)]
-pub(crate) struct VerifyArgs {
+pub(crate) struct ColorArgs {
     #[arg(value_parser = color_parser())]
     pub color: Color,
     /// Needed when more than one service is up.
