@@ -562,6 +562,9 @@ pub(crate) fn judge(
         if ratio > max_ratio {
             failed.push(format!("above max_ratio {max_ratio}"));
         }
+    } else if threshold.max_ratio.is_some() {
+        // The target is the live color itself (`verify` of the active one).
+        shown = format!("{shown} (max_ratio not judged: no other color to compare with)");
     }
     if failed.is_empty() {
         (Verdict::Pass, shown)

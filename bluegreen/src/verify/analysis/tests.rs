@@ -207,6 +207,13 @@ fn judging_names_the_figures_and_every_bound_that_failed() {
     // Both at 0 is no worse; anything over a live 0 is.
     assert_eq!(judge(&ratio, 0.0, Some(0.0), Color::Blue).0, Verdict::Pass);
     assert_eq!(judge(&ratio, 0.01, Some(0.0), Color::Blue).0, Verdict::Fail);
+    assert_eq!(
+        judge(&ratio, 0.3, None, Color::Blue),
+        (
+            Verdict::Pass,
+            "0.3000 (max_ratio not judged: no other color to compare with)".to_owned()
+        )
+    );
 
     let range = Threshold {
         min: Some(0.5),
