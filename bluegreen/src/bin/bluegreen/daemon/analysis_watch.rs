@@ -11,7 +11,7 @@ use bluegreen::{
     clock::unix_now_ms,
     config::AutoRollback,
     host::{Host, ServiceView, SwitchOptions, SwitchTarget},
-    verify::{AnalysesRecord, Analysis, NoData, Watched},
+    verify::{AnalysesRecord, Analysis, AnalysisStatus, NoData, Watched},
 };
 use bluegreen_common::ChangeCause;
 
@@ -41,6 +41,9 @@ pub(super) struct AnalysisWatch {
     watched: Option<(Vec<Analysis>, Watched)>,
     /// The switch whose window the failures are counted in.
     counting_since: Option<Option<u64>>,
+    /// What was last kept for `status`: written again only when a
+    /// measurement changed it, not every round.
+    saved: Vec<AnalysisStatus>,
 }
 
 pub(super) struct Settings {
@@ -124,16 +127,16 @@ impl Watch for AnalysisWatch {
             .expect("observations lock")
             .analyses
             .insert(name.to_owned(), statuses.clone());
-        if !statuses.is_empty() {
+        if !statuses.is_empty() && statuses != self.saved {
             let record = AnalysesRecord {
                 schema_version: AnalysesRecord::SCHEMA_VERSION,
-                analyses: statuses,
+                analyses: statuses.clone(),
             };
             let (host, service) = (host.clone(), name.to_owned());
             let saved =
                 tokio::task::spawn_blocking(move || host.save_analyses(&service, &record)).await;
             match saved {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => self.saved = statuses,
                 Ok(Err(error)) => {
                     log::warn!("{name}: cannot keep its analyses for `status`: {error}")
                 }
