@@ -5,6 +5,7 @@ use std::{
     collections::BTreeMap,
     io::{self, BufRead, BufReader, Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -165,21 +166,41 @@ fn accept_loop(
 ) {
     let mut connections = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let (stop, served, answers) = (stop.clone(), served.clone(), answers.clone());
-                connections.push(std::thread::spawn(move || {
-                    let _ = serve_connection(stream, &stop, &served, &answers);
-                }));
+        // Woken by a connection at once: a sleep between empty accepts
+        // would delay each new connection's answer by up to the sleep,
+        // which a client making one request after another (a warm-up
+        // gate) pays every time.
+        if readable(&listener, POLL) {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let (stop, served, answers) = (stop.clone(), served.clone(), answers.clone());
+                    connections.push(std::thread::spawn(move || {
+                        let _ = serve_connection(stream, &stop, &served, &answers);
+                    }));
+                }
+                // Taken back by the client before we accepted it.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => std::thread::sleep(POLL),
             }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL / 4),
-            Err(_) => std::thread::sleep(POLL),
         }
         connections.retain(|connection| !connection.is_finished());
     }
     for connection in connections {
         let _ = connection.join();
     }
+}
+
+/// Whether `listener` has a connection to accept within `timeout`.
+fn readable(listener: &TcpListener, timeout: Duration) -> bool {
+    let mut polled = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one pollfd, valid for the call, for a descriptor the
+    // listener owns.
+    unsafe { libc::poll(&mut polled, 1, millis) > 0 }
 }
 
 fn serve_connection(

@@ -17,6 +17,8 @@
 //! - [`fleet`]: a real etcd and several hosts, each a fixture with its own
 //!   daemon, for the fleet's tests and benchmark.
 //! - [`cgroup`]: a throwaway cgroup v2 directory and what is attached to it.
+//! - [`lifecycle`]: a `[service.lifecycle]` script that starts and kills
+//!   green's backend as a process of its own.
 
 pub mod bench;
 pub mod cgroup;
@@ -25,6 +27,7 @@ pub mod fixture;
 pub mod fleet;
 pub mod http;
 pub mod kernel;
+pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod netns;

@@ -162,7 +162,20 @@ pub fn demo(args: &[String]) -> Result<()> {
 
 pub fn bench(args: &[String]) -> Result<()> {
     setup(Purpose::Bench)?;
-    cmd::run(&mut cargo(&["build", "--release", "-p", "bluegreen"]))?;
+    // The lifecycle part starts `backend` as green's process, from next
+    // to the bench binary; `cargo run` builds only the bench.
+    cmd::run(&mut cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "bluegreen",
+        "-p",
+        "bluegreen-testbed",
+        "--bin",
+        "bluegreen",
+        "--bin",
+        "backend",
+    ]))?;
     cmd::run(
         cargo(&[
             "run",

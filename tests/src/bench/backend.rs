@@ -1,12 +1,10 @@
 //! An HTTP backend fit for a load generator.
 //!
 //! The tests' [`crate::http::Backend`] is built for correctness, not speed:
-//! its accept loop sleeps 5 ms whenever the queue is empty, and it writes a
-//! response in several small writes without `TCP_NODELAY`, so Nagle's
-//! algorithm and the client's delayed ACK hold every keep-alive answer for
-//! ~40 ms. Through it, wrk measures those timers (~730 req/s keep-alive,
-//! whatever the dataplane), not the dataplane. This one blocks in
-//! `accept()` in a pool of threads and answers with one write.
+//! it starts a thread for every connection, and reads and records every
+//! request line by line. Through it, wrk would measure that work more than
+//! the dataplane. This one blocks in `accept()` in a pool of threads and
+//! answers with one write.
 
 use std::{
     io::{self, Read, Write},

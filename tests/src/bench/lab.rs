@@ -5,10 +5,10 @@
 
 use std::{
     fs::File,
-    io::Write,
+    io::{Read, Write},
     net::SocketAddr,
     os::{fd::AsRawFd, unix::process::CommandExt},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
     sync::mpsc::{self, RecvTimeoutError},
     time::Duration,
 };
@@ -326,19 +326,37 @@ impl SwitchCommand {
     /// (which reaches the child too).
     pub fn run(mut self) -> Result<(), Interrupted> {
         self.command.stdout(Stdio::null());
-        let status = match &self.input {
-            Some(input) => self.command.status_with_input(input),
+        self.complete().map(drop)
+    }
+
+    /// [`Self::run`], returning what the command printed. Read once it
+    /// has exited: its few lines fit in the pipe.
+    pub fn output(mut self) -> Result<String, Interrupted> {
+        self.command.stdout(Stdio::piped());
+        let mut stdout = self.complete()?.expect("stdout is piped");
+        let mut printed = String::new();
+        stdout
+            .read_to_string(&mut printed)
+            .expect("read the switch command's output");
+        Ok(printed)
+    }
+
+    /// Runs it to completion as [`Self::run`] says; its stdout, if piped.
+    fn complete(mut self) -> Result<Option<ChildStdout>, Interrupted> {
+        let (status, stdout) = match &self.input {
+            Some(input) => (self.command.status_with_input(input), None),
             None => {
                 let mut child = self
                     .command
                     .spawn()
                     .expect("cannot start the switch command");
-                wait_bounded(&mut child, Duration::from_secs(10))
+                let status = wait_bounded(&mut child, Duration::from_secs(10));
+                (status, child.stdout.take())
             }
         };
         check()?;
         assert!(status.success(), "switch command failed: {status}");
-        Ok(())
+        Ok(stdout)
     }
 }
 

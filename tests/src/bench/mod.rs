@@ -2,8 +2,9 @@
 //! latency end to end, and switch time, each against a baseline measured
 //! in the same run; and a timeline of who answers through a switch, a
 //! rollback and a weighted shift, drawn as a chart; what pools of
-//! backends cost; how long a fleet of hosts takes to converge; and what
-//! metric analysis costs a switch and the daemon.
+//! backends cost; how long a fleet of hosts takes to converge; what
+//! metric analysis costs a switch and the daemon; and how long a switch
+//! that first starts the idle color takes, and where its time goes.
 
 pub mod analysis;
 pub mod backend;
@@ -11,6 +12,7 @@ pub mod chart;
 pub mod fleet;
 pub mod kernel_cost;
 pub mod lab;
+pub mod lifecycle;
 pub mod local;
 pub mod machine;
 pub mod metrics_ports;

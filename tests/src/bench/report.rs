@@ -12,6 +12,7 @@ use super::{
     fleet::{self, FleetReport},
     kernel_cost::{Case, CaseFigures, KernelReport},
     lab::Dataplane,
+    lifecycle::{self, LifecycleReport},
     local::{self, LocalReport},
     machine::Machine,
     pools::{self, PoolsReport},
@@ -34,6 +35,7 @@ pub struct Report {
     pub fleet: Option<FleetReport>,
     pub local: Option<LocalReport>,
     pub analysis: Option<AnalysisReport>,
+    pub lifecycle: Option<LifecycleReport>,
     pub targets: Vec<Target>,
 }
 
@@ -91,6 +93,9 @@ impl Report {
         }
         if let Some(analysis) = &self.analysis {
             out += &analysis::table(analysis);
+        }
+        if let Some(lifecycle) = &self.lifecycle {
+            out += &lifecycle::table(lifecycle);
         }
         out += &targets_table(&self.targets);
         out

@@ -157,7 +157,7 @@ fn block(
     if others.is_some() {
         std::thread::sleep(AFTER_OTHERS);
     }
-    let prober = Prober::start(lab.client(), peer.target());
+    let prober = Prober::start(lab.client(), peer.target(), PROBE_PAUSE, block_bound(plan));
     let mut color = "blue";
     for _ in 0..plan.switches_per_block {
         check()?;
@@ -193,38 +193,53 @@ fn block(
     Ok(())
 }
 
+/// The longest a block can take: each switch command is killed after
+/// 10 s, and its first connection on the new color waited for 3 s.
+fn block_bound(plan: &SwitchPlan) -> Duration {
+    (Duration::from_secs(13) + plan.settle) * plan.switches_per_block as u32
+}
+
 fn micros(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e6
 }
 
-struct Opening {
-    started: Instant,
+pub(super) struct Opening {
+    pub(super) started: Instant,
     established: Instant,
 }
 
-struct Probe {
-    started: Instant,
+pub(super) struct Probe {
+    pub(super) started: Instant,
     established: Instant,
     /// None if the connection or its request failed.
-    color: Option<String>,
+    pub(super) color: Option<String>,
 }
 
 /// Opens connections back to back in one thread and reads their answers in
 /// another, so that a slow answer never delays the next connection.
-struct Prober {
+pub(super) struct Prober {
     stop: Arc<AtomicBool>,
     probes: Arc<Mutex<Vec<Probe>>>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Prober {
-    fn start(client: &Namespace, target: SocketAddr) -> Prober {
+    /// One connection, its request sent, then `pause`, and again, for at
+    /// most `lifetime` (so at most lifetime / pause connections) even if
+    /// the caller never finishes it.
+    pub(super) fn start(
+        client: &Namespace,
+        target: SocketAddr,
+        pause: Duration,
+        lifetime: Duration,
+    ) -> Prober {
         let stop = Arc::new(AtomicBool::new(false));
         let probes = Arc::new(Mutex::new(Vec::new()));
         let (opened, to_read) = mpsc::channel();
+        let until = Instant::now() + lifetime;
         let connector = {
             let stop = stop.clone();
-            client.spawn(move || connect_loop(target, &stop, &opened))
+            client.spawn(move || connect_loop(target, pause, until, &stop, &opened))
         };
         let reader = {
             let probes = probes.clone();
@@ -249,7 +264,7 @@ impl Prober {
     /// The first connection on `color` established after `since` (when it
     /// was opened, when established). Probes are logged in the order they
     /// were opened, so the first match is the earliest.
-    fn first_on(&self, color: &str, since: Instant, timeout: Duration) -> Opening {
+    pub(super) fn first_on(&self, color: &str, since: Instant, timeout: Duration) -> Opening {
         let deadline = Instant::now() + timeout;
         loop {
             let found = self
@@ -283,7 +298,7 @@ impl Prober {
             .count() as u64
     }
 
-    fn finish(self) -> Vec<Probe> {
+    pub(super) fn finish(self) -> Vec<Probe> {
         self.stop.store(true, Ordering::Relaxed);
         for thread in self.threads {
             thread.join().expect("prober thread");
@@ -298,8 +313,14 @@ impl Prober {
 
 type Opened = (Instant, Instant, Option<TcpStream>);
 
-fn connect_loop(target: SocketAddr, stop: &AtomicBool, opened: &mpsc::Sender<Opened>) {
-    while !stop.load(Ordering::Relaxed) {
+fn connect_loop(
+    target: SocketAddr,
+    pause: Duration,
+    until: Instant,
+    stop: &AtomicBool,
+    opened: &mpsc::Sender<Opened>,
+) {
+    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
         let started = Instant::now();
         let stream = TcpStream::connect_timeout(&target, Duration::from_secs(1));
         let established = Instant::now();
@@ -309,7 +330,7 @@ fn connect_loop(target: SocketAddr, stop: &AtomicBool, opened: &mpsc::Sender<Ope
         if opened.send((started, established, stream)).is_err() {
             return;
         }
-        std::thread::sleep(PROBE_PAUSE);
+        std::thread::sleep(pause);
     }
 }
 

@@ -3,8 +3,9 @@
 //! and switch time; then a timeline of who answers through a switch, a
 //! rollback and a weighted shift; what pools of backends cost; how long a
 //! fleet of 1, 3 and 10 hosts takes to converge; what host-local
-//! clients pay to connect through a VIP; and what metric analysis adds to
-//! a switch and costs the daemon. Prints markdown, writes JSON and the
+//! clients pay to connect through a VIP; what metric analysis adds to a
+//! switch and costs the daemon; and what a switch that starts the idle
+//! color first takes, split into its steps. Prints markdown, writes JSON and the
 //! timeline's SVG chart to `target/bench/`, fails if the timeline broke the
 //! commands' promises, and removes everything it created, also on Ctrl-C or
 //! failure.
@@ -20,6 +21,7 @@ use bluegreen_testbed::bench::{
     fleet::{self, FleetPlan},
     kernel_cost::{self, KernelPlan},
     lab::Lab,
+    lifecycle::{self, LifecyclePlan},
     local::{self, LocalPlan},
     machine::Machine,
     pools::{self, PoolsPlan},
@@ -30,10 +32,11 @@ use bluegreen_testbed::bench::{
 };
 
 const USAGE: &str =
-    "usage: bench [--quick] [--only kernel|throughput|switch|timeline|pools|fleet|local|analysis]
+    "usage: bench [--quick] [--only kernel|throughput|switch|timeline|pools|fleet|local|analysis|lifecycle]
 
   --quick   a smoke run: fewer repeats and rounds, 1 s wrk runs, 1 s
-            timeline phases (~35 s, and ~40 s more for the analysis part)
+            timeline phases (~35 s, ~40 s more for the analysis part
+            and ~10 s for the lifecycle part)
   --only    run one part only";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -46,6 +49,7 @@ enum Part {
     Fleet,
     Local,
     Analysis,
+    Lifecycle,
 }
 
 struct Options {
@@ -73,9 +77,10 @@ impl Options {
                         Some("fleet") => Part::Fleet,
                         Some("local") => Part::Local,
                         Some("analysis") => Part::Analysis,
+                        Some("lifecycle") => Part::Lifecycle,
                         other => {
                             return Err(format!(
-                                "--only takes kernel|throughput|switch|timeline|pools|fleet|local|analysis, not {other:?}"
+                                "--only takes kernel|throughput|switch|timeline|pools|fleet|local|analysis|lifecycle, not {other:?}"
                             ));
                         }
                     })
@@ -151,6 +156,12 @@ impl Options {
         }
     }
 
+    fn lifecycle_plan(&self) -> LifecyclePlan {
+        LifecyclePlan {
+            rounds: if self.quick { 3 } else { 10 },
+        }
+    }
+
     fn timeline_plan(&self) -> TimelinePlan {
         TimelinePlan {
             phase: Duration::from_secs(if self.quick { 1 } else { 3 }),
@@ -201,6 +212,10 @@ fn measure(options: &Options, report: &mut Report) -> Result<(), Interrupted> {
         eprintln!("bench: part 8, metric analysis");
         report.analysis = Some(analysis::run(&options.analysis_plan())?);
     }
+    if options.runs(Part::Lifecycle) {
+        eprintln!("bench: part 9, idle lifecycle");
+        report.lifecycle = Some(lifecycle::run(&options.lifecycle_plan())?);
+    }
     Ok(())
 }
 
@@ -231,6 +246,7 @@ fn main() -> ExitCode {
         fleet: None,
         local: None,
         analysis: None,
+        lifecycle: None,
         targets: Vec::new(),
     };
     if measure(&options, &mut report).is_err() {
