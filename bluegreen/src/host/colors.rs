@@ -488,6 +488,10 @@ fn wait_ready(
     let started = Instant::now();
     let connect = crate::health::HealthCheck::new(crate::health::Probe::Tcp);
     let check = check.unwrap_or(&connect);
+    // Soon at first (a backend may listen within milliseconds of its
+    // start command), then backing off to a look every 250 ms for one
+    // that loads its weights for minutes.
+    let mut pause = Duration::from_millis(10);
     loop {
         let not_ready: Vec<(SocketAddr, String)> = backends
             .iter()
@@ -508,8 +512,7 @@ fn wait_ready(
                 deadline.as_secs()
             ));
         }
-        std::thread::sleep(
-            Duration::from_millis(250).min(deadline.saturating_sub(started.elapsed())),
-        );
+        std::thread::sleep(pause.min(deadline.saturating_sub(started.elapsed())));
+        pause = (pause * 2).min(Duration::from_millis(250));
     }
 }
