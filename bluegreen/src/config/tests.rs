@@ -771,3 +771,34 @@ fn analyses_that_cannot_be_judged_are_refused_naming_the_table() {
         "{message}"
     );
 }
+
+#[test]
+fn a_scale_down_inside_the_rollback_window_is_refused() {
+    let lifecycle = "\n[service.lifecycle]\nstart = [\"/bin/true\"]\nstop = [\"/bin/true\"]\nscale_down_after_secs = 60\n";
+    let health = "\n[service.health]\nkind = \"tcp\"\n";
+    let rollback = |window: u64| format!("\n[service.auto_rollback]\nwindow_secs = {window}\n");
+    let text = |window: u64| {
+        GOOD.replace(
+            "green = \"10.1.0.3:8080\"\n",
+            &format!(
+                "green = \"10.1.0.3:8080\"\n{health}{}{lifecycle}",
+                rollback(window)
+            ),
+        )
+    };
+    let (_, field, message) = config_error(&text(300));
+    assert_eq!(field, "service[0].lifecycle", "{message}");
+    assert!(
+        message
+            .contains("scale_down_after_secs 60 is shorter than auto_rollback's window_secs 300"),
+        "{message}"
+    );
+    let config = Config::parse(&text(60), "test.toml").expect("a window the scale-down waits out");
+    assert_eq!(
+        config.services[0]
+            .lifecycle
+            .as_ref()
+            .and_then(|lifecycle| lifecycle.scale_down_after_secs),
+        Some(60)
+    );
+}

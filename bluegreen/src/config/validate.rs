@@ -135,6 +135,26 @@ impl ServiceSpec {
                     "auto_rollback needs a health check: add a [service.health] table (or analysis = true with [[service.analysis]])".to_owned(),
                 ));
             }
+            // The daemon would stop the color its own rollback needs.
+            if let Some(after) = self
+                .lifecycle
+                .as_ref()
+                .and_then(|lifecycle| lifecycle.scale_down_after_secs)
+                && policy.window_secs > after
+            {
+                return Err(invalid(
+                    ServiceField::Lifecycle,
+                    format!(
+                        "lifecycle: scale_down_after_secs {after} is shorter than auto_rollback's window_secs {}: the daemon would stop the color its rollback returns to; make it at least {}",
+                        policy.window_secs, policy.window_secs
+                    ),
+                ));
+            }
+        }
+        if let Some(lifecycle) = &self.lifecycle {
+            lifecycle.validate().map_err(|message| {
+                invalid(ServiceField::Lifecycle, format!("lifecycle: {message}"))
+            })?;
         }
         for (at, analysis) in self.analysis.iter().enumerate() {
             analysis.validate().map_err(|message| {
