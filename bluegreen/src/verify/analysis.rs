@@ -455,14 +455,15 @@ pub(crate) fn histogram_quantile(quantile: f64, buckets: &[(f64, f64)]) -> Optio
         cumulative.push((bound, highest));
     }
     let &(last_bound, total) = cumulative.last()?;
-    if total <= 0.0 || last_bound != f64::INFINITY {
+    // A +Inf bucket alone bounds nothing (Prometheus says NaN).
+    if total <= 0.0 || last_bound != f64::INFINITY || cumulative.len() < 2 {
         return None;
     }
     let rank = quantile * total;
     let at = cumulative.iter().position(|(_, count)| *count >= rank)?;
     let (upper, count) = cumulative[at];
     if upper == f64::INFINITY {
-        return Some(if at == 0 { 0.0 } else { cumulative[at - 1].0 });
+        return Some(cumulative[at - 1].0);
     }
     let (lower, below) = if at == 0 {
         (0.0_f64.min(upper), 0.0)
@@ -559,7 +560,8 @@ pub(crate) fn judge(
             value / baseline
         };
         shown = format!("{shown}, {ratio:.2}x {baseline_color}'s {baseline:.4}");
-        if ratio > max_ratio {
+        // Both infinite (from a query) makes no ratio: not a pass.
+        if ratio.is_nan() || ratio > max_ratio {
             failed.push(format!("above max_ratio {max_ratio}"));
         }
     } else if threshold.max_ratio.is_some() {
@@ -608,13 +610,17 @@ impl Analyzer {
 
     /// Takes a first reading of the colors `target` names, so that a
     /// measurement a window later has something to compare with (only the
-    /// backends source reads anything).
+    /// backends source reads anything). Their earlier readings are
+    /// dropped: a window starts here, not when the color was last measured
+    /// (maybe a day ago, with other backends).
     pub fn prime(&mut self, target: &Target, now_ms: u64) {
         if let Source::Backends { figure, path, port } = &self.analysis.source {
             for (color, backends) in self.colors(target) {
                 let reading =
                     read_backends(figure, path, *port, backends, self.analysis.interval());
-                self.readings[usize::from(color.wire())].push_back(Reading {
+                let readings = &mut self.readings[usize::from(color.wire())];
+                readings.clear();
+                readings.push_back(Reading {
                     at_ms: now_ms,
                     backends: reading,
                 });
@@ -917,7 +923,8 @@ fn figure_over(figure: &Figure, readings: &VecDeque<Reading>) -> Result<f64, Str
     if compared == 0 {
         return Err("no backend was read twice".to_owned());
     }
-    let seconds = (last.at_ms - first.at_ms) as f64 / 1000.0;
+    // Wall-clock times: a clock stepped back must not underflow.
+    let seconds = last.at_ms.saturating_sub(first.at_ms) as f64 / 1000.0;
     figure
         .compute(&increase)
         .ok_or_else(|| format!("nothing observed in the last {seconds:.0} s"))

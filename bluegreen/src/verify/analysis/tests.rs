@@ -28,6 +28,7 @@ fn an_empty_histogram_or_one_without_an_inf_bucket_has_no_quantile() {
     assert_eq!(histogram_quantile(0.95, &[(0.1, 0.0), (INF, 0.0)]), None);
     assert_eq!(histogram_quantile(0.95, &[]), None);
     assert_eq!(histogram_quantile(0.95, &[(0.1, 3.0), (1.0, 5.0)]), None);
+    assert_eq!(histogram_quantile(0.5, &[(INF, 7.0)]), None, "+Inf alone");
 }
 
 #[test]
@@ -207,6 +208,7 @@ fn judging_names_the_figures_and_every_bound_that_failed() {
     // Both at 0 is no worse; anything over a live 0 is.
     assert_eq!(judge(&ratio, 0.0, Some(0.0), Color::Blue).0, Verdict::Pass);
     assert_eq!(judge(&ratio, 0.01, Some(0.0), Color::Blue).0, Verdict::Fail);
+    assert_eq!(judge(&ratio, INF, Some(INF), Color::Blue).0, Verdict::Fail);
     assert_eq!(
         judge(&ratio, 0.3, None, Color::Blue),
         (

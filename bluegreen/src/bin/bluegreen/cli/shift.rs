@@ -47,6 +47,20 @@ pub fn walk(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
     }
     // The shifted color, compared with the one it takes flows from.
     let target = view.target(color, view.active);
+    // Failures count over the whole walk, from its first step: an analysis
+    // that could not fail its limit before the walk ends would only look
+    // like a check.
+    let walk_time = args.interval * u32::try_from(args.steps.len()).unwrap_or(u32::MAX);
+    for analysis in &view.record.spec.analysis {
+        let to_fail = analysis.interval() * analysis.failure_limit;
+        if to_fail > walk_time {
+            println!(
+                "{name}: analysis {} is measured every {} s and fails after {} failures ({to_fail:.0?}): the walk ({walk_time:.0?}) ends first; use a longer --interval or a shorter interval_secs",
+                analysis.name, analysis.interval_secs, analysis.failure_limit
+            );
+        }
+    }
+    let mut measuring = false;
     let handler = on_interrupt as extern "C" fn(libc::c_int);
     // SAFETY: the handler only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
@@ -94,10 +108,15 @@ pub fn walk(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         let deadline = Instant::now() + args.interval;
-        analyses.restart(&target, unix_now_ms());
+        if !measuring {
+            analyses.restart(&target, unix_now_ms());
+            measuring = true;
+        }
         let mut tracker = HealthTracker::default();
         let mut next_probe = Instant::now();
-        while Instant::now() < deadline {
+        // Checked until the step's end, and once at it: an analysis due
+        // right then is measured before the next step.
+        loop {
             if INTERRUPTED.load(Ordering::Relaxed) {
                 return Ok(stopped(&name, color, walk.interrupted()));
             }
@@ -124,9 +143,11 @@ pub fn walk(host: &Host, args: &ShiftArgs) -> anyhow::Result<ExitCode> {
                     &format!("{color} at {step}%: {failed}"),
                 );
             }
-            std::thread::sleep(
-                Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())),
-            );
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50).min(remaining));
         }
     }
 }

@@ -210,7 +210,17 @@ impl Agent {
         claimed?;
         let ttl = config.lease_ttl_secs as i64;
         let lease = client.grant(ttl).await?;
-        let (mut keeper, mut renewals) = client.keep_alive(lease).await?;
+        let (keeper, renewals) = client.keep_alive(lease).await?;
+        // Renewed in a task of its own: applying a desired state runs the
+        // host's release gates (an evaluation, an analysis window) for
+        // longer than the lease lives, and the lease must outlive them.
+        let (lost, mut lease_lost) = oneshot::channel();
+        let _renewing = AbortOnDrop(tokio::spawn(keep_lease(
+            keeper,
+            renewals,
+            Duration::from_millis(ttl as u64 * 1000 / 3),
+            lost,
+        )));
         let previous = self.lease.replace(lease);
         let (desired, revision) = client.list_desired().await?;
         self.refresh().await;
@@ -233,16 +243,11 @@ impl Agent {
         let mut watch = client.watch(&services, Some(revision + 1)).await?;
         let own_key = client.keys.host(&self.config.host);
         let mut own = client.watch_key(&own_key, registered + 1).await?;
-        let mut renew = tokio::time::interval(Duration::from_millis(ttl as u64 * 1000 / 3));
         let mut refresh = tokio::time::interval(REFRESH);
         loop {
             tokio::select! {
-                _ = renew.tick() => {
-                    keeper.keep_alive().await.context("cannot renew the lease")?;
-                    match renewals.message().await.context("cannot renew the lease")? {
-                        Some(renewal) if renewal.ttl() > 0 => {}
-                        _ => bail!("the lease expired: etcd dropped this host's record"),
-                    }
+                lost = &mut lease_lost => {
+                    return Err(lost.unwrap_or_else(|_| anyhow::anyhow!("the lease's renewal stopped")));
                 }
                 message = watch.message() => {
                     let Some(response) = message.context("the watch failed")? else {
@@ -466,5 +471,43 @@ impl Agent {
                 log::warn!("fleet: cannot update the fleet marker: {error}");
             }
         }
+    }
+}
+
+/// Renews the lease every `every` until a renewal fails, which it reports
+/// on `lost`.
+async fn keep_lease(
+    mut keeper: etcd_client::LeaseKeeper,
+    mut renewals: etcd_client::LeaseKeepAliveStream,
+    every: Duration,
+    lost: oneshot::Sender<anyhow::Error>,
+) {
+    let mut renew = tokio::time::interval(every);
+    loop {
+        renew.tick().await;
+        let renewed: anyhow::Result<()> = async {
+            keeper
+                .keep_alive()
+                .await
+                .context("cannot renew the lease")?;
+            match renewals.message().await.context("cannot renew the lease")? {
+                Some(renewal) if renewal.ttl() > 0 => Ok(()),
+                _ => bail!("the lease expired: etcd dropped this host's record"),
+            }
+        }
+        .await;
+        if let Err(error) = renewed {
+            let _ = lost.send(error);
+            return;
+        }
+    }
+}
+
+/// A task that ends with the session that started it.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
