@@ -190,6 +190,8 @@ pub enum Plan {
     StopAt { color: Color, at_unix_ms: u64 },
     /// Stop `color` once what `reason` names is over.
     StopAfter { color: Color, reason: String },
+    /// Stop `color` once its `flows` live flows have ended.
+    Draining { color: Color, flows: u64 },
     /// Stop `color` now.
     Stop { color: Color },
     /// A stop of `color` was interrupted (its process is gone): run the
@@ -263,7 +265,10 @@ pub fn plan(
         };
     }
     if serving.idle_flows > 0 {
-        return wait(&format!("draining: {} live flows", serving.idle_flows));
+        return Plan::Draining {
+            color: idle,
+            flows: serving.idle_flows,
+        };
     }
     Plan::Stop { color: idle }
 }

@@ -116,11 +116,18 @@ fn the_daemon_stops_the_idle_color_only_after_its_window_and_its_drain() {
     );
     let status = fixture.service_status();
     assert_eq!(status["blue"]["lifecycle"]["state"], "draining", "{status}");
-    assert_eq!(status["next_action"]["action"], "stop_after", "{status}");
+    assert_eq!(
+        (
+            status["next_action"]["action"].as_str(),
+            status["next_action"]["flows"].as_u64()
+        ),
+        (Some("draining"), Some(1)),
+        "{status}"
+    );
     assert_eq!(kept.get().expect("the kept connection still works"), "blue");
 
     drop(kept);
-    wait_until("blue stopped once drained", Duration::from_secs(15), || {
+    wait_until("blue stopped once drained", Duration::from_secs(25), || {
         lifecycle_of(&fixture, "blue")["state"] == "stopped"
     });
     assert!(switched_at.elapsed() >= Duration::from_secs(5));
@@ -166,6 +173,14 @@ fn the_daemon_stops_the_idle_color_only_after_its_window_and_its_drain() {
     // A held green stays up past its window; released, it is stopped.
     let rolled_back_at = Instant::now();
     fixture.bluegreen.ok(&["hold", "green"]);
+    for (args, refusal) in [
+        (["stop", "green"], "it is held"),
+        (["start", "blue"], "blue is the active color"),
+    ] {
+        let run = fixture.bluegreen.run(&args);
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        assert!(run.stderr.contains(refusal), "{args:?}: {}", run.stderr);
+    }
     std::thread::sleep(Duration::from_secs(5));
     assert!(script.green_runs(), "held: {:?}", script.actions());
     assert_eq!(lifecycle_of(&fixture, "green")["held"], true);

@@ -318,6 +318,7 @@ pub fn apply(
             Some(service),
             desired.serving(),
             desired.target_share,
+            !desired.undo,
             ChangeCause::Fleet,
         )?
     };

@@ -151,6 +151,16 @@ impl Host {
         let (name, to_start) = self.change_lifecycle(service, |open, record| {
             let name = open.name().to_owned();
             let settings = open.lifecycle_settings()?;
+            // It serves: a failed start would record it stopped under its
+            // clients, and a rollback to it would be refused.
+            if color == Color::from_wire(open.live.active) {
+                return Err(Error::InvalidService {
+                    service: name,
+                    message: format!(
+                        "{color} is the active color: start only the idle one (a backend of the active color that does not answer is the health check's, or `backend` commands', to handle)"
+                    ),
+                });
+            }
             let lifecycle = record.color_mut(color);
             match lifecycle.phase {
                 Phase::Starting | Phase::Stopping if lifecycle.pid.is_some_and(alive) => {
@@ -205,7 +215,23 @@ impl Host {
                     &backends,
                     Duration::from_secs(settings.ready_timeout_secs),
                     &mut waiting,
-                )?;
+                )
+                .map_err(|reason| {
+                    // Started but never ready: what did start (and may
+                    // hold GPUs) is stopped, since a color recorded stopped
+                    // is never stopped again.
+                    match self.run_lifecycle_command(
+                        &name,
+                        color,
+                        "stop",
+                        &settings.stop,
+                        settings.stop_timeout_secs,
+                        &backends,
+                    ) {
+                        Ok(()) => format!("{reason}; stopped again"),
+                        Err(stop) => format!("{reason}; and stopping it again failed: {stop}"),
+                    }
+                })?;
                 Ok((command, ready))
             });
         self.change_lifecycle(Some(&name), |_, record| {
@@ -297,7 +323,9 @@ impl Host {
                 }
                 _ => {}
             }
-            let why = if serving.idle_share > 0 {
+            let why = if lifecycle.held {
+                Some(format!("it is held (`bluegreen release {color}` first)"))
+            } else if serving.idle_share > 0 {
                 Some("it has a weighted share of new flows".to_owned())
             } else if serving.has_preview {
                 Some("preview prefixes reach it".to_owned())
@@ -374,19 +402,27 @@ impl Host {
     /// decides under the interface lock (see [`crate::lifecycle::plan`])
     /// and acts on it. `None` when the service has no lifecycle.
     pub fn scale_down(&self, service: &str) -> Result<Option<ScaleDown>> {
-        // A first look without the lock or a count of the flows: most
-        // rounds find nothing to do.
+        // A first look without the lock: most rounds find nothing to do,
+        // and the flow table is walked only once a stop is otherwise due
+        // (a color draining for hours must not hold the lock every round).
         let open = self.open_service(Some(service), Lock::None)?;
         let Some(settings) = open.record().spec.lifecycle.clone() else {
             return Ok(None);
         };
-        let first_look = plan(
-            settings.scale_down_after_secs,
-            &self.serving(&open, false)?,
-            &self.state.load_lifecycle(service)?,
-            alive,
-            unix_now_ms(),
-        );
+        let record = self.state.load_lifecycle(service)?;
+        let look = |count_flows| -> Result<Plan> {
+            Ok(plan(
+                settings.scale_down_after_secs,
+                &self.serving(&open, count_flows)?,
+                &record,
+                alive,
+                unix_now_ms(),
+            ))
+        };
+        let mut first_look = look(false)?;
+        if matches!(first_look, Plan::Stop { .. }) {
+            first_look = look(true)?;
+        }
         drop(open);
         if !first_look.acts() {
             return Ok(Some(ScaleDown {

@@ -244,15 +244,16 @@ impl Host {
     }
 
     /// Makes `active` the active color with `weight` percent (below 100)
-    /// of new flows to the other one, in one health-gated commit, whatever
-    /// the service serves now: what a fleet needs to bring a host that went
-    /// all the way back to a split. A graceful change: established flows
-    /// keep their color.
+    /// of new flows to the other one, in one health-checked commit (and
+    /// gated, when `gates`), whatever the service serves now: what a fleet
+    /// needs to bring a host that went all the way back to a split. A
+    /// graceful change: established flows keep their color.
     pub fn set_split(
         &self,
         service: Option<&str>,
         active: Color,
         weight: u8,
+        gates: bool,
         cause: ChangeCause,
     ) -> Result<SwitchOutcome> {
         if weight >= 100 {
@@ -261,7 +262,7 @@ impl Host {
         let options = SwitchOptions {
             force: false,
             check: true,
-            gates: false,
+            gates,
             cause,
         };
         self.change_colors(service, options, false, |_, live| {
@@ -391,6 +392,10 @@ impl Host {
                 "{prefix} is not of the VIP's family ({})",
                 record.spec.vip
             )));
+        }
+        // Preview clients reach the idle color: it must be running.
+        if add {
+            self.require_running(&open, Color::from_wire(open.live.active).other())?;
         }
         // The trie, not the file: it is what steers clients.
         let mut prefixes = open.maps.preview(open.live.counter_slot)?;

@@ -34,9 +34,9 @@ fn the_idle_color_stops_once_drained_and_out_of_its_window() {
     );
     assert_eq!(
         plan(WINDOW, &serving(3), &record, nobody, after_window),
-        Plan::StopAfter {
+        Plan::Draining {
             color: Color::Blue,
-            reason: "draining: 3 live flows".to_owned()
+            flows: 3
         }
     );
     assert_eq!(

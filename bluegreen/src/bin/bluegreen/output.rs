@@ -299,6 +299,9 @@ pub fn print_status(report: &StatusReport) {
                 Some(Plan::StopAfter { color, reason }) => {
                     println!("    next: stop {color} later: {reason}")
                 }
+                Some(Plan::Draining { color, flows }) => {
+                    println!("    next: stop {color} once its {flows} live flows have ended")
+                }
                 Some(Plan::Stop { color } | Plan::ResumeStop { color }) => {
                     println!("    next: stop {color} (due now: the daemon does it)")
                 }

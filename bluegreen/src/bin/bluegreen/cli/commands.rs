@@ -119,7 +119,8 @@ pub fn execute(host: &Host, state_dir: &Path, command: Command) -> anyhow::Resul
             )?;
             let options = switch_options(&args.change);
             let service = args.change.service.as_deref();
-            if args.change.start {
+            // The active color serves already: nothing to start.
+            if args.change.start && host.service_view(service)?.active != args.color {
                 start(host, service, args.color)?;
             }
             let outcome = match args.weight {

@@ -4,7 +4,10 @@
 //! switched to) and stops it; a stop or start interrupted by a crash is
 //! resumed or written off. Each action is logged with its cause.
 
-use std::{ops::ControlFlow, time::Duration};
+use std::{
+    ops::ControlFlow,
+    time::{Duration, Instant},
+};
 
 use bluegreen::{
     host::{Host, ScaleDown, ServiceView},
@@ -18,10 +21,17 @@ use crate::observations::Shared;
 /// look that finds one due walks the flow table.
 const INTERVAL: Duration = Duration::from_secs(2);
 
+/// How long a draining color is left before its flows are counted again:
+/// each count walks the flow table.
+const DRAIN_RECHECK: Duration = Duration::from_secs(10);
+
 #[derive(Default)]
 pub(super) struct LifecycleWatch {
-    /// The last plan logged, so that a wait is logged once, not every round.
-    last: Option<Plan>,
+    /// The kind of the last plan logged, so that a wait is logged once,
+    /// not every round (a drain's count changes every round).
+    last: Option<std::mem::Discriminant<Plan>>,
+    /// While the idle color drains: when to count its flows again.
+    next_count: Option<Instant>,
 }
 
 impl Watch for LifecycleWatch {
@@ -45,6 +55,9 @@ impl Watch for LifecycleWatch {
         _: &Lifecycle,
         _: &Shared,
     ) -> ControlFlow<()> {
+        if self.next_count.is_some_and(|at| Instant::now() < at) {
+            return ControlFlow::Continue(());
+        }
         let round = {
             let (host, name) = (host.clone(), name.to_owned());
             tokio::task::spawn_blocking(move || host.scale_down(&name)).await
@@ -76,7 +89,7 @@ impl Watch for LifecycleWatch {
                     "{name}: a start of {color} was interrupted (its process is gone): counted stopped"
                 )
             }
-            (waiting, _) if self.last.as_ref() != Some(waiting) => match waiting {
+            (waiting, _) if self.last != Some(std::mem::discriminant(waiting)) => match waiting {
                 Plan::StopAt { color, at_unix_ms } => log::info!(
                     "{name}: idle {color} is stopped once drained, after {} (Unix ms)",
                     at_unix_ms
@@ -84,11 +97,16 @@ impl Watch for LifecycleWatch {
                 Plan::StopAfter { color, reason } => {
                     log::info!("{name}: idle {color} stays up for now: {reason}")
                 }
+                Plan::Draining { color, flows } => {
+                    log::info!("{name}: idle {color} is stopped once drained ({flows} live flows)")
+                }
                 _ => {}
             },
             _ => {}
         }
-        self.last = Some(scaled.plan);
+        self.next_count =
+            matches!(scaled.plan, Plan::Draining { .. }).then(|| Instant::now() + DRAIN_RECHECK);
+        self.last = Some(std::mem::discriminant(&scaled.plan));
         ControlFlow::Continue(())
     }
 }
