@@ -8,8 +8,12 @@ use std::{
 };
 
 use aya::maps::{HashMap, Map, MapData};
-use bluegreen::pinned::PinLayout;
-use bluegreen_common::{BackendKey, Endpoint, map_names};
+use bluegreen::{
+    endpoint::Color,
+    host::{Host, SwitchOptions, SwitchTarget},
+    pinned::PinLayout,
+};
+use bluegreen_common::{BackendKey, ChangeCause, Endpoint, map_names};
 use bluegreen_testbed::{
     cli::binary,
     fixture::{Fixture, blue_backend, config_text, green_backend, vip},
@@ -558,4 +562,49 @@ fn a_shift_retreats_only_from_what_it_shifted_and_counts_it() {
     let (switched, rolled_back) = counts(&fixture, 0);
     assert_eq!(switched, before.0, "a weight is not a switch");
     assert_eq!(rolled_back["shift"], 1, "{rolled_back}");
+}
+
+/// The daemon decides a rollback on what one round saw (green failing);
+/// an operator's rollback landing meanwhile must not be undone by it.
+#[test]
+fn a_daemon_rollback_decided_before_an_operator_change_changes_nothing() {
+    let fixture = Fixture::new();
+    fixture.up();
+    let host = Host::new(&fixture.bluegreen.pin_dir, &fixture.bluegreen.state_dir);
+    // As the daemon makes it, in the switch's namespace (where its
+    // interface is).
+    let daemon_rollback = || {
+        let host = host.clone();
+        fixture
+            .topology
+            .switch
+            .spawn(move || {
+                let options = SwitchOptions {
+                    force: false,
+                    check: false,
+                    gates: false,
+                    cause: ChangeCause::Analysis,
+                };
+                host.switch(
+                    Some("web"),
+                    SwitchTarget::PreviousFrom(Color::Green),
+                    options,
+                )
+                .expect("the daemon's rollback")
+            })
+            .join()
+            .expect("rollback thread")
+    };
+    fixture.bluegreen.ok(&["switch", "green"]);
+    fixture.bluegreen.ok(&["rollback"]);
+    let outcome = daemon_rollback();
+    assert!(!outcome.changed, "{outcome:?}");
+    assert_eq!(fixture.bluegreen.active(), "blue");
+    assert_eq!(counts(&fixture, 0).1["analysis"], 0);
+
+    fixture.bluegreen.ok(&["switch", "green"]);
+    let outcome = daemon_rollback();
+    assert!(outcome.changed && outcome.to == Color::Blue, "{outcome:?}");
+    assert_eq!(fixture.bluegreen.active(), "blue");
+    assert_eq!(counts(&fixture, 0).1["analysis"], 1);
 }

@@ -27,6 +27,11 @@ pub enum SwitchTarget {
     Color(Color),
     /// Back to the color that was active before the last switch.
     Previous,
+    /// [`SwitchTarget::Previous`] only if the given color is still the
+    /// active one when the change is made (under the lock): the daemon's
+    /// rollbacks, decided on what a round saw, must not undo a change an
+    /// operator made meanwhile. Otherwise nothing changes.
+    PreviousFrom(Color),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -170,20 +175,28 @@ impl Host {
         target: SwitchTarget,
         options: SwitchOptions,
     ) -> Result<SwitchOutcome> {
-        let rollback = target == SwitchTarget::Previous;
+        let rollback = matches!(
+            target,
+            SwitchTarget::Previous | SwitchTarget::PreviousFrom(_)
+        );
         self.change_colors(service, options, rollback, |name, live| {
             let from = Color::from_wire(live.active);
             let to = match target {
                 SwitchTarget::Color(color) => color,
+                SwitchTarget::PreviousFrom(expected) if expected != from => return Ok(*live),
                 // Undoing a shift: the active color never changed.
-                SwitchTarget::Previous if live.weight > 0 => from,
-                SwitchTarget::Previous if live.previous == live.active => {
+                SwitchTarget::Previous | SwitchTarget::PreviousFrom(_) if live.weight > 0 => from,
+                SwitchTarget::Previous | SwitchTarget::PreviousFrom(_)
+                    if live.previous == live.active =>
+                {
                     return Err(Error::NothingToRollBack {
                         service: name.to_owned(),
                         color: from,
                     });
                 }
-                SwitchTarget::Previous => Color::from_wire(live.previous),
+                SwitchTarget::Previous | SwitchTarget::PreviousFrom(_) => {
+                    Color::from_wire(live.previous)
+                }
             };
             let switched = ServiceState {
                 active: to.wire(),

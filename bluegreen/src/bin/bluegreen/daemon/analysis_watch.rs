@@ -153,6 +153,8 @@ impl Watch for AnalysisWatch {
         let force = settings.policy.is_some_and(|policy| policy.force);
         let rolled_back = {
             let (host, name) = (host.clone(), name.to_owned());
+            // The color this round judged, still active when the change is made.
+            let active = view.active;
             tokio::task::spawn_blocking(move || {
                 let options = SwitchOptions {
                     force,
@@ -163,11 +165,15 @@ impl Watch for AnalysisWatch {
                     gates: false,
                     cause: ChangeCause::Analysis,
                 };
-                host.switch(Some(&name), SwitchTarget::Previous, options)
+                host.switch(Some(&name), SwitchTarget::PreviousFrom(active), options)
             })
             .await
         };
         match rolled_back {
+            Ok(Ok(outcome)) if !outcome.changed => log::info!(
+                "{name}: no rollback: {} is no longer active (a change was made meanwhile)",
+                view.active
+            ),
             Ok(Ok(outcome)) => log::warn!(
                 "{name}: rolled back {} -> {} ({}) because {}",
                 outcome.from,

@@ -145,6 +145,8 @@ impl Watch for HealthWatch {
             let reason = active.last_error.clone().unwrap_or_default();
             let rolled_back = {
                 let (host, name) = (host.clone(), name.clone());
+                // The color this round judged, still active when the change is made.
+                let active = view.active;
                 tokio::task::spawn_blocking(move || {
                     // The watcher's own probes just judged the fallback.
                     let options = SwitchOptions {
@@ -153,11 +155,15 @@ impl Watch for HealthWatch {
                         gates: false,
                         cause: ChangeCause::AutoRollback,
                     };
-                    host.switch(Some(&name), SwitchTarget::Previous, options)
+                    host.switch(Some(&name), SwitchTarget::PreviousFrom(active), options)
                 })
                 .await
             };
             match rolled_back {
+                Ok(Ok(outcome)) if !outcome.changed => log::info!(
+                    "{name}: no rollback: {} is no longer active (a change was made meanwhile)",
+                    view.active
+                ),
                 Ok(Ok(outcome)) => {
                     log::warn!(
                         "{name}: rolled back {} -> {} ({}) because {} failed {} health checks: {reason}",
