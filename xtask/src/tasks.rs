@@ -130,19 +130,7 @@ pub fn demo(args: &[String]) -> Result<()> {
     installed?;
     fetched?;
     let installed = Instant::now();
-    // One cargo for both binaries, so the test bed's own dependencies
-    // build beside bluegreen's.
-    cmd::run(&mut cargo(&[
-        "build",
-        "-p",
-        "bluegreen",
-        "-p",
-        "bluegreen-testbed",
-        "--bin",
-        "bluegreen",
-        "--bin",
-        "demo",
-    ]))?;
+    build_with_bluegreen(&[], "demo")?;
     let built = Instant::now();
     let result = cmd::run(
         cargo(&["run", "-p", "bluegreen-testbed", "--bin", "demo", "--"])
@@ -160,13 +148,13 @@ pub fn demo(args: &[String]) -> Result<()> {
     result
 }
 
-pub fn bench(args: &[String]) -> Result<()> {
-    setup(Purpose::Bench)?;
-    // The lifecycle part starts `backend` as green's process, from next
-    // to the bench binary; `cargo run` builds only the bench.
-    cmd::run(&mut cargo(&[
-        "build",
-        "--release",
+/// Builds `bluegreen` and the test bed's binary `testbed_bin` with one
+/// cargo, so that the test bed's own dependencies build beside
+/// bluegreen's; `profile` is empty or `--release`.
+fn build_with_bluegreen(profile: &[&str], testbed_bin: &str) -> Result<()> {
+    let mut args = vec!["build"];
+    args.extend_from_slice(profile);
+    args.extend([
         "-p",
         "bluegreen",
         "-p",
@@ -174,8 +162,16 @@ pub fn bench(args: &[String]) -> Result<()> {
         "--bin",
         "bluegreen",
         "--bin",
-        "backend",
-    ]))?;
+        testbed_bin,
+    ]);
+    cmd::run(&mut cargo(&args))
+}
+
+pub fn bench(args: &[String]) -> Result<()> {
+    setup(Purpose::Bench)?;
+    // The lifecycle part starts `backend` as green's process, from next
+    // to the bench binary; `cargo run` builds only the bench.
+    build_with_bluegreen(&["--release"], "backend")?;
     cmd::run(
         cargo(&[
             "run",

@@ -10,12 +10,12 @@ use std::{ops::ControlFlow, time::Duration};
 use bluegreen::{
     clock::unix_now_ms,
     config::AutoRollback,
-    host::{Host, ServiceView, SwitchOptions, SwitchTarget},
+    host::{Host, ServiceView},
     verify::{AnalysesRecord, Analysis, AnalysisStatus, NoData, Watched},
 };
 use bluegreen_common::ChangeCause;
 
-use super::periodic::Watch;
+use super::{periodic::Watch, rollback};
 use crate::observations::Shared;
 
 /// Whether the daemon rolls back now after an analysis `failed` its limit
@@ -151,40 +151,10 @@ impl Watch for AnalysisWatch {
             return ControlFlow::Continue(());
         }
         let force = settings.policy.is_some_and(|policy| policy.force);
-        let rolled_back = {
-            let (host, name) = (host.clone(), name.to_owned());
-            // The color this round judged, still active when the change is made.
-            let active = view.active;
-            tokio::task::spawn_blocking(move || {
-                let options = SwitchOptions {
-                    force,
-                    // The previous color's health is checked, when the
-                    // service has a check: a rollback onto a dead color
-                    // would be worse than a slow one.
-                    check: true,
-                    gates: false,
-                    cause: ChangeCause::Analysis,
-                };
-                host.switch(Some(&name), SwitchTarget::PreviousFrom(active), options)
-            })
-            .await
-        };
-        match rolled_back {
-            Ok(Ok(outcome)) if !outcome.changed => log::info!(
-                "{name}: no rollback: {} is no longer active (a change was made meanwhile)",
-                view.active
-            ),
-            Ok(Ok(outcome)) => log::warn!(
-                "{name}: rolled back {} -> {} ({}) because {}",
-                outcome.from,
-                outcome.to,
-                if force { "forced" } else { "graceful" },
-                failed
-            ),
-            Ok(Err(error)) => log::error!("{name}: {failed}; the rollback failed: {error}"),
-            Err(_) => return ControlFlow::Break(()),
-        }
-        ControlFlow::Continue(())
+        // The previous color's health is checked, when the service has a
+        // check: a rollback onto a dead color would be worse than a slow one.
+        let options = rollback::options(ChangeCause::Analysis, force, true);
+        rollback::roll_back(host, name, view.active, options, &failed.to_string()).await
     }
 }
 

@@ -9,13 +9,14 @@ use bluegreen::{
     config::AutoRollback,
     endpoint::Color,
     health::{Health, HealthCheck, HealthTracker},
-    host::{Host, ServiceView, SwitchOptions, SwitchTarget},
+    host::{Host, ServiceView},
 };
 use bluegreen_common::ChangeCause;
 
 use super::{
     backend_health::{BackendHealth, excluded},
     periodic::Watch,
+    rollback,
 };
 use crate::observations::Shared;
 
@@ -143,40 +144,13 @@ impl Watch for HealthWatch {
         {
             let active = &self.trackers[usize::from(view.active.wire())];
             let reason = active.last_error.clone().unwrap_or_default();
-            let rolled_back = {
-                let (host, name) = (host.clone(), name.clone());
-                // The color this round judged, still active when the change is made.
-                let active = view.active;
-                tokio::task::spawn_blocking(move || {
-                    // The watcher's own probes just judged the fallback.
-                    let options = SwitchOptions {
-                        force: policy.force,
-                        check: false,
-                        gates: false,
-                        cause: ChangeCause::AutoRollback,
-                    };
-                    host.switch(Some(&name), SwitchTarget::PreviousFrom(active), options)
-                })
-                .await
-            };
-            match rolled_back {
-                Ok(Ok(outcome)) if !outcome.changed => log::info!(
-                    "{name}: no rollback: {} is no longer active (a change was made meanwhile)",
-                    view.active
-                ),
-                Ok(Ok(outcome)) => {
-                    log::warn!(
-                        "{name}: rolled back {} -> {} ({}) because {} failed {} health checks: {reason}",
-                        outcome.from,
-                        outcome.to,
-                        if policy.force { "forced" } else { "graceful" },
-                        outcome.from,
-                        check.unhealthy_threshold
-                    );
-                }
-                Ok(Err(error)) => log::error!("{name}: automatic rollback failed: {error}"),
-                Err(_) => return ControlFlow::Break(()),
-            }
+            // The watcher's own probes just judged the fallback.
+            let options = rollback::options(ChangeCause::AutoRollback, policy.force, false);
+            let why = format!(
+                "{} failed {} health checks: {reason}",
+                view.active, check.unhealthy_threshold
+            );
+            return rollback::roll_back(host, &name, view.active, options, &why).await;
         }
         ControlFlow::Continue(())
     }

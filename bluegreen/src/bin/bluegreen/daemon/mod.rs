@@ -9,6 +9,7 @@ mod lifecycle_watch;
 mod load_watch;
 mod lock;
 mod periodic;
+mod rollback;
 #[cfg(test)]
 mod test_views;
 
