@@ -13,7 +13,8 @@
 //! capacity and the helpers that place things in it, so that a change to
 //! one map's layout is made in one place (and bumps [`LAYOUT_VERSION`]):
 //! [`services`], [`pools`], [`flows`], [`local`] (host-local sockets),
-//! [`counters`] and the prefilters in front of them all ([`filters`]).
+//! [`counters`], the shadow capture ([`shadow`]) and the prefilters in
+//! front of them all ([`filters`]).
 //! Both sides build keys from [`endpoint`]. The decisions that the kernel
 //! takes from those maps and userspace must take identically are in
 //! [`rules`]. Every item is re-exported at the root, where the other
@@ -35,6 +36,7 @@ mod pod;
 pub mod pools;
 pub mod rules;
 pub mod services;
+pub mod shadow;
 pub mod wire;
 
 pub use counters::*;
@@ -46,6 +48,7 @@ pub use names::*;
 pub use pools::*;
 pub use rules::*;
 pub use services::*;
+pub use shadow::*;
 
 /// Bumped whenever any map's key or value layout, or what a map's contents
 /// mean, changes (4: the VIP prefilter's hash). Pins live under a directory

@@ -19,7 +19,15 @@ pub mod map_names {
     pub const BACKEND_TRAFFIC: &str = "BG_BACKEND_TRAFFIC";
     pub const LOCAL: &str = "BG_LOCAL";
     pub const LOCAL_SOCKETS: &str = "BG_LOCAL_SOCKS";
-    pub const ALL: [&str; 16] = [
+    pub const SHADOW: &str = "BG_SHADOW";
+    pub const SHADOW_FLOWS: &str = "BG_SHADOW_FLOWS";
+    pub const SHADOW_RING: &str = "BG_SHADOW_RING";
+    pub const SHADOW_COUNTS: &str = "BG_SHADOW_COUNTS";
+    /// Opened only by shadowing, never by the commands that steer traffic:
+    /// pins of a version before shadowing lack them until the next `up`,
+    /// and switching must not wait for that.
+    pub const SHADOW_MAPS: [&str; 4] = [SHADOW, SHADOW_FLOWS, SHADOW_RING, SHADOW_COUNTS];
+    pub const ALL: [&str; 20] = [
         SERVICES,
         FLOWS,
         BACKEND_VIPS,
@@ -36,6 +44,10 @@ pub mod map_names {
         BACKEND_TRAFFIC,
         LOCAL,
         LOCAL_SOCKETS,
+        SHADOW,
+        SHADOW_FLOWS,
+        SHADOW_RING,
+        SHADOW_COUNTS,
     ];
 }
 

@@ -3,6 +3,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::generated::bpf_skb_load_bytes,
     programs::TcContext,
 };
 use bluegreen_common::{Endpoint, FlowEntry, IPPROTO_TCP, IPPROTO_UDP, PassReason, wire::TCP_RST};
@@ -12,6 +13,7 @@ use crate::{
     packet,
     parse::{AnyFrame, Direction, PacketBytes, Parsed, plain_ipv4},
     rewrite::rewrite_address,
+    shadow::{self, Payload},
 };
 
 struct SkbPacket<'a>(&'a TcContext);
@@ -25,6 +27,23 @@ impl PacketBytes for SkbPacket<'_> {
         match packet::read(self.0, offset) {
             Ok(value) => Ok(value),
             Err(_) => self.0.load(offset).map_err(|_| PassReason::Malformed),
+        }
+    }
+}
+
+impl Payload for SkbPacket<'_> {
+    #[inline(always)]
+    fn copy_out(&self, offset: usize, to: *mut u8, len: usize) -> Result<(), PassReason> {
+        // SAFETY: `to` holds at least `len` bytes (see the trait). Not
+        // `TcContext::load_bytes`: it clamps the length to the packet's,
+        // and the verifier then no longer knows it is not zero.
+        let failed = unsafe {
+            bpf_skb_load_bytes(self.0.skb.skb.cast(), offset as u32, to.cast(), len as u32)
+        };
+        if failed == 0 {
+            Ok(())
+        } else {
+            Err(PassReason::Malformed)
         }
     }
 }
@@ -118,5 +137,12 @@ fn restore_vip(ctx: &TcContext, frame: &impl Parsed) -> Result<(), PassReason> {
         u16::from_ne_bytes(vip.port) as u64,
         2 | mangled_zero,
     )
-    .map_err(failed)
+    .map_err(failed)?;
+    shadow::reply(
+        &SkbPacket(ctx),
+        &headers,
+        &flow_key,
+        u32::from(flow.counter_slot),
+    );
+    Ok(())
 }

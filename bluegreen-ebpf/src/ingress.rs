@@ -1,7 +1,10 @@
 //! XDP ingress: client -> VIP packets are rewritten to the backend of the
 //! color their flow is pinned to.
 
-use aya_ebpf::{helpers::bpf_jiffies64, programs::XdpContext};
+use aya_ebpf::{
+    helpers::{bpf_jiffies64, generated::bpf_xdp_load_bytes},
+    programs::XdpContext,
+};
 use aya_log_ebpf::warn;
 use bluegreen_common::{
     Endpoint, FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PassReason, Settings, TrafficCounters,
@@ -18,6 +21,7 @@ use crate::{
     packet,
     parse::{AnyFrame, Direction, Headers, PacketBytes, Parsed, plain_ipv4},
     rewrite::rewrite_address,
+    shadow::{self, Payload},
 };
 
 struct XdpPacket<'a>(&'a XdpContext);
@@ -33,6 +37,22 @@ impl PacketBytes for XdpPacket<'_> {
     #[inline(always)]
     fn read<T: Copy>(&self, offset: usize) -> Result<T, PassReason> {
         packet::read(self.0, offset)
+    }
+}
+
+impl Payload for XdpPacket<'_> {
+    /// By helper: a multi-buffer frame's payload goes beyond the linear
+    /// part.
+    #[inline(always)]
+    fn copy_out(&self, offset: usize, to: *mut u8, len: usize) -> Result<(), PassReason> {
+        // SAFETY: `to` holds at least `len` bytes (the caller bounds it by
+        // the buffer, and the verifier checks that it does).
+        let failed = unsafe { bpf_xdp_load_bytes(self.0.ctx, offset as u32, to.cast(), len as u32) };
+        if failed == 0 {
+            Ok(())
+        } else {
+            Err(PassReason::Malformed)
+        }
     }
 }
 
@@ -117,6 +137,13 @@ fn steer(packet: &XdpPacket, frame: &impl Parsed) -> Result<(), PassReason> {
         backend_counter_slot: backend.counter_slot,
     };
     record_flow(ctx, &flow_key, &entry)?;
+    // Only a flow that starts here is sampled, so that the replayer gets
+    // it whole: a TCP flow from its SYN, and only to the live color (the
+    // idle color's own flows need no copy sent to it).
+    let starts = headers.proto != IPPROTO_TCP || tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if new_flow && starts && color == service.active {
+        shadow::start_flow(packet, &headers, &flow_key, service.counter_slot, hash);
+    }
     rewrite_destination(packet, &headers, &flow_key, &entry.backend)?;
     count(packet, &entry, new_flow);
     Ok(())
@@ -136,6 +163,7 @@ fn forward(
     if closing {
         entry.closing = 1;
     }
+    shadow::continue_flow(packet, headers, flow_key, u32::from(entry.counter_slot));
     rewrite_destination(packet, headers, flow_key, &entry.backend)?;
     count(packet, entry, false);
     Ok(())

@@ -13,6 +13,7 @@ mod packet;
 mod parse;
 mod rewrite;
 mod runtime;
+mod shadow;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},

@@ -4,15 +4,16 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use bluegreen_common::{
     BackendKey, DEFAULT_FLOW_CAPACITY, Endpoint, FILTER_WORDS, FlowEntry, FlowKey,
     LOCAL_SOCKET_CAPACITY, LocalSettings, LocalSocket, LocalSocketKey, MAGLEV_CHUNKS,
     MAX_BACKEND_COUNTERS, MAX_BACKEND_VIPS, MAX_BACKENDS, MAX_PREVIEW_PREFIXES, MAX_SERVICES,
-    MaglevChunk, PREVIEW_FIXED_BITS, PassReason, Pool, PoolBackend, PreviewPrefix, ServiceKey,
-    ServiceState, Settings, SwitchCounters, TrafficCounters, VIP_FILTER_WORDS, bitmap_position,
-    maglev_position, vip_filter_bit,
+    MaglevChunk, PREVIEW_FIXED_BITS, PassReason, Pool, PoolBackend, PreviewPrefix,
+    SHADOW_FLOW_CAPACITY, SHADOW_RING_BYTES, ServiceKey, ServiceState, Settings, ShadowCount,
+    ShadowFlow, ShadowSettings, SwitchCounters, TrafficCounters, VIP_FILTER_WORDS,
+    bitmap_position, maglev_position, vip_filter_bit,
 };
 
 /// Not preallocated: an update then swaps in a new element under RCU, so a
@@ -180,4 +181,30 @@ pub fn current_generation(counter_slot: u16) -> Option<u32> {
 #[inline(always)]
 pub fn settings() -> Option<&'static Settings> {
     BG_SETTINGS.get(0)
+}
+
+/// Each counter slot's shadowing: an array, so that a packet of a service
+/// that does not shadow pays one inlined read.
+#[map(name = "BG_SHADOW")]
+pub static BG_SHADOW: Array<ShadowSettings> = Array::pinned(MAX_SERVICES, 0);
+
+/// The flows chosen for shadowing when they started, keyed client to VIP.
+#[map(name = "BG_SHADOW_FLOWS")]
+pub static BG_SHADOW_FLOWS: LruHashMap<FlowKey, ShadowFlow> =
+    LruHashMap::pinned(SHADOW_FLOW_CAPACITY, 0);
+
+/// Records of sampled flows' packets, for the replayer.
+#[map(name = "BG_SHADOW_RING")]
+pub static BG_SHADOW_RING: RingBuf = RingBuf::pinned(SHADOW_RING_BYTES, 0);
+
+/// Indexed by [`ShadowCount`].
+#[map(name = "BG_SHADOW_COUNTS")]
+pub static BG_SHADOW_COUNTS: PerCpuArray<u64> = PerCpuArray::pinned(ShadowCount::COUNT, 0);
+
+#[inline(always)]
+pub fn count_shadow(what: ShadowCount, amount: u64) {
+    if let Some(counter) = BG_SHADOW_COUNTS.get_ptr_mut(what as u32) {
+        // SAFETY: per-CPU slot, so no other writer races this increment.
+        unsafe { *counter += amount };
+    }
 }

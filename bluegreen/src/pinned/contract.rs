@@ -8,8 +8,9 @@ use bluegreen_common::{
     BackendKey, Endpoint, FILTER_WORDS, FlowEntry, FlowKey, LOCAL_SOCKET_CAPACITY, LocalSettings,
     LocalSocket, LocalSocketKey, MAGLEV_CHUNKS, MAX_BACKEND_COUNTERS, MAX_BACKEND_VIPS,
     MAX_BACKENDS, MAX_PREVIEW_PREFIXES, MAX_SERVICES, MaglevChunk, PassReason, PoolBackend,
-    PreviewPrefix, ServiceKey, ServiceState, Settings, SwitchCounters, TrafficCounters,
-    VIP_FILTER_WORDS, map_names,
+    PreviewPrefix, SHADOW_FLOW_CAPACITY, SHADOW_RING_BYTES, ServiceKey, ServiceState, Settings,
+    ShadowCount, ShadowFlow, ShadowSettings, SwitchCounters, TrafficCounters, VIP_FILTER_WORDS,
+    map_names,
 };
 
 use super::PinLayout;
@@ -138,6 +139,34 @@ fn expected_maps() -> [MapSpec; map_names::ALL.len()] {
             key_size: size_of::<LocalSocketKey>(),
             value_size: size_of::<LocalSocket>(),
             max_entries: Some(LOCAL_SOCKET_CAPACITY),
+        },
+        MapSpec {
+            name: map_names::SHADOW,
+            kind: MapType::Array,
+            key_size: size_of::<u32>(),
+            value_size: size_of::<ShadowSettings>(),
+            max_entries: Some(MAX_SERVICES),
+        },
+        MapSpec {
+            name: map_names::SHADOW_FLOWS,
+            kind: MapType::LruHash,
+            key_size: size_of::<FlowKey>(),
+            value_size: size_of::<ShadowFlow>(),
+            max_entries: Some(SHADOW_FLOW_CAPACITY),
+        },
+        MapSpec {
+            name: map_names::SHADOW_RING,
+            kind: MapType::RingBuf,
+            key_size: 0,
+            value_size: 0,
+            max_entries: Some(SHADOW_RING_BYTES),
+        },
+        MapSpec {
+            name: map_names::SHADOW_COUNTS,
+            kind: MapType::PerCpuArray,
+            key_size: size_of::<u32>(),
+            value_size: size_of::<u64>(),
+            max_entries: Some(ShadowCount::COUNT),
         },
     ]
 }

@@ -77,10 +77,11 @@ impl PinnedMaps {
             });
         }
         // The switch counters only count: without their pin a command
-        // still works (uncounted) until `up` creates them again.
+        // still works (uncounted) until `up` creates them again. The
+        // shadow maps are shadowing's own (see `map_names::SHADOW_MAPS`).
         if let Some(name) = map_names::ALL
             .iter()
-            .filter(|name| **name != map_names::SWITCHES)
+            .filter(|name| **name != map_names::SWITCHES && !map_names::SHADOW_MAPS.contains(name))
             .find(|name| !layout.map(name).exists())
         {
             return Err(Error::MapPinMissing {
