@@ -1,0 +1,2 @@
+//! Shadow traffic: the client streams of sampled flows, replayed to another backend.
+pub mod reassembly;
