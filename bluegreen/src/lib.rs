@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod load;
 pub mod pinned;
 pub mod pool;
+pub mod shadow;
 pub mod shift;
 mod sockdiag;
 pub mod state;
