@@ -9,6 +9,7 @@ use crate::{
     local::{LocalSettings, LocalSocket, LocalSocketKey},
     pools::{BackendKey, Pool, PoolBackend},
     services::{PreviewPrefix, ServiceKey, ServiceState},
+    shadow::{ShadowFlow, ShadowHeader, ShadowSettings},
 };
 
 // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte
@@ -28,3 +29,6 @@ unsafe impl aya::Pod for SwitchCounters {}
 unsafe impl aya::Pod for LocalSettings {}
 unsafe impl aya::Pod for LocalSocketKey {}
 unsafe impl aya::Pod for LocalSocket {}
+unsafe impl aya::Pod for ShadowSettings {}
+unsafe impl aya::Pod for ShadowFlow {}
+unsafe impl aya::Pod for ShadowHeader {}

@@ -1,5 +1,5 @@
-//! Clocks: the dataplane's (jiffies, read from userspace) and the wall
-//! clock the state file and the daemon record switch times in.
+//! Clocks: the dataplane's (jiffies, read from userspace; and the
+//! monotonic clock of the shadow capture) and the wall clock the state file and the daemon record switch times in.
 //!
 //! Flow timestamps are `bpf_jiffies64()`, the only clock read the verifier
 //! inlines. Userspace has no direct view of jiffies, so it asks the kernel
@@ -43,6 +43,19 @@ fn program() -> Result<&'static Mutex<Ebpf>> {
         .load()
         .map_err(Error::ebpf("the kernel refused the clock program"))?;
     Ok(LOADED.get_or_init(|| Mutex::new(ebpf)))
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns()` reads,
+/// so userspace can age what the shadow capture timestamped.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes the timespec it is given; CLOCK_MONOTONIC always
+    // exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// The dataplane's clock now, in jiffies.

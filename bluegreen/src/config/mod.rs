@@ -28,6 +28,7 @@ use crate::{
     health::HealthCheck,
     lifecycle::Lifecycle,
     load::LoadCheck,
+    shadow::options::ShadowConfig,
     verify::{Analysis, CommandGate, Warmup},
 };
 
@@ -89,6 +90,10 @@ pub struct ServiceSpec {
     /// the idle one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<Lifecycle>,
+    /// Shadowing's defaults for this service, and whether the daemon
+    /// shadows it from its start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowConfig>,
 }
 
 impl ServiceSpec {
@@ -114,6 +119,7 @@ impl ServiceSpec {
             warmup: None,
             analysis: Vec::new(),
             lifecycle: None,
+            shadow: None,
         }
     }
 

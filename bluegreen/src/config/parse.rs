@@ -6,6 +6,7 @@ use std::{
     fmt::Display,
     ops::{Range, RangeInclusive},
     path::PathBuf,
+    time::Duration,
 };
 
 use bluegreen_common::{MAX_SERVICES, Timeouts};
@@ -24,6 +25,10 @@ use crate::{
     health::{HealthCheck, Probe},
     lifecycle::Lifecycle,
     load::LoadCheck,
+    shadow::{
+        http::AllowList,
+        options::{ShadowConfig, ShadowOptions},
+    },
     verify::{
         Analysis, CommandGate, Figure, Method, NoData, Source as AnalysisSource, Threshold, Warmup,
     },
@@ -80,6 +85,20 @@ struct RawService {
     #[serde(default)]
     analysis: Vec<Spanned<RawAnalysis>>,
     lifecycle: Option<Spanned<RawLifecycle>>,
+    shadow: Option<Spanned<RawShadow>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShadow {
+    enabled: Option<bool>,
+    sample: Option<String>,
+    duration_secs: Option<u64>,
+    max_inflight: Option<usize>,
+    allow: Option<Vec<String>>,
+    response_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    max_buffered_mib: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -534,6 +553,7 @@ impl ServiceTable<'_> {
                 &raw.lifecycle,
                 RawLifecycle::settings,
             )?,
+            shadow: self.read_opt(ServiceField::Shadow, &raw.shadow, RawShadow::settings)?,
         };
         spec.validate()
             .map_err(|invalid| self.error(invalid.field, invalid.error))?;
@@ -585,6 +605,7 @@ impl ServiceTable<'_> {
             ServiceField::Warmup => or_name(raw.warmup.as_ref().map(Spanned::span)),
             ServiceField::Analysis => or_name(raw.analysis.first().map(Spanned::span)),
             ServiceField::Lifecycle => or_name(raw.lifecycle.as_ref().map(Spanned::span)),
+            ServiceField::Shadow => or_name(raw.shadow.as_ref().map(Spanned::span)),
         }
     }
 }
@@ -698,6 +719,43 @@ impl RawLifecycle {
         };
         lifecycle.validate()?;
         Ok(lifecycle)
+    }
+}
+
+impl RawShadow {
+    /// `[service.shadow]`: off unless `enabled`, and the defaults of
+    /// `shadow start` and `shadow run` for this service.
+    fn settings(&self) -> Result<ShadowConfig, String> {
+        let sample = match &self.sample {
+            Some(sample) => sample.parse()?,
+            None => ShadowConfig::DEFAULT_SAMPLE,
+        };
+        let defaults = ShadowOptions::new(sample);
+        let allow = match &self.allow {
+            Some(rules) => AllowList::parse(rules).map_err(|error| error.to_string())?,
+            None => defaults.allow.clone(),
+        };
+        let seconds = |value: Option<u64>, default: Duration, name: &str| match value {
+            Some(0) => Err(format!("{name} must be at least 1")),
+            Some(secs) => Ok(Duration::from_secs(secs)),
+            None => Ok(default),
+        };
+        let options = ShadowOptions {
+            sample,
+            duration: self.duration_secs.map(|secs| seconds(Some(secs), Duration::ZERO, "duration_secs")).transpose()?,
+            max_inflight: self.max_inflight.unwrap_or(defaults.max_inflight),
+            allow,
+            response_timeout: seconds(self.response_timeout_secs, defaults.response_timeout, "response_timeout_secs")?,
+            idle_timeout: seconds(self.idle_timeout_secs, defaults.idle_timeout, "idle_timeout_secs")?,
+            max_buffered_bytes: self
+                .max_buffered_mib
+                .map_or(defaults.max_buffered_bytes, |mib| mib << 20),
+        };
+        options.validate()?;
+        Ok(ShadowConfig {
+            enabled: self.enabled.unwrap_or(false),
+            settings: options.to_request(),
+        })
     }
 }
 

@@ -29,6 +29,7 @@ pub enum ServiceField {
     Warmup,
     Analysis,
     Lifecycle,
+    Shadow,
 }
 
 impl From<Color> for ServiceField {
@@ -56,6 +57,7 @@ impl fmt::Display for ServiceField {
             ServiceField::Warmup => "warmup",
             ServiceField::Analysis => "analysis",
             ServiceField::Lifecycle => "lifecycle",
+            ServiceField::Shadow => "shadow",
         })
     }
 }

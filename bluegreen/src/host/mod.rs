@@ -27,6 +27,7 @@ mod local;
 mod programs;
 mod rebuild;
 mod reconcile;
+mod shadow;
 pub mod status;
 pub mod switching;
 
@@ -35,9 +36,11 @@ use std::{net::SocketAddr, path::PathBuf};
 use bluegreen_common::{ServiceKey, ServiceState};
 
 pub use backends::{BackendAction, BackendOutcome, write_pool};
+pub(crate) use colors::alive;
 pub use colors::{ScaleDown, Started};
 pub use inventory::Attachment;
 pub use lifecycle::{UpOutcome, UpRequest};
+pub use shadow::{ShadowOrderStart, ShadowStopped};
 pub use local::{LocalReset, cgroup2_root};
 pub use status::{
     BackendStatus, ColorStatus, InterfaceStatus, STATUS_SCHEMA_VERSION, ServiceStatus, StatusReport,

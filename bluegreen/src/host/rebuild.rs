@@ -142,6 +142,7 @@ pub(super) fn state_from_maps(
                         .map(|record| record.spec.analysis.clone())
                         .unwrap_or_default(),
                     lifecycle: remembered.and_then(|record| record.spec.lifecycle.clone()),
+                    shadow: remembered.and_then(|record| record.spec.shadow.clone()),
                 },
                 previous: Color::from_wire(state.previous),
                 counter_slot: state.counter_slot,

@@ -7,6 +7,7 @@ mod contract;
 mod flows;
 mod maps;
 mod pools;
+mod shadow;
 
 use std::{
     collections::BTreeSet,
@@ -26,6 +27,7 @@ use bluegreen_common::{LAYOUT_VERSION, map_names, program_names};
 
 pub use contract::check_pinned_maps;
 pub use maps::{PinnedMaps, Put, preview_key};
+pub use shadow::ShadowMaps;
 
 use crate::{
     dirs::open_private_dir,

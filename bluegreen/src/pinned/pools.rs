@@ -83,7 +83,7 @@ impl PinnedMaps {
 
     /// The backend `pool`'s table gives a flow hash, as the kernel picks
     /// it for a new flow; `None` when no backend takes new flows.
-    pub(super) fn table_backend(&self, pool: &Pool, hash: u32) -> Result<Option<PoolBackend>> {
+    pub fn table_backend(&self, pool: &Pool, hash: u32) -> Result<Option<PoolBackend>> {
         let Some((chunk, at)) = maglev_position(pool, hash) else {
             return Ok(None);
         };

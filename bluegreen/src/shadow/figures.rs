@@ -197,7 +197,7 @@ fn verdict(outcome: &Outcome) -> Option<Option<StatusClass>> {
 }
 
 /// The comparison as `status --json` shows it and the state file keeps it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub live: ColorSummary,
     pub shadow: ColorSummary,
@@ -205,7 +205,7 @@ pub struct Summary {
     pub mismatched_status: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ColorSummary {
     pub requests: u64,
     pub status_1xx: u64,

@@ -499,6 +499,19 @@ impl AllowList {
         Ok(AllowList { rules })
     }
 
+    /// The rules as they would be written, for a record another process
+    /// reads them back from.
+    pub fn rules(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .map(|rule| match &rule.path {
+                PathRule::Any => rule.method.clone(),
+                PathRule::Exact(path) => format!("{} {path}", rule.method),
+                PathRule::Prefix(prefix) => format!("{} {prefix}*", rule.method),
+            })
+            .collect()
+    }
+
     /// Whether a request is replayed. The query string plays no part: the
     /// same call with other arguments is the same kind of call.
     pub fn allows(&self, method: &str, target: &str) -> bool {

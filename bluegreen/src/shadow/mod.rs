@@ -11,4 +11,5 @@ pub mod http;
 pub mod live;
 pub mod options;
 pub mod reassembly;
+pub mod record;
 pub mod replay;

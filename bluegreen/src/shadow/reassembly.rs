@@ -120,7 +120,7 @@ impl AbandonReason {
 }
 
 /// What the reassembler has seen since it started, for metrics.
-#[derive(Default, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     pub segments: u64,
     pub bytes_delivered: u64,

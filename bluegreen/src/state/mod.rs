@@ -18,6 +18,7 @@ use crate::{
     endpoint::{Color, Proto},
     error::{Error, Result},
     lifecycle::LifecycleRecord,
+    shadow::record::{ShadowOrder, ShadowRecord},
     verify::AnalysesRecord,
 };
 
@@ -382,6 +383,69 @@ impl StateStore {
     pub fn save_lifecycle(&self, service: &str, record: &LifecycleRecord) -> Result<()> {
         let text = serde_json::to_string_pretty(record).expect("record serialises") + "\n";
         self.write(&format!("lifecycle:{service}.json"), &text)
+    }
+
+    /// The shadowing run of `service` (see [`crate::shadow`]), written by
+    /// its owner about once a second and at its end. Named with a ':', as
+    /// the analyses' record.
+    pub fn save_shadow(&self, service: &str, record: &ShadowRecord) -> Result<()> {
+        let text = serde_json::to_string_pretty(record).expect("record serialises") + "\n";
+        self.write(&format!("shadow:{service}.json"), &text)
+    }
+
+    /// What [`StateStore::save_shadow`] last wrote; a record of another
+    /// schema version is refused, not misread.
+    pub fn load_shadow(&self, service: &str) -> Result<Option<ShadowRecord>> {
+        let name = format!("shadow:{service}.json");
+        let Some(text) = self.read(&name)? else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| Error::CorruptState {
+            path: self.dir.join(&name),
+            reason,
+        };
+        let record: ShadowRecord =
+            serde_json::from_str(&text).map_err(|error| corrupt(error.to_string()))?;
+        if record.schema_version != ShadowRecord::SCHEMA_VERSION {
+            return Err(corrupt(format!(
+                "schema version {}, and this bluegreen reads {}",
+                record.schema_version,
+                ShadowRecord::SCHEMA_VERSION
+            )));
+        }
+        Ok(Some(record))
+    }
+
+    /// `shadow start`'s request to the daemon, or `shadow stop`'s to the
+    /// run's owner: one file each, so that neither races the owner's
+    /// record writes.
+    pub fn save_shadow_order(&self, service: &str, order: &ShadowOrder) -> Result<()> {
+        let text = serde_json::to_string_pretty(order).expect("order serialises") + "\n";
+        self.write(&format!("shadow-order:{service}.json"), &text)
+    }
+
+    /// The order waiting for `service`'s shadowing; a damaged one is
+    /// refused (its writer is told through the run's record).
+    pub fn load_shadow_order(&self, service: &str) -> Result<Option<ShadowOrder>> {
+        let name = format!("shadow-order:{service}.json");
+        let Some(text) = self.read(&name)? else {
+            return Ok(None);
+        };
+        serde_json::from_str(&text).map(Some).map_err(|error| Error::CorruptState {
+            path: self.dir.join(&name),
+            reason: error.to_string(),
+        })
+    }
+
+    /// The order has been acted on.
+    pub fn remove_shadow_order(&self, service: &str) -> Result<()> {
+        self.remove_names(&[format!("shadow-order:{service}.json")])
+    }
+
+    /// The interface's shadowing lock, held by the one run that reads its
+    /// capture ring (a ring has one reader); `None` while a run holds it.
+    pub fn try_lock_shadow(&self, iface: &str) -> Result<Option<InterfaceLock>> {
+        self.lock_named(&format!("{iface}.shadow.lock"), false)
     }
 
     /// A new file for a release gate's output, `verify/<name>` under the

@@ -1,0 +1,647 @@
+//! The shadowing run itself: records from the ring are put back into each
+//! sampled flow's byte stream, cut into requests, replayed to the idle
+//! color by one task per flow, and each request's two answers (the live
+//! color's, from its reply records, and the idle color's, from the replay)
+//! are compared. Everything it holds is bounded: flows, bytes waiting, and
+//! answers waiting for their pair.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use bluegreen_common::{FlowKey, IPPROTO_UDP, flow_hash};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use super::{
+    capture::{self, Origin, Record, RingReader},
+    figures::{Comparison, Outcome, Summary},
+    http::{HttpError, Request, RequestParser},
+    live::LiveExchanges,
+    options::ShadowOptions,
+    reassembly::{self, FlowEvent, Limits, Reassembler, Segment},
+    replay::{Job, Replay, ReplayCounters, ReplayCounts, Report},
+};
+use crate::clock::monotonic_ns;
+
+/// Jobs queued for one flow's replay before the flow counts as one the idle
+/// color cannot keep up with.
+const QUEUED_JOBS: usize = 256;
+/// Answers held while waiting for their other half; beyond it the oldest
+/// flow's are recorded unpaired.
+const MAX_PENDING_FLOWS: usize = 65_536;
+/// Records read before other work (timers, replay reports) gets a turn.
+const READ_BATCH: usize = 4096;
+
+/// Why a run ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "reason", content = "detail")]
+pub enum StopReason {
+    /// `bluegreen shadow stop`, a signal, or the daemon stopping.
+    Requested,
+    /// The run's duration ended.
+    DurationEnded,
+    /// The idle color became live.
+    Switched,
+    /// The idle color failed its health check.
+    IdleUnhealthy(String),
+    /// The service is gone, or no longer reachable.
+    ServiceGone(String),
+    /// Reading the capture failed.
+    Failed(String),
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Requested => f.write_str("stopped on request"),
+            Self::DurationEnded => f.write_str("its duration ended"),
+            Self::Switched => f.write_str("the idle color became live"),
+            Self::IdleUnhealthy(detail) => write!(f, "the idle color is unhealthy: {detail}"),
+            Self::ServiceGone(detail) => write!(f, "the service is gone: {detail}"),
+            Self::Failed(detail) => write!(f, "capture failed: {detail}"),
+        }
+    }
+}
+
+/// What the engine asks of the host it runs on.
+pub trait Control {
+    /// The idle color's backend for a new flow with this hash, as the
+    /// dataplane would pick it (pool, weights, drains); `None` when the
+    /// idle color has none taking new flows.
+    fn backend(&mut self, hash: u32) -> Option<SocketAddr>;
+    /// Called about once a second: a reason to stop, if there is one.
+    fn check(&mut self) -> Option<StopReason>;
+    /// The dataplane's capture counters, by name: read about once a
+    /// second, the run's figures are counted from the first reading.
+    fn capture_counts(&mut self) -> BTreeMap<String, u64>;
+    /// Called about once a second and at the end, with the run's figures.
+    fn publish(&mut self, report: &ShadowReport);
+}
+
+/// What the engine itself counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineCounts {
+    /// Flows handed to a replay task.
+    pub flows_replayed: u64,
+    /// Sampled flows not replayed: `max_inflight` flows were already.
+    pub flows_over_inflight: u64,
+    /// Sampled flows not replayed: the idle color had no backend.
+    pub flows_without_backend: u64,
+    /// Flows given up because the idle color fell behind their client.
+    pub flows_backlogged: u64,
+    /// Flows given up to stay within the byte bound.
+    pub flows_over_memory: u64,
+    /// Flows whose client stream stopped parsing as HTTP (replayed no
+    /// further).
+    pub flows_not_http: u64,
+    /// Flows closed after `idle_timeout` without a byte.
+    pub flows_idle: u64,
+    /// Requests the allow-list kept from replay.
+    pub requests_not_allowed: u64,
+    /// Ring records that could not be used.
+    pub bad_records: u64,
+    /// Live-reply records of flows the run does not follow.
+    pub unmatched_replies: u64,
+    /// Flows whose answers were recorded unpaired to bound memory.
+    pub pairs_dropped: u64,
+}
+
+/// A run's figures: the dataplane's capture (since the run began), the
+/// rebuilding of streams, the replay, and the two colors side by side.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShadowReport {
+    pub capture: BTreeMap<String, u64>,
+    pub reassembly: reassembly::Counters,
+    pub engine: EngineCounts,
+    pub replay: ReplayCounts,
+    /// Flows being replayed now.
+    pub inflight: usize,
+    /// Client bytes held now (out of order, or queued for replay).
+    pub buffered_bytes: usize,
+    pub comparison: Summary,
+}
+
+/// How a flow's client stream is read.
+enum Stream {
+    Http(RequestParser),
+    /// Not HTTP (or no longer): bytes as they come.
+    Opaque,
+    Udp,
+}
+
+struct Flow {
+    id: u64,
+    stream: Stream,
+    jobs: mpsc::Sender<Job>,
+    live: LiveExchanges,
+    /// Requests cut from the stream so far (a stream that is not HTTP
+    /// counts as one from its first byte).
+    requests: u64,
+    /// The stream's bytes until its first request is cut, in case they
+    /// turn out not to be HTTP and must be replayed as they are.
+    unparsed: Vec<u8>,
+    last_activity_ns: u64,
+}
+
+/// One flow's answers waiting for their other half, by request index.
+#[derive(Default)]
+struct Pairs {
+    live: BTreeMap<u64, Outcome>,
+    shadow: BTreeMap<u64, Outcome>,
+    /// Requests not replayed: their live answers are not compared.
+    skipped: BTreeSet<u64>,
+    client_done: bool,
+    replay_done: bool,
+}
+
+pub struct Engine<C> {
+    control: C,
+    options: ShadowOptions,
+    reassembler: Reassembler,
+    flows: HashMap<FlowKey, Flow>,
+    pairs: BTreeMap<u64, Pairs>,
+    next_flow: u64,
+    comparison: Comparison,
+    counts: EngineCounts,
+    replay_counters: Arc<ReplayCounters>,
+    reports_sender: mpsc::UnboundedSender<Report>,
+    /// Taken by `run`, which waits on it beside the ring.
+    reports: Option<mpsc::UnboundedReceiver<Report>>,
+    /// The capture's counters when the run began, and now.
+    capture_base: BTreeMap<String, u64>,
+    capture_now: BTreeMap<String, u64>,
+    events: Vec<FlowEvent>,
+}
+
+impl<C: Control> Engine<C> {
+    pub fn new(control: C, options: ShadowOptions) -> Self {
+        let (reports_sender, reports) = mpsc::unbounded_channel();
+        let limits = Limits {
+            max_flows: options.max_inflight.max(1) * 4,
+            max_buffered_bytes: options.max_buffered_bytes / 2,
+            ..Limits::default()
+        };
+        Self {
+            control,
+            reassembler: Reassembler::new(limits),
+            options,
+            flows: HashMap::new(),
+            pairs: BTreeMap::new(),
+            next_flow: 0,
+            comparison: Comparison::default(),
+            counts: EngineCounts::default(),
+            replay_counters: Arc::new(ReplayCounters::default()),
+            reports_sender,
+            reports: Some(reports),
+            capture_base: BTreeMap::new(),
+            capture_now: BTreeMap::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn read_capture_counts(&mut self) {
+        let counts = self.control.capture_counts();
+        if self.capture_base.is_empty() {
+            self.capture_base = counts.clone();
+        }
+        self.capture_now = counts;
+    }
+
+    /// Runs until `stop` says so or [`Control::check`] finds a reason;
+    /// returns the reason, after publishing the last report.
+    pub async fn run(
+        mut self,
+        mut ring: RingReader,
+        mut stop: watch::Receiver<Option<StopReason>>,
+    ) -> (StopReason, ShadowReport) {
+        let mut reports = self.reports.take().expect("a run runs once");
+        self.read_capture_counts();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let reason = loop {
+            tokio::select! {
+                read = ring.read(READ_BATCH, |bytes| self.record(bytes)) => {
+                    if let Err(error) = read {
+                        break StopReason::Failed(error.to_string());
+                    }
+                    self.settle();
+                }
+                Some(report) = reports.recv() => self.report(report),
+                _ = tick.tick() => {
+                    self.expire();
+                    if let Some(reason) = self.control.check() {
+                        break reason;
+                    }
+                    self.read_capture_counts();
+                    let report = self.report_now();
+                    self.control.publish(&report);
+                }
+                changed = stop.changed() => {
+                    let requested = stop.borrow().clone();
+                    match (changed, requested) {
+                        (_, Some(reason)) => break reason,
+                        (Err(_), None) => break StopReason::Requested,
+                        (Ok(()), None) => {}
+                    }
+                }
+            }
+        };
+        self.finish(&mut ring, &mut reports).await;
+        self.read_capture_counts();
+        let report = self.report_now();
+        self.control.publish(&report);
+        (reason, report)
+    }
+
+    /// Lets the flows in replay end (their queues are closed), for at most
+    /// the response timeout, so the last answers count.
+    async fn finish(
+        &mut self,
+        ring: &mut RingReader,
+        reports: &mut mpsc::UnboundedReceiver<Report>,
+    ) {
+        ring.drain(|bytes| self.record(bytes));
+        self.settle();
+        let flows: Vec<FlowKey> = self.flows.keys().copied().collect();
+        for key in flows {
+            self.close_flow(&key, monotonic_ns());
+        }
+        let deadline = tokio::time::Instant::now() + self.options.response_timeout.min(Duration::from_secs(10));
+        while self.pairs.values().any(|pairs| !pairs.replay_done) {
+            match tokio::time::timeout_at(deadline, reports.recv()).await {
+                Ok(Some(report)) => self.report(report),
+                _ => break,
+            }
+        }
+        let flows: Vec<u64> = self.pairs.keys().copied().collect();
+        for flow in flows {
+            self.flush_pairs(flow);
+        }
+    }
+
+    /// One ring record.
+    fn record(&mut self, bytes: &[u8]) {
+        let record = match capture::parse(bytes) {
+            Ok(record) => record,
+            Err(_) => {
+                self.counts.bad_records += 1;
+                return;
+            }
+        };
+        match (record.origin, record.header.key.proto) {
+            (Origin::Live, IPPROTO_UDP) => {}
+            (Origin::Live, _) => self.live_reply(&record),
+            (Origin::Client, IPPROTO_UDP) => self.datagram(&record),
+            (Origin::Client, _) => {
+                let segment = Segment {
+                    key: record.header.key,
+                    seq: record.seq(),
+                    flags: record.header.tcp_flags,
+                    payload: record.payload,
+                    wire_len: record.header.wire_len,
+                    at_ns: record.header.at_ns,
+                };
+                self.reassembler.push(&segment, &mut self.events);
+            }
+        }
+    }
+
+    /// Acts on what the reassembler made of the records read.
+    fn settle(&mut self) {
+        let events = std::mem::take(&mut self.events);
+        for event in &events {
+            match event {
+                FlowEvent::Opened { key, at_ns } => self.open_flow(key, Stream::Opaque, *at_ns),
+                FlowEvent::Data { key, bytes, at_ns } => self.client_bytes(key, bytes, *at_ns),
+                FlowEvent::Closed { key, at_ns } => self.close_flow(key, *at_ns),
+                FlowEvent::Abandoned { key, .. } => self.close_flow(key, monotonic_ns()),
+            }
+        }
+        self.events = events;
+        self.events.clear();
+    }
+
+    /// A sampled flow begins: replayed if a slot and a backend are free.
+    /// A TCP flow starts opaque and becomes HTTP on its first bytes if
+    /// they parse as a request.
+    fn open_flow(&mut self, key: &FlowKey, stream: Stream, at_ns: u64) {
+        if self.flows.contains_key(key) {
+            self.close_flow(key, at_ns);
+        }
+        let inflight = self.pairs.values().filter(|pairs| !pairs.replay_done).count();
+        if inflight >= self.options.max_inflight {
+            self.counts.flows_over_inflight += 1;
+            self.reassembler.forget(key);
+            return;
+        }
+        let Some(backend) = self.control.backend(flow_hash(key)) else {
+            self.counts.flows_without_backend += 1;
+            self.reassembler.forget(key);
+            return;
+        };
+        let id = self.next_flow;
+        self.next_flow += 1;
+        let (jobs, queue) = mpsc::channel(QUEUED_JOBS);
+        let replay = Replay {
+            flow: id,
+            backend,
+            response_timeout: self.options.response_timeout,
+            idle_timeout: self.options.idle_timeout,
+            counters: self.replay_counters.clone(),
+            reports: self.reports_sender.clone(),
+        };
+        tokio::spawn(replay.run(queue));
+        self.counts.flows_replayed += 1;
+        let stream = match stream {
+            Stream::Udp => Stream::Udp,
+            _ => Stream::Http(RequestParser::new(self.options.max_buffered_bytes / 4)),
+        };
+        self.flows.insert(
+            *key,
+            Flow {
+                id,
+                stream,
+                jobs,
+                live: LiveExchanges::default(),
+                requests: 0,
+                unparsed: Vec::new(),
+                last_activity_ns: at_ns,
+            },
+        );
+        self.pairs.insert(id, Pairs::default());
+        self.bound_pairs();
+    }
+
+    fn client_bytes(&mut self, key: &FlowKey, bytes: &[u8], at_ns: u64) {
+        let Some(flow) = self.flows.get_mut(key) else {
+            return;
+        };
+        flow.last_activity_ns = at_ns;
+        let mut jobs = Vec::new();
+        let mut skipped = Vec::new();
+        let mut live_answers = Vec::new();
+        let mut not_http = false;
+        if let Stream::Http(parser) = &mut flow.stream {
+            if flow.requests == 0 {
+                flow.unparsed.extend_from_slice(bytes);
+            }
+            match cut_requests(parser, bytes) {
+                Ok(requests) => {
+                    for request in requests {
+                        let index = flow.requests;
+                        flow.requests += 1;
+                        flow.unparsed = Vec::new();
+                        let answer = flow.live.request_sent(at_ns);
+                        if let (Some(answer), Some(before)) = (answer, index.checked_sub(1)) {
+                            live_answers.push((before, answer));
+                        }
+                        if self.options.allow.allows(&request.method, &request.target) {
+                            jobs.push(Job::Request {
+                                index,
+                                method: request.method,
+                                raw: request.raw,
+                            });
+                        } else {
+                            skipped.push(index);
+                        }
+                    }
+                }
+                // The first bytes decide: a stream that does not start as
+                // HTTP is replayed as bytes, from its first one.
+                Err(_) if flow.requests == 0 => {
+                    flow.stream = Stream::Opaque;
+                    flow.requests = 1;
+                    flow.live.request_sent(at_ns);
+                    jobs.push(Job::Bytes(std::mem::take(&mut flow.unparsed)));
+                }
+                // One that stops parsing later cannot be cut into requests
+                // any more: it is replayed no further.
+                Err(_) => not_http = true,
+            }
+        } else {
+            if flow.requests == 0 {
+                // A stream that is not HTTP is one exchange, from its first
+                // byte on.
+                flow.requests = 1;
+                flow.live.request_sent(at_ns);
+            }
+            jobs.push(match flow.stream {
+                Stream::Udp => Job::Datagram(bytes.to_vec()),
+                _ => Job::Bytes(bytes.to_vec()),
+            });
+        }
+        let id = flow.id;
+        self.counts.requests_not_allowed += skipped.len() as u64;
+        if let Some(pairs) = self.pairs.get_mut(&id) {
+            pairs.skipped.extend(skipped);
+        }
+        for (index, answer) in live_answers {
+            self.live_answer(id, index, answer);
+        }
+        if not_http {
+            self.counts.flows_not_http += 1;
+            self.close_flow(key, at_ns);
+            return;
+        }
+        for job in jobs {
+            if !self.queue(key, job) {
+                return;
+            }
+        }
+    }
+
+    /// Queues a job for a flow's replay, within the byte bound; false when
+    /// the flow had to be given up.
+    fn queue(&mut self, key: &FlowKey, job: Job) -> bool {
+        let len = match &job {
+            Job::Request { raw, .. } => raw.len(),
+            Job::Bytes(bytes) | Job::Datagram(bytes) => bytes.len(),
+        };
+        let queued = &self.replay_counters.queued_bytes;
+        let held = queued.load(Ordering::Relaxed) + self.reassembler.buffered_bytes();
+        if held + len > self.options.max_buffered_bytes {
+            self.counts.flows_over_memory += 1;
+            self.close_flow(key, monotonic_ns());
+            return false;
+        }
+        let Some(flow) = self.flows.get(key) else {
+            return false;
+        };
+        queued.fetch_add(len, Ordering::Relaxed);
+        if flow.jobs.try_send(job).is_err() {
+            queued.fetch_sub(len, Ordering::Relaxed);
+            self.counts.flows_backlogged += 1;
+            self.close_flow(key, monotonic_ns());
+            return false;
+        }
+        true
+    }
+
+    fn datagram(&mut self, record: &Record) {
+        let key = record.header.key;
+        if !self.flows.contains_key(&key) {
+            self.open_flow(&key, Stream::Udp, record.header.at_ns);
+        }
+        self.client_bytes(&key, record.payload, record.header.at_ns);
+    }
+
+    fn live_reply(&mut self, record: &Record) {
+        let Some(flow) = self.flows.get_mut(&record.header.key) else {
+            self.counts.unmatched_replies += 1;
+            return;
+        };
+        flow.live.reply_segment(
+            record.seq(),
+            record.header.wire_len,
+            record.payload,
+            record.header.at_ns,
+        );
+    }
+
+    /// The client side of a flow ended (closed, abandoned, idle, or the run
+    /// stopping): its last live answer is final, and its replay task ends
+    /// once it has written what it was given.
+    fn close_flow(&mut self, key: &FlowKey, at_ns: u64) {
+        self.reassembler.forget(key);
+        let Some(mut flow) = self.flows.remove(key) else {
+            return;
+        };
+        let answer = flow.live.closed(at_ns);
+        if let (Some(answer), Some(index)) = (answer, flow.requests.checked_sub(1))
+            && !matches!(flow.stream, Stream::Udp)
+        {
+            self.live_answer(flow.id, index, answer);
+        }
+        if let Some(pairs) = self.pairs.get_mut(&flow.id) {
+            pairs.client_done = true;
+        }
+        self.flush_if_done(flow.id);
+    }
+
+    fn live_answer(&mut self, flow: u64, index: u64, answer: Outcome) {
+        let Some(pairs) = self.pairs.get_mut(&flow) else {
+            return;
+        };
+        if pairs.skipped.contains(&index) {
+            return;
+        }
+        match pairs.shadow.remove(&index) {
+            Some(shadow) => self.comparison.pair(&answer, &shadow),
+            None => {
+                pairs.live.insert(index, answer);
+            }
+        }
+    }
+
+    fn report(&mut self, report: Report) {
+        match report {
+            Report::Outcome {
+                flow,
+                index,
+                outcome,
+            } => {
+                let (Some(pairs), Some(index)) = (self.pairs.get_mut(&flow), index) else {
+                    self.comparison.record_shadow_only(&outcome);
+                    return;
+                };
+                match pairs.live.remove(&index) {
+                    Some(live) => self.comparison.pair(&live, &outcome),
+                    None => {
+                        pairs.shadow.insert(index, outcome);
+                    }
+                }
+            }
+            Report::Finished { flow } => {
+                if let Some(pairs) = self.pairs.get_mut(&flow) {
+                    pairs.replay_done = true;
+                }
+                self.flush_if_done(flow);
+            }
+        }
+    }
+
+    fn flush_if_done(&mut self, flow: u64) {
+        if self
+            .pairs
+            .get(&flow)
+            .is_some_and(|pairs| pairs.client_done && pairs.replay_done)
+        {
+            self.flush_pairs(flow);
+        }
+    }
+
+    /// Records a flow's answers that found no pair, and forgets the flow.
+    fn flush_pairs(&mut self, flow: u64) {
+        let Some(pairs) = self.pairs.remove(&flow) else {
+            return;
+        };
+        for live in pairs.live.values() {
+            self.comparison.record_live_only(live);
+        }
+        for shadow in pairs.shadow.values() {
+            self.comparison.record_shadow_only(shadow);
+        }
+    }
+
+    fn bound_pairs(&mut self) {
+        while self.pairs.len() > MAX_PENDING_FLOWS {
+            let oldest = *self.pairs.keys().next().expect("not empty");
+            self.counts.pairs_dropped += 1;
+            self.flush_pairs(oldest);
+        }
+    }
+
+    /// Once a second: holes too old to fill, and flows quiet for longer than
+    /// the idle timeout.
+    fn expire(&mut self) {
+        let now = monotonic_ns();
+        self.reassembler.expire(now, &mut self.events);
+        self.settle();
+        let idle_ns = u64::try_from(self.options.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+        let idle: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter(|(_, flow)| now.saturating_sub(flow.last_activity_ns) > idle_ns)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in idle {
+            self.counts.flows_idle += 1;
+            self.close_flow(&key, now);
+        }
+    }
+
+    fn report_now(&self) -> ShadowReport {
+        let capture = self
+            .capture_now
+            .iter()
+            .map(|(name, now)| {
+                let base = self.capture_base.get(name).copied().unwrap_or(0);
+                (name.clone(), now.saturating_sub(base))
+            })
+            .collect();
+        ShadowReport {
+            capture,
+            reassembly: self.reassembler.counters(),
+            engine: self.counts,
+            replay: self.replay_counters.snapshot(),
+            inflight: self.pairs.values().filter(|pairs| !pairs.replay_done).count(),
+            buffered_bytes: self.replay_counters.queued_bytes.load(Ordering::Relaxed)
+                + self.reassembler.buffered_bytes(),
+            comparison: self.comparison.summary(),
+        }
+    }
+}
+
+/// The requests `bytes` complete.
+fn cut_requests(parser: &mut RequestParser, bytes: &[u8]) -> Result<Vec<Request>, HttpError> {
+    parser.push(bytes)?;
+    let mut requests = Vec::new();
+    while let Some(request) = parser.next_request()? {
+        requests.push(request);
+    }
+    Ok(requests)
+}
