@@ -145,7 +145,11 @@ pub fn shadow_sample_point(hash: u32) -> u32 {
 pub fn shadow_sample_below(basis_points: u32) -> u32 {
     let basis_points = basis_points.min(10_000);
     let below = (u64::from(basis_points) * u64::from(SHADOW_SAMPLE_SCALE) + 5_000) / 10_000;
-    if basis_points > 0 { (below as u32).max(1) } else { 0 }
+    if basis_points > 0 {
+        (below as u32).max(1)
+    } else {
+        0
+    }
 }
 
 #[cfg(test)]

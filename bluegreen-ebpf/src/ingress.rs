@@ -47,7 +47,8 @@ impl Payload for XdpPacket<'_> {
     fn copy_out(&self, offset: usize, to: *mut u8, len: usize) -> Result<(), PassReason> {
         // SAFETY: `to` holds at least `len` bytes (the caller bounds it by
         // the buffer, and the verifier checks that it does).
-        let failed = unsafe { bpf_xdp_load_bytes(self.0.ctx, offset as u32, to.cast(), len as u32) };
+        let failed =
+            unsafe { bpf_xdp_load_bytes(self.0.ctx, offset as u32, to.cast(), len as u32) };
         if failed == 0 {
             Ok(())
         } else {

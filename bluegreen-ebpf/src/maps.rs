@@ -12,8 +12,8 @@ use bluegreen_common::{
     MAX_BACKEND_COUNTERS, MAX_BACKEND_VIPS, MAX_BACKENDS, MAX_PREVIEW_PREFIXES, MAX_SERVICES,
     MaglevChunk, PREVIEW_FIXED_BITS, PassReason, Pool, PoolBackend, PreviewPrefix,
     SHADOW_FLOW_CAPACITY, SHADOW_RING_BYTES, ServiceKey, ServiceState, Settings, ShadowCount,
-    ShadowFlow, ShadowSettings, SwitchCounters, TrafficCounters, VIP_FILTER_WORDS,
-    bitmap_position, maglev_position, vip_filter_bit,
+    ShadowFlow, ShadowSettings, SwitchCounters, TrafficCounters, VIP_FILTER_WORDS, bitmap_position,
+    maglev_position, vip_filter_bit,
 };
 
 /// Not preallocated: an update then swaps in a new element under RCU, so a

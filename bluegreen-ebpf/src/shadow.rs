@@ -128,8 +128,7 @@ fn try_record(
     } else {
         ([0; 4], 8, 0)
     };
-    let (payload_at, wire_len) =
-        payload_span(packet, headers, header_len).map_err(malformed)?;
+    let (payload_at, wire_len) = payload_span(packet, headers, header_len).map_err(malformed)?;
     let limit = if kind == SHADOW_FROM_CLIENT {
         MAX_SHADOW_PAYLOAD
     } else {

@@ -116,7 +116,9 @@ pub enum Error {
     ServiceNotLive { service: String },
     #[error("cannot shadow {service}: {reason}")]
     ShadowRefused { service: String, reason: String },
-    #[error("{service} is not being shadowed: `bluegreen shadow status {service}` shows its last run")]
+    #[error(
+        "{service} is not being shadowed: `bluegreen shadow status {service}` shows its last run"
+    )]
     ShadowNotRunning { service: String },
     #[error(
         "{path} holds maps of layout {found}, but this bluegreen uses layout {expected}: run `bluegreen down --iface {iface}` with the version that created them (the state file keeps each service's active color), then `bluegreen up` again"

@@ -742,11 +742,22 @@ impl RawShadow {
         };
         let options = ShadowOptions {
             sample,
-            duration: self.duration_secs.map(|secs| seconds(Some(secs), Duration::ZERO, "duration_secs")).transpose()?,
+            duration: self
+                .duration_secs
+                .map(|secs| seconds(Some(secs), Duration::ZERO, "duration_secs"))
+                .transpose()?,
             max_inflight: self.max_inflight.unwrap_or(defaults.max_inflight),
             allow,
-            response_timeout: seconds(self.response_timeout_secs, defaults.response_timeout, "response_timeout_secs")?,
-            idle_timeout: seconds(self.idle_timeout_secs, defaults.idle_timeout, "idle_timeout_secs")?,
+            response_timeout: seconds(
+                self.response_timeout_secs,
+                defaults.response_timeout,
+                "response_timeout_secs",
+            )?,
+            idle_timeout: seconds(
+                self.idle_timeout_secs,
+                defaults.idle_timeout,
+                "idle_timeout_secs",
+            )?,
             max_buffered_bytes: self
                 .max_buffered_mib
                 .map_or(defaults.max_buffered_bytes, |mib| mib << 20),

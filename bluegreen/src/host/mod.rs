@@ -40,8 +40,8 @@ pub(crate) use colors::alive;
 pub use colors::{ScaleDown, Started};
 pub use inventory::Attachment;
 pub use lifecycle::{UpOutcome, UpRequest};
-pub use shadow::{ShadowOrderStart, ShadowStopped};
 pub use local::{LocalReset, cgroup2_root};
+pub use shadow::{ShadowOrderStart, ShadowStopped};
 pub use status::{
     BackendStatus, ColorStatus, InterfaceStatus, STATUS_SCHEMA_VERSION, ServiceStatus, StatusReport,
 };

@@ -25,7 +25,7 @@ use crate::{
     shadow::{
         capture::RingReader,
         engine::{Control, Engine, ShadowReport, StopReason},
-        options::ShadowOptions,
+        options::{ShadowConfig, ShadowOptions},
         record::{Owner, ShadowOrder, ShadowRecord, Stopped},
     },
     state::StateStore,
@@ -81,7 +81,10 @@ impl Host {
         reader.drain(|_| {});
         // A run ordered stopped before it began is stopped at once, not
         // left for the next one.
-        if matches!(self.state.load_shadow_order(&name), Ok(Some(ShadowOrder::Stop { .. }))) {
+        if matches!(
+            self.state.load_shadow_order(&name),
+            Ok(Some(ShadowOrder::Stop { .. }))
+        ) {
             self.state.remove_shadow_order(&name)?;
         }
 
@@ -137,7 +140,10 @@ impl Host {
         if let Some(health) = health {
             health.abort();
         }
-        if matches!(self.state.load_shadow_order(&name), Ok(Some(ShadowOrder::Stop { .. }))) {
+        if matches!(
+            self.state.load_shadow_order(&name),
+            Ok(Some(ShadowOrder::Stop { .. }))
+        ) {
             self.state.remove_shadow_order(&name)?;
         }
         record.report = report;
@@ -148,6 +154,13 @@ impl Host {
         });
         self.state.save_shadow(&name, &record)?;
         Ok(record)
+    }
+
+    /// `service`'s name and its `[service.shadow]`, if it has one: the
+    /// defaults of its runs.
+    pub fn shadow_config(&self, service: Option<&str>) -> Result<(String, Option<ShadowConfig>)> {
+        let open = self.open_service(service, Lock::None)?;
+        Ok((open.name().to_owned(), open.record().spec.shadow.clone()))
     }
 
     /// `service`'s shadowing record, if it was ever shadowed.
@@ -213,7 +226,11 @@ impl Host {
     /// Orders `service`'s shadowing to stop and waits (up to `wait`) for
     /// its owner to do so. A run whose owner is gone is ended here: its
     /// capture turned off, its record marked stopped.
-    pub async fn stop_shadow(&self, service: Option<&str>, wait: Duration) -> Result<ShadowStopped> {
+    pub async fn stop_shadow(
+        &self,
+        service: Option<&str>,
+        wait: Duration,
+    ) -> Result<ShadowStopped> {
         let open = self.open_service(service, Lock::None)?;
         let name = open.name().to_owned();
         let not_running = || Error::ShadowNotRunning {
@@ -271,9 +288,11 @@ impl Host {
         match self.state.load_shadow_order(service) {
             Ok(Some(ShadowOrder::Start { settings, .. })) => {
                 self.state.remove_shadow_order(service)?;
-                Ok(Some(settings.options().map_err(|reason| Error::ShadowRefused {
-                    service: service.to_owned(),
-                    reason,
+                Ok(Some(settings.options().map_err(|reason| {
+                    Error::ShadowRefused {
+                        service: service.to_owned(),
+                        reason,
+                    }
                 })))
             }
             Ok(_) => Ok(None),
@@ -283,7 +302,6 @@ impl Host {
             }
         }
     }
-
 }
 
 /// A start order's options, or why they cannot be used.
@@ -337,7 +355,8 @@ impl Control for HostControl {
     }
 
     fn check(&mut self) -> Option<StopReason> {
-        if let Ok(Some(ShadowOrder::Stop { .. })) = self.state.load_shadow_order(&self.record.service)
+        if let Ok(Some(ShadowOrder::Stop { .. })) =
+            self.state.load_shadow_order(&self.record.service)
         {
             return Some(StopReason::Requested);
         }
@@ -403,8 +422,9 @@ async fn watch_health(
         };
         let result = probe.unwrap_or_else(|error| Err(error.to_string()));
         if tracker.observe(&check, result) == Some(Health::Unhealthy) {
-            *unhealthy.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
-                tracker.last_error.clone();
+            *unhealthy
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = tracker.last_error.clone();
         }
     }
 }

@@ -51,8 +51,7 @@ pub fn parse(bytes: &[u8]) -> Result<Record<'_>, RecordError> {
     }
     // SAFETY: the length was checked; `ShadowHeader` is plain data, valid
     // for any bytes, read unaligned.
-    let header =
-        unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ShadowHeader>()) };
+    let header = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ShadowHeader>()) };
     let (origin, most) = match header.kind {
         SHADOW_FROM_CLIENT => (Origin::Client, MAX_SHADOW_PAYLOAD),
         SHADOW_FROM_LIVE => (Origin::Live, SHADOW_REPLY_PREFIX),
@@ -140,7 +139,10 @@ mod tests {
         };
         // SAFETY: plain data, viewed as its bytes.
         let bytes = unsafe {
-            std::slice::from_raw_parts((&header as *const ShadowHeader).cast::<u8>(), SHADOW_HEADER_LEN)
+            std::slice::from_raw_parts(
+                (&header as *const ShadowHeader).cast::<u8>(),
+                SHADOW_HEADER_LEN,
+            )
         };
         [bytes, payload].concat()
     }
@@ -149,10 +151,16 @@ mod tests {
     fn good_records_parse() {
         let bytes = record(SHADOW_FROM_CLIENT, 3, 3, b"GET");
         let parsed = parse(&bytes).expect("a whole client record parses");
-        assert_eq!((parsed.origin, parsed.payload, parsed.seq()), (Origin::Client, &b"GET"[..], 1000));
+        assert_eq!(
+            (parsed.origin, parsed.payload, parsed.seq()),
+            (Origin::Client, &b"GET"[..], 1000)
+        );
         let bytes = record(SHADOW_FROM_LIVE, 4, 1400, b"HTTP");
         let parsed = parse(&bytes).expect("a reply prefix parses");
-        assert_eq!((parsed.origin, parsed.header.wire_len), (Origin::Live, 1400));
+        assert_eq!(
+            (parsed.origin, parsed.header.wire_len),
+            (Origin::Live, 1400)
+        );
     }
 
     #[test]
@@ -164,7 +172,10 @@ mod tests {
         );
         assert_eq!(
             parse(&record(SHADOW_FROM_CLIENT, 5, 5, b"GET")).unwrap_err(),
-            RecordError::Length { said: 5, carried: 3 },
+            RecordError::Length {
+                said: 5,
+                carried: 3
+            },
             "a record shorter than it says"
         );
         assert!(

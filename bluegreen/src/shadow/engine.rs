@@ -270,7 +270,8 @@ impl<C: Control> Engine<C> {
         for key in flows {
             self.close_flow(&key, monotonic_ns());
         }
-        let deadline = tokio::time::Instant::now() + self.options.response_timeout.min(Duration::from_secs(10));
+        let deadline = tokio::time::Instant::now()
+            + self.options.response_timeout.min(Duration::from_secs(10));
         while self.pairs.values().any(|pairs| !pairs.replay_done) {
             match tokio::time::timeout_at(deadline, reports.recv()).await {
                 Ok(Some(report)) => self.report(report),
@@ -332,7 +333,11 @@ impl<C: Control> Engine<C> {
         if self.flows.contains_key(key) {
             self.close_flow(key, at_ns);
         }
-        let inflight = self.pairs.values().filter(|pairs| !pairs.replay_done).count();
+        let inflight = self
+            .pairs
+            .values()
+            .filter(|pairs| !pairs.replay_done)
+            .count();
         if inflight >= self.options.max_inflight {
             self.counts.flows_over_inflight += 1;
             self.reassembler.forget(key);
@@ -628,7 +633,11 @@ impl<C: Control> Engine<C> {
             reassembly: self.reassembler.counters(),
             engine: self.counts,
             replay: self.replay_counters.snapshot(),
-            inflight: self.pairs.values().filter(|pairs| !pairs.replay_done).count(),
+            inflight: self
+                .pairs
+                .values()
+                .filter(|pairs| !pairs.replay_done)
+                .count(),
             buffered_bytes: self.replay_counters.queued_bytes.load(Ordering::Relaxed)
                 + self.reassembler.buffered_bytes(),
             comparison: self.comparison.summary(),

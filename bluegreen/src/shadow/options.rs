@@ -182,14 +182,22 @@ mod tests {
 
     #[test]
     fn shares_parse_as_percentages() {
-        for (text, basis_points) in [("5%", 500), ("0.5%", 50), ("100%", 10_000), ("0.01%", 1), (" 12.25% ", 1225)] {
+        for (text, basis_points) in [
+            ("5%", 500),
+            ("0.5%", 50),
+            ("100%", 10_000),
+            ("0.01%", 1),
+            (" 12.25% ", 1225),
+        ] {
             assert_eq!(
                 text.parse::<SampleShare>().map(|share| share.basis_points),
                 Ok(basis_points),
                 "{text}"
             );
         }
-        for text in ["5", "0%", "100.01%", "-1%", "1.234%", "%", "five%", "1e2%", "1000%"] {
+        for text in [
+            "5", "0%", "100.01%", "-1%", "1.234%", "%", "five%", "1e2%", "1000%",
+        ] {
             assert!(text.parse::<SampleShare>().is_err(), "{text} is refused");
         }
     }

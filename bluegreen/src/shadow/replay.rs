@@ -133,7 +133,10 @@ impl Replay {
                     self.report(Some(index), outcome);
                 }
                 Job::Bytes(bytes) => {
-                    if !self.write_stream(&mut connection, &mut stream, &bytes).await {
+                    if !self
+                        .write_stream(&mut connection, &mut stream, &bytes)
+                        .await
+                    {
                         break;
                     }
                 }
@@ -206,7 +209,10 @@ impl Replay {
         }
         let stream = connection.as_mut().expect("connected above");
         let deadline = Instant::now() + self.response_timeout;
-        if !matches!(timeout_at(deadline, stream.write_all(raw)).await, Ok(Ok(()))) {
+        if !matches!(
+            timeout_at(deadline, stream.write_all(raw)).await,
+            Ok(Ok(()))
+        ) {
             // A connection the backend closed since the last request: one
             // fresh attempt, as a client's keep-alive pool would make.
             *connection = None;
@@ -214,7 +220,10 @@ impl Replay {
                 return self.failed();
             }
             let stream = connection.as_mut().expect("connected above");
-            if !matches!(timeout_at(deadline, stream.write_all(raw)).await, Ok(Ok(()))) {
+            if !matches!(
+                timeout_at(deadline, stream.write_all(raw)).await,
+                Ok(Ok(()))
+            ) {
                 *connection = None;
                 return self.failed();
             }
@@ -311,9 +320,15 @@ impl Replay {
 
     /// The end of a stream that is not HTTP: the write side is shut, and
     /// the answer read to its end (or the response timeout).
-    async fn finish_stream(&self, mut connection: TcpStream, mut stream: StreamExchange) -> Outcome {
+    async fn finish_stream(
+        &self,
+        mut connection: TcpStream,
+        mut stream: StreamExchange,
+    ) -> Outcome {
         let _ = connection.shutdown().await;
-        let started = stream.first_write.expect("only a stream that wrote is finished");
+        let started = stream
+            .first_write
+            .expect("only a stream that wrote is finished");
         let deadline = Instant::now() + self.response_timeout;
         let mut buffer = vec![0; 16 * 1024];
         let completed = loop {

@@ -431,10 +431,12 @@ impl StateStore {
         let Some(text) = self.read(&name)? else {
             return Ok(None);
         };
-        serde_json::from_str(&text).map(Some).map_err(|error| Error::CorruptState {
-            path: self.dir.join(&name),
-            reason: error.to_string(),
-        })
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|error| Error::CorruptState {
+                path: self.dir.join(&name),
+                reason: error.to_string(),
+            })
     }
 
     /// The order has been acted on.

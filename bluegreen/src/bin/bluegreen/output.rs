@@ -10,6 +10,7 @@ use bluegreen::{
     },
     lifecycle::Plan,
     load,
+    shadow::record::ShadowRecord,
     verify::VerifyReport,
 };
 
@@ -349,4 +350,117 @@ pub fn print_preview(report: &StatusReport) {
             }
         }
     }
+}
+
+/// A shadowing run: who runs it and until when, the two colors side by
+/// side, then what the capture and the replay dropped and why.
+pub fn print_shadow(record: &ShadowRecord) {
+    let ShadowRecord {
+        service,
+        live,
+        idle,
+        settings,
+        owner,
+        started_unix_ms,
+        report,
+        ..
+    } = record;
+    let who = if owner.daemon {
+        format!("the daemon (pid {})", owner.pid)
+    } else {
+        format!("`shadow run` (pid {})", owner.pid)
+    };
+    let state = match (&record.stopped, record.owner.is_alive()) {
+        (Some(stopped), _) => format!(
+            "stopped at {}: {}",
+            utc_time_of_day(stopped.at_unix_ms),
+            stopped.reason
+        ),
+        (None, true) => match record.until_unix_ms {
+            Some(until) => format!("running until {}", utc_time_of_day(until)),
+            None => "running until stopped".to_owned(),
+        },
+        (None, false) => "its owner is gone: `bluegreen shadow stop` turns capture off".to_owned(),
+    };
+    println!(
+        "{service}: {} of new flows on {live} (live) replayed to {idle}, by {who} since {}; {state}",
+        settings.sample,
+        utc_time_of_day(*started_unix_ms),
+    );
+    let summary = &report.comparison;
+    println!(
+        "  {:<12} {:>8} {:>6} {:>6} {:>6} {:>6} {:>7} {:>7}  {:>24}  {:>24} {:>10}",
+        "",
+        "requests",
+        "2xx",
+        "3xx",
+        "4xx",
+        "5xx",
+        "failed",
+        "errors",
+        "ttfb p50/p95/p99 ms",
+        "total p50/p95/p99 ms",
+        "bytes"
+    );
+    for (label, color) in [
+        (format!("{live} (live)"), &summary.live),
+        (format!("{idle} (idle)"), &summary.shadow),
+    ] {
+        let ms = |value: Option<f64>| value.map_or("-".to_owned(), |ms| format!("{ms:.1}"));
+        let quantiles = |p50, p95, p99| format!("{} / {} / {}", ms(p50), ms(p95), ms(p99));
+        println!(
+            "  {label:<12} {:>8} {:>6} {:>6} {:>6} {:>6} {:>7} {:>7}  {:>24}  {:>24} {:>10}",
+            color.requests,
+            color.status_2xx,
+            color.status_3xx,
+            color.status_4xx,
+            color.status_5xx,
+            color.failed,
+            color
+                .error_ratio
+                .map_or("-".to_owned(), |ratio| format!("{:.1}%", ratio * 100.0)),
+            quantiles(color.ttfb_p50_ms, color.ttfb_p95_ms, color.ttfb_p99_ms),
+            quantiles(color.total_p50_ms, color.total_p95_ms, color.total_p99_ms),
+            color.response_bytes,
+        );
+    }
+    println!(
+        "  paired requests {}, status class differs in {}",
+        summary.paired, summary.mismatched_status
+    );
+    let capture = |name: &str| report.capture.get(name).copied().unwrap_or(0);
+    println!(
+        "  capture: {} flows sampled, {} client records ({} bytes), {} live replies; lost: {} ring full, {} truncated, {} malformed, {} flow table full",
+        capture("sampled_flows"),
+        capture("client_records"),
+        capture("client_bytes"),
+        capture("live_records"),
+        capture("ring_full"),
+        capture("truncated"),
+        capture("malformed"),
+        capture("table_full"),
+    );
+    let engine = &report.engine;
+    let reassembly = &report.reassembly;
+    println!(
+        "  replay: {} flows, {} requests ({} not on the allow-list), {} in flight, {} bytes held; not replayed: {} over max-inflight, {} without an idle backend",
+        engine.flows_replayed,
+        report.replay.requests,
+        engine.requests_not_allowed,
+        report.inflight,
+        report.buffered_bytes,
+        engine.flows_over_inflight,
+        engine.flows_without_backend,
+    );
+    println!(
+        "  abandoned flows: {} gap, {} truncated, {} memory, {} backlog, {} not HTTP, {} idle; {} connect failures, {} timeouts",
+        reassembly.abandoned_gap,
+        reassembly.abandoned_truncated,
+        reassembly.abandoned_memory + engine.flows_over_memory,
+        engine.flows_backlogged,
+        engine.flows_not_http,
+        engine.flows_idle,
+        report.replay.connect_failures,
+        report.replay.timeouts,
+    );
 }

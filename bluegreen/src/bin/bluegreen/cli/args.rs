@@ -7,6 +7,7 @@ use bluegreen::{
     config::{PoolSpec, RequestedXdpMode, WEIGHTS},
     endpoint::{Color, Proto, parse_endpoint},
     health::Probe,
+    shadow::options::SampleShare,
 };
 use clap::{
     ArgAction, Args, Parser, Subcommand,
@@ -224,6 +225,28 @@ active_flows at 0 to avoid that. Draining or removing the last backend that take
 new flows in the active color is refused unless --force. Changes last until the
 next `up` or daemon reload, which take the pools from the config.")]
     Backend(BackendArgs),
+    /// Mirror a sample of real requests to the idle color, and compare the colors.
+    #[command(after_help = "Examples:
+  bluegreen shadow run chat --sample 5% --duration 10m    # in the foreground, Ctrl-C stops
+  bluegreen shadow start chat --sample 10% --max-inflight 64   # run by the daemon
+  bluegreen shadow status chat
+  bluegreen shadow stop chat
+
+The dataplane copies the client-to-VIP bytes of a sample of new flows (chosen by
+the flow's hash, so a flow is copied whole or not at all) to a ring buffer; bluegreen
+rebuilds each flow, replays its requests over its own connection to a backend of the
+idle color (picked as the dataplane would pick it), reads and discards the answers,
+and compares them with the live color's answers to the same requests: status classes,
+time to first byte, total time and size. Clients only ever see the live color.
+Only requests on the allow-list are replayed (default: POST /v1/completions,
+POST /v1/chat/completions, POST /v1/embeddings, and any GET). Shadowing stops by
+itself when its duration ends, when the idle color becomes live, or when it fails
+its health check. Nothing leaves the host but the replayed requests to the idle
+color; request bytes are held in memory only until replayed.")]
+    Shadow {
+        #[command(subcommand)]
+        action: ShadowAction,
+    },
     /// Detach bluegreen from an interface and remove its pins and state.
     #[command(after_help = "Example:
   bluegreen down --iface eth0")]
@@ -265,6 +288,53 @@ from --etcd or from the config file's [fleet] section.")]
     #[command(after_help = "Example:
   bluegreen man > /usr/local/share/man/man1/bluegreen.1")]
     Man,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ShadowAction {
+    /// Shadow a service from this process until Ctrl-C, its duration, a switch or an unhealthy idle color.
+    Run(ShadowArgs),
+    /// Have the daemon on the service's interface shadow it.
+    Start(ShadowArgs),
+    /// Stop a service's shadowing and print its last figures.
+    Stop {
+        /// The service (optional when only one is up).
+        service: Option<String>,
+        /// Print the last record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the colors side by side: the live one and the idle one replayed to.
+    Status {
+        /// The service (all shadowed services when left out).
+        service: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct ShadowArgs {
+    /// The service (optional when only one is up).
+    pub service: Option<String>,
+    /// Share of new flows to copy, e.g. 5% or 0.25% [default: the config's sample, else 5%].
+    #[arg(long)]
+    pub sample: Option<SampleShare>,
+    /// Stop after this long, e.g. 30s, 10m, 2h [default: the config's duration_secs, else until stopped].
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Flows replayed at once; sampled flows beyond them are counted, not replayed [default: 256].
+    #[arg(long)]
+    pub max_inflight: Option<usize>,
+    /// A request that may be replayed, as METHOD or "METHOD /path" (a path ending in * is a prefix); repeat for more. Replaces the config's list.
+    #[arg(long = "allow", value_name = "RULE")]
+    pub allow: Vec<String>,
+    /// How long the idle color may take to answer one request [default: 60s].
+    #[arg(long, value_parser = parse_duration)]
+    pub response_timeout: Option<Duration>,
+    /// Print the record as JSON (`run`: the last one, when it stops).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

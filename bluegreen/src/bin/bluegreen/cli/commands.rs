@@ -17,7 +17,7 @@ use clap::CommandFactory;
 
 use super::{
     args::{self, BackendArgs, BackendVerb, ChangeArgs, Command, PreviewAction, UpArgs},
-    fleet, shift, watch,
+    fleet, shadow, shift, watch,
 };
 use crate::output::{
     print_backend, print_preview, print_status, print_switch, print_up, print_verify,
@@ -248,6 +248,7 @@ pub fn execute(host: &Host, state_dir: &Path, command: Command) -> anyhow::Resul
             ))?;
         }
         Command::Fleet { action } => return fleet::execute(action),
+        Command::Shadow { action } => return shadow::execute(host, action),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -4,6 +4,7 @@
 pub mod args;
 pub mod commands;
 mod fleet;
+mod shadow;
 mod shift;
 mod watch;
 
