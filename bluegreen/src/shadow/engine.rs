@@ -228,7 +228,6 @@ impl<C: Control> Engine<C> {
                     if let Err(error) = read {
                         break StopReason::Failed(error.to_string());
                     }
-                    self.settle();
                 }
                 Some(report) = reports.recv() => self.report(report),
                 _ = tick.tick() => {
@@ -265,7 +264,6 @@ impl<C: Control> Engine<C> {
         reports: &mut mpsc::UnboundedReceiver<Report>,
     ) {
         ring.drain(|bytes| self.record(bytes));
-        self.settle();
         let flows: Vec<FlowKey> = self.flows.keys().copied().collect();
         for key in flows {
             self.close_flow(&key, monotonic_ns());
@@ -307,6 +305,9 @@ impl<C: Control> Engine<C> {
                     at_ns: record.header.at_ns,
                 };
                 self.reassembler.push(&segment, &mut self.events);
+                // At once, not after the batch: the live color's replies
+                // later in the batch answer the requests this completes.
+                self.settle();
             }
         }
     }

@@ -9,6 +9,7 @@ use bluegreen::{
     endpoint::Color,
     health::Health,
     host::{Host, StatusReport},
+    shadow::record::ShadowRecord,
     verify::Verdict,
 };
 use prometheus_client::{
@@ -32,8 +33,13 @@ pub async fn serve(host: Host, observations: Shared, address: SocketAddr) -> any
             async move {
                 let body = tokio::task::spawn_blocking(move || {
                     let status = host.status(None).map_err(|error| error.to_string())?;
+                    // A damaged record must not take the other metrics down.
+                    let shadows = host.shadow_records().unwrap_or_else(|error| {
+                        log::warn!("metrics: shadowing records: {error}");
+                        Vec::new()
+                    });
                     let observations = observations.lock().expect("observations lock");
-                    Ok::<_, String>(render(&status, &observations))
+                    Ok::<_, String>(render(&status, &observations, &shadows))
                 })
                 .await
                 .unwrap_or_else(|error| Err(error.to_string()));
@@ -95,7 +101,11 @@ fn health_value(health: Health) -> i64 {
 
 /// Builds the exposition from a status report: the kernel's counters are
 /// the source of truth, so each scrape starts from a fresh registry.
-pub fn render(status: &StatusReport, observations: &Observations) -> String {
+pub fn render(
+    status: &StatusReport,
+    observations: &Observations,
+    shadows: &[ShadowRecord],
+) -> String {
     let mut registry = Registry::default();
     let packets = counter_family(
         &mut registry,
@@ -318,6 +328,9 @@ pub fn render(status: &StatusReport, observations: &Observations) -> String {
     if !observations.analyses.is_empty() {
         register_analyses(&mut registry, observations);
     }
+    if !shadows.is_empty() {
+        register_shadows(&mut registry, shadows);
+    }
     let mut body = String::new();
     encode(&mut body, &registry).expect("writing to a String cannot fail");
     body
@@ -459,6 +472,127 @@ fn register_analyses(registry: &mut Registry, observations: &Observations) {
             limit
                 .get_or_create(&plain)
                 .set(i64::from(status.failure_limit));
+        }
+    }
+}
+
+/// Each service's last shadowing run: whether it runs, and the two colors
+/// side by side (the live one's answers, and the idle one's to the same
+/// requests), with what was lost and why. Gauges: a new run starts from 0.
+fn register_shadows(registry: &mut Registry, shadows: &[ShadowRecord]) {
+    let running = gauge_family(
+        registry,
+        "bluegreen_shadow_running",
+        "1 while a sample of the service's new flows is replayed to its idle color",
+    );
+    let requests = gauge_family(
+        registry,
+        "bluegreen_shadow_requests",
+        "Requests of the current (or last) shadowing run, per color: role live (as clients were answered) or idle (replayed)",
+    );
+    let statuses = gauge_family(
+        registry,
+        "bluegreen_shadow_responses",
+        "Answers of the shadowing run by status class (1xx..5xx, failed: none or cut short), per color and role",
+    );
+    let ttfb = float_gauge_family(
+        registry,
+        "bluegreen_shadow_ttfb_seconds",
+        "Time to first byte of the answers of the shadowing run, by quantile, per color and role",
+    );
+    let total = float_gauge_family(
+        registry,
+        "bluegreen_shadow_total_seconds",
+        "Total time of the answers of the shadowing run, by quantile, per color and role",
+    );
+    let errors = float_gauge_family(
+        registry,
+        "bluegreen_shadow_error_ratio",
+        "Share of the shadowing run's requests answered 5xx or not at all, per color and role",
+    );
+    let mismatched = gauge_family(
+        registry,
+        "bluegreen_shadow_mismatched_statuses",
+        "Requests of the shadowing run whose two answers differ in status class",
+    );
+    let lost = gauge_family(
+        registry,
+        "bluegreen_shadow_lost",
+        "Sampled flows or records of the shadowing run not replayed, by reason",
+    );
+    for record in shadows {
+        let service = || ("service", record.service.clone());
+        running
+            .get_or_create(&vec![service()])
+            .set(i64::from(record.is_running()));
+        let summary = &record.report.comparison;
+        for (color, role, figures) in [
+            (record.live, "live", &summary.live),
+            (record.idle, "idle", &summary.shadow),
+        ] {
+            let labels = |extra: Option<(&'static str, String)>| {
+                let mut labels = vec![
+                    service(),
+                    ("color", color.to_string()),
+                    ("role", role.to_owned()),
+                ];
+                labels.extend(extra);
+                labels
+            };
+            requests
+                .get_or_create(&labels(None))
+                .set(figures.requests as i64);
+            for (class, count) in [
+                ("1xx", figures.status_1xx),
+                ("2xx", figures.status_2xx),
+                ("3xx", figures.status_3xx),
+                ("4xx", figures.status_4xx),
+                ("5xx", figures.status_5xx),
+                ("failed", figures.failed),
+            ] {
+                statuses
+                    .get_or_create(&labels(Some(("class", class.to_owned()))))
+                    .set(count as i64);
+            }
+            let quantiles = [
+                ("0.5", figures.ttfb_p50_ms, figures.total_p50_ms),
+                ("0.95", figures.ttfb_p95_ms, figures.total_p95_ms),
+                ("0.99", figures.ttfb_p99_ms, figures.total_p99_ms),
+            ];
+            for (quantile, first_byte, whole) in quantiles {
+                let labels = labels(Some(("quantile", quantile.to_owned())));
+                if let Some(ms) = first_byte {
+                    ttfb.get_or_create(&labels).set(ms / 1000.0);
+                }
+                if let Some(ms) = whole {
+                    total.get_or_create(&labels).set(ms / 1000.0);
+                }
+            }
+            if let Some(ratio) = figures.error_ratio {
+                errors.get_or_create(&labels(None)).set(ratio);
+            }
+        }
+        mismatched
+            .get_or_create(&vec![service()])
+            .set(summary.mismatched_status as i64);
+        let report = &record.report;
+        let capture = |name: &str| report.capture.get(name).copied().unwrap_or(0);
+        for (reason, count) in [
+            ("ring_full", capture("ring_full")),
+            ("truncated", capture("truncated")),
+            ("malformed", capture("malformed")),
+            ("table_full", capture("table_full")),
+            ("gap", report.reassembly.abandoned_gap),
+            (
+                "memory",
+                report.reassembly.abandoned_memory + report.engine.flows_over_memory,
+            ),
+            ("backlog", report.engine.flows_backlogged),
+            ("over_inflight", report.engine.flows_over_inflight),
+            ("not_allowed", report.engine.requests_not_allowed),
+        ] {
+            lost.get_or_create(&vec![service(), ("reason", reason.to_owned())])
+                .set(count as i64);
         }
     }
 }

@@ -10,6 +10,7 @@ mod load_watch;
 mod lock;
 mod periodic;
 mod rollback;
+mod shadow_watch;
 #[cfg(test)]
 mod test_views;
 
@@ -22,7 +23,11 @@ use bluegreen::{
     state::StateStore,
     verify::Launcher,
 };
-use tokio::{signal::unix::SignalKind, task::JoinHandle};
+use tokio::{
+    signal::unix::SignalKind,
+    sync::watch,
+    task::JoinHandle,
+};
 
 use crate::{observations::Shared, output::print_up};
 use analysis_watch::AnalysisWatch;
@@ -30,6 +35,7 @@ use health_watch::HealthWatch;
 use lifecycle_watch::LifecycleWatch;
 use load_watch::LoadWatch;
 use periodic::keep_watching;
+use shadow_watch::ShadowWatch;
 
 /// What the daemon runs from its config file: the `up` and the fleet it
 /// joins, if any.
@@ -117,7 +123,8 @@ pub async fn serve(
         crate::metrics::serve(host.clone(), observations.clone(), address).await?;
         log::info!("metrics on http://{address}/metrics");
     }
-    let mut checkers = start_checkers(host, &running.request.services, &observations);
+    let (stopping, _) = watch::channel(None);
+    let mut checkers = start_checkers(host, &running.request.services, &observations, &stopping);
     let mut fleet = join_fleet(host, state_dir, &running, &observations).await?;
 
     let mut hangup =
@@ -137,7 +144,7 @@ pub async fn serve(
                         for checker in checkers.drain(..) {
                             checker.abort();
                         }
-                        checkers = start_checkers(host, &new.request.services, &observations);
+                        checkers = start_checkers(host, &new.request.services, &observations, &stopping);
                         observations
                             .lock()
                             .expect("observations lock")
@@ -172,6 +179,13 @@ pub async fn serve(
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let services: Vec<String> = running
+        .request
+        .services
+        .iter()
+        .map(|spec| spec.name.clone())
+        .collect();
+    shadow_watch::stop_runs(host, &stopping, &services, SHADOW_STOP_WAIT).await;
     log::info!("daemon exiting; programs stay attached and traffic keeps flowing");
     Ok(())
 }
@@ -198,17 +212,29 @@ fn has(services: &[ServiceSpec], name: &str, like: impl Fn(&ServiceSpec) -> bool
     services.iter().any(|spec| spec.name == name && like(spec))
 }
 
+/// How long an exiting daemon waits for its shadowing runs to write their
+/// last records (they let the requests in replay finish first).
+const SHADOW_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(12);
+
 /// A health watcher per checked service, a load watcher per weighed one,
-/// an analysis watcher per analysed one and a lifecycle watcher per one
-/// whose colors bluegreen starts and stops.
+/// an analysis watcher per analysed one, a lifecycle watcher per one
+/// whose colors bluegreen starts and stops, and a shadowing watcher per
+/// service (any can be ordered shadowed); `stopping` stops the runs.
 fn start_checkers(
     host: &Host,
     services: &[ServiceSpec],
     observations: &Shared,
+    stopping: &watch::Sender<Option<bluegreen::shadow::engine::StopReason>>,
 ) -> Vec<JoinHandle<()>> {
     let mut checkers = Vec::new();
     for spec in services {
         let (host, name, observations) = (host.clone(), spec.name.clone(), observations.clone());
+        checkers.push(tokio::spawn(keep_watching(
+            host.clone(),
+            name.clone(),
+            observations.clone(),
+            ShadowWatch::new(stopping.subscribe()),
+        )));
         if spec.health.is_some() {
             checkers.push(tokio::spawn(keep_watching(
                 host.clone(),
