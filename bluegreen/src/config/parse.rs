@@ -30,7 +30,8 @@ use crate::{
         options::{ShadowConfig, ShadowOptions},
     },
     verify::{
-        Analysis, CommandGate, Figure, Method, NoData, Source as AnalysisSource, Threshold, Warmup,
+        Analysis, CommandGate, Figure, Method, NoData, ShadowFigure, Source as AnalysisSource, Threshold,
+        Warmup,
     },
 };
 
@@ -126,6 +127,7 @@ struct RawAnalysis {
     status_label: Option<String>,
     path: Option<String>,
     port: Option<u16>,
+    figure: Option<String>,
     min: Option<f64>,
     max: Option<f64>,
     max_ratio: Option<f64>,
@@ -783,7 +785,29 @@ impl RawAnalysis {
             ("path", self.path.is_some()),
             ("port", self.port.is_some()),
         ];
+        if self.figure.is_some() && self.source != "shadow" {
+            return Err("figure is for source = \"shadow\"".to_owned());
+        }
         let source = match self.source.as_str() {
+            "shadow" => {
+                if let Some((key, _)) = backend_keys.iter().find(|(_, given)| *given) {
+                    return Err(format!(
+                        "{key} is for source = \"backends\"; a shadow analysis names its figure"
+                    ));
+                }
+                if self.prometheus.is_some() || self.query.is_some() {
+                    return Err("prometheus and query are for source = \"prometheus\"".to_owned());
+                }
+                let figure = self.figure.as_deref().ok_or_else(|| {
+                    format!(
+                        "source = \"shadow\" needs a figure: {}",
+                        ShadowFigure::NAMES.join(", ")
+                    )
+                })?;
+                AnalysisSource::Shadow {
+                    figure: ShadowFigure::parse(figure)?,
+                }
+            }
             "prometheus" => {
                 if let Some((key, _)) = backend_keys.iter().find(|(_, given)| *given) {
                     return Err(format!(
@@ -816,7 +840,7 @@ impl RawAnalysis {
             }
             other => {
                 return Err(format!(
-                    "source {other:?} is not \"backends\" (their own /metrics) or \"prometheus\""
+                    "source {other:?} is not \"backends\" (their own /metrics), \"prometheus\" or \"shadow\" (the last shadowing run)"
                 ));
             }
         };

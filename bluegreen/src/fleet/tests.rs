@@ -35,7 +35,6 @@ fn record(host: &str, services: &[(&str, Color, u8, i64, Option<&str>)]) -> Host
                         last_error: refused.map(str::to_owned),
                         drift: None,
                         lifecycle: None,
-                        shadow: None,
                     },
                 )
             })

@@ -30,7 +30,7 @@ impl Host {
     /// The gates of the `open` service against `color`, the service
     /// closed while they run.
     fn run_gates(&self, open: OpenService, color: Color) -> Result<VerifyReport> {
-        let view = open.view();
+        let view = self.view_of(&open);
         let target = view.target(color, view.active);
         let spec = open.record().spec.clone();
         // The maps are not needed while the gates run.

@@ -52,6 +52,7 @@ use crate::{
     endpoint::{Color, from_wire, service_key},
     error::{Error, Result},
     pinned::{PinLayout, PinnedMaps, check_bpffs},
+    shadow::record::ShadowRecord,
     state::{FleetMarker, InterfaceLock, InterfaceState, ServiceRecord, StateStore},
     verify::Launcher,
 };
@@ -133,6 +134,7 @@ impl OpenService {
             previous: Color::from_wire(self.live.previous),
             pools: Color::BOTH.map(|color| self.pool(color)),
             record: self.record().clone(),
+            shadow: None,
         }
     }
 }
@@ -146,6 +148,9 @@ pub struct ServiceView {
     /// Indexed by color: blue, green.
     pub pools: [PoolSpec; 2],
     pub record: ServiceRecord,
+    /// The last shadowing run, read only when an analysis of the service
+    /// reads it (see [`Host::service_view`]).
+    pub shadow: Option<ShadowRecord>,
 }
 
 impl ServiceView {
@@ -165,6 +170,7 @@ impl ServiceView {
             backends: self.pool(color).serving(),
             baseline,
             baseline_backends: self.pool(baseline).serving(),
+            shadow: self.shadow.clone(),
         }
     }
 }
@@ -333,7 +339,26 @@ impl Host {
 
     /// See [`OpenService::view`].
     pub fn service_view(&self, service: Option<&str>) -> Result<ServiceView> {
-        Ok(self.open_service(service, Lock::None)?.view())
+        Ok(self.view_of(&self.open_service(service, Lock::None)?))
+    }
+
+    /// The service as it is now, with its last shadowing run if one of its
+    /// analyses reads it (a file read the others need not pay).
+    pub(crate) fn view_of(&self, open: &OpenService) -> ServiceView {
+        let mut view = open.view();
+        let reads_shadow = view
+            .record
+            .spec
+            .analysis
+            .iter()
+            .any(|analysis| matches!(analysis.source, crate::verify::Source::Shadow { .. }));
+        if reads_shadow {
+            view.shadow = self.state.load_shadow(open.name()).unwrap_or_else(|error| {
+                log::warn!("{}: {error}", open.name());
+                None
+            });
+        }
+        view
     }
 }
 

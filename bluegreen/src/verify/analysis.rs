@@ -19,6 +19,7 @@ use crate::{
     backend_http::{each_backend, http_get},
     endpoint::Color,
     exposition,
+    shadow::record::ShadowRecord,
 };
 
 mod prometheus;
@@ -60,6 +61,106 @@ pub enum Source {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         port: Option<u16>,
     },
+    /// The service's last shadowing run (`bluegreen shadow`): the idle
+    /// color's answers to replayed requests, and the live color's to the
+    /// same requests.
+    Shadow { figure: ShadowFigure },
+}
+
+/// What the shadow source reads of a color in the last shadowing run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShadowFigure {
+    TtfbP50,
+    TtfbP95,
+    TtfbP99,
+    TotalP50,
+    TotalP95,
+    TotalP99,
+    /// Answered 5xx or not at all, over requests.
+    ErrorRatio,
+    /// Requests whose two answers differ in status class, over the
+    /// requests answered by both colors: the same for either color.
+    MismatchRatio,
+}
+
+impl ShadowFigure {
+    pub const NAMES: [&'static str; 8] = [
+        "ttfb_p50",
+        "ttfb_p95",
+        "ttfb_p99",
+        "total_p50",
+        "total_p95",
+        "total_p99",
+        "error_ratio",
+        "mismatch_ratio",
+    ];
+
+    pub fn parse(name: &str) -> Result<ShadowFigure, String> {
+        Ok(match name {
+            "ttfb_p50" => Self::TtfbP50,
+            "ttfb_p95" => Self::TtfbP95,
+            "ttfb_p99" => Self::TtfbP99,
+            "total_p50" => Self::TotalP50,
+            "total_p95" => Self::TotalP95,
+            "total_p99" => Self::TotalP99,
+            "error_ratio" => Self::ErrorRatio,
+            "mismatch_ratio" => Self::MismatchRatio,
+            other => {
+                return Err(format!(
+                    "figure {other:?} is not one of {}",
+                    Self::NAMES.join(", ")
+                ));
+            }
+        })
+    }
+
+    /// `color`'s figure in `record` (times in seconds, as histograms
+    /// count them), if the run is recent enough to stand for `window_ms`
+    /// before `now_ms`.
+    fn of(
+        self,
+        record: Option<&ShadowRecord>,
+        color: Color,
+        now_ms: u64,
+        window_ms: u64,
+    ) -> Result<f64, String> {
+        let record = record.ok_or("the service has not been shadowed: `bluegreen shadow run`")?;
+        if record.stopped.is_some() && record.updated_unix_ms + window_ms < now_ms {
+            return Err(format!(
+                "its last shadowing run ended {} s ago, before this window",
+                now_ms.saturating_sub(record.updated_unix_ms) / 1000
+            ));
+        }
+        let summary = &record.report.comparison;
+        let figures = if color == record.idle {
+            &summary.shadow
+        } else {
+            &summary.live
+        };
+        if figures.requests == 0 {
+            return Err(format!("no request of {color} in the shadowing run yet"));
+        }
+        let seconds = |ms: Option<f64>| {
+            ms.map(|ms| ms / 1000.0)
+                .ok_or_else(|| format!("no answer of {color} timed yet"))
+        };
+        match self {
+            Self::TtfbP50 => seconds(figures.ttfb_p50_ms),
+            Self::TtfbP95 => seconds(figures.ttfb_p95_ms),
+            Self::TtfbP99 => seconds(figures.ttfb_p99_ms),
+            Self::TotalP50 => seconds(figures.total_p50_ms),
+            Self::TotalP95 => seconds(figures.total_p95_ms),
+            Self::TotalP99 => seconds(figures.total_p99_ms),
+            Self::ErrorRatio => figures
+                .error_ratio
+                .ok_or_else(|| format!("no request of {color} yet")),
+            Self::MismatchRatio if summary.paired == 0 => {
+                Err("no request answered by both colors yet".to_owned())
+            }
+            Self::MismatchRatio => Ok(summary.mismatched_status as f64 / summary.paired as f64),
+        }
+    }
 }
 
 /// What the backends source computes from `/metrics`.
@@ -216,6 +317,7 @@ impl Source {
                 }
                 figure.validate()
             }
+            Source::Shadow { .. } => Ok(()),
         }
     }
 
@@ -702,6 +804,12 @@ impl Analyzer {
                 let timeout = self.analysis.interval().min(Duration::from_secs(10));
                 prometheus::instant_value(url, &rendered, timeout)
             }
+            Source::Shadow { figure } => figure.of(
+                target.shadow.as_ref(),
+                color,
+                now_ms,
+                self.analysis.window_secs * 1000,
+            ),
             Source::Backends { figure, path, port } => {
                 let window_ms = self.analysis.window_secs * 1000;
                 let readings = &mut self.readings[usize::from(color.wire())];

@@ -18,7 +18,7 @@ use std::{
 
 pub use analysis::{
     AnalysesRecord, Analysis, AnalysisStatus, Analyzer, Failed, Figure, Measurement, NoData,
-    PLACEHOLDERS, Source, Threshold, Verdict, Watched,
+    PLACEHOLDERS, ShadowFigure, Source, Threshold, Verdict, Watched,
 };
 pub use commands::{CommandGate, Launcher};
 pub(crate) use commands::{run_command, validate_argv};
@@ -27,10 +27,11 @@ pub use warmup::{Method, Warmup};
 use crate::{
     clock::unix_now_ms,
     endpoint::{Color, Proto},
+    shadow::record::ShadowRecord,
 };
 
 /// The color the gates judge, as its commands see it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Target {
     pub service: String,
     pub color: Color,
@@ -43,6 +44,9 @@ pub struct Target {
     /// it is live), the previous one in the daemon's window after it.
     pub baseline: Color,
     pub baseline_backends: Vec<SocketAddr>,
+    /// The service's last shadowing run, for the analyses that read it
+    /// (`None` when none does, or it was never shadowed).
+    pub shadow: Option<ShadowRecord>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

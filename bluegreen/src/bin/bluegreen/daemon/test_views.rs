@@ -35,5 +35,6 @@ pub(super) fn view(active: Color, previous: Color) -> ServiceView {
             weight: 0,
             preview: Vec::new(),
         },
+        shadow: None,
     }
 }
