@@ -198,6 +198,7 @@ fn target(per_color: usize) -> Target {
         backends: backends(Color::Green, per_color),
         baseline: Color::Blue,
         baseline_backends: backends(Color::Blue, per_color),
+        shadow: None,
     }
 }
 
