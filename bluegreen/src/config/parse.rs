@@ -30,8 +30,8 @@ use crate::{
         options::{ShadowConfig, ShadowOptions},
     },
     verify::{
-        Analysis, CommandGate, Figure, Method, NoData, ShadowFigure, Source as AnalysisSource, Threshold,
-        Warmup,
+        Analysis, CommandGate, Figure, Method, NoData, ShadowFigure, Source as AnalysisSource,
+        Threshold, Warmup,
     },
 };
 

@@ -802,3 +802,101 @@ fn a_scale_down_inside_the_rollback_window_is_refused() {
         Some(60)
     );
 }
+
+#[test]
+fn shadow_sections_take_defaults_and_bad_ones_are_named() {
+    let config = Config::parse(&with_section("shadow", "enabled = true\n"), "test.toml")
+        .expect("a shadow section of defaults");
+    let shadow = config.services[0].shadow.clone().expect("read");
+    assert!(shadow.enabled, "enabled as written");
+    let options = shadow.settings.options().expect("defaults are valid");
+    assert_eq!(options.sample.basis_points, 500, "5 % unless told");
+    assert_eq!(options.duration, None, "until stopped unless told");
+    assert!(
+        options
+            .allow
+            .allows("POST", "/v1/chat/completions?stream=true")
+            && options.allow.allows("GET", "/health")
+            && !options.allow.allows("DELETE", "/v1/files/1"),
+        "the inference allow-list by default"
+    );
+    let config = Config::parse(
+        &with_section(
+            "shadow",
+            "sample = \"0.5%\"\nduration_secs = 600\nmax_inflight = 8\nallow = [\"POST /v2/*\"]\nmax_buffered_mib = 4\n",
+        ),
+        "test.toml",
+    )
+    .expect("a shadow section with every key");
+    let options = config.services[0]
+        .shadow
+        .as_ref()
+        .expect("read")
+        .settings
+        .options()
+        .expect("valid");
+    assert_eq!(
+        (
+            options.sample.basis_points,
+            options.duration.map(|duration| duration.as_secs()),
+            options.max_inflight,
+            options.max_buffered_bytes,
+        ),
+        (50, Some(600), 8, 4 << 20)
+    );
+    assert!(options.allow.allows("POST", "/v2/generate") && !options.allow.allows("GET", "/"));
+    assert_section_errors(
+        "shadow",
+        &[
+            ("sample = \"0%\"\n", "invalid sample share \"0%\""),
+            ("sample = \"5\"\n", "like 5% or 0.5%"),
+            ("max_inflight = 0\n", "max_inflight 0 is out of range"),
+            ("allow = [\"get /x\"]\n", "get /x"),
+            ("allow = []\n", "allow"),
+            (
+                "response_timeout_secs = 0\n",
+                "response_timeout_secs must be at least 1",
+            ),
+            ("max_buffered_mib = 0\n", "allow at least 1 MiB"),
+        ],
+    );
+}
+
+#[test]
+fn shadow_analyses_name_their_figure() {
+    let config = Config::parse(
+        &with_analyses(&[
+            "name = \"ttfb\"\nsource = \"shadow\"\nfigure = \"ttfb_p95\"\nmax_ratio = 1.5\n",
+        ]),
+        "test.toml",
+    )
+    .expect("a shadow analysis");
+    assert_eq!(
+        config.services[0].analysis[0].source,
+        crate::verify::Source::Shadow {
+            figure: crate::verify::ShadowFigure::TtfbP95
+        }
+    );
+    for (table, text) in [
+        (
+            "name = \"a\"\nsource = \"shadow\"\nmax = 1.0\n",
+            "needs a figure: ttfb_p50",
+        ),
+        (
+            "name = \"a\"\nsource = \"shadow\"\nfigure = \"p95\"\nmax = 1.0\n",
+            "figure \"p95\" is not one of",
+        ),
+        (
+            "name = \"a\"\nsource = \"shadow\"\nfigure = \"ttfb_p95\"\nhistogram = \"h\"\nmax = 1.0\n",
+            "histogram is for source = \"backends\"",
+        ),
+        (
+            "name = \"a\"\nsource = \"backends\"\nfigure = \"ttfb_p95\"\nmax = 1.0\n",
+            "figure is for source = \"shadow\"",
+        ),
+    ] {
+        let (_, field, message) = config_error(&with_analyses(&[table]));
+        assert_eq!(field, "service[0].analysis[0]", "{message}");
+        assert!(message.contains(text), "expected {text:?} in {message}");
+    }
+}

@@ -655,3 +655,235 @@ fn cut_requests(parser: &mut RequestParser, bytes: &[u8]) -> Result<Vec<Request>
     }
     Ok(requests)
 }
+
+#[cfg(test)]
+mod tests {
+    use bluegreen_common::{
+        FAMILY_IPV4, IPPROTO_TCP, SHADOW_FROM_CLIENT, SHADOW_FROM_LIVE, SHADOW_HEADER_LEN,
+        ShadowHeader,
+        wire::{TCP_ACK, TCP_FIN, TCP_SYN},
+    };
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    use super::*;
+    use crate::shadow::options::SampleShare;
+
+    /// The idle color as the engine sees it: one backend, never a reason to
+    /// stop.
+    struct OneBackend(SocketAddr);
+
+    impl Control for OneBackend {
+        fn backend(&mut self, _: u32) -> Option<SocketAddr> {
+            Some(self.0)
+        }
+        fn check(&mut self) -> Option<StopReason> {
+            None
+        }
+        fn capture_counts(&mut self) -> BTreeMap<String, u64> {
+            BTreeMap::new()
+        }
+        fn publish(&mut self, _: &ShadowReport) {}
+    }
+
+    fn key() -> FlowKey {
+        let mut key = FlowKey {
+            proto: IPPROTO_TCP,
+            family: FAMILY_IPV4,
+            ..FlowKey::default()
+        };
+        key.client[..4].copy_from_slice(&[10, 200, 0, 2]);
+        key.server[..4].copy_from_slice(&[10, 200, 0, 100]);
+        key.client_port = 40000u16.to_be_bytes();
+        key.server_port = 8080u16.to_be_bytes();
+        key
+    }
+
+    fn record(kind: u8, seq: u32, flags: u8, payload: &[u8], wire_len: u32, at_ms: u64) -> Vec<u8> {
+        let header = ShadowHeader {
+            at_ns: at_ms * 1_000_000,
+            key: key(),
+            seq: seq.to_be_bytes(),
+            wire_len,
+            captured: payload.len() as u16,
+            kind,
+            tcp_flags: flags,
+            counter_slot: 0,
+            reserved: [0; 2],
+        };
+        // SAFETY: plain data, viewed as its bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&header as *const ShadowHeader).cast::<u8>(),
+                SHADOW_HEADER_LEN,
+            )
+        };
+        [bytes, payload].concat()
+    }
+
+    /// An idle backend that answers one request with a 503 after 20 ms,
+    /// and hands back what it was sent.
+    async fn slow_failing_backend() -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let address = listener.local_addr().expect("bound");
+        let served = tokio::spawn(async move {
+            let (mut connection, _) = listener.accept().await.expect("the replay connects");
+            let mut received = Vec::new();
+            let mut buffer = [0; 1024];
+            while !received.ends_with(b"\r\n\r\n") {
+                let read = connection.read(&mut buffer).await.expect("the request");
+                assert!(read > 0, "closed before the request ended: {received:?}");
+                received.extend_from_slice(&buffer[..read]);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            connection
+                .write_all(b"HTTP/1.1 503 Busy\r\nContent-Length: 2\r\n\r\nno")
+                .await
+                .expect("the answer");
+            received
+        });
+        (address, served)
+    }
+
+    #[tokio::test]
+    async fn a_request_is_replayed_to_the_idle_color_and_paired_with_the_live_answer() {
+        let (backend, served) = slow_failing_backend().await;
+        let options = ShadowOptions::new(SampleShare {
+            basis_points: 10_000,
+        });
+        let mut engine = Engine::new(OneBackend(backend), options);
+        let mut reports = engine.reports.take().expect("fresh");
+        let request = b"GET /v1/models HTTP/1.1\r\nHost: vip\r\n\r\n";
+        let isn = u32::MAX - 4;
+        let (first, second) = request.split_at(10);
+        // The second half first: it waits for the first.
+        for bytes in [
+            record(SHADOW_FROM_CLIENT, isn, TCP_SYN, b"", 0, 1_000),
+            record(
+                SHADOW_FROM_CLIENT,
+                isn.wrapping_add(11),
+                TCP_ACK,
+                second,
+                second.len() as u32,
+                1_002,
+            ),
+            record(
+                SHADOW_FROM_CLIENT,
+                isn.wrapping_add(1),
+                TCP_ACK,
+                first,
+                first.len() as u32,
+                1_003,
+            ),
+            record(
+                SHADOW_FROM_LIVE,
+                7_000,
+                TCP_ACK,
+                b"HTTP/1.1 200 OK\r",
+                1_000,
+                1_010,
+            ),
+            record(
+                SHADOW_FROM_LIVE,
+                8_000,
+                TCP_ACK,
+                b"xxxxxxxxxxxxxxxx",
+                500,
+                1_030,
+            ),
+        ] {
+            engine.record(&bytes);
+        }
+        let fin = isn.wrapping_add(1 + request.len() as u32);
+        engine.record(&record(
+            SHADOW_FROM_CLIENT,
+            fin,
+            TCP_FIN | TCP_ACK,
+            b"",
+            0,
+            1_040,
+        ));
+        while !engine.pairs.is_empty() {
+            let report = tokio::time::timeout(Duration::from_secs(5), reports.recv())
+                .await
+                .expect("the replay reports within the response timeout")
+                .expect("the engine holds a sender");
+            engine.report(report);
+        }
+        assert_eq!(
+            served.await.expect("served"),
+            request,
+            "the idle color gets the client's bytes, in order, once"
+        );
+        let summary = engine.comparison.summary();
+        assert_eq!(
+            (summary.paired, summary.mismatched_status),
+            (1, 1),
+            "200 against 503"
+        );
+        assert_eq!(
+            (summary.live.status_2xx, summary.shadow.status_5xx),
+            (1, 1),
+            "{summary:?}"
+        );
+        assert_eq!(
+            summary.live.ttfb_p50_ms,
+            Some(7.0),
+            "from the request's last segment (1,003 ms) to the first reply (1,010 ms)"
+        );
+        assert_eq!(summary.live.response_bytes, 1_500, "two reply segments");
+        let replayed = summary.shadow.ttfb_p50_ms.expect("timed");
+        assert!(
+            (20.0..1_000.0).contains(&replayed),
+            "the idle backend's 20 ms delay: {replayed} ms"
+        );
+        assert_eq!(summary.shadow.response_bytes, 42, "the whole 503 answer");
+        assert_eq!(engine.counts.flows_replayed, 1);
+    }
+
+    #[tokio::test]
+    async fn requests_off_the_allow_list_are_not_replayed_or_compared() {
+        let (backend, _served) = slow_failing_backend().await;
+        let mut engine = Engine::new(
+            OneBackend(backend),
+            ShadowOptions::new(SampleShare {
+                basis_points: 10_000,
+            }),
+        );
+        let request = b"DELETE /v1/files/7 HTTP/1.1\r\nHost: vip\r\n\r\n";
+        engine.record(&record(SHADOW_FROM_CLIENT, 100, TCP_SYN, b"", 0, 1));
+        engine.record(&record(
+            SHADOW_FROM_CLIENT,
+            101,
+            TCP_ACK,
+            request,
+            request.len() as u32,
+            2,
+        ));
+        engine.record(&record(
+            SHADOW_FROM_LIVE,
+            9,
+            TCP_ACK,
+            b"HTTP/1.1 204 No ",
+            40,
+            3,
+        ));
+        engine.record(&record(
+            SHADOW_FROM_CLIENT,
+            101 + request.len() as u32,
+            TCP_FIN,
+            b"",
+            0,
+            4,
+        ));
+        assert_eq!(engine.counts.requests_not_allowed, 1);
+        let summary = engine.comparison.summary();
+        assert_eq!(
+            (summary.live.requests, summary.paired),
+            (0, 0),
+            "a skipped request's live answer is not compared with nothing"
+        );
+    }
+}

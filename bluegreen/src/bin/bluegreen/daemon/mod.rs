@@ -23,11 +23,7 @@ use bluegreen::{
     state::StateStore,
     verify::Launcher,
 };
-use tokio::{
-    signal::unix::SignalKind,
-    sync::watch,
-    task::JoinHandle,
-};
+use tokio::{signal::unix::SignalKind, sync::watch, task::JoinHandle};
 
 use crate::{observations::Shared, output::print_up};
 use analysis_watch::AnalysisWatch;

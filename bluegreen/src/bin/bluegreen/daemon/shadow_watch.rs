@@ -76,12 +76,13 @@ impl Watch for ShadowWatch {
                 {
                     return ControlFlow::Continue(());
                 }
-                config.settings.options().map_err(|reason| {
-                    bluegreen::Error::ShadowRefused {
+                config
+                    .settings
+                    .options()
+                    .map_err(|reason| bluegreen::Error::ShadowRefused {
                         service: name.to_owned(),
                         reason: format!("its [service.shadow]: {reason}"),
-                    }
-                })
+                    })
             }
             _ => match host.take_shadow_start(name) {
                 Ok(Some(options)) => options,
