@@ -62,7 +62,7 @@ pub fn start_flow(
     let flow = ShadowFlow {
         session: settings.session,
     };
-    if BG_SHADOW_FLOWS.insert(key, &flow, 0).is_err() {
+    if BG_SHADOW_FLOWS.insert(key, flow, 0).is_err() {
         count_shadow(ShadowCount::TableFull, 1);
         return;
     }
