@@ -72,6 +72,20 @@ pub fn parse(bytes: &[u8]) -> Result<Record<'_>, RecordError> {
     })
 }
 
+/// A record as the dataplane writes it, for tests that play the
+/// dataplane.
+#[cfg(test)]
+pub(crate) fn encode(header: &ShadowHeader, payload: &[u8]) -> Vec<u8> {
+    // SAFETY: plain data without padding, viewed as its bytes.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (header as *const ShadowHeader).cast::<u8>(),
+            SHADOW_HEADER_LEN,
+        )
+    };
+    [bytes, payload].concat()
+}
+
 /// The ring, read when the kernel signals records.
 pub struct RingReader {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -137,14 +151,7 @@ mod tests {
             counter_slot: 3,
             reserved: [0; 2],
         };
-        // SAFETY: plain data, viewed as its bytes.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&header as *const ShadowHeader).cast::<u8>(),
-                SHADOW_HEADER_LEN,
-            )
-        };
-        [bytes, payload].concat()
+        encode(&header, payload)
     }
 
     #[test]

@@ -659,8 +659,7 @@ fn cut_requests(parser: &mut RequestParser, bytes: &[u8]) -> Result<Vec<Request>
 #[cfg(test)]
 mod tests {
     use bluegreen_common::{
-        FAMILY_IPV4, IPPROTO_TCP, SHADOW_FROM_CLIENT, SHADOW_FROM_LIVE, SHADOW_HEADER_LEN,
-        ShadowHeader,
+        FAMILY_IPV4, IPPROTO_TCP, SHADOW_FROM_CLIENT, SHADOW_FROM_LIVE, ShadowHeader,
         wire::{TCP_ACK, TCP_FIN, TCP_SYN},
     };
     use tokio::{
@@ -713,14 +712,7 @@ mod tests {
             counter_slot: 0,
             reserved: [0; 2],
         };
-        // SAFETY: plain data, viewed as its bytes.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&header as *const ShadowHeader).cast::<u8>(),
-                SHADOW_HEADER_LEN,
-            )
-        };
-        [bytes, payload].concat()
+        capture::encode(&header, payload)
     }
 
     /// An idle backend that answers one request with a 503 after 20 ms,

@@ -336,8 +336,7 @@ impl StateStore {
     /// atomically. Named with a ':', which no interface name can hold, so
     /// that it is never taken for an interface's state file.
     pub fn save_analyses(&self, service: &str, record: &AnalysesRecord) -> Result<()> {
-        let text = serde_json::to_string_pretty(record).expect("record serialises") + "\n";
-        self.write(&format!("analysis:{service}.json"), &text)
+        self.save_json(&format!("analysis:{service}.json"), record)
     }
 
     /// What [`StateStore::save_analyses`] last wrote; `None` when nothing
@@ -359,60 +358,38 @@ impl StateStore {
     /// to.
     pub fn load_lifecycle(&self, service: &str) -> Result<LifecycleRecord> {
         let name = format!("lifecycle:{service}.json");
-        let Some(text) = self.read(&name)? else {
+        let Some(record) = self.load_json::<LifecycleRecord>(&name)? else {
             return Ok(LifecycleRecord::new());
         };
-        let corrupt = |reason: String| Error::CorruptState {
-            path: self.dir.join(&name),
-            reason,
-        };
-        let record: LifecycleRecord =
-            serde_json::from_str(&text).map_err(|error| corrupt(error.to_string()))?;
-        if record.schema_version != LifecycleRecord::SCHEMA_VERSION {
-            return Err(corrupt(format!(
-                "schema version {}, and this bluegreen reads {}",
-                record.schema_version,
-                LifecycleRecord::SCHEMA_VERSION
-            )));
-        }
+        self.check_schema(
+            &name,
+            record.schema_version,
+            LifecycleRecord::SCHEMA_VERSION,
+        )?;
         Ok(record)
     }
 
     /// Replaces `service`'s lifecycle record atomically; the caller holds
     /// the interface lock. Named with a ':', as the analyses' record.
     pub fn save_lifecycle(&self, service: &str, record: &LifecycleRecord) -> Result<()> {
-        let text = serde_json::to_string_pretty(record).expect("record serialises") + "\n";
-        self.write(&format!("lifecycle:{service}.json"), &text)
+        self.save_json(&format!("lifecycle:{service}.json"), record)
     }
 
     /// The shadowing run of `service` (see [`crate::shadow`]), written by
     /// its owner about once a second and at its end. Named with a ':', as
     /// the analyses' record.
     pub fn save_shadow(&self, service: &str, record: &ShadowRecord) -> Result<()> {
-        let text = serde_json::to_string_pretty(record).expect("record serialises") + "\n";
-        self.write(&format!("shadow:{service}.json"), &text)
+        self.save_json(&format!("shadow:{service}.json"), record)
     }
 
     /// What [`StateStore::save_shadow`] last wrote; a record of another
     /// schema version is refused, not misread.
     pub fn load_shadow(&self, service: &str) -> Result<Option<ShadowRecord>> {
         let name = format!("shadow:{service}.json");
-        let Some(text) = self.read(&name)? else {
+        let Some(record) = self.load_json::<ShadowRecord>(&name)? else {
             return Ok(None);
         };
-        let corrupt = |reason: String| Error::CorruptState {
-            path: self.dir.join(&name),
-            reason,
-        };
-        let record: ShadowRecord =
-            serde_json::from_str(&text).map_err(|error| corrupt(error.to_string()))?;
-        if record.schema_version != ShadowRecord::SCHEMA_VERSION {
-            return Err(corrupt(format!(
-                "schema version {}, and this bluegreen reads {}",
-                record.schema_version,
-                ShadowRecord::SCHEMA_VERSION
-            )));
-        }
+        self.check_schema(&name, record.schema_version, ShadowRecord::SCHEMA_VERSION)?;
         Ok(Some(record))
     }
 
@@ -420,28 +397,49 @@ impl StateStore {
     /// run's owner: one file each, so that neither races the owner's
     /// record writes.
     pub fn save_shadow_order(&self, service: &str, order: &ShadowOrder) -> Result<()> {
-        let text = serde_json::to_string_pretty(order).expect("order serialises") + "\n";
-        self.write(&format!("shadow-order:{service}.json"), &text)
+        self.save_json(&format!("shadow-order:{service}.json"), order)
     }
 
     /// The order waiting for `service`'s shadowing; a damaged one is
-    /// refused (its writer is told through the run's record).
+    /// refused.
     pub fn load_shadow_order(&self, service: &str) -> Result<Option<ShadowOrder>> {
-        let name = format!("shadow-order:{service}.json");
-        let Some(text) = self.read(&name)? else {
-            return Ok(None);
-        };
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|error| Error::CorruptState {
-                path: self.dir.join(&name),
-                reason: error.to_string(),
-            })
+        self.load_json(&format!("shadow-order:{service}.json"))
     }
 
     /// The order has been acted on.
     pub fn remove_shadow_order(&self, service: &str) -> Result<()> {
         self.remove_names(&[format!("shadow-order:{service}.json")])
+    }
+
+    /// Replaces the record `name` with `value`, as JSON, atomically.
+    fn save_json(&self, name: &str, value: &impl Serialize) -> Result<()> {
+        let text = serde_json::to_string_pretty(value).expect("records serialise") + "\n";
+        self.write(name, &text)
+    }
+
+    /// The record `name`, if there is one; one that does not parse is
+    /// [`Error::CorruptState`].
+    fn load_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        let Some(text) = self.read(name)? else {
+            return Ok(None);
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|error| Error::CorruptState {
+                path: self.dir.join(name),
+                reason: error.to_string(),
+            })
+    }
+
+    /// Refuses the record `name` written with another schema version.
+    fn check_schema(&self, name: &str, found: u32, expected: u32) -> Result<()> {
+        if found == expected {
+            return Ok(());
+        }
+        Err(Error::CorruptState {
+            path: self.dir.join(name),
+            reason: format!("schema version {found}, and this bluegreen reads {expected}"),
+        })
     }
 
     /// The interface's shadowing lock, held by the one run that reads its
