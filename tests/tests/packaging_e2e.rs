@@ -116,6 +116,23 @@ fn served_metrics() -> BTreeSet<String> {
         .to_vec();
     let _model = ModelMetrics::start(writers, Profile::new(0.15, 0));
     let _daemon = fixture.start_daemon(&config, &[&format!("--metrics={METRICS}")]);
+    // A shadowing run that compared a few requests leaves the record the
+    // shadowing metrics are read from.
+    let mut shadow = fixture.bluegreen.spawn(&[
+        "shadow",
+        "run",
+        "web",
+        "--sample",
+        "100%",
+        "--duration",
+        "2s",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        assert_eq!(fixture.get(), "blue");
+    }
+    let shadowed = shadow.wait().expect("the shadowing run ends by itself");
+    assert!(shadowed.success(), "shadow run: {shadowed}");
     fixture.bluegreen.ok(&["switch", "green"]);
     // Let the daemon see the switch, and green healthy, before it dies.
     std::thread::sleep(Duration::from_millis(2 * interval_ms));
@@ -126,6 +143,7 @@ fn served_metrics() -> BTreeSet<String> {
     let text = loop {
         let text = scrape_text(&fixture);
         if text.contains("\nbluegreen_rollbacks_total{")
+            && text.contains("\nbluegreen_shadow_ttfb_seconds{")
             && text.contains("\nbluegreen_backend_load_scrape_errors_total{")
             && text.contains("\nbluegreen_analysis_value{")
         {

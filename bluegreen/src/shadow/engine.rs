@@ -33,6 +33,9 @@ const QUEUED_JOBS: usize = 256;
 /// Answers held while waiting for their other half; beyond it the oldest
 /// flow's are recorded unpaired.
 const MAX_PENDING_FLOWS: usize = 65_536;
+/// How much longer than a response timeout a stopping run waits for the
+/// answers of the requests in replay.
+const FINISH_MARGIN: Duration = Duration::from_secs(2);
 /// Records read before other work (timers, replay reports) gets a turn.
 const READ_BATCH: usize = 4096;
 
@@ -268,8 +271,12 @@ impl<C: Control> Engine<C> {
         for key in flows {
             self.close_flow(&key, monotonic_ns());
         }
+        // A response timeout, and a margin for the requests the drain just
+        // queued, which start their timeout only now (a flow's second
+        // queued request may still miss it: it is not compared).
         let deadline = tokio::time::Instant::now()
-            + self.options.response_timeout.min(Duration::from_secs(10));
+            + self.options.response_timeout.min(Duration::from_secs(10))
+            + FINISH_MARGIN;
         while self.pairs.values().any(|pairs| !pairs.replay_done) {
             match tokio::time::timeout_at(deadline, reports.recv()).await {
                 Ok(Some(report)) => self.report(report),

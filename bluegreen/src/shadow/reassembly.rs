@@ -134,8 +134,8 @@ pub struct Counters {
     /// Segments dropped for starting more than `max_window` from the next
     /// expected byte.
     pub out_of_window: u64,
-    /// Segments of flows whose SYN was never seen, or that were abandoned:
-    /// ignored.
+    /// Segments with data of flows whose SYN was never seen, or that were
+    /// abandoned or closed: ignored.
     pub mid_stream: u64,
     pub opened: u64,
     pub closed: u64,
@@ -376,7 +376,11 @@ impl Reassembler {
         let key = segment.key;
         let at_ns = segment.at_ns;
         let Some(flow) = self.flows.get_mut(&key) else {
-            self.counters.mid_stream += 1;
+            // A bare ACK or FIN carries nothing to lose: the client's last
+            // ACK after its flow closed is one.
+            if !payload.is_empty() {
+                self.counters.mid_stream += 1;
+            }
             return;
         };
         let distance = seq.wrapping_sub(flow.next_seq()) as i32;
@@ -1135,7 +1139,11 @@ mod tests {
         );
         reassembler.push(&segment(key(1), ISN, TCP_FIN, b"", 0), &mut events);
         assert!(events.is_empty(), "no event for an unknown flow");
-        assert_eq!(reassembler.counters().mid_stream, 3, "each counted");
+        assert_eq!(
+            reassembler.counters().mid_stream,
+            1,
+            "the data counted; a bare SYN+ACK or FIN lost nothing"
+        );
         assert_eq!(reassembler.flows(), 0, "and none followed");
     }
 

@@ -21,8 +21,8 @@ use crate::output::print_shadow;
 /// daemon looks once a second.
 const START_WAIT: Duration = Duration::from_secs(10);
 /// How long `shadow stop` waits for the run to end: it looks once a second,
-/// then lets the requests in replay finish (at most 10 s).
-const STOP_WAIT: Duration = Duration::from_secs(15);
+/// then lets the requests in replay finish (at most 12 s).
+const STOP_WAIT: Duration = Duration::from_secs(20);
 
 pub fn execute(host: &Host, action: ShadowAction) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()

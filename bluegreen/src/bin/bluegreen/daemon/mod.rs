@@ -210,7 +210,7 @@ fn has(services: &[ServiceSpec], name: &str, like: impl Fn(&ServiceSpec) -> bool
 
 /// How long an exiting daemon waits for its shadowing runs to write their
 /// last records (they let the requests in replay finish first).
-const SHADOW_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(12);
+const SHADOW_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A health watcher per checked service, a load watcher per weighed one,
 /// an analysis watcher per analysed one, a lifecycle watcher per one
