@@ -209,16 +209,16 @@ fn record_connection(
 /// its length, method and path; `None` until it is all there.
 fn frame_request(bytes: &[u8]) -> Option<(usize, String, String)> {
     let head_end = bytes.windows(4).position(|window| window == b"\r\n\r\n")? + 4;
-    let head = std::str::from_utf8(&bytes[..head_end]).expect("a test request's head is text");
+    // Lossy, not a panic in a connection thread: a mangled head shows as
+    // a byte difference in the test's comparison of streams.
+    let head = String::from_utf8_lossy(&bytes[..head_end]);
     let mut lines = head.split("\r\n");
     let mut words = lines.next()?.split(' ');
     let (method, path) = (words.next()?.to_owned(), words.next()?.to_owned());
     let body_length = lines
         .filter_map(|line| line.split_once(':'))
         .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
-        .map_or(0, |(_, value)| {
-            value.trim().parse::<usize>().expect("Content-Length")
-        });
+        .map_or(0, |(_, value)| value.trim().parse::<usize>().unwrap_or(0));
     let length = head_end + body_length;
     (bytes.len() >= length).then_some((length, method, path))
 }
@@ -271,7 +271,9 @@ pub struct Answer {
     pub latency: Duration,
 }
 
-/// One client connection: every byte it sent, and what came back.
+/// One client connection: every byte it sent (a request whose write
+/// failed counted whole: the connection's checks fail on its answer
+/// anyway), and what came back.
 #[derive(Clone, Debug)]
 pub struct Conversation {
     pub sent: Vec<u8>,

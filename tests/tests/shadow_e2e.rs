@@ -178,15 +178,13 @@ fn allow_list_skips_other_requests() {
             .collect(),
         expected,
     );
-    assert_eq!(
-        figure(&record, "/report/engine/requests_not_allowed"),
-        100.0,
-        "{record:#}"
-    );
-    assert_eq!(
-        figure(&record, "/report/comparison/paired"),
-        100.0,
-        "{record:#}"
+    assert_figures(
+        &record,
+        &[
+            ("/report/engine/requests_not_allowed", 100.0),
+            ("/report/replay/requests", 100.0),
+            ("/report/comparison/paired", 100.0),
+        ],
     );
 }
 
