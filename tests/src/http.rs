@@ -75,7 +75,13 @@ impl Backend {
                     .set_nonblocking(true)
                     .expect("non-blocking listener");
                 ready.send(()).expect("signal ready");
-                accept_loop(listener, &stop, &served, &answers);
+                let serve = {
+                    let stop = stop.clone();
+                    move |stream| {
+                        let _ = serve_connection(stream, &stop, &served, &answers);
+                    }
+                };
+                accept_loop(listener, &stop, serve);
             }))
         };
         let udp = {
@@ -158,11 +164,13 @@ impl Drop for Backend {
     }
 }
 
-fn accept_loop(
+/// Accepts connections on `listener` until `stop`, each served by
+/// `serve` on a thread of its own (in the listener's namespace: a thread
+/// spawned here inherits it); joins them before returning.
+pub(crate) fn accept_loop(
     listener: TcpListener,
-    stop: &Arc<AtomicBool>,
-    served: &Arc<AtomicU64>,
-    answers: &Answers,
+    stop: &AtomicBool,
+    serve: impl Fn(TcpStream) + Clone + Send + 'static,
 ) {
     let mut connections = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -173,10 +181,8 @@ fn accept_loop(
         if readable(&listener, POLL) {
             match listener.accept() {
                 Ok((stream, _)) => {
-                    let (stop, served, answers) = (stop.clone(), served.clone(), answers.clone());
-                    connections.push(std::thread::spawn(move || {
-                        let _ = serve_connection(stream, &stop, &served, &answers);
-                    }));
+                    let serve = serve.clone();
+                    connections.push(std::thread::spawn(move || serve(stream)));
                 }
                 // Taken back by the client before we accepted it.
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
@@ -313,12 +319,23 @@ fn read_body(
     Ok(String::from_utf8_lossy(&body[..filled]).into_owned())
 }
 
+/// A `200 OK` response's body.
 fn read_response(reader: &mut BufReader<TcpStream>) -> io::Result<String> {
+    match read_answer(reader)? {
+        (200, body) => Ok(body),
+        (status, _) => Err(io::Error::other(format!("status {status}, not 200"))),
+    }
+}
+
+/// A response with a Content-Length body: its status and body.
+fn read_answer(reader: &mut BufReader<TcpStream>) -> io::Result<(u16, String)> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
-    if !line.starts_with("HTTP/1.1 200") {
-        return Err(io::Error::other(format!("bad status line {line:?}")));
-    }
+    let status = line
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| io::Error::other(format!("bad status line {line:?}")))?;
     let mut length = None;
     loop {
         line.clear();
@@ -338,7 +355,8 @@ fn read_response(reader: &mut BufReader<TcpStream>) -> io::Result<String> {
     let length = length.ok_or_else(|| io::Error::other("no Content-Length"))?;
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
-    String::from_utf8(body).map_err(io::Error::other)
+    let body = String::from_utf8(body).map_err(io::Error::other)?;
+    Ok((status, body))
 }
 
 /// One request on a fresh connection; returns the body (the color).
@@ -392,6 +410,13 @@ impl KeepAlive {
             "GET {path} HTTP/1.1\r\nHost: bluegreen\r\n\r\n"
         )?;
         read_response(&mut self.reader)
+    }
+
+    /// Writes `request` (one whole request, as is) and reads its answer:
+    /// status and body, whatever the status.
+    pub fn exchange(&mut self, request: &[u8]) -> io::Result<(u16, String)> {
+        self.reader.get_mut().write_all(request)?;
+        read_answer(&mut self.reader)
     }
 }
 

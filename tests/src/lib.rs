@@ -19,6 +19,8 @@
 //! - [`cgroup`]: a throwaway cgroup v2 directory and what is attached to it.
 //! - [`lifecycle`]: a `[service.lifecycle]` script that starts and kills
 //!   green's backend as a process of its own.
+//! - [`shadow`]: backends and clients that keep every byte they were sent
+//!   and sent, and `bluegreen shadow run` as a child process.
 
 pub mod bench;
 pub mod cgroup;
@@ -33,4 +35,5 @@ pub mod model;
 pub mod netns;
 pub mod packet;
 pub mod prometheus;
+pub mod shadow;
 pub mod sys;
