@@ -119,6 +119,20 @@ fn run(topology: &Topology, bluegreen: &Bluegreen) -> Result<u64, Interrupted> {
 
     step(
         4,
+        "shadow green first: every new flow's requests replayed to green, its answers compared with blue's and discarded:",
+    );
+    let shadowing = bluegreen.spawn(&[
+        "shadow", "run", "chat", "--sample", "100%", "--duration", "2s",
+    ]);
+    pause(Duration::from_millis(300))?;
+    sample(topology, "while shadowing", 10)?;
+    let shadowed = shadowing
+        .wait_with_output()
+        .expect("the shadowing run ends by itself");
+    indent(&String::from_utf8_lossy(&shadowed.stdout));
+
+    step(
+        5,
         "switch to green under continuous traffic (4 clients, new connection per request):",
     );
     let load = Load::start(&topology.client, vip(), 4, 50_000, Duration::from_secs(60));
@@ -127,14 +141,14 @@ fn run(topology: &Topology, bluegreen: &Bluegreen) -> Result<u64, Interrupted> {
     sample(topology, "after the switch", 10)?;
     pause(Duration::from_millis(500))?;
 
-    step(5, "roll back, still under traffic:");
+    step(6, "roll back, still under traffic:");
     indent(&bluegreen.ok(&["rollback"]));
     sample(topology, "after rollback", 10)?;
     pause(Duration::from_millis(500))?;
     let report = load.finish(true);
 
     step(
-        6,
+        7,
         "bluegreen status (per-color counters from the kernel's maps):",
     );
     indent(&bluegreen.ok(&["status"]));
