@@ -22,6 +22,7 @@ pub mod shift;
 mod sockdiag;
 pub mod state;
 mod sys;
+pub mod task;
 pub mod verify;
 
 pub use error::{Error, Result};

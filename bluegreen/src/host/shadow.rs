@@ -29,6 +29,7 @@ use crate::{
         record::{Owner, ShadowOrder, ShadowRecord, Stopped},
     },
     state::StateStore,
+    task::AbortOnDrop,
 };
 
 /// What `shadow stop` found.
@@ -88,6 +89,10 @@ impl Host {
             self.state.remove_shadow_order(&name)?;
         }
 
+        // Everything that can fail is done before anything is recorded or
+        // turned on: a refused run leaves no record and no capture.
+        let maps = PinnedMaps::open(&layout)?;
+        let counts = ShadowMaps::open(&layout)?;
         let started_unix_ms = unix_now_ms();
         let mut record = ShadowRecord {
             schema_version: ShadowRecord::SCHEMA_VERSION,
@@ -106,10 +111,9 @@ impl Host {
             report: ShadowReport::default(),
         };
         self.state.save_shadow(&name, &record)?;
-        let counter_slot = open.live.counter_slot;
         let switch = CaptureSwitch::on(
             capture,
-            counter_slot,
+            open.live.counter_slot,
             ShadowSettings {
                 sample_below: shadow_sample_below(options.sample.basis_points),
                 // Distinct from the last run's, whose flows may still be in
@@ -117,11 +121,14 @@ impl Host {
                 session: (started_unix_ms as u32) | 1,
             },
         )?;
-
         let unhealthy = Arc::new(Mutex::new(None));
-        let health = open.record().spec.health.clone().map(|check| {
+        let _health = open.record().spec.health.clone().map(|check| {
             let backends = open.pool(idle).serving();
-            tokio::spawn(watch_health(check, backends, unhealthy.clone()))
+            AbortOnDrop(tokio::spawn(watch_health(
+                check,
+                backends,
+                unhealthy.clone(),
+            )))
         });
         let control = HostControl {
             state: self.state.clone(),
@@ -130,16 +137,13 @@ impl Host {
             service: open.live,
             live,
             idle,
-            maps: PinnedMaps::open(&layout)?,
-            counts: ShadowMaps::open(&layout)?,
+            maps,
+            counts,
             unhealthy,
         };
         drop(open);
         let (reason, report) = Engine::new(control, options).run(reader, stop).await;
         drop(switch);
-        if let Some(health) = health {
-            health.abort();
-        }
         if matches!(
             self.state.load_shadow_order(&name),
             Ok(Some(ShadowOrder::Stop { .. }))

@@ -122,7 +122,13 @@ fn run(topology: &Topology, bluegreen: &Bluegreen) -> Result<u64, Interrupted> {
         "shadow green first: every new flow's requests replayed to green, its answers compared with blue's and discarded:",
     );
     let shadowing = bluegreen.spawn(&[
-        "shadow", "run", "chat", "--sample", "100%", "--duration", "2s",
+        "shadow",
+        "run",
+        "chat",
+        "--sample",
+        "100%",
+        "--duration",
+        "2s",
     ]);
     pause(Duration::from_millis(300))?;
     sample(topology, "while shadowing", 10)?;

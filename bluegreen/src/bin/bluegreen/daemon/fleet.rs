@@ -29,6 +29,7 @@ use bluegreen::{
     health::Health,
     host::Host,
     state::{FleetMarker, StateStore},
+    task::AbortOnDrop,
 };
 use etcd_client::EventType;
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -500,14 +501,5 @@ async fn keep_lease(
             let _ = lost.send(error);
             return;
         }
-    }
-}
-
-/// A task that ends with the session that started it.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
