@@ -236,3 +236,32 @@ fn a_shadow_analysis_judges_the_idle_color_on_its_replayed_answers() {
     );
     assert_eq!(fixture.get(), "green");
 }
+
+#[test]
+fn a_run_stops_when_the_idle_color_fails_its_health_check() {
+    let mut fixture = Fixture::new();
+    let config = fixture.write_config(&config_text(
+        "",
+        "\n[service.health]\nkind = \"tcp\"\ninterval_ms = 200\ntimeout_ms = 200\nhealthy_threshold = 1\nunhealthy_threshold = 2\n",
+    ));
+    fixture.up_with_config(&config);
+    let run = fixture
+        .bluegreen
+        .spawn(&["shadow", "run", "web", "--sample", "100%"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(fixture.get(), "blue");
+    let stopped_green = Instant::now();
+    fixture.stop_green();
+    wait_for_exit(run, Duration::from_secs(20));
+    let record = shadow_status(&fixture);
+    assert_eq!(
+        record["stopped"]["reason"]["reason"], "idle_unhealthy",
+        "{record:#}"
+    );
+    assert!(
+        stopped_green.elapsed() < Duration::from_secs(5),
+        "two failed probes 200 ms apart, then the next look: {:?}",
+        stopped_green.elapsed()
+    );
+    assert_eq!(fixture.get(), "blue", "live traffic never noticed");
+}
