@@ -59,14 +59,21 @@ pub fn start_flow(
     if shadow_sample_point(hash) >= settings.sample_below {
         return;
     }
-    let flow = ShadowFlow {
-        session: settings.session,
-    };
-    if BG_SHADOW_FLOWS.insert(key, flow, 0).is_err() {
-        count_shadow(ShadowCount::TableFull, 1);
-        return;
+    // SAFETY: a plain-data value, compared at once.
+    let known = unsafe { BG_SHADOW_FLOWS.get(key) };
+    // A retransmitted SYN (or a client port reused in this run) is
+    // recorded again, for the replayer to tell which, but it is the same
+    // sampled flow.
+    if !known.is_some_and(|flow| flow.session == settings.session) {
+        let flow = ShadowFlow {
+            session: settings.session,
+        };
+        if BG_SHADOW_FLOWS.insert(key, flow, 0).is_err() {
+            count_shadow(ShadowCount::TableFull, 1);
+            return;
+        }
+        count_shadow(ShadowCount::SampledFlows, 1);
     }
-    count_shadow(ShadowCount::SampledFlows, 1);
     record(packet, headers, key, counter_slot, SHADOW_FROM_CLIENT);
 }
 
@@ -124,7 +131,13 @@ fn try_record(
     let (seq, header_len, tcp_flags) = if headers.proto == IPPROTO_TCP {
         let [s0, s1, s2, s3, _, _, _, _, data_offset, flags]: [u8; 10] =
             packet.read(headers.l4 + 4).map_err(malformed)?;
-        ([s0, s1, s2, s3], usize::from(data_offset >> 4) * 4, flags)
+        let header_len = usize::from(data_offset >> 4) * 4;
+        // Below the minimal header, the "payload" would start inside the
+        // TCP header: bytes the live backend's stack drops, never data.
+        if header_len < 20 {
+            return Err(ShadowCount::Malformed);
+        }
+        ([s0, s1, s2, s3], header_len, flags)
     } else {
         ([0; 4], 8, 0)
     };

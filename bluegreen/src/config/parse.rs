@@ -760,9 +760,12 @@ impl RawShadow {
                 defaults.idle_timeout,
                 "idle_timeout_secs",
             )?,
-            max_buffered_bytes: self
-                .max_buffered_mib
-                .map_or(defaults.max_buffered_bytes, |mib| mib << 20),
+            max_buffered_bytes: match self.max_buffered_mib {
+                Some(mib) => mib.checked_mul(1 << 20).ok_or_else(|| {
+                    format!("max_buffered_mib {mib} is more memory than there is")
+                })?,
+                None => defaults.max_buffered_bytes,
+            },
         };
         options.validate()?;
         Ok(ShadowConfig {

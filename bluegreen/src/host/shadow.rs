@@ -15,7 +15,7 @@ use bluegreen_common::{
 };
 use tokio::sync::watch;
 
-use super::{Host, Lock};
+use super::{Host, Lock, OpenService};
 use crate::{
     clock::unix_now_ms,
     endpoint::{Color, from_wire},
@@ -28,7 +28,7 @@ use crate::{
         options::{ShadowConfig, ShadowOptions},
         record::{Owner, ShadowOrder, ShadowRecord, Stopped},
     },
-    state::StateStore,
+    state::{InterfaceLock, StateStore},
     task::AbortOnDrop,
 };
 
@@ -57,22 +57,8 @@ impl Host {
         let live = Color::from_wire(open.live.active);
         let idle = live.other();
         let name = open.name().to_owned();
-        if open.backends(idle).is_empty() {
-            return Err(Error::ShadowRefused {
-                service: name,
-                reason: format!("its idle color, {idle}, has no backend to replay to"),
-            });
-        }
-        self.require_running(&open, idle)?;
         let iface = open.state.interface.clone();
-        let Some(_lock) = self.state.try_lock_shadow(&iface)? else {
-            return Err(Error::ShadowRefused {
-                service: name,
-                reason: format!(
-                    "another shadowing run owns {iface}'s capture (one at a time per interface): see `bluegreen shadow status`"
-                ),
-            });
-        };
+        let _lock = self.admit_shadow(&open)?;
         let layout = self.layout(&iface);
         let mut capture = ShadowMaps::open(&layout)?;
         let ring = capture.take_ring().expect("a fresh handle has its ring");
@@ -80,8 +66,8 @@ impl Host {
             RingReader::new(ring).map_err(Error::io("cannot watch the shadow capture ring"))?;
         // Records left by an earlier run belong to flows nobody follows.
         reader.drain(|_| {});
-        // A run ordered stopped before it began is stopped at once, not
-        // left for the next one.
+        // A stop order an earlier run left (its owner gone before it read
+        // it) is not this run's.
         if matches!(
             self.state.load_shadow_order(&name),
             Ok(Some(ShadowOrder::Stop { .. }))
@@ -93,6 +79,8 @@ impl Host {
         // turned on: a refused run leaves no record and no capture.
         let maps = PinnedMaps::open(&layout)?;
         let counts = ShadowMaps::open(&layout)?;
+        // Taken before capture is on, so the run's first records count.
+        let counts_before = counts.counts()?;
         let started_unix_ms = unix_now_ms();
         let mut record = ShadowRecord {
             schema_version: ShadowRecord::SCHEMA_VERSION,
@@ -139,16 +127,19 @@ impl Host {
             idle,
             maps,
             counts,
+            counts_before,
             unhealthy,
         };
         drop(open);
         let (reason, report) = Engine::new(control, options).run(reader, stop).await;
         drop(switch);
+        // The last record is written whatever else fails.
         if matches!(
             self.state.load_shadow_order(&name),
             Ok(Some(ShadowOrder::Stop { .. }))
-        ) {
-            self.state.remove_shadow_order(&name)?;
+        ) && let Err(error) = self.state.remove_shadow_order(&name)
+        {
+            log::warn!("{name}: {error}");
         }
         record.report = report;
         record.updated_unix_ms = unix_now_ms();
@@ -215,8 +206,9 @@ impl Host {
                 ),
             });
         }
-        let idle = Color::from_wire(open.live.active).other();
-        self.require_running(&open, idle)?;
+        // What the daemon would refuse, refused here, where the operator
+        // reads it.
+        drop(self.admit_shadow(&open)?);
         self.state.save_shadow_order(
             &name,
             &ShadowOrder::Start {
@@ -247,16 +239,7 @@ impl Host {
             return Err(not_running());
         }
         if !record.owner.is_alive() {
-            let mut capture = ShadowMaps::open(&self.layout(&record.iface))?;
-            capture.set(open.live.counter_slot, &ShadowSettings::default())?;
-            record.stopped = Some(Stopped {
-                at_unix_ms: unix_now_ms(),
-                reason: StopReason::Failed(format!(
-                    "its owner (pid {}) ended without stopping it",
-                    record.owner.pid
-                )),
-            });
-            self.state.save_shadow(&name, &record)?;
+            self.end_abandoned(&open, &mut record)?;
             return Ok(ShadowStopped::Abandoned(record));
         }
         self.state.save_shadow_order(
@@ -285,6 +268,56 @@ impl Host {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Ends `service`'s run if its record says it runs but its owner is
+    /// gone (a process killed outright): capture off, record stopped.
+    /// Returns the record so ended (for the daemon, every round).
+    pub fn end_abandoned_shadow(&self, service: &str) -> Result<Option<ShadowRecord>> {
+        let Some(mut record) = self.state.load_shadow(service)? else {
+            return Ok(None);
+        };
+        if record.stopped.is_some() || record.owner.is_alive() {
+            return Ok(None);
+        }
+        let open = self.open_service(Some(service), Lock::None)?;
+        self.end_abandoned(&open, &mut record)?;
+        Ok(Some(record))
+    }
+
+    fn end_abandoned(&self, open: &OpenService, record: &mut ShadowRecord) -> Result<()> {
+        let mut capture = ShadowMaps::open(&self.layout(&record.iface))?;
+        capture.set(open.live.counter_slot, &ShadowSettings::default())?;
+        record.stopped = Some(Stopped {
+            at_unix_ms: unix_now_ms(),
+            reason: StopReason::Failed(format!(
+                "its owner (pid {}) ended without stopping it",
+                record.owner.pid
+            )),
+        });
+        self.state.save_shadow(&record.service, record)
+    }
+
+    /// Whether `open` can be shadowed now: its idle color has backends and
+    /// is running, and no other run owns its interface's capture (the lock
+    /// returned, held for the run).
+    fn admit_shadow(&self, open: &OpenService) -> Result<InterfaceLock> {
+        let name = open.name();
+        let idle = Color::from_wire(open.live.active).other();
+        if open.backends(idle).is_empty() {
+            return Err(Error::ShadowRefused {
+                service: name.to_owned(),
+                reason: format!("its idle color, {idle}, has no backend to replay to"),
+            });
+        }
+        self.require_running(open, idle)?;
+        let iface = &open.state.interface;
+        self.state.try_lock_shadow(iface)?.ok_or_else(|| Error::ShadowRefused {
+            service: name.to_owned(),
+            reason: format!(
+                "another shadowing run owns {iface}'s capture (one at a time per interface): see `bluegreen shadow status`"
+            ),
+        })
     }
 
     /// The start order waiting for `service`, taken (for the daemon).
@@ -343,6 +376,8 @@ struct HostControl {
     idle: Color,
     maps: PinnedMaps,
     counts: ShadowMaps,
+    /// The capture's counters before the run turned it on.
+    counts_before: [u64; ShadowCount::COUNT as usize],
     unhealthy: Arc<Mutex<Option<String>>>,
 }
 
@@ -391,7 +426,11 @@ impl Control for HostControl {
         match self.counts.counts() {
             Ok(counts) => ShadowCount::ALL
                 .iter()
-                .map(|what| (what.name().to_owned(), counts[*what as usize]))
+                .map(|&what| {
+                    let index = what as usize;
+                    let since = counts[index].saturating_sub(self.counts_before[index]);
+                    (what.name().to_owned(), since)
+                })
                 .collect(),
             Err(error) => {
                 log::warn!("shadow: {error}");

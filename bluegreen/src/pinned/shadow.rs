@@ -40,12 +40,6 @@ impl ShadowMaps {
         self.ring.take()
     }
 
-    pub fn settings(&self, counter_slot: u32) -> Result<ShadowSettings> {
-        self.settings
-            .get(&counter_slot, 0)
-            .map_err(Error::ebpf("cannot read the shadow settings"))
-    }
-
     /// Turns capture on for a service's new flows (or, with
     /// `sample_below` 0, off: flows sampled before then are no longer
     /// captured either).

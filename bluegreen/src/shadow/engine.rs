@@ -14,7 +14,10 @@ use std::{
 
 use bluegreen_common::{FlowKey, IPPROTO_UDP, flow_hash};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
 
 use super::{
     capture::{self, Origin, Record, RingReader},
@@ -36,6 +39,8 @@ const MAX_PENDING_FLOWS: usize = 65_536;
 /// How much longer than a response timeout a stopping run waits for the
 /// answers of the requests in replay.
 const FINISH_MARGIN: Duration = Duration::from_secs(2);
+/// UDP flows remembered as refused; beyond, they are forgotten all at once.
+const MAX_REFUSED: usize = 65_536;
 /// Records read before other work (timers, replay reports) gets a turn.
 const READ_BATCH: usize = 4096;
 
@@ -78,8 +83,7 @@ pub trait Control {
     fn backend(&mut self, hash: u32) -> Option<SocketAddr>;
     /// Called about once a second: a reason to stop, if there is one.
     fn check(&mut self) -> Option<StopReason>;
-    /// The dataplane's capture counters, by name: read about once a
-    /// second, the run's figures are counted from the first reading.
+    /// The dataplane's capture counters since the run began, by name.
     fn capture_counts(&mut self) -> BTreeMap<String, u64>;
     /// Called about once a second and at the end, with the run's figures.
     fn publish(&mut self, report: &ShadowReport);
@@ -123,8 +127,11 @@ pub struct ShadowReport {
     pub replay: ReplayCounts,
     /// Flows being replayed now.
     pub inflight: usize,
-    /// Client bytes held now (out of order, or queued for replay).
+    /// Client bytes held now (out of order, waiting for a request's end,
+    /// or queued for replay).
     pub buffered_bytes: usize,
+    /// Flows being put back in order now.
+    pub reassembling: usize,
     pub comparison: Summary,
 }
 
@@ -144,9 +151,6 @@ struct Flow {
     /// Requests cut from the stream so far (a stream that is not HTTP
     /// counts as one from its first byte).
     requests: u64,
-    /// The stream's bytes until its first request is cut, in case they
-    /// turn out not to be HTTP and must be replayed as they are.
-    unparsed: Vec<u8>,
     last_activity_ns: u64,
 }
 
@@ -174,10 +178,18 @@ pub struct Engine<C> {
     reports_sender: mpsc::UnboundedSender<Report>,
     /// Taken by `run`, which waits on it beside the ring.
     reports: Option<mpsc::UnboundedReceiver<Report>>,
-    /// The capture's counters when the run began, and now.
-    capture_base: BTreeMap<String, u64>,
-    capture_now: BTreeMap<String, u64>,
+    /// The capture's counters since the run began.
+    capture: BTreeMap<String, u64>,
     events: Vec<FlowEvent>,
+    /// Bytes the flows' request parsers hold, over all flows.
+    parser_bytes: usize,
+    /// The flows' replay tasks, aborted when the run ends: nothing is
+    /// replayed once it has stopped (after a switch, the idle color is
+    /// live).
+    replays: JoinSet<()>,
+    /// UDP flows refused a replay (over `max_inflight`, or no backend),
+    /// with when: not retried at each datagram, until idle.
+    refused: HashMap<FlowKey, u64>,
 }
 
 impl<C: Control> Engine<C> {
@@ -200,18 +212,16 @@ impl<C: Control> Engine<C> {
             replay_counters: Arc::new(ReplayCounters::default()),
             reports_sender,
             reports: Some(reports),
-            capture_base: BTreeMap::new(),
-            capture_now: BTreeMap::new(),
+            capture: BTreeMap::new(),
             events: Vec::new(),
+            parser_bytes: 0,
+            replays: JoinSet::new(),
+            refused: HashMap::new(),
         }
     }
 
     fn read_capture_counts(&mut self) {
-        let counts = self.control.capture_counts();
-        if self.capture_base.is_empty() {
-            self.capture_base = counts.clone();
-        }
-        self.capture_now = counts;
+        self.capture = self.control.capture_counts();
     }
 
     /// Runs until `stop` says so or [`Control::check`] finds a reason;
@@ -252,7 +262,7 @@ impl<C: Control> Engine<C> {
                 }
             }
         };
-        self.finish(&mut ring, &mut reports).await;
+        self.finish(&mut ring, &mut reports, &reason).await;
         self.read_capture_counts();
         let report = self.report_now();
         self.control.publish(&report);
@@ -260,13 +270,26 @@ impl<C: Control> Engine<C> {
     }
 
     /// Lets the flows in replay end (their queues are closed), for at most
-    /// the response timeout, so the last answers count.
+    /// a response timeout and a margin, so the last answers count; then
+    /// ends every replay.
     async fn finish(
         &mut self,
         ring: &mut RingReader,
         reports: &mut mpsc::UnboundedReceiver<Report>,
+        reason: &StopReason,
     ) {
-        ring.drain(|bytes| self.record(bytes));
+        // The idle color is not idle any more, or not fit to be asked:
+        // not one more request goes to it, and the records still in the
+        // ring are left there.
+        let at_once = matches!(
+            reason,
+            StopReason::Switched | StopReason::IdleUnhealthy(_) | StopReason::ServiceGone(_)
+        );
+        if at_once {
+            self.replays.abort_all();
+        } else {
+            ring.drain(|bytes| self.record(bytes));
+        }
         let flows: Vec<FlowKey> = self.flows.keys().copied().collect();
         for key in flows {
             self.close_flow(&key, monotonic_ns());
@@ -277,12 +300,13 @@ impl<C: Control> Engine<C> {
         let deadline = tokio::time::Instant::now()
             + self.options.response_timeout.min(Duration::from_secs(10))
             + FINISH_MARGIN;
-        while self.pairs.values().any(|pairs| !pairs.replay_done) {
+        while !at_once && self.pairs.values().any(|pairs| !pairs.replay_done) {
             match tokio::time::timeout_at(deadline, reports.recv()).await {
                 Ok(Some(report)) => self.report(report),
                 _ => break,
             }
         }
+        self.replays.abort_all();
         let flows: Vec<u64> = self.pairs.keys().copied().collect();
         for flow in flows {
             self.flush_pairs(flow);
@@ -303,6 +327,9 @@ impl<C: Control> Engine<C> {
             (Origin::Live, _) => self.live_reply(&record),
             (Origin::Client, IPPROTO_UDP) => self.datagram(&record),
             (Origin::Client, _) => {
+                if let Some(flow) = self.flows.get_mut(&record.header.key) {
+                    flow.last_activity_ns = record.header.at_ns;
+                }
                 let segment = Segment {
                     key: record.header.key,
                     seq: record.seq(),
@@ -367,7 +394,7 @@ impl<C: Control> Engine<C> {
             counters: self.replay_counters.clone(),
             reports: self.reports_sender.clone(),
         };
-        tokio::spawn(replay.run(queue));
+        self.replays.spawn(replay.run(queue));
         self.counts.flows_replayed += 1;
         let stream = match stream {
             Stream::Udp => Stream::Udp,
@@ -381,7 +408,6 @@ impl<C: Control> Engine<C> {
                 jobs,
                 live: LiveExchanges::default(),
                 requests: 0,
-                unparsed: Vec::new(),
                 last_activity_ns: at_ns,
             },
         );
@@ -393,21 +419,19 @@ impl<C: Control> Engine<C> {
         let Some(flow) = self.flows.get_mut(key) else {
             return;
         };
-        flow.last_activity_ns = at_ns;
         let mut jobs = Vec::new();
         let mut skipped = Vec::new();
         let mut live_answers = Vec::new();
         let mut not_http = false;
         if let Stream::Http(parser) = &mut flow.stream {
-            if flow.requests == 0 {
-                flow.unparsed.extend_from_slice(bytes);
-            }
-            match cut_requests(parser, bytes) {
+            let held_before = parser.buffered();
+            let cut = cut_requests(parser, bytes);
+            self.parser_bytes = self.parser_bytes - held_before + parser.buffered();
+            match cut {
                 Ok(requests) => {
                     for request in requests {
                         let index = flow.requests;
                         flow.requests += 1;
-                        flow.unparsed = Vec::new();
                         let answer = flow.live.request_sent(at_ns);
                         if let (Some(answer), Some(before)) = (answer, index.checked_sub(1)) {
                             live_answers.push((before, answer));
@@ -423,16 +447,21 @@ impl<C: Control> Engine<C> {
                         }
                     }
                 }
-                // The first bytes decide: a stream that does not start as
-                // HTTP is replayed as bytes, from its first one.
-                Err(_) if flow.requests == 0 => {
-                    flow.stream = Stream::Opaque;
+                // A stream whose first line is not HTTP's is replayed as
+                // bytes, from its first one: a service that is not HTTP.
+                Err(_) if flow.requests == 0 && parser.is_not_http() => {
+                    let Stream::Http(parser) = std::mem::replace(&mut flow.stream, Stream::Opaque)
+                    else {
+                        unreachable!("matched above");
+                    };
+                    self.parser_bytes -= parser.buffered();
                     flow.requests = 1;
                     flow.live.request_sent(at_ns);
-                    jobs.push(Job::Bytes(std::mem::take(&mut flow.unparsed)));
+                    jobs.push(Job::Bytes(parser.into_bytes()));
                 }
-                // One that stops parsing later cannot be cut into requests
-                // any more: it is replayed no further.
+                // Any other failure may hide a request the allow-list
+                // refuses, and the stream cannot be cut into requests any
+                // more: nothing more of it is replayed.
                 Err(_) => not_http = true,
             }
         } else {
@@ -460,11 +489,24 @@ impl<C: Control> Engine<C> {
             self.close_flow(key, at_ns);
             return;
         }
+        if self.held_bytes() > self.options.max_buffered_bytes {
+            self.counts.flows_over_memory += 1;
+            self.close_flow(key, at_ns);
+            return;
+        }
         for job in jobs {
             if !self.queue(key, job) {
                 return;
             }
         }
+    }
+
+    /// Client bytes held now: out of order, in the parsers waiting for a
+    /// request's end, and queued for replay.
+    fn held_bytes(&self) -> usize {
+        self.replay_counters.queued_bytes.load(Ordering::Relaxed)
+            + self.reassembler.buffered_bytes()
+            + self.parser_bytes
     }
 
     /// Queues a job for a flow's replay, within the byte bound; false when
@@ -474,9 +516,7 @@ impl<C: Control> Engine<C> {
             Job::Request { raw, .. } => raw.len(),
             Job::Bytes(bytes) | Job::Datagram(bytes) => bytes.len(),
         };
-        let queued = &self.replay_counters.queued_bytes;
-        let held = queued.load(Ordering::Relaxed) + self.reassembler.buffered_bytes();
-        if held + len > self.options.max_buffered_bytes {
+        if self.held_bytes() + len > self.options.max_buffered_bytes {
             self.counts.flows_over_memory += 1;
             self.close_flow(key, monotonic_ns());
             return false;
@@ -484,22 +524,39 @@ impl<C: Control> Engine<C> {
         let Some(flow) = self.flows.get(key) else {
             return false;
         };
+        let queued = &self.replay_counters.queued_bytes;
         queued.fetch_add(len, Ordering::Relaxed);
-        if flow.jobs.try_send(job).is_err() {
-            queued.fetch_sub(len, Ordering::Relaxed);
-            self.counts.flows_backlogged += 1;
-            self.close_flow(key, monotonic_ns());
-            return false;
+        match flow.jobs.try_send(job) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Full(_)) => self.counts.flows_backlogged += 1,
+            // The replay ended on its own (its backend was unreachable,
+            // counted there).
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
-        true
+        queued.fetch_sub(len, Ordering::Relaxed);
+        self.close_flow(key, monotonic_ns());
+        false
     }
 
     fn datagram(&mut self, record: &Record) {
         let key = record.header.key;
-        if !self.flows.contains_key(&key) {
-            self.open_flow(&key, Stream::Udp, record.header.at_ns);
+        let at_ns = record.header.at_ns;
+        if let Some(flow) = self.flows.get_mut(&key) {
+            flow.last_activity_ns = at_ns;
+        } else {
+            if self.refused.contains_key(&key) {
+                return;
+            }
+            self.open_flow(&key, Stream::Udp, at_ns);
+            if !self.flows.contains_key(&key) {
+                if self.refused.len() >= MAX_REFUSED {
+                    self.refused.clear();
+                }
+                self.refused.insert(key, at_ns);
+                return;
+            }
         }
-        self.client_bytes(&key, record.payload, record.header.at_ns);
+        self.client_bytes(&key, record.payload, at_ns);
     }
 
     fn live_reply(&mut self, record: &Record) {
@@ -507,6 +564,8 @@ impl<C: Control> Engine<C> {
             self.counts.unmatched_replies += 1;
             return;
         };
+        // A long streamed answer keeps its flow from counting as idle.
+        flow.last_activity_ns = record.header.at_ns;
         flow.live.reply_segment(
             record.seq(),
             record.header.wire_len,
@@ -523,6 +582,9 @@ impl<C: Control> Engine<C> {
         let Some(mut flow) = self.flows.remove(key) else {
             return;
         };
+        if let Stream::Http(parser) = &flow.stream {
+            self.parser_bytes -= parser.buffered();
+        }
         let answer = flow.live.closed(at_ns);
         if let (Some(answer), Some(index)) = (answer, flow.requests.checked_sub(1))
             && !matches!(flow.stream, Stream::Udp)
@@ -557,7 +619,7 @@ impl<C: Control> Engine<C> {
                 index,
                 outcome,
             } => {
-                let (Some(pairs), Some(index)) = (self.pairs.get_mut(&flow), index) else {
+                let Some(pairs) = self.pairs.get_mut(&flow) else {
                     self.comparison.record_shadow_only(&outcome);
                     return;
                 };
@@ -625,19 +687,14 @@ impl<C: Control> Engine<C> {
             self.counts.flows_idle += 1;
             self.close_flow(&key, now);
         }
+        self.refused
+            .retain(|_, at_ns| now.saturating_sub(*at_ns) <= idle_ns);
+        while self.replays.try_join_next().is_some() {}
     }
 
     fn report_now(&self) -> ShadowReport {
-        let capture = self
-            .capture_now
-            .iter()
-            .map(|(name, now)| {
-                let base = self.capture_base.get(name).copied().unwrap_or(0);
-                (name.clone(), now.saturating_sub(base))
-            })
-            .collect();
         ShadowReport {
-            capture,
+            capture: self.capture.clone(),
             reassembly: self.reassembler.counters(),
             engine: self.counts,
             replay: self.replay_counters.snapshot(),
@@ -646,8 +703,8 @@ impl<C: Control> Engine<C> {
                 .values()
                 .filter(|pairs| !pairs.replay_done)
                 .count(),
-            buffered_bytes: self.replay_counters.queued_bytes.load(Ordering::Relaxed)
-                + self.reassembler.buffered_bytes(),
+            buffered_bytes: self.held_bytes(),
+            reassembling: self.reassembler.flows(),
             comparison: self.comparison.summary(),
         }
     }
@@ -695,6 +752,10 @@ mod tests {
     }
 
     fn key() -> FlowKey {
+        key_of(40000)
+    }
+
+    fn key_of(client_port: u16) -> FlowKey {
         let mut key = FlowKey {
             proto: IPPROTO_TCP,
             family: FAMILY_IPV4,
@@ -702,15 +763,42 @@ mod tests {
         };
         key.client[..4].copy_from_slice(&[10, 200, 0, 2]);
         key.server[..4].copy_from_slice(&[10, 200, 0, 100]);
-        key.client_port = 40000u16.to_be_bytes();
+        key.client_port = client_port.to_be_bytes();
         key.server_port = 8080u16.to_be_bytes();
         key
     }
 
     fn record(kind: u8, seq: u32, flags: u8, payload: &[u8], wire_len: u32, at_ms: u64) -> Vec<u8> {
+        record_on(key(), kind, seq, flags, payload, wire_len, at_ms)
+    }
+
+    /// A whole client segment of the flow from `client_port`, now.
+    fn segment(client_port: u16, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let at_ms = monotonic_ns() / 1_000_000;
+        let wire_len = payload.len() as u32;
+        record_on(
+            key_of(client_port),
+            SHADOW_FROM_CLIENT,
+            seq,
+            flags,
+            payload,
+            wire_len,
+            at_ms,
+        )
+    }
+
+    fn record_on(
+        key: FlowKey,
+        kind: u8,
+        seq: u32,
+        flags: u8,
+        payload: &[u8],
+        wire_len: u32,
+        at_ms: u64,
+    ) -> Vec<u8> {
         let header = ShadowHeader {
             at_ns: at_ms * 1_000_000,
-            key: key(),
+            key,
             seq: seq.to_be_bytes(),
             wire_len,
             captured: payload.len() as u16,
@@ -883,6 +971,122 @@ mod tests {
             (summary.live.requests, summary.paired),
             (0, 0),
             "a skipped request's live answer is not compared with nothing"
+        );
+    }
+
+    fn every_flow() -> ShadowOptions {
+        ShadowOptions::new(SampleShare {
+            basis_points: 10_000,
+        })
+    }
+
+    /// An idle backend that counts the requests it is sent, each answered
+    /// after 100 ms.
+    async fn counting_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let address = listener.local_addr().expect("bound");
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut connection, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut buffer = [0; 4096];
+                    while let Ok(read) = connection.read(&mut buffer).await
+                        && read > 0
+                    {
+                        let requests = buffer[..read].windows(4).filter(|w| w == b"\r\n\r\n");
+                        for _ in requests {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                            if connection.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (address, seen)
+    }
+
+    #[tokio::test]
+    async fn a_request_the_parser_refuses_ends_its_flows_replay() {
+        let (backend, seen) = counting_backend().await;
+        let mut engine = Engine::new(OneBackend(backend), every_flow());
+        // A DELETE the allow-list refuses, framed so that the parser
+        // refuses it too: it must not reach the idle color as bytes.
+        let refused =
+            b"DELETE /accounts/42 HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 1\r\n\r\n";
+        engine.record(&segment(41000, 0, TCP_SYN, b""));
+        engine.record(&segment(41000, 1, TCP_ACK, refused));
+        // A stream that is not HTTP at all is replayed as bytes.
+        engine.record(&segment(41001, 0, TCP_SYN, b""));
+        engine.record(&segment(
+            41001,
+            1,
+            TCP_ACK,
+            b"\x16\x03\x01 not http\r\n\r\n",
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(engine.counts.flows_not_http, 1, "the DELETE's flow");
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            1,
+            "only the stream that is not HTTP reached the idle color"
+        );
+    }
+
+    #[tokio::test]
+    async fn requests_waiting_for_their_end_count_toward_the_memory_bound() {
+        let (backend, _seen) = counting_backend().await;
+        let mut options = every_flow();
+        options.max_buffered_bytes = ShadowOptions::MIN_BUFFERED_BYTES;
+        let mut engine = Engine::new(OneBackend(backend), options);
+        let head = b"POST /v1/completions HTTP/1.1\r\nContent-Length: 250000\r\n\r\n";
+        let chunk = vec![b'a'; 9000];
+        for port in 42000..42016 {
+            engine.record(&segment(port, 0, TCP_SYN, b""));
+            engine.record(&segment(port, 1, TCP_ACK, head));
+            let mut seq = 1 + head.len() as u32;
+            for _ in 0..27 {
+                engine.record(&segment(port, seq, TCP_ACK, &chunk));
+                seq += chunk.len() as u32;
+            }
+        }
+        let report = engine.report_now();
+        assert!(
+            report.buffered_bytes <= ShadowOptions::MIN_BUFFERED_BYTES,
+            "{} bytes held",
+            report.buffered_bytes
+        );
+        assert!(
+            report.engine.flows_over_memory >= 12,
+            "16 incomplete requests of 250 kB cannot all be held in 1 MiB: {:?}",
+            report.engine
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_is_replayed_once_the_engine_is_gone() {
+        let (backend, seen) = counting_backend().await;
+        let mut engine = Engine::new(OneBackend(backend), every_flow());
+        let request = b"GET /v1/models HTTP/1.1\r\nHost: vip\r\n\r\n";
+        engine.record(&segment(43000, 0, TCP_SYN, b""));
+        let mut seq = 1;
+        for _ in 0..10 {
+            engine.record(&segment(43000, seq, TCP_ACK, request));
+            seq += request.len() as u32;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let before = seen.load(Ordering::SeqCst);
+        drop(engine);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            seen.load(Ordering::SeqCst) <= before + 1,
+            "{before} requests seen when the run ended, {} after: its replays go on",
+            seen.load(Ordering::SeqCst)
         );
     }
 }

@@ -106,6 +106,20 @@ impl ShadowOptions {
                 Self::MAX_INFLIGHT
             ));
         }
+        // Whole seconds: a record or an order keeps them so.
+        for (name, duration) in [
+            ("the response timeout", Some(self.response_timeout)),
+            ("the idle timeout", Some(self.idle_timeout)),
+            ("the duration", self.duration),
+        ] {
+            if duration
+                .is_some_and(|duration| duration.as_secs() == 0 || duration.subsec_nanos() != 0)
+            {
+                return Err(format!(
+                    "{name} must be a whole number of seconds, at least 1 (e.g. 30s, 2m)"
+                ));
+            }
+        }
         if self.max_buffered_bytes < Self::MIN_BUFFERED_BYTES {
             return Err(format!(
                 "a buffer of {} bytes cannot hold one request: allow at least 1 MiB",

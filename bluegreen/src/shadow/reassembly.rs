@@ -107,18 +107,6 @@ pub enum AbandonReason {
     FlowLimit,
 }
 
-impl AbandonReason {
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            AbandonReason::Gap => "gap",
-            AbandonReason::Truncated => "truncated",
-            AbandonReason::MemoryLimit => "memory",
-            AbandonReason::FlowLimit => "flows",
-        }
-    }
-}
-
 /// What the reassembler has seen since it started, for metrics.
 #[derive(Default, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
@@ -1155,22 +1143,6 @@ mod tests {
         assert!(events.is_empty(), "no event when the consumer gives up");
         assert_eq!(reassembler.flows(), 0, "forgotten");
         assert_eq!(reassembler.buffered_bytes(), 0, "its held bytes released");
-    }
-
-    #[test]
-    fn abandon_reasons_have_distinct_labels() {
-        let labels = [
-            AbandonReason::Gap,
-            AbandonReason::Truncated,
-            AbandonReason::MemoryLimit,
-            AbandonReason::FlowLimit,
-        ]
-        .map(AbandonReason::label);
-        assert_eq!(
-            labels,
-            ["gap", "truncated", "memory", "flows"],
-            "the metric labels"
-        );
     }
 
     mod property {

@@ -52,11 +52,10 @@ impl Job {
 pub enum Report {
     /// The idle color's answer to one exchange: a request of an HTTP flow
     /// (by its index), or the whole of a stream that is not HTTP (index 0),
-    /// both compared with the live color's; or a datagram's (no index: the
-    /// live color's UDP answers are not followed).
+    /// each compared with the live color's.
     Outcome {
         flow: u64,
-        index: Option<u64>,
+        index: u64,
         outcome: Outcome,
     },
     /// The task has ended; no more reports of this flow follow.
@@ -71,6 +70,9 @@ pub struct ReplayCounters {
     pub timeouts: AtomicU64,
     pub malformed_responses: AtomicU64,
     pub datagrams: AtomicU64,
+    /// Datagrams the idle color sent back (UDP answers are counted, not
+    /// compared: the live color's are not followed).
+    pub datagram_answers: AtomicU64,
     /// Client bytes queued for replay and not yet written, over all flows.
     pub queued_bytes: AtomicUsize,
 }
@@ -83,6 +85,7 @@ pub struct ReplayCounts {
     pub timeouts: u64,
     pub malformed_responses: u64,
     pub datagrams: u64,
+    pub datagram_answers: u64,
 }
 
 impl ReplayCounters {
@@ -94,6 +97,7 @@ impl ReplayCounters {
             timeouts: read(&self.timeouts),
             malformed_responses: read(&self.malformed_responses),
             datagrams: read(&self.datagrams),
+            datagram_answers: read(&self.datagram_answers),
         }
     }
 
@@ -119,8 +123,22 @@ impl Replay {
         let mut connection: Option<TcpStream> = None;
         let mut stream = StreamExchange::default();
         let mut udp: Option<UdpSocket> = None;
+        let mut answer = vec![0; 64 * 1024];
         loop {
-            let job = match timeout(self.idle_timeout, jobs.recv()).await {
+            let next = timeout(self.idle_timeout, jobs.recv());
+            let job = match &udp {
+                // The idle color's answers to datagrams are read as they
+                // come, between datagrams, and counted.
+                Some(socket) => tokio::select! {
+                    job = next => job,
+                    Ok(_) = socket.recv(&mut answer) => {
+                        ReplayCounters::count(&self.counters.datagram_answers);
+                        continue;
+                    }
+                },
+                None => next.await,
+            };
+            let job = match job {
                 Ok(Some(job)) => job,
                 Ok(None) | Err(_) => break,
             };
@@ -130,7 +148,7 @@ impl Replay {
             match job {
                 Job::Request { index, method, raw } => {
                     let outcome = self.exchange(&mut connection, &method, &raw).await;
-                    self.report(Some(index), outcome);
+                    self.report(index, outcome);
                 }
                 Job::Bytes(bytes) => {
                     if !self
@@ -141,8 +159,9 @@ impl Replay {
                     }
                 }
                 Job::Datagram(bytes) => {
-                    let outcome = self.datagram(&mut udp, &bytes).await;
-                    self.report(None, outcome);
+                    if !self.datagram(&mut udp, &bytes).await {
+                        break;
+                    }
                 }
             }
         }
@@ -155,12 +174,12 @@ impl Replay {
         }
         if let (Some(connection), Some(_)) = (connection, stream.first_write) {
             let outcome = self.finish_stream(connection, stream).await;
-            self.report(Some(0), outcome);
+            self.report(0, outcome);
         }
         let _ = self.reports.send(Report::Finished { flow: self.flow });
     }
 
-    fn report(&self, index: Option<u64>, outcome: Outcome) {
+    fn report(&self, index: u64, outcome: Outcome) {
         let _ = self.reports.send(Report::Outcome {
             flow: self.flow,
             index,
@@ -351,7 +370,9 @@ impl Replay {
         }
     }
 
-    async fn datagram(&self, socket: &mut Option<UdpSocket>, bytes: &[u8]) -> Outcome {
+    /// Sends one datagram, without waiting for an answer (a UDP service
+    /// may never answer); false when the idle backend cannot be reached.
+    async fn datagram(&self, socket: &mut Option<UdpSocket>, bytes: &[u8]) -> bool {
         ReplayCounters::count(&self.counters.datagrams);
         if socket.is_none() {
             let any: SocketAddr = if self.backend.is_ipv4() {
@@ -359,35 +380,16 @@ impl Replay {
             } else {
                 "[::]:0".parse().expect("an address")
             };
-            let bound = match UdpSocket::bind(any).await {
-                Ok(bound) if bound.connect(self.backend).await.is_ok() => bound,
+            match UdpSocket::bind(any).await {
+                Ok(bound) if bound.connect(self.backend).await.is_ok() => *socket = Some(bound),
                 _ => {
                     ReplayCounters::count(&self.counters.connect_failures);
-                    return self.failed();
+                    return false;
                 }
-            };
-            *socket = Some(bound);
-        }
-        let socket = socket.as_ref().expect("bound above");
-        let sent = Instant::now();
-        if socket.send(bytes).await.is_err() {
-            return self.failed();
-        }
-        let mut buffer = vec![0; 64 * 1024];
-        match timeout(self.response_timeout, socket.recv(&mut buffer)).await {
-            Ok(Ok(read)) => Outcome {
-                status: None,
-                ttfb_ns: Some(nanos(sent.elapsed())),
-                total_ns: Some(nanos(sent.elapsed())),
-                bytes: read as u64,
-                failed: false,
-            },
-            Ok(Err(_)) => self.failed(),
-            Err(_) => {
-                ReplayCounters::count(&self.counters.timeouts);
-                self.failed()
             }
         }
+        let socket = socket.as_ref().expect("bound above");
+        socket.send(bytes).await.is_ok()
     }
 }
 

@@ -126,7 +126,7 @@ impl ShadowFigure {
         window_ms: u64,
     ) -> Result<f64, String> {
         let record = record.ok_or("the service has not been shadowed: `bluegreen shadow run`")?;
-        if record.stopped.is_some() && record.updated_unix_ms + window_ms < now_ms {
+        if !record.is_running() && record.updated_unix_ms + window_ms < now_ms {
             return Err(format!(
                 "its last shadowing run ended {} s ago, before this window",
                 now_ms.saturating_sub(record.updated_unix_ms) / 1000

@@ -583,12 +583,17 @@ fn register_shadows(registry: &mut Registry, shadows: &[ShadowRecord]) {
             ("malformed", capture("malformed")),
             ("table_full", capture("table_full")),
             ("gap", report.reassembly.abandoned_gap),
+            ("truncated_flow", report.reassembly.abandoned_truncated),
             (
                 "memory",
                 report.reassembly.abandoned_memory + report.engine.flows_over_memory,
             ),
+            ("flow_limit", report.reassembly.abandoned_flows),
             ("backlog", report.engine.flows_backlogged),
             ("over_inflight", report.engine.flows_over_inflight),
+            ("no_backend", report.engine.flows_without_backend),
+            ("not_http", report.engine.flows_not_http),
+            ("idle", report.engine.flows_idle),
             ("not_allowed", report.engine.requests_not_allowed),
         ] {
             lost.get_or_create(&vec![service(), ("reason", reason.to_owned())])

@@ -453,14 +453,21 @@ pub fn print_shadow(record: &ShadowRecord) {
         engine.flows_without_backend,
     );
     println!(
-        "  abandoned flows: {} gap, {} truncated, {} memory, {} backlog, {} not HTTP, {} idle; {} connect failures, {} timeouts",
+        "  abandoned flows: {} gap, {} truncated, {} memory, {} over the flow limit, {} backlog, {} not HTTP, {} idle; {} connect failures, {} timeouts",
         reassembly.abandoned_gap,
         reassembly.abandoned_truncated,
         reassembly.abandoned_memory + engine.flows_over_memory,
+        reassembly.abandoned_flows,
         engine.flows_backlogged,
         engine.flows_not_http,
         engine.flows_idle,
         report.replay.connect_failures,
         report.replay.timeouts,
     );
+    if report.replay.datagrams > 0 {
+        println!(
+            "  udp: {} datagrams replayed, {} answers from the idle color (counted, not compared)",
+            report.replay.datagrams, report.replay.datagram_answers
+        );
+    }
 }

@@ -12,7 +12,10 @@ use bluegreen::{
         record::ShadowRecord,
     },
 };
-use tokio::sync::watch;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
 
 use super::args::{ShadowAction, ShadowArgs};
 use crate::output::print_shadow;
@@ -34,10 +37,19 @@ pub fn execute(host: &Host, action: ShadowAction) -> anyhow::Result<ExitCode> {
             let (name, options) = options(host, &args)?;
             let (stop, stopped) = watch::channel(None);
             let record = runtime.block_on(async {
+                // Each signal that ends a foreground process stops the run
+                // first: unhandled, it would leave capture on.
+                let watch = |kind| signal(kind).context("cannot watch signals");
+                let mut interrupt = watch(SignalKind::interrupt())?;
+                let mut terminate = watch(SignalKind::terminate())?;
+                let mut hangup = watch(SignalKind::hangup())?;
                 tokio::spawn(async move {
-                    if tokio::signal::ctrl_c().await.is_ok() {
-                        let _ = stop.send(Some(StopReason::Requested));
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                        _ = hangup.recv() => {}
                     }
+                    let _ = stop.send(Some(StopReason::Requested));
                 });
                 eprintln!(
                     "{name}: shadowing {} of new flows to the idle color until {}; Ctrl-C stops",
@@ -47,14 +59,15 @@ pub fn execute(host: &Host, action: ShadowAction) -> anyhow::Result<ExitCode> {
                         None => "stopped".to_owned(),
                     }
                 );
-                host.shadow(Some(&name), options, false, stopped).await
+                Ok::<_, anyhow::Error>(host.shadow(Some(&name), options, false, stopped).await?)
             })?;
             show(&record, args.json)?;
         }
         ShadowAction::Start(args) => {
             let (name, options) = options(host, &args)?;
+            let asked = bluegreen::clock::unix_now_ms();
             host.order_shadow(Some(&name), &options)?;
-            let record = runtime.block_on(wait_for_daemon(host, &name))?;
+            let record = runtime.block_on(wait_for_daemon(host, &name, asked))?;
             show(&record, args.json)?;
         }
         ShadowAction::Stop { service, json } => {
@@ -131,8 +144,7 @@ fn options(host: &Host, args: &ShadowArgs) -> anyhow::Result<(String, ShadowOpti
 }
 
 /// The daemon's run, once it has taken the order.
-async fn wait_for_daemon(host: &Host, name: &str) -> anyhow::Result<ShadowRecord> {
-    let asked = bluegreen::clock::unix_now_ms();
+async fn wait_for_daemon(host: &Host, name: &str, asked: u64) -> anyhow::Result<ShadowRecord> {
     let deadline = tokio::time::Instant::now() + START_WAIT;
     loop {
         if let Some(record) = host.shadow_record(Some(name))?

@@ -65,6 +65,15 @@ impl Watch for ShadowWatch {
         if self.run.is_some() {
             return ControlFlow::Continue(());
         }
+        // A `shadow run` killed outright leaves capture on: turned off here.
+        match host.end_abandoned_shadow(name) {
+            Ok(Some(record)) => log::warn!(
+                "{name}: turned shadow capture off: the run's owner (pid {}) ended without stopping it",
+                record.owner.pid
+            ),
+            Ok(None) => {}
+            Err(error) => log::warn!("{name}: {error}"),
+        }
         let options = match config {
             Some(config) if config.enabled && !self.enabled_started => {
                 self.enabled_started = true;
