@@ -6,6 +6,7 @@
 //! never share a map.
 
 use std::{
+    cell::RefCell,
     collections::BTreeMap,
     fs,
     net::{IpAddr, SocketAddr},
@@ -114,8 +115,9 @@ pub struct TestDataplane {
     services: BTreeMap<ServiceKey, [Pool; 2]>,
     /// The product's shadow switch and counters, on the same maps.
     shadow: ShadowMaps,
-    /// Opened once: every opening maps the whole ring again.
-    shadow_ring: RingBuf<MapData>,
+    /// Opened once: every opening maps the whole ring again. In a cell, so
+    /// that the ring can be read between runs timed through `&self`.
+    shadow_ring: RefCell<RingBuf<MapData>>,
     /// Last, so the pins go after every handle on them.
     pins: PinDir,
 }
@@ -149,7 +151,8 @@ impl TestDataplane {
         let maps = PinnedMaps::open(&pins.layout).expect("cannot open the maps just pinned");
         let mut shadow =
             ShadowMaps::open(&pins.layout).expect("cannot open the shadow maps just pinned");
-        let shadow_ring = shadow.take_ring().expect("a fresh ShadowMaps has its ring");
+        let shadow_ring =
+            RefCell::new(shadow.take_ring().expect("a fresh ShadowMaps has its ring"));
         let mut dataplane = Self {
             ebpf,
             maps,
@@ -344,9 +347,10 @@ impl TestDataplane {
 
     /// Every record waiting in the shadow ring, oldest first, taken out of
     /// it.
-    pub fn drain_shadow_ring(&mut self) -> Vec<Vec<u8>> {
+    pub fn drain_shadow_ring(&self) -> Vec<Vec<u8>> {
+        let mut ring = self.shadow_ring.borrow_mut();
         let mut records = Vec::new();
-        while let Some(record) = self.shadow_ring.next() {
+        while let Some(record) = ring.next() {
             records.push(record.to_vec());
         }
         records

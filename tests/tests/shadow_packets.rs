@@ -113,7 +113,7 @@ impl Fixture {
             .payload(payload)
     }
 
-    /// A segment of a stream that starts after `isn`, at `offset`.
+    /// Bytes `from..to` of a stream whose ISN is `isn`, as one segment.
     fn piece(&self, isn: u32, stream: &[u8], from: usize, to: usize) -> Frame {
         self.data(isn.wrapping_add(1 + from as u32), &stream[from..to])
     }
@@ -246,7 +246,7 @@ fn assert_record(
 /// Sends `frames` of one client through XDP, each rewritten exactly, and
 /// checks that each left the record it must.
 fn assert_captured(
-    dataplane: &mut TestDataplane,
+    dataplane: &TestDataplane,
     f: &Fixture,
     frames: &[Frame],
     what: &str,
@@ -280,7 +280,7 @@ fn conversation(f: &Fixture) -> Vec<Frame> {
 #[test]
 fn nothing_is_captured_with_shadowing_off() {
     let f = Fixture::v4();
-    let mut dataplane = f.dataplane(ShadowSettings::default());
+    let dataplane = f.dataplane(ShadowSettings::default());
     steer_all(&dataplane, &f, &conversation(&f), "shadowing off");
     assert!(dataplane.drain_shadow_ring().is_empty(), "no ring record");
     assert_counts(&dataplane, &[], "shadowing off");
@@ -289,8 +289,8 @@ fn nothing_is_captured_with_shadowing_off() {
 fn every_segment_of_a_sampled_flow_is_recorded(ipv6: bool) {
     let f = Fixture::new(ipv6);
     let frames = conversation(&f);
-    let mut dataplane = f.dataplane(every_flow(SESSION));
-    let captured = assert_captured(&mut dataplane, &f, &frames, "sampled flow");
+    let dataplane = f.dataplane(every_flow(SESSION));
+    let captured = assert_captured(&dataplane, &f, &frames, "sampled flow");
     let payload_bytes: usize = frames.iter().map(|frame| frame.payload.len()).sum();
     assert_counts(
         &dataplane,
@@ -339,12 +339,7 @@ fn only_flows_sampled_at_their_start_in_this_session_are_captured() {
     assert_counts(&dataplane, &[], "older flow");
 
     let later = f.port(40001);
-    assert_captured(
-        &mut dataplane,
-        &later,
-        &[later.syn(isn)],
-        "SYN in session 7",
-    );
+    assert_captured(&dataplane, &later, &[later.syn(isn)], "SYN in session 7");
     dataplane.set_shadow(SLOT, every_flow(SESSION + 1));
     assert_steered(
         &dataplane,
@@ -357,12 +352,7 @@ fn only_flows_sampled_at_their_start_in_this_session_are_captured() {
         "a flow of an earlier session is not captured"
     );
     let newest = f.port(40002);
-    assert_captured(
-        &mut dataplane,
-        &newest,
-        &[newest.syn(isn)],
-        "SYN in session 8",
-    );
+    assert_captured(&dataplane, &newest, &[newest.syn(isn)], "SYN in session 8");
     assert_counts(
         &dataplane,
         &[
@@ -377,7 +367,7 @@ fn only_flows_sampled_at_their_start_in_this_session_are_captured() {
 fn a_tenth_of_new_flows_is_sampled_as_their_hashes_predict() {
     let f = Fixture::v4();
     let below = shadow_sample_below(1000);
-    let mut dataplane = f.dataplane(ShadowSettings {
+    let dataplane = f.dataplane(ShadowSettings {
         sample_below: below,
         session: SESSION,
     });
@@ -447,7 +437,7 @@ fn delivered(events: &[FlowEvent]) -> Vec<u8> {
 #[test]
 fn reordered_and_resent_segments_reassemble_to_the_stream() {
     let f = Fixture::v4();
-    let mut dataplane = f.dataplane(every_flow(SESSION));
+    let dataplane = f.dataplane(every_flow(SESSION));
     // The sequence numbers wrap within the stream.
     let isn = u32::MAX - 12;
     let stream = b"POST /orders HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
@@ -546,7 +536,7 @@ fn with_ipv4_total(mut frame: Vec<u8>, total: u16) -> Vec<u8> {
 #[test]
 fn malformed_segments_of_a_sampled_flow_go_on_unrecorded() {
     let f = Fixture::v4();
-    let mut shadowed = f.dataplane(every_flow(SESSION));
+    let shadowed = f.dataplane(every_flow(SESSION));
     let unshadowed = f.dataplane(ShadowSettings::default());
     for dataplane in [&shadowed, &unshadowed] {
         assert_steered(dataplane, &f.syn(1), f.blue, "SYN");
@@ -591,10 +581,10 @@ fn malformed_segments_of_a_sampled_flow_go_on_unrecorded() {
 #[test]
 fn an_oversized_segment_is_recorded_cut() {
     let f = Fixture::v4();
-    let mut dataplane = f.dataplane(every_flow(SESSION));
+    let dataplane = f.dataplane(every_flow(SESSION));
     let jumbo: Vec<u8> = (0..MAX_SHADOW_PAYLOAD + 100).map(|at| at as u8).collect();
     let frames = [f.syn(1), f.data(2, &jumbo)];
-    assert_captured(&mut dataplane, &f, &frames, "oversized segment");
+    assert_captured(&dataplane, &f, &frames, "oversized segment");
     assert_counts(
         &dataplane,
         &[
@@ -611,7 +601,7 @@ fn an_oversized_segment_is_recorded_cut() {
 fn a_sampled_flows_replies_are_recorded_as_a_prefix() {
     let f = Fixture::v4();
     let below = shadow_sample_below(5000);
-    let mut dataplane = f.dataplane(ShadowSettings {
+    let dataplane = f.dataplane(ShadowSettings {
         sample_below: below,
         session: SESSION,
     });
@@ -671,7 +661,7 @@ fn a_sampled_flows_replies_are_recorded_as_a_prefix() {
 #[test]
 fn a_full_ring_costs_records_never_packets() {
     let f = Fixture::v4();
-    let mut dataplane = f.dataplane(every_flow(SESSION));
+    let dataplane = f.dataplane(every_flow(SESSION));
     assert_steered(&dataplane, &f.syn(0), f.blue, "SYN");
     // Large, so that some 2,000 fill the ring.
     let payload = vec![b'x'; 8000];
@@ -716,7 +706,7 @@ fn a_full_ring_costs_records_never_packets() {
         "the ring held what was recorded"
     );
     assert_captured(
-        &mut dataplane,
+        &dataplane,
         &f,
         &[f.data(7, b"after")],
         "once read, the ring takes records again",
