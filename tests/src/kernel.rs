@@ -6,6 +6,7 @@
 //! never share a map.
 
 use std::{
+    cell::RefCell,
     collections::BTreeMap,
     fs,
     net::{IpAddr, SocketAddr},
@@ -17,18 +18,19 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader, TestRun, TestRunOptions, TestRunResult,
-    maps::{Array, HashMap, Map, MapData, MapError},
+    maps::{Array, HashMap, Map, MapData, MapError, RingBuf},
     programs::{SchedClassifier, Xdp},
 };
 use bluegreen::{
     config::{BackendSpec, PoolSpec},
     host::write_pool,
-    pinned::{PinLayout, PinnedMaps, Put},
+    pinned::{PinLayout, PinnedMaps, Put, ShadowMaps},
     pool::arena::Arenas,
 };
 use bluegreen_common::{
     BackendKey, Endpoint, FlowEntry, FlowKey, MaglevChunk, PassReason, Pool, PoolBackend,
-    ServiceKey, ServiceState, Settings, Timeouts, TrafficCounters, map_names, program_names,
+    ServiceKey, ServiceState, Settings, ShadowCount, ShadowSettings, Timeouts, TrafficCounters,
+    map_names, program_names,
 };
 
 pub const XDP_PASS: u32 = 2;
@@ -111,6 +113,11 @@ pub struct TestDataplane {
     /// Every service inserted with its live pools, for the prefilters and
     /// for writing a changed pool beside the live one as the product does.
     services: BTreeMap<ServiceKey, [Pool; 2]>,
+    /// The product's shadow switch and counters, on the same maps.
+    shadow: ShadowMaps,
+    /// Opened once: every opening maps the whole ring again. In a cell, so
+    /// that the ring can be read between runs timed through `&self`.
+    shadow_ring: RefCell<RingBuf<MapData>>,
     /// Last, so the pins go after every handle on them.
     pins: PinDir,
 }
@@ -142,10 +149,16 @@ impl TestDataplane {
             .expect("the egress program is not a classifier");
         egress.load().expect("the verifier rejects the TC program");
         let maps = PinnedMaps::open(&pins.layout).expect("cannot open the maps just pinned");
+        let mut shadow =
+            ShadowMaps::open(&pins.layout).expect("cannot open the shadow maps just pinned");
+        let shadow_ring =
+            RefCell::new(shadow.take_ring().expect("a fresh ShadowMaps has its ring"));
         let mut dataplane = Self {
             ebpf,
             maps,
             services: BTreeMap::new(),
+            shadow,
+            shadow_ring,
             pins,
         };
         dataplane.set_settings(Settings::new(&Timeouts::default(), hz()));
@@ -315,6 +328,32 @@ impl TestDataplane {
     /// All pass counters, indexed by [`PassReason`].
     pub fn passed_all(&self) -> [u64; PassReason::COUNT as usize] {
         PassReason::ALL.map(|reason| self.passed(reason))
+    }
+
+    /// Turns a service's shadow capture on, off or to another session.
+    pub fn set_shadow(&mut self, counter_slot: u32, settings: ShadowSettings) {
+        self.shadow
+            .set(counter_slot, &settings)
+            .unwrap_or_else(|error| panic!("cannot write shadow slot {counter_slot}: {error}"));
+    }
+
+    /// The shadow capture's counters, summed over all CPUs, indexed by
+    /// [`ShadowCount`].
+    pub fn shadow_counts(&self) -> [u64; ShadowCount::COUNT as usize] {
+        self.shadow
+            .counts()
+            .unwrap_or_else(|error| panic!("cannot read the shadow counters: {error}"))
+    }
+
+    /// Every record waiting in the shadow ring, oldest first, taken out of
+    /// it.
+    pub fn drain_shadow_ring(&self) -> Vec<Vec<u8>> {
+        let mut ring = self.shadow_ring.borrow_mut();
+        let mut records = Vec::new();
+        while let Some(record) = ring.next() {
+            records.push(record.to_vec());
+        }
+        records
     }
 
     /// Runs the XDP program once: its verdict and the frame it leaves.

@@ -76,6 +76,8 @@ pub struct Frame {
     /// The IPv4 flags and fragment offset field as on the wire.
     pub ipv4_fragment: u16,
     pub ipv6_extensions: Vec<Ipv6Ext>,
+    /// The TCP sequence number; unused by other transports.
+    pub tcp_seq: u32,
     pub payload: Vec<u8>,
 }
 
@@ -94,6 +96,7 @@ impl Frame {
             ipv4_options: Vec::new(),
             ipv4_fragment: IPV4_DF,
             ipv6_extensions: Vec::new(),
+            tcp_seq: 1000,
             payload: b"bluegreen".to_vec(),
         }
     }
@@ -129,6 +132,11 @@ impl Frame {
 
     pub fn ipv6_ext(mut self, ext: Ipv6Ext) -> Self {
         self.ipv6_extensions.push(ext);
+        self
+    }
+
+    pub fn seq(mut self, seq: u32) -> Self {
+        self.tcp_seq = seq;
         self
     }
 
@@ -195,7 +203,7 @@ impl Frame {
             Transport::Tcp { flags } => {
                 segment.extend_from_slice(&self.src.port().to_be_bytes());
                 segment.extend_from_slice(&self.dst.port().to_be_bytes());
-                segment.extend_from_slice(&1000u32.to_be_bytes());
+                segment.extend_from_slice(&self.tcp_seq.to_be_bytes());
                 let ack = if flags & TCP_ACK != 0 { 2000u32 } else { 0 };
                 segment.extend_from_slice(&ack.to_be_bytes());
                 segment.push(5 << 4);

@@ -16,8 +16,9 @@ use std::{
 
 use aya::maps::MapData;
 use bluegreen_common::{
-    COLOR_BLUE, FlowEntry, FlowKey, PassReason, ServiceState, TrafficCounters, map_names,
-    other_color,
+    COLOR_BLUE, FlowEntry, FlowKey, PassReason, SHADOW_HEADER_LEN, SHADOW_RING_BYTES,
+    SHADOW_SAMPLE_SCALE, ServiceState, ShadowCount, ShadowSettings, TrafficCounters, flow_hash,
+    map_names, other_color, shadow_sample_point,
 };
 use serde::Serialize;
 
@@ -48,16 +49,24 @@ pub enum Case {
     NewFlow,
     /// An ACK of a flow in the table: the common case.
     Established,
+    /// An ACK with [`SHADOW_PAYLOAD`] bytes of a flow in the table, its
+    /// service shadowing a share of new flows that left this one out.
+    ShadowUnsampled,
+    /// The same, of a flow the share took: every run copies the payload
+    /// into the shadow ring.
+    ShadowSampled,
     /// A backend's reply through TC egress, rewritten back to the VIP.
     Reply,
 }
 
 impl Case {
-    pub const ALL: [Case; 5] = [
+    pub const ALL: [Case; 7] = [
         Case::OtherPort,
         Case::OtherAddress,
         Case::NewFlow,
         Case::Established,
+        Case::ShadowUnsampled,
+        Case::ShadowSampled,
         Case::Reply,
     ];
 
@@ -67,12 +76,36 @@ impl Case {
             Case::OtherAddress => "non-VIP, other address",
             Case::NewFlow => "VIP SYN (new flow)",
             Case::Established => "VIP ACK (established)",
+            Case::ShadowUnsampled => "VIP ACK, shadowing, flow unsampled",
+            Case::ShadowSampled => "VIP ACK, shadowing, flow sampled",
             Case::Reply => "TC reply (reverse NAT)",
         }
     }
 
     pub fn is_tc(self) -> bool {
         self == Case::Reply
+    }
+
+    /// Whether the case's flow is in the service's shadow sample, for the
+    /// cases whose service shadows.
+    fn sampled(self) -> Option<bool> {
+        match self {
+            Case::ShadowUnsampled => Some(false),
+            Case::ShadowSampled => Some(true),
+            _ => None,
+        }
+    }
+
+    /// The service's shadowing while the case runs.
+    fn shadow(self) -> ShadowSettings {
+        match self.sampled() {
+            Some(_) => SHADOWING,
+            None => ShadowSettings::default(),
+        }
+    }
+
+    fn is_established(self) -> bool {
+        self == Case::Established || self.sampled().is_some()
     }
 
     /// Rounds per round of the plan: the non-VIP cases take ~40 ms a run,
@@ -142,6 +175,19 @@ pub struct KernelReport {
 }
 
 const VIP_PORT: u16 = 80;
+/// The payload of the shadow cases' segments: a request with headers,
+/// where the others carry 9 bytes.
+const SHADOW_PAYLOAD: usize = 512;
+/// Half of new flows: the shadow cases' clients are picked on either side.
+const SHADOWING: ShadowSettings = ShadowSettings {
+    sample_below: SHADOW_SAMPLE_SCALE / 2,
+    session: 1,
+};
+/// Runs of the sampled case between two readings of the ring: as many
+/// records as it holds (each padded to 8 bytes behind the ring's own
+/// 8-byte header). A full ring would skip the copy the case is there for.
+const SHADOW_BATCH: u32 =
+    SHADOW_RING_BYTES / (8 + (SHADOW_HEADER_LEN + SHADOW_PAYLOAD).next_multiple_of(8)) as u32;
 const CHEAP_CASE_ROUNDS: usize = 3;
 const BACKEND_PORT: u16 = 8080;
 
@@ -158,13 +204,26 @@ fn blue() -> SocketAddr {
 }
 
 /// The benchmark's client, on a port of its own per case so that no case
-/// finds another one's flow.
+/// finds another one's flow; for a shadow case, the first of its ports
+/// (every `Case::ALL.len()`-th) on its side of the sample.
 fn client(case: Case) -> SocketAddr {
-    let port = 40001 + Case::ALL.iter().position(|c| *c == case).expect("listed") as u16;
-    v4(addr::CLIENT_V4.parse().expect("literal"), port)
+    let first = 40001 + Case::ALL.iter().position(|c| *c == case).expect("listed") as u16;
+    let at = |port| v4(addr::CLIENT_V4.parse().expect("literal"), port);
+    let Some(sampled) = case.sampled() else {
+        return at(first);
+    };
+    (first..)
+        .step_by(Case::ALL.len())
+        .map(at)
+        .find(|&client| {
+            let point = shadow_sample_point(flow_hash(&flow_key(client, vip(), PROTO_TCP)));
+            (point < SHADOWING.sample_below) == sampled
+        })
+        .expect("half of all ports fall on either side")
 }
 
-/// The frame each case sends: TCP with a 9-byte payload, 63 bytes in all.
+/// The frame each case sends: TCP with a 9-byte payload, 63 bytes in all,
+/// but for the shadow cases' [`SHADOW_PAYLOAD`].
 fn frame(case: Case) -> Vec<u8> {
     let vip = vip();
     let other_address = v4(Ipv4Addr::new(10, 200, 100, 2), VIP_PORT);
@@ -174,6 +233,9 @@ fn frame(case: Case) -> Vec<u8> {
         Case::OtherAddress => Frame::tcp(client(case), other_address, TCP_ACK),
         Case::NewFlow => Frame::tcp(client(case), vip, TCP_SYN),
         Case::Established => Frame::tcp(client(case), vip, TCP_ACK),
+        Case::ShadowUnsampled | Case::ShadowSampled => {
+            Frame::tcp(client(case), vip, TCP_ACK).payload(&[b's'; SHADOW_PAYLOAD])
+        }
         Case::Reply => Frame::tcp(blue(), client(case), TCP_ACK),
     };
     frame.build()
@@ -279,12 +341,13 @@ impl Bench {
         self.dataplane.traffic(0, COLOR_BLUE)
     }
 
-    /// Makes sure the established case's flow is in the table: the LRU may
-    /// have evicted it to make room for other flows.
-    fn ensure_established(&mut self) {
-        let key = flow_key(client(Case::Established), vip(), PROTO_TCP);
+    /// Makes sure an established case's flow is in the table: the LRU may
+    /// have evicted it to make room for other flows. Opened again, it is
+    /// sampled again as it was at first.
+    fn ensure_established(&mut self, case: Case) {
+        let key = flow_key(client(case), vip(), PROTO_TCP);
         if self.dataplane.flow(&key).is_none() {
-            let opening = Frame::tcp(client(Case::Established), vip(), TCP_SYN).build();
+            let opening = Frame::tcp(client(case), vip(), TCP_SYN).build();
             self.dataplane.run_xdp(&opening);
         }
         assert!(
@@ -354,19 +417,23 @@ impl Bench {
 
     /// One subject run of `case`, checked to have taken its path.
     fn subject(&mut self, case: Case, frame: &[u8], meter: Meter) -> f64 {
-        match case {
-            Case::Established => self.ensure_established(),
-            Case::Reply => self.refresh_mirror(),
-            _ => {}
+        self.dataplane.set_shadow(0, case.shadow());
+        if case.is_established() {
+            self.ensure_established(case);
+        } else if case.is_tc() {
+            self.refresh_mirror();
         }
         let (traffic, not_service) = (self.traffic(), self.not_service());
+        let shadow = self.dataplane.shadow_counts();
         let (repeat, dataplane) = (self.repeat, &self.dataplane);
         let time = meter.time(dataplane.program_fd(case.is_tc()), repeat, || {
-            nanos(if case.is_tc() {
-                dataplane.bench_tc(frame, repeat)
+            if case.is_tc() {
+                nanos(dataplane.bench_tc(frame, repeat))
+            } else if case.sampled() == Some(true) {
+                bench_xdp_reading_the_ring(dataplane, frame, repeat)
             } else {
-                dataplane.bench_xdp(frame, repeat)
-            })
+                nanos(dataplane.bench_xdp(frame, repeat))
+            }
         });
         let traffic_after = self.traffic();
         let packets = traffic_after.packets - traffic.packets;
@@ -376,13 +443,29 @@ impl Bench {
         let expected = match case {
             Case::OtherPort | Case::OtherAddress => (0, 0, repeat),
             Case::NewFlow => (repeat, repeat, 0),
-            Case::Established => (repeat, 0, 0),
+            Case::Established | Case::ShadowUnsampled | Case::ShadowSampled => (repeat, 0, 0),
             Case::Reply => (0, 0, 0),
         };
         assert_eq!(
             (packets, new_flows, passed),
             expected,
             "{}: (rewritten, new flows, passed as not_service) differ from the path it names",
+            case.label()
+        );
+        let shadow_after = self.dataplane.shadow_counts();
+        let shadowed = |what: ShadowCount| shadow_after[what as usize] - shadow[what as usize];
+        let recorded = if case.sampled() == Some(true) {
+            repeat
+        } else {
+            0
+        };
+        assert_eq!(
+            (
+                shadowed(ShadowCount::ClientRecords),
+                shadowed(ShadowCount::RingFull)
+            ),
+            (recorded, 0),
+            "{}: (records written, records lost to a full ring) differ from the path it names",
             case.label()
         );
         if case.is_tc() {
@@ -394,6 +477,20 @@ impl Bench {
     fn not_service(&self) -> u64 {
         self.dataplane.passed(PassReason::NotService)
     }
+}
+
+/// The time per run of `repeat` XDP runs that each write a shadow record,
+/// in batches the ring holds, read out before each.
+fn bench_xdp_reading_the_ring(dataplane: &TestDataplane, frame: &[u8], repeat: u32) -> f64 {
+    let mut total = 0.0;
+    let mut left = repeat;
+    while left > 0 {
+        let batch = left.min(SHADOW_BATCH);
+        dataplane.drain_shadow_ring();
+        total += nanos(dataplane.bench_xdp(frame, batch)) * f64::from(batch);
+        left -= batch;
+    }
+    total / f64::from(repeat)
 }
 
 /// The bytes of a map key or value, as the kernel reads them.
@@ -418,7 +515,9 @@ fn floor(dataplane: &TestDataplane, case: Case) -> RawProgram {
         Case::OtherAddress => {
             RawProgram::prefilter_floor(ports.fd().as_fd(), Some(addresses.fd().as_fd()))
         }
-        Case::Established => RawProgram::lookup_floor(flows, &key(case)),
+        Case::Established | Case::ShadowUnsampled | Case::ShadowSampled => {
+            RawProgram::lookup_floor(flows, &key(case))
+        }
         Case::NewFlow => RawProgram::new_flow_floor(
             service(dataplane).as_ref(),
             flows,

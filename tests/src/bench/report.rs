@@ -162,7 +162,11 @@ fn kernel_table(report: &KernelReport) -> String {
          flow key (16 bytes; bluegreen's, for both families, has 40): for a new flow, its \
          floor again; for an established flow, its whole path at the least (the frame checks, \
          the key read from the frame, the lookup, the backend's address and port written; no \
-         checksum arithmetic).\n",
+         checksum arithmetic). \
+         The two shadowing cells: the established case with 512 payload bytes, its service \
+         shadowing half of its new flows, for a flow the sample left out and one it took; \
+         the latter writes a ring record every run, the ring read out between batches of runs \
+         it holds (its floor is the established case's).\n",
         report.repeat,
         report.rounds,
         report.frame_bytes,
