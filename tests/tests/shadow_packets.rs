@@ -561,6 +561,16 @@ fn malformed_segments_of_a_sampled_flow_go_on_unrecorded() {
         &longer,
         "IPv4 total length past the frame",
     );
+    let mut inside_the_header = segment.build();
+    // Data offset 4 words: the "payload" would start inside the TCP
+    // header, bytes a receiver never takes for data.
+    inside_the_header[14 + 20 + 12] = 4 << 4;
+    assert_as_unshadowed(
+        &shadowed,
+        &unshadowed,
+        &inside_the_header,
+        "data offset below the minimal header",
+    );
     assert!(
         shadowed.drain_shadow_ring().is_empty(),
         "no record of a segment whose lengths do not add up"
@@ -570,7 +580,7 @@ fn malformed_segments_of_a_sampled_flow_go_on_unrecorded() {
         &[
             (ShadowCount::SampledFlows, 1),
             (ShadowCount::ClientRecords, 1),
-            (ShadowCount::Malformed, 2),
+            (ShadowCount::Malformed, 3),
         ],
         "malformed segments",
     );
@@ -710,5 +720,21 @@ fn a_full_ring_costs_records_never_packets() {
         &f,
         &[f.data(7, b"after")],
         "once read, the ring takes records again",
+    );
+}
+
+#[test]
+fn a_retransmitted_syn_is_recorded_again_but_sampled_once() {
+    let f = Fixture::v4();
+    let dataplane = f.dataplane(every_flow(SESSION));
+    let frames = [f.syn(7000), f.syn(7000)];
+    assert_captured(&dataplane, &f, &frames, "a SYN and its retransmission");
+    assert_counts(
+        &dataplane,
+        &[
+            (ShadowCount::SampledFlows, 1),
+            (ShadowCount::ClientRecords, 2),
+        ],
+        "one flow, two records",
     );
 }

@@ -130,11 +130,13 @@ fn run(topology: &Topology, bluegreen: &Bluegreen) -> Result<u64, Interrupted> {
         "--duration",
         "2s",
     ]);
-    pause(Duration::from_millis(300))?;
-    sample(topology, "while shadowing", 10)?;
+    let sampled =
+        pause(Duration::from_millis(300)).and_then(|()| sample(topology, "while shadowing", 10));
+    // Waited for even on Ctrl-C: the run ends by itself within 2 s.
     let shadowed = shadowing
         .wait_with_output()
         .expect("the shadowing run ends by itself");
+    sampled?;
     indent(&String::from_utf8_lossy(&shadowed.stdout));
 
     step(
