@@ -294,7 +294,7 @@ from --etcd or from the config file's [fleet] section.")]
 pub(crate) enum ShadowAction {
     /// Shadow a service from this process until Ctrl-C, its duration, a switch or an unhealthy idle color.
     Run(ShadowArgs),
-    /// Have the daemon on the service's interface shadow it.
+    /// Have the daemon shadow a service (a daemon must run on its interface; see `run` otherwise).
     Start(ShadowArgs),
     /// Stop a service's shadowing and print its last figures.
     Stop {
