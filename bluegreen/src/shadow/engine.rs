@@ -187,6 +187,8 @@ pub struct Engine<C> {
     /// replayed once it has stopped (after a switch, the idle color is
     /// live).
     replays: JoinSet<()>,
+    /// Replay tasks that have not reported their end.
+    inflight: usize,
     /// UDP flows refused a replay (over `max_inflight`, or no backend),
     /// with when: not retried at each datagram, until idle.
     refused: HashMap<FlowKey, u64>,
@@ -216,6 +218,7 @@ impl<C: Control> Engine<C> {
             events: Vec::new(),
             parser_bytes: 0,
             replays: JoinSet::new(),
+            inflight: 0,
             refused: HashMap::new(),
         }
     }
@@ -241,8 +244,18 @@ impl<C: Control> Engine<C> {
                     if let Err(error) = read {
                         break StopReason::Failed(error.to_string());
                     }
+                    // Every report waiting, between batches: a replay
+                    // that finished frees its slot for the next flow.
+                    while let Ok(report) = reports.try_recv() {
+                        self.report(report);
+                    }
                 }
-                Some(report) = reports.recv() => self.report(report),
+                Some(report) = reports.recv() => {
+                    self.report(report);
+                    while let Ok(report) = reports.try_recv() {
+                        self.report(report);
+                    }
+                }
                 _ = tick.tick() => {
                     self.expire();
                     if let Some(reason) = self.control.check() {
@@ -300,7 +313,7 @@ impl<C: Control> Engine<C> {
         let deadline = tokio::time::Instant::now()
             + self.options.response_timeout.min(Duration::from_secs(10))
             + FINISH_MARGIN;
-        while !at_once && self.pairs.values().any(|pairs| !pairs.replay_done) {
+        while !at_once && self.inflight > 0 {
             match tokio::time::timeout_at(deadline, reports.recv()).await {
                 Ok(Some(report)) => self.report(report),
                 _ => break,
@@ -368,12 +381,7 @@ impl<C: Control> Engine<C> {
         if self.flows.contains_key(key) {
             self.close_flow(key, at_ns);
         }
-        let inflight = self
-            .pairs
-            .values()
-            .filter(|pairs| !pairs.replay_done)
-            .count();
-        if inflight >= self.options.max_inflight {
+        if self.inflight >= self.options.max_inflight {
             self.counts.flows_over_inflight += 1;
             self.reassembler.forget(key);
             return;
@@ -395,6 +403,7 @@ impl<C: Control> Engine<C> {
             reports: self.reports_sender.clone(),
         };
         self.replays.spawn(replay.run(queue));
+        self.inflight += 1;
         self.counts.flows_replayed += 1;
         let stream = match stream {
             Stream::Udp => Stream::Udp,
@@ -561,7 +570,11 @@ impl<C: Control> Engine<C> {
 
     fn live_reply(&mut self, record: &Record) {
         let Some(flow) = self.flows.get_mut(&record.header.key) else {
-            self.counts.unmatched_replies += 1;
+            // The backend's FIN or last ACK after the client closed is no
+            // answer left unmatched.
+            if record.header.wire_len > 0 {
+                self.counts.unmatched_replies += 1;
+            }
             return;
         };
         // A long streamed answer keeps its flow from counting as idle.
@@ -631,6 +644,7 @@ impl<C: Control> Engine<C> {
                 }
             }
             Report::Finished { flow } => {
+                self.inflight -= 1;
                 if let Some(pairs) = self.pairs.get_mut(&flow) {
                     pairs.replay_done = true;
                 }
@@ -698,11 +712,7 @@ impl<C: Control> Engine<C> {
             reassembly: self.reassembler.counters(),
             engine: self.counts,
             replay: self.replay_counters.snapshot(),
-            inflight: self
-                .pairs
-                .values()
-                .filter(|pairs| !pairs.replay_done)
-                .count(),
+            inflight: self.inflight,
             buffered_bytes: self.held_bytes(),
             reassembling: self.reassembler.flows(),
             comparison: self.comparison.summary(),
