@@ -23,7 +23,7 @@ use bluegreen::{
 use serde::Serialize;
 
 use super::{
-    Interrupted, check,
+    Interrupted, check, cpu,
     lab::SwitchCommand,
     metrics_ports::MetricsPorts,
     stats::{median, percentile},
@@ -652,9 +652,9 @@ fn daemon_cpu(world: &World, analyses: bool, period: Duration) -> Result<(f64, f
         .ok(&["-q", "switch", "green", "--skip-check"]);
     let daemon = fixture.start_daemon(&config, &[]);
     pause(DAEMON_SETTLE)?;
-    let (before, started) = (cpu_seconds(daemon.pid()), Instant::now());
+    let (before, started) = (cpu::process_seconds(daemon.pid()), Instant::now());
     pause(period)?;
-    let used = cpu_seconds(daemon.pid()) - before;
+    let used = cpu::process_seconds(daemon.pid()) - before;
     let elapsed = started.elapsed().as_secs_f64();
     if analyses {
         let service = fixture.service_status();
@@ -680,34 +680,6 @@ fn daemon_cpu(world: &World, analyses: bool, period: Duration) -> Result<(f64, f
     Ok((used, elapsed))
 }
 
-/// One tick of the clock /proc counts CPU time in, in seconds.
-fn clock_tick() -> f64 {
-    // SAFETY: sysconf(3) has no preconditions.
-    1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
-/// User and system CPU seconds of a process, all its threads.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|error| panic!("cannot read the daemon's stat: {error}"));
-    // The name before ')' may hold spaces; utime and stime are the 14th
-    // and 15th fields, the 12th and 13th after it.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .map(|&field| {
-            fields
-                .get(field)
-                .and_then(|value| value.parse::<u64>().ok())
-                .unwrap_or_else(|| panic!("no CPU time in {stat:?}"))
-        })
-        .sum();
-    ticks as f64 * clock_tick()
-}
-
 /// Sleeps `duration`, a tenth of a second at a time for Ctrl-C.
 fn pause(duration: Duration) -> Result<(), Interrupted> {
     let deadline = Instant::now() + duration;
@@ -730,7 +702,7 @@ fn daemon_cpus(world: &World, plan: &AnalysisPlan) -> Result<DaemonCpu, Interrup
         }
     }
     let percent = |(cpu, wall): (f64, f64)| cpu / wall * 100.0;
-    let resolution_percent = clock_tick() / without.1 * 100.0;
+    let resolution_percent = cpu::clock_tick() / without.1 * 100.0;
     let ratio_is_lower_bound = percent(without) < resolution_percent;
     Ok(DaemonCpu {
         backends: 2 * PER_COLOR_IN_DAEMON,

@@ -11,13 +11,14 @@ use std::{
     net::{TcpListener, TcpStream},
     os::fd::AsRawFd,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
     time::Duration,
 };
 
+use super::cpu;
 use crate::netns::Namespace;
 
 /// Each worker serves one connection at a time, so there must be more
@@ -32,6 +33,9 @@ pub struct FastBackend {
     listener: Arc<TcpListener>,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
+    /// The workers' thread ids, as each registers itself: what the
+    /// backend costs is their CPU time.
+    worker_tids: Arc<Mutex<Vec<libc::pid_t>>>,
 }
 
 impl FastBackend {
@@ -48,18 +52,32 @@ impl FastBackend {
         let listener = Arc::new(listener);
         let stop = Arc::new(AtomicBool::new(false));
         let responses = Arc::new(Responses::new(body));
+        let worker_tids = Arc::new(Mutex::new(Vec::with_capacity(WORKERS)));
         let workers = (0..WORKERS)
             .map(|_| {
-                let (listener, stop, responses) =
-                    (listener.clone(), stop.clone(), responses.clone());
-                std::thread::spawn(move || accept_loop(&listener, &stop, &responses))
+                let (listener, stop, responses, tids) = (
+                    listener.clone(),
+                    stop.clone(),
+                    responses.clone(),
+                    worker_tids.clone(),
+                );
+                std::thread::spawn(move || {
+                    tids.lock().expect("tids lock").push(cpu::this_thread());
+                    accept_loop(&listener, &stop, &responses)
+                })
             })
             .collect();
         FastBackend {
             listener,
             stop,
             workers,
+            worker_tids,
         }
+    }
+
+    /// The CPU seconds its workers have used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu::threads_seconds(&self.worker_tids.lock().expect("tids lock"))
     }
 }
 

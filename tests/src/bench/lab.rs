@@ -85,8 +85,8 @@ impl Dataplane {
 /// stop, and the namespaces go last.
 pub struct Lab {
     pub bluegreen: Bluegreen,
-    _blue: FastBackend,
-    _green: FastBackend,
+    pub blue: FastBackend,
+    pub green: FastBackend,
     pub topology: Topology,
 }
 
@@ -97,8 +97,8 @@ impl Lab {
         let green = FastBackend::start(&topology.green, BACKEND_PORT, "green");
         Lab {
             bluegreen: Bluegreen::new(&topology.switch),
-            _blue: blue,
-            _green: green,
+            blue,
+            green,
             topology,
         }
     }

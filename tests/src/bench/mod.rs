@@ -3,12 +3,14 @@
 //! in the same run; and a timeline of who answers through a switch, a
 //! rollback and a weighted shift, drawn as a chart; what pools of
 //! backends cost; how long a fleet of hosts takes to converge; what
-//! metric analysis costs a switch and the daemon; and how long a switch
-//! that first starts the idle color takes, and where its time goes.
+//! metric analysis costs a switch and the daemon; how long a switch
+//! that first starts the idle color takes, and where its time goes; and
+//! what shadowing costs the traffic it copies.
 
 pub mod analysis;
 pub mod backend;
 pub mod chart;
+pub mod cpu;
 pub mod fleet;
 pub mod kernel_cost;
 pub mod lab;
@@ -19,6 +21,7 @@ pub mod metrics_ports;
 pub mod pools;
 pub mod raw;
 pub mod report;
+pub mod shadow;
 pub mod stats;
 pub mod switch_time;
 pub mod targets;

@@ -16,6 +16,7 @@ use super::{
     local::{self, LocalReport},
     machine::Machine,
     pools::{self, PoolsReport},
+    shadow::{self, ShadowBenchReport},
     switch_time::{SwitchFigures, SwitchReport},
     targets::{Target, at_least, at_most},
     throughput::ThroughputReport,
@@ -36,6 +37,7 @@ pub struct Report {
     pub local: Option<LocalReport>,
     pub analysis: Option<AnalysisReport>,
     pub lifecycle: Option<LifecycleReport>,
+    pub shadow: Option<ShadowBenchReport>,
     pub targets: Vec<Target>,
 }
 
@@ -96,6 +98,9 @@ impl Report {
         }
         if let Some(lifecycle) = &self.lifecycle {
             out += &lifecycle::table(lifecycle);
+        }
+        if let Some(shadow) = &self.shadow {
+            out += &shadow::table(shadow);
         }
         out += &targets_table(&self.targets);
         out

@@ -125,7 +125,9 @@ pub fn run(lab: &Lab, plan: &ThroughputPlan) -> Result<ThroughputReport, Interru
     })
 }
 
-fn wrk(
+/// One wrk run of `plan`'s load (its rounds aside) on `dataplane`'s
+/// target, from the client namespace.
+pub fn wrk(
     lab: &Lab,
     plan: &ThroughputPlan,
     dataplane: Dataplane,

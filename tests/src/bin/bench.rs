@@ -4,8 +4,9 @@
 //! rollback and a weighted shift; what pools of backends cost; how long a
 //! fleet of 1, 3 and 10 hosts takes to converge; what host-local
 //! clients pay to connect through a VIP; what metric analysis adds to a
-//! switch and costs the daemon; and what a switch that starts the idle
-//! color first takes, split into its steps. Prints markdown, writes JSON and the
+//! switch and costs the daemon; what a switch that starts the idle
+//! color first takes, split into its steps; and what shadowing costs the
+//! traffic it copies, and what its replayer sustains. Prints markdown, writes JSON and the
 //! timeline's SVG chart to `target/bench/`, fails if the timeline broke the
 //! commands' promises, and removes everything it created, also on Ctrl-C or
 //! failure.
@@ -26,17 +27,18 @@ use bluegreen_testbed::bench::{
     machine::Machine,
     pools::{self, PoolsPlan},
     report::Report,
+    shadow,
     switch_time::{self, SwitchPlan},
     throughput::{self, ThroughputPlan},
     timeline::{self, TimelinePlan},
 };
 
 const USAGE: &str =
-    "usage: bench [--quick] [--only kernel|throughput|switch|timeline|pools|fleet|local|analysis|lifecycle]
+    "usage: bench [--quick] [--only kernel|throughput|switch|timeline|pools|fleet|local|analysis|lifecycle|shadow]
 
   --quick   a smoke run: fewer repeats and rounds, 1 s wrk runs, 1 s
-            timeline phases (~35 s, ~40 s more for the analysis part
-            and ~10 s for the lifecycle part)
+            timeline phases (~35 s, ~40 s more for the analysis part,
+            ~10 s for the lifecycle part and ~15 s for the shadow part)
   --only    run one part only";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -50,6 +52,7 @@ enum Part {
     Local,
     Analysis,
     Lifecycle,
+    Shadow,
 }
 
 struct Options {
@@ -78,9 +81,10 @@ impl Options {
                         Some("local") => Part::Local,
                         Some("analysis") => Part::Analysis,
                         Some("lifecycle") => Part::Lifecycle,
+                        Some("shadow") => Part::Shadow,
                         other => {
                             return Err(format!(
-                                "--only takes kernel|throughput|switch|timeline|pools|fleet|local|analysis|lifecycle, not {other:?}"
+                                "--only takes kernel|throughput|switch|timeline|pools|fleet|local|analysis|lifecycle|shadow, not {other:?}"
                             ));
                         }
                     })
@@ -162,6 +166,17 @@ impl Options {
         }
     }
 
+    /// Part 2's load, in rounds of every shadowing setting and both
+    /// connection modes.
+    fn shadow_plan(&self) -> ThroughputPlan {
+        ThroughputPlan {
+            rounds: if self.quick { 1 } else { 3 },
+            seconds: if self.quick { 1 } else { 3 },
+            threads: 2,
+            connections: 32,
+        }
+    }
+
     fn timeline_plan(&self) -> TimelinePlan {
         TimelinePlan {
             phase: Duration::from_secs(if self.quick { 1 } else { 3 }),
@@ -216,6 +231,10 @@ fn measure(options: &Options, report: &mut Report) -> Result<(), Interrupted> {
         eprintln!("bench: part 9, idle lifecycle");
         report.lifecycle = Some(lifecycle::run(&options.lifecycle_plan())?);
     }
+    if options.runs(Part::Shadow) {
+        eprintln!("bench: part 10, shadow traffic");
+        report.shadow = Some(shadow::run(&Lab::new(), &options.shadow_plan())?);
+    }
     Ok(())
 }
 
@@ -247,6 +266,7 @@ fn main() -> ExitCode {
         local: None,
         analysis: None,
         lifecycle: None,
+        shadow: None,
         targets: Vec::new(),
     };
     if measure(&options, &mut report).is_err() {
