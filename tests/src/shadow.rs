@@ -16,7 +16,7 @@ use std::{
 
 use crate::{
     cli::{Bluegreen, CliRun},
-    fixture::{BACKEND_PORT, TIMEOUT, strs, up_args, vip},
+    fixture::{BACKEND_PORT, Fixture, TIMEOUT, strs, up_args, vip},
     http::{KeepAlive, accept_loop},
     netns::{Namespace, Topology},
 };
@@ -587,6 +587,41 @@ impl ShadowRun {
             .unwrap_or_else(|error| panic!("shadow run's stdout is not JSON ({error}): {stdout}"));
         (record, ran)
     }
+}
+
+/// A `shadow run` of the standard service at 100 % for `duration`, while
+/// `requests` GETs go through the VIP (each answered by the live blue),
+/// left to end by itself: it must, within 20 s, and succeed.
+pub fn shadow_briefly(fixture: &Fixture, duration: &str, requests: usize) {
+    let mut run = fixture.bluegreen.spawn(&[
+        "shadow",
+        "run",
+        "web",
+        "--sample",
+        "100%",
+        "--duration",
+        duration,
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..requests {
+        assert_eq!(
+            fixture.get(),
+            "blue",
+            "clients only ever see the live color"
+        );
+    }
+    assert_ends_well(&mut run, Duration::from_secs(20));
+}
+
+/// Waits for a `shadow run` that ends by itself; it must within `limit`,
+/// and succeed.
+pub fn assert_ends_well(run: &mut Child, limit: Duration) {
+    let Some(status) = wait_at_most(run, limit) else {
+        let _ = run.kill();
+        let _ = run.wait();
+        panic!("shadow run still running after {limit:?}");
+    };
+    assert!(status.success(), "shadow run exited with {status}");
 }
 
 /// The child's exit status if it exits within `limit`.

@@ -13,6 +13,7 @@ use bluegreen_testbed::{
     fixture::{Fixture, config_text},
     metrics::{METRICS, scrape_text},
     model::{ModelMetrics, Profile},
+    shadow::shadow_briefly,
 };
 
 const DASHBOARD: &str = "grafana/bluegreen.json";
@@ -118,21 +119,7 @@ fn served_metrics() -> BTreeSet<String> {
     let _daemon = fixture.start_daemon(&config, &[&format!("--metrics={METRICS}")]);
     // A shadowing run that compared a few requests leaves the record the
     // shadowing metrics are read from.
-    let mut shadow = fixture.bluegreen.spawn(&[
-        "shadow",
-        "run",
-        "web",
-        "--sample",
-        "100%",
-        "--duration",
-        "2s",
-    ]);
-    std::thread::sleep(Duration::from_millis(500));
-    for _ in 0..3 {
-        assert_eq!(fixture.get(), "blue");
-    }
-    let shadowed = shadow.wait().expect("the shadowing run ends by itself");
-    assert!(shadowed.success(), "shadow run: {shadowed}");
+    shadow_briefly(&fixture, "2s", 3);
     fixture.bluegreen.ok(&["switch", "green"]);
     // Let the daemon see the switch, and green healthy, before it dies.
     std::thread::sleep(Duration::from_millis(2 * interval_ms));

@@ -4,15 +4,13 @@
 //! analysis refuses a switch while no run has measured the idle color, then
 //! judges it on the figures of the last run.
 
-use std::{
-    process::Child,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use bluegreen_testbed::{
     cli::CliRun,
     fixture::{Fixture, config_text},
     metrics::{metric, scrape, wait_for_endpoint},
+    shadow::{assert_ends_well, shadow_briefly},
 };
 
 fn json(text: &str) -> serde_json::Value {
@@ -171,21 +169,6 @@ fn shadow_gate(max_seconds: f64) -> String {
     )
 }
 
-fn wait_for_exit(mut child: Child, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "shadow run exited with {status}");
-            return;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("shadow run still running after {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_shadow_analysis_judges_the_idle_color_on_its_replayed_answers() {
     let fixture = Fixture::new();
@@ -199,20 +182,7 @@ fn a_shadow_analysis_judges_the_idle_color_on_its_replayed_answers() {
     );
     assert_eq!(fixture.get(), "blue");
 
-    let run = fixture.bluegreen.spawn(&[
-        "shadow",
-        "run",
-        "web",
-        "--sample",
-        "100%",
-        "--duration",
-        "3s",
-    ]);
-    std::thread::sleep(Duration::from_millis(500));
-    for _ in 0..20 {
-        assert_eq!(fixture.get(), "blue");
-    }
-    wait_for_exit(run, Duration::from_secs(20));
+    shadow_briefly(&fixture, "3s", 20);
     let record = shadow_status(&fixture);
     assert_eq!(
         record["stopped"]["reason"]["reason"], "duration_ended",
@@ -245,14 +215,14 @@ fn a_run_stops_when_the_idle_color_fails_its_health_check() {
         "\n[service.health]\nkind = \"tcp\"\ninterval_ms = 200\ntimeout_ms = 200\nhealthy_threshold = 1\nunhealthy_threshold = 2\n",
     ));
     fixture.up_with_config(&config);
-    let run = fixture
+    let mut run = fixture
         .bluegreen
         .spawn(&["shadow", "run", "web", "--sample", "100%"]);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(fixture.get(), "blue");
     let stopped_green = Instant::now();
     fixture.stop_green();
-    wait_for_exit(run, Duration::from_secs(20));
+    assert_ends_well(&mut run, Duration::from_secs(20));
     let record = shadow_status(&fixture);
     assert_eq!(
         record["stopped"]["reason"]["reason"], "idle_unhealthy",

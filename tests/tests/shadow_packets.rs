@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use bluegreen::shadow::{
     capture::{self, Origin, Record},
-    reassembly::{AbandonReason, FlowEvent, Limits, Reassembler, Segment},
+    reassembly::{AbandonReason, FlowEvent, Limits, Reassembler},
 };
 use bluegreen_common::{
     COLOR_BLUE, COLOR_GREEN, FlowKey, MAX_SHADOW_PAYLOAD, SHADOW_FROM_CLIENT, SHADOW_FROM_LIVE,
@@ -410,15 +410,7 @@ fn reassemble(reassembler: &mut Reassembler, records: &[Vec<u8>]) -> Vec<FlowEve
     for bytes in records {
         let record = parsed(bytes, "segment record");
         assert_eq!(record.origin, Origin::Client, "a client's segment");
-        let segment = Segment {
-            key: record.header.key,
-            seq: record.seq(),
-            flags: record.header.tcp_flags,
-            payload: record.payload,
-            wire_len: record.header.wire_len,
-            at_ns: record.header.at_ns,
-        };
-        reassembler.push(&segment, &mut events);
+        reassembler.push(&record.segment(), &mut events);
     }
     events
 }

@@ -11,6 +11,8 @@ use bluegreen_common::{
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
+use super::reassembly::Segment;
+
 /// Where a record comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -31,6 +33,18 @@ pub struct Record<'a> {
 impl Record<'_> {
     pub fn seq(&self) -> u32 {
         u32::from_be_bytes(self.header.seq)
+    }
+
+    /// A client's TCP segment, as the reassembler takes it.
+    pub fn segment(&self) -> Segment<'_> {
+        Segment {
+            key: self.header.key,
+            seq: self.seq(),
+            flags: self.header.tcp_flags,
+            payload: self.payload,
+            wire_len: self.header.wire_len,
+            at_ns: self.header.at_ns,
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use super::{
     http::{HttpError, Request, RequestParser},
     live::LiveExchanges,
     options::ShadowOptions,
-    reassembly::{self, FlowEvent, Limits, Reassembler, Segment},
+    reassembly::{self, FlowEvent, Limits, Reassembler},
     replay::{Job, Replay, ReplayCounters, ReplayCounts, Report},
 };
 use crate::clock::monotonic_ns;
@@ -343,15 +343,7 @@ impl<C: Control> Engine<C> {
                 if let Some(flow) = self.flows.get_mut(&record.header.key) {
                     flow.last_activity_ns = record.header.at_ns;
                 }
-                let segment = Segment {
-                    key: record.header.key,
-                    seq: record.seq(),
-                    flags: record.header.tcp_flags,
-                    payload: record.payload,
-                    wire_len: record.header.wire_len,
-                    at_ns: record.header.at_ns,
-                };
-                self.reassembler.push(&segment, &mut self.events);
+                self.reassembler.push(&record.segment(), &mut self.events);
                 // At once, not after the batch: the live color's replies
                 // later in the batch answer the requests this completes.
                 self.settle();
