@@ -1091,4 +1091,54 @@ mod tests {
             seen.load(Ordering::SeqCst)
         );
     }
+
+    #[tokio::test]
+    async fn a_streamed_answer_keeps_its_flow_from_idling_out() {
+        let (backend, _seen) = counting_backend().await;
+        let mut options = every_flow();
+        options.idle_timeout = Duration::from_secs(1);
+        let mut engine = Engine::new(OneBackend(backend), options);
+        let now_ms = monotonic_ns() / 1_000_000;
+        let request = b"POST /v1/completions HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+        for (port, answering) in [(44000, true), (44001, false)] {
+            let key = key_of(port);
+            let client = |seq, flags, payload: &[u8], at_ms| {
+                let wire_len = payload.len() as u32;
+                record_on(
+                    key,
+                    SHADOW_FROM_CLIENT,
+                    seq,
+                    flags,
+                    payload,
+                    wire_len,
+                    at_ms,
+                )
+            };
+            engine.record(&client(0, TCP_SYN, b"", now_ms - 3_000));
+            engine.record(&client(1, TCP_ACK, request, now_ms - 3_000));
+            if answering {
+                // The live color still streams its answer; the client only
+                // ACKs (nothing the reassembler delivers).
+                let chunk = b"data: {\"t\": 1}\n";
+                engine.record(&record_on(
+                    key,
+                    SHADOW_FROM_LIVE,
+                    9,
+                    TCP_ACK,
+                    chunk,
+                    400,
+                    now_ms,
+                ));
+            }
+        }
+        engine.expire();
+        assert_eq!(
+            engine.counts.flows_idle, 1,
+            "only the flow without a reply for 3 s is closed as idle"
+        );
+        assert!(
+            engine.flows.contains_key(&key_of(44000)),
+            "the streamed one is kept"
+        );
+    }
 }
