@@ -98,7 +98,6 @@ impl Host {
             stopped: None,
             report: ShadowReport::default(),
         };
-        self.state.save_shadow(&name, &record)?;
         let switch = CaptureSwitch::on(
             capture,
             open.live.counter_slot,
@@ -109,6 +108,9 @@ impl Host {
                 session: (started_unix_ms as u32) | 1,
             },
         )?;
+        // Capture goes off again (the switch dropped) if the record cannot
+        // be written.
+        self.state.save_shadow(&name, &record)?;
         let unhealthy = Arc::new(Mutex::new(None));
         let _health = open.record().spec.health.clone().map(|check| {
             let backends = open.pool(idle).serving();
@@ -129,10 +131,10 @@ impl Host {
             counts,
             counts_before,
             unhealthy,
+            switch: Some(switch),
         };
         drop(open);
         let (reason, report) = Engine::new(control, options).run(reader, stop).await;
-        drop(switch);
         // The last record is written whatever else fails.
         if matches!(
             self.state.load_shadow_order(&name),
@@ -379,6 +381,8 @@ struct HostControl {
     /// The capture's counters before the run turned it on.
     counts_before: [u64; ShadowCount::COUNT as usize],
     unhealthy: Arc<Mutex<Option<String>>>,
+    /// Capture on, until the run stops (or this is dropped).
+    switch: Option<CaptureSwitch>,
 }
 
 impl Control for HostControl {
@@ -420,6 +424,10 @@ impl Control for HostControl {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
         unhealthy.map(StopReason::IdleUnhealthy)
+    }
+
+    fn stop_capture(&mut self) {
+        self.switch = None;
     }
 
     fn capture_counts(&mut self) -> BTreeMap<String, u64> {

@@ -83,6 +83,8 @@ pub trait Control {
     fn backend(&mut self, hash: u32) -> Option<SocketAddr>;
     /// Called about once a second: a reason to stop, if there is one.
     fn check(&mut self) -> Option<StopReason>;
+    /// Turns the dataplane's capture off: the run is stopping.
+    fn stop_capture(&mut self);
     /// The dataplane's capture counters since the run began, by name.
     fn capture_counts(&mut self) -> BTreeMap<String, u64>;
     /// Called about once a second and at the end, with the run's figures.
@@ -291,6 +293,9 @@ impl<C: Control> Engine<C> {
         reports: &mut mpsc::UnboundedReceiver<Report>,
         reason: &StopReason,
     ) {
+        // Nothing new is copied once the run stops; what is in the ring
+        // already is drained below.
+        self.control.stop_capture();
         // The idle color is not idle any more, or not fit to be asked:
         // not one more request goes to it, and the records still in the
         // ring are left there.
@@ -747,6 +752,7 @@ mod tests {
         fn check(&mut self) -> Option<StopReason> {
             None
         }
+        fn stop_capture(&mut self) {}
         fn capture_counts(&mut self) -> BTreeMap<String, u64> {
             BTreeMap::new()
         }
