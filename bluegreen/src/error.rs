@@ -191,6 +191,10 @@ pub enum Error {
     )]
     MapPinMissing { path: PathBuf, iface: String },
     #[error(
+        "{iface} has no shadow capture maps ({path} is missing): the programs there predate shadow traffic; run `bluegreen up --iface {iface} ...` (a hot upgrade: traffic keeps flowing) to add them"
+    )]
+    ShadowMapsMissing { path: PathBuf, iface: String },
+    #[error(
         "interface {iface} does not exist (deleted while bluegreen was up), so nothing is steered: re-create it and run `bluegreen up --iface {iface} ...` to attach again (colors are kept), or `bluegreen down --iface {iface}`"
     )]
     InterfaceGone { iface: String },

@@ -21,7 +21,7 @@ impl ShadowMaps {
             .iter()
             .find(|name| !layout.map(name).exists())
         {
-            return Err(Error::MapPinMissing {
+            return Err(Error::ShadowMapsMissing {
                 path: layout.map(name),
                 iface: layout.iface().to_owned(),
             });
