@@ -361,7 +361,7 @@ impl<C: Control> Engine<C> {
         let events = std::mem::take(&mut self.events);
         for event in &events {
             match event {
-                FlowEvent::Opened { key, at_ns } => self.open_flow(key, Stream::Opaque, *at_ns),
+                FlowEvent::Opened { key, at_ns } => self.open_flow(key, false, *at_ns),
                 FlowEvent::Data { key, bytes, at_ns } => self.client_bytes(key, bytes, *at_ns),
                 FlowEvent::Closed { key, at_ns } => self.close_flow(key, *at_ns),
                 FlowEvent::Abandoned { key, .. } => self.close_flow(key, monotonic_ns()),
@@ -372,9 +372,8 @@ impl<C: Control> Engine<C> {
     }
 
     /// A sampled flow begins: replayed if a slot and a backend are free.
-    /// A TCP flow starts opaque and becomes HTTP on its first bytes if
-    /// they parse as a request.
-    fn open_flow(&mut self, key: &FlowKey, stream: Stream, at_ns: u64) {
+    /// A TCP flow is read as HTTP until its first line says otherwise.
+    fn open_flow(&mut self, key: &FlowKey, udp: bool, at_ns: u64) {
         if self.flows.contains_key(key) {
             self.close_flow(key, at_ns);
         }
@@ -402,9 +401,10 @@ impl<C: Control> Engine<C> {
         self.replays.spawn(replay.run(queue));
         self.inflight += 1;
         self.counts.flows_replayed += 1;
-        let stream = match stream {
-            Stream::Udp => Stream::Udp,
-            _ => Stream::Http(RequestParser::new(self.options.max_buffered_bytes / 4)),
+        let stream = if udp {
+            Stream::Udp
+        } else {
+            Stream::Http(RequestParser::new(self.options.max_buffered_bytes / 4))
         };
         self.flows.insert(
             *key,
@@ -553,7 +553,7 @@ impl<C: Control> Engine<C> {
             if self.refused.contains_key(&key) {
                 return;
             }
-            self.open_flow(&key, Stream::Udp, at_ns);
+            self.open_flow(&key, true, at_ns);
             if !self.flows.contains_key(&key) {
                 if self.refused.len() >= MAX_REFUSED {
                     self.refused.clear();
