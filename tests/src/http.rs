@@ -235,12 +235,7 @@ fn serve_connection(
         match reader.read_line(&mut line) {
             Ok(0) => return Ok(()),
             Ok(_) => {}
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(error) if woke_to_poll(&error) => {
                 continue;
             }
             Err(error) => return Err(error),
@@ -308,11 +303,7 @@ fn read_body(
         match reader.read(&mut body[filled..]) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(read) => filled += read,
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
+            Err(error) if woke_to_poll(&error) => {}
             Err(error) => return Err(error),
         }
     }
@@ -549,4 +540,13 @@ impl Load {
         report.elapsed = self.started.elapsed();
         report
     }
+}
+
+/// A read that timed out so that its loop can look at its stop flag: not
+/// an error.
+pub(crate) fn woke_to_poll(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }

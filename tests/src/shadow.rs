@@ -17,7 +17,7 @@ use std::{
 use crate::{
     cli::{Bluegreen, CliRun},
     fixture::{BACKEND_PORT, Fixture, TIMEOUT, strs, up_args, vip},
-    http::{KeepAlive, accept_loop},
+    http::{KeepAlive, accept_loop, woke_to_poll},
     netns::{Namespace, Topology},
 };
 
@@ -154,12 +154,7 @@ fn record_connection(
         let read = match stream.read(&mut buffer) {
             Ok(0) => return Ok(()),
             Ok(read) => read,
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(error) if woke_to_poll(&error) => {
                 continue;
             }
             Err(error) => return Err(error),

@@ -19,7 +19,7 @@ use std::{
 };
 
 use super::cpu;
-use crate::netns::Namespace;
+use crate::{http::woke_to_poll, netns::Namespace};
 
 /// Each worker serves one connection at a time, so there must be more
 /// workers than the load keeps connections open (wrk: 32).
@@ -148,12 +148,7 @@ fn serve(mut stream: TcpStream, stop: &AtomicBool, responses: &Responses) -> io:
         match stream.read(&mut chunk) {
             Ok(0) => return Ok(()),
             Ok(read) => pending.extend_from_slice(&chunk[..read]),
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(error) if woke_to_poll(&error) => {
                 if stop.load(Ordering::Relaxed) {
                     return Ok(());
                 }
