@@ -782,7 +782,11 @@ mod tests {
 
     /// A whole client segment of the flow from `client_port`, now.
     fn segment(client_port: u16, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
-        let at_ms = monotonic_ns() / 1_000_000;
+        segment_at(client_port, seq, flags, payload, monotonic_ns() / 1_000_000)
+    }
+
+    /// A whole client segment of the flow from `client_port`, at `at_ms`.
+    fn segment_at(client_port: u16, seq: u32, flags: u8, payload: &[u8], at_ms: u64) -> Vec<u8> {
         let wire_len = payload.len() as u32;
         record_on(
             key_of(client_port),
@@ -1108,20 +1112,8 @@ mod tests {
         let request = b"POST /v1/completions HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
         for (port, answering) in [(44000, true), (44001, false)] {
             let key = key_of(port);
-            let client = |seq, flags, payload: &[u8], at_ms| {
-                let wire_len = payload.len() as u32;
-                record_on(
-                    key,
-                    SHADOW_FROM_CLIENT,
-                    seq,
-                    flags,
-                    payload,
-                    wire_len,
-                    at_ms,
-                )
-            };
-            engine.record(&client(0, TCP_SYN, b"", now_ms - 3_000));
-            engine.record(&client(1, TCP_ACK, request, now_ms - 3_000));
+            engine.record(&segment_at(port, 0, TCP_SYN, b"", now_ms - 3_000));
+            engine.record(&segment_at(port, 1, TCP_ACK, request, now_ms - 3_000));
             if answering {
                 // The live color still streams its answer; the client only
                 // ACKs (nothing the reassembler delivers).

@@ -363,7 +363,10 @@ fn throughput_table(report: &ThroughputReport) -> String {
          dataplanes rotated, medians; ratios are medians of per-round ratios.\n\n\
          | dataplane | connections | req/s | p50 | p99 | req/s vs direct | req/s vs nftables | p99 vs direct | errors |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        report.wrk_threads, report.wrk_connections, report.seconds, report.rounds
+        report.load.wrk_threads,
+        report.load.wrk_connections,
+        report.load.seconds,
+        report.load.rounds
     );
     for f in &report.figures {
         let _ = writeln!(

@@ -32,7 +32,7 @@ use super::{
     Interrupted, check, cpu,
     lab::{Dataplane, Lab, wait_bounded},
     stats::median,
-    throughput::{self, Connections, ThroughputPlan, WrkRun},
+    throughput::{self, Connections, ThroughputPlan, WrkLoad, WrkRun},
 };
 
 /// A shadowing run's options.
@@ -141,10 +141,8 @@ pub struct Figures {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ShadowBenchReport {
-    pub rounds: usize,
-    pub seconds: u32,
-    pub wrk_threads: u32,
-    pub wrk_connections: u32,
+    #[serde(flatten)]
+    pub load: WrkLoad,
     pub figures: Vec<Figures>,
     pub samples: Vec<Sample>,
 }
@@ -166,10 +164,7 @@ pub fn run(lab: &Lab, plan: &ThroughputPlan) -> Result<ShadowBenchReport, Interr
         }
     }
     Ok(ShadowBenchReport {
-        rounds: plan.rounds,
-        seconds: plan.seconds,
-        wrk_threads: plan.threads,
-        wrk_connections: plan.connections,
+        load: WrkLoad::from(plan),
         figures: summarize(&samples, plan.rounds),
         samples,
     })
@@ -548,11 +543,11 @@ pub fn table(report: &ShadowBenchReport) -> String {
          | shadowing | connections | req/s | x baseline | p99 | x baseline | errors | \
          sampled flows | replayed requests (share of served) |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
-        report.wrk_threads,
-        report.wrk_connections,
-        report.seconds,
-        report.rounds,
-        if report.rounds == 1 { "" } else { "s" }
+        report.load.wrk_threads,
+        report.load.wrk_connections,
+        report.load.seconds,
+        report.load.rounds,
+        if report.load.rounds == 1 { "" } else { "s" }
     );
     for figures in &report.figures {
         let replayed = figures.replay.as_ref().map_or_else(

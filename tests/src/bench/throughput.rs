@@ -75,12 +75,31 @@ pub struct Figures {
     pub p99_vs_router: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct ThroughputReport {
+/// The wrk load a report's runs were made with, as every report of wrk
+/// runs records it.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct WrkLoad {
     pub rounds: usize,
     pub seconds: u32,
     pub wrk_threads: u32,
     pub wrk_connections: u32,
+}
+
+impl From<&ThroughputPlan> for WrkLoad {
+    fn from(plan: &ThroughputPlan) -> Self {
+        Self {
+            rounds: plan.rounds,
+            seconds: plan.seconds,
+            wrk_threads: plan.threads,
+            wrk_connections: plan.connections,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ThroughputReport {
+    #[serde(flatten)]
+    pub load: WrkLoad,
     pub figures: Vec<Figures>,
     pub samples: Vec<Sample>,
 }
@@ -116,10 +135,7 @@ pub fn run(lab: &Lab, plan: &ThroughputPlan) -> Result<ThroughputReport, Interru
         }
     }
     Ok(ThroughputReport {
-        rounds: plan.rounds,
-        seconds: plan.seconds,
-        wrk_threads: plan.threads,
-        wrk_connections: plan.connections,
+        load: WrkLoad::from(plan),
         figures: summarize(&samples, plan.rounds),
         samples,
     })
